@@ -1,0 +1,258 @@
+"""Weight deltas applied through TransformerLens hook points, and the GD / LCGD finetuning that learns them.
+
+A Delta never copies or edits the base model: a change ΔW_K of layer l is applied by adding x·ΔW_K + Δb_K at
+`blocks.{l}.attn.hook_k`, x being the attention input (ln1 of the block input). GD and LCGD train the delta
+tensors themselves through the same hooks.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+# Parameter group -> TransformerLens parameter names (per block). "mlp" covers gated MLPs' W_gate too.
+PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
+    "q": ("attn.W_Q", "attn.b_Q"),
+    "k": ("attn.W_K", "attn.b_K"),
+    "v": ("attn.W_V", "attn.b_V"),
+    "o": ("attn.W_O", "attn.b_O"),
+    "mlp": ("mlp.W_in", "mlp.b_in", "mlp.W_gate", "mlp.W_out", "mlp.b_out"),
+}
+DEFAULT_GROUPS = ("k", "v")
+METHODS = ("gd", "lcgd")
+LCGD_EXITS = ("block", "attn")
+
+Hook = tuple[str, Callable]
+
+
+def check_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    unknown = [g for g in groups if g not in PARAMETER_GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"unknown parameter groups {unknown or list(groups)}; choose from {list(PARAMETER_GROUPS)}")
+    return tuple(groups)
+
+
+@dataclass
+class Delta:
+    """Per-parameter weight changes, keyed by TransformerLens parameter name (e.g. 'blocks.3.attn.W_K').
+
+    Grouped-query attention stores K/V as `_W_K`/`_b_K` (one per key-value head); deltas follow the stored
+    parameter, so they are keyed with the underscore there.
+    """
+
+    tensors: dict[str, Tensor]
+
+    @classmethod
+    def zeros(cls, model: HookedTransformer, groups: Sequence[str] = DEFAULT_GROUPS) -> "Delta":
+        params = dict(model.named_parameters())
+        tensors = {}
+        for layer in range(model.cfg.n_layers):
+            for group in check_groups(groups):
+                for local in PARAMETER_GROUPS[group]:
+                    name = _stored_name(params, f"blocks.{layer}.{local}")
+                    if name is not None:
+                        tensors[name] = torch.zeros_like(params[name])
+        return cls(tensors)
+
+    def layers(self) -> list[int]:
+        return sorted({int(name.split(".")[1]) for name in self.tensors})
+
+    def restricted(self, layers: Sequence[int]) -> "Delta":
+        """The same delta on a subset of layers only."""
+        return Delta({n: t for n, t in self.tensors.items() if int(n.split(".")[1]) in set(layers)})
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.tensors.values())
+
+    def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """Forward hooks that make `model` behave as if its weights were W + ΔW."""
+        hooks: list[Hook] = []
+        for layer in self.layers():
+            hooks += _layer_hooks(model, layer, self._layer_tensors(layer))
+        return hooks
+
+    def _layer_tensors(self, layer: int) -> dict[str, Tensor]:
+        prefix = f"blocks.{layer}."
+        return {n[len(prefix) :].replace("._", "."): t for n, t in self.tensors.items() if n.startswith(prefix)}
+
+
+def _stored_name(params: dict[str, Tensor], name: str) -> str | None:
+    module, leaf = name.rsplit(".", 1)
+    for candidate in (name, f"{module}._{leaf}"):
+        if candidate in params:
+            return candidate
+    return None
+
+
+def _layer_hooks(model: HookedTransformer, layer: int, delta: dict[str, Tensor]) -> list[Hook]:
+    """Hooks for one block; `delta` keys look like 'attn.W_K'. Registration order matters: captures first."""
+    block = model.blocks[layer]
+    name = f"blocks.{layer}"
+    inputs: dict[str, Tensor] = {}
+    hooks: list[Hook] = []
+
+    def capture(key: str, transform: Callable[[Tensor], Tensor] = lambda t: t) -> Callable:
+        def hook(tensor: Tensor, hook) -> None:
+            inputs[key] = transform(tensor)
+
+        return hook
+
+    def add(term: Callable[[], Tensor]) -> Callable:
+        def hook(tensor: Tensor, hook) -> Tensor:
+            return tensor + term()
+
+        return hook
+
+    def linear(x_key: str, pattern: str, weight: str, bias: str | None) -> Callable[[], Tensor]:
+        def term() -> Tensor:
+            out = einops.einsum(inputs[x_key], delta[weight], pattern) if weight in delta else 0.0
+            return out + delta[bias] if bias in delta else out
+
+        return term
+
+    attn_groups = [g for g in "qkv" if f"attn.W_{g.upper()}" in delta or f"attn.b_{g.upper()}" in delta]
+    if attn_groups:
+        hooks.append((f"{name}.hook_resid_pre", capture("attn_in", block.ln1)))
+        for g in attn_groups:
+            G = g.upper()
+            term = linear("attn_in", "b p d, h d e -> b p h e", f"attn.W_{G}", f"attn.b_{G}")
+            hooks.append((f"{name}.attn.hook_{g}", add(term)))
+    if "attn.W_O" in delta or "attn.b_O" in delta:
+        hooks.append((f"{name}.attn.hook_z", capture("z")))
+        term = linear("z", "b p h e, h e d -> b p d", "attn.W_O", "attn.b_O")
+        hooks.append((f"{name}.hook_attn_out", add(term)))
+    mlp_keys = [k for k in delta if k.startswith("mlp.")]
+    if mlp_keys:
+        mlp_input_hook = "hook_resid_pre" if model.cfg.parallel_attn_mlp else "hook_resid_mid"
+        hooks.append((f"{name}.{mlp_input_hook}", capture("mlp_in", block.ln2)))
+        in_pattern = "b p d, d m -> b p m"
+        if model.cfg.gated_mlp:
+            hooks.append((f"{name}.mlp.hook_pre", add(linear("mlp_in", in_pattern, "mlp.W_gate", None))))
+            hooks.append((f"{name}.mlp.hook_pre_linear", add(linear("mlp_in", in_pattern, "mlp.W_in", None))))
+            if "mlp.b_in" in delta:  # gated MLPs add b_in after the gate product
+                hooks.append((f"{name}.mlp.hook_post", add(lambda: delta["mlp.b_in"])))
+        else:
+            hooks.append((f"{name}.mlp.hook_pre", add(linear("mlp_in", in_pattern, "mlp.W_in", "mlp.b_in"))))
+        hooks.append((f"{name}.mlp.hook_post", capture("mlp_post")))
+        term = linear("mlp_post", "b p m, m d -> b p d", "mlp.W_out", "mlp.b_out")
+        hooks.append((f"{name}.hook_mlp_out", add(term)))
+    return hooks
+
+
+@contextmanager
+def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
+    """Base weights take no gradient while a delta trains; restored afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
+def causal_lm_loss(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, ""]:
+    """NLL of every next token, averaged over tokens."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+class LayerCausalReadout:
+    """LCGD's readout: every block reads a stop-gradient copy of its input; each block's output (`block`, the
+    reference code) or block input + attention output (`attn`, the paper text) is read out with the frozen final
+    norm + unembedding; the per-layer NLLs are summed. Hence layer l's weights move only with layer l's loss.
+
+    Hook order matters: `input_hooks` go before a delta's hooks (its captures must see the detached input) and
+    `exit_hooks` after them (the exit must include the delta's own additions)."""
+
+    def __init__(self, n_layers: int, exit: str = "block") -> None:
+        if exit not in LCGD_EXITS:
+            raise ValueError(f"unknown LCGD exit {exit!r}; use one of {list(LCGD_EXITS)}")
+        self.n_layers, self.exit = n_layers, exit
+        self.resid_pre: dict[int, Tensor] = {}
+        self.exits: dict[int, Tensor] = {}
+
+    def input_hooks(self) -> list[Hook]:
+        def detach(tensor: Tensor, hook) -> Tensor:
+            self.resid_pre[hook.layer()] = tensor.detach()
+            return self.resid_pre[hook.layer()]
+
+        return [(f"blocks.{l}.hook_resid_pre", detach) for l in range(self.n_layers)]
+
+    def exit_hooks(self) -> list[Hook]:
+        def read_block(tensor: Tensor, hook) -> None:
+            self.exits[hook.layer()] = tensor
+
+        def read_attn(tensor: Tensor, hook) -> None:
+            self.exits[hook.layer()] = self.resid_pre[hook.layer()] + tensor
+
+        if self.exit == "block":
+            return [(f"blocks.{l}.hook_resid_post", read_block) for l in range(self.n_layers)]
+        return [(f"blocks.{l}.hook_attn_out", read_attn) for l in range(self.n_layers)]
+
+    def loss(self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+        """Run the blocks (no final unembedding needed) and sum the per-layer logit-lens NLLs."""
+        model(tokens, stop_at_layer=self.n_layers)
+        return sum(causal_lm_loss(model.unembed(model.ln_final(self.exits[l])), tokens) for l in range(self.n_layers))
+
+
+def fit(
+    model: HookedTransformer,
+    demos: Sequence[Sequence[int]],
+    bos: int,
+    method: str = "gd",
+    lr: float = 1e-3,
+    groups: Sequence[str] = DEFAULT_GROUPS,
+    lcgd_exit: str = "block",
+    progress: bool = False,
+) -> Delta:
+    """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
+    demonstrations in prompt order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
+    check_lr(lr)
+    delta = Delta.zeros(model, groups)
+    params = list(delta.tensors.values())
+    for p in params:
+        p.requires_grad_(True)
+    device = model.cfg.device
+    hooks = delta.hooks(model)
+    if method == "lcgd":
+        readout = LayerCausalReadout(model.cfg.n_layers, lcgd_exit)
+        hooks = readout.input_hooks() + hooks + readout.exit_hooks()
+    with frozen_parameters(model), model.hooks(hooks):
+        for step, demo in enumerate(tqdm(demos, desc=f"fit {method}", disable=not progress, leave=False)):
+            tokens = torch.tensor([[bos, *demo]], device=device)
+            if method == "gd":
+                loss = causal_lm_loss(model(tokens), tokens)
+            else:
+                loss = readout.loss(model, tokens)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{method} loss is {loss.item()} at demonstration {step} with lr={lr}; lower the learning rate"
+                )
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.sub_(lr * g)
+            if not delta.is_finite():
+                raise FloatingPointError(f"{method} weights became non-finite at step {step} with lr={lr}; lower the learning rate")
+    for p in params:
+        p.requires_grad_(False)
+    return delta
+
+
+def check_lr(lr: float) -> None:
+    if not lr > 0 or lr != lr or lr == float("inf"):
+        raise ValueError(f"learning rate must be a positive finite number, got lr={lr}")

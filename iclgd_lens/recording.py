@@ -1,0 +1,211 @@
+"""Record, for every query and layer, what the metrics need at one position, through hooks.
+
+The shared prefix ([BOS] for ZS/GD/LCGD, [BOS] + demonstrations for ICL) runs once; its keys/values are reused by
+every query batch. Batches are right-padded: in a causal model padding after a row's last real token changes
+nothing before it, so each row is read at its own positions and no attention mask is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from iclgd_lens.deltas import Delta
+
+POSITIONS = ("prediction", "first_option")
+
+
+@dataclass
+class Record:
+    """One setting's recording; row i is query i. Scores are zero-padded beyond `query_len`."""
+
+    attn_out: Float[Tensor, "n layer d_model"]  # attention output after W_O and b_O, before the residual add
+    z: Float[Tensor, "n layer head d_head"]  # per-head mixed values; head h's output is z[:, :, h] @ W_O[l, h]
+    scores: Float[Tensor, "n layer head max_query_len"]  # pre-softmax q·k/sqrt(d_head) to the query's own tokens
+    query_len: Int[Tensor, "n"]  # number of the query's own keys, from its first token to the recorded position
+    label_logprobs: Float[Tensor, "n class"]  # mean log-prob of each label's tokens after the prompt
+    position: Int[Tensor, "n"]  # recorded position within the full prompt (prefix included)
+
+    @property
+    def pred(self) -> Int[Tensor, "n"]:
+        return self.label_logprobs.argmax(-1)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"pred": self.pred}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> "Record":
+        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
+
+
+def check_position(position: str) -> str:
+    if position not in POSITIONS:
+        raise ValueError(f"unknown position {position!r}; use one of {list(POSITIONS)}")
+    return position
+
+
+def record_offset(query: Sequence[int], label_tokens: Sequence[Sequence[int]], position: str) -> int:
+    """Index of the recorded token within query (+ first label): `prediction` is the last prompt token (the one
+    that predicts the label); `first_option` is the last token of the first label (the reference code)."""
+    check_position(position)
+    return len(query) - 1 + (len(label_tokens[0]) if position == "first_option" else 0)
+
+
+@torch.no_grad()
+def record(
+    model: HookedTransformer,
+    queries: Sequence[Sequence[int]],
+    label_tokens: Sequence[Sequence[int]],
+    prefix: Sequence[int],
+    position: str = "prediction",
+    delta: Delta | None = None,
+    batch_size: int = 8,
+    pad_token: int = 0,
+    desc: str | None = None,
+) -> Record:
+    """Run prefix + each query (+ label tokens), through `delta`'s hooks if given, and record at `position`.
+
+    Row 0 of a query is query + first label (so `first_option` is inside it); a class whose label has several
+    tokens gets its own row query + label to score its mean log-prob; single-token labels are read off row 0.
+    """
+    check_position(position)
+    device = model.cfg.device
+    delta_hooks = delta.hooks(model) if delta is not None else []
+    multi_token = [c for c, t in enumerate(label_tokens) if len(t) > 1]
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i]))  # similar lengths batch together
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    parts: list[dict[str, Tensor]] = []
+    with model.hooks(delta_hooks):
+        prefix_cache = _run_prefix(model, prefix)
+        for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+            parts.append(
+                _record_batch(model, prefix_cache, [queries[i] for i in batch], label_tokens, multi_token, position, pad_token)
+            )
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    max_len = max(p["scores"].shape[-1] for p in parts)
+    merged = {
+        key: torch.cat([_pad_last(p[key], max_len) if key == "scores" else p[key] for p in parts])[inverse]
+        for key in parts[0]
+    }
+    merged["position"] = merged["position"] + len(prefix)
+    return Record(**merged)
+
+
+def _pad_last(t: Tensor, length: int) -> Tensor:
+    return torch.nn.functional.pad(t, (0, length - t.shape[-1]))
+
+
+def _run_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerLensKeyValueCache:
+    tokens = torch.tensor([list(prefix)], device=model.cfg.device)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
+    model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=model.cfg.n_layers)
+    return cache
+
+
+def _expanded_cache(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
+    """The prefix cache broadcast to `batch` rows, frozen so that query tokens are never appended to it."""
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            e.past_keys.expand(batch, -1, -1, -1), e.past_values.expand(batch, -1, -1, -1), frozen=True
+        )
+        for e in cache.entries
+    ]
+    mask = cache.previous_attention_mask.expand(batch, -1)
+    return TransformerLensKeyValueCache(entries, mask, frozen=True)
+
+
+def _record_batch(
+    model: HookedTransformer,
+    prefix_cache: TransformerLensKeyValueCache,
+    queries: list[Sequence[int]],
+    label_tokens: Sequence[Sequence[int]],
+    multi_token: list[int],
+    position: str,
+    pad_token: int,
+) -> dict[str, Tensor]:
+    device = model.cfg.device
+    n = len(queries)
+    # Rows: one per query with its first label, then one per (query, multi-token class).
+    rows = [(i, 0) for i in range(n)] + [(i, c) for c in multi_token if c != 0 for i in range(n)]
+    row_of = {key: r for r, key in enumerate(rows)}
+    sequences = [[*queries[i], *label_tokens[c]] for i, c in rows]
+    width = max(len(s) for s in sequences)
+    tokens = torch.tensor([s + [pad_token] * (width - len(s)) for s in sequences], device=device)
+
+    at = torch.tensor([record_offset(q, label_tokens, position) for q in queries], device=device)
+    query_rows = torch.arange(n, device=device)
+    prefix_len = prefix_cache.entries[0].past_keys.shape[1]
+    max_len = int(at.max()) + 1
+    key_index = prefix_len + torch.arange(max_len, device=device)  # the query's own keys, from its first token
+    key_mask = torch.arange(max_len, device=device)[None, :] <= at[:, None]  # [n, max_len]
+
+    found: dict[str, list[Tensor]] = {"attn_out": [], "z": [], "scores": []}
+
+    def read_attn_out(t: Float[Tensor, "row pos d_model"], hook) -> None:
+        found["attn_out"].append(t[query_rows, at])
+
+    def read_z(t: Float[Tensor, "row pos head d_head"], hook) -> None:
+        found["z"].append(t[query_rows, at])
+
+    def read_scores(t: Float[Tensor, "row head pos key"], hook) -> None:
+        s = t[query_rows, :, at][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
+        found["scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
+
+    record_hooks = [
+        (lambda name: name.endswith("hook_attn_out"), read_attn_out),
+        (lambda name: name.endswith("attn.hook_z"), read_z),
+        (lambda name: name.endswith("attn.hook_attn_scores"), read_scores),
+    ]
+    with model.hooks(record_hooks):
+        resid = model(
+            tokens,
+            past_kv_cache=_expanded_cache(prefix_cache, len(rows)),
+            attention_mask=torch.ones_like(tokens),
+            stop_at_layer=model.cfg.n_layers,
+        )
+    label_logprobs = _label_logprobs(model, resid, queries, label_tokens, row_of)
+    return {
+        "attn_out": torch.stack(found["attn_out"], 1).float().cpu(),
+        "z": torch.stack(found["z"], 1).float().cpu(),
+        "scores": torch.stack(found["scores"], 1).float().cpu(),
+        "query_len": (at + 1).cpu(),
+        "label_logprobs": label_logprobs.cpu(),
+        "position": at.cpu(),
+    }
+
+
+def _label_logprobs(
+    model: HookedTransformer,
+    resid: Float[Tensor, "row pos d_model"],
+    queries: list[Sequence[int]],
+    label_tokens: Sequence[Sequence[int]],
+    row_of: dict[tuple[int, int], int],
+) -> Float[Tensor, "n class"]:
+    """Mean log-prob of each label's tokens; the unembedding runs only at the positions that predict them."""
+    rows, positions, targets, owners = [], [], [], []
+    n_classes = len(label_tokens)
+    for i, query in enumerate(queries):
+        for c, label in enumerate(label_tokens):
+            row = row_of[(i, c)] if len(label) > 1 else row_of[(i, 0)]
+            for j, token in enumerate(label):
+                rows.append(row)
+                positions.append(len(query) - 1 + j)
+                targets.append(token)
+                owners.append(i * n_classes + c)
+    device = resid.device
+    picked = resid[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
+    logits = model.unembed(model.ln_final(picked[None]))[0].float()
+    logprobs = logits.log_softmax(-1)[torch.arange(len(rows), device=device), torch.tensor(targets, device=device)]
+    owner = torch.tensor(owners, device=device)
+    total = torch.zeros(len(queries) * n_classes, device=device).index_add_(0, owner, logprobs)
+    count = torch.zeros_like(total).index_add_(0, owner, torch.ones_like(logprobs))
+    return (total / count).view(len(queries), n_classes)

@@ -1,0 +1,62 @@
+"""Tiny offline fixtures: a word-level tokenizer, a toy sentiment task and small random models."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerFast
+
+from iclgd_lens.tasks import Task
+
+EOT = "<|endoftext|>"
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "grim"]
+FILLER = ["a", "the", "film", "movie", "plot", "was", "very", "truly", "and", "acting"]
+TEMPLATE_WORDS = ["Sentence", ":", "Label", "Negative", "Positive", "Neutral", "Mixed", ".", ","]
+
+
+def make_tokenizer(extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
+    words = [EOT, "<unk>", *TEMPLATE_WORDS, *POSITIVE, *NEGATIVE, *FILLER, *extra_words]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token="<unk>",
+        name_or_path="toy-word-level", add_bos_token=True,  # TransformerLens reloads tokenizers lacking these
+    )
+
+
+def toy_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = rng.sample(FILLER, rng.randrange(1, 5)) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"sentence": " ".join(words), "label": label})
+    return rows
+
+
+def toy_task(n_train: int = 40, n_eval: int = 12, labels=("Negative", "Positive")) -> Task:
+    return Task("toy", "Sentence: {sentence} Label:", labels, toy_rows(n_train, 0), toy_rows(n_eval, 1))
+
+
+def tiny_model(
+    n_ctx: int = 256, seed: int = 0, normalization_type: str = "LN", positional: str = "standard", **overrides
+) -> HookedTransformer:
+    tokenizer = make_tokenizer()
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=n_ctx, d_vocab=len(tokenizer),
+        act_fn="gelu_new", normalization_type=normalization_type, positional_embedding_type=positional,
+        rotary_dim=8 if positional == "rotary" else None, seed=seed, device="cpu", **overrides,
+    )
+    model = HookedTransformer(cfg, tokenizer)
+    with torch.no_grad():  # non-zero biases and norm parameters, so that every term of a delta is exercised
+        generator = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if not name.rsplit(".", 1)[-1].startswith("W_"):
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return model.eval()
