@@ -204,7 +204,13 @@ class LayerCausalReadout:
     def loss(self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
         """Run the blocks (no final unembedding needed) and sum the per-layer logit-lens NLLs."""
         model(tokens, stop_at_layer=self.n_layers)
-        return sum(causal_lm_loss(model.unembed(model.ln_final(self.exits[l])), tokens) for l in range(self.n_layers))
+        return sum(causal_lm_loss(logit_lens(model, self.exits[l]), tokens) for l in range(self.n_layers))
+
+
+def logit_lens(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    """The model's own final norm (absent in norm-free models) and unembedding applied to a residual."""
+    final_norm = getattr(model, "ln_final", None)
+    return model.unembed(final_norm(resid) if final_norm is not None else resid)
 
 
 def fit(
@@ -242,10 +248,12 @@ def fit(
                 raise FloatingPointError(
                     f"{method} loss is {loss.item()} at demonstration {step} with lr={lr}; lower the learning rate"
                 )
-            grads = torch.autograd.grad(loss, params)
+            # allow_unused: with the `attn` exit, MLP weights take no gradient.
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
             with torch.no_grad():
                 for p, g in zip(params, grads):
-                    p.sub_(lr * g)
+                    if g is not None:
+                        p.sub_(lr * g)
             if not delta.is_finite():
                 raise FloatingPointError(f"{method} weights became non-finite at step {step} with lr={lr}; lower the learning rate")
     for p in params:

@@ -18,7 +18,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from iclgd_lens.deltas import Delta
+from iclgd_lens.deltas import Delta, logit_lens
 
 POSITIONS = ("prediction", "first_option")
 
@@ -203,7 +203,7 @@ def _label_logprobs(
                 owners.append(i * n_classes + c)
     device = resid.device
     picked = resid[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
-    logits = model.unembed(model.ln_final(picked[None]))[0].float()
+    logits = logit_lens(model, picked[None])[0].float()
     logprobs = logits.log_softmax(-1)[torch.arange(len(rows), device=device), torch.tensor(targets, device=device)]
     owner = torch.tensor(owners, device=device)
     total = torch.zeros(len(queries) * n_classes, device=device).index_add_(0, owner, logprobs)

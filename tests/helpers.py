@@ -48,11 +48,12 @@ def tiny_model(
     n_ctx: int = 256, seed: int = 0, normalization_type: str = "LN", positional: str = "standard", **overrides
 ) -> HookedTransformer:
     tokenizer = make_tokenizer()
-    cfg = HookedTransformerConfig(
+    settings = dict(
         n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=n_ctx, d_vocab=len(tokenizer),
         act_fn="gelu_new", normalization_type=normalization_type, positional_embedding_type=positional,
-        rotary_dim=8 if positional == "rotary" else None, seed=seed, device="cpu", **overrides,
+        rotary_dim=8 if positional == "rotary" else None, seed=seed, device="cpu",
     )
+    cfg = HookedTransformerConfig(**(settings | overrides))
     model = HookedTransformer(cfg, tokenizer)
     with torch.no_grad():  # non-zero biases and norm parameters, so that every term of a delta is exercised
         generator = torch.Generator().manual_seed(seed + 1)
