@@ -36,7 +36,8 @@ def simaou(
 
 
 def simaou_norm(icl: Tensor, zs: Tensor, ft: Tensor) -> Tensor:
-    """Dai et al.'s SimAOU: `simaou` on L2-normalised attention outputs. Pure noise scores about 0.25."""
+    """Dai et al.'s SimAOU: `simaou` on L2-normalised attention outputs. Biased: ICL and FT outputs that are
+    h_ZS plus independent noise score 0.25 (noise norm sqrt(3)·|h_ZS|) up to 0.5 (larger noise); SimAOU scores 0."""
     return simaou(icl, zs, ft, normalise=True)
 
 

@@ -1,0 +1,152 @@
+"""compare end to end: layout of the saved result, determinism, load round trip, independent recomputation."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_model, toy_task
+from safetensors.torch import load_file
+
+from iclgd_lens import Result, compare
+
+ROOT = Path(__file__).parents[1]
+METRIC_KEYS = {"simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp"}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run") / "toy"
+    result = compare(tiny_model(), toy_task(), k=6, seed=3, lr=0.05, n_eval=10, batch_size=4, out=folder, progress=False)
+    return result, folder
+
+
+def test_result_json_layout(saved):
+    result, folder = saved
+    data = json.loads((folder / "result.json").read_text())
+    config = data["config"]
+    assert {"model", "task", "k", "effective_k", "seed", "permutation", "lr", "position", "dtype", "versions"} <= set(config)
+    assert (config["k"], config["effective_k"], config["seed"], config["lr"]) == (6, 6, 3, 0.05)
+    assert set(data["accuracy"]) == {"zs", "icl", "gd", "lcgd"}
+    for scores in (data, *data["baselines"].values()):
+        for method in ("gd", "lcgd"):
+            assert set(scores["metrics"][method]) == METRIC_KEYS
+            assert len(scores["metrics"][method]["simaou"]["per_layer"]) == 2
+        assert set(scores["metrics"]["alpha"]) == {"mean", "per_layer"}
+        assert len(scores["per_head"]["gd"]["simam_delta"]) == 2 and len(scores["per_head"]["gd"]["simam_delta"][0]) == 4
+    assert set(data["baselines"]) == {"no_training", "trained_embeddings"}
+
+
+def test_records_and_episode_layout(saved):
+    result, folder = saved
+    records = load_file(folder / "records.safetensors")
+    n = 10
+    for setting in ("zs", "icl", "gd", "lcgd", "no_training/zs", "trained_embeddings/lcgd"):
+        assert records[f"{setting}/attn_out"].shape == (n, 2, 32)
+        assert records[f"{setting}/z"].shape == (n, 2, 4, 8)
+        assert records[f"{setting}/scores"].shape[:3] == (n, 2, 4)
+        assert records[f"{setting}/label_logprobs"].shape == (n, 2)
+        assert records[f"{setting}/pred"].shape == (n,)
+    assert records["labels"].shape == records["query_len"].shape == (n,)
+    assert records["zs/scores"].shape[-1] == int(records["query_len"].max())
+    episode = json.loads((folder / "episode.json").read_text())
+    assert len(episode["demos"]) == 6 and len(episode["queries"]) == n
+    assert episode["icl_prefix"][0] == episode["bos"]
+    assert set(episode["record_positions"]) == {"zs", "icl", "gd", "lcgd"}
+    assert episode["record_positions"]["icl"][0] == len(episode["icl_prefix"]) + len(episode["queries"][0]) - 1
+
+
+def test_same_seed_gives_identical_result_json(saved, tmp_path):
+    _, folder = saved
+    compare(tiny_model(), toy_task(), k=6, seed=3, lr=0.05, n_eval=10, batch_size=4, out=tmp_path / "again", progress=False)
+    assert (tmp_path / "again" / "result.json").read_text() == (folder / "result.json").read_text()
+    other = compare(tiny_model(), toy_task(), k=6, seed=4, lr=0.05, n_eval=10, progress=False, baselines=())
+    assert other.to_json()["metrics"] != json.loads((folder / "result.json").read_text())["metrics"]
+
+
+def test_load_round_trip(saved):
+    result, folder = saved
+    loaded = Result.load(folder)
+    assert loaded.to_json() == json.loads(json.dumps(result.to_json()))
+    assert loaded.summary().equals(result.summary())
+    for setting, record in result.records.items():
+        for name, tensor in record.tensors().items():
+            torch.testing.assert_close(loaded.records[setting].tensors()[name], tensor)
+    assert loaded.episode == result.episode
+
+
+def test_dataframe_views(saved):
+    result, _ = saved
+    summary = result.summary()
+    assert list(summary.columns) == [
+        "gd", "lcgd", "no_training/gd", "no_training/lcgd", "trained_embeddings/gd", "trained_embeddings/lcgd"
+    ]
+    assert summary.loc["simaou", "gd"] == result.metrics["gd"]["simaou"]["mean"]
+    assert summary.loc["alpha", "lcgd"] == result.metrics["alpha"]["mean"]
+    assert summary.loc["acc_icl", "gd"] == result.accuracy["icl"]
+    per_layer = result.per_layer("simam_delta")
+    assert per_layer.shape == (2, 6) and per_layer.index.name == "layer"
+    per_head = result.per_head("simaou", "no_training/lcgd")
+    assert per_head.shape == (2, 4)
+    # per-head SimAM∆ averaged over heads is the per-layer number
+    torch.testing.assert_close(
+        torch.tensor(result.per_head("simam_delta", "gd").mean(1).values), torch.tensor(per_layer["gd"].values)
+    )
+    with pytest.raises(ValueError, match="unknown metric"):
+        result.per_layer("simaouu")
+    with pytest.raises(ValueError, match="unknown method"):
+        result.per_head("simaou", "sgd")
+
+
+def test_recompute_script_agrees(saved):
+    _, folder = saved
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "analyses" / "recompute_metrics.py"), str(folder)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "all numbers recomputed" in run.stdout
+
+
+def test_recompute_script_catches_a_tampered_number(saved, tmp_path):
+    _, folder = saved
+    copy = tmp_path / "tampered"
+    copy.mkdir()
+    for name in ("records.safetensors", "episode.json"):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    data = json.loads((folder / "result.json").read_text())
+    data["metrics"]["gd"]["simam_delta"]["per_layer"][1] += 0.01
+    (copy / "result.json").write_text(json.dumps(data))
+    run = subprocess.run([sys.executable, str(ROOT / "analyses" / "recompute_metrics.py"), str(copy)], capture_output=True, text=True)
+    assert run.returncode == 1 and "simam_delta" in run.stderr
+
+
+def test_output_folder_is_refused_before_compute_and_never_half_written(saved, tmp_path, monkeypatch):
+    _, folder = saved
+    with pytest.raises(FileExistsError, match="already holds a result.*--overwrite"):
+        compare(tiny_model(), toy_task(), out=folder, progress=False)
+    # an interrupted save leaves no result behind
+    import iclgd_lens.results as results
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "save_file", interrupted)
+    target = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        compare(tiny_model(), toy_task(), k=2, n_eval=2, baselines=(), out=target, progress=False)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_first_option_position_and_o_group(tmp_path):
+    result = compare(
+        tiny_model(), toy_task(), k=4, n_eval=4, lr=0.05, position="first_option", groups=("k", "v", "o"),
+        baselines=("no_training",), progress=False, out=tmp_path / "r",
+    )
+    assert set(result.W_O) == {"model", "gd", "lcgd", "no_training/model", "no_training/gd", "no_training/lcgd"}
+    assert not torch.equal(result.W_O["gd"], result.W_O["model"])
+    episode = result.episode
+    assert int(result.records["zs"].position[0]) == 1 + len(episode.queries[0]) + len(episode.label_tokens[0]) - 1
+    loaded = Result.load(tmp_path / "r")
+    assert set(loaded.W_O) == set(result.W_O)

@@ -1,0 +1,84 @@
+"""Offline loading of local Hugging Face folders, and the untrained baselines."""
+
+import pytest
+import torch
+from helpers import make_tokenizer, tiny_model
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+from iclgd_lens.models import load_model, untrained_copy
+
+VOCAB = len(make_tokenizer())
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, n_ctx=64, vocab_size=VOCAB),  # n_ctx as in the hub config.json,
+    "gpt-neox": lambda: GPTNeoXConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, vocab_size=VOCAB, rotary_pct=0.5,
+    ),
+    "llama": lambda: LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, vocab_size=VOCAB,
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", CONFIGS)
+def test_local_hf_folder_matches_hf_logits(arch, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    hf_model = AutoModelForCausalLM.from_config(CONFIGS[arch]()).eval()
+    with torch.no_grad():  # non-trivial biases and norms
+        for name, p in hf_model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path / f"my-{arch}-llama-named"  # a name TransformerLens would otherwise misread
+    hf_model.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+
+    model = load_model(folder, device="cpu")
+    tokens = torch.tensor([[0, 5, 9, 12, 3, 17, 22, 8]])
+    with torch.no_grad():
+        expected = hf_model(tokens).logits
+    assert model.cfg.model_name == folder.name
+    assert (model(tokens) - expected).abs().max() <= 1e-4
+    # Unprocessed weights: the loaded W_K is the checkpoint's key projection.
+    assert not model.cfg.normalization_type.endswith("Pre")
+
+
+def test_unknown_model_name_is_refused_before_any_download():
+    with pytest.raises(ValueError, match="unknown model 'gpt-7'.*bundled model"):
+        load_model("gpt-7")
+
+
+def test_missing_config_in_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_no_training_baseline_reinitialises_every_weight():
+    model = tiny_model()
+    fresh = untrained_copy(model, "no_training", seed=1)
+    again = untrained_copy(model, "no_training", seed=1)
+    other = untrained_copy(model, "no_training", seed=2)
+    trained = dict(model.named_parameters())
+    for name, p in fresh.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        torch.testing.assert_close(p, dict(again.named_parameters())[name])  # seeded
+        if leaf.startswith("W_"):
+            assert not torch.equal(p, trained[name]) and not torch.equal(p, dict(other.named_parameters())[name])
+            assert p.std() > 0
+        else:
+            assert torch.equal(p, torch.ones_like(p) if leaf == "w" else torch.zeros_like(p)), name
+    # the trained model is untouched and the global RNG state is restored
+    torch.testing.assert_close(dict(tiny_model().named_parameters())["blocks.0.attn.W_K"], trained["blocks.0.attn.W_K"])
+
+
+def test_trained_embeddings_baseline_keeps_embeddings_norms_and_unembedding():
+    model = tiny_model()
+    fresh = untrained_copy(model, "trained_embeddings", seed=1)
+    trained = dict(model.named_parameters())
+    kept = {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U", "ln_final.w", "ln_final.b"}
+    kept |= {f"blocks.{l}.{ln}.{p}" for l in range(2) for ln in ("ln1", "ln2") for p in "wb"}
+    for name, p in fresh.named_parameters():
+        assert torch.equal(p, trained[name]) == (name in kept), name
+    with pytest.raises(ValueError, match="unknown baseline"):
+        untrained_copy(model, "random", seed=0)
