@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.compare import CompareConfig, compare
+from iclgd_lens.episodes import check_k
 from iclgd_lens.deltas import LCGD_EXITS, METHODS, PARAMETER_GROUPS
 from iclgd_lens.models import BASELINES, DTYPES, check_model_name, load_model
 from iclgd_lens.recording import POSITIONS
@@ -73,6 +74,7 @@ def run_compare(args: argparse.Namespace) -> None:
     if args.task in HUB_TASKS and data_files is None and (args.template or args.labels):
         raise ValueError("--template/--labels define a custom task from --data-files; they need --data-files")
     task = load_task(args.task, data_files, template=args.template, label_words=args.labels)
+    check_k(task, args.k)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     started = time.perf_counter()
     result = compare(

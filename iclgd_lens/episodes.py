@@ -67,6 +67,11 @@ class Episode:
         path.write_text(json.dumps(data))
 
 
+def check_k(task: Task, k: int) -> None:
+    if k < 0 or k > len(task.train):
+        raise ValueError(f"k={k} demonstrations requested but the train split has {len(task.train)}; use k <= {len(task.train)}")
+
+
 def build_episode(
     task: Task,
     tokenizer,
@@ -79,8 +84,7 @@ def build_episode(
 ) -> Episode:
     """Tokenise the demonstrations (first k of a seeded shuffle of train) and the queries (eval, shuffled with
     seed 1, capped at n_eval). Demonstrations that would overflow the context are dropped (effective k)."""
-    if k < 0 or k > len(task.train):
-        raise ValueError(f"k={k} demonstrations requested but the train split has {len(task.train)}; use k <= {len(task.train)}")
+    check_k(task, k)
     if permutation < 0:
         raise ValueError(f"permutation must be >= 0 (0 keeps the shuffled order), got {permutation}")
     n_eval = DEFAULT_N_EVAL if n_eval is None else n_eval

@@ -1,0 +1,112 @@
+"""Tasks from local files and custom definitions; episodes fix every token id."""
+
+import json
+
+import pytest
+from helpers import make_tokenizer, toy_rows, toy_task
+
+from iclgd_lens.episodes import build_episode
+from iclgd_lens.tasks import HUB_TASKS, Task, load_task
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_papers_task_from_local_files_uses_its_template_and_labels(tmp_path):
+    rows = [{"sentence": r["sentence"], "label": r["label"], "idx": i} for i, r in enumerate(toy_rows(20, 0))]
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows), "eval": write_jsonl(tmp_path / "eval.jsonl", rows[:5])}
+    task = load_task("sst2", files)
+    assert task.template == "Sentence: {sentence} Label:" and task.label_words == ("Negative", "Positive")
+    assert task.prompt(task.train[0]) == f"Sentence: {rows[0]['sentence']} Label:"
+    assert len(task.eval) == 5
+
+
+def test_every_format_and_string_labels(tmp_path):
+    import pandas as pd
+
+    rows = [{"text": r["sentence"], "label": ["bad", "good"][r["label"]]} for r in toy_rows(12, 0)]
+    frame = pd.DataFrame(rows)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    for suffix in ("csv", "parquet", "json"):
+        path = tmp_path / f"t.{suffix}"
+        task = load_task("mine", {"train": path, "eval": path}, template="Text: {text} Verdict:", label_words=["bad", "good"])
+        assert [r["label"] for r in task.train] == [["bad", "good"].index(r["label"]) for r in rows]
+
+
+def test_custom_task_in_python():
+    task = Task("custom", "Q: {q} A:", ["no", "yes"], [{"q": "is it", "label": 1}, {"q": "not", "label": 0}], [{"q": "x", "label": 0}])
+    assert task.prompt({"q": "line\nbreak  here"}) == "Q: line break here A:"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: load_task("sst9"), r"unknown task 'sst9'; valid tasks: \['agnews', 'cb', 'mr', 'sst2', 'sst5', 'subj'"),
+        (lambda p: load_task("sst2", {"train": p / "missing.csv", "eval": p / "missing.csv"}), "does not exist"),
+        (lambda p: load_task("sst2", {"train": p / "rows.jsonl"}), "exactly the splits 'train' and 'eval'"),
+        (lambda p: load_task("mr", {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"}), r"columns \['text'\] are missing"),
+        (
+            lambda p: load_task("x", {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"}, template="{sentence}", label_words=["a", "b", "c"]),
+            r"label words \['c'\] are absent from the train data",
+        ),
+        (
+            lambda p: load_task("x", {"train": p / "strings.jsonl", "eval": p / "strings.jsonl"}, template="{sentence}", label_words=["neg", "pos"]),
+            "label 'positive' is not one of the label words",
+        ),
+    ],
+    ids=["unknown-task", "missing-file", "missing-split", "missing-column", "absent-label-word", "unknown-string-label"],
+)
+def test_bad_task_input_is_refused_clearly(tmp_path, call, message):
+    write_jsonl(tmp_path / "rows.jsonl", toy_rows(10, 0))
+    write_jsonl(tmp_path / "strings.jsonl", [{"sentence": "a", "label": "positive"}])
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        call(tmp_path)
+
+
+def test_hub_tasks_match_the_papers():
+    assert HUB_TASKS["cb"].template == "{premise} Question: {hypothesis}. True, False, or Neither? Answer:"
+    assert HUB_TASKS["agnews"].label_words == ("World", "Sports", "Business", "Technology")
+    assert HUB_TASKS["subj"].eval_split == "test" and HUB_TASKS["sst5"].label_words[0] == "terrible"
+
+
+def test_episode_is_seeded_and_fixes_every_token():
+    task, tokenizer = toy_task(n_train=40, n_eval=30), make_tokenizer()
+    a = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10)
+    assert a == build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10)
+    b = build_episode(task, tokenizer, 512, k=8, seed=3, n_eval=10)
+    assert a.demo_rows != b.demo_rows and a.query_rows == b.query_rows  # eval shuffled with seed 1 regardless
+    permuted = build_episode(task, tokenizer, 512, k=8, seed=2, permutation=1, n_eval=10)
+    assert sorted(permuted.demo_rows) == sorted(a.demo_rows) and permuted.demo_rows != a.demo_rows
+    eos = tokenizer.eos_token_id
+    demo = a.demos[0]
+    assert a.icl_prefix[: len(demo) + 2] == (a.bos, *demo, eos)
+    assert demo[-1:] == a.label_tokens[task.train[a.demo_rows[0]]["label"]]
+    encode = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert a.label_tokens == (encode(" Negative"), encode(" Positive"))
+    assert len(a.queries) == 10 and a.labels == tuple(task.eval[i]["label"] for i in a.query_rows)
+    newline = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10, separator=".")
+    assert newline.separator == tuple(tokenizer(".", add_special_tokens=False)["input_ids"])
+
+
+def test_overflowing_demonstrations_are_dropped():
+    task, tokenizer = toy_task(), make_tokenizer()
+    full = build_episode(task, tokenizer, 512, k=20, n_eval=5)
+    short = build_episode(task, tokenizer, 60, k=20, n_eval=5)
+    assert full.effective_k == 20 and 0 < short.effective_k < 20
+    longest = 1 + max(len(q) for q in short.queries) + 1
+    assert len(short.icl_prefix) - 1 + longest <= 60
+    assert set(short.demo_rows) <= set(full.demo_rows)
+
+
+def test_bad_episode_input_is_refused():
+    task, tokenizer = toy_task(n_train=10), make_tokenizer()
+    with pytest.raises(ValueError, match="k=11 demonstrations requested but the train split has 10"):
+        build_episode(task, tokenizer, 512, k=11)
+    with pytest.raises(ValueError, match="model context is 5"):
+        build_episode(task, tokenizer, 5, k=1)
+    with pytest.raises(ValueError, match="tokenise identically"):
+        build_episode(toy_task(labels=("Negative", "Negative ")), tokenizer, 512, k=1)
