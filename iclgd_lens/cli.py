@@ -1,6 +1,6 @@
 """Command line: a thin layer over the Python API.
 
-    iclgd-lens compare --model gpt2 --task sst2 --k 32 --seed 2 --lr 5e-4 --out runs/sst2-s2
+iclgd-lens compare --model gpt2 --task sst2 --k 32 --seed 2 --lr 5e-4 --out runs/sst2-s2
 """
 
 from __future__ import annotations
@@ -64,8 +64,18 @@ def parse_data_files(items: list[str] | None) -> dict[str, str] | None:
 def run_compare(args: argparse.Namespace) -> None:
     # Everything that can be checked without the model is checked before it loads.
     CompareConfig(
-        args.k, args.seed, args.permutation, args.lr, tuple(args.methods), tuple(args.baselines), args.position,
-        args.n_eval, args.batch_size, tuple(args.groups), args.lcgd_exit, args.separator,
+        args.k,
+        args.seed,
+        args.permutation,
+        args.lr,
+        tuple(args.methods),
+        tuple(args.baselines),
+        args.position,
+        args.n_eval,
+        args.batch_size,
+        tuple(args.groups),
+        args.lcgd_exit,
+        args.separator,
     )
     check_output_folder(Path(args.out), args.overwrite)
     if args.model != "tiny-icl" and not Path(args.model).is_dir():
@@ -78,9 +88,21 @@ def run_compare(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     started = time.perf_counter()
     result = compare(
-        model, task, k=args.k, seed=args.seed, permutation=args.permutation, lr=args.lr, methods=args.methods,
-        baselines=args.baselines, position=args.position, n_eval=args.n_eval, batch_size=args.batch_size,
-        groups=args.groups, lcgd_exit=args.lcgd_exit, separator=args.separator, out=args.out,
+        model,
+        task,
+        k=args.k,
+        seed=args.seed,
+        permutation=args.permutation,
+        lr=args.lr,
+        methods=args.methods,
+        baselines=args.baselines,
+        position=args.position,
+        n_eval=args.n_eval,
+        batch_size=args.batch_size,
+        groups=args.groups,
+        lcgd_exit=args.lcgd_exit,
+        separator=args.separator,
+        out=args.out,
         overwrite=args.overwrite,
     )
     seconds = time.perf_counter() - started

@@ -85,8 +85,18 @@ def compare(
     demonstrations. `lr` is the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model).
     """
     config = CompareConfig(
-        k, seed, permutation, lr, tuple(methods), tuple(baselines), position, n_eval, batch_size, tuple(groups),
-        lcgd_exit, separator,
+        k,
+        seed,
+        permutation,
+        lr,
+        tuple(methods),
+        tuple(baselines),
+        position,
+        n_eval,
+        batch_size,
+        tuple(groups),
+        lcgd_exit,
+        separator,
     )
     if out is not None:
         check_output_folder(Path(out), overwrite)
@@ -95,9 +105,8 @@ def compare(
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, permutation, n_eval, separator)
     labels = torch.tensor(episode.labels)
 
-    models = {"model": model} | {b: None for b in config.baselines}
     scores, records, W_O = {}, {}, {}
-    for name in tqdm(models, desc="models", disable=not progress or len(models) == 1):
+    for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed)
         recorded, weights = run_settings(subject, episode, config, progress)
         scores[name] = score(recorded, labels, weights, config.methods, seed)
@@ -124,15 +133,16 @@ def run_settings(
         batch_size=config.batch_size,
         pad_token=episode.bos,
     )
-    show = (lambda s: s) if progress else (lambda s: None)
     records = {
-        "zs": record(model, prefix=episode.zs_prefix, desc=show("record zs"), **common),
-        "icl": record(model, prefix=episode.icl_prefix, desc=show("record icl"), **common),
+        "zs": record(model, prefix=episode.zs_prefix, desc="record zs" if progress else None, **common),
+        "icl": record(model, prefix=episode.icl_prefix, desc="record icl" if progress else None, **common),
     }
     W_O = {"model": model.W_O.detach().float().cpu()}
     for method in config.methods:
         delta = fit(model, episode.demos, episode.bos, method, config.lr, config.groups, config.lcgd_exit, progress)
-        records[method] = record(model, prefix=episode.zs_prefix, delta=delta, desc=show(f"record {method}"), **common)
+        records[method] = record(
+            model, prefix=episode.zs_prefix, delta=delta, desc=f"record {method}" if progress else None, **common
+        )
         if "o" in config.groups:
             W_O[method] = W_O["model"] + _stacked_W_O_delta(model, delta)
     return records, W_O

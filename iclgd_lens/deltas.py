@@ -161,9 +161,7 @@ def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
             p.requires_grad_(flags[name])
 
 
-def causal_lm_loss(
-    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]
-) -> Float[Tensor, ""]:
+def causal_lm_loss(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
     """NLL of every next token, averaged over tokens."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
 
@@ -255,7 +253,9 @@ def fit(
                     if g is not None:
                         p.sub_(lr * g)
             if not delta.is_finite():
-                raise FloatingPointError(f"{method} weights became non-finite at step {step} with lr={lr}; lower the learning rate")
+                raise FloatingPointError(
+                    f"{method} weights became non-finite at step {step} with lr={lr}; lower the learning rate"
+                )
     for p in params:
         p.requires_grad_(False)
     return delta

@@ -69,7 +69,9 @@ class Episode:
 
 def check_k(task: Task, k: int) -> None:
     if k < 0 or k > len(task.train):
-        raise ValueError(f"k={k} demonstrations requested but the train split has {len(task.train)}; use k <= {len(task.train)}")
+        raise ValueError(
+            f"k={k} demonstrations requested but the train split has {len(task.train)}; use k <= {len(task.train)}"
+        )
 
 
 def build_episode(

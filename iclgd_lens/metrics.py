@@ -25,7 +25,9 @@ def l2_normalise(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
 
 
 def simaou(
-    icl: Float[Tensor, "n layer d"], zs: Float[Tensor, "n layer d"], ft: Float[Tensor, "n layer d"],
+    icl: Float[Tensor, "n layer d"],
+    zs: Float[Tensor, "n layer d"],
+    ft: Float[Tensor, "n layer d"],
     normalise: bool = False,
 ) -> Float[Tensor, "n layer"]:
     """SimAOU (Revisited): cos(h_ICL − h_ZS, h_FT − h_ZS) of attention outputs. With `normalise`, each h is
@@ -75,16 +77,20 @@ def simam_before(icl: Tensor, zs: Tensor, query_len: Tensor) -> Tensor:
 
 
 def simam_delta(
-    icl: Float[Tensor, "n layer head key"], zs: Float[Tensor, "n layer head key"],
-    ft: Float[Tensor, "n layer head key"], query_len: Int[Tensor, "n"],
+    icl: Float[Tensor, "n layer head key"],
+    zs: Float[Tensor, "n layer head key"],
+    ft: Float[Tensor, "n layer head key"],
+    query_len: Int[Tensor, "n"],
 ) -> Float[Tensor, "n layer head"]:
     """SimAM∆ (Revisited): cos(m_ICL − m_ZS, m_FT − m_ZS)."""
     return masked_cosine(icl - zs, ft - zs, query_len)
 
 
 def alpha(
-    lcgd: Float[Tensor, "n layer head key"], gd: Float[Tensor, "n layer head key"],
-    zs: Float[Tensor, "n layer head key"], query_len: Int[Tensor, "n"],
+    lcgd: Float[Tensor, "n layer head key"],
+    gd: Float[Tensor, "n layer head key"],
+    zs: Float[Tensor, "n layer head key"],
+    query_len: Int[Tensor, "n"],
 ) -> Float[Tensor, "n layer head"]:
     """α (Revisited App. B.1): SimAM∆ between the LCGD and GD updates, cos(m_LCGD − m_ZS, m_GD − m_ZS)."""
     return simam_delta(lcgd, zs, gd, query_len)

@@ -77,7 +77,6 @@ def record(
     tokens gets its own row query + label to score its mean log-prob; single-token labels are read off row 0.
     """
     check_position(position)
-    device = model.cfg.device
     delta_hooks = delta.hooks(model) if delta is not None else []
     multi_token = [c for c, t in enumerate(label_tokens) if len(t) > 1]
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))  # similar lengths batch together
@@ -87,7 +86,9 @@ def record(
         prefix_cache = _run_prefix(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
-                _record_batch(model, prefix_cache, [queries[i] for i in batch], label_tokens, multi_token, position, pad_token)
+                _record_batch(
+                    model, prefix_cache, [queries[i] for i in batch], label_tokens, multi_token, position, pad_token
+                )
             )
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))

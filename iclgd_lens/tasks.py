@@ -30,9 +30,7 @@ class Task:
         object.__setattr__(self, "train", tuple(_normalise_rows(self.train, self, "train")))
         object.__setattr__(self, "eval", tuple(_normalise_rows(self.eval, self, "eval")))
         if len(set(self.label_words)) != len(self.label_words) or len(self.label_words) < 2:
-            raise ValueError(
-                f"task {self.name!r}: label_words {self.label_words} must be at least two distinct words"
-            )
+            raise ValueError(f"task {self.name!r}: label_words {self.label_words} must be at least two distinct words")
         missing = [w for c, w in enumerate(self.label_words) if all(r["label"] != c for r in self.train)]
         if missing:
             raise ValueError(
@@ -111,20 +109,33 @@ class HubTaskSpec:
 HUB_TASKS: dict[str, HubTaskSpec] = {
     "sst2": HubTaskSpec("glue", "sst2", "train", "validation", "Sentence: {sentence} Label:", ("Negative", "Positive")),
     "sst5": HubTaskSpec(
-        "SetFit/sst5", None, "train", "validation", "Sentence: {text} Label:",
+        "SetFit/sst5",
+        None,
+        "train",
+        "validation",
+        "Sentence: {text} Label:",
         ("terrible", "bad", "neutral", "good", "great"),
     ),
-    "mr": HubTaskSpec("rotten_tomatoes", None, "train", "validation", "Review: {text} Sentiment:", ("Negative", "Positive")),
+    "mr": HubTaskSpec(
+        "rotten_tomatoes", None, "train", "validation", "Review: {text} Sentiment:", ("Negative", "Positive")
+    ),
     "subj": HubTaskSpec("SetFit/subj", None, "train", "test", "Input: {text} Type:", ("objective", "subjective")),
     "agnews": HubTaskSpec(
-        "ag_news", None, "train", "test",
+        "ag_news",
+        None,
+        "train",
+        "test",
         "Classify the news articles into the categories of World, Sports, Business, and Technology. "
         "Article: {text} Answer:",
         ("World", "Sports", "Business", "Technology"),
     ),
     "cb": HubTaskSpec(
-        "super_glue", "cb", "train", "validation",
-        "{premise} Question: {hypothesis}. True, False, or Neither? Answer:", ("True", "False", "Neither"),
+        "super_glue",
+        "cb",
+        "train",
+        "validation",
+        "{premise} Question: {hypothesis}. True, False, or Neither? Answer:",
+        ("True", "False", "Neither"),
     ),
 }
 
@@ -201,9 +212,7 @@ def _load_local_splits(name: str, data_files: Mapping[str, str | Path]) -> dict[
             raise FileNotFoundError(f"task {name!r}: {split} file {str(path)!r} does not exist; check the path")
         fmt = LOCAL_FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise ValueError(
-                f"task {name!r}: cannot read {str(path)!r}; use one of {sorted(LOCAL_FORMATS)} files"
-            )
+            raise ValueError(f"task {name!r}: cannot read {str(path)!r}; use one of {sorted(LOCAL_FORMATS)} files")
         dataset = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split)
         splits[split] = [dict(row) for row in dataset]
     return splits

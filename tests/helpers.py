@@ -24,8 +24,13 @@ def make_tokenizer(extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token="<unk>",
-        name_or_path="toy-word-level", add_bos_token=True,  # TransformerLens reloads tokenizers lacking these
+        tokenizer_object=backend,
+        bos_token=EOT,
+        eos_token=EOT,
+        pad_token=EOT,
+        unk_token="<unk>",
+        name_or_path="toy-word-level",
+        add_bos_token=True,  # TransformerLens reloads tokenizers lacking these
     )
 
 
@@ -49,9 +54,19 @@ def tiny_model(
 ) -> HookedTransformer:
     tokenizer = make_tokenizer()
     settings = dict(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=n_ctx, d_vocab=len(tokenizer),
-        act_fn="gelu_new", normalization_type=normalization_type, positional_embedding_type=positional,
-        rotary_dim=8 if positional == "rotary" else None, seed=seed, device="cpu",
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        n_ctx=n_ctx,
+        d_vocab=len(tokenizer),
+        act_fn="gelu_new",
+        normalization_type=normalization_type,
+        positional_embedding_type=positional,
+        rotary_dim=8 if positional == "rotary" else None,
+        seed=seed,
+        device="cpu",
     )
     cfg = HookedTransformerConfig(**(settings | overrides))
     model = HookedTransformer(cfg, tokenizer)

@@ -28,9 +28,23 @@ def workspace(tmp_path_factory):
 
 def args(root, *extra, out="out"):
     return [
-        "compare", "--model", str(root / "model"), "--task", "sst2",
-        "--data-files", f"train={root / 'train.jsonl'}", f"eval={root / 'eval.jsonl'}",
-        "--k", "4", "--lr", "0.01", "--n-eval", "6", "--out", str(root / out), *extra,
+        "compare",
+        "--model",
+        str(root / "model"),
+        "--task",
+        "sst2",
+        "--data-files",
+        f"train={root / 'train.jsonl'}",
+        f"eval={root / 'eval.jsonl'}",
+        "--k",
+        "4",
+        "--lr",
+        "0.01",
+        "--n-eval",
+        "6",
+        "--out",
+        str(root / out),
+        *extra,
     ]
 
 
@@ -46,7 +60,8 @@ def test_compare_end_to_end(workspace, capsys):
 def test_console_script_runs_as_a_module(workspace):
     run = subprocess.run(
         [sys.executable, "-m", "iclgd_lens.cli", *args(workspace, "--baselines", "--methods", "gd", out="module")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     assert (workspace / "module" / "result.json").is_file()
@@ -60,8 +75,10 @@ def test_console_script_runs_as_a_module(workspace):
         (["--data-files", "train=/nope.jsonl", "eval=/nope.jsonl"], "train file '/nope.jsonl' does not exist"),
         (["--task", "mr"], r"columns \['text'\] are missing"),
         (["--task", "cb"], r"columns \['premise', 'hypothesis'\] are missing"),
-        (["--task", "x", "--template", "S: {sentence} L:", "--labels", "Negative", "Positive", "Neutral"],
-         r"label words \['Neutral'\] are absent"),
+        (
+            ["--task", "x", "--template", "S: {sentence} L:", "--labels", "Negative", "Positive", "Neutral"],
+            r"label words \['Neutral'\] are absent",
+        ),
         (["--k", "31"], "k=31 demonstrations requested but the train split has 30"),
         (["--lr", "0"], "learning rate must be a positive finite number, got lr=0.0"),
         (["--lr=-1e-3"], "learning rate must be a positive"),
@@ -107,6 +124,8 @@ def test_existing_result_needs_overwrite(workspace, capsys):
     folder.mkdir()
     (folder / "result.json").write_text("{}")
     assert main(args(workspace, out="existing")) == 2
-    assert "already holds a result; choose another folder or pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    assert (
+        "already holds a result; choose another folder or pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    )
     assert main(args(workspace, "--overwrite", "--baselines", "--methods", "gd", out="existing")) == 0
     assert json.loads((folder / "result.json").read_text())["config"]["methods"] == ["gd"]

@@ -19,7 +19,9 @@ METRIC_KEYS = {"simaou", "simaou_norm", "random_simaou", "simam_before", "simam"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run") / "toy"
-    result = compare(tiny_model(), toy_task(), k=6, seed=3, lr=0.05, n_eval=10, batch_size=4, out=folder, progress=False)
+    result = compare(
+        tiny_model(), toy_task(), k=6, seed=3, lr=0.05, n_eval=10, batch_size=4, out=folder, progress=False
+    )
     return result, folder
 
 
@@ -27,7 +29,9 @@ def test_result_json_layout(saved):
     result, folder = saved
     data = json.loads((folder / "result.json").read_text())
     config = data["config"]
-    assert {"model", "task", "k", "effective_k", "seed", "permutation", "lr", "position", "dtype", "versions"} <= set(config)
+    assert {"model", "task", "k", "effective_k", "seed", "permutation", "lr", "position", "dtype", "versions"} <= set(
+        config
+    )
     assert (config["k"], config["effective_k"], config["seed"], config["lr"]) == (6, 6, 3, 0.05)
     assert set(data["accuracy"]) == {"zs", "icl", "gd", "lcgd"}
     for scores in (data, *data["baselines"].values()):
@@ -35,7 +39,9 @@ def test_result_json_layout(saved):
             assert set(scores["metrics"][method]) == METRIC_KEYS
             assert len(scores["metrics"][method]["simaou"]["per_layer"]) == 2
         assert set(scores["metrics"]["alpha"]) == {"mean", "per_layer"}
-        assert len(scores["per_head"]["gd"]["simam_delta"]) == 2 and len(scores["per_head"]["gd"]["simam_delta"][0]) == 4
+        assert (
+            len(scores["per_head"]["gd"]["simam_delta"]) == 2 and len(scores["per_head"]["gd"]["simam_delta"][0]) == 4
+        )
     assert set(data["baselines"]) == {"no_training", "trained_embeddings"}
 
 
@@ -60,7 +66,9 @@ def test_records_and_episode_layout(saved):
 
 def test_same_seed_gives_identical_result_json(saved, tmp_path):
     _, folder = saved
-    compare(tiny_model(), toy_task(), k=6, seed=3, lr=0.05, n_eval=10, batch_size=4, out=tmp_path / "again", progress=False)
+    compare(
+        tiny_model(), toy_task(), k=6, seed=3, lr=0.05, n_eval=10, batch_size=4, out=tmp_path / "again", progress=False
+    )
     assert (tmp_path / "again" / "result.json").read_text() == (folder / "result.json").read_text()
     other = compare(tiny_model(), toy_task(), k=6, seed=4, lr=0.05, n_eval=10, progress=False, baselines=())
     assert other.to_json()["metrics"] != json.loads((folder / "result.json").read_text())["metrics"]
@@ -81,7 +89,12 @@ def test_dataframe_views(saved):
     result, _ = saved
     summary = result.summary()
     assert list(summary.columns) == [
-        "gd", "lcgd", "no_training/gd", "no_training/lcgd", "trained_embeddings/gd", "trained_embeddings/lcgd"
+        "gd",
+        "lcgd",
+        "no_training/gd",
+        "no_training/lcgd",
+        "trained_embeddings/gd",
+        "trained_embeddings/lcgd",
     ]
     assert summary.loc["simaou", "gd"] == result.metrics["gd"]["simaou"]["mean"]
     assert summary.loc["alpha", "lcgd"] == result.metrics["alpha"]["mean"]
@@ -118,7 +131,9 @@ def test_recompute_script_catches_a_tampered_number(saved, tmp_path):
     data = json.loads((folder / "result.json").read_text())
     data["metrics"]["gd"]["simam_delta"]["per_layer"][1] += 0.01
     (copy / "result.json").write_text(json.dumps(data))
-    run = subprocess.run([sys.executable, str(ROOT / "analyses" / "recompute_metrics.py"), str(copy)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "analyses" / "recompute_metrics.py"), str(copy)], capture_output=True, text=True
+    )
     assert run.returncode == 1 and "simam_delta" in run.stderr
 
 
@@ -141,8 +156,16 @@ def test_output_folder_is_refused_before_compute_and_never_half_written(saved, t
 
 def test_first_option_position_and_o_group(tmp_path):
     result = compare(
-        tiny_model(), toy_task(), k=4, n_eval=4, lr=0.05, position="first_option", groups=("k", "v", "o"),
-        baselines=("no_training",), progress=False, out=tmp_path / "r",
+        tiny_model(),
+        toy_task(),
+        k=4,
+        n_eval=4,
+        lr=0.05,
+        position="first_option",
+        groups=("k", "v", "o"),
+        baselines=("no_training",),
+        progress=False,
+        out=tmp_path / "r",
     )
     assert set(result.W_O) == {"model", "gd", "lcgd", "no_training/model", "no_training/gd", "no_training/lcgd"}
     assert not torch.equal(result.W_O["gd"], result.W_O["model"])

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import tiny_model, toy_task
 
 from iclgd_lens.deltas import PARAMETER_GROUPS, Delta, LayerCausalReadout, causal_lm_loss, fit
@@ -12,7 +11,9 @@ from iclgd_lens.episodes import build_episode
 
 ARCHS = {
     "gpt2-like": dict(),
-    "llama-like": dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2),
+    "llama-like": dict(
+        normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2
+    ),
     "neox-like": dict(positional="rotary", parallel_attn_mlp=True),
 }
 
@@ -72,7 +73,11 @@ def test_gd_through_hooks_equals_plain_sgd(arch):
     delta = fit(model, episode.demos, episode.bos, "gd", lr=lr)
 
     reference = copy.deepcopy(model)
-    trained = {n: p for n, p in reference.named_parameters() if n.rsplit(".", 1)[-1].lstrip("_") in ("W_K", "b_K", "W_V", "b_V")}
+    trained = {
+        n: p
+        for n, p in reference.named_parameters()
+        if n.rsplit(".", 1)[-1].lstrip("_") in ("W_K", "b_K", "W_V", "b_V")
+    }
     for p in reference.parameters():
         p.requires_grad_(False)
     for p in trained.values():
@@ -99,7 +104,9 @@ def explicit_layer_loss(model, delta, tokens, layer, exit):
         _, cache = model.run_with_cache(tokens)
     x = cache[f"blocks.{layer}.hook_resid_pre"].detach()
     block = copy.deepcopy(model.blocks[layer])
-    local = {n.removeprefix(f"blocks.{layer}."): t for n, t in delta.tensors.items() if n.startswith(f"blocks.{layer}.")}
+    local = {
+        n.removeprefix(f"blocks.{layer}."): t for n, t in delta.tensors.items() if n.startswith(f"blocks.{layer}.")
+    }
     params = dict(block.named_parameters())
     for p in block.parameters():
         p.requires_grad_(False)

@@ -9,14 +9,26 @@ from iclgd_lens.models import load_model, untrained_copy
 
 VOCAB = len(make_tokenizer())
 CONFIGS = {
-    "gpt2": lambda: GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, n_ctx=64, vocab_size=VOCAB),  # n_ctx as in the hub config.json,
+    "gpt2": lambda: GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, n_positions=64, n_ctx=64, vocab_size=VOCAB
+    ),  # n_ctx as in the hub config.json,
     "gpt-neox": lambda: GPTNeoXConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, vocab_size=VOCAB, rotary_pct=0.5,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        vocab_size=VOCAB,
+        rotary_pct=0.5,
     ),
     "llama": lambda: LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64, vocab_size=VOCAB,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        vocab_size=VOCAB,
     ),
 }
 

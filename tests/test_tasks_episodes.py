@@ -16,7 +16,10 @@ def write_jsonl(path, rows):
 
 def test_papers_task_from_local_files_uses_its_template_and_labels(tmp_path):
     rows = [{"sentence": r["sentence"], "label": r["label"], "idx": i} for i, r in enumerate(toy_rows(20, 0))]
-    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows), "eval": write_jsonl(tmp_path / "eval.jsonl", rows[:5])}
+    files = {
+        "train": write_jsonl(tmp_path / "train.jsonl", rows),
+        "eval": write_jsonl(tmp_path / "eval.jsonl", rows[:5]),
+    }
     task = load_task("sst2", files)
     assert task.template == "Sentence: {sentence} Label:" and task.label_words == ("Negative", "Positive")
     assert task.prompt(task.train[0]) == f"Sentence: {rows[0]['sentence']} Label:"
@@ -33,32 +36,63 @@ def test_every_format_and_string_labels(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(rows))
     for suffix in ("csv", "parquet", "json"):
         path = tmp_path / f"t.{suffix}"
-        task = load_task("mine", {"train": path, "eval": path}, template="Text: {text} Verdict:", label_words=["bad", "good"])
+        task = load_task(
+            "mine", {"train": path, "eval": path}, template="Text: {text} Verdict:", label_words=["bad", "good"]
+        )
         assert [r["label"] for r in task.train] == [["bad", "good"].index(r["label"]) for r in rows]
 
 
 def test_custom_task_in_python():
-    task = Task("custom", "Q: {q} A:", ["no", "yes"], [{"q": "is it", "label": 1}, {"q": "not", "label": 0}], [{"q": "x", "label": 0}])
+    task = Task(
+        "custom",
+        "Q: {q} A:",
+        ["no", "yes"],
+        [{"q": "is it", "label": 1}, {"q": "not", "label": 0}],
+        [{"q": "x", "label": 0}],
+    )
     assert task.prompt({"q": "line\nbreak  here"}) == "Q: line break here A:"
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda p: load_task("sst9"), r"unknown task 'sst9'; valid tasks: \['agnews', 'cb', 'mr', 'sst2', 'sst5', 'subj'"),
+        (
+            lambda p: load_task("sst9"),
+            r"unknown task 'sst9'; valid tasks: \['agnews', 'cb', 'mr', 'sst2', 'sst5', 'subj'",
+        ),
         (lambda p: load_task("sst2", {"train": p / "missing.csv", "eval": p / "missing.csv"}), "does not exist"),
         (lambda p: load_task("sst2", {"train": p / "rows.jsonl"}), "exactly the splits 'train' and 'eval'"),
-        (lambda p: load_task("mr", {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"}), r"columns \['text'\] are missing"),
         (
-            lambda p: load_task("x", {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"}, template="{sentence}", label_words=["a", "b", "c"]),
+            lambda p: load_task("mr", {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"}),
+            r"columns \['text'\] are missing",
+        ),
+        (
+            lambda p: load_task(
+                "x",
+                {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"},
+                template="{sentence}",
+                label_words=["a", "b", "c"],
+            ),
             r"label words \['c'\] are absent from the train data",
         ),
         (
-            lambda p: load_task("x", {"train": p / "strings.jsonl", "eval": p / "strings.jsonl"}, template="{sentence}", label_words=["neg", "pos"]),
+            lambda p: load_task(
+                "x",
+                {"train": p / "strings.jsonl", "eval": p / "strings.jsonl"},
+                template="{sentence}",
+                label_words=["neg", "pos"],
+            ),
             "label 'positive' is not one of the label words",
         ),
     ],
-    ids=["unknown-task", "missing-file", "missing-split", "missing-column", "absent-label-word", "unknown-string-label"],
+    ids=[
+        "unknown-task",
+        "missing-file",
+        "missing-split",
+        "missing-column",
+        "absent-label-word",
+        "unknown-string-label",
+    ],
 )
 def test_bad_task_input_is_refused_clearly(tmp_path, call, message):
     write_jsonl(tmp_path / "rows.jsonl", toy_rows(10, 0))
