@@ -2,7 +2,9 @@
 
     python analyses/recompute_metrics.py runs/tiny-icl-synth-sst2
 
-Prints each number beside the saved one and exits non-zero if any differs by more than --tolerance.
+Accuracies, every per-layer metric (random_simaou aside: its noise comes from torch's generator) and the per-head
+SimAOU from z·W_O. Prints each number beside the saved one and exits non-zero if any differs by more than
+--tolerance.
 """
 
 from __future__ import annotations
@@ -56,6 +58,26 @@ def recompute(records: dict, prefix: str, methods: list[str], query_len: np.ndar
     if "gd" in methods and "lcgd" in methods:
         gd_m, lcgd_m = masked(get("gd", "scores"), query_len), masked(get("lcgd", "scores"), query_len)
         out["metrics"]["alpha"] = {"alpha": layer_means(cos(lcgd_m - zs_m, gd_m - zs_m))}
+    out["per_head"] = per_head_simaou(records, prefix, methods)
+    return out
+
+
+def per_head_simaou(records: dict, prefix: str, methods: list[str]) -> dict:
+    """Per-head SimAOU from each head's output z·W_O at the recorded position, mean over examples."""
+    base_W_O = records[f"{prefix}model/W_O"].astype(np.float64)
+
+    def heads(setting: str) -> np.ndarray:
+        W_O = records.get(f"{prefix}{setting}/W_O", base_W_O).astype(np.float64)
+        return np.einsum("nlhe,lhed->nlhd", records[f"{prefix}{setting}/z"].astype(np.float64), W_O)
+
+    zs, icl = heads("zs"), heads("icl")
+    out = {}
+    for method in methods:
+        ft = heads(method)
+        out[method] = {
+            "simaou": cos(icl - zs, ft - zs).mean(0),
+            "simaou_norm": cos(unit(icl) - unit(zs), unit(ft) - unit(zs)).mean(0),
+        }
     return out
 
 
@@ -64,6 +86,16 @@ def compare_numbers(saved: dict, recomputed: dict, where: str, tolerance: float)
     for setting, value in recomputed["accuracy"].items():
         if abs(saved["accuracy"][setting] - value) > tolerance:
             problems.append(f"{where} accuracy {setting}: saved {saved['accuracy'][setting]} recomputed {value}")
+    for method, numbers in recomputed["per_head"].items():
+        for name, value in numbers.items():
+            stored = np.asarray(saved["per_head"][method][name])
+            print(
+                f"{where:>20} {method:>5} {name + ' /head':>13}: max |saved - recomputed| {np.abs(stored - value).max():.1e}"
+            )
+            if not np.allclose(stored, value, atol=tolerance):
+                problems.append(
+                    f"{where} {method} per-head {name}: saved {stored.tolist()} recomputed {value.tolist()}"
+                )
     for method, numbers in recomputed["metrics"].items():
         for name, value in numbers.items():
             entry = saved["metrics"][method] if method != "alpha" else {"alpha": saved["metrics"]["alpha"]}

@@ -173,3 +173,6 @@ def test_first_option_position_and_o_group(tmp_path):
     assert int(result.records["zs"].position[0]) == 1 + len(episode.queries[0]) + len(episode.label_tokens[0]) - 1
     loaded = Result.load(tmp_path / "r")
     assert set(loaded.W_O) == set(result.W_O)
+    script = ROOT / "analyses" / "recompute_metrics.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "r")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr  # per-head SimAOU with the trained W_O
