@@ -106,8 +106,11 @@ class HubTaskSpec:
     columns: Mapping[str, str] = field(default_factory=dict)  # template field -> dataset column
 
 
+# PAPERS.md names glue/sst2, rotten_tomatoes, ag_news and super_glue/cb: these are their current hub ids.
 HUB_TASKS: dict[str, HubTaskSpec] = {
-    "sst2": HubTaskSpec("glue", "sst2", "train", "validation", "Sentence: {sentence} Label:", ("Negative", "Positive")),
+    "sst2": HubTaskSpec(
+        "nyu-mll/glue", "sst2", "train", "validation", "Sentence: {sentence} Label:", ("Negative", "Positive")
+    ),
     "sst5": HubTaskSpec(
         "SetFit/sst5",
         None,
@@ -117,11 +120,16 @@ HUB_TASKS: dict[str, HubTaskSpec] = {
         ("terrible", "bad", "neutral", "good", "great"),
     ),
     "mr": HubTaskSpec(
-        "rotten_tomatoes", None, "train", "validation", "Review: {text} Sentiment:", ("Negative", "Positive")
+        "cornell-movie-review-data/rotten_tomatoes",
+        None,
+        "train",
+        "validation",
+        "Review: {text} Sentiment:",
+        ("Negative", "Positive"),
     ),
     "subj": HubTaskSpec("SetFit/subj", None, "train", "test", "Input: {text} Type:", ("objective", "subjective")),
     "agnews": HubTaskSpec(
-        "ag_news",
+        "fancyzhx/ag_news",
         None,
         "train",
         "test",
@@ -130,7 +138,7 @@ HUB_TASKS: dict[str, HubTaskSpec] = {
         ("World", "Sports", "Business", "Technology"),
     ),
     "cb": HubTaskSpec(
-        "super_glue",
+        "aps/super_glue",
         "cb",
         "train",
         "validation",

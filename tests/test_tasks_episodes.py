@@ -107,6 +107,24 @@ def test_hub_tasks_match_the_papers():
     assert HUB_TASKS["subj"].eval_split == "test" and HUB_TASKS["sst5"].label_words[0] == "terrible"
 
 
+def test_hub_loading_path_with_a_stand_in_for_the_hub(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, config):
+        calls.append((path, config))
+        rows = [{"premise": f"p {i}", "hypothesis": f"h {i}", "label": i % 3, "idx": i} for i in range(9)]
+        split = datasets.Dataset.from_list(rows)
+        return datasets.DatasetDict({"train": split, "validation": split.select(range(4))})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = load_task("cb")
+    assert calls == [("aps/super_glue", "cb")]
+    assert task.eval_split == "validation" and len(task.eval) == 4
+    assert task.prompt(task.train[1]) == "p 1 Question: h 1. True, False, or Neither? Answer:"
+
+
 def test_episode_is_seeded_and_fixes_every_token():
     task, tokenizer = toy_task(n_train=40, n_eval=30), make_tokenizer()
     a = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10)
