@@ -7,6 +7,7 @@ centring changes the attention output the metrics read. So W_K/W_V are the train
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -35,7 +36,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(
     name: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype = "float32"
 ) -> HookedTransformer:
-    """Load a model by TransformerLens name, local Hugging Face folder, or bundled name ("tiny-icl").
+    """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), or a folder
+    in the bundled format (what analyses/train_tiny_icl.py writes).
 
     The model is in eval mode, with no weight processing, on CUDA when available unless `device` is given.
     """
@@ -46,6 +48,10 @@ def load_model(
         from iclgd_lens.tiny_model import BUNDLED_DIR, load_bundled
 
         model = load_bundled(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
+    elif Path(name).is_dir() and is_bundled_folder(Path(name)):
+        from iclgd_lens.tiny_model import load_bundled
+
+        model = load_bundled(Path(name), device=device, dtype=torch_dtype)
     elif Path(name).is_dir():
         model = load_local_hf_model(Path(name), device=device, dtype=torch_dtype)
     else:
@@ -53,6 +59,15 @@ def load_model(
         model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=torch_dtype)
     model.cfg.model_name = model.cfg.model_name or name
     return model.eval()
+
+
+def is_bundled_folder(folder: Path) -> bool:
+    """A TransformerLens config (it has d_model; a Hugging Face config has model_type) beside its weights."""
+    config = folder / "config.json"
+    if not config.is_file() or not (folder / "model.safetensors").is_file():
+        return False
+    fields = json.loads(config.read_text())
+    return "d_model" in fields and "model_type" not in fields
 
 
 def check_model_name(name: str) -> None:

@@ -94,3 +94,14 @@ def test_trained_embeddings_baseline_keeps_embeddings_norms_and_unembedding():
         assert torch.equal(p, trained[name]) == (name in kept), name
     with pytest.raises(ValueError, match="unknown baseline"):
         untrained_copy(model, "random", seed=0)
+
+
+def test_a_folder_in_the_bundled_format_loads_by_path(tmp_path):
+    from iclgd_lens.tiny_model import save_bundled
+
+    model = tiny_model()
+    model.cfg.model_name = "toy-bundled"
+    save_bundled(model, model.tokenizer, tmp_path / "toy", card="# toy")
+    loaded = load_model(tmp_path / "toy", device="cpu")
+    tokens = torch.tensor([[0, 5, 9, 12, 3]])
+    torch.testing.assert_close(loaded(tokens), model(tokens))
