@@ -1,0 +1,278 @@
+"""Train the bundled tiny ICL model from scratch on few-shot sequences of the six synthetic tasks.
+
+    python analyses/train_tiny_icl.py                      # the shipped model (iclgd_lens/bundled/tiny-icl)
+    python analyses/train_tiny_icl.py --tiny --steps 3 --out /tmp/tiny   # a seconds-long smoke run
+
+Every training sequence is one task: [BOS] + demo_1 + EOS + demo_2 + EOS + ..., demo = template.format(row) +
+" " + label word, with the task's real template and train split. The label words are re-assigned to the classes
+in every sequence, so a query alone does not say which word names its class: ICL is needed.
+  - with probability --p-real: the task's own label words in a random order (a random permutation, so the
+    task's usual mapping is no more likely than any other);
+  - otherwise: distinct words drawn from a pool (all tasks' label words + EXTRA_LABEL_WORDS).
+The number of demonstrations varies per sequence (uniform in [--min-demos, --short-demos], or in a share --p-long
+of the batches [--min-demos, --max-demos], cut to the context),
+and the loss is the cross-entropy of every demonstration's label token (the prediction after "Label:" etc.),
+so one sequence trains every k from 0 to its length, plus (--lm-weight) the next-token loss on all tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evaluate_tiny_icl import evaluate, replace_card_table, table  # noqa: E402
+from transformer_lens import HookedTransformer  # noqa: E402
+
+from iclgd_lens.synthetic import EXTRA_LABEL_WORDS, SYNTHETIC_TASKS, synthetic_task  # noqa: E402
+from iclgd_lens.tasks import HUB_TASKS  # noqa: E402
+from iclgd_lens.tiny_model import (  # noqa: E402
+    TINY_ICL_DIR, build_tokenizer, load_bundled, model_config, save_bundled,
+)
+
+
+class Mixture:
+    """Samples few-shot training sequences of the synthetic tasks' train splits."""
+
+    def __init__(self, tokenizer, tasks, n_ctx: int, p_real: float, p_fixed: float, min_demos: int,
+                 max_demos: int, short_demos: int, p_long: float, seed: int):
+        self.tok = tokenizer
+        self.tasks = tasks
+        self.n_ctx = n_ctx
+        self.p_real, self.p_fixed = p_real, p_fixed
+        self.min_demos, self.max_demos, self.short_demos, self.p_long = min_demos, max_demos, short_demos, p_long
+        self.rng = random.Random(seed)
+        self.prompts = [[tokenizer.encode(t.prompt(r), add_special_tokens=False) for r in t.train] for t in tasks]
+        self.labels = [[r["label"] for r in t.train] for t in tasks]
+        self.real = [[self._word_id(w) for w in t.label_words] for t in tasks]
+        pool = {w for spec in HUB_TASKS.values() for w in spec.label_words} | set(EXTRA_LABEL_WORDS)
+        self.pool = sorted(self._word_id(w) for w in pool)
+        # A fixed class -> word mapping per task onto words that are no task's label word: direct supervision of
+        # the class features (a zero-shot route) that gives the real label words no prior.
+        spare = [self._word_id(w) for w in EXTRA_LABEL_WORDS]
+        self.fixed, start = [], 0
+        for real in self.real:
+            self.fixed.append(spare[start:start + len(real)])
+            start += len(real)
+
+    def _word_id(self, word: str) -> int:
+        ids = self.tok.encode(" " + word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"label word {word!r} is not a single token")
+        return ids[0]
+
+    def sequence(self, t: int, max_demos: int) -> tuple[list[int], list[int], list[int]]:
+        """(tokens, positions whose next token is a label, label ids) for one sequence of task t."""
+        rng = self.rng
+        n_classes = len(self.real[t])
+        draw = rng.random()
+        if draw < self.p_real:
+            words = rng.sample(self.real[t], n_classes)
+        elif draw < self.p_real + self.p_fixed:
+            words = self.fixed[t]
+        else:
+            words = rng.sample(self.pool, n_classes)
+        tokens = [self.tok.bos_token_id]
+        positions, targets = [], []
+        for _ in range(rng.randint(self.min_demos, max_demos)):
+            i = rng.randrange(len(self.prompts[t]))
+            prompt = self.prompts[t][i]
+            if len(tokens) + len(prompt) + 2 > self.n_ctx:
+                break
+            tokens += prompt
+            positions.append(len(tokens) - 1)
+            targets.append(words[self.labels[t][i]])
+            tokens += [targets[-1], self.tok.eos_token_id]
+        return tokens, positions, targets
+
+    def batch(self, batch_size: int, device: str):
+        t = self.rng.randrange(len(self.tasks))  # one task per batch: similar lengths, little padding
+        # Most batches are short (many cheap updates); a share --p-long run up to the full context.
+        max_demos = self.max_demos if self.rng.random() < self.p_long else self.short_demos
+        seqs = [self.sequence(t, max_demos) for _ in range(batch_size)]
+        length = max(len(s[0]) for s in seqs)
+        tokens = torch.full((batch_size, length), self.tok.pad_token_id, dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for b, (ids, pos, tgt) in enumerate(seqs):
+            tokens[b, : len(ids)] = torch.tensor(ids)
+            rows += [b] * len(pos)
+            cols += pos
+            targets += tgt
+        lengths = torch.tensor([len(s[0]) for s in seqs], device=device)
+        return (tokens.to(device), lengths, torch.tensor(rows, device=device), torch.tensor(cols, device=device),
+                torch.tensor(targets, device=device))
+
+
+def training_loss(model: HookedTransformer, tokens, lengths, rows, cols, targets, lm_weight: float):
+    """Label cross-entropy (every demonstration's label token) + lm_weight * next-token loss on all tokens.
+
+    The language-modelling part teaches what the label loss alone learns slowly: which words go together (the
+    class features) and copying from earlier in the context (the repeated templates).
+    """
+    if lm_weight == 0:
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+        logits = model.unembed(model.ln_final(resid[rows, cols][None]))[0]
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
+    logits = model(tokens).float()
+    label = torch.nn.functional.cross_entropy(logits[rows, cols], targets)
+    real = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None] < (lengths[:, None] - 1)
+    lm = torch.nn.functional.cross_entropy(logits[:, :-1][real], tokens[:, 1:][real])
+    return label + lm_weight * lm
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--out", default=str(TINY_ICL_DIR))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--tiny", action="store_true", help="a tiny model and short sequences, for smoke tests")
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-ctx", type=int, default=1024)
+    p.add_argument("--pos", default="rotary", choices=["standard", "rotary"])
+    p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--p-real", type=float, default=0.5, help="share of sequences with the task's own label words")
+    p.add_argument("--p-fixed", type=float, default=0.2,
+                   help="share of sequences with a fixed per-task mapping onto spare (non-label) words")
+    p.add_argument("--lm-weight", type=float, default=1.0,
+                   help="weight of the next-token loss on all tokens (0: label tokens only)")
+    p.add_argument("--min-demos", type=int, default=2)
+    p.add_argument("--max-demos", type=int, default=40)
+    p.add_argument("--short-demos", type=int, default=8, help="max demonstrations in a short batch")
+    p.add_argument("--p-long", type=float, default=0.2, help="share of batches with up to --max-demos")
+    p.add_argument("--n-train", type=int, default=4000, help="train rows per synthetic task")
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--eval-queries", type=int, default=48, help="queries per task in the periodic evaluation")
+    p.add_argument("--final-queries", type=int, default=None, help="queries per task at the end (default: all)")
+    p.add_argument("--init", default=None, help="start from this bundled model's weights (same architecture)")
+    p.add_argument("--log", default=None, help="write the training log (JSON lines) here")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.n_layers, args.d_model, args.n_heads, args.n_ctx = 1, 32, 2, 256
+        args.batch_size, args.max_demos, args.short_demos, args.n_train = 2, 6, 3, 200
+        args.eval_queries, args.final_queries = 8, 8
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+
+    tok = build_tokenizer()
+    tasks = [synthetic_task(name, seed=0, n_train=args.n_train) for name in SYNTHETIC_TASKS]
+    mixture = Mixture(tok, tasks, args.n_ctx, args.p_real, args.p_fixed, args.min_demos, args.max_demos,
+                      args.short_demos, args.p_long, args.seed)
+    cfg = model_config(len(tok), args.n_layers, args.d_model, args.n_heads, n_ctx=args.n_ctx,
+                       positional_embedding_type=args.pos, seed=args.seed)
+    cfg.device = args.device
+    model = HookedTransformer(cfg, tok, move_to_device=True)
+    if args.init:
+        # continue from a bundled model of the same architecture (fresh optimizer and schedule)
+        model.load_state_dict(load_bundled(args.init, device=args.device).state_dict())
+    decay = [q for n, q in model.named_parameters() if q.ndim >= 2]
+    no_decay = [q for n, q in model.named_parameters() if q.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+    )
+    log = open(args.log, "w") if args.log else None
+    n_params = sum(q.numel() for q in model.parameters())
+    print(f"model: {args.n_layers} layers, d_model {args.d_model}, {n_params / 1e6:.2f}M parameters", flush=True)
+    running, tokens_seen = None, 0
+    for step in range(1, args.steps + 1):
+        model.train()
+        batch = mixture.batch(args.batch_size, args.device)
+        loss = training_loss(model, *batch, lm_weight=args.lm_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        tokens_seen += batch[0].numel()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == args.steps:
+            print(f"step {step} loss {running:.3f} tokens {tokens_seen} {time.time() - started:.0f}s", flush=True)
+        if step % args.eval_every == 0 and step < args.steps:
+            model.eval()
+            scores = evaluate(model, k=32, n_queries=args.eval_queries)
+            summary = {s.task: (round(s.zs, 3), round(s.icl, 3)) for s in scores}
+            print(f"step {step} eval (zs, icl): {summary}", flush=True)
+            # a checkpoint, so an interrupted run still leaves a loadable model
+            save_bundled(model, tok, args.out, f"# checkpoint at step {step}\n\n{table(scores)}\n")
+            if log:
+                log.write(json.dumps({"step": step, "loss": running, "time": time.time() - started,
+                                      "eval": summary}) + "\n")
+                log.flush()
+    train_time = time.time() - started
+    model.eval()
+    scores = evaluate(model, k=32, n_queries=args.final_queries)
+    result = table(scores)
+    print(result, flush=True)
+    command = "python analyses/train_tiny_icl.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    card = model_card(args, n_params, train_time, command)
+    save_bundled(model, tok, args.out, replace_card_table(card, result))
+    print(f"saved {args.out} (training {train_time / 60:.1f} min)", flush=True)
+
+
+def model_card(args, n_params: int, train_time: float, command: str) -> str:
+    return f"""# tiny-icl
+
+A small GPT-2-style `HookedTransformer` trained from scratch, offline, to learn the bundled synthetic tasks
+(`iclgd_lens.synthetic`) in context. It is the toolkit's offline default model: with no hub access,
+`load_model("tiny-icl")` + `load_task("synth-sst2")` run every comparison of the papers.
+
+## Architecture
+{args.n_layers} layers, d_model {args.d_model}, {args.n_heads} heads (d_head {args.d_model // args.n_heads}),
+d_mlp {4 * args.d_model}, GELU, LayerNorm (pre-norm), {args.pos} positional embeddings, n_ctx {args.n_ctx},
+attention + MLP blocks, GPT-2 initialisation; {n_params / 1e6:.2f}M parameters, stored in fp32
+(`model.safetensors`: the TransformerLens state dict, no weight processing).
+
+## Tokenizer
+Word-level (`tokenizer.json`, `tokenizers` WordLevel): splits on whitespace and isolates punctuation
+(":" "." "?" "," are tokens); the vocabulary is every word of the synthetic lexicon, the six real templates and
+the label-word pool. `<|endoftext|>` is BOS = EOS = pad; `<unk>` for anything else. Every label word
+(" Positive", " terrible", " World", " Neither", ...) is one token, and "A B" tokenizes as "A" then " B".
+The tokenizer adds no BOS itself: callers prepend the BOS id.
+
+## Training data (the mixture)
+Sequences of one task each: [BOS] + demo + EOS + demo + EOS + ..., demo = the real task template filled with a
+synthetic train row + " " + label word; per batch, with probability {args.p_long} {args.min_demos} to
+{args.max_demos} demonstrations per sequence (uniform, cut to the context), otherwise {args.min_demos} to
+{args.short_demos} (short batches: many cheap updates). To make the demonstrations necessary, the label words are re-assigned to the classes in every
+sequence: with probability {args.p_real}, the task's own label words in a random order (its usual mapping is just one
+of the permutations); with probability {args.p_fixed}, a fixed per-task mapping onto spare words that are no task's label
+word (a direct route to the class features that gives the real label words no prior); otherwise distinct words
+from a pool (all tasks' label words + extras such as yes/no, A-E, colours, animals). Loss: the mean
+cross-entropy of every demonstration's label token (so each sequence trains k = 0 up to its length)
++ {args.lm_weight} x the mean next-token cross-entropy over all tokens (language modelling teaches which words go
+together and copying from the context). Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
+
+## Training
+Command: `{command.strip()}`
+Seed {args.seed}, {args.steps} steps, batch {args.batch_size} sequences, AdamW (lr {args.lr}, betas 0.9/0.98,
+weight decay 0.05 on matrices), {args.warmup} warm-up steps then cosine decay, gradient clipping 1.0;
+{train_time / 60:.1f} min wall time on {args.device} ({args.threads} thread(s)).
+
+## Accuracy on the synthetic eval sets
+ZS: [BOS] + query prompt. ICL: [BOS] + k = 32 demonstrations (first 32 train rows after a seeded shuffle, seed 0;
+those that would overflow the context dropped) + query. Prediction: the label word with the highest log-probability.
+Because the training mixture randomises which word names which class, zero-shot accuracy is expected near chance
+(1 / number of classes): the model knows the task's classes but not which label word is which without
+demonstrations. Recompute with `python analyses/evaluate_tiny_icl.py --write-card`.
+"""
+
+
+if __name__ == "__main__":
+    main()
