@@ -20,8 +20,8 @@ from iclgd_lens.metrics import accuracy
 from iclgd_lens.synthetic import SYNTHETIC_TASKS
 
 GRIDS = {
-    "coarse": [m * 10.0**-e for e in (1, 2, 3, 4) for m in (1, 3)],
-    "dai": [m * 10.0**-e for e in (1, 2, 3, 4) for m in range(1, 10)],
+    "coarse": [float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in (1, 3)],
+    "dai": [float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in range(1, 10)],
 }
 
 
@@ -64,7 +64,7 @@ def main() -> None:
 
     model = load_model(args.model, device=args.device)
     rows = []
-    print(f"| task | k | ZS | ICL | best lr | GD | GD > ZS | ICL >= ZS + 15 |")
+    print("| task | k | ZS | ICL | best lr | GD | GD > ZS | ICL >= ZS + 15 |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.tasks:
         row = sweep(model, load_task(name), args.k, args.seed, args.n_eval, GRIDS[args.grid], args.batch_size)
