@@ -15,7 +15,7 @@ import pandas as pd
 from iclgd_lens.compare import CompareConfig, compare
 from iclgd_lens.episodes import check_k
 from iclgd_lens.deltas import LCGD_EXITS, METHODS, PARAMETER_GROUPS
-from iclgd_lens.models import BASELINES, DTYPES, check_model_name, load_model
+from iclgd_lens.models import BASELINES, BUNDLED_MODELS, DTYPES, check_model_name, load_model
 from iclgd_lens.recording import POSITIONS
 from iclgd_lens.results import check_output_folder
 from iclgd_lens.tasks import HUB_TASKS, load_task
@@ -78,7 +78,7 @@ def run_compare(args: argparse.Namespace) -> None:
         args.separator,
     )
     check_output_folder(Path(args.out), args.overwrite)
-    if args.model != "tiny-icl" and not Path(args.model).is_dir():
+    if args.model not in BUNDLED_MODELS and not Path(args.model).is_dir():
         check_model_name(args.model)
     data_files = parse_data_files(args.data_files)
     if args.task in HUB_TASKS and data_files is None and (args.template or args.labels):

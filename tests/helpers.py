@@ -5,33 +5,21 @@ from __future__ import annotations
 import random
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from iclgd_lens.tasks import Task
+from iclgd_lens.tiny_model import build_tokenizer
 
-EOT = "<|endoftext|>"
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "grim"]
 FILLER = ["a", "the", "film", "movie", "plot", "was", "very", "truly", "and", "acting"]
 TEMPLATE_WORDS = ["Sentence", ":", "Label", "Negative", "Positive", "Neutral", "Mixed", ".", ","]
 
 
-def make_tokenizer(extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
-    words = [EOT, "<unk>", *TEMPLATE_WORDS, *POSITIVE, *NEGATIVE, *FILLER, *extra_words]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=EOT,
-        eos_token=EOT,
-        pad_token=EOT,
-        unk_token="<unk>",
-        name_or_path="toy-word-level",
-        add_bos_token=True,  # TransformerLens reloads tokenizers lacking these
-    )
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """The bundled model's word-level tokenizer over the toy vocabulary (<|endoftext|> = 0, <unk> = 1)."""
+    return build_tokenizer([*TEMPLATE_WORDS, *POSITIVE, *NEGATIVE, *FILLER])
 
 
 def toy_rows(n: int, seed: int) -> list[dict]:
