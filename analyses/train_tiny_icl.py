@@ -44,9 +44,12 @@ class Mixture:
     """Samples few-shot training sequences of the synthetic tasks' train splits."""
 
     def __init__(self, tokenizer, tasks, n_ctx: int, p_real: float, p_fixed: float, min_demos: int,
-                 max_demos: int, short_demos: int, p_long: float, seed: int):
+                 max_demos: int, short_demos: int, p_long: float, seed: int, p_cues: float = 0.0,
+                 p_repeat: float = 0.0):
         self.tok = tokenizer
         self.tasks = tasks
+        self.p_cues, self.p_repeat = p_cues, p_repeat
+        self.cues = [class_cues(t) for t in tasks]
         self.n_ctx = n_ctx
         self.p_real, self.p_fixed = p_real, p_fixed
         self.min_demos, self.max_demos, self.short_demos, self.p_long = min_demos, max_demos, short_demos, p_long
@@ -81,11 +84,15 @@ class Mixture:
             words = self.fixed[t]
         else:
             words = rng.sample(self.pool, n_classes)
+        cues = self.cues[t] is not None and rng.random() < self.p_cues
         tokens = [self.tok.bos_token_id]
-        positions, targets = [], []
+        positions, targets, used = [], [], []
         for _ in range(rng.randint(self.min_demos, max_demos)):
-            i = rng.randrange(len(self.prompts[t]))
-            prompt = self.prompts[t][i]
+            # a repeated row is solved by matching the query to its earlier copy: the induction step of ICL
+            repeat = used and rng.random() < self.p_repeat
+            i = rng.choice(used) if repeat else rng.randrange(len(self.prompts[t]))
+            used.append(i)
+            prompt = self.cue_prompt(t, i) if cues else self.prompts[t][i]
             if len(tokens) + len(prompt) + 2 > self.n_ctx:
                 break
             tokens += prompt
@@ -93,6 +100,15 @@ class Mixture:
             targets.append(words[self.labels[t][i]])
             tokens += [targets[-1], self.tok.eos_token_id]
         return tokens, positions, targets
+
+    def cue_prompt(self, t: int, i: int) -> list[int]:
+        """Row i of task t cut down to one or two of its class-specific words, in order (the curriculum)."""
+        task, (field, words) = self.tasks[t], self.cues[t]
+        text = task.train[i][field].split()
+        keep = [j for j, w in enumerate(text) if w in words] or [self.rng.randrange(len(text))]
+        keep = sorted(self.rng.sample(keep, min(len(keep), self.rng.randint(1, 2))))
+        prompt = task.template.format(**{field: " ".join(text[j] for j in keep)})
+        return self.tok.encode(prompt, add_special_tokens=False)
 
     def batch(self, batch_size: int, device: str):
         t = self.rng.randrange(len(self.tasks))  # one task per batch: similar lengths, little padding
@@ -110,6 +126,19 @@ class Mixture:
         lengths = torch.tensor([len(s[0]) for s in seqs], device=device)
         return (tokens.to(device), lengths, torch.tensor(rows, device=device), torch.tensor(cols, device=device),
                 torch.tensor(targets, device=device))
+
+
+def class_cues(task, min_count: int = 5, min_purity: float = 0.9) -> tuple[str, set[str]] | None:
+    """(field, words that are almost always of one class in the train split); None for two-field tasks (cb)."""
+    if len(task.fields) != 1:
+        return None
+    field, n_classes = task.fields[0], len(task.label_words)
+    counts: dict[str, list[int]] = {}
+    for row in task.train:
+        for word in set(row[field].split()):
+            counts.setdefault(word, [0] * n_classes)[row["label"]] += 1
+    return field, {w for w, c in counts.items()
+                   if sum(c) >= min_count and (max(c) + 1) / (sum(c) + n_classes) >= min_purity}
 
 
 def training_loss(model: HookedTransformer, tokens, lengths, rows, cols, targets, lm_weight: float):
@@ -141,13 +170,17 @@ def main(argv=None) -> None:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=1024)
-    p.add_argument("--pos", default="rotary", choices=["standard", "rotary"])
+    p.add_argument("--pos", default="rotary", choices=["standard", "rotary", "alibi"])
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--p-real", type=float, default=0.5, help="share of sequences with the task's own label words")
     p.add_argument("--p-fixed", type=float, default=0.2,
                    help="share of sequences with a fixed per-task mapping onto spare (non-label) words")
+    p.add_argument("--p-cues", type=float, default=0.0,
+                   help="share of sequences whose demonstrations are cut to one or two class-specific words")
+    p.add_argument("--p-repeat", type=float, default=0.0,
+                   help="chance that a demonstration repeats an earlier row of its sequence (induction curriculum)")
     p.add_argument("--lm-weight", type=float, default=1.0,
                    help="weight of the next-token loss on all tokens (0: label tokens only)")
     p.add_argument("--min-demos", type=int, default=2)
@@ -172,7 +205,7 @@ def main(argv=None) -> None:
     tok = build_tokenizer()
     tasks = [synthetic_task(name, seed=0, n_train=args.n_train) for name in SYNTHETIC_TASKS]
     mixture = Mixture(tok, tasks, args.n_ctx, args.p_real, args.p_fixed, args.min_demos, args.max_demos,
-                      args.short_demos, args.p_long, args.seed)
+                      args.short_demos, args.p_long, args.seed, args.p_cues, args.p_repeat)
     cfg = model_config(len(tok), args.n_layers, args.d_model, args.n_heads, n_ctx=args.n_ctx,
                        positional_embedding_type=args.pos, seed=args.seed)
     cfg.device = args.device

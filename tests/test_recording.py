@@ -23,8 +23,22 @@ def full_forward_reference(model, prefix, query, label_tokens, position):
             for l in range(model.cfg.n_layers):
                 out["attn_out"].append(cache[f"blocks.{l}.hook_attn_out"][0, at])
                 out["z"].append(cache[f"blocks.{l}.attn.hook_z"][0, at])
-                out["scores"].append(cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, at, len(prefix) : at + 1])
+                out["scores"].append(_reference_scores(model, cache, l, at, len(prefix)))
     return {k: torch.stack(v) for k, v in out.items()}, torch.stack(logprobs), at
+
+
+def _reference_scores(model, cache, layer, at, start):
+    """Pre-softmax scores of position `at` to keys start..at; for ALiBi rebuilt from q, k and the bias
+    slope_h·(key - query) (slopes 2^(-8(h+1)/n_heads)), not read from TransformerLens, whose cached ALiBi bias
+    is shifted by a per-query constant that depends on earlier calls."""
+    if model.cfg.positional_embedding_type != "alibi":
+        return cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, at, start : at + 1]
+    q = cache[f"blocks.{layer}.attn.hook_q"][0, at]  # [head, d_head]
+    k = cache[f"blocks.{layer}.attn.hook_k"][0, start : at + 1]  # [key, head, d_head]
+    n = model.cfg.n_heads
+    slopes = torch.tensor([2.0 ** (-8 * (h + 1) / n) for h in range(n)])
+    distance = torch.arange(start, at + 1) - at
+    return torch.einsum("hd,khd->hk", q, k) / model.cfg.d_head**0.5 + slopes[:, None] * distance[None, :]
 
 
 @pytest.mark.parametrize("position", ["prediction", "first_option"])
@@ -33,8 +47,9 @@ def full_forward_reference(model, prefix, query, label_tokens, position):
     [
         dict(),
         dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2),
+        dict(positional="alibi"),  # the bundled tiny-icl's position scheme (and Bloom's)
     ],
-    ids=["gpt2-like", "llama-like"],
+    ids=["gpt2-like", "llama-like", "alibi"],
 )
 def test_cached_icl_equals_full_forward(position, arch):
     model = tiny_model(**arch)
