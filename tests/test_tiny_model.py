@@ -104,3 +104,30 @@ def test_training_script_end_to_end(tmp_path):
     assert "| synth-sst2 |" in card and "--tiny" in card
     tokens = torch.tensor([[0] + model.tokenizer.encode("Sentence: a dull film . Label:")])
     assert model(tokens).shape == (1, tokens.shape[1], model.cfg.d_vocab_out)
+
+
+def test_cue_curriculum_keeps_only_class_specific_words():
+    from train_tiny_icl import Mixture, class_cues
+
+    sst2, cb = synthetic_task("synth-sst2", n_train=400), synthetic_task("synth-cb", n_train=400)
+    field, cues = class_cues(sst2)
+    assert field == "sentence" and {"awful", "brilliant"} <= cues and not {"the", "film", "."} & cues
+    assert class_cues(cb) is None  # two fields: premise and hypothesis are never cut
+    mixture = Mixture(build_tokenizer(), [sst2], 1024, 1.0, 0.0, 6, 6, 6, 0.0, seed=0, p_cues=1.0)
+    tokens, positions, _ = mixture.sequence(0, 6)
+    text = mixture.tok.decode(tokens)
+    sentences = [s.split("Label")[0].strip() for s in text.split("Sentence :")[1:]]
+    assert len(sentences) == 6 and all(1 <= len(s.split()) <= 2 for s in sentences), sentences
+
+
+def test_repeat_curriculum_reuses_rows_of_the_sequence():
+    from train_tiny_icl import Mixture
+
+    task = synthetic_task("synth-mr", n_train=400)
+    mixture = Mixture(build_tokenizer(), [task], 1024, 1.0, 0.0, 8, 8, 8, 0.0, seed=0, p_repeat=1.0)
+    tokens, positions, targets = mixture.sequence(0, 8)
+    demos = mixture.tok.decode(tokens).split("<|endoftext|>")[1:-1]
+    assert len(demos) == 8 and len(set(demos)) == 1  # every demonstration repeats the first
+    mixture.p_repeat = 0.0
+    demos = mixture.tok.decode(mixture.sequence(0, 8)[0]).split("<|endoftext|>")[1:-1]
+    assert len(set(demos)) == 8
