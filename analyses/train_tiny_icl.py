@@ -13,6 +13,8 @@ The number of demonstrations varies per sequence (uniform in [--min-demos, --sho
 of the batches [--min-demos, --max-demos], cut to the context),
 and the loss is the cross-entropy of every demonstration's label token (the prediction after "Label:" etc.),
 so one sequence trains every k from 0 to its length, plus (--lm-weight) the next-token loss on all tokens.
+Two curricula: --p-cues cuts a share of the sequences' demonstrations to one or two class-specific words
+(class_cues), and --p-repeat lets a demonstration repeat an earlier row, which exact-match induction solves first.
 """
 
 from __future__ import annotations
@@ -290,7 +292,9 @@ word (a direct route to the class features that gives the real label words no pr
 from a pool (all tasks' label words + extras such as yes/no, A-E, colours, animals). Loss: the mean
 cross-entropy of every demonstration's label token (so each sequence trains k = 0 up to its length)
 + {args.lm_weight} x the mean next-token cross-entropy over all tokens (language modelling teaches which words go
-together and copying from the context). Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
+together and copying from the context). Curricula: with probability {args.p_cues} a sequence's demonstrations are cut
+to one or two words that are almost always of one class in the train split (never for cb); each demonstration
+repeats an earlier row of its sequence with probability {args.p_repeat}. Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
 
 ## Training
 Command: `{command.strip()}`
