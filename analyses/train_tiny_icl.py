@@ -15,6 +15,10 @@ and the loss is the cross-entropy of every demonstration's label token (the pred
 so one sequence trains every k from 0 to its length, plus (--lm-weight) the next-token loss on all tokens.
 Two curricula: --p-cues cuts a share of the sequences' demonstrations to one or two class-specific words
 (class_cues), and --p-repeat lets a demonstration repeat an earlier row, which exact-match induction solves first.
+A training aid, --class-probe (on by default): a linear probe on the residual stream entering the last block, at
+each demonstration's label token, is trained to predict that demonstration's class. It asks for the key feature
+that matching a query to its demonstrations needs. Without it the label loss stayed at chance for thousands of
+steps in every run. The probe is discarded; the saved model is a plain HookedTransformer.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -40,6 +45,15 @@ from iclgd_lens.tasks import HUB_TASKS  # noqa: E402
 from iclgd_lens.tiny_model import (  # noqa: E402
     TINY_ICL_DIR, build_tokenizer, load_bundled, model_config, save_bundled,
 )
+
+
+class Batch(NamedTuple):
+    tokens: torch.Tensor  # [batch, pos], padded
+    lengths: torch.Tensor  # [batch]
+    rows: torch.Tensor  # [n_labels]: sequence of each demonstration's label
+    cols: torch.Tensor  # [n_labels]: position whose next token is that label (the "Label:" token)
+    targets: torch.Tensor  # [n_labels]: label token ids
+    classes: torch.Tensor  # [n_labels]: class id, offset per task (Mixture.class_offset)
 
 
 class Mixture:
@@ -58,6 +72,8 @@ class Mixture:
         self.rng = random.Random(seed)
         self.prompts = [[tokenizer.encode(t.prompt(r), add_special_tokens=False) for r in t.train] for t in tasks]
         self.labels = [[r["label"] for r in t.train] for t in tasks]
+        self.class_offset = [sum(len(u.label_words) for u in tasks[:i]) for i in range(len(tasks))]
+        self.n_classes = sum(len(t.label_words) for t in tasks)
         self.real = [[self._word_id(w) for w in t.label_words] for t in tasks]
         pool = {w for spec in HUB_TASKS.values() for w in spec.label_words} | set(EXTRA_LABEL_WORDS)
         self.pool = sorted(self._word_id(w) for w in pool)
@@ -75,8 +91,8 @@ class Mixture:
             raise ValueError(f"label word {word!r} is not a single token")
         return ids[0]
 
-    def sequence(self, t: int, max_demos: int) -> tuple[list[int], list[int], list[int]]:
-        """(tokens, positions whose next token is a label, label ids) for one sequence of task t."""
+    def sequence(self, t: int, max_demos: int) -> tuple[list[int], list[int], list[int], list[int]]:
+        """(tokens, positions whose next token is a label, label ids, classes) for one sequence of task t."""
         rng = self.rng
         n_classes = len(self.real[t])
         draw = rng.random()
@@ -88,7 +104,7 @@ class Mixture:
             words = rng.sample(self.pool, n_classes)
         cues = self.cues[t] is not None and rng.random() < self.p_cues
         tokens = [self.tok.bos_token_id]
-        positions, targets, used = [], [], []
+        positions, targets, classes, used = [], [], [], []
         for _ in range(rng.randint(self.min_demos, max_demos)):
             # a repeated row is solved by matching the query to its earlier copy: the induction step of ICL
             repeat = used and rng.random() < self.p_repeat
@@ -99,9 +115,10 @@ class Mixture:
                 break
             tokens += prompt
             positions.append(len(tokens) - 1)
-            targets.append(words[self.labels[t][i]])
+            classes.append(self.labels[t][i])
+            targets.append(words[classes[-1]])
             tokens += [targets[-1], self.tok.eos_token_id]
-        return tokens, positions, targets
+        return tokens, positions, targets, classes
 
     def cue_prompt(self, t: int, i: int) -> list[int]:
         """Row i of task t cut down to one or two of its class-specific words, in order (the curriculum)."""
@@ -112,22 +129,22 @@ class Mixture:
         prompt = task.template.format(**{field: " ".join(text[j] for j in keep)})
         return self.tok.encode(prompt, add_special_tokens=False)
 
-    def batch(self, batch_size: int, device: str):
+    def batch(self, batch_size: int, device: str) -> Batch:
         t = self.rng.randrange(len(self.tasks))  # one task per batch: similar lengths, little padding
         # Most batches are short (many cheap updates); a share --p-long run up to the full context.
         max_demos = self.max_demos if self.rng.random() < self.p_long else self.short_demos
         seqs = [self.sequence(t, max_demos) for _ in range(batch_size)]
         length = max(len(s[0]) for s in seqs)
         tokens = torch.full((batch_size, length), self.tok.pad_token_id, dtype=torch.long)
-        rows, cols, targets = [], [], []
-        for b, (ids, pos, tgt) in enumerate(seqs):
+        rows, cols, targets, classes = [], [], [], []
+        for b, (ids, pos, tgt, cls) in enumerate(seqs):
             tokens[b, : len(ids)] = torch.tensor(ids)
             rows += [b] * len(pos)
             cols += pos
             targets += tgt
-        lengths = torch.tensor([len(s[0]) for s in seqs], device=device)
-        return (tokens.to(device), lengths, torch.tensor(rows, device=device), torch.tensor(cols, device=device),
-                torch.tensor(targets, device=device))
+            classes += [self.class_offset[t] + c for c in cls]
+        lengths = [len(s[0]) for s in seqs]
+        return Batch(tokens.to(device), *(torch.tensor(x, device=device) for x in (lengths, rows, cols, targets, classes)))
 
 
 def class_cues(task, min_count: int = 5, min_purity: float = 0.9) -> tuple[str, set[str]] | None:
@@ -143,27 +160,54 @@ def class_cues(task, min_count: int = 5, min_purity: float = 0.9) -> tuple[str, 
                    if sum(c) >= min_count and (max(c) + 1) / (sum(c) + n_classes) >= min_purity}
 
 
-def training_loss(model: HookedTransformer, tokens, lengths, rows, cols, targets, lm_weight: float):
-    """Label cross-entropy (every demonstration's label token) + lm_weight * next-token loss on all tokens.
+def training_loss(
+    model: HookedTransformer,
+    batch: Batch,
+    lm_weight: float,
+    class_probe: torch.nn.Linear | None = None,
+    probe_layer: int = 0,
+) -> torch.Tensor:
+    """Label cross-entropy (every demonstration's label token) + lm_weight * next-token loss on all tokens
+    + the class probe's cross-entropy, when one is given.
 
     The language-modelling part teaches what the label loss alone learns slowly: which words go together (the
     class features) and copying from earlier in the context (the repeated templates).
+    The class probe reads the residual stream entering block probe_layer at each demonstration's label token and
+    predicts that demonstration's class. ICL needs exactly this feature there: the query must find the label
+    tokens whose demonstration has its class. Without the probe nothing asks for it until an attention head
+    already matches on it, and the label loss stays at chance for thousands of steps. The probe is a training
+    aid only; it is not part of the saved model.
     """
-    if lm_weight == 0:
-        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
-        logits = model.unembed(model.ln_final(resid[rows, cols][None]))[0]
-        return torch.nn.functional.cross_entropy(logits.float(), targets)
-    logits = model(tokens).float()
-    label = torch.nn.functional.cross_entropy(logits[rows, cols], targets)
-    real = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None] < (lengths[:, None] - 1)
-    lm = torch.nn.functional.cross_entropy(logits[:, :-1][real], tokens[:, 1:][real])
-    return label + lm_weight * lm
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(resid, hook):
+        captured["resid"] = resid
+
+    hooks = [(f"blocks.{probe_layer}.hook_resid_pre", capture)] if class_probe is not None else []
+    with model.hooks(fwd_hooks=hooks):
+        if lm_weight == 0:
+            resid = model(batch.tokens, stop_at_layer=model.cfg.n_layers)
+            logits = model.unembed(model.ln_final(resid[batch.rows, batch.cols][None]))[0].float()
+        else:
+            all_logits = model(batch.tokens).float()
+            logits = all_logits[batch.rows, batch.cols]
+    loss = torch.nn.functional.cross_entropy(logits, batch.targets)
+    if lm_weight:
+        lengths, tokens = batch.lengths, batch.tokens
+        real = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None] < (lengths[:, None] - 1)
+        loss = loss + lm_weight * torch.nn.functional.cross_entropy(all_logits[:, :-1][real], tokens[:, 1:][real])
+    if class_probe is not None:
+        label_tokens = captured["resid"][batch.rows, batch.cols + 1]
+        loss = loss + torch.nn.functional.cross_entropy(class_probe(label_tokens).float(), batch.classes)
+    return loss
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--steps", type=int, default=3600, help="length of the learning-rate schedule")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop after this many steps of that schedule (default: --steps)")
     p.add_argument("--out", default=str(TINY_ICL_DIR))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
@@ -183,12 +227,16 @@ def main(argv=None) -> None:
                    help="share of sequences whose demonstrations are cut to one or two class-specific words")
     p.add_argument("--p-repeat", type=float, default=0.0,
                    help="chance that a demonstration repeats an earlier row of its sequence (induction curriculum)")
+    p.add_argument("--class-probe", action=argparse.BooleanOptionalAction, default=True,
+                   help="train a linear class probe at the label tokens entering the last block (see training_loss)")
     p.add_argument("--lm-weight", type=float, default=1.0,
                    help="weight of the next-token loss on all tokens (0: label tokens only)")
     p.add_argument("--min-demos", type=int, default=2)
     p.add_argument("--max-demos", type=int, default=40)
     p.add_argument("--short-demos", type=int, default=8, help="max demonstrations in a short batch")
     p.add_argument("--p-long", type=float, default=0.2, help="share of batches with up to --max-demos")
+    p.add_argument("--tasks", nargs="+", default=list(SYNTHETIC_TASKS), choices=SYNTHETIC_TASKS,
+                   help="the synthetic tasks of the mixture (a first curriculum stage can use a few)")
     p.add_argument("--n-train", type=int, default=4000, help="train rows per synthetic task")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-queries", type=int, default=48, help="queries per task in the periodic evaluation")
@@ -205,7 +253,7 @@ def main(argv=None) -> None:
     started = time.time()
 
     tok = build_tokenizer()
-    tasks = [synthetic_task(name, seed=0, n_train=args.n_train) for name in SYNTHETIC_TASKS]
+    tasks = [synthetic_task(name, seed=0, n_train=args.n_train) for name in args.tasks]
     mixture = Mixture(tok, tasks, args.n_ctx, args.p_real, args.p_fixed, args.min_demos, args.max_demos,
                       args.short_demos, args.p_long, args.seed, args.p_cues, args.p_repeat)
     cfg = model_config(len(tok), args.n_layers, args.d_model, args.n_heads, n_ctx=args.n_ctx,
@@ -215,8 +263,11 @@ def main(argv=None) -> None:
     if args.init:
         # continue from a bundled model of the same architecture (fresh optimizer and schedule)
         model.load_state_dict(load_bundled(args.init, device=args.device).state_dict())
-    decay = [q for n, q in model.named_parameters() if q.ndim >= 2]
-    no_decay = [q for n, q in model.named_parameters() if q.ndim < 2]
+    probe_layer = args.n_layers - 1
+    class_probe = torch.nn.Linear(args.d_model, mixture.n_classes, device=args.device) if args.class_probe else None
+    trained = [*model.parameters(), *(class_probe.parameters() if class_probe else ())]
+    decay = [q for q in trained if q.ndim >= 2]
+    no_decay = [q for q in trained if q.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -226,20 +277,21 @@ def main(argv=None) -> None:
     n_params = sum(q.numel() for q in model.parameters())
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, {n_params / 1e6:.2f}M parameters", flush=True)
     running, tokens_seen = None, 0
-    for step in range(1, args.steps + 1):
+    last_step = min(args.steps, args.stop_at or args.steps)
+    for step in range(1, last_step + 1):
         model.train()
         batch = mixture.batch(args.batch_size, args.device)
-        loss = training_loss(model, *batch, lm_weight=args.lm_weight)
+        loss = training_loss(model, batch, args.lm_weight, class_probe, probe_layer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         schedule.step()
-        tokens_seen += batch[0].numel()
+        tokens_seen += batch.tokens.numel()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == args.steps:
+        if step % 50 == 0 or step == last_step:
             print(f"step {step} loss {running:.3f} tokens {tokens_seen} {time.time() - started:.0f}s", flush=True)
-        if step % args.eval_every == 0 and step < args.steps:
+        if step % args.eval_every == 0 and step < last_step:
             model.eval()
             scores = evaluate(model, k=32, n_queries=args.eval_queries)
             summary = {s.task: (round(s.zs, 3), round(s.icl, 3)) for s in scores}
@@ -294,11 +346,14 @@ cross-entropy of every demonstration's label token (so each sequence trains k = 
 + {args.lm_weight} x the mean next-token cross-entropy over all tokens (language modelling teaches which words go
 together and copying from the context). Curricula: with probability {args.p_cues} a sequence's demonstrations are cut
 to one or two words that are almost always of one class in the train split (never for cb); each demonstration
-repeats an earlier row of its sequence with probability {args.p_repeat}. Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
+repeats an earlier row of its sequence with probability {args.p_repeat}. Class probe: {"on" if args.class_probe else "off"}
+(a linear probe on the residual stream entering the last block, at every demonstration's label token, predicts
+that demonstration's class and its cross-entropy is added to the loss. This is what made ICL emerge: without it
+no head matched queries to demonstrations of their class. The probe is discarded after training). Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
 
 ## Training
 Command: `{command.strip()}`
-Seed {args.seed}, {args.steps} steps, batch {args.batch_size} sequences, AdamW (lr {args.lr}, betas 0.9/0.98,
+Seed {args.seed}, {min(args.steps, args.stop_at or args.steps)} steps of a {args.steps}-step schedule, batch {args.batch_size} sequences, AdamW (lr {args.lr}, betas 0.9/0.98,
 weight decay 0.05 on matrices), {args.warmup} warm-up steps then cosine decay, gradient clipping 1.0;
 {train_time / 60:.1f} min wall time on {args.device} ({args.threads} thread(s)).
 

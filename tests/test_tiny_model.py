@@ -114,7 +114,7 @@ def test_cue_curriculum_keeps_only_class_specific_words():
     assert field == "sentence" and {"awful", "brilliant"} <= cues and not {"the", "film", "."} & cues
     assert class_cues(cb) is None  # two fields: premise and hypothesis are never cut
     mixture = Mixture(build_tokenizer(), [sst2], 1024, 1.0, 0.0, 6, 6, 6, 0.0, seed=0, p_cues=1.0)
-    tokens, positions, _ = mixture.sequence(0, 6)
+    tokens, positions, _, _ = mixture.sequence(0, 6)
     text = mixture.tok.decode(tokens)
     sentences = [s.split("Label")[0].strip() for s in text.split("Sentence :")[1:]]
     assert len(sentences) == 6 and all(1 <= len(s.split()) <= 2 for s in sentences), sentences
@@ -125,9 +125,44 @@ def test_repeat_curriculum_reuses_rows_of_the_sequence():
 
     task = synthetic_task("synth-mr", n_train=400)
     mixture = Mixture(build_tokenizer(), [task], 1024, 1.0, 0.0, 8, 8, 8, 0.0, seed=0, p_repeat=1.0)
-    tokens, positions, targets = mixture.sequence(0, 8)
+    tokens, positions, targets, _ = mixture.sequence(0, 8)
     demos = mixture.tok.decode(tokens).split("<|endoftext|>")[1:-1]
     assert len(demos) == 8 and len(set(demos)) == 1  # every demonstration repeats the first
     mixture.p_repeat = 0.0
     demos = mixture.tok.decode(mixture.sequence(0, 8)[0]).split("<|endoftext|>")[1:-1]
     assert len(set(demos)) == 8
+
+
+def test_batch_classes_name_each_demonstrations_class():
+    from train_tiny_icl import Mixture
+
+    tasks = [synthetic_task("synth-sst2", n_train=200), synthetic_task("synth-agnews", n_train=200)]
+    mixture = Mixture(build_tokenizer(), tasks, 1024, 0.0, 1.0, 4, 4, 4, 0.0, seed=1)  # fixed mappings only
+    for _ in range(4):
+        batch = mixture.batch(3, "cpu")
+        t = 0 if batch.classes.max() < 2 else 1
+        fixed = torch.tensor(mixture.fixed[t])
+        local = batch.classes - mixture.class_offset[t]
+        assert torch.equal(fixed[local], batch.targets)  # the fixed word of each class is the label that follows
+        assert torch.equal(batch.tokens[batch.rows, batch.cols + 1], batch.targets)
+    assert mixture.n_classes == 6 and mixture.class_offset == [0, 2]
+
+
+def test_training_loss_adds_the_class_probe_on_label_tokens():
+    from train_tiny_icl import Mixture, training_loss
+
+    model, tokenizer = _tiny_random_model("alibi")
+    mixture = Mixture(tokenizer, [synthetic_task("synth-mr", n_train=200)], 256, 0.5, 0.3, 2, 4, 4, 0.0, seed=0)
+    batch = mixture.batch(2, "cpu")
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(model.cfg.d_model, mixture.n_classes)
+    with torch.no_grad():
+        total = training_loss(model, batch, 0.0, probe, probe_layer=1)
+        label_only = training_loss(model, batch, 0.0)
+        # independent: full forward logits and the cached residual stream
+        logits, cache = model.run_with_cache(batch.tokens)
+        expected_label = torch.nn.functional.cross_entropy(logits[batch.rows, batch.cols], batch.targets)
+        resid = cache["blocks.1.hook_resid_pre"][batch.rows, batch.cols + 1]
+        expected_probe = torch.nn.functional.cross_entropy(probe(resid), batch.classes)
+    torch.testing.assert_close(label_only, expected_label, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total, expected_label + expected_probe, rtol=1e-5, atol=1e-5)
