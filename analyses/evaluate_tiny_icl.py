@@ -7,6 +7,10 @@ ZS: [BOS] + query prompt. ICL: [BOS] + k demonstrations (prompt + " " + label wo
 query prompt. The toolkit's own protocol (iclgd_lens.build_episode / record): demonstrations are the first k of a
 seeded shuffle of train, those that would overflow the context are dropped, the eval set is shuffled with seed 1
 and capped at --n-queries. Prediction: the label word with the highest log-probability after the prompt.
+
+The "reversed" columns repeat ZS and ICL with the label words in reverse order (class c is named by the word of
+class n - 1 - c, in the demonstrations and in the scoring). A model that learns the mapping from its
+demonstrations scores as high with it; a zero-shot tilt towards the usual mapping scores 100 - ZS on binary tasks.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +44,8 @@ class TaskScore:
     n: int
     zs: float
     icl: float
+    zs_reversed: float  # label words in reverse order (see the module docstring)
+    icl_reversed: float
 
 
 def evaluate_task(
@@ -50,13 +56,17 @@ def evaluate_task(
     n_queries: int | None = None,
     batch_size: int = 32,
 ) -> TaskScore:
-    """ZS and ICL accuracy through the toolkit's own episode and recording (the papers' protocol)."""
-    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_queries or len(task.eval))
-    labels = torch.tensor(episode.labels)
-    common = dict(label_tokens=episode.label_tokens, batch_size=batch_size, pad_token=episode.bos)
-    zs = record(model, episode.queries, prefix=episode.zs_prefix, **common)
-    icl = record(model, episode.queries, prefix=episode.icl_prefix, **common)
-    return TaskScore(task.name, episode.effective_k, len(labels), accuracy(zs.pred, labels), accuracy(icl.pred, labels))
+    """ZS and ICL accuracy through the toolkit's own episode and recording (the papers' protocol), with the task's
+    label words and with them reversed."""
+    scores = []
+    for words in (task.label_words, task.label_words[::-1]):
+        episode = build_episode(replace(task, label_words=words), model.tokenizer, model.cfg.n_ctx, k=k, seed=seed,
+                                n_eval=n_queries or len(task.eval))
+        labels = torch.tensor(episode.labels)
+        common = dict(label_tokens=episode.label_tokens, batch_size=batch_size, pad_token=episode.bos)
+        for prefix in (episode.zs_prefix, episode.icl_prefix):
+            scores.append(accuracy(record(model, episode.queries, prefix=prefix, **common).pred, labels))
+    return TaskScore(task.name, episode.effective_k, len(labels), *scores)
 
 
 def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, data_seed=0) -> list[TaskScore]:
@@ -74,14 +84,15 @@ def gd_zs_accuracy(
 
 
 def table(scores: list[TaskScore]) -> str:
-    lines = ["| task | k (effective) | eval queries | ZS acc | ICL acc | ICL - ZS |", "|---|---|---|---|---|---|"]
-    for s in scores:
-        lines.append(
-            f"| {s.task} | {s.k} | {s.n} | {100 * s.zs:.1f} | {100 * s.icl:.1f} | {100 * (s.icl - s.zs):+.1f} |"
-        )
-    mean_zs = sum(s.zs for s in scores) / len(scores)
-    mean_icl = sum(s.icl for s in scores) / len(scores)
-    lines.append(f"| mean | | | {100 * mean_zs:.1f} | {100 * mean_icl:.1f} | {100 * (mean_icl - mean_zs):+.1f} |")
+    lines = [
+        "| task | k (effective) | eval queries | ZS acc | ICL acc | ICL - ZS | ZS, reversed words | ICL, reversed words |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(s.task, s.k, s.n, s.zs, s.icl, s.zs_reversed, s.icl_reversed) for s in scores]
+    rows.append(("mean", "", "", *(sum(r[i] for r in rows) / len(rows) for i in range(3, 7))))
+    for task, k, n, zs, icl, zs_reversed, icl_reversed in rows:
+        lines.append(f"| {task} | {k} | {n} | {100 * zs:.1f} | {100 * icl:.1f} | {100 * (icl - zs):+.1f} | "
+                     f"{100 * zs_reversed:.1f} | {100 * icl_reversed:.1f} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Train the bundled tiny ICL model from scratch on few-shot sequences of the six synthetic tasks.
 
-    python analyses/train_tiny_icl.py                      # the shipped model (iclgd_lens/bundled/tiny-icl)
+    make train-model                                       # the shipped model: two stages, see the Makefile
     python analyses/train_tiny_icl.py --tiny --steps 3 --out /tmp/tiny   # a seconds-long smoke run
 
 Every training sequence is one task: [BOS] + demo_1 + EOS + demo_2 + EOS + ..., demo = template.format(row) +
@@ -53,7 +53,7 @@ class Batch(NamedTuple):
     rows: torch.Tensor  # [n_labels]: sequence of each demonstration's label
     cols: torch.Tensor  # [n_labels]: position whose next token is that label (the "Label:" token)
     targets: torch.Tensor  # [n_labels]: label token ids
-    classes: torch.Tensor  # [n_labels]: class id, offset per task (Mixture.class_offset)
+    classes: torch.Tensor  # [n_labels]: class id for the probe (Mixture.class_offset)
 
 
 class Mixture:
@@ -61,7 +61,7 @@ class Mixture:
 
     def __init__(self, tokenizer, tasks, n_ctx: int, p_real: float, p_fixed: float, min_demos: int,
                  max_demos: int, short_demos: int, p_long: float, seed: int, p_cues: float = 0.0,
-                 p_repeat: float = 0.0):
+                 p_repeat: float = 0.0, shared_classes: bool = False):
         self.tok = tokenizer
         self.tasks = tasks
         self.p_cues, self.p_repeat = p_cues, p_repeat
@@ -72,8 +72,12 @@ class Mixture:
         self.rng = random.Random(seed)
         self.prompts = [[tokenizer.encode(t.prompt(r), add_special_tokens=False) for r in t.train] for t in tasks]
         self.labels = [[r["label"] for r in t.train] for t in tasks]
-        self.class_offset = [sum(len(u.label_words) for u in tasks[:i]) for i in range(len(tasks))]
-        self.n_classes = sum(len(t.label_words) for t in tasks)
+        # class ids for the class probe: one id per (task, class), or class c of every task shares id c
+        if shared_classes:
+            self.class_offset, self.n_classes = [0] * len(tasks), max(len(t.label_words) for t in tasks)
+        else:
+            self.class_offset = [sum(len(u.label_words) for u in tasks[:i]) for i in range(len(tasks))]
+            self.n_classes = sum(len(t.label_words) for t in tasks)
         self.real = [[self._word_id(w) for w in t.label_words] for t in tasks]
         pool = {w for spec in HUB_TASKS.values() for w in spec.label_words} | set(EXTRA_LABEL_WORDS)
         self.pool = sorted(self._word_id(w) for w in pool)
@@ -229,6 +233,8 @@ def main(argv=None) -> None:
                    help="chance that a demonstration repeats an earlier row of its sequence (induction curriculum)")
     p.add_argument("--class-probe", action=argparse.BooleanOptionalAction, default=True,
                    help="train a linear class probe at the label tokens entering the last block (see training_loss)")
+    p.add_argument("--shared-probe-classes", action="store_true",
+                   help="class c of every task is one probe class (sst2/mr negative = subj objective = 0, ...)")
     p.add_argument("--lm-weight", type=float, default=1.0,
                    help="weight of the next-token loss on all tokens (0: label tokens only)")
     p.add_argument("--min-demos", type=int, default=2)
@@ -255,7 +261,8 @@ def main(argv=None) -> None:
     tok = build_tokenizer()
     tasks = [synthetic_task(name, seed=0, n_train=args.n_train) for name in args.tasks]
     mixture = Mixture(tok, tasks, args.n_ctx, args.p_real, args.p_fixed, args.min_demos, args.max_demos,
-                      args.short_demos, args.p_long, args.seed, args.p_cues, args.p_repeat)
+                      args.short_demos, args.p_long, args.seed, args.p_cues, args.p_repeat,
+                      args.shared_probe_classes)
     cfg = model_config(len(tok), args.n_layers, args.d_model, args.n_heads, n_ctx=args.n_ctx,
                        positional_embedding_type=args.pos, seed=args.seed)
     cfg.device = args.device
@@ -346,7 +353,8 @@ cross-entropy of every demonstration's label token (so each sequence trains k = 
 + {args.lm_weight} x the mean next-token cross-entropy over all tokens (language modelling teaches which words go
 together and copying from the context). Curricula: with probability {args.p_cues} a sequence's demonstrations are cut
 to one or two words that are almost always of one class in the train split (never for cb); each demonstration
-repeats an earlier row of its sequence with probability {args.p_repeat}. Class probe: {"on" if args.class_probe else "off"}
+repeats an earlier row of its sequence with probability {args.p_repeat}. Class probe: {"on" if args.class_probe else "off"}{
+", class c of every task one probe class" if args.shared_probe_classes else ""}
 (a linear probe on the residual stream entering the last block, at every demonstration's label token, predicts
 that demonstration's class and its cross-entropy is added to the loss. This is what made ICL emerge: without it
 no head matched queries to demonstrations of their class. The probe is discarded after training). Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
