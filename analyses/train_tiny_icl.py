@@ -8,6 +8,8 @@ Every training sequence is one task: [BOS] + demo_1 + EOS + demo_2 + EOS + ..., 
 in every sequence, so a query alone does not say which word names its class: ICL is needed.
   - with probability --p-real: the task's own label words in a random order (a random permutation, so the
     task's usual mapping is no more likely than any other);
+  - with probability --p-fixed: a fixed per-task mapping onto spare words that are no task's label word (a
+    zero-shot route to the class features);
   - otherwise: distinct words drawn from a pool (all tasks' label words + EXTRA_LABEL_WORDS).
 The number of demonstrations varies per sequence (uniform in [--min-demos, --short-demos], or in a share --p-long
 of the batches [--min-demos, --max-demos], cut to the context),
@@ -148,7 +150,8 @@ class Mixture:
             targets += tgt
             classes += [self.class_offset[t] + c for c in cls]
         lengths = [len(s[0]) for s in seqs]
-        return Batch(tokens.to(device), *(torch.tensor(x, device=device) for x in (lengths, rows, cols, targets, classes)))
+        extras = (torch.tensor(x, device=device) for x in (lengths, rows, cols, targets, classes))
+        return Batch(tokens.to(device), *extras)
 
 
 def class_cues(task, min_count: int = 5, min_purity: float = 0.9) -> tuple[str, set[str]] | None:
