@@ -192,17 +192,17 @@ def training_loss(
 
     hooks = [(f"blocks.{probe_layer}.hook_resid_pre", capture)] if class_probe is not None else []
     with model.hooks(fwd_hooks=hooks):
-        if lm_weight == 0:
+        if lm_weight == 0:  # unembed only the label positions
             resid = model(batch.tokens, stop_at_layer=model.cfg.n_layers)
             logits = model.unembed(model.ln_final(resid[batch.rows, batch.cols][None]))[0].float()
+            lm = 0.0
         else:
             all_logits = model(batch.tokens).float()
             logits = all_logits[batch.rows, batch.cols]
-    loss = torch.nn.functional.cross_entropy(logits, batch.targets)
-    if lm_weight:
-        lengths, tokens = batch.lengths, batch.tokens
-        real = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None] < (lengths[:, None] - 1)
-        loss = loss + lm_weight * torch.nn.functional.cross_entropy(all_logits[:, :-1][real], tokens[:, 1:][real])
+            tokens = batch.tokens
+            real = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None] < (batch.lengths[:, None] - 1)
+            lm = torch.nn.functional.cross_entropy(all_logits[:, :-1][real], tokens[:, 1:][real])
+    loss = torch.nn.functional.cross_entropy(logits, batch.targets) + lm_weight * lm
     if class_probe is not None:
         label_tokens = captured["resid"][batch.rows, batch.cols + 1]
         loss = loss + torch.nn.functional.cross_entropy(class_probe(label_tokens).float(), batch.classes)
@@ -253,6 +253,7 @@ def main(argv=None) -> None:
     p.add_argument("--init", default=None, help="start from this bundled model's weights (same architecture)")
     p.add_argument("--log", default=None, help="write the training log (JSON lines) here")
     args = p.parse_args(argv)
+    args.stop_at = min(args.steps, args.stop_at or args.steps)
     if args.tiny:
         args.n_layers, args.d_model, args.n_heads, args.n_ctx = 1, 32, 2, 256
         args.batch_size, args.max_demos, args.short_demos, args.n_train = 2, 6, 3, 200
@@ -287,8 +288,7 @@ def main(argv=None) -> None:
     n_params = sum(q.numel() for q in model.parameters())
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, {n_params / 1e6:.2f}M parameters", flush=True)
     running, tokens_seen = None, 0
-    last_step = min(args.steps, args.stop_at or args.steps)
-    for step in range(1, last_step + 1):
+    for step in range(1, args.stop_at + 1):
         model.train()
         batch = mixture.batch(args.batch_size, args.device)
         loss = training_loss(model, batch, args.lm_weight, class_probe, probe_layer)
@@ -299,9 +299,9 @@ def main(argv=None) -> None:
         schedule.step()
         tokens_seen += batch.tokens.numel()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == last_step:
+        if step % 50 == 0 or step == args.stop_at:
             print(f"step {step} loss {running:.3f} tokens {tokens_seen} {time.time() - started:.0f}s", flush=True)
-        if step % args.eval_every == 0 and step < last_step:
+        if step % args.eval_every == 0 and step < args.stop_at:
             model.eval()
             scores = evaluate(model, k=32, n_queries=args.eval_queries)
             summary = {s.task: (round(s.zs, 3), round(s.icl, 3)) for s in scores}
@@ -364,7 +364,7 @@ no head matched queries to demonstrations of their class. The probe is discarded
 
 ## Training
 Command: `{command.strip()}`
-Seed {args.seed}, {min(args.steps, args.stop_at or args.steps)} steps of a {args.steps}-step schedule, batch {args.batch_size} sequences, AdamW (lr {args.lr}, betas 0.9/0.98,
+Seed {args.seed}, {args.stop_at} steps of a {args.steps}-step schedule, batch {args.batch_size} sequences, AdamW (lr {args.lr}, betas 0.9/0.98,
 weight decay 0.05 on matrices), {args.warmup} warm-up steps then cosine decay, gradient clipping 1.0;
 {train_time / 60:.1f} min wall time on {args.device} ({args.threads} thread(s)).
 

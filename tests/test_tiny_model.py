@@ -158,7 +158,7 @@ def test_batch_classes_name_each_demonstrations_class():
     assert mixture.n_classes == 6 and mixture.class_offset == [0, 2]
 
 
-def test_training_loss_adds_the_class_probe_on_label_tokens():
+def test_training_loss_adds_the_lm_and_class_probe_terms():
     from train_tiny_icl import Mixture, training_loss
 
     model, tokenizer = _tiny_random_model("alibi")
@@ -174,5 +174,10 @@ def test_training_loss_adds_the_class_probe_on_label_tokens():
         expected_label = torch.nn.functional.cross_entropy(logits[batch.rows, batch.cols], batch.targets)
         resid = cache["blocks.1.hook_resid_pre"][batch.rows, batch.cols + 1]
         expected_probe = torch.nn.functional.cross_entropy(probe(resid), batch.classes)
+        with_lm = training_loss(model, batch, 0.5)
+        lm_terms = [torch.nn.functional.cross_entropy(logits[b, : n - 1], batch.tokens[b, 1:n], reduction="sum")
+                    for b, n in enumerate(batch.lengths.tolist())]
+        expected_lm = sum(lm_terms) / (batch.lengths - 1).sum()
     torch.testing.assert_close(label_only, expected_label, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(with_lm, expected_label + 0.5 * expected_lm, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(total, expected_label + expected_probe, rtol=1e-5, atol=1e-5)
