@@ -78,7 +78,7 @@ def gd_zs_accuracy(
 ) -> float:
     """ZS accuracy after the papers' GD (plain SGD on every layer's K/V over the k demonstrations)."""
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_queries or len(task.eval))
-    delta = fit(model, episode.demos, episode.bos, "gd", lr=lr)
+    delta = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
     tuned = record(model, episode.queries, episode.label_tokens, episode.zs_prefix, delta=delta, pad_token=episode.bos)
     return accuracy(tuned.pred, torch.tensor(episode.labels))
 

@@ -36,7 +36,7 @@ def sweep(model, task, k: int, seed: int, n_eval: int, lrs: list[float], batch_s
     row["gd"] = {}
     for lr in lrs:
         try:
-            delta = fit(model, episode.demos, episode.bos, "gd", lr=lr)
+            delta = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
         except FloatingPointError:
             row["gd"][lr] = float("nan")
             continue

@@ -2,9 +2,10 @@
 
     python analyses/recompute_metrics.py runs/tiny-icl-synth-sst2
 
-Accuracies, every per-layer metric (random_simaou aside: its noise comes from torch's generator) and the per-head
-SimAOU from z·W_O. Prints each number beside the saved one and exits non-zero if any differs by more than
---tolerance.
+Accuracies, every per-layer metric (random_simaou aside: its noise comes from torch's generator) with its count of
+defined values, the f2t subset when scored, and the per-head SimAOU from z·W_O, in the result's own arithmetic
+(exact: NaN for a zero vector, skipped in the means; reference: dot / (|a||b| + 1e-20)). Prints each number beside
+the saved one and exits non-zero if any differs by more than --tolerance or if one is NaN and the other is not.
 """
 
 from __future__ import annotations
@@ -18,14 +19,25 @@ import numpy as np
 from safetensors.numpy import load_file
 
 
+EPS: float | None = None  # the result's arithmetic: None (exact) or the reference's epsilon; set in main
+
+
 def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact: NaN where a vector is zero. Reference: dot / (|a||b| + eps)."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    dot = (a * b).sum(-1)
+    if EPS is not None:
+        return dot / (na * nb + EPS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((na > 0) & (nb > 0), dot / (np.where(na > 0, na, 1) * np.where(nb > 0, nb, 1)), np.nan)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return x / (norm + EPS) if EPS is not None else x / norm
 
 
 def masked(scores: np.ndarray, query_len: np.ndarray) -> np.ndarray:
@@ -33,32 +45,48 @@ def masked(scores: np.ndarray, query_len: np.ndarray) -> np.ndarray:
     return np.where(keep[:, None, None, :], scores, 0.0)
 
 
+def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    defined = ~np.isnan(values)
+    count = defined.sum(axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(defined, values, 0.0).sum(axis) / count, np.nan)
+
+
 def layer_means(values: np.ndarray) -> np.ndarray:
-    """[n, layer] or [n, layer, head] -> per layer (heads, then examples)."""
-    return (values.mean(-1) if values.ndim == 3 else values).mean(0)
+    """[n, layer] or [n, layer, head] -> per layer (heads, then examples), each step skipping NaN."""
+    return nanmean(nanmean(values, -1) if values.ndim == 3 else values, 0)
 
 
-def recompute(records: dict, prefix: str, methods: list[str], query_len: np.ndarray, labels: np.ndarray) -> dict:
+def recompute(
+    records: dict, prefix: str, methods: list[str], query_len: np.ndarray, labels: np.ndarray, subset: str | None
+) -> dict:
     get = lambda setting, name: records[f"{prefix}{setting}/{name}"]
-    zs_h, icl_h = get("zs", "attn_out"), get("icl", "attn_out")
-    zs_m, icl_m = masked(get("zs", "scores"), query_len), masked(get("icl", "scores"), query_len)
     pred = {s: get(s, "label_logprobs").argmax(-1) for s in ["zs", "icl", *methods]}
-    out = {"accuracy": {s: float((p == labels).mean()) for s, p in pred.items()}, "metrics": {}}
+    out = {"accuracy": {s: float((p == labels).mean()) for s, p in pred.items()}, "metrics": {}, "counts": {}}
     for method in methods:
-        ft_h, ft_m = get(method, "attn_out"), masked(get(method, "scores"), query_len)
-        fixed = (pred[method] == labels) & (pred["zs"] != labels)
-        out["metrics"][method] = {
-            "simaou": layer_means(cos(icl_h - zs_h, ft_h - zs_h)),
-            "simaou_norm": layer_means(cos(unit(icl_h) - unit(zs_h), unit(ft_h) - unit(zs_h))),
-            "simam_before": layer_means(cos(icl_m, zs_m)),
-            "simam": layer_means(cos(icl_m, ft_m)),
-            "simam_delta": layer_means(cos(icl_m - zs_m, ft_m - zs_m)),
-            "rec2ftp": 100.0 * float((pred["icl"][fixed] == labels[fixed]).mean()) if fixed.any() else float("nan"),
+        rows = np.ones(len(labels), dtype=bool)
+        if subset == "f2t":
+            rows = (pred["zs"] != labels) & (pred[method] == labels) & (pred["icl"] == labels)
+        take = lambda setting, name: get(setting, name)[rows]
+        zs_h, icl_h, ft_h = take("zs", "attn_out"), take("icl", "attn_out"), take(method, "attn_out")
+        zs_m, icl_m, ft_m = (masked(take(s, "scores"), query_len[rows]) for s in ("zs", "icl", method))
+        fixed = (pred[method] == labels) & (pred["zs"] != labels) & rows
+        values = {
+            "simaou": cos(icl_h - zs_h, ft_h - zs_h),
+            "simaou_norm": cos(unit(icl_h) - unit(zs_h), unit(ft_h) - unit(zs_h)),
+            "simam_before": cos(icl_m, zs_m),
+            "simam": cos(icl_m, ft_m),
+            "simam_delta": cos(icl_m - zs_m, ft_m - zs_m),
         }
-    if "gd" in methods and "lcgd" in methods:
-        gd_m, lcgd_m = masked(get("gd", "scores"), query_len), masked(get("lcgd", "scores"), query_len)
+        out["metrics"][method] = {name: layer_means(v) for name, v in values.items()}
+        out["counts"][method] = {name: int((~np.isnan(v)).sum()) for name, v in values.items()}
+        out["metrics"][method]["rec2ftp"] = (
+            100.0 * float((pred["icl"][fixed] == labels[fixed]).mean()) if fixed.any() else float("nan")
+        )
+    if "gd" in methods and "lcgd" in methods and subset is None:
+        zs_m, gd_m, lcgd_m = (masked(get(s, "scores"), query_len) for s in ("zs", "gd", "lcgd"))
         out["metrics"]["alpha"] = {"alpha": layer_means(cos(lcgd_m - zs_m, gd_m - zs_m))}
-    out["per_head"] = per_head_simaou(records, prefix, methods)
+    out["per_head"] = per_head_simaou(records, prefix, methods) if subset is None else {}
     return out
 
 
@@ -75,24 +103,30 @@ def per_head_simaou(records: dict, prefix: str, methods: list[str]) -> dict:
     for method in methods:
         ft = heads(method)
         out[method] = {
-            "simaou": cos(icl - zs, ft - zs).mean(0),
-            "simaou_norm": cos(unit(icl) - unit(zs), unit(ft) - unit(zs)).mean(0),
+            "simaou": nanmean(cos(icl - zs, ft - zs), 0),
+            "simaou_norm": nanmean(cos(unit(icl) - unit(zs), unit(ft) - unit(zs)), 0),
         }
     return out
 
 
+def close(a, b, tolerance: float) -> bool:
+    """Equal within tolerance, NaN equal to NaN (an undefined number must stay undefined)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return bool(np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(a, b, atol=tolerance, equal_nan=True))
+
+
 def compare_numbers(saved: dict, recomputed: dict, where: str, tolerance: float) -> list[str]:
     problems = []
-    for setting, value in recomputed["accuracy"].items():
+    for setting, value in recomputed["accuracy"].items() if "accuracy" in saved else []:
         if abs(saved["accuracy"][setting] - value) > tolerance:
             problems.append(f"{where} accuracy {setting}: saved {saved['accuracy'][setting]} recomputed {value}")
     for method, numbers in recomputed["per_head"].items():
         for name, value in numbers.items():
             stored = np.asarray(saved["per_head"][method][name])
             print(
-                f"{where:>20} {method:>5} {name + ' /head':>13}: max |saved - recomputed| {np.abs(stored - value).max():.1e}"
+                f"{where:>20} {method:>5} {name + ' /head':>13}: max |saved - recomputed| {np.nanmax(np.abs(stored - value)):.1e}"
             )
-            if not np.allclose(stored, value, atol=tolerance):
+            if not close(stored, value, tolerance):
                 problems.append(
                     f"{where} {method} per-head {name}: saved {stored.tolist()} recomputed {value.tolist()}"
                 )
@@ -101,12 +135,15 @@ def compare_numbers(saved: dict, recomputed: dict, where: str, tolerance: float)
             entry = saved["metrics"][method] if method != "alpha" else {"alpha": saved["metrics"]["alpha"]}
             stored = entry[name]
             if name == "rec2ftp":
-                same = (np.isnan(stored) and np.isnan(value)) or abs(stored - value) <= tolerance
+                same = close(stored, value, tolerance)
                 pairs = [(stored, value)]
             else:
-                per_layer = np.asarray(stored["per_layer"])
-                same = np.allclose(per_layer, value, atol=tolerance) and abs(stored["mean"] - value.mean()) <= tolerance
-                pairs = [(stored["mean"], float(value.mean()))]
+                mean = float(np.nanmean(value)) if not np.isnan(value).all() else float("nan")
+                same = close(stored["per_layer"], value, tolerance) and close(stored["mean"], mean, tolerance)
+                count = recomputed["counts"].get(method, {}).get(name)
+                if count is not None and stored["defined"] != count:
+                    problems.append(f"{where} {method} {name}: saved {stored['defined']} defined, recomputed {count}")
+                pairs = [(stored["mean"], mean)]
             print(f"{where:>20} {method:>5} {name:>13}: saved {pairs[0][0]:+.6f}  recomputed {pairs[0][1]:+.6f}")
             if not same:
                 problems.append(f"{where} {method} {name}: saved {stored} recomputed {value}")
@@ -114,6 +151,7 @@ def compare_numbers(saved: dict, recomputed: dict, where: str, tolerance: float)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global EPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--tolerance", type=float, default=1e-6)
@@ -121,11 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads((args.folder / "result.json").read_text())
     records = load_file(args.folder / "records.safetensors")
     labels, query_len = records["labels"], records["query_len"]
-    methods = result["config"]["methods"]
-    problems = compare_numbers(result, recompute(records, "", methods, query_len, labels), "model", args.tolerance)
-    for baseline, saved in result["baselines"].items():
-        recomputed = recompute(records, f"{baseline}/", methods, query_len, labels)
-        problems += compare_numbers(saved, recomputed, baseline, args.tolerance)
+    config = result["config"]
+    EPS = 1e-20 if config.get("arithmetic") == "reference" else None
+    methods = config["methods"]
+    problems = []
+    for model, saved in {"model": result, **result["baselines"]}.items():
+        prefix = "" if model == "model" else f"{model}/"
+        problems += compare_numbers(saved, recompute(records, prefix, methods, query_len, labels, None), model, args.tolerance)
+        for subset in config.get("subsets", []):
+            recomputed = recompute(records, prefix, methods, query_len, labels, subset)
+            subset_saved = {"metrics": {method: part["metrics"] for method, part in saved[subset].items()}}
+            problems += compare_numbers(subset_saved, recomputed, f"{model} {subset}", args.tolerance)
     for problem in problems:
         print("MISMATCH", problem, file=sys.stderr)
     print("all numbers recomputed" if not problems else f"{len(problems)} mismatches")

@@ -1,25 +1,34 @@
-"""iclgd-lens: does in-context learning change a model's internals the way gradient descent does?"""
+"""iclgd-lens: does in-context learning change a model's internals the way gradient descent does?
 
-from iclgd_lens.compare import compare
-from iclgd_lens.deltas import Delta, fit
-from iclgd_lens.episodes import Episode, build_episode
-from iclgd_lens.models import load_model, untrained_copy
-from iclgd_lens.recording import Record, record
-from iclgd_lens.results import Result
-from iclgd_lens.tasks import Task, available_tasks, load_task
+The public names load lazily, so that `iclgd-lens --help` answers without importing torch.
+"""
 
-__all__ = [
-    "Delta",
-    "Episode",
-    "Record",
-    "Result",
-    "Task",
-    "available_tasks",
-    "build_episode",
-    "compare",
-    "fit",
-    "load_model",
-    "load_task",
-    "record",
-    "untrained_copy",
-]
+from importlib import import_module
+
+_PUBLIC = {
+    "Delta": "deltas",
+    "Episode": "episodes",
+    "Record": "recording",
+    "Result": "results",
+    "Task": "tasks",
+    "available_tasks": "tasks",
+    "build_episode": "episodes",
+    "compare": "comparison",
+    "fit": "deltas",
+    "load_model": "models",
+    "load_task": "tasks",
+    "record": "recording",
+    "untrained_copy": "models",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'iclgd_lens' has no attribute {name!r}")
+    return getattr(import_module(f"iclgd_lens.{_PUBLIC[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

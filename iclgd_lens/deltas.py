@@ -19,6 +19,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from iclgd_lens.presets import LCGD_EXITS, METHODS
+
 # Parameter group -> TransformerLens parameter names (per block). "mlp" covers gated MLPs' W_gate too.
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "q": ("attn.W_Q", "attn.b_Q"),
@@ -28,8 +30,6 @@ PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp.W_in", "mlp.b_in", "mlp.W_gate", "mlp.W_out", "mlp.b_out"),
 }
 DEFAULT_GROUPS = ("k", "v")
-METHODS = ("gd", "lcgd")
-LCGD_EXITS = ("block", "attn")
 
 Hook = tuple[str, Callable]
 
@@ -220,45 +220,95 @@ def fit(
     groups: Sequence[str] = DEFAULT_GROUPS,
     lcgd_exit: str = "block",
     progress: bool = False,
+    precision: str = "native",
 ) -> Delta:
     """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
-    demonstrations in prompt order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer)."""
+    demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer).
+
+    precision `native`: the delta trains in the model's dtype. `fp16-mixed` (the reference's fairseq
+    FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
+    through the effective delta round16(W + ΔW) − W, with the loss scaled (FP16_LOSS_SCALE; a step whose gradient
+    overflows is skipped and the scale halved). The returned delta is that effective fp16 delta, so an update
+    below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
     check_lr(lr)
-    delta = Delta.zeros(model, groups)
+    mixed = precision == "fp16-mixed"
+    if mixed and model.cfg.dtype != torch.float16:
+        raise ValueError(f"precision fp16-mixed trains a float16 model, got {model.cfg.dtype}; load it in float16")
+    delta = Delta.zeros(model, groups)  # what the hooks apply: the trained delta, or fp16-mixed's effective one
     params = list(delta.tensors.values())
     for p in params:
         p.requires_grad_(True)
-    device = model.cfg.device
+    base = dict(model.named_parameters())
+    master = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in delta.tensors.items()} if mixed else {}
+    scaler = LossScaler() if mixed else None
     hooks = delta.hooks(model)
     if method == "lcgd":
         readout = LayerCausalReadout(model.cfg.n_layers, lcgd_exit)
         hooks = readout.input_hooks() + hooks + readout.exit_hooks()
     with frozen_parameters(model), model.hooks(hooks):
         for step, demo in enumerate(tqdm(demos, desc=f"fit {method}", disable=not progress, leave=False)):
-            tokens = torch.tensor([[bos, *demo]], device=device)
-            if method == "gd":
-                loss = causal_lm_loss(model(tokens), tokens)
-            else:
-                loss = readout.loss(model, tokens)
+            tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
+            loss = causal_lm_loss(model(tokens), tokens) if method == "gd" else readout.loss(model, tokens)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{method} loss is {loss.item()} at demonstration {step} with lr={lr}; lower the learning rate"
                 )
-            # allow_unused: with the `attn` exit, MLP weights take no gradient.
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        p.sub_(lr * g)
-            if not delta.is_finite():
+            if mixed:
+                # fairseq sums the token NLLs, scales the sum, and divides the gradient by scale · n_tokens.
+                n_tokens = tokens.shape[1] - 1
+                grads = torch.autograd.grad(loss * n_tokens * scaler.scale, params, allow_unused=True)
+                if scaler.step_overflows(grads):
+                    continue
+                with torch.no_grad():
+                    for (name, p), g in zip(delta.tensors.items(), grads):
+                        if g is not None:
+                            master[name].sub_(lr * g.float() / (scaler.scale * n_tokens))
+                        p.copy_(_rounded_change(base[name], master[name]))
+            else:
+                # allow_unused: with the `attn` exit, MLP weights take no gradient.
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        if g is not None:
+                            p.sub_(lr * g)
+            if not delta.is_finite() or not all(bool(torch.isfinite(m).all()) for m in master.values()):
                 raise FloatingPointError(
                     f"{method} weights became non-finite at step {step} with lr={lr}; lower the learning rate"
                 )
     for p in params:
         p.requires_grad_(False)
     return delta
+
+
+FP16_LOSS_SCALE = 4.0  # the reference's --fp16-init-scale
+FP16_SCALE_WINDOW = 256  # --fp16-scale-window: steps without overflow before the scale doubles
+FP16_MIN_LOSS_SCALE = 1e-4  # fairseq's default --min-loss-scale
+
+
+class LossScaler:
+    """fairseq's dynamic loss scaler as the reference configures it."""
+
+    def __init__(self) -> None:
+        self.scale, self.clean_steps = FP16_LOSS_SCALE, 0
+
+    def step_overflows(self, grads: Sequence[Tensor | None]) -> bool:
+        """True (and the scale halved) when a gradient is not finite: the step is then skipped."""
+        if all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+            self.clean_steps += 1
+            if self.clean_steps % FP16_SCALE_WINDOW == 0:
+                self.scale *= 2
+            return False
+        self.scale, self.clean_steps = self.scale / 2, 0
+        if self.scale < FP16_MIN_LOSS_SCALE:
+            raise FloatingPointError("fp16 loss scale fell below its minimum: the gradients overflow at any scale")
+        return True
+
+
+def _rounded_change(weight: Tensor, master_delta: Tensor) -> Tensor:
+    """round16(W + ΔW) − W in W's dtype: the change an fp16 model with fp32 master weights actually sees."""
+    return ((weight.float() + master_delta).to(weight.dtype).float() - weight.float()).to(weight.dtype)
 
 
 def check_lr(lr: float) -> None:

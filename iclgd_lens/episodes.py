@@ -1,7 +1,8 @@
 """Episode: every token id of one comparison, fixed once so that all settings see exactly the same inputs.
 
 ICL prompt = [BOS] + (demonstration + separator) * k + query prompt, demonstration = prompt + " " + label word.
-ZS prompt  = [BOS] + query prompt. GD/LCGD train on [BOS] + demonstration, one step per demonstration.
+ZS prompt  = [BOS] + query prompt. GD/LCGD train on [BOS] + demonstration, one step per demonstration, on
+`train_demos`: ICL's demonstrations in prompt order by default, all k in the reference's order under its preset.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from iclgd_lens.presets import PRESETS, REFERENCE_PERMUTATIONS, Choices
 from iclgd_lens.tasks import Task
 
 Tokens = tuple[int, ...]
@@ -27,6 +30,8 @@ class Episode:
     label_tokens: tuple[Tokens, ...]  # per class: tokens of " " + label word
     demos: tuple[Tokens, ...]  # per kept demonstration: prompt + label tokens (no BOS, no separator)
     demo_rows: tuple[int, ...]  # train-split row of each kept demonstration, in prompt order
+    train_demos: tuple[Tokens, ...]  # what GD/LCGD train on, in training order (choices.gd_demos, choices.order)
+    train_rows: tuple[int, ...]  # train-split row of each of those
     queries: tuple[Tokens, ...]  # per eval query: prompt tokens (no BOS)
     query_rows: tuple[int, ...]  # eval-split row of each query
     labels: tuple[int, ...]
@@ -54,9 +59,9 @@ class Episode:
     @classmethod
     def from_json(cls, data: dict) -> "Episode":
         fields = {f: data[f] for f in cls.__dataclass_fields__}
-        for name in ("separator", "demo_rows", "query_rows", "labels"):
+        for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels"):
             fields[name] = tuple(fields[name])
-        for name in ("label_tokens", "demos", "queries"):
+        for name in ("label_tokens", "demos", "train_demos", "queries"):
             fields[name] = tuple(tuple(t) for t in fields[name])
         return cls(**fields)
 
@@ -68,10 +73,80 @@ class Episode:
 
 
 def check_k(task: Task, k: int) -> None:
-    if k < 0 or k > len(task.train):
+    if k < 1 or k > len(task.train):
         raise ValueError(
-            f"k={k} demonstrations requested but the train split has {len(task.train)}; use k <= {len(task.train)}"
+            f"k={k} demonstrations requested but the train split has {len(task.train)}; use 1 <= k <= "
+            f"{len(task.train)} (with k=0 ICL is ZS and there is no update to compare)"
         )
+
+
+def check_permutation(permutation: int, order: str) -> None:
+    if permutation < 0:
+        raise ValueError(f"permutation must be >= 0 (0 keeps the shuffled order), got {permutation}")
+    if order == "reference" and permutation >= REFERENCE_PERMUTATIONS:
+        raise ValueError(
+            f"permutation {permutation} does not exist in the reference code, which draws {REFERENCE_PERMUTATIONS}"
+            f" (use 0 to {REFERENCE_PERMUTATIONS - 1}, or order='toolkit')"
+        )
+
+
+def demonstration_orders(
+    rows: list[int], seed: int, permutation: int, order: str
+) -> tuple[list[int], list[int]]:
+    """(ICL's order, GD's order) of the first-k shuffled train rows for permutation p.
+
+    `toolkit`: p > 0 applies numpy.random.default_rng([seed, p]).permutation; GD trains in the prompt's order.
+    `reference`: as each reference process does, np.random.seed(seed) then five permutation draws for ICL and, in
+    the finetuning process (which builds the ICL data first), five more for GD: ICL uses draw p + 1, GD draw 6 + p.
+    """
+    if permutation == 0:
+        return rows, rows
+    if order == "toolkit":
+        icl = [rows[i] for i in np.random.default_rng([seed, permutation]).permutation(len(rows))]
+        return icl, icl
+    legacy = np.random.RandomState(seed)  # the same stream as np.random.seed(seed), without global state
+    draws = [legacy.permutation(len(rows)) for _ in range(2 * REFERENCE_PERMUTATIONS)]
+    return [rows[i] for i in draws[permutation]], [rows[i] for i in draws[REFERENCE_PERMUTATIONS + permutation]]
+
+
+def text_encoder(tokenizer, raw: bool, eos: int | None) -> Callable[[str], Tokens]:
+    """Text -> token ids without special tokens. Raw text with newlines is encoded line by line (empty lines
+    dropped) and the lines joined by the end-of-sequence token, as the reference code's fairseq encoder does."""
+
+    def encode(text: str) -> Tokens:
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if not raw:
+        return encode
+
+    def encode_lines(text: str) -> Tokens:
+        lines = [line for line in text.splitlines() if line]
+        if len(lines) <= 1:
+            return encode(text)
+        if eos is None:
+            raise ValueError("raw text with newlines is joined by the end-of-sequence token; the tokenizer has none")
+        joined: list[int] = []
+        for line in lines:
+            joined += [*encode(line), eos]
+        return tuple(joined[:-1])
+
+    return encode_lines
+
+
+def keep_demonstrations(lengths: list[int], budget: int, truncation: str) -> list[int]:
+    """Indices of the demonstrations (token lengths incl. separator) the context keeps after [BOS].
+
+    `fit`: 1 + kept lengths <= budget, skipping each one that would overflow; `reference`: the reference's loop,
+    1 + kept lengths + 2 <= budget (its strict test with BOS counted twice), stopping at the first overflow."""
+    kept, used = [], 1
+    limit = budget if truncation == "fit" else budget - 2
+    for i, length in enumerate(lengths):
+        if used + length <= limit:
+            kept.append(i)
+            used += length
+        elif truncation == "reference":
+            break
+    return kept
 
 
 def build_episode(
@@ -82,37 +157,41 @@ def build_episode(
     seed: int = 0,
     permutation: int = 0,
     n_eval: int | None = None,
-    separator: str = "eos",
+    choices: Choices | None = None,
 ) -> Episode:
-    """Tokenise the demonstrations (first k of a seeded shuffle of train) and the queries (eval, shuffled with
-    seed 1, capped at n_eval). Demonstrations that would overflow the context are dropped (effective k)."""
+    """Tokenise the demonstrations (first k of a seeded shuffle of train, reordered for permutation > 0) and the
+    queries (eval, shuffled with seed 1, capped at n_eval). Demonstrations that would overflow the context are
+    dropped from the ICL prompt (effective k) as `choices.truncation` says; GD trains on `choices.gd_demos`."""
+    choices = choices or PRESETS["toolkit"]
     check_k(task, k)
-    if permutation < 0:
-        raise ValueError(f"permutation must be >= 0 (0 keeps the shuffled order), got {permutation}")
+    check_permutation(permutation, choices.order)
     n_eval = DEFAULT_N_EVAL if n_eval is None else n_eval
     if n_eval < 1:
         raise ValueError(f"n_eval must be >= 1, got {n_eval}")
-
-    def encode(text: str) -> Tokens:
-        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if separator == "eos":
-        if tokenizer.eos_token_id is None:
+    bos, eos = special_tokens(tokenizer)
+    encode = text_encoder(tokenizer, choices.text == "raw", eos)
+    if choices.separator == "eos":
+        if eos is None:
             raise ValueError("the tokenizer has no end-of-sequence token; pass a text separator such as '\\n'")
-        separator_tokens: Tokens = (tokenizer.eos_token_id,)
+        separator: Tokens = (eos,)
     else:
-        separator_tokens = encode(separator)
+        separator = encode(choices.separator)
     label_tokens = tuple(encode(" " + word) for word in task.label_words)
+    empty = [word for word, tokens in zip(task.label_words, label_tokens) if not tokens]
+    if empty:
+        raise ValueError(f"label words {empty} tokenise to nothing; choose label words the tokenizer can encode")
     if len(set(label_tokens)) != len(label_tokens):
         raise ValueError(f"label words {list(task.label_words)} tokenise identically; choose distinct label words")
 
-    demo_rows = [int(i) for i in np.random.default_rng(seed).permutation(len(task.train))[:k]]
-    if permutation > 0:
-        demo_rows = [demo_rows[i] for i in np.random.default_rng([seed, permutation]).permutation(len(demo_rows))]
+    shuffled = [int(i) for i in np.random.default_rng(seed).permutation(len(task.train))[:k]]
+    icl_rows, gd_rows = demonstration_orders(shuffled, seed, permutation, choices.order)
     eval_rows = [int(i) for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(task.eval))[:n_eval]]
 
-    queries = tuple(encode(task.prompt(task.eval[i])) for i in eval_rows)
+    raw = choices.text == "raw"
+    queries = tuple(encode(task.prompt(task.eval[i], raw)) for i in eval_rows)
+    empty_queries = [eval_rows[i] for i, q in enumerate(queries) if not q]
+    if empty_queries:
+        raise ValueError(f"eval rows {empty_queries[:5]} give empty prompts; check the template and the data")
     longest_row = 1 + max(len(q) for q in queries) + max(len(t) for t in label_tokens)
     if longest_row > n_ctx:
         worst = max(range(len(queries)), key=lambda i: len(queries[i]))
@@ -120,26 +199,41 @@ def build_episode(
             f"eval query (row {eval_rows[worst]}) needs {longest_row} tokens with BOS and label but the model "
             f"context is {n_ctx}; use a model with a longer context or drop long examples from the eval data"
         )
-    # Every query must fit after the prefix: keep demonstrations in order while they fit, drop the rest.
-    budget = n_ctx - longest_row + 1  # the BOS is counted in the prefix
-    demos, kept_rows, used = [], [], 1
-    for row in demo_rows:
+
+    def demonstration(row: int) -> Tokens:
         example = task.train[row]
-        demo = encode(task.prompt(example)) + label_tokens[example["label"]]
-        if used + len(demo) + len(separator_tokens) <= budget:
-            demos.append(demo)
-            kept_rows.append(row)
-            used += len(demo) + len(separator_tokens)
+        return encode(task.prompt(example, raw)) + label_tokens[example["label"]]
+
+    icl_demos = [demonstration(row) for row in icl_rows]
+    # Every query must fit after the prefix: the budget leaves room for the longest query row.
+    kept = keep_demonstrations(
+        [len(d) + len(separator) for d in icl_demos], n_ctx - longest_row + 1, choices.truncation
+    )
+    if choices.gd_demos == "kept":
+        gd_rows = [row for row in gd_rows if row in {icl_rows[i] for i in kept}]
     return Episode(
         task=task.name,
         bos=bos,
-        separator=separator_tokens,
+        separator=separator,
         label_tokens=label_tokens,
-        demos=tuple(demos),
-        demo_rows=tuple(kept_rows),
+        demos=tuple(icl_demos[i] for i in kept),
+        demo_rows=tuple(icl_rows[i] for i in kept),
+        train_demos=tuple(demonstration(row) for row in gd_rows),
+        train_rows=tuple(gd_rows),
         queries=queries,
         query_rows=tuple(eval_rows),
         labels=tuple(task.eval[i]["label"] for i in eval_rows),
         k=k,
         n_ctx=n_ctx,
     )
+
+
+def special_tokens(tokenizer) -> tuple[int, int | None]:
+    """(BOS, EOS): a tokenizer without BOS uses EOS as BOS (GPT-2 does so itself); one with neither is refused."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is None and eos is None:
+        raise ValueError(
+            "the tokenizer has neither a beginning- nor an end-of-sequence token; set tokenizer.bos_token (and "
+            "eos_token) before loading, e.g. tokenizer.add_special_tokens({'bos_token': '<s>'})"
+        )
+    return (bos if bos is not None else eos), eos

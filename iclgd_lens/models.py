@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -16,8 +17,10 @@ import torch
 from transformer_lens import HookedTransformer
 from transformer_lens import loading_from_pretrained as tl_loading
 
+from iclgd_lens.presets import BASELINES, CHOICES
+
 BUNDLED_MODELS = ("tiny-icl",)
-BASELINES = ("no_training", "trained_embeddings")
+INITS = CHOICES["init"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -56,7 +59,7 @@ def load_model(
         model = load_local_hf_model(Path(name), device=device, dtype=torch_dtype)
     else:
         check_model_name(name)
-        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=torch_dtype)
+        model = load_hub_model(name, device, torch_dtype)
     model.cfg.model_name = model.cfg.model_name or name
     return model.eval()
 
@@ -68,6 +71,14 @@ def is_bundled_folder(folder: Path) -> bool:
         return False
     fields = json.loads(config.read_text())
     return "d_model" in fields and "model_type" not in fields
+
+
+def check_model_source(name: str) -> None:
+    """Refuse, before anything loads, a name that is neither bundled, a folder, nor a TransformerLens model."""
+    if name not in BUNDLED_MODELS and not Path(name).is_dir():
+        if Path(name).exists():
+            raise NotADirectoryError(f"model {name!r} is a file; give a Hugging Face checkpoint folder")
+        check_model_name(name)
 
 
 def check_model_name(name: str) -> None:
@@ -82,6 +93,9 @@ def check_model_name(name: str) -> None:
         ) from None
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
     """A local HF checkpoint folder (config.json + weights + tokenizer) -> HookedTransformer, fully offline.
 
@@ -91,56 +105,155 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (folder / "config.json").is_file():
+    config_file = folder / "config.json"
+    if not config_file.is_file():
         raise FileNotFoundError(f"model folder {str(folder)!r} has no config.json; point to a Hugging Face checkpoint")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} has config.json but no weights (one of {list(WEIGHT_FILES)}); save the "
+            "model with save_pretrained into it"
+        )
+    hf_config = json.loads(config_file.read_text())
+    if hf_config.get("model_type") == "gpt2" and "n_ctx" not in hf_config:
+        # transformers >= 5 no longer writes GPT-2's n_ctx, which TransformerLens reads: it equals n_positions.
+        hf_config["n_ctx"] = hf_config["n_positions"]
     # TL picks some architectures from the *name* (e.g. any path containing "llama") without reading the
-    # config, so it is shown the folder under a neutral name.
+    # config, so it reads the config from a folder with a neutral name.
     with tempfile.TemporaryDirectory() as neutral:
-        link = Path(neutral) / "local-checkpoint"
-        link.symlink_to(folder.resolve(), target_is_directory=True)
-        cfg = tl_loading.get_pretrained_model_config(str(link), device=device, dtype=dtype)
+        checkpoint = Path(neutral) / "local-checkpoint"
+        checkpoint.mkdir()
+        (checkpoint / "config.json").write_text(json.dumps(hf_config))
+        cfg = tl_loading.get_pretrained_model_config(str(checkpoint), device=device, dtype=dtype)
     cfg.model_name = folder.resolve().name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"model folder {str(folder)!r} has no usable tokenizer ({_first_line(error)}); save one into it with "
+            "tokenizer.save_pretrained"
+        ) from error
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
     )
     del hf_model
-    return model.to(device)
+    return model.to(device, print_details=False)
 
 
-def untrained_copy(model: HookedTransformer, baseline: str, seed: int) -> HookedTransformer:
-    """A seeded re-initialised copy of `model`, with TransformerLens' own initialisation scheme.
+def load_hub_model(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """A TransformerLens model name through the Hugging Face hub (or its local cache)."""
+    try:
+        return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
+    except OSError as error:  # transformers and huggingface_hub report an unreachable or refused hub as OSError
+        raise ValueError(
+            f"model {name!r} could not be loaded from the Hugging Face hub ({_first_line(error)}); offline, give a "
+            f"local Hugging Face folder (--model PATH) or a bundled model {list(BUNDLED_MODELS)}"
+        ) from error
 
-    - `no_training`: every weight re-initialised (matrices by cfg.init_mode, biases 0, norm gains 1);
-    - `trained_embeddings`: keep token/positional embeddings, every LayerNorm and the unembedding; re-initialise
-      the rest.
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def half_copy(model: HookedTransformer) -> HookedTransformer:
+    """A float16 copy of `model` (the reference runs every setting in fp16); the model itself is left as it is."""
+    fresh = copy.deepcopy(model)
+    return fresh.to(torch.float16, print_details=False).eval()
+
+
+def untrained_copy(
+    model: HookedTransformer, baseline: str, seed: int, init: str = "transformer_lens"
+) -> HookedTransformer:
+    """A seeded re-initialised copy of `model` (Revisited 3.3; docs/science.md, "Baselines"):
+
+    - `no_training`: every weight re-initialised;
+    - `trained_norms`: every norm's parameters kept, the rest re-initialised (the setting behind Revisited's
+      "No Training" row);
+    - `trained_embeddings`: token/positional embeddings, every norm and the unembedding kept, the rest
+      re-initialised.
+
+    `init`: `transformer_lens` (cfg.init_mode for matrices, biases 0, norm gains 1) or `fairseq` (the reference:
+    Q/K/V xavier-uniform with gain 1/sqrt(2), W_O xavier-uniform with b_O = 0, MLP matrices and every other bias
+    PyTorch's U(±1/sqrt(fan_in)), embeddings N(0, 1/d_model), the unembedding tied to W_E where the model ties it).
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; use one of {list(BASELINES)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; use one of {list(INITS)}")
     fresh = copy.deepcopy(model)
     fresh.cfg.seed = seed  # init_weights seeds the global RNG from cfg.seed; fork_rng restores it afterwards
     devices = [torch.cuda.current_device()] if str(fresh.cfg.device).startswith("cuda") else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        # init_weights re-draws only the W_* matrices: reset biases and norm gains as a fresh model has them.
-        # TransformerLens names norm parameters "w"/"b" and every other parameter "W_*"/"b_*".
-        for name, param in fresh.named_parameters():
-            if not _leaf(name).startswith("W_"):
-                param.fill_(1.0 if _leaf(name) == "w" else 0.0)
-        fresh.init_weights()
-        if baseline == "trained_embeddings":
-            trained = dict(model.named_parameters())
+        if init == "transformer_lens":
+            # init_weights re-draws only the W_* matrices: reset biases and norm gains as a fresh model has them.
             for name, param in fresh.named_parameters():
-                if _is_embedding_or_norm(name):
-                    param.copy_(trained[name])
+                if not _leaf(name).startswith("W_"):
+                    param.fill_(1.0 if _leaf(name) == "w" else 0.0)
+            fresh.init_weights()
+        else:
+            _fairseq_init(fresh, seed)
+        kept = {"no_training": lambda name: False, "trained_norms": _is_norm, "trained_embeddings": _is_embedding_or_norm}
+        trained = dict(model.named_parameters())
+        for name, param in fresh.named_parameters():
+            if kept[baseline](name):
+                param.copy_(trained[name])
     return fresh.eval()
+
+
+def _fairseq_init(model: HookedTransformer, seed: int) -> None:
+    """fairseq's initialisation, written on TransformerLens' parameter layout (fan-in/out of the fused Linear)."""
+    generator = torch.Generator(device=model.cfg.device).manual_seed(seed)
+    cfg = model.cfg
+
+    def uniform(param: torch.Tensor, bound: float) -> None:
+        param.copy_((torch.rand(param.shape, generator=generator, device=param.device) * 2 - 1) * bound)
+
+    fan = {  # leaf -> (fan_in, fan_out) of the Linear it belongs to
+        "W_Q": (cfg.d_model, cfg.n_heads * cfg.d_head),
+        "W_O": (cfg.n_heads * cfg.d_head, cfg.d_model),
+        "W_in": (cfg.d_model, cfg.d_mlp),
+        "W_gate": (cfg.d_model, cfg.d_mlp),
+        "W_out": (cfg.d_mlp, cfg.d_model),
+    }
+    for leaf in ("W_K", "W_V", "_W_K", "_W_V"):
+        fan[leaf] = (cfg.d_model, (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head)
+    bias_fan_in = {"b_Q": cfg.d_model, "b_K": cfg.d_model, "b_V": cfg.d_model, "_b_K": cfg.d_model}
+    bias_fan_in |= {"_b_V": cfg.d_model, "b_in": cfg.d_model, "b_out": cfg.d_mlp}
+    for name, param in model.named_parameters():
+        leaf = _leaf(name)
+        if _is_norm(name):
+            param.fill_(1.0 if leaf == "w" else 0.0)
+        elif leaf in ("W_E", "W_pos", "W_U"):
+            param.copy_(torch.randn(param.shape, generator=generator, device=param.device) * cfg.d_model**-0.5)
+        elif leaf in ("W_Q", "W_K", "W_V", "_W_K", "_W_V", "W_O"):
+            fan_in, fan_out = fan[leaf]
+            gain = 1.0 if leaf == "W_O" else 2**-0.5
+            uniform(param, gain * math.sqrt(6 / (fan_in + fan_out)))
+        elif leaf in ("W_in", "W_gate", "W_out"):
+            uniform(param, fan[leaf][0] ** -0.5)
+        elif leaf in bias_fan_in:
+            uniform(param, bias_fan_in[leaf] ** -0.5)
+        else:  # b_O and the unembedding bias
+            param.zero_()
+    if model.cfg.d_vocab == model.cfg.d_vocab_out and _ties_embeddings(model):
+        model.W_U.copy_(model.W_E.T)
+
+
+def _ties_embeddings(model: HookedTransformer) -> bool:
+    return model.W_U.shape == model.W_E.T.shape and bool(torch.equal(model.W_U, model.W_E.T))
 
 
 def _leaf(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def _is_norm(name: str) -> bool:
+    # TransformerLens names norm parameters "w"/"b" and every other parameter "W_*"/"b_*".
+    return _leaf(name) in ("w", "b")
+
+
 def _is_embedding_or_norm(name: str) -> bool:
-    return name.startswith(("embed.", "pos_embed.", "unembed.")) or _leaf(name) in ("w", "b")
+    return name.startswith(("embed.", "pos_embed.", "unembed.")) or _is_norm(name)

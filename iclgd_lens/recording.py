@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -19,8 +19,9 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from iclgd_lens.deltas import Delta, logit_lens
+from iclgd_lens.presets import CHOICES
 
-POSITIONS = ("prediction", "first_option")
+POSITIONS = CHOICES["position"]
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Record:
 
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"pred": self.pred}
+
+    def select(self, rows: Bool[Tensor, "n"]) -> "Record":
+        """The recording of the queries in `rows` only."""
+        return Record(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor]) -> "Record":

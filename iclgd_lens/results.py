@@ -10,14 +10,18 @@ Folder layout (README "Result folder"):
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import pandas as pd
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -26,6 +30,7 @@ from iclgd_lens.recording import Record
 from iclgd_lens.scoring import METRICS, PER_HEAD_METRICS, check_metric
 
 RESULT_FILES = ("result.json", "records.safetensors", "episode.json")
+RESULT_FORMAT = "iclgd-lens result 1"  # result.json's "format": marks a folder this toolkit wrote
 
 
 @dataclass
@@ -57,18 +62,34 @@ class Result:
             for method in self.methods
         ]
 
-    def summary(self) -> pd.DataFrame:
-        """Metric x (method, and method on each baseline): one mean number each; accuracies as extra rows."""
+    def summary(self, subset: str | None = None) -> "Summary":
+        """Metric x (method, and method on each baseline): one mean number each; accuracies as extra rows.
+        `subset="f2t"`: the same metrics on each method's f2t queries (when the result scored them). Printed, it
+        shows every column and the notes on anything a reader could misread."""
+        if subset is not None and subset not in self.scores["model"]:
+            raise ValueError(f"this result has no {subset!r} subset; run compare with subsets=({subset!r},)")
         table = {}
         for column, model, method in self._columns():
-            m = self.scores[model]["metrics"][method]
+            scores = self.scores[model]
+            m = scores[subset][method]["metrics"] if subset else scores["metrics"][method]
             values = {name: m[name] if name == "rec2ftp" else m[name]["mean"] for name in METRICS if name in m}
-            if method == "lcgd" and "alpha" in self.scores[model]["metrics"]:
-                values["alpha"] = self.scores[model]["metrics"]["alpha"]["mean"]
-            acc = self.scores[model]["accuracy"]
-            values |= {"acc_zs": acc["zs"], "acc_icl": acc["icl"], "acc_ft": acc[method]}
+            if method == "lcgd" and "alpha" in scores["metrics"] and subset is None:
+                values["alpha"] = scores["metrics"]["alpha"]["mean"]
+            if subset:
+                values["n"] = scores[subset][method]["n"]
+            else:
+                acc = scores["accuracy"]
+                values |= {"acc_zs": acc["zs"], "acc_icl": acc["icl"], "acc_ft": acc[method]}
             table[column] = values
-        return pd.DataFrame(table).reindex([*METRICS, "acc_zs", "acc_icl", "acc_ft"]).dropna(how="all")
+        order = [*METRICS, "n"] if subset else [*METRICS, "acc_zs", "acc_icl", "acc_ft"]
+        present = {name for values in table.values() for name in values}
+        frame = Summary(pd.DataFrame(table).reindex([name for name in order if name in present]))
+        frame.notes = [
+            note if model == "model" else f"{model}: {note}"
+            for model, scores in self.scores.items()
+            for note in scores.get("notes", [])
+        ]
+        return frame
 
     def per_layer(self, metric: str) -> pd.DataFrame:
         """Layer x (method, and method on each baseline)."""
@@ -101,17 +122,19 @@ class Result:
     def to_json(self) -> dict:
         main = self.scores["model"]
         return {
+            "format": RESULT_FORMAT,
             "config": self.config,
             **main,
             "baselines": {name: s for name, s in self.scores.items() if name != "model"},
         }
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write the result folder atomically: files go to a temporary sibling that replaces `folder` at once."""
+        """Write the result folder atomically: the files go to a hidden temporary sibling, which then takes the
+        folder's place in one step (an interrupted save leaves the old result or the new one, complete)."""
         folder = Path(folder)
         check_output_folder(folder, overwrite)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
         staging.chmod(0o777 & ~_umask())
         try:
             tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
@@ -121,31 +144,65 @@ class Result:
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, staging / "records.safetensors")
             positions = {s: r.position.tolist() for s, r in self.records.items() if "/" not in s}
             self.episode.save(staging / "episode.json", record_positions=positions)
+            # result.json last: a folder holding it is complete.
             (staging / "result.json").write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
+            _replace_folder(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "Result":
+        """Read a result folder back; a folder that is not a complete result gives a ValueError saying so."""
         folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{str(folder)!r} is not a folder; give a result folder written by compare")
         missing = [f for f in RESULT_FILES if not (folder / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{str(folder)!r} is not a result folder: {missing} missing")
-        data = json.loads((folder / "result.json").read_text())
-        tensors = load_file(folder / "records.safetensors")
-        W_O = {k.removesuffix("/W_O"): v for k, v in tensors.items() if k.endswith("/W_O")}
-        settings = sorted({k.rsplit("/", 1)[0] for k in tensors if "/" in k and not k.endswith("/W_O")})
-        records = {
-            s: Record.from_tensors({k[len(s) + 1 :]: v for k, v in tensors.items() if k.rsplit("/", 1)[0] == s})
-            for s in settings
-        }
-        scores = {"model": {k: data[k] for k in ("accuracy", "metrics", "per_head")}} | data["baselines"]
-        episode = Episode.from_json(json.loads((folder / "episode.json").read_text()))
-        return cls(data["config"], scores, records, W_O, tensors["labels"], episode)
+            raise ValueError(f"{str(folder)!r} is not a complete result folder: {missing} missing; re-run compare")
+        try:
+            data = json.loads((folder / "result.json").read_text())
+            tensors = load_file(folder / "records.safetensors")
+            episode = Episode.from_json(json.loads((folder / "episode.json").read_text()))
+            W_O = {k.removesuffix("/W_O"): v for k, v in tensors.items() if k.endswith("/W_O")}
+            settings = sorted({k.rsplit("/", 1)[0] for k in tensors if "/" in k and not k.endswith("/W_O")})
+            records = {
+                s: Record.from_tensors({k[len(s) + 1 :]: v for k, v in tensors.items() if k.rsplit("/", 1)[0] == s})
+                for s in settings
+            }
+            scores = {"model": {k: v for k, v in data.items() if k not in ("format", "config", "baselines")}}
+            scores |= data["baselines"]
+            return cls(data["config"], scores, records, W_O, tensors["labels"], episode)
+        except (ValueError, KeyError, TypeError, OSError, SafetensorError) as error:
+            raise ValueError(
+                f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "
+                "re-run compare to write it again"
+            ) from None
+
+
+class Summary(pd.DataFrame):
+    """`Result.summary()`'s table: a DataFrame that prints every column, followed by its notes."""
+
+    _metadata = ["notes"]
+
+    @property
+    def _constructor(self) -> type:
+        return Summary
+
+    def _table(self) -> str:
+        with pd.option_context(
+            "display.max_columns", None, "display.width", 0, "display.float_format", "{:.3f}".format
+        ):
+            return pd.DataFrame.__repr__(self)
+
+    def __repr__(self) -> str:
+        return "\n".join([self._table(), *(f"note: {note}" for note in getattr(self, "notes", []))])
+
+    def _repr_html_(self) -> str:
+        with pd.option_context("display.max_columns", None, "display.float_format", "{:.3f}".format):
+            html = pd.DataFrame._repr_html_(self)
+        items = "".join(f"<li>{escape(note)}</li>" for note in getattr(self, "notes", []))
+        return html + (f"<ul>{items}</ul>" if items else "")
 
 
 def _umask() -> int:
@@ -154,10 +211,65 @@ def _umask() -> int:
     return mask
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    """Move the complete `staging` to `folder`. An existing folder is exchanged atomically (its old content ends
+    in `staging`, removed by the caller); where the system cannot exchange, two renames leave a short window."""
+    if not folder.exists():
+        staging.rename(folder)
+    elif not _exchange(staging, folder):
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        folder.rename(old / folder.name)
+        staging.rename(folder)
+        shutil.rmtree(old)
+
+
+def is_result_folder(folder: Path) -> bool:
+    """A folder this toolkit wrote: a result.json that is an iclgd-lens result, and nothing but result files."""
+    try:
+        data = json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    ours = isinstance(data, dict) and (data.get("format") == RESULT_FORMAT or {"config", "metrics"} <= set(data))
+    return ours and all(entry.name in RESULT_FILES for entry in folder.iterdir())
+
+
 def check_output_folder(folder: Path, overwrite: bool) -> None:
-    if (folder / "result.json").exists() and not overwrite:
+    """Refuse, before any computation, every output folder whose content the toolkit did not write."""
+    resolved = folder.expanduser().resolve()
+    protected = [Path.cwd().resolve(), Path.home().resolve(), Path(resolved.anchor)]
+    if any(resolved == p or resolved in p.parents for p in protected):
+        raise ValueError(
+            f"refusing to write a result to {str(folder)!r}: it is (or contains) the working folder, the home "
+            "folder or the root; choose a new sub-folder such as runs/NAME"
+        )
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder; choose another output path")
+    if not any(folder.iterdir()):
+        return
+    if not is_result_folder(folder):
+        foreign = sorted(e.name for e in folder.iterdir() if e.name not in RESULT_FILES)
+        raise FileExistsError(
+            f"{str(folder)!r} is not empty and is not a result folder written by iclgd-lens"
+            + (f" (it holds {foreign[:5]})" if foreign else "")
+            + "; choose a new or empty folder (nothing in it was touched)"
+        )
+    if not overwrite:
         raise FileExistsError(
             f"{str(folder)!r} already holds a result; choose another folder or pass overwrite=True (--overwrite)"
         )
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder; choose another output path")

@@ -1,18 +1,26 @@
 """From Records to the numbers of result.json: accuracies, every metric per layer and mean, and per head.
 
 Pure: takes recorded tensors (and W_O for per-head attention outputs), never a model. The layout is the one
-`Result.save` writes and `analyses/recompute_metrics.py` checks independently.
+`Result.save` writes and `analyses/recompute_metrics.py` checks independently. Besides the numbers it says what
+could be misread: undefined values, updates below float resolution, a setting that answers one class.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
+import torch
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from iclgd_lens import metrics as M
+from iclgd_lens.presets import SUBSETS
 from iclgd_lens.recording import Record
 
 METRICS = ("simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp", "alpha")
 PER_HEAD_METRICS = ("simaou", "simaou_norm", "simam_before", "simam", "simam_delta", "alpha")
+RESOLUTION_WARNING_SHARE = 0.10  # warn when more updates than this are below float resolution
+ONE_CLASS_WARNING_SHARE = 0.90  # warn when a setting answers one class this often
 
 
 def check_metric(metric: str, allowed: tuple[str, ...] = METRICS) -> str:
@@ -22,40 +30,144 @@ def check_metric(metric: str, allowed: tuple[str, ...] = METRICS) -> str:
 
 
 def score(
-    records: dict[str, Record], labels: Tensor, W_O: dict[str, Tensor], methods: tuple[str, ...], seed: int
+    records: dict[str, Record],
+    labels: Int[Tensor, "n"],
+    W_O: dict[str, Tensor],
+    methods: tuple[str, ...],
+    seed: int,
+    *,
+    eps: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    subsets: tuple[str, ...] = (),
+    class_names: tuple[str, ...] | None = None,
 ) -> dict:
     """`records` holds "zs", "icl" and one Record per method; `W_O["model"]` is the model's output weights and
-    `W_O[method]` a finetuned method's own where O was trained. Returns {accuracy, metrics, per_head}."""
-    zs, icl = records["zs"], records["icl"]
-    query_len = zs.query_len
+    `W_O[method]` a finetuned method's own where O was trained. `eps` selects the metric arithmetic (None: exact,
+    NaN-skipping; a number: the reference's); `dtype` is the recording's, for the resolution diagnostic.
+
+    Returns {accuracy, metrics, per_head, predictions, resolution, notes[, f2t]}."""
+    heads = {name: M.head_outputs(r.z, W_O.get(name, W_O["model"])) for name, r in records.items()}
+    everything = torch.ones(len(labels), dtype=torch.bool)
     out: dict = {
         "accuracy": {name: M.accuracy(r.pred, labels) for name, r in records.items()},
         "metrics": {},
         "per_head": {},
+        "predictions": {name: majority(r.pred) for name, r in records.items()},
+        "resolution": resolution_shares(records, methods, dtype),
     }
-    heads = {name: M.head_outputs(r.z, W_O.get(name, W_O["model"])) for name, r in records.items()}
     for method in methods:
-        ft = records[method]
-        values = {
-            "simaou": M.simaou(icl.attn_out, zs.attn_out, ft.attn_out),
-            "simaou_norm": M.simaou_norm(icl.attn_out, zs.attn_out, ft.attn_out),
-            "random_simaou": M.random_simaou(icl.attn_out, zs.attn_out, seed=seed),
-            "simam_before": M.simam_before(icl.scores, zs.scores, query_len),
-            "simam": M.simam(icl.scores, ft.scores, query_len),
-            "simam_delta": M.simam_delta(icl.scores, zs.scores, ft.scores, query_len),
-        }
-        out["metrics"][method] = {name: M.reduce(v) for name, v in values.items()}
-        out["metrics"][method]["rec2ftp"] = M.rec2ftp(zs.pred, ft.pred, icl.pred, labels)
-        per_head = {
-            "simaou": M.simaou(heads["icl"], heads["zs"], heads[method]),
-            "simaou_norm": M.simaou_norm(heads["icl"], heads["zs"], heads[method]),
-            "simam_before": values["simam_before"],
-            "simam": values["simam"],
-            "simam_delta": values["simam_delta"],
-        }
-        out["per_head"][method] = {name: M.per_head(v) for name, v in per_head.items()}
+        out["metrics"][method], out["per_head"][method] = _method_scores(
+            records, heads, labels, method, seed, eps, everything
+        )
     if "gd" in methods and "lcgd" in methods:
-        values = M.alpha(records["lcgd"].scores, records["gd"].scores, zs.scores, query_len)
+        values = _alpha(records, eps, everything)
         out["metrics"]["alpha"] = M.reduce(values)
         out["per_head"]["alpha"] = M.per_head(values)
+    for subset in subsets:
+        out[subset] = {}
+        for method in methods:
+            rows = M.f2t(records["zs"].pred, records[method].pred, records["icl"].pred, labels)
+            metrics, _ = _method_scores(records, heads, labels, method, seed, eps, rows)
+            out[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
+    out["notes"] = notes(out, methods, class_names)
     return out
+
+
+def _method_scores(
+    records: dict[str, Record],
+    heads: dict[str, Tensor],
+    labels: Tensor,
+    method: str,
+    seed: int,
+    eps: float | None,
+    rows: Bool[Tensor, "n"],
+) -> tuple[dict, dict]:
+    """Every metric of one method on the queries in `rows`: ({metric: reduced}, {metric: [layer][head]})."""
+    zs, icl, ft = (records[s].select(rows) for s in ("zs", "icl", method))
+    query_len = zs.query_len
+    values = {
+        "simaou": M.simaou(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
+        "simaou_norm": M.simaou_norm(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
+        "random_simaou": M.random_simaou(icl.attn_out, zs.attn_out, seed=seed, eps=eps),
+        "simam_before": M.simam_before(icl.scores, zs.scores, query_len, eps=eps),
+        "simam": M.simam(icl.scores, ft.scores, query_len, eps=eps),
+        "simam_delta": M.simam_delta(icl.scores, zs.scores, ft.scores, query_len, eps=eps),
+    }
+    metrics = {name: M.reduce(v) for name, v in values.items()}
+    metrics["rec2ftp"] = M.rec2ftp(zs.pred, ft.pred, icl.pred, labels[rows])
+    per_head_values = {
+        "simaou": M.simaou(heads["icl"][rows], heads["zs"][rows], heads[method][rows], eps=eps),
+        "simaou_norm": M.simaou_norm(heads["icl"][rows], heads["zs"][rows], heads[method][rows], eps=eps),
+        **{name: values[name] for name in ("simam_before", "simam", "simam_delta")},
+    }
+    return metrics, {name: M.per_head(v) for name, v in per_head_values.items()}
+
+
+def _alpha(records: dict[str, Record], eps: float | None, rows: Tensor) -> Tensor:
+    zs = records["zs"].select(rows)
+    return M.alpha(records["lcgd"].select(rows).scores, records["gd"].select(rows).scores, zs.scores, zs.query_len, eps)
+
+
+def majority(pred: Int[Tensor, "n"]) -> dict:
+    """The most frequent predicted class and its share of the queries (1.0: the setting answers one class)."""
+    label, count = Counter(pred.tolist()).most_common(1)[0]
+    return {"class": int(label), "share": count / len(pred)}
+
+
+def resolution_shares(records: dict[str, Record], methods: tuple[str, ...], dtype: torch.dtype) -> dict:
+    """Per setting (ICL and each method) and layer, the share of updates X − ZS below the recording dtype's
+    resolution relative to the ZS vector: attention outputs per query, pre-softmax scores per (query, head)."""
+    relative = M.resolution(dtype)
+    zs = records["zs"]
+    mask = M.key_mask(zs.query_len, zs.scores.shape[-1])
+    zs_scores = torch.where(mask, zs.scores, 0.0)
+    out: dict = {"dtype": str(dtype).removeprefix("torch."), "relative": relative}
+    for setting in ("icl", *methods):
+        other = records[setting]
+        attn = M.below_resolution(other.attn_out.double() - zs.attn_out.double(), zs.attn_out, relative)
+        scores_update = torch.where(mask, other.scores.double() - zs.scores.double(), 0.0)
+        scores = M.below_resolution(scores_update, zs_scores, relative)
+        out[setting] = {
+            "attn_out": attn.double().mean(0).tolist(),
+            "scores": scores.double().mean((0, 2)).tolist(),
+        }
+    return out
+
+
+def notes(scores: dict, methods: tuple[str, ...], class_names: tuple[str, ...] | None = None) -> list[str]:
+    """One line per thing a reader could misread in `scores`; shown under the summary and kept in result.json."""
+    lines = []
+    name_of = (lambda c: repr(class_names[c])) if class_names else (lambda c: f"class {c}")
+    for setting, majority_ in scores["predictions"].items():
+        if majority_["share"] >= ONE_CLASS_WARNING_SHARE:
+            which = "every query" if majority_["share"] == 1.0 else f"{majority_['share']:.0%} of queries"
+            lines.append(f"{setting} answers {name_of(majority_['class'])} for {which}")
+    resolution = scores["resolution"]
+    for setting in ("icl", *methods):
+        for kind, label in (("attn_out", "attention-output"), ("scores", "score")):
+            shares = resolution[setting][kind]
+            worst = max(shares)
+            if worst > RESOLUTION_WARNING_SHARE:
+                layers = [layer for layer, share in enumerate(shares) if share > RESOLUTION_WARNING_SHARE]
+                lines.append(
+                    f"{setting}: up to {worst:.0%} of {label} updates are below {resolution['dtype']} resolution "
+                    f"({resolution['relative']:g} of the ZS vector) in layers {layers}: their similarities measure "
+                    "rounding"
+                )
+    for method, metrics in scores["metrics"].items():
+        for name, value in metrics.items() if method != "alpha" else [("alpha", metrics)]:
+            if name == "rec2ftp":
+                if value != value:
+                    lines.append(f"{method} rec2ftp is undefined: {method} fixes no query that ZS gets wrong")
+                continue
+            n = value["total"]
+            if value["defined"] < n:
+                lines.append(
+                    f"{method} {name}: {n - value['defined']} of {n} values undefined (a zero update or zero "
+                    "vector), skipped in the means"
+                )
+    for subset in SUBSETS:
+        for method, part in scores.get(subset, {}).items():
+            if part["n"] == 0:
+                lines.append(f"{subset} subset of {method} is empty: its metrics are undefined")
+    return lines

@@ -42,9 +42,10 @@ class Task:
     def fields(self) -> tuple[str, ...]:
         return template_fields(self.template)
 
-    def prompt(self, example: Example) -> str:
-        """The query prompt, e.g. 'Sentence: a fine film Label:'."""
-        return self.template.format(**{f: _clean(example[f]) for f in self.fields})
+    def prompt(self, example: Example, raw: bool = False) -> str:
+        """The query prompt, e.g. 'Sentence: a fine film Label:'. Whitespace inside the inputs is collapsed unless
+        `raw` (the reference code's raw text: SST-2's trailing space and any newline stay)."""
+        return self.template.format(**{f: str(example[f]) if raw else _clean(example[f]) for f in self.fields})
 
 
 def template_fields(template: str) -> tuple[str, ...]:
@@ -148,6 +149,7 @@ HUB_TASKS: dict[str, HubTaskSpec] = {
 }
 
 LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_ALIASES = {"train": "train", "eval": "eval", "validation": "eval", "test": "eval"}
 
 
 def available_tasks() -> list[str]:
@@ -187,7 +189,7 @@ def load_task(
         splits = _load_local_splits(name, data_files)
         eval_split = "eval"
     else:
-        splits = _load_hub_splits(spec)
+        splits = _load_hub_splits(name, spec)
         eval_split = spec.eval_split
     return Task(
         name=name,
@@ -205,32 +207,56 @@ def _rename(rows: list[Example], columns: Mapping[str, str]) -> list[Example]:
     return [{**row, **{f: row[c] for f, c in columns.items() if c in row}} for row in rows]
 
 
+def _local_split_names(name: str, data_files: Mapping[str, str | Path]) -> dict[str, Path]:
+    """{"train": path, "eval": path}; the evaluation split may also be named after the hub's `validation`/`test`."""
+    unknown = sorted(set(data_files) - set(SPLIT_ALIASES))
+    evals = [split for split in data_files if SPLIT_ALIASES.get(split) == "eval"]
+    if unknown or "train" not in data_files or len(evals) != 1:
+        raise ValueError(
+            f"task {name!r}: data_files needs a 'train' file and one evaluation file ('eval', 'validation' or "
+            f"'test'), got {sorted(data_files)}"
+        )
+    return {"train": Path(data_files["train"]), "eval": Path(data_files[evals[0]])}
+
+
 def _load_local_splits(name: str, data_files: Mapping[str, str | Path]) -> dict[str, list[Example]]:
     import datasets
 
-    unknown = set(data_files) - {"train", "eval"}
-    if unknown or "train" not in data_files or "eval" not in data_files:
-        raise ValueError(
-            f"task {name!r}: data_files needs exactly the splits 'train' and 'eval', got {sorted(data_files)}"
-        )
     splits = {}
-    for split, path in data_files.items():
-        path = Path(path)
+    for split, path in _local_split_names(name, data_files).items():
         if not path.is_file():
             raise FileNotFoundError(f"task {name!r}: {split} file {str(path)!r} does not exist; check the path")
         fmt = LOCAL_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise ValueError(f"task {name!r}: cannot read {str(path)!r}; use one of {sorted(LOCAL_FORMATS)} files")
-        dataset = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split)
+        try:
+            dataset = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split)
+        except Exception as error:  # a user's file: any failure to parse it is reported as unreadable
+            raise ValueError(
+                f"task {name!r}: cannot read {split} file {str(path)!r} as {path.suffix} "
+                f"({type(error).__name__}: {_first_line(error)}); check that it is valid {path.suffix}"
+            ) from error
         splits[split] = [dict(row) for row in dataset]
     return splits
 
 
-def _load_hub_splits(spec: HubTaskSpec) -> dict[str, list[Example]]:
+def _load_hub_splits(name: str, spec: HubTaskSpec) -> dict[str, list[Example]]:
     import datasets
 
-    dataset = datasets.load_dataset(spec.path, spec.config)
+    try:
+        dataset = datasets.load_dataset(spec.path, spec.config)
+    except Exception as error:  # the hub: offline, unknown, or refused
+        raise ValueError(
+            f"task {name!r} could not be loaded from the Hugging Face hub ({spec.path}; {type(error).__name__}: "
+            f"{_first_line(error)}); offline, give local files: --data-files train=PATH eval=PATH "
+            f"(load_task({name!r}, {{'train': ..., 'eval': ...}})), or use a synthetic task"
+        ) from error
     return {
         "train": [dict(row) for row in dataset[spec.train_split]],
         "eval": [dict(row) for row in dataset[spec.eval_split]],
     }
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else "no message"

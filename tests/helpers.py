@@ -64,3 +64,16 @@ def tiny_model(
             if not name.rsplit(".", 1)[-1].startswith("W_"):
                 p.add_(0.1 * torch.randn(p.shape, generator=generator))
     return model.eval()
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level tokenizer without merges (one token per byte, a space is a token of its own);
+    <|endoftext|> (id 256) is BOS and EOS, as in GPT-2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")

@@ -1,6 +1,7 @@
 """compare end to end: layout of the saved result, determinism, load round trip, independent recomputation."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,16 @@ def test_result_json_layout(saved):
         for method in ("gd", "lcgd"):
             assert set(scores["metrics"][method]) == METRIC_KEYS
             assert len(scores["metrics"][method]["simaou"]["per_layer"]) == 2
-        assert set(scores["metrics"]["alpha"]) == {"mean", "per_layer"}
+        assert set(scores["metrics"]["alpha"]) == {"mean", "per_layer", "defined", "total"}
+        assert scores["metrics"]["gd"]["simam_delta"]["total"] == 10 * 2 * 4  # queries x layers x heads
+        assert set(scores["resolution"]) == {"dtype", "relative", "icl", "gd", "lcgd"}
+        assert len(scores["resolution"]["gd"]["scores"]) == 2 and isinstance(scores["notes"], list)
         assert (
             len(scores["per_head"]["gd"]["simam_delta"]) == 2 and len(scores["per_head"]["gd"]["simam_delta"][0]) == 4
         )
-    assert set(data["baselines"]) == {"no_training", "trained_embeddings"}
+    assert set(data["baselines"]) == {"no_training", "trained_norms", "trained_embeddings"}
+    assert data["format"] == "iclgd-lens result 1"
+    assert config["preset"] == "toolkit" and config["arithmetic"] == "exact" and config["gd_k"] == 6
 
 
 def test_records_and_episode_layout(saved):
@@ -93,6 +99,8 @@ def test_dataframe_views(saved):
         "lcgd",
         "no_training/gd",
         "no_training/lcgd",
+        "trained_norms/gd",
+        "trained_norms/lcgd",
         "trained_embeddings/gd",
         "trained_embeddings/lcgd",
     ]
@@ -100,7 +108,7 @@ def test_dataframe_views(saved):
     assert summary.loc["alpha", "lcgd"] == result.metrics["alpha"]["mean"]
     assert summary.loc["acc_icl", "gd"] == result.accuracy["icl"]
     per_layer = result.per_layer("simam_delta")
-    assert per_layer.shape == (2, 6) and per_layer.index.name == "layer"
+    assert per_layer.shape == (2, 8) and per_layer.index.name == "layer"
     per_head = result.per_head("simaou", "no_training/lcgd")
     assert per_head.shape == (2, 4)
     # per-head SimAM∆ averaged over heads is the per-layer number
@@ -176,3 +184,42 @@ def test_first_option_position_and_o_group(tmp_path):
     script = ROOT / "analyses" / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "r")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr  # per-head SimAOU with the trained W_O
+
+
+def test_recompute_script_agrees_with_reference_arithmetic_and_f2t(tmp_path):
+    compare(
+        tiny_model(), toy_task(), k=4, n_eval=8, lr=0.05, baselines=("trained_norms",), preset="reference",
+        subsets=("f2t",), progress=False, out=tmp_path / "reference",
+    )  # fmt: skip
+    script = ROOT / "analyses" / "recompute_metrics.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "reference")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "f2t" in run.stdout and "all numbers recomputed" in run.stdout
+
+
+def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
+    """A delta that changes nothing: every FT − ZS update is zero, so SimAOU and SimAM∆ are undefined (NaN,
+    0 defined), not 0; the notes say so; the independent script agrees. Under the reference arithmetic they are 0."""
+    import iclgd_lens.comparison as comparison
+    from iclgd_lens.deltas import Delta
+
+    original = comparison.fit
+    try:
+        comparison.fit = lambda model, *args, **kwargs: Delta.zeros(model)
+        exact = compare(tiny_model(), toy_task(), k=4, n_eval=6, baselines=(), progress=False, out=tmp_path / "e")
+        reference = compare(
+            tiny_model(), toy_task(), k=4, n_eval=6, baselines=(), arithmetic="reference", progress=False
+        )
+    finally:
+        comparison.fit = original
+    gd = exact.metrics["gd"]
+    for name in ("simaou", "simaou_norm", "simam_delta"):
+        assert math.isnan(gd[name]["mean"]) and gd[name]["defined"] == 0
+    assert gd["simam"]["defined"] == gd["simam"]["total"]  # cos(m_ICL, m_FT) stays defined
+    assert reference.metrics["gd"]["simaou"]["mean"] == 0.0
+    assert any("simam_delta: 48 of 48 values undefined" in note for note in exact.scores["model"]["notes"])
+    assert any(note.startswith("gd: up to 100% of attention-output updates") for note in exact.summary().notes)
+    assert "note: gd simaou" in repr(exact.summary())
+    script = ROOT / "analyses" / "recompute_metrics.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "e")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -22,10 +22,64 @@ def test_simaou_by_hand():
 
 
 def test_simaou_norm_by_hand():
-    # normalised: icl1=(0,1), zs1=(0,1) -> zero update -> cosine 0; example 0: zs=0 stays 0,
-    # icl0=(1,0), ft0=(1,1)/sqrt2 -> cos((1,0),(1,1)/sqrt2) = 1/sqrt2
-    values = M.simaou_norm(ICL, ZS, FT)
+    # example 0: h_ZS = 0 cannot be normalised; example 1: normalised icl1 = zs1 = (0, 1), a zero update.
+    # Exact arithmetic: both undefined (NaN). Reference arithmetic (x / (|x| + eps), dot / (|a||b| + eps)):
+    # zs0 stays 0, cos((1,0), (1,1)/sqrt2) = 1/sqrt2; the zero update scores 0.
+    assert M.simaou_norm(ICL, ZS, FT).isnan().all()
+    values = M.simaou_norm(ICL, ZS, FT, eps=M.REFERENCE_EPS)
     torch.testing.assert_close(values, torch.tensor([[1 / math.sqrt(2)], [0.0]], dtype=torch.float64))
+
+
+def test_cosine_is_scale_invariant_and_nan_for_zero_vectors():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 7, generator=generator), torch.randn(5, 7, generator=generator)
+    expected = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+    for scale in (1.0, 1e-8, 1e-20, 1e20):
+        torch.testing.assert_close(M.cosine(a * scale, b * scale), expected)
+    # The old clamp of |a||b| at 1e-12 shrank such small updates towards 0:
+    assert M.cosine(a * 1e-8, b * 1e-8, eps=1e-12).abs().max() < 0.5 * expected.abs().max()
+    zero = torch.zeros(7)
+    assert M.cosine(zero, b[0]).isnan() and M.cosine(a[0], zero).isnan() and M.cosine(zero, zero).isnan()
+    assert M.cosine(zero, b[0], eps=M.REFERENCE_EPS) == 0
+
+
+def test_means_skip_nan_at_each_step_and_count_defined_values():
+    nan = math.nan
+    values = torch.tensor(  # [n=2, layer=2, head=2]
+        [[[1.0, nan], [nan, nan]], [[3.0, 5.0], [nan, nan]]], dtype=torch.float64
+    )
+    # layer 0: heads -> ex0 1 (one defined), ex1 4 -> examples 2.5; layer 1: nothing defined -> NaN, skipped
+    reduced = M.reduce(values)
+    assert reduced["per_layer"][0] == 2.5 and math.isnan(reduced["per_layer"][1])
+    assert reduced["mean"] == 2.5 and (reduced["defined"], reduced["total"]) == (3, 8)
+    per_head = M.per_head(values)
+    assert per_head[0] == [2.0, 5.0] and all(math.isnan(v) for v in per_head[1])
+    assert math.isnan(M.reduce(torch.full((2, 3), nan))["mean"])
+
+
+def test_zero_update_is_undefined_not_zero():
+    # FT equal to ZS at example 1: SimAOU there is NaN and the mean is example 0's alone.
+    ft = FT.clone()
+    ft[1] = ZS[1]
+    values = M.simaou(ICL, ZS, ft)
+    assert values[1].isnan().all()
+    assert M.reduce(values)["mean"] == pytest.approx(1 / math.sqrt(2))
+    assert M.reduce(M.simaou(ICL, ZS, ft, eps=M.REFERENCE_EPS))["mean"] == pytest.approx(0.5 / math.sqrt(2))
+
+
+def test_below_resolution_flags_updates_smaller_than_the_relative_threshold():
+    zs = torch.tensor([[3.0, 4.0], [3.0, 4.0]])  # |zs| = 5
+    update = torch.tensor([[4e-6, 0.0], [6e-6, 0.0]])  # 0.8e-6 and 1.2e-6 of |zs|
+    assert M.below_resolution(update, zs, M.resolution(torch.float32)).tolist() == [True, False]
+    assert M.resolution(torch.float16) == M.resolution(torch.bfloat16) == 1e-3
+
+
+def test_f2t_by_hand():
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    zs = torch.tensor([1, 0, 1, 1, 0, 1])  # wrong on 0, 1, 3, 4, 5
+    ft = torch.tensor([0, 1, 1, 1, 1, 0])  # of those right on 0, 1, 4, 5
+    icl = torch.tensor([0, 0, 1, 0, 1, 0])  # of those right on 0, 4, 5
+    assert M.f2t(zs, ft, icl, labels).tolist() == [True, False, False, False, True, True]
 
 
 def test_noise_updates_score_positive_only_when_normalised():
@@ -41,11 +95,12 @@ def test_noise_updates_score_positive_only_when_normalised():
 
 
 def test_random_simaou_is_seeded_uniform_noise():
-    a = M.random_simaou(ICL, ZS, seed=3)
-    b = M.random_simaou(ICL, ZS, seed=3)
-    torch.testing.assert_close(a, b)
-    r = torch.rand(ICL.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    expected = M.cosine(M.l2_normalise(ICL.double()) - M.l2_normalise(ZS.double()), r)
+    icl, zs = ICL + 0.5, ZS + 0.5  # no zero vector
+    a = M.random_simaou(icl, zs, seed=3)
+    torch.testing.assert_close(a, M.random_simaou(icl, zs, seed=3))
+    r = torch.rand(icl.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    unit = lambda x: x.double() / x.double().norm(dim=-1, keepdim=True)
+    expected = torch.nn.functional.cosine_similarity(unit(icl) - unit(zs), r, dim=-1)
     torch.testing.assert_close(a, expected)
 
 
@@ -77,7 +132,7 @@ def test_simam_delta_and_alpha_by_hand():
 def test_reduce_means_heads_then_examples_then_layers():
     values = torch.tensor([[[1.0, 3.0], [0.0, 0.0]], [[3.0, 5.0], [2.0, 2.0]]])  # [n=2, layer=2, head=2]
     # heads: ex0 (2, 0), ex1 (4, 2) -> examples: (3, 1) -> mean 2
-    assert M.reduce(values) == {"mean": 2.0, "per_layer": [3.0, 1.0]}
+    assert M.reduce(values) == {"mean": 2.0, "per_layer": [3.0, 1.0], "defined": 8, "total": 8}
     assert M.per_head(values) == [[2.0, 4.0], [1.0, 1.0]]
 
 

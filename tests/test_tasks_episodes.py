@@ -6,6 +6,7 @@ import pytest
 from helpers import make_tokenizer, toy_rows, toy_task
 
 from iclgd_lens.episodes import build_episode
+from iclgd_lens.presets import resolve
 from iclgd_lens.tasks import HUB_TASKS, Task, load_task
 
 
@@ -61,7 +62,7 @@ def test_custom_task_in_python():
             r"unknown task 'sst9'; valid tasks: \['agnews', 'cb', 'mr', 'sst2', 'sst5', 'subj'",
         ),
         (lambda p: load_task("sst2", {"train": p / "missing.csv", "eval": p / "missing.csv"}), "does not exist"),
-        (lambda p: load_task("sst2", {"train": p / "rows.jsonl"}), "exactly the splits 'train' and 'eval'"),
+        (lambda p: load_task("sst2", {"train": p / "rows.jsonl"}), "a 'train' file and one evaluation file"),
         (
             lambda p: load_task("mr", {"train": p / "rows.jsonl", "eval": p / "rows.jsonl"}),
             r"columns \['text'\] are missing",
@@ -140,7 +141,7 @@ def test_episode_is_seeded_and_fixes_every_token():
     encode = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert a.label_tokens == (encode(" Negative"), encode(" Positive"))
     assert len(a.queries) == 10 and a.labels == tuple(task.eval[i]["label"] for i in a.query_rows)
-    newline = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10, separator=".")
+    newline = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10, choices=resolve(separator="."))
     assert newline.separator == tuple(tokenizer(".", add_special_tokens=False)["input_ids"])
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -11,10 +12,12 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import DEFAULT_GROUPS, LCGD_EXITS, METHODS, Delta, check_groups, check_lr, fit
-from iclgd_lens.episodes import Episode, build_episode
-from iclgd_lens.models import BASELINES, untrained_copy
-from iclgd_lens.recording import Record, check_position, record
+from iclgd_lens.deltas import DEFAULT_GROUPS, Delta, check_groups, check_lr, fit
+from iclgd_lens.episodes import Episode, build_episode, check_k, check_permutation
+from iclgd_lens.metrics import REFERENCE_EPS
+from iclgd_lens.models import half_copy, untrained_copy
+from iclgd_lens.presets import BASELINES, LCGD_EXITS, METHODS, SUBSETS, Choices, resolve
+from iclgd_lens.recording import Record, record
 from iclgd_lens.results import Result, check_output_folder
 from iclgd_lens.scoring import score
 from iclgd_lens.tasks import Task
@@ -30,26 +33,37 @@ class CompareConfig:
     lr: float = 1e-3
     methods: tuple[str, ...] = METHODS
     baselines: tuple[str, ...] = BASELINES
-    position: str = "prediction"
     n_eval: int | None = None
     batch_size: int = 8
     groups: tuple[str, ...] = DEFAULT_GROUPS
     lcgd_exit: str = "block"
-    separator: str = "eos"
+    subsets: tuple[str, ...] = ()
+    preset: str = "toolkit"
+    choices: Choices = field(default_factory=resolve)
 
     def __post_init__(self) -> None:
-        for name in ("methods", "baselines", "groups"):
+        for name in ("methods", "baselines", "groups", "subsets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_lr(self.lr)
         _check_choices("method", self.methods, METHODS, allow_empty=False)
         _check_choices("baseline", self.baselines, BASELINES, allow_empty=True)
+        _check_choices("subset", self.subsets, SUBSETS, allow_empty=True)
         check_groups(self.groups)
-        check_position(self.position)
         _check_choices("LCGD exit", (self.lcgd_exit,), LCGD_EXITS, allow_empty=False)
+        check_permutation(self.permutation, self.choices.order)
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k} (with k=0 ICL is ZS and there is no update to compare)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.n_eval is not None and self.n_eval < 1:
+            raise ValueError(f"n_eval must be >= 1, got {self.n_eval}")
+
+    @property
+    def eps(self) -> float | None:
+        """The cosine's arithmetic: None (exact) or the reference's epsilon."""
+        return REFERENCE_EPS if self.choices.arithmetic == "reference" else None
 
 
 def _check_choices(kind: str, given: Sequence[str], valid: Sequence[str], allow_empty: bool) -> None:
@@ -67,12 +81,22 @@ def compare(
     lr: float = 1e-3,
     methods: Sequence[str] = METHODS,
     baselines: Sequence[str] = BASELINES,
-    position: str = "prediction",
+    *,
+    preset: str = "toolkit",
+    position: str | None = None,
+    separator: str | None = None,
+    truncation: str | None = None,
+    text: str | None = None,
+    gd_demos: str | None = None,
+    order: str | None = None,
+    precision: str | None = None,
+    arithmetic: str | None = None,
+    init: str | None = None,
+    subsets: Sequence[str] = (),
     n_eval: int | None = None,
     batch_size: int = 8,
     groups: Sequence[str] = DEFAULT_GROUPS,
     lcgd_exit: str = "block",
-    separator: str = "eos",
     out: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -80,36 +104,53 @@ def compare(
     """Compare ICL with GD/LCGD on `task`: record ZS, ICL and each finetuned setting on the same queries, on the
     model and on each untrained baseline, and score every metric. With `out`, the result is saved there.
 
-    Defaults follow PAPERS.md: k=32, the prediction position (the last prompt token; `first_option` is the
-    reference code's), K/V weights and biases trained with SGD, one epoch, batch size 1, EOS between
-    demonstrations. `lr` is the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model).
+    `preset`: "toolkit" (defaults below) or "reference" (the reference code's pipeline); each of its choices
+    (position, separator, truncation, text, gd_demos, order, precision, arithmetic, init) can be overridden on its
+    own (docs/science.md, "Presets"). K/V weights and biases are trained with SGD, one epoch, batch size 1. `lr` is
+    the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model). `subsets=("f2t",)` also scores
+    each method's f2t queries.
     """
-    config = CompareConfig(
-        k,
-        seed,
-        permutation,
-        lr,
-        tuple(methods),
-        tuple(baselines),
-        position,
-        n_eval,
-        batch_size,
-        tuple(groups),
-        lcgd_exit,
-        separator,
+    choices = resolve(
+        preset,
+        position=position,
+        separator=separator,
+        truncation=truncation,
+        text=text,
+        gd_demos=gd_demos,
+        order=order,
+        precision=precision,
+        arithmetic=arithmetic,
+        init=init,
     )
+    config = CompareConfig(
+        k, seed, permutation, lr, tuple(methods), tuple(baselines), n_eval, batch_size, tuple(groups), lcgd_exit,
+        tuple(subsets), preset, choices,
+    )  # fmt: skip
     if out is not None:
         check_output_folder(Path(out), overwrite)
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; load it with load_model or attach one (model.set_tokenizer)")
-    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, permutation, n_eval, separator)
+    check_k(task, k)
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, permutation, n_eval, choices)
+    if episode.effective_k < k:
+        print(
+            f"iclgd-lens: warning: {k - episode.effective_k} of {k} demonstrations do not fit the {model.cfg.n_ctx}-"
+            f"token context and were dropped from the ICL prompt (effective k = {episode.effective_k}); GD trains "
+            f"on {len(episode.train_demos)}",
+            file=sys.stderr,
+        )
+    if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
+        model = half_copy(model)
     labels = torch.tensor(episode.labels)
 
     scores, records, W_O = {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
-        subject = model if name == "model" else untrained_copy(model, name, seed)
+        subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
         recorded, weights = run_settings(subject, episode, config, progress)
-        scores[name] = score(recorded, labels, weights, config.methods, seed)
+        scores[name] = score(
+            recorded, labels, weights, config.methods, seed,
+            eps=config.eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
+        )  # fmt: skip
         prefix = "" if name == "model" else f"{name}/"
         records |= {prefix + s: r for s, r in recorded.items()}
         W_O |= {prefix + s: w for s, w in weights.items()}
@@ -129,7 +170,7 @@ def run_settings(
     common = dict(
         queries=episode.queries,
         label_tokens=episode.label_tokens,
-        position=config.position,
+        position=config.choices.position,
         batch_size=config.batch_size,
         pad_token=episode.bos,
     )
@@ -139,7 +180,10 @@ def run_settings(
     }
     W_O = {"model": model.W_O.detach().float().cpu()}
     for method in config.methods:
-        delta = fit(model, episode.demos, episode.bos, method, config.lr, config.groups, config.lcgd_exit, progress)
+        delta = fit(
+            model, episode.train_demos, episode.bos, method, config.lr, config.groups, config.lcgd_exit, progress,
+            config.choices.precision,
+        )  # fmt: skip
         records[method] = record(
             model, prefix=episode.zs_prefix, delta=delta, desc=f"record {method}" if progress else None, **common
         )
@@ -158,7 +202,7 @@ def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:
 
 
 def describe(model: HookedTransformer, task: Task, episode: Episode, config: CompareConfig) -> dict:
-    """result.json's config: every choice and the package versions."""
+    """result.json's config: every choice (the preset's resolved), and the package versions."""
     packages = ("iclgd-lens", "transformer-lens", "torch", "transformers")
     versions = {}
     for package in packages:
@@ -172,17 +216,19 @@ def describe(model: HookedTransformer, task: Task, episode: Episode, config: Com
         "eval_split": task.eval_split,
         "k": config.k,
         "effective_k": episode.effective_k,
+        "gd_k": len(episode.train_demos),
         "seed": config.seed,
         "permutation": config.permutation,
         "lr": config.lr,
         "methods": list(config.methods),
         "baselines": list(config.baselines),
-        "position": config.position,
+        "subsets": list(config.subsets),
         "n_eval": len(episode.queries),
         "batch_size": config.batch_size,
         "groups": list(config.groups),
         "lcgd_exit": config.lcgd_exit,
-        "separator": config.separator,
+        "preset": config.preset,
+        **config.choices.to_dict(),
         "dtype": str(model.cfg.dtype).removeprefix("torch."),
         "device": str(model.cfg.device),
         "versions": versions,
