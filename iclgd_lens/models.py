@@ -93,6 +93,7 @@ def check_model_name(name: str) -> None:
         ) from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -125,13 +126,26 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
         (checkpoint / "config.json").write_text(json.dumps(hf_config))
         cfg = tl_loading.get_pretrained_model_config(str(checkpoint), device=device, dtype=dtype)
     cfg.model_name = folder.resolve().name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as error:
+    tokenizer = None
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as error:
+            problem = _first_line(error)
+    else:
+        problem = f"none of {list(TOKENIZER_FILES)}"
+    # transformers >= 5 builds an empty tokenizer for a folder without one, instead of failing
+    if tokenizer is None or len(tokenizer) < 2:
         raise ValueError(
-            f"model folder {str(folder)!r} has no usable tokenizer ({_first_line(error)}); save one into it with "
-            "tokenizer.save_pretrained"
-        ) from error
+            f"model folder {str(folder)!r} has no usable tokenizer ({problem if tokenizer is None else 'empty'}); "
+            "save one into it with tokenizer.save_pretrained"
+        )
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
+        # TransformerLens would quietly name "<|endoftext|>" the EOS token, whatever this vocabulary holds.
+        raise ValueError(
+            f"the tokenizer in {str(folder)!r} has neither a beginning- nor an end-of-sequence token, which start "
+            "every prompt and separate demonstrations; set bos_token and eos_token in its tokenizer_config.json"
+        )
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)

@@ -73,7 +73,7 @@ def _normalise_rows(rows: Sequence[Mapping[str, Any]], task: Task, split: str) -
         example["label"] = _label_id(row["label"], task, split, i)
         out.append(example)
     if not out:
-        raise ValueError(f"task {task.name!r}: the {split} split is empty")
+        raise ValueError(f"task {task.name!r}: the {split} split is empty; it needs labelled rows")
     return out
 
 
@@ -229,6 +229,8 @@ def _load_local_splits(name: str, data_files: Mapping[str, str | Path]) -> dict[
         fmt = LOCAL_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise ValueError(f"task {name!r}: cannot read {str(path)!r}; use one of {sorted(LOCAL_FORMATS)} files")
+        if path.stat().st_size == 0:
+            raise ValueError(f"task {name!r}: the {split} file {str(path)!r} is empty; it needs labelled rows")
         try:
             dataset = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split)
         except Exception as error:  # a user's file: any failure to parse it is reported as unreadable
