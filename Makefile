@@ -19,7 +19,7 @@ install: $(BIN)/iclgd-lens
 
 run: install
 	$(BIN)/iclgd-lens compare --model tiny-icl --task synth-sst2 --k 32 --seed 0 --lr 0.3 \
-		--n-eval 200 --out $(RUN_OUT) --overwrite
+		--n-eval 200 --out $(RUN_OUT) --overwrite --quiet
 
 test: install
 	$(BIN)/python -m pytest

@@ -28,7 +28,21 @@ from iclgd_lens.synthetic import SYNTHETIC_TASKS
 from iclgd_lens.tasks import HUB_TASKS, SPLIT_ALIASES
 
 DTYPES = ("float32", "float16", "bfloat16")
-CHOICE_HELP = {line.split(":")[0].strip(): line for line in Choices.__doc__.split("\n\n")[1].splitlines()}
+
+
+def _choice_help() -> dict[str, str]:
+    """Each choice's paragraph of the `Choices` docstring, joined into one line."""
+    helps: dict[str, str] = {}
+    for line in Choices.__doc__.split("\n\n")[1].splitlines():
+        name, sep, text = line.strip().partition(":")
+        if sep and name in Choices.__dataclass_fields__ and line.startswith("    ") and not line.startswith("     "):
+            helps[name] = text.strip()
+        else:
+            helps[list(helps)[-1]] += " " + line.strip()
+    return helps
+
+
+CHOICE_HELP = _choice_help()
 
 
 def available_threads() -> int:
@@ -38,13 +52,20 @@ def available_threads() -> int:
         return os.cpu_count() or 1
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None: the help says what applies)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iclgd-lens", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     c = commands.add_parser(
         "compare",
         help="ZS, ICL, GD and LCGD on one model and task, every metric",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Compare ICL with GD and LCGD on one model and task, on the model and its untrained baselines.",
     )
     c.add_argument("--model", required=True, help="TransformerLens name (needs the hub), local HF folder, or tiny-icl")
@@ -67,24 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="demonstration shuffle, baselines' init, random baseline")
     c.add_argument("--permutation", type=int, default=0, help="order of the demonstrations; 0 keeps the shuffle")
     c.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate for GD and LCGD")
-    c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    c.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="finetuning methods")
+    c.add_argument(
+        "--baselines", nargs="*", default=list(BASELINES), choices=BASELINES, help="untrained baselines (none: empty)"
+    )
     c.add_argument("--groups", nargs="+", default=["k", "v"], choices=PARAMETER_GROUP_NAMES, help="trained weights")
-    c.add_argument("--lcgd-exit", default="block", choices=LCGD_EXITS)
+    c.add_argument("--lcgd-exit", default="block", choices=LCGD_EXITS, help="LCGD read-out: after the block or attention")
     c.add_argument("--subset", nargs="*", default=[], choices=SUBSETS, help="also score these query subsets")
     presets = c.add_argument_group(
         "preset and its choices", "each choice defaults to the preset's; docs/science.md explains every one"
     )
-    presets.add_argument("--preset", default="toolkit", choices=list(PRESETS))
+    presets.add_argument("--preset", default="toolkit", choices=list(PRESETS), help="the toolkit's or the reference's")
     presets.add_argument("--separator", help=CHOICE_HELP["separator"] + " [toolkit: eos, reference: eos]")
     for name, valid in CHOICES.items():
         defaults = ", ".join(f"{p}: {getattr(choices, name)}" for p, choices in PRESETS.items())
         presets.add_argument(
             f"--{name.replace('_', '-')}", choices=valid, help=f"{CHOICE_HELP[name]} [{defaults}]"
         )
-    c.add_argument("--n-eval", type=int, default=None, help="cap on evaluation queries (None: 2000)")
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--device", default=None, help="cuda or cpu (None: cuda when available)")
+    c.add_argument("--n-eval", type=int, default=None, help="cap on evaluation queries (default: 2000)")
+    c.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
+    c.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     c.add_argument("--dtype", default="float32", choices=DTYPES, help="the model's dtype")
     c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -18,7 +18,7 @@ from iclgd_lens.presets import PRESETS, REFERENCE_PERMUTATIONS, Choices
 from iclgd_lens.tasks import Task
 
 Tokens = tuple[int, ...]
-EVAL_SHUFFLE_SEED = 1  # PAPERS.md: the evaluation set is shuffled with seed 1
+EVAL_SHUFFLE_SEED = 1  # docs/science.md: the evaluation set is shuffled with seed 1
 DEFAULT_N_EVAL = 2000
 
 

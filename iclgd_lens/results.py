@@ -88,6 +88,7 @@ class Result:
             note if model == "model" else f"{model}: {note}"
             for model, scores in self.scores.items()
             for note in scores.get("notes", [])
+            if subset is None or f"{subset} subset" in note
         ]
         return frame
 

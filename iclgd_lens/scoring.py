@@ -150,7 +150,7 @@ def notes(scores: dict, methods: tuple[str, ...], class_names: tuple[str, ...] |
             if worst > RESOLUTION_WARNING_SHARE:
                 layers = [layer for layer, share in enumerate(shares) if share > RESOLUTION_WARNING_SHARE]
                 lines.append(
-                    f"{setting}: up to {worst:.0%} of {label} updates are below {resolution['dtype']} resolution "
+                    f"{setting}: up to {worst:.0%} of {label} updates are zero or below {resolution['dtype']} resolution "
                     f"({resolution['relative']:g} of the ZS vector) in layers {layers}: their similarities measure "
                     "rounding"
                 )

@@ -96,7 +96,7 @@ def _label_id(label: Any, task: Task, split: str, row: int) -> int:
 
 @dataclass(frozen=True)
 class HubTaskSpec:
-    """Where one of the papers' tasks lives on the hub and how it is prompted (PAPERS.md)."""
+    """Where one of the papers' tasks lives on the hub and how it is prompted (docs/science.md, "Tasks")."""
 
     path: str
     config: str | None
@@ -107,7 +107,7 @@ class HubTaskSpec:
     columns: Mapping[str, str] = field(default_factory=dict)  # template field -> dataset column
 
 
-# PAPERS.md names glue/sst2, rotten_tomatoes, ag_news and super_glue/cb: these are their current hub ids.
+# The papers name glue/sst2, rotten_tomatoes, ag_news and super_glue/cb: these are their current hub ids.
 HUB_TASKS: dict[str, HubTaskSpec] = {
     "sst2": HubTaskSpec(
         "nyu-mll/glue", "sst2", "train", "validation", "Sentence: {sentence} Label:", ("Negative", "Positive")

@@ -133,7 +133,7 @@ def load_bundled(
     missing = [k for k in missing if _is_weight(model, k)]
     if missing or unexpected:
         raise ValueError(f"{str(folder)!r}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()
 
 
 def _is_weight(model: HookedTransformer, key: str) -> bool:

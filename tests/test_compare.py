@@ -218,7 +218,7 @@ def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
     assert gd["simam"]["defined"] == gd["simam"]["total"]  # cos(m_ICL, m_FT) stays defined
     assert reference.metrics["gd"]["simaou"]["mean"] == 0.0
     assert any("simam_delta: 48 of 48 values undefined" in note for note in exact.scores["model"]["notes"])
-    assert any(note.startswith("gd: up to 100% of attention-output updates") for note in exact.summary().notes)
+    assert any(note.startswith("gd: up to 100% of attention-output updates are zero") for note in exact.summary().notes)
     assert "note: gd simaou" in repr(exact.summary())
     script = ROOT / "analyses" / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "e")], capture_output=True, text=True)

@@ -136,7 +136,7 @@ def test_fairseq_init_follows_the_reference_scheme():
     d, d_mlp = 64, 256
 
     def uniform_bound(name):  # a U(-b, b) sample: max |x| just below b, std b / sqrt(3)
-        x = fresh[name]
+        x = fresh[name].detach()
         return float(x.abs().max()), float(x.std() * math.sqrt(3))
 
     xavier = lambda fan_in, fan_out, gain: gain * math.sqrt(6 / (fan_in + fan_out))
