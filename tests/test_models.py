@@ -132,7 +132,7 @@ def test_trained_norms_baseline_keeps_norms_only(init):
 
 def test_fairseq_init_follows_the_reference_scheme():
     model = tiny_model(d_model=64, n_heads=4, d_head=16, d_mlp=256)
-    fresh = dict(untrained_copy(model, "no_training", seed=0, init="fairseq").named_parameters())
+    fresh = {n: p.detach() for n, p in untrained_copy(model, "no_training", seed=0, init="fairseq").named_parameters()}
     d, d_mlp = 64, 256
 
     def uniform_bound(name):  # a U(-b, b) sample: max |x| just below b, std b / sqrt(3)
