@@ -58,6 +58,8 @@ class Episode:
 
     @classmethod
     def from_json(cls, data: dict) -> "Episode":
+        # Results written before GD had its own demonstration list trained on ICL's.
+        data = {"train_demos": data["demos"], "train_rows": data["demo_rows"]} | data
         fields = {f: data[f] for f in cls.__dataclass_fields__}
         for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels"):
             fields[name] = tuple(fields[name])
@@ -211,6 +213,12 @@ def build_episode(
     )
     if choices.gd_demos == "kept":
         gd_rows = [row for row in gd_rows if row in {icl_rows[i] for i in kept}]
+    too_long = [row for row in gd_rows if 1 + len(demonstration(row)) > n_ctx]
+    if too_long:
+        raise ValueError(
+            f"train rows {too_long[:5]} do not fit the {n_ctx}-token context even alone, so GD cannot train on them; "
+            "use gd_demos='kept' (--gd-demos kept) or drop long examples from the train data"
+        )
     return Episode(
         task=task.name,
         bos=bos,

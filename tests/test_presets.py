@@ -198,3 +198,14 @@ def test_reference_preset_records_every_resolved_choice(tmp_path):
     assert config["preset"] == "reference" and config["dtype"] == "float16"
     assert result.scores["model"]["resolution"]["dtype"] == "float16"
     assert set(result.scores["model"]["f2t"]) == {"gd", "lcgd"}
+
+
+def test_a_demonstration_longer_than_the_context_is_refused_for_gd_on_all_k():
+    rows = [{"sentence": " ".join(["film"] * 40), "label": 1}, {"sentence": "a good film", "label": 1}]
+    rows += [{"sentence": "a bad film", "label": 0}]
+    task = Task("long", "Sentence: {sentence} Label:", ("Negative", "Positive"), rows, rows[1:])
+    tokenizer = make_tokenizer()
+    kept = build_episode(task, tokenizer, 30, k=3)
+    assert kept.effective_k == len(kept.train_demos) == 2
+    with pytest.raises(ValueError, match="do not fit the 30-token context even alone.*--gd-demos kept"):
+        build_episode(task, tokenizer, 30, k=3, choices=resolve("reference"))
