@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from iclgd_lens.deltas import DEFAULT_GROUPS, Delta, check_groups, check_lr, fit
-from iclgd_lens.episodes import Episode, build_episode, check_k, check_permutation
+from iclgd_lens.episodes import Episode, build_episode, check_permutation
 from iclgd_lens.metrics import REFERENCE_EPS
 from iclgd_lens.models import half_copy, untrained_copy
 from iclgd_lens.presets import BASELINES, LCGD_EXITS, METHODS, SUBSETS, Choices, resolve
@@ -130,7 +130,6 @@ def compare(
         check_output_folder(Path(out), overwrite)
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; load it with load_model or attach one (model.set_tokenizer)")
-    check_k(task, k)
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, permutation, n_eval, choices)
     if episode.effective_k < k:
         print(

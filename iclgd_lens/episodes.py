@@ -241,7 +241,8 @@ def special_tokens(tokenizer) -> tuple[int, int | None]:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None and eos is None:
         raise ValueError(
-            "the tokenizer has neither a beginning- nor an end-of-sequence token; set tokenizer.bos_token (and "
-            "eos_token) before loading, e.g. tokenizer.add_special_tokens({'bos_token': '<s>'})"
+            "the tokenizer has neither a beginning- nor an end-of-sequence token, which start every prompt and "
+            "separate demonstrations; set them (tokenizer.add_special_tokens({'bos_token': ..., 'eos_token': ...}), "
+            "or bos_token and eos_token in a checkpoint folder's tokenizer_config.json)"
         )
     return (bos if bos is not None else eos), eos

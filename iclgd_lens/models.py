@@ -17,6 +17,8 @@ import torch
 from transformer_lens import HookedTransformer
 from transformer_lens import loading_from_pretrained as tl_loading
 
+from iclgd_lens.episodes import special_tokens
+from iclgd_lens.errors import error_summary
 from iclgd_lens.presets import BASELINES, CHOICES
 
 BUNDLED_MODELS = ("tiny-icl",)
@@ -131,7 +133,7 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as error:
-            problem = _first_line(error)
+            problem = error_summary(error)
     else:
         problem = f"none of {list(TOKENIZER_FILES)}"
     # transformers >= 5 builds an empty tokenizer for a folder without one, instead of failing
@@ -140,12 +142,9 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
             f"model folder {str(folder)!r} has no usable tokenizer ({problem if tokenizer is None else 'empty'}); "
             "save one into it with tokenizer.save_pretrained"
         )
-    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
-        # TransformerLens would quietly name "<|endoftext|>" the EOS token, whatever this vocabulary holds.
-        raise ValueError(
-            f"the tokenizer in {str(folder)!r} has neither a beginning- nor an end-of-sequence token, which start "
-            "every prompt and separate demonstrations; set bos_token and eos_token in its tokenizer_config.json"
-        )
+    # Checked before TransformerLens sees it: it would quietly name "<|endoftext|>" the EOS token, whatever
+    # this vocabulary holds.
+    special_tokens(tokenizer)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
@@ -162,14 +161,9 @@ def load_hub_model(name: str, device: str, dtype: torch.dtype) -> HookedTransfor
         return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
     except OSError as error:  # transformers and huggingface_hub report an unreachable or refused hub as OSError
         raise ValueError(
-            f"model {name!r} could not be loaded from the Hugging Face hub ({_first_line(error)}); offline, give a "
+            f"model {name!r} could not be loaded from the Hugging Face hub ({error_summary(error)}); offline, give a "
             f"local Hugging Face folder (--model PATH) or a bundled model {list(BUNDLED_MODELS)}"
         ) from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def half_copy(model: HookedTransformer) -> HookedTransformer:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from iclgd_lens import metrics as M
@@ -46,8 +46,8 @@ def score(
     NaN-skipping; a number: the reference's); `dtype` is the recording's, for the resolution diagnostic.
 
     Returns {accuracy, metrics, per_head, predictions, resolution, notes[, f2t]}."""
+    zs, icl = records["zs"], records["icl"]
     heads = {name: M.head_outputs(r.z, W_O.get(name, W_O["model"])) for name, r in records.items()}
-    everything = torch.ones(len(labels), dtype=torch.bool)
     out: dict = {
         "accuracy": {name: M.accuracy(r.pred, labels) for name, r in records.items()},
         "metrics": {},
@@ -56,56 +56,45 @@ def score(
         "resolution": resolution_shares(records, methods, dtype),
     }
     for method in methods:
-        out["metrics"][method], out["per_head"][method] = _method_scores(
-            records, heads, labels, method, seed, eps, everything
-        )
+        ft = records[method]
+        values = similarities(zs, icl, ft, seed, eps)
+        out["metrics"][method] = reduced(values, zs, icl, ft, labels)
+        per_head_values = {
+            "simaou": M.simaou(heads["icl"], heads["zs"], heads[method], eps=eps),
+            "simaou_norm": M.simaou_norm(heads["icl"], heads["zs"], heads[method], eps=eps),
+            **{name: values[name] for name in ("simam_before", "simam", "simam_delta")},
+        }
+        out["per_head"][method] = {name: M.per_head(v) for name, v in per_head_values.items()}
     if "gd" in methods and "lcgd" in methods:
-        values = _alpha(records, eps, everything)
+        values = M.alpha(records["lcgd"].scores, records["gd"].scores, zs.scores, zs.query_len, eps)
         out["metrics"]["alpha"] = M.reduce(values)
         out["per_head"]["alpha"] = M.per_head(values)
     for subset in subsets:
         out[subset] = {}
         for method in methods:
-            rows = M.f2t(records["zs"].pred, records[method].pred, records["icl"].pred, labels)
-            metrics, _ = _method_scores(records, heads, labels, method, seed, eps, rows)
+            rows = M.f2t(zs.pred, records[method].pred, icl.pred, labels)
+            part = [records[s].select(rows) for s in ("zs", "icl", method)]
+            metrics = reduced(similarities(*part, seed, eps), *part, labels[rows])
             out[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
     out["notes"] = notes(out, methods, class_names)
     return out
 
 
-def _method_scores(
-    records: dict[str, Record],
-    heads: dict[str, Tensor],
-    labels: Tensor,
-    method: str,
-    seed: int,
-    eps: float | None,
-    rows: Bool[Tensor, "n"],
-) -> tuple[dict, dict]:
-    """Every metric of one method on the queries in `rows`: ({metric: reduced}, {metric: [layer][head]})."""
-    zs, icl, ft = (records[s].select(rows) for s in ("zs", "icl", method))
-    query_len = zs.query_len
-    values = {
+def similarities(zs: Record, icl: Record, ft: Record, seed: int, eps: float | None) -> dict[str, Tensor]:
+    """Every similarity of one method, per example: [n, layer] for attention outputs, [n, layer, head] for scores."""
+    return {
         "simaou": M.simaou(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
         "simaou_norm": M.simaou_norm(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
         "random_simaou": M.random_simaou(icl.attn_out, zs.attn_out, seed=seed, eps=eps),
-        "simam_before": M.simam_before(icl.scores, zs.scores, query_len, eps=eps),
-        "simam": M.simam(icl.scores, ft.scores, query_len, eps=eps),
-        "simam_delta": M.simam_delta(icl.scores, zs.scores, ft.scores, query_len, eps=eps),
+        "simam_before": M.simam_before(icl.scores, zs.scores, zs.query_len, eps=eps),
+        "simam": M.simam(icl.scores, ft.scores, zs.query_len, eps=eps),
+        "simam_delta": M.simam_delta(icl.scores, zs.scores, ft.scores, zs.query_len, eps=eps),
     }
-    metrics = {name: M.reduce(v) for name, v in values.items()}
-    metrics["rec2ftp"] = M.rec2ftp(zs.pred, ft.pred, icl.pred, labels[rows])
-    per_head_values = {
-        "simaou": M.simaou(heads["icl"][rows], heads["zs"][rows], heads[method][rows], eps=eps),
-        "simaou_norm": M.simaou_norm(heads["icl"][rows], heads["zs"][rows], heads[method][rows], eps=eps),
-        **{name: values[name] for name in ("simam_before", "simam", "simam_delta")},
-    }
-    return metrics, {name: M.per_head(v) for name, v in per_head_values.items()}
 
 
-def _alpha(records: dict[str, Record], eps: float | None, rows: Tensor) -> Tensor:
-    zs = records["zs"].select(rows)
-    return M.alpha(records["lcgd"].select(rows).scores, records["gd"].select(rows).scores, zs.scores, zs.query_len, eps)
+def reduced(values: dict[str, Tensor], zs: Record, icl: Record, ft: Record, labels: Tensor) -> dict:
+    """{metric: {mean, per_layer, defined, total}} of `similarities`, and Rec2FTP."""
+    return {name: M.reduce(v) for name, v in values.items()} | {"rec2ftp": M.rec2ftp(zs.pred, ft.pred, icl.pred, labels)}
 
 
 def majority(pred: Int[Tensor, "n"]) -> dict:

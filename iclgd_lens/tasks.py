@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from iclgd_lens.errors import error_summary
+
 Example = dict[str, Any]  # the template's fields plus an int "label"
 
 
@@ -236,7 +238,7 @@ def _load_local_splits(name: str, data_files: Mapping[str, str | Path]) -> dict[
         except Exception as error:  # a user's file: any failure to parse it is reported as unreadable
             raise ValueError(
                 f"task {name!r}: cannot read {split} file {str(path)!r} as {path.suffix} "
-                f"({type(error).__name__}: {_first_line(error)}); check that it is valid {path.suffix}"
+                f"({error_summary(error)}); check that it is valid {path.suffix}"
             ) from error
         splits[split] = [dict(row) for row in dataset]
     return splits
@@ -249,8 +251,8 @@ def _load_hub_splits(name: str, spec: HubTaskSpec) -> dict[str, list[Example]]:
         dataset = datasets.load_dataset(spec.path, spec.config)
     except Exception as error:  # the hub: offline, unknown, or refused
         raise ValueError(
-            f"task {name!r} could not be loaded from the Hugging Face hub ({spec.path}; {type(error).__name__}: "
-            f"{_first_line(error)}); offline, give local files: --data-files train=PATH eval=PATH "
+            f"task {name!r} could not be loaded from the Hugging Face hub ({spec.path}; {error_summary(error)}); "
+            "offline, give local files: --data-files train=PATH eval=PATH "
             f"(load_task({name!r}, {{'train': ..., 'eval': ...}})), or use a synthetic task"
         ) from error
     return {
@@ -258,7 +260,3 @@ def _load_hub_splits(name: str, spec: HubTaskSpec) -> dict[str, list[Example]]:
         "eval": [dict(row) for row in dataset[spec.eval_split]],
     }
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else "no message"
