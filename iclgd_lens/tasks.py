@@ -155,9 +155,10 @@ SPLIT_ALIASES = {"train": "train", "eval": "eval", "validation": "eval", "test":
 
 
 def available_tasks() -> list[str]:
+    from iclgd_lens.packaged_tasks import PACKAGED_TASKS
     from iclgd_lens.synthetic import SYNTHETIC_TASKS
 
-    return sorted(HUB_TASKS) + sorted(SYNTHETIC_TASKS)
+    return sorted(HUB_TASKS) + sorted(PACKAGED_TASKS) + sorted(SYNTHETIC_TASKS)
 
 
 def load_task(
@@ -171,13 +172,18 @@ def load_task(
 
     - `"sst2"`, `"sst5"`, `"mr"`, `"subj"`, `"agnews"`, `"cb"`: from the hub, or from local files when
       `data_files={"train": path, "eval": path}` is given (columns named as in the hub dataset);
+    - `"rt-snippets"`, `"bbc-headlines"`, `"trec"`: real data shipped in installed packages (offline;
+      docs/tasks.md);
     - `"synth-*"`: the bundled synthetic tasks (offline);
     - any other name with `data_files`, `template` and `label_words`: a custom task from local files.
     """
+    from iclgd_lens.packaged_tasks import PACKAGED_TASKS, packaged_task
     from iclgd_lens.synthetic import SYNTHETIC_TASKS, synthetic_task
 
     if name in SYNTHETIC_TASKS and data_files is None:
         return synthetic_task(name)
+    if name in PACKAGED_TASKS and data_files is None:
+        return packaged_task(name)
     spec = HUB_TASKS.get(name)
     if spec is None and (data_files is None or template is None or label_words is None):
         raise ValueError(

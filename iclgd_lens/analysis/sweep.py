@@ -1,0 +1,285 @@
+"""`reproduce`: the papers' protocol as a resumable sweep of comparisons, one result folder per run.
+
+Sweep folder layout (docs/reproduction.md):
+- sweep.json: what the sweep is (model, tasks, runs, lr, every compare option); a restart must ask the same;
+- runs/<task>/seed<S>-perm<P>/: one result folder per run, written atomically by `Result.save`;
+- lr-search/<task>-seed<S>-perm<P>.json: the learning-rate search of that run (with `lr="search"`);
+- the tables and plots that `tables.write_tables` makes from the finished runs.
+
+A run is finished when its folder is a complete result of the same run; a restart skips finished runs and redoes
+the others from scratch (every run is deterministic given its seed), so a sweep killed at any point ends with the
+same tables. Runs are independent: they go to local processes (`jobs`) or through submitit to Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+from iclgd_lens.analysis.protocol import DAI_LR_GRID, Run, plan_runs
+from iclgd_lens.files import write_text_atomic
+
+SWEEP_FORMAT = "iclgd-lens sweep 1"
+SWEEP_FILE = "sweep.json"
+EXECUTORS = ("local", "slurm", "submitit-local")
+# Options that change how a sweep runs, not what it computes: a restart may change them.
+RUNTIME_OPTIONS = ("jobs", "executor", "threads", "slurm")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep computes. `compare` holds the keyword arguments every run passes to `compare` (k, methods,
+    baselines, preset and choices, n_eval, ...), besides task, seed, permutation and lr, which the plan sets."""
+
+    model: str
+    tasks: tuple[str, ...]
+    runs: str = "paper"  # "paper" or a number of runs
+    lr: str = "paper"  # "paper", "search" or a number
+    lr_grid: tuple[float, ...] = DAI_LR_GRID
+    n_heldout: int = 128
+    compare: dict = field(default_factory=dict)
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "lr_grid", tuple(float(lr) for lr in self.lr_grid))
+        if self.lr == "search":
+            if not self.lr_grid:
+                raise ValueError("the learning-rate grid is empty; give --lr-grid values")
+            bad = [lr for lr in self.lr_grid if not 0 < lr < float("inf")]
+            if bad:
+                raise ValueError(f"--lr-grid values must be positive finite numbers, got {bad}")
+        if self.n_heldout < 1:
+            raise ValueError(f"n_heldout must be >= 1, got {self.n_heldout}")
+
+    def plan(self) -> list[Run]:
+        return plan_runs(list(self.tasks), self.runs, self.lr)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if self.lr != "search":  # the grid means nothing then: leave it out so it cannot block a restart
+            del data["lr_grid"], data["n_heldout"]
+        return data
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One run, as a worker process needs it: picklable, self-contained."""
+
+    config: SweepConfig
+    run: Run
+    folder: str
+    lr_file: str
+    device: str | None = None
+    threads: int | None = None
+
+
+def run_folder(out: Path, run: Run) -> Path:
+    return out / "runs" / run.task / f"seed{run.seed}-perm{run.permutation}"
+
+
+def lr_file(out: Path, run: Run) -> Path:
+    return out / "lr-search" / f"{run.task}-seed{run.seed}-perm{run.permutation}.json"
+
+
+def check_sweep_folder(out: Path, config: SweepConfig) -> None:
+    """Refuse, before anything runs, a folder that is neither new, empty, nor this same sweep."""
+    from iclgd_lens.results import check_output_folder
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{str(out)!r} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / SWEEP_FILE
+        try:
+            written = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            raise FileExistsError(
+                f"{str(out)!r} is not empty and holds no sweep written by iclgd-lens; choose a new or empty folder "
+                "(nothing in it was touched)"
+            ) from None
+        if written.get("format") != SWEEP_FORMAT:
+            raise FileExistsError(f"{str(marker)!r} was not written by iclgd-lens; choose another --out")
+        differences = _differences(written.get("config", {}), config.to_dict())
+        if differences:
+            raise ValueError(
+                f"{str(out)!r} holds another sweep ({'; '.join(differences)}); resume it with the same options or "
+                "choose another --out"
+            )
+    else:
+        check_output_folder(out, overwrite=False)  # refuses the working folder, home and root
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{key}: {old.get(key)!r} there, {new.get(key)!r} now" for key in keys if old.get(key) != new.get(key)]
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def is_finished(job: RunJob) -> bool:
+    """The run's folder holds a complete result of this run (same model, task, seed, permutation and lr)."""
+    from iclgd_lens.results import is_result_folder
+
+    folder = Path(job.folder)
+    if not is_result_folder(folder):
+        return False
+    try:
+        config = json.loads((folder / "result.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    expected_lr = job.run.lr if job.run.lr is not None else _searched_lr(Path(job.lr_file))
+    return (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
+            job.run.permutation) and (expected_lr is None or config["lr"] == expected_lr)  # fmt: skip
+
+
+def _searched_lr(path: Path) -> float | None:
+    try:
+        return json.loads(path.read_text())["chosen"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def _model(name: str, device: str | None, dtype: str):
+    from iclgd_lens.models import load_model
+
+    return load_model(name, device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=None)
+def _task(name: str):
+    from iclgd_lens.tasks import load_task
+
+    return load_task(name)
+
+
+def execute(job: RunJob) -> str:
+    """Run one comparison (after its learning-rate search, when asked) and save it; returns its folder.
+    Runs in the sweep's process, a local worker process or a Slurm job alike."""
+    import torch
+
+    from iclgd_lens.comparison import compare
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    config, run = job.config, job.run
+    model, task = _model(config.model, job.device, config.dtype), _task(run.task)
+    lr = run.lr if run.lr is not None else searched_lr(job, model, task)
+    compare(
+        model, task, seed=run.seed, permutation=run.permutation, lr=lr, **config.compare, out=job.folder,
+        overwrite=True, progress=False,
+    )  # fmt: skip
+    return job.folder
+
+
+def searched_lr(job: RunJob, model, task) -> float:
+    """The run's learning-rate search, read back when an earlier attempt finished it."""
+    from iclgd_lens.analysis.lr_search import search_lr
+    from iclgd_lens.presets import CHOICES, resolve
+
+    path = Path(job.lr_file)
+    chosen = _searched_lr(path)
+    if chosen is not None:
+        return chosen
+    options = job.config.compare
+    choices = resolve(options.get("preset", "toolkit"), **{n: options.get(n) for n in ("separator", *CHOICES)})
+    search = search_lr(
+        model, task, job.config.lr_grid, options.get("k", 32), job.run.seed, job.run.permutation, choices=choices,
+        n_heldout=job.config.n_heldout, batch_size=options.get("batch_size", 8),
+        groups=options.get("groups", ("k", "v")),
+    )  # fmt: skip
+    write_json_atomic(path, search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation})
+    if search["chosen"] is None:
+        raise FloatingPointError(f"{job.run.name}: GD diverged at every learning rate of the grid; lower the grid")
+    return search["chosen"]
+
+
+@dataclass
+class SweepOutcome:
+    finished: list[Run]  # already there before this call
+    done: list[Run]  # computed by this call
+    failed: dict[str, str]  # run name -> error
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    executor: str = "local",
+    threads: int | None = None,
+    device: str | None = None,
+    slurm: dict | None = None,
+    on_run: Callable[[Run, str | None], None] | None = None,
+) -> SweepOutcome:
+    """Run every unfinished run of `config` into `out` and return what happened. `executor`: `local` (`jobs`
+    processes; 1: in this process), `slurm` (submitit's Slurm executor, `slurm` its parameters) or
+    `submitit-local` (submitit's local executor: the Slurm path on this machine). `on_run(run, error)` is called
+    as each run ends."""
+    out = Path(out)
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; use one of {list(EXECUTORS)}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    plan = config.plan()
+    check_sweep_folder(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / SWEEP_FILE).is_file():
+        write_json_atomic(out / SWEEP_FILE, {"format": SWEEP_FORMAT, "config": config.to_dict()})
+    all_jobs = [RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in plan]
+    todo = [job for job in all_jobs if not is_finished(job)]
+    outcome = SweepOutcome([j.run for j in all_jobs if j not in todo], [], {})
+
+    def ended(job: RunJob, error: BaseException | None) -> None:
+        if error is None:
+            outcome.done.append(job.run)
+        else:
+            outcome.failed[job.run.name] = f"{type(error).__name__}: {error}"
+        if on_run is not None:
+            on_run(job.run, None if error is None else outcome.failed[job.run.name])
+
+    if executor == "local" and jobs == 1:
+        for job in todo:
+            try:
+                execute(job)
+                ended(job, None)
+            except (ValueError, FloatingPointError, OSError) as error:
+                ended(job, error)
+    elif executor == "local":
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(execute, job): job for job in todo}
+            for future in as_completed(futures):
+                ended(futures[future], future.exception())
+    else:
+        _submitit(todo, out, executor, jobs, slurm or {}, ended)
+    return outcome
+
+
+def _submitit(todo: list[RunJob], out: Path, executor: str, jobs: int, slurm: dict, ended: Callable) -> None:
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("--executor slurm needs submitit: pip install submitit") from None
+    logs = out / "submitit"
+    if executor == "slurm":
+        pool = submitit.AutoExecutor(folder=logs, cluster="slurm")
+        pool.update_parameters(**({"slurm_array_parallelism": jobs} | slurm))
+    else:
+        pool = submitit.LocalExecutor(folder=logs)
+        pool.update_parameters(timeout_min=slurm.get("timeout_min", 60 * 24))
+    if not todo:
+        return
+    submitted = pool.map_array(execute, todo)
+    for job, handle in zip(todo, submitted):
+        try:
+            handle.result()
+            ended(job, None)
+        except Exception as error:  # submitit re-raises the job's error (or its own) here
+            ended(job, error)

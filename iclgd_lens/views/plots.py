@@ -1,0 +1,64 @@
+"""matplotlib figures from analysis tables (never from recomputed metrics).
+
+Files are written without timestamps or version stamps, so the same table gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+# PNG/SVG metadata that would change between otherwise identical runs
+STABLE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+METHOD_COLORS = {"gd": "tab:blue", "lcgd": "tab:orange"}
+MODEL_STYLES = {"trained": "-", "no_training": "--", "trained_norms": ":", "trained_embeddings": "-."}
+
+
+def per_layer_figure(table: pd.DataFrame, metric: str):
+    """Revisited Figure 3's form: one panel per task, a curve per (model, method): the colour is the method, the
+    line style the model (trained solid, baselines dashed/dotted); the band is ± std over runs of the trained model.
+    `table` is `analysis.tables.per_layer_table`'s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    part = table[table.metric == metric]
+    tasks = list(dict.fromkeys(part.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        rows = part[part.task == task]
+        for (model, method), curve in rows.groupby(["model", "method"], sort=False):
+            trained = model == "trained"
+            label = method.upper() if trained else f"{method.upper()} ({model})"
+            color = METHOD_COLORS.get(method)
+            ax.plot(curve.layer, curve["mean"], MODEL_STYLES.get(model, ":"), color=color, label=label,
+                    linewidth=1.6 if trained else 1.0)  # fmt: skip
+            if trained:  # bands on the trained model only: four overlapping bands would hide the curves
+                spread = curve["std"].fillna(0)
+                ax.fill_between(curve.layer, curve["mean"] - spread, curve["mean"] + spread, color=color, alpha=0.18,
+                                linewidth=0)  # fmt: skip
+        ax.set_title(task)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.axhline(0, color="grey", linewidth=0.5)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save through a temporary sibling and a rename; format from the suffix (png, svg)."""
+    import matplotlib.pyplot as plt
+
+    kind = path.suffix.lstrip(".")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    fig.savefig(temporary, format=kind, dpi=110, metadata=STABLE_METADATA.get(kind))
+    plt.close(fig)
+    os.replace(temporary, path)

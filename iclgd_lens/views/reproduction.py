@@ -1,0 +1,144 @@
+"""A sweep folder's tables: Markdown in the papers' layouts, CSV of every number, per-layer plots.
+
+Reads `analysis.tables`' DataFrames and lays them out; computes nothing. Every file is replaced atomically and
+written deterministically, so a resumed sweep ends with byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from iclgd_lens.analysis import tables
+from iclgd_lens.analysis.protocol import Run
+from iclgd_lens.files import write_text_atomic
+from iclgd_lens.views.plots import per_layer_figure, save_figure
+
+TRAINED = tables.TRAINED
+TABLE1_METRICS = ("simaou", "simam_delta")  # Revisited Table 1: GD on the trained model and the baselines
+TABLE2_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta", "alpha")  # Revisited Table 2: GD | LCGD
+DAI_METRICS = ("rec2ftp", "simaou_norm", "random_simaou", "simam_before", "simam")
+PLOTTED_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
+METRIC_NAMES = {
+    "simaou_norm": "SimAOU_norm (Dai's SimAOU)",
+    "simaou": "SimAOU (Revisited)",
+    "random_simaou": "random-update SimAOU",
+    "simam_before": "SimAM before FT",
+    "simam": "SimAM (after FT)",
+    "simam_delta": "SimAM∆",
+    "alpha": "α (LCGD vs GD score updates)",
+    "rec2ftp": "Rec2FTP (%)",
+}
+CSV_FORMAT = "%.6g"
+TABLE_FILES = ("tables.md", "summary.csv", "per_layer.csv", "lr.csv", *(f"per_layer_{m}.png" for m in PLOTTED_METRICS))
+
+
+def write_tables(out: Path, plan: list[Run], model: str) -> list[str]:
+    """Write every table and plot of the finished runs into `out`; returns the names of missing runs."""
+    results = tables.load_results(out, plan)
+    finished = {(r.config["task"], r.config["seed"], r.config["permutation"]) for rs in results.values() for r in rs}
+    missing = [run.name for run in plan if (run.task, run.seed, run.permutation) not in finished]
+    lrs = tables.lr_table(out, plan, results)
+    write_text_atomic(out / "lr.csv", lrs.to_csv(index=False, float_format=CSV_FORMAT))
+    if not results:
+        return missing
+    summary = tables.summary_table(results)
+    per_layer = tables.per_layer_table(results)
+    write_text_atomic(out / "summary.csv", summary.to_csv(index=False, float_format=CSV_FORMAT))
+    write_text_atomic(out / "per_layer.csv", per_layer.to_csv(index=False, float_format=CSV_FORMAT))
+    write_text_atomic(out / "tables.md", markdown_report(summary, lrs, model, missing))
+    for metric in PLOTTED_METRICS:
+        save_figure(per_layer_figure(per_layer, metric), out / f"per_layer_{metric}.png")
+    return missing
+
+
+def _cell(row) -> str:
+    if row is None or math.isnan(row["mean"]):
+        return "NaN"
+    text = f"{row['mean']:.3f}"
+    if not math.isnan(row["std"]):
+        text += f" ± {row['std']:.3f}"
+    if not math.isnan(row["ci_low"]):
+        text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    return text
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _beside_baselines(summary: pd.DataFrame, metrics: tuple[str, ...], methods: tuple[str, ...]) -> str:
+    """One table per metric: rows task x method, columns the trained model, each baseline, above_baselines."""
+    models = [TRAINED, *sorted(set(summary.model) - {TRAINED})]
+    index = summary.set_index(["task", "model", "method", "metric"])
+    parts = []
+    for metric in metrics:
+        rows = []
+        for task in dict.fromkeys(summary.task):
+            for method in methods:
+                key = (task, TRAINED, method, metric)
+                if key not in index.index:
+                    continue
+                cells = [index.loc[(task, m, method, metric)] if (task, m, method, metric) in index.index else None
+                         for m in models]  # fmt: skip
+                rows.append([task, method, *[_cell(c) for c in cells], index.loc[key]["above_baselines"]])
+        if rows:
+            parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + _markdown(["task", "method", *models, "above baselines"],
+                                                                       rows))  # fmt: skip
+    return "\n\n".join(parts)
+
+
+def _columns_table(summary: pd.DataFrame, metrics: tuple[str, ...], per_method: bool) -> str:
+    """Trained model only: rows task (x method), one column per metric."""
+    trained = summary[summary.model == TRAINED].set_index(["task", "method", "metric"])
+    rows = []
+    for task in dict.fromkeys(summary.task):
+        methods = list(dict.fromkeys(summary[summary.task == task].method))
+        for method in methods if per_method else methods[:1]:
+            rows.append([task, *([method] if per_method else []), *[_cell(trained.loc[(task, method, m)])
+                         if (task, method, m) in trained.index else "" for m in metrics]])  # fmt: skip
+    return _markdown(["task", *(["method"] if per_method else []), *metrics], rows)
+
+
+def accuracy_table(summary: pd.DataFrame) -> str:
+    """Trained model: ZS, ICL and each method's finetuned accuracy per task."""
+    trained = summary[summary.model == TRAINED]
+    methods = list(dict.fromkeys(trained.method))
+    rows = []
+    for task in dict.fromkeys(trained.task):
+        part = trained[trained.task == task].set_index(["method", "metric"])
+        cells = [_cell(part.loc[(methods[0], "acc_zs")]), _cell(part.loc[(methods[0], "acc_icl")])]
+        rows.append([task, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods]])
+    return _markdown(["task", "ZS", "ICL", *[m.upper() for m in methods]], rows)
+
+
+def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missing: list[str]) -> str:
+    methods = tuple(dict.fromkeys(summary.method))
+    sections = [
+        f"# Reproduction tables: {model}",
+        "Each cell: mean ± sample std over runs [95 % bootstrap interval over queries within runs]. "
+        "`above baselines`: the trained model's interval lies above every untrained baseline's.",
+    ]
+    if missing:
+        sections.append(f"Missing runs (not finished; every table leaves them out): {', '.join(missing)}")
+    sections += [
+        "## Accuracy (trained model)\n\n" + accuracy_table(summary),
+        "## Revisited Table 1: GD on the trained model and the untrained baselines\n\n"
+        + _beside_baselines(summary, TABLE1_METRICS, ("gd",)),
+        "## Revisited Table 2: GD | LCGD\n\n" + _beside_baselines(summary, TABLE2_METRICS, methods),
+        "## Dai et al.: Rec2FTP, SimAOU (normalised) against the random update, SimAM before and after FT\n\n"
+        + _columns_table(summary, DAI_METRICS, True),
+        "## Learning rates\n\n" + _markdown(
+            list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]
+        ),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:g}"
+    return str(value)
