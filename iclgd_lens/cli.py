@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,12 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+def separator_text(value: str) -> str:
+    """`--separator '\\n'`: a shell passes backslash + n; the separator meant is a newline (\\t a tab, \\\\ a backslash)."""
+    escapes = {"n": "\n", "t": "\t", "\\": "\\"}
+    return re.sub(r"\\([nt\\])", lambda match: escapes[match.group(1)], value)
+
+
 class ListAction(argparse.Action):
     """A list option that takes space- or comma-separated values (`--tasks sst2 mr` or `--tasks sst2,mr`), each
     checked against `valid` when given; repeated, the lists add up. An empty list is allowed where nargs is '*'."""
@@ -104,7 +111,9 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
         "preset and its choices", "each choice defaults to the preset's; docs/science.md explains every one"
     )
     presets.add_argument("--preset", default="toolkit", choices=list(PRESETS), help="the toolkit's or the reference's")
-    presets.add_argument("--separator", help=CHOICE_HELP["separator"] + " [toolkit: eos, reference: eos]")
+    presets.add_argument("--separator", type=separator_text,
+                         help=CHOICE_HELP["separator"] + " (\\n and \\t are read as newline and tab) [toolkit: eos, "
+                         "reference: eos]")  # fmt: skip
     for name, valid in CHOICES.items():
         defaults = ", ".join(f"{p}: {getattr(choices, name)}" for p, choices in PRESETS.items())
         presets.add_argument(

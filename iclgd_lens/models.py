@@ -11,7 +11,9 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformer_lens import HookedTransformer
@@ -154,7 +156,8 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
     # Checked before TransformerLens sees it: it would quietly name "<|endoftext|>" the EOS token, whatever
     # this vocabulary holds.
     special_tokens(tokenizer)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    with quiet_transformers():  # its per-tensor "Loading weights" bar says nothing a user needs
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
@@ -162,6 +165,19 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
     )
     del hf_model
     return model.to(device, print_details=False)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def load_hub_model(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:

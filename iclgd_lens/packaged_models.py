@@ -162,6 +162,8 @@ def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from iclgd_lens.models import quiet_transformers
+
     try:
         import gguf as _  # noqa: F401  (transformers needs it to read GGUF files)
     except ImportError:
@@ -178,8 +180,9 @@ def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
         shutil.rmtree(target)  # our own conversion of another package version
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.cache_name}.partial-", dir=root))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The dequantised weights are plain float32 tensors: drop the GGUF marker that forbids saving them.
         model.hf_quantizer = None
         del model.config.quantization_config

