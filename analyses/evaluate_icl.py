@@ -1,10 +1,12 @@
-"""Zero-shot vs in-context accuracy of a bundled model on the synthetic tasks' eval sets.
+"""Zero-shot vs in-context accuracy of a model on tasks' eval sets (the model cards' tables).
 
-    python analyses/evaluate_tiny_icl.py                        # the shipped tiny-icl, k = 32, every eval query
-    python analyses/evaluate_tiny_icl.py --n-queries 100 --write-card
+    python analyses/evaluate_icl.py                        # the shipped tiny-icl, synthetic tasks, k = 32
+    python analyses/evaluate_icl.py --n-queries 100 --write-card
+    python analyses/evaluate_icl.py --model smollm2-135m --separator '\n' --n-queries 100 \
+        --tasks synth-sst2 rt-snippets --card docs/models.md
 
-ZS: [BOS] + query prompt. ICL: [BOS] + k demonstrations (prompt + " " + label word, each followed by EOS) +
-query prompt. The toolkit's own protocol (iclgd_lens.build_episode / record): demonstrations are the first k of a
+ZS: [BOS] + query prompt. ICL: [BOS] + k demonstrations (prompt + " " + label word, each followed by the
+separator: EOS unless --separator) + query prompt. The toolkit's own protocol (iclgd_lens.build_episode / record): demonstrations are the first k of a
 seeded shuffle of train, those that would overflow the context are dropped, the eval set is shuffled with seed 1
 and capped at --n-queries. Prediction: the label word with the highest log-probability after the prompt.
 
@@ -27,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformer_lens import HookedTransformer  # noqa: E402
 
-from iclgd_lens import build_episode, fit, record  # noqa: E402
+from iclgd_lens import build_episode, fit, load_model, load_task, record  # noqa: E402
+from iclgd_lens.cli import separator_text  # noqa: E402
 from iclgd_lens.metrics import accuracy  # noqa: E402
-
-from iclgd_lens.synthetic import SYNTHETIC_TASKS, synthetic_task  # noqa: E402
+from iclgd_lens.presets import Choices, resolve  # noqa: E402
+from iclgd_lens.synthetic import SYNTHETIC_TASKS  # noqa: E402
 from iclgd_lens.tasks import Task  # noqa: E402
-from iclgd_lens.tiny_model import TINY_ICL_DIR, load_bundled  # noqa: E402
+from iclgd_lens.tiny_model import TINY_ICL_DIR  # noqa: E402
 
 CARD_START, CARD_END = "<!-- accuracy-table -->", "<!-- /accuracy-table -->"
 
@@ -55,13 +58,14 @@ def evaluate_task(
     seed: int = 0,
     n_queries: int | None = None,
     batch_size: int = 32,
+    choices: Choices | None = None,
 ) -> TaskScore:
     """ZS and ICL accuracy through the toolkit's own episode and recording (the papers' protocol), with the task's
     label words and with them reversed."""
     scores = []
     for words in (task.label_words, task.label_words[::-1]):
         episode = build_episode(replace(task, label_words=words), model.tokenizer, model.cfg.n_ctx, k=k, seed=seed,
-                                n_eval=n_queries or len(task.eval))
+                                n_eval=n_queries or len(task.eval), choices=choices)
         labels = torch.tensor(episode.labels)
         common = dict(label_tokens=episode.label_tokens, batch_size=batch_size, pad_token=episode.bos)
         for prefix in (episode.zs_prefix, episode.icl_prefix):
@@ -69,8 +73,8 @@ def evaluate_task(
     return TaskScore(task.name, episode.effective_k, len(labels), *scores)
 
 
-def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, data_seed=0) -> list[TaskScore]:
-    return [evaluate_task(model, synthetic_task(name, seed=data_seed), k, seed, n_queries) for name in tasks]
+def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, choices=None) -> list[TaskScore]:
+    return [evaluate_task(model, load_task(name), k, seed, n_queries, choices=choices) for name in tasks]
 
 
 def gd_zs_accuracy(
@@ -105,10 +109,11 @@ def replace_card_table(card: str, new_table: str) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(TINY_ICL_DIR), help="a bundled model folder")
+    parser.add_argument("--model", default=str(TINY_ICL_DIR), help="any model load_model takes")
     parser.add_argument("--tasks", nargs="+", default=list(SYNTHETIC_TASKS))
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="demonstration shuffle seed")
+    parser.add_argument("--separator", type=separator_text, default="eos", help="between demonstrations")
     parser.add_argument("--n-queries", type=int, default=None, help="eval queries per task (default: all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -119,16 +124,17 @@ def main(argv=None) -> None:
         default=[],
         help="also report ZS accuracy after SGD on the K/V weights over the demonstrations",
     )
-    parser.add_argument("--write-card", action="store_true", help="rewrite the accuracy table in MODEL_CARD.md")
+    parser.add_argument("--write-card", action="store_true", help="rewrite the accuracy table in --card")
+    parser.add_argument("--card", default=None, help="the card to rewrite (default: the model folder's MODEL_CARD.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_bundled(args.model, device=args.device)
-    scores = evaluate(model, args.tasks, args.k, args.seed, args.n_queries)
+    model = load_model(args.model, device=args.device)
+    scores = evaluate(model, args.tasks, args.k, args.seed, args.n_queries, resolve(separator=args.separator))
     text = table(scores)
     print(text)
     for score in scores:
         if args.gd_lrs:
-            task = synthetic_task(score.task)
+            task = load_task(score.task)
             gd = {lr: gd_zs_accuracy(model, task, lr, args.k, args.seed, args.n_queries) for lr in args.gd_lrs}
             print(
                 f"{score.task}: ZS {100 * score.zs:.1f}; GD (K/V SGD) ZS by lr: "
@@ -136,7 +142,7 @@ def main(argv=None) -> None:
                 flush=True,
             )
     if args.write_card:
-        card_path = Path(args.model) / "MODEL_CARD.md"
+        card_path = Path(args.card) if args.card else Path(args.model) / "MODEL_CARD.md"
         card = card_path.read_text() if card_path.is_file() else ""
         card_path.write_text(replace_card_table(card, text))
         print(f"wrote {card_path}")
