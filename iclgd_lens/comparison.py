@@ -142,10 +142,12 @@ def compare(
         model = half_copy(model)
     labels = torch.tensor(episode.labels)
 
-    scores, records, W_O = {}, {}, {}
+    scores, records, W_O, deltas = {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        recorded, weights = run_settings(subject, episode, config, progress)
+        recorded, weights, learned = run_settings(subject, episode, config, progress)
+        if name == "model":
+            deltas = learned
         scores[name] = score(
             recorded, labels, weights, config.methods, seed,
             eps=config.eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
@@ -155,7 +157,7 @@ def compare(
         W_O |= {prefix + s: w for s, w in weights.items()}
         del subject
 
-    result = Result(describe(model, task, episode, config), scores, records, W_O, labels, episode)
+    result = Result(describe(model, task, episode, config), scores, records, W_O, labels, episode, deltas)
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
@@ -163,9 +165,9 @@ def compare(
 
 def run_settings(
     model: HookedTransformer, episode: Episode, config: CompareConfig, progress: bool = False
-) -> tuple[dict[str, Record], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, Delta]]:
     """Record ZS, ICL and each method's finetuned model. Also W_O for per-head outputs: the model's ("model") and,
-    when O is trained, each method's W_O + ΔW_O."""
+    when O is trained, each method's W_O + ΔW_O; and each method's delta."""
     common = dict(
         queries=episode.queries,
         label_tokens=episode.label_tokens,
@@ -178,6 +180,7 @@ def run_settings(
         "icl": record(model, prefix=episode.icl_prefix, desc="record icl" if progress else None, **common),
     }
     W_O = {"model": model.W_O.detach().float().cpu()}
+    deltas = {}
     for method in config.methods:
         delta = fit(
             model, episode.train_demos, episode.bos, method, config.lr, config.groups, config.lcgd_exit, progress,
@@ -188,7 +191,8 @@ def run_settings(
         )
         if "o" in config.groups:
             W_O[method] = W_O["model"] + _stacked_W_O_delta(model, delta)
-    return records, W_O
+        deltas[method] = delta
+    return records, W_O, deltas
 
 
 def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:

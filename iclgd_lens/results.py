@@ -5,7 +5,9 @@ Folder layout (README "Result folder"):
 - records.safetensors: per setting ("zs", "icl", "gd", "lcgd", "<baseline>/<setting>") the recorded tensors,
   plus "labels", "query_len", and W_O for per-head outputs ("model/W_O", "<baseline>/model/W_O", and
   "<setting>/W_O" for a setting that trained W_O);
-- episode.json: every token id (demonstrations, ICL prefix, queries, label tokens) and recorded positions.
+- episode.json: every token id (demonstrations, ICL prefix, queries, label tokens) and recorded positions;
+- deltas.safetensors: the trained model's learned weight changes per method ("gd/blocks.3.attn.W_K", ...), so that
+  attribution and attention views need no refit.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -25,11 +27,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from iclgd_lens.deltas import Delta
 from iclgd_lens.episodes import Episode
 from iclgd_lens.recording import Record
 from iclgd_lens.scoring import METRICS, PER_HEAD_METRICS, check_metric
 
-RESULT_FILES = ("result.json", "records.safetensors", "episode.json")
+REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
+RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
 RESULT_FORMAT = "iclgd-lens result 1"  # result.json's "format": marks a folder this toolkit wrote
 
 
@@ -41,6 +45,7 @@ class Result:
     W_O: dict[str, Tensor]  # "model", "<baseline>/model", and "<setting>" where that setting trained W_O
     labels: Tensor
     episode: Episode
+    deltas: dict[str, Delta] = field(default_factory=dict)  # method -> the trained model's learned delta
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -143,6 +148,9 @@ class Result:
                 tensors |= {f"{setting}/{k}": v for k, v in record.tensors().items()}
             tensors |= {f"{setting}/W_O": w for setting, w in self.W_O.items()}
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, staging / "records.safetensors")
+            if self.deltas:
+                changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
+                save_file({k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors")
             positions = {s: r.position.tolist() for s, r in self.records.items() if "/" not in s}
             self.episode.save(staging / "episode.json", record_positions=positions)
             # result.json last: a folder holding it is complete.
@@ -158,7 +166,7 @@ class Result:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{str(folder)!r} is not a folder; give a result folder written by compare")
-        missing = [f for f in RESULT_FILES if not (folder / f).is_file()]
+        missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
         if missing:
             raise ValueError(f"{str(folder)!r} is not a complete result folder: {missing} missing; re-run compare")
         try:
@@ -173,7 +181,12 @@ class Result:
             }
             scores = {"model": {k: v for k, v in data.items() if k not in ("format", "config", "baselines")}}
             scores |= data["baselines"]
-            return cls(data["config"], scores, records, W_O, tensors["labels"], episode)
+            deltas: dict[str, Delta] = {}
+            if (folder / "deltas.safetensors").is_file():
+                for key, tensor in load_file(folder / "deltas.safetensors").items():
+                    method, name = key.split("/", 1)
+                    deltas.setdefault(method, Delta({})).tensors[name] = tensor
+            return cls(data["config"], scores, records, W_O, tensors["labels"], episode, deltas)
         except (ValueError, KeyError, TypeError, OSError, SafetensorError) as error:
             raise ValueError(
                 f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "

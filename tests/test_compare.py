@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_model, toy_task
 from safetensors.torch import load_file
 
-from iclgd_lens import Result, compare
+from iclgd_lens import Result, compare, record
 
 ROOT = Path(__file__).parents[1]
 METRIC_KEYS = {"simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp"}
@@ -89,6 +89,21 @@ def test_load_round_trip(saved):
         for name, tensor in record.tensors().items():
             torch.testing.assert_close(loaded.records[setting].tensors()[name], tensor)
     assert loaded.episode == result.episode
+
+
+def test_saved_deltas_reproduce_the_finetuned_records(saved):
+    """deltas.safetensors holds the trained model's learned changes: applied to a fresh copy of the model through
+    hooks, they give back each method's recording without a refit."""
+    result, folder = saved
+    loaded = Result.load(folder)
+    assert set(loaded.deltas) == {"gd", "lcgd"} and (folder / "deltas.safetensors").is_file()
+    model, episode = tiny_model(), loaded.episode
+    for method in ("gd", "lcgd"):
+        assert loaded.deltas[method].tensors.keys() == result.deltas[method].tensors.keys()
+        again = record(model, episode.queries, episode.label_tokens, episode.zs_prefix, delta=loaded.deltas[method],
+                       batch_size=4, pad_token=episode.bos)  # fmt: skip
+        torch.testing.assert_close(again.attn_out, result.records[method].attn_out, rtol=0, atol=1e-6)
+        torch.testing.assert_close(again.scores, result.records[method].scores, rtol=0, atol=1e-6)
 
 
 def test_dataframe_views(saved):
