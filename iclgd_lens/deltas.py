@@ -70,6 +70,10 @@ class Delta:
         """The same delta on a subset of layers only."""
         return Delta({n: t for n, t in self.tensors.items() if int(n.split(".")[1]) in set(layers)})
 
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Delta":
+        """The same delta on `device` (a loaded result's deltas are on the CPU), in `dtype` if given."""
+        return Delta({n: t.to(device=device, dtype=dtype or t.dtype) for n, t in self.tensors.items()})
+
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors.values())
 

@@ -62,3 +62,49 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(temporary, format=kind, dpi=110, metadata=STABLE_METADATA.get(kind))
     plt.close(fig)
     os.replace(temporary, path)
+
+
+def results_by_task(results: list) -> dict:
+    """Results grouped by their task, in the order given (the form `analysis.tables` takes)."""
+    grouped: dict = {}
+    for result in results:
+        grouped.setdefault(result.config["task"], []).append(result)
+    return grouped
+
+
+def per_layer_plot(results: list, metric: str):
+    """Per-layer curves of `metric` for every method on the trained model and each baseline, mean ± std over the
+    results of each task (several seeds / permutations of one task: Revisited's Figure 3)."""
+    from iclgd_lens.analysis.tables import per_layer_table
+
+    return per_layer_figure(per_layer_table(results_by_task(results)), metric)
+
+
+def head_heatmaps(result, metrics: tuple[str, ...] = ("simaou", "simam_delta"), methods: tuple[str, ...] | None = None):
+    """Layer x head heatmaps of per-head values (rows: metrics, columns: methods; "no_training/gd" names a
+    baseline's). One colour scale per metric, centred on zero; grey cells are undefined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = methods or tuple(result.methods)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(3.4 * len(methods) + 1, 2.9 * len(metrics)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    colours = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")  # grey: undefined (NaN), e.g. a zero update
+    for row, metric in enumerate(metrics):
+        frames = [result.per_head(metric, method).to_numpy(dtype=float) for method in methods]
+        bound = max(np.nanmax(np.abs(f)) if np.isfinite(f).any() else 0.0 for f in frames) or 1.0
+        for column, (method, values) in enumerate(zip(methods, frames)):
+            ax = axes[row][column]
+            image = ax.imshow(values, cmap=colours, vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+            ax.set_title(f"{metric}: {method}", fontsize=9)
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(image, ax=list(axes[row]), shrink=0.8)
+    return fig
