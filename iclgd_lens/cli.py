@@ -184,6 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per Slurm job")
     r.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per Slurm job")
     r.add_argument("--out", required=True, help="sweep folder: new, empty, or this same sweep to resume it")
+
+    v = commands.add_parser(
+        "report",
+        help="one self-contained HTML file: tables, plots, attention views, attribution",
+        formatter_class=DefaultsHelpFormatter,
+        description="Write one HTML file (no network needed to open it) from result folders: each summary and its "
+        "per-layer tables, per-layer curves and per-head heatmaps, circuitsvis attention views of the first result "
+        "(the model re-loaded from its config, or --model), and attribution tables.",
+    )
+    v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result folders written by compare (or a sweep's runs)")
+    v.add_argument("--html", required=True, help="the report file")
+    v.add_argument("--model", default=None, help="the results' model, when their config cannot name it")
+    v.add_argument("--queries", type=int, nargs="+", default=[0], help="queries of the first result to draw")
+    v.add_argument("--no-views", action="store_true", help="leave out the attention views (no model is loaded)")
+    v.add_argument("--attribution", nargs="+", default=[], metavar="DIR", help="folders written by attribute")
+    v.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    v.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
+    v.add_argument("--overwrite", action="store_true", help="replace an earlier report in --html")
+    v.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -330,6 +349,37 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def results_model(args: argparse.Namespace, config: dict):
+    """The model a result was computed on: --model, else the name its config records."""
+    from iclgd_lens.models import check_model_source, load_model, model_source
+
+    name = args.model or model_source(config["model"])
+    if name is None:
+        raise ValueError(
+            f"the result's model {config['model']!r} is a local folder or unknown name; give it with --model PATH"
+        )
+    check_model_source(name)
+    return load_model(name, device=args.device, dtype=config.get("dtype", "float32"))
+
+
+def run_report(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from iclgd_lens.files import write_text_atomic
+    from iclgd_lens.results import Result
+    from iclgd_lens.views.report import attribution_section, build_report, check_report_file
+
+    html = Path(args.html)
+    check_report_file(html, args.overwrite)
+    results = [(Path(folder).name if Path(folder).name else folder, Result.load(folder)) for folder in args.runs]
+    for folder in args.attribution:
+        attribution_section(Path(folder))  # a folder without tables fails now, not after the views
+    model = None if args.no_views else results_model(args, results[0][1].config)
+    write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution]))
+    print(f"wrote {args.html}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -337,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             run_compare(args)
         elif args.command == "reproduce":
             return run_reproduce(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, FloatingPointError) as error:
+        elif args.command == "report":
+            run_report(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            FloatingPointError) as error:  # fmt: skip
         if args.debug:
             raise
         message = " ".join(str(error).split())  # one line, whatever the library wrote

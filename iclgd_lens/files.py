@@ -11,6 +11,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary sibling and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes it private; the file gets the usual permissions
     try:
         with os.fdopen(handle, "w") as file:
             file.write(text)
@@ -18,3 +19,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -83,6 +83,21 @@ def is_bundled_folder(folder: Path) -> bool:
     return "d_model" in fields and "model_type" not in fields
 
 
+def model_source(recorded: str) -> str | None:
+    """The name `load_model` takes for the model a result records (config["model"]), or None where the record
+    cannot say (a local folder is recorded by its name only)."""
+    if recorded in BUNDLED_MODELS:
+        return recorded
+    for name, (spec, tries_hub) in PACKAGED_MODELS.items():  # the hub's checkpoint, or the converted GGUF
+        if recorded == (spec.hub_id if tries_hub else spec.cache_name):
+            return name
+    try:
+        tl_loading.get_official_model_name(recorded)
+        return recorded
+    except ValueError:
+        return None
+
+
 def check_model_source(name: str) -> None:
     """Refuse, before anything loads, a name that is neither bundled, a folder, nor a TransformerLens model."""
     if name in PACKAGED_MODELS:

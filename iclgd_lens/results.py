@@ -29,6 +29,7 @@ from torch import Tensor
 
 from iclgd_lens.deltas import Delta
 from iclgd_lens.episodes import Episode
+from iclgd_lens.files import umask
 from iclgd_lens.recording import Record
 from iclgd_lens.scoring import METRICS, PER_HEAD_METRICS, check_metric
 
@@ -141,7 +142,7 @@ class Result:
         check_output_folder(folder, overwrite)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-        staging.chmod(0o777 & ~_umask())
+        staging.chmod(0o777 & ~umask())
         try:
             tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
             for setting, record in self.records.items():
@@ -217,12 +218,6 @@ class Summary(pd.DataFrame):
             html = pd.DataFrame._repr_html_(self)
         items = "".join(f"<li>{escape(note)}</li>" for note in getattr(self, "notes", []))
         return html + (f"<ul>{items}</ul>" if items else "")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _exchange(a: Path, b: Path) -> bool:

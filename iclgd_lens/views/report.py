@@ -1,0 +1,124 @@
+"""One self-contained HTML report of result folders: summaries and per-layer tables, plots, attention views,
+attribution tables. Opening it makes no network request: the circuitsvis bundle is inlined once, plots are data:
+URLs, and a Content-Security-Policy forbids every other source.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from iclgd_lens.results import Result
+from iclgd_lens.views.html import circuitsvis_script, heading
+
+REPORT_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
+GENERATOR = '<meta name="generator" content="iclgd-lens report">'  # marks a file this toolkit wrote
+CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; }
+section { margin-bottom: 32px; }
+.note { color: #8a4b00; font-size: 13px; }
+img { max-width: 100%; }
+"""
+
+
+def figure_tag(fig) -> str:
+    """A matplotlib figure as an <img> with a PNG data: URL."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(float_format=lambda v: f"{v:.3f}", na_rep="NaN", border=0)
+
+
+def result_section(name: str, result: Result) -> str:
+    config = result.config
+    facts = (f"{config['model']} on {config['task']}: k={config['k']} (effective {config['effective_k']}), seed "
+             f"{config['seed']}, permutation {config['permutation']}, lr {config['lr']}, {config['n_eval']} queries, "
+             f"preset {config['preset']}, {config['dtype']}")  # fmt: skip
+    summary = result.summary()
+    notes = "".join(f'<li class="note">{escape(n)}</li>' for n in summary.notes)
+    layers = "".join(heading(metric, 4) + _table(result.per_layer(metric)) for metric in REPORT_METRICS)
+    return (
+        f"<section>{heading(name, 2)}<p>{escape(facts)}</p>{heading('Summary', 3)}{_table(pd.DataFrame(summary))}"
+        f"<ul>{notes}</ul>{heading('Per layer', 3)}{layers}</section>"
+    )
+
+
+def build_report(
+    results: Sequence[tuple[str, Result]],
+    model=None,
+    view_queries: Sequence[int] = (0,),
+    attribution: Sequence[Path] = (),
+    title: str = "iclgd-lens report",
+) -> str:
+    """The report's HTML. `results`: (name, result) pairs. With `model` (the one the results were computed on),
+    attention views of `view_queries` of the first result are recorded and drawn. `attribution`: folders written by
+    `iclgd-lens attribute`, whose tables are included."""
+    from iclgd_lens.analysis.patterns import record_patterns
+    from iclgd_lens.views.attention import attention_view, score_change_view
+    from iclgd_lens.views.plots import head_heatmaps, per_layer_plot
+
+    if not results:
+        raise ValueError("give at least one result folder")
+    parts = [f"<h1>{escape(title)}</h1>"]
+    parts += [result_section(name, result) for name, result in results]
+    plain = [result for _, result in results]
+    plots = "".join(heading(m, 4) + figure_tag(per_layer_plot(plain, m)) for m in REPORT_METRICS)
+    first_name, first = results[0]
+    baselines = tuple(f"{b}/{m}" for b in first.config["baselines"][:1] for m in first.methods)
+    heads = figure_tag(head_heatmaps(first, methods=(*first.methods, *baselines)))
+    parts.append(f"<section>{heading('Per-layer curves (mean ± std over results of a task)', 2)}{plots}"
+                 f"{heading(f'Per head: {first_name}', 2)}{heads}</section>")  # fmt: skip
+    if model is not None:
+        views = "".join(attention_view(record_patterns(model, first, q)).body for q in view_queries)
+        changes = "".join(score_change_view(first, q, tokenizer=model.tokenizer).body for q in view_queries)
+        parts.append(f"<section>{heading(f'Attention: {first_name}', 2)}{views}{changes}</section>")
+    for folder in attribution:
+        parts.append(attribution_section(Path(folder)))
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8">{GENERATOR}<meta http-equiv="Content-Security-Policy" '
+        f'content="{CSP}"><title>{escape(title)}</title><style>{STYLE}</style>'
+        f"{circuitsvis_script() if model is not None else ''}</head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def attribution_section(folder: Path) -> str:
+    """The tables an attribution folder holds (heads.csv, kendall.csv), and its heatmaps."""
+    parts = [heading(f"Attribution: {folder.name}", 2)]
+    for name in ("heads.csv", "kendall.csv"):
+        path = folder / name
+        if path.is_file():
+            parts.append(heading(name, 3) + _table(pd.read_csv(path)))
+    for image in sorted(folder.glob("*.png")):
+        data = base64.b64encode(image.read_bytes()).decode()
+        parts.append(f'<img alt="{escape(image.name)}" src="data:image/png;base64,{data}">')
+    if len(parts) == 1:
+        raise ValueError(f"{str(folder)!r} holds no attribution tables (heads.csv, kendall.csv); run iclgd-lens attribute")
+    return f"<section>{''.join(parts)}</section>"
+
+
+def check_report_file(path: Path, overwrite: bool) -> None:
+    """Refuse, before anything is computed, a file the toolkit did not write, or one it did without `overwrite`."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder; give the report's file name, e.g. report.html")
+    if path.exists():
+        with open(path, encoding="utf-8", errors="replace") as file:
+            ours = GENERATOR in file.read(2000)
+        if not ours:
+            raise FileExistsError(f"{str(path)!r} exists and was not written by iclgd-lens; choose another file")
+        if not overwrite:
+            raise FileExistsError(f"{str(path)!r} holds an earlier report; pass --overwrite to replace it")
