@@ -185,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per Slurm job")
     r.add_argument("--out", required=True, help="sweep folder: new, empty, or this same sweep to resume it")
 
+    a = commands.add_parser(
+        "attribute",
+        help="per-head attribution of a result: its deltas head by head, activation patching, Kendall",
+        formatter_class=DefaultsHelpFormatter,
+        description="Which heads carry GD's and LCGD's update (each saved delta through one head at a time), which "
+        "carry the ICL effect (one head's ICL output patched into the ZS run), and Dai et al.'s Kendall measure. "
+        "Writes heads.csv, heads.md, heads.png, kendall.csv, kendall.md into --out.",
+    )
+    a.add_argument("run", metavar="RUN_DIR", help="a result folder written by compare")
+    a.add_argument("--out", required=True, help="attribution folder: new, empty or an earlier attribution")
+    a.add_argument("--model", default=None, help="the result's model, when its config cannot name it")
+    a.add_argument("--layers", type=int, nargs="+", default=None, help="layers to attribute (default: all)")
+    a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
+    a.add_argument("--kendall-method", default="gd", choices=METHODS, help="the finetuning Kendall compares with")
+    a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
+    a.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    a.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
+    a.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
     v = commands.add_parser(
         "report",
         help="one self-contained HTML file: tables, plots, attention views, attribution",
@@ -362,6 +381,39 @@ def results_model(args: argparse.Namespace, config: dict):
     return load_model(name, device=args.device, dtype=config.get("dtype", "float32"))
 
 
+def run_attribute(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from iclgd_lens.analysis.attribution import attribution_table, check_attributable
+    from iclgd_lens.analysis.kendall import kendall_table
+    from iclgd_lens.results import Result
+    from iclgd_lens.views.attribution import check_attribution_folder, write_attribution
+
+    out = Path(args.out)
+    check_attribution_folder(out)
+    result = Result.load(args.run)
+    if not result.deltas:
+        raise ValueError(f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare")
+    if args.kendall_queries < 0:
+        raise ValueError(f"--kendall-queries must be >= 0, got {args.kendall_queries}")
+    model = results_model(args, result.config)
+    check_attributable(result, model)
+    bad = [layer for layer in args.layers or [] if not 0 <= layer < model.cfg.n_layers]
+    if bad:
+        raise ValueError(f"--layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+    started = time.perf_counter()
+    heads, totals = attribution_table(model, result, args.layers, args.batch_size)
+    kendall = kendall_table(model, result, args.kendall_method, args.kendall_queries) if args.kendall_queries else None
+    about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
+             "layers": args.layers, "kendall_method": args.kendall_method, "kendall_queries": args.kendall_queries}  # fmt: skip
+    write_attribution(out, heads, totals, kendall, about)
+    print((out / "heads.md").read_text())
+    if kendall is not None:
+        print("Kendall (mean over queries):\n" + (out / "kendall.md").read_text())
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+
+
 def run_report(args: argparse.Namespace) -> None:
     import torch
 
@@ -389,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_reproduce(args)
         elif args.command == "report":
             run_report(args)
+        elif args.command == "attribute":
+            run_attribute(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             FloatingPointError) as error:  # fmt: skip
         if args.debug:

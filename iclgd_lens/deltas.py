@@ -228,6 +228,7 @@ def fit(
     lcgd_exit: str = "block",
     progress: bool = False,
     precision: str = "native",
+    training_queries: list[Tensor] | None = None,
 ) -> Delta:
     """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
     demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer).
@@ -236,7 +237,11 @@ def fit(
     FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
     through the effective delta round16(W + ΔW) − W, with the loss scaled (FP16_LOSS_SCALE; a step whose gradient
     overflows is skipped and the scale halved). The returned delta is that effective fp16 delta, so an update
-    below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference."""
+    below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference.
+
+    `training_queries`, when a list, receives per step the attention queries q' of every layer at every
+    demonstration token, as that step's forward computed them ([layer, token, head, d_head], BOS excluded):
+    what Dai et al.'s Kendall measure compares ICL's attention with."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
     check_lr(lr)
@@ -254,10 +259,19 @@ def fit(
     if method == "lcgd":
         readout = LayerCausalReadout(model.cfg.n_layers, lcgd_exit)
         hooks = readout.input_hooks() + hooks + readout.exit_hooks()
+    step_queries: dict[int, Tensor] = {}
+    if training_queries is not None:
+
+        def keep_q(q: Tensor, hook) -> None:
+            step_queries[hook.layer()] = q[0, 1:].detach().float().cpu()
+
+        hooks = hooks + [(f"blocks.{l}.attn.hook_q", keep_q) for l in range(model.cfg.n_layers)]
     with frozen_parameters(model), model.hooks(hooks):
         for step, demo in enumerate(tqdm(demos, desc=f"fit {method}", disable=not progress, leave=False)):
             tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
             loss = causal_lm_loss(model(tokens), tokens) if method == "gd" else readout.loss(model, tokens)
+            if training_queries is not None:
+                training_queries.append(torch.stack([step_queries[l] for l in range(model.cfg.n_layers)]))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{method} loss is {loss.item()} at demonstration {step} with lr={lr}; lower the learning rate"
