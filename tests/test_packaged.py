@@ -28,11 +28,8 @@ def installed(task: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(P.CACHE_ENV, str(root))
-        yield root
+def cache():
+    return P.cache_root()  # the session's temporary cache (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -58,16 +58,14 @@ def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
 
 def heads_heatmaps(heads: pd.DataFrame):
     """Layer x head: each method's log-odds change, and ICL's patching share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     single = heads[heads["head"] != "all"].astype({"head": int})
     panels = [(f"{m}: logodds_change", rows, "logodds_change") for m, rows in single.groupby("method", sort=False)]
     panels.append(("ICL patching: restored share", single.drop_duplicates(["layer", "head"]), "patch_restored"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.2), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(3.6 * len(panels) + 1, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, rows, column) in zip(axes[0], panels):
         grid = rows.pivot(index="layer", columns="head", values=column).to_numpy(dtype=float)
         bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0

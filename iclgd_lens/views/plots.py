@@ -1,5 +1,8 @@
 """matplotlib figures from analysis tables (never from recomputed metrics).
 
+Figures are built without pyplot (no global state, no backend switch): a notebook shows them, `save_figure`
+writes them.
+
 Files are written without timestamps or version stamps, so the same table gives byte-identical files.
 """
 
@@ -21,15 +24,13 @@ def per_layer_figure(table: pd.DataFrame, metric: str):
     """Revisited Figure 3's form: one panel per task, a curve per (model, method): the colour is the method, the
     line style the model (trained solid, baselines dashed/dotted); the band is ± std over runs of the trained model.
     `table` is `analysis.tables.per_layer_table`'s."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     part = table[table.metric == metric]
     tasks = list(dict.fromkeys(part.task))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.2 * len(tasks), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)
     for ax, task in zip(axes[0], tasks):
         rows = part[part.task == task]
         for (model, method), curve in rows.groupby(["model", "method"], sort=False):
@@ -48,19 +49,15 @@ def per_layer_figure(table: pd.DataFrame, metric: str):
         ax.axhline(0, color="grey", linewidth=0.5)
     axes[0][0].set_ylabel(metric)
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
     return fig
 
 
 def save_figure(fig, path: Path) -> None:
     """Save through a temporary sibling and a rename; format from the suffix (png, svg)."""
-    import matplotlib.pyplot as plt
-
     kind = path.suffix.lstrip(".")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
     fig.savefig(temporary, format=kind, dpi=110, metadata=STABLE_METADATA.get(kind))
-    plt.close(fig)
     os.replace(temporary, path)
 
 
@@ -83,18 +80,15 @@ def per_layer_plot(results: list, metric: str):
 def head_heatmaps(result, metrics: tuple[str, ...] = ("simaou", "simam_delta"), methods: tuple[str, ...] | None = None):
     """Layer x head heatmaps of per-head values (rows: metrics, columns: methods; "no_training/gd" names a
     baseline's). One colour scale per metric, centred on zero; grey cells are undefined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
-
-    methods = methods or tuple(result.methods)
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(3.4 * len(methods) + 1, 2.9 * len(metrics)),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    colours = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")  # grey: undefined (NaN), e.g. a zero update
+    methods = methods or tuple(result.methods)
+    fig = Figure(figsize=(3.4 * len(methods) + 1, 2.9 * len(metrics)), layout="constrained")
+    axes = fig.subplots(len(metrics), len(methods), squeeze=False)
+    colours = colormaps["RdBu_r"].with_extremes(bad="lightgrey")  # grey: undefined (NaN), e.g. a zero update
     for row, metric in enumerate(metrics):
         frames = [result.per_head(metric, method).to_numpy(dtype=float) for method in methods]
         bound = max(np.nanmax(np.abs(f)) if np.isfinite(f).any() else 0.0 for f in frames) or 1.0

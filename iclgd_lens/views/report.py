@@ -32,11 +32,8 @@ img { max-width: 100%; }
 
 def figure_tag(fig) -> str:
     """A matplotlib figure as an <img> with a PNG data: URL."""
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
