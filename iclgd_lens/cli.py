@@ -127,6 +127,14 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
+def add_result_model_options(p: argparse.ArgumentParser) -> None:
+    """For commands that re-load the model a saved result was computed on."""
+    p.add_argument("--model", default=None, help="the result's model, when its config cannot name it (a local folder)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iclgd-lens", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -195,14 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("run", metavar="RUN_DIR", help="a result folder written by compare")
     a.add_argument("--out", required=True, help="attribution folder: new, empty or an earlier attribution")
-    a.add_argument("--model", default=None, help="the result's model, when its config cannot name it")
     a.add_argument("--layers", type=int, nargs="+", default=None, help="layers to attribute (default: all)")
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
     a.add_argument("--kendall-method", default="gd", choices=METHODS, help="the finetuning Kendall compares with")
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
-    a.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    a.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
-    a.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_result_model_options(a)
 
     v = commands.add_parser(
         "report",
@@ -214,14 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result folders written by compare (or a sweep's runs)")
     v.add_argument("--html", required=True, help="the report file")
-    v.add_argument("--model", default=None, help="the results' model, when their config cannot name it")
     v.add_argument("--queries", type=int, nargs="+", default=[0], help="queries of the first result to draw")
     v.add_argument("--no-views", action="store_true", help="leave out the attention views (no model is loaded)")
     v.add_argument("--attribution", nargs="+", default=[], metavar="DIR", help="folders written by attribute")
-    v.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    v.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     v.add_argument("--overwrite", action="store_true", help="replace an earlier report in --html")
-    v.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_result_model_options(v)
     return parser
 
 
