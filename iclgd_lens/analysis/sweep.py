@@ -250,7 +250,7 @@ def run_sweep(
             try:
                 execute(job)
                 ended(job, None)
-            except (ValueError, FloatingPointError, OSError) as error:
+            except Exception as error:  # one failed run (a diverging lr, out of memory) does not stop the others
                 ended(job, error)
     elif executor == "local":
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
