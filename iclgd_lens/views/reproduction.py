@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.analysis import tables
-from iclgd_lens.analysis.protocol import Run
+from iclgd_lens.analysis.protocol import Run, paper_task
+from iclgd_lens.analysis.published import published
 from iclgd_lens.files import write_text_atomic
 from iclgd_lens.views.plots import per_layer_figure, save_figure
 
@@ -70,8 +71,16 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _published(task: str, models: list[str], method: str, metric: str, source: str | None = None) -> str:
+    """The papers' number(s) for this cell's paper task ("a / b / c" for several models), or "" where none."""
+    values = [published(paper_task(task), source or model, method, metric) for model in models]
+    shown = [f"{v:g}" if v is not None else "–" for v in values]
+    return "" if all(v is None for v in values) else " / ".join(shown)
+
+
 def _beside_baselines(summary: pd.DataFrame, metrics: tuple[str, ...], methods: tuple[str, ...]) -> str:
-    """One table per metric: rows task x method, columns the trained model, each baseline, above_baselines."""
+    """One table per metric: rows task x method, columns the trained model, each baseline, above_baselines, and the
+    published 1.3B numbers of the task's paper task (trained model, then each baseline the papers report)."""
     models = [TRAINED, *sorted(set(summary.model) - {TRAINED})]
     index = summary.set_index(["task", "model", "method", "metric"])
     parts = []
@@ -84,23 +93,25 @@ def _beside_baselines(summary: pd.DataFrame, metrics: tuple[str, ...], methods: 
                     continue
                 cells = [index.loc[(task, m, method, metric)] if (task, m, method, metric) in index.index else None
                          for m in models]  # fmt: skip
-                rows.append([task, method, *[_cell(c) for c in cells], index.loc[key]["above_baselines"]])
+                rows.append([task, method, *[_cell(c) for c in cells], index.loc[key]["above_baselines"],
+                             _published(task, models, method, metric)])  # fmt: skip
         if rows:
-            parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + _markdown(["task", "method", *models, "above baselines"],
-                                                                       rows))  # fmt: skip
+            header = ["task", "method", *models, "above baselines", "published 1.3B (same columns)"]
+            parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + _markdown(header, rows))
     return "\n\n".join(parts)
 
 
-def _columns_table(summary: pd.DataFrame, metrics: tuple[str, ...], per_method: bool) -> str:
-    """Trained model only: rows task (x method), one column per metric."""
+def dai_table(summary: pd.DataFrame) -> str:
+    """Trained model: rows task x method, one column per Dai metric, then Dai et al.'s published values (GD)."""
     trained = summary[summary.model == TRAINED].set_index(["task", "method", "metric"])
     rows = []
     for task in dict.fromkeys(summary.task):
-        methods = list(dict.fromkeys(summary[summary.task == task].method))
-        for method in methods if per_method else methods[:1]:
-            rows.append([task, *([method] if per_method else []), *[_cell(trained.loc[(task, method, m)])
-                         if (task, method, m) in trained.index else "" for m in metrics]])  # fmt: skip
-    return _markdown(["task", *(["method"] if per_method else []), *metrics], rows)
+        for method in dict.fromkeys(summary[summary.task == task].method):
+            cells = [_cell(trained.loc[(task, method, m)]) if (task, method, m) in trained.index else ""
+                     for m in DAI_METRICS]  # fmt: skip
+            paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in DAI_METRICS)
+            rows.append([task, method, *cells, paper if method == "gd" else ""])
+    return _markdown(["task", "method", *DAI_METRICS, "published 1.3B (same metrics, GD)"], rows)
 
 
 def accuracy_table(summary: pd.DataFrame) -> str:
@@ -111,8 +122,9 @@ def accuracy_table(summary: pd.DataFrame) -> str:
     for task in dict.fromkeys(trained.task):
         part = trained[trained.task == task].set_index(["method", "metric"])
         cells = [_cell(part.loc[(methods[0], "acc_zs")]), _cell(part.loc[(methods[0], "acc_icl")])]
-        rows.append([task, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods]])
-    return _markdown(["task", "ZS", "ICL", *[m.upper() for m in methods]], rows)
+        paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in ("acc_zs", "acc_icl", "acc_ft"))
+        rows.append([task, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods], paper])
+    return _markdown(["task", "ZS", "ICL", *[m.upper() for m in methods], "published 1.3B ZS / ICL / GD"], rows)
 
 
 def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missing: list[str]) -> str:
@@ -120,7 +132,10 @@ def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missin
     sections = [
         f"# Reproduction tables: {model}",
         "Each cell: mean ± sample std over runs [95 % bootstrap interval over queries within runs]. "
-        "`above baselines`: the trained model's interval lies above every untrained baseline's.",
+        "`above baselines`: the trained model's interval lies above every untrained baseline's. `published`: the "
+        "papers' numbers for the task's paper task (fairseq 1.3B, real data; a synthetic or stand-in task takes its "
+        "paper task's): a different model and data, for direction, not for equality. Revisited's \"No Training\" "
+        "row is the toolkit's `trained_norms`.",
     ]
     if missing:
         sections.append(f"Missing runs (not finished; every table leaves them out): {', '.join(missing)}")
@@ -130,7 +145,7 @@ def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missin
         + _beside_baselines(summary, TABLE1_METRICS, ("gd",)),
         "## Revisited Table 2: GD | LCGD\n\n" + _beside_baselines(summary, TABLE2_METRICS, methods),
         "## Dai et al.: Rec2FTP, SimAOU (normalised) against the random update, SimAM before and after FT\n\n"
-        + _columns_table(summary, DAI_METRICS, True),
+        + dai_table(summary),
         "## Learning rates\n\n" + _markdown(
             list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]
         ),
