@@ -156,6 +156,8 @@ class Result:
             self.episode.save(staging / "episode.json", record_positions=positions)
             # result.json last: a folder holding it is complete.
             (staging / "result.json").write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
+            for written in staging.iterdir():  # safetensors writes its files private (0600)
+                written.chmod(0o666 & ~umask())
             _replace_folder(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

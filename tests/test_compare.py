@@ -97,6 +97,10 @@ def test_saved_deltas_reproduce_the_finetuned_records(saved):
     result, folder = saved
     loaded = Result.load(folder)
     assert set(loaded.deltas) == {"gd", "lcgd"} and (folder / "deltas.safetensors").is_file()
+    from iclgd_lens.files import umask
+
+    for written in folder.iterdir():  # the usual permissions (safetensors alone would write them private)
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask(), written.name
     model, episode = tiny_model(), loaded.episode
     for method in ("gd", "lcgd"):
         assert loaded.deltas[method].tensors.keys() == result.deltas[method].tensors.keys()

@@ -43,6 +43,8 @@ def test_sweep_writes_every_table(reference_sweep):
     for heading in ("Accuracy", "Revisited Table 1", "Revisited Table 2", "Dai et al.", "Learning rates"):
         assert heading in tables
     assert "above baselines" in tables and "no_training" in tables
+    # the papers' 1.3B numbers of the real task beside the synthetic one's: SST-2's ZS / ICL / GD accuracy, GD SimAM∆
+    assert "| synth-sst2 | " in tables and "0.705 / 0.927 / 0.739" in tables and "| 0.15 / –" in tables
     assert (out / "per_layer_simam_delta.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -124,7 +124,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def is_finished(job: RunJob) -> bool:
-    """The run's folder holds a complete result of this run (same model, task, seed, permutation and lr)."""
+    """The run's folder holds a complete result of this run (same task, seed, permutation and lr; sweep.json
+    guards the rest)."""
     from iclgd_lens.results import is_result_folder
 
     folder = Path(job.folder)
