@@ -202,6 +202,17 @@ def searched_lr(job: RunJob, model, task) -> float:
     return search["chosen"]
 
 
+def _jobs(config: SweepConfig, out: Path, device: str | None = None, threads: int | None = None) -> list[RunJob]:
+    """The runs of `config` whose folder in `out` holds no finished result yet, as jobs."""
+    jobs = [RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in config.plan()]
+    return [job for job in jobs if not is_finished(job)]
+
+
+def pending_runs(config: SweepConfig, out: str | Path) -> list[Run]:
+    """The runs a `run_sweep` into `out` would compute now."""
+    return [job.run for job in _jobs(config, Path(out))]
+
+
 @dataclass
 class SweepOutcome:
     finished: list[Run]  # already there before this call
@@ -234,9 +245,9 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_FILE).is_file():
         write_json_atomic(out / SWEEP_FILE, {"format": SWEEP_FORMAT, "config": config.to_dict()})
-    all_jobs = [RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in plan]
-    todo = [job for job in all_jobs if not is_finished(job)]
-    outcome = SweepOutcome([j.run for j in all_jobs if j not in todo], [], {})
+    todo = _jobs(config, out, device, threads)
+    pending = {job.run for job in todo}
+    outcome = SweepOutcome([run for run in plan if run not in pending], [], {})
 
     def ended(job: RunJob, error: BaseException | None) -> None:
         if error is None:
