@@ -159,4 +159,3 @@ def packaged_task(name: str) -> Task:
     rows = deduplicate(spec.read(package_file(spec, name), spec))
     train, evaluation = split_by_group(rows, spec.n_eval)
     return Task(name, spec.template, spec.label_words, train, evaluation)
-

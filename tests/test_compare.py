@@ -85,8 +85,8 @@ def test_load_round_trip(saved):
     loaded = Result.load(folder)
     assert loaded.to_json() == json.loads(json.dumps(result.to_json()))
     assert loaded.summary().equals(result.summary())
-    for setting, record in result.records.items():
-        for name, tensor in record.tensors().items():
+    for setting, recorded in result.records.items():
+        for name, tensor in recorded.tensors().items():
             torch.testing.assert_close(loaded.records[setting].tensors()[name], tensor)
     assert loaded.episode == result.episode
 

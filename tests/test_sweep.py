@@ -103,7 +103,7 @@ def test_sweep_folder_refuses_foreign_and_other_sweeps(tmp_path, reference_sweep
     assert main([*SWEEP, "--out", str(foreign)]) == 2
     assert "holds no sweep written by iclgd-lens" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
-    other = [*SWEEP[:SWEEP.index("--k") + 1], "8", *SWEEP[SWEEP.index("--k") + 2:]]
+    other = [*SWEEP[: SWEEP.index("--k") + 1], "8", *SWEEP[SWEEP.index("--k") + 2 :]]
     before = table_bytes(reference_sweep)
     assert main([*other, "--out", str(reference_sweep)]) == 2
     error = capsys.readouterr().err

@@ -65,5 +65,7 @@ def test_above_baselines_needs_the_whole_interval_above_every_baseline():
         ("t", "trained", "gd", "simam_delta", 0.5, 0.1, 3, math.nan, math.nan),
         ("t", "trained", "gd", "acc_icl", 0.9, 0.0, 3, math.nan, math.nan),
     ]
-    table = pd.DataFrame(rows, columns=["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"])
+    table = pd.DataFrame(
+        rows, columns=["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
+    )
     assert _above_baselines(table) == ["no", "", "", "yes", "", "", "n/a", ""]

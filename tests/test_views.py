@@ -54,7 +54,7 @@ def test_patterns_match_a_full_forward_and_collapse_by_sums(tiny, saved):
         summed = full.attention["icl"][..., -n_q:, start : start + length].sum(-1)
         torch.testing.assert_close(collapsed.attention["icl"][..., -n_q:, 1 + j], summed)
         start += length
-    assert collapsed.attention["zs"][..., 1:1 + len(spans)].abs().sum() == 0  # no demonstrations in ZS
+    assert collapsed.attention["zs"][..., 1 : 1 + len(spans)].abs().sum() == 0  # no demonstrations in ZS
     assert collapsed.tokens[:2] == ["<bos>", "[demo 1]"] and len(collapsed.tokens) == 1 + len(spans) + n_q
 
 

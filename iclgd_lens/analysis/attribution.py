@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import Delta, logit_lens
+from iclgd_lens.deltas import logit_lens
 from iclgd_lens.episodes import Episode
 from iclgd_lens.recording import record
 from iclgd_lens.results import Result
@@ -76,7 +76,9 @@ def _zs_logprobs(
 
 def _plain_zs(model: HookedTransformer, episode: Episode, batch_size: int) -> Float[Tensor, "n class"]:
     """ZS through the same forward as every patched run, so that an unchanged head gives exactly zero change."""
-    return torch.cat([_zs_logprobs(model, episode, rows, lambda p: []) for rows in _batches(len(episode.queries), batch_size)])
+    return torch.cat(
+        [_zs_logprobs(model, episode, rows, lambda p: []) for rows in _batches(len(episode.queries), batch_size)]
+    )
 
 
 def _first_token_record(model, episode: Episode, prefix, batch_size: int) -> Tensor:

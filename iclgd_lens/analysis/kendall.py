@@ -86,7 +86,9 @@ def _finetuned_queries(model: HookedTransformer, result: Result, delta, n: int) 
 
         hooks = delta.hooks(model) + [(f"blocks.{l}.attn.hook_q", grab) for l in range(model.cfg.n_layers)]
         with model.hooks(hooks):
-            model(torch.tensor([[result.episode.bos, *query]], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
+            model(
+                torch.tensor([[result.episode.bos, *query]], device=model.cfg.device), stop_at_layer=model.cfg.n_layers
+            )
         out.append(torch.stack([found[l] for l in range(model.cfg.n_layers)]))
     return torch.stack(out)
 

@@ -86,7 +86,9 @@ def record_patterns(
     if result.config.get("position") == "first_option":  # the recorded position is the first label's last token
         tokens_of_query += list(episode.label_tokens[0])
     n_q = len(tokens_of_query)
-    spans = _prefix_columns(episode, collapse, lambda t: _decode(model, t))  # columns of the ICL prefix: (label, start, end) in prefix positions
+    spans = _prefix_columns(
+        episode, collapse, lambda t: _decode(model, t)
+    )  # columns of the ICL prefix: (label, start, end) in prefix positions
     n_columns = len(spans) + n_q
     labels = [label for label, _, _ in spans] + [_decode(model, t) for t in tokens_of_query]
 
@@ -95,14 +97,14 @@ def record_patterns(
         prefix = list(episode.icl_prefix if setting == "icl" else episode.zs_prefix)
         delta = result.deltas[setting].to(model.cfg.device, model.cfg.dtype) if setting in ("gd", "lcgd") else None
         full = _patterns(model, prefix + tokens_of_query, layers, delta)  # [layer, head, pos, pos]
-        rows = full[:, :, len(prefix):, :]  # the query's tokens as destinations
+        rows = full[:, :, len(prefix) :, :]  # the query's tokens as destinations
         square = torch.zeros(len(layers), model.cfg.n_heads, n_columns, n_columns)
         if setting == "icl":
             for column, (_, start, end) in enumerate(spans):
                 square[:, :, -n_q:, column] = rows[..., start:end].sum(-1)
         else:
             square[:, :, -n_q:, 0] = rows[..., 0]  # BOS
-        square[:, :, -n_q:, -n_q:] = rows[..., len(prefix):]
+        square[:, :, -n_q:, -n_q:] = rows[..., len(prefix) :]
         attention[setting] = square
     return Patterns(query, layers, labels, n_q, attention, collapse)
 
@@ -132,7 +134,9 @@ def _patterns(model: HookedTransformer, tokens: list[int], layers: list[int], de
     def keep(pattern: Tensor, hook) -> None:
         found[hook.layer()] = pattern[0].float().cpu()
 
-    hooks = (delta.hooks(model) if delta is not None else []) + [(f"blocks.{l}.attn.hook_pattern", keep) for l in layers]
+    hooks = (delta.hooks(model) if delta is not None else []) + [
+        (f"blocks.{l}.attn.hook_pattern", keep) for l in layers
+    ]
     with model.hooks(hooks):
         model(torch.tensor([tokens], device=model.cfg.device), stop_at_layer=max(layers) + 1)
     return torch.stack([found[l] for l in layers])

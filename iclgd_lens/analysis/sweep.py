@@ -204,7 +204,9 @@ def searched_lr(job: RunJob, model, task) -> float:
 
 def _jobs(config: SweepConfig, out: Path, device: str | None = None, threads: int | None = None) -> list[RunJob]:
     """The runs of `config` whose folder in `out` holds no finished result yet, as jobs."""
-    jobs = [RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in config.plan()]
+    jobs = [
+        RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in config.plan()
+    ]
     return [job for job in jobs if not is_finished(job)]
 
 

@@ -36,9 +36,7 @@ def attention_view(patterns: Patterns) -> Html:
     return Html("".join(parts))
 
 
-def score_change_view(
-    result: Result, query: int = 0, layers: Sequence[int] | None = None, tokenizer=None
-) -> Html:
+def score_change_view(result: Result, query: int = 0, layers: Sequence[int] | None = None, tokenizer=None) -> Html:
     """Per head, the change of the pre-softmax scores from the recorded position to the query's own tokens:
     m_ICL − m_ZS beside m_GD − m_ZS and m_LCGD − m_ZS (hover a token for every head's value; pick a head to
     colour by it). From the saved records alone; `tokenizer` (e.g. model.tokenizer) labels the tokens, which are

@@ -35,7 +35,13 @@ def check_attribution_folder(out: Path) -> None:
 
 def _markdown(frame: pd.DataFrame) -> str:
     def cell(value) -> str:
-        return "NaN" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}" if isinstance(value, float) else str(value)
+        return (
+            "NaN"
+            if isinstance(value, float) and math.isnan(value)
+            else f"{value:.4f}"
+            if isinstance(value, float)
+            else str(value)
+        )
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
@@ -48,9 +54,15 @@ def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
     ]
     for method, rows in heads.groupby("method", sort=False):
         single = rows[rows["head"] != "all"].head(TOP)
-        parts.append(f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most\n\n" + _markdown(single))
-        parts.append(f"## {method.upper()}: whole layers\n\n" + _markdown(rows[rows["head"] == "all"].sort_values("layer")))
-    patches = heads[heads["head"] != "all"].drop_duplicates(["layer", "head"]).sort_values("patch_restored", ascending=False)
+        parts.append(
+            f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most\n\n" + _markdown(single)
+        )
+        parts.append(
+            f"## {method.upper()}: whole layers\n\n" + _markdown(rows[rows["head"] == "all"].sort_values("layer"))
+        )
+    patches = (
+        heads[heads["head"] != "all"].drop_duplicates(["layer", "head"]).sort_values("patch_restored", ascending=False)
+    )
     parts.append(f"## ICL: the {min(TOP, len(patches))} heads whose ICL output restores most of the ICL effect\n\n"
                  + _markdown(patches[["layer", "head", "patch_restored"]].head(TOP)))  # fmt: skip
     return "\n\n".join(parts) + "\n"

@@ -104,7 +104,9 @@ def attribution_section(folder: Path) -> str:
         data = base64.b64encode(image.read_bytes()).decode()
         parts.append(f'<img alt="{escape(image.name)}" src="data:image/png;base64,{data}">')
     if len(parts) == 1:
-        raise ValueError(f"{str(folder)!r} holds no attribution tables (heads.csv, kendall.csv); run iclgd-lens attribute")
+        raise ValueError(
+            f"{str(folder)!r} holds no attribution tables (heads.csv, kendall.csv); run iclgd-lens attribute"
+        )
     return f"<section>{''.join(parts)}</section>"
 
 

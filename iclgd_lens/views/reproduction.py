@@ -146,9 +146,8 @@ def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missin
         "## Revisited Table 2: GD | LCGD\n\n" + _beside_baselines(summary, TABLE2_METRICS, methods),
         "## Dai et al.: Rec2FTP, SimAOU (normalised) against the random update, SimAM before and after FT\n\n"
         + dai_table(summary),
-        "## Learning rates\n\n" + _markdown(
-            list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]
-        ),
+        "## Learning rates\n\n"
+        + _markdown(list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]),
     ]
     return "\n\n".join(sections) + "\n"
 
