@@ -40,6 +40,9 @@ def test_sweep_writes_every_table(reference_sweep):
             config = json.loads((out / "runs" / task / run / "result.json").read_text())["config"]
             assert (config["task"], f"seed{config['seed']}-perm{config['permutation']}") == (task, run)
     assert set(TABLE_FILES) <= {p.name for p in out.iterdir()}
+    from iclgd_lens.files import umask
+
+    assert all((out / name).stat().st_mode & 0o777 == 0o666 & ~umask() for name in TABLE_FILES)  # not private
     tables = (out / "tables.md").read_text()
     for heading in ("Accuracy", "Revisited Table 1", "Revisited Table 2", "Dai et al.", "Learning rates"):
         assert heading in tables

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from iclgd_lens.files import umask
+
 # PNG/SVG metadata that would change between otherwise identical runs
 STABLE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 METHOD_COLORS = {"gd": "tab:blue", "lcgd": "tab:orange"}
@@ -57,6 +59,7 @@ def save_figure(fig, path: Path) -> None:
     kind = path.suffix.lstrip(".")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes it private
     fig.savefig(temporary, format=kind, dpi=110, metadata=STABLE_METADATA.get(kind))
     os.replace(temporary, path)
 
