@@ -64,8 +64,9 @@ def test_above_baselines_needs_the_whole_interval_above_every_baseline():
         ("t", "trained_embeddings", "gd", "simam", 0.3, 0.1, 3, 0.20, 0.39),
         ("t", "trained", "gd", "simam_delta", 0.5, 0.1, 3, math.nan, math.nan),
         ("t", "trained", "gd", "acc_icl", 0.9, 0.0, 3, math.nan, math.nan),
+        ("t", "trained", "gd", "random_simaou", 0.5, 0.1, 3, 0.40, 0.60),  # a baseline itself: not compared
     ]
     table = pd.DataFrame(
         rows, columns=["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
     )
-    assert _above_baselines(table) == ["no", "", "", "yes", "", "", "n/a", ""]
+    assert _above_baselines(table) == ["no", "", "", "yes", "", "", "n/a", "", ""]

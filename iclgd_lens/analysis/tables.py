@@ -77,13 +77,17 @@ def summary_table(results: dict[str, list[Result]]) -> pd.DataFrame:
     return table
 
 
+COMPARED = ("simaou_norm", "simaou", "simam", "simam_delta", "alpha")  # the similarities of an update to ICL's
+
+
 def _above_baselines(table: pd.DataFrame) -> list[str]:
-    """Per row: for a trained-model similarity, "yes" when its interval lies above every baseline's, "no" when it
-    does not, "n/a" without baselines or an interval; empty on baseline rows and on numbers without intervals."""
+    """Per row: for a trained-model similarity of an update (COMPARED), "yes" when its interval lies above every
+    baseline's, "no" when it does not, "n/a" without baselines or an interval; empty elsewhere (baseline rows,
+    numbers without intervals, the random-update baseline and SimAM before FT, which measure no method's update)."""
     baselines = table[table.model != TRAINED].set_index(["task", "method", "metric"])
     out = []
     for row in table.itertuples():
-        if row.model != TRAINED or row.metric not in SIMILARITIES:
+        if row.model != TRAINED or row.metric not in COMPARED:
             out.append("")
             continue
         key = (row.task, row.method, row.metric)
