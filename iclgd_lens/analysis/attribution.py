@@ -15,7 +15,7 @@ log p(y) − log Σ_{c≠y} p(c), over the first token of each label word (full-
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -57,28 +57,43 @@ def _batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-@torch.no_grad()
-def _zs_logprobs(
-    model: HookedTransformer, episode: Episode, rows: list[int], hooks: Callable[[Tensor], list]
-) -> Float[Tensor, "batch class"]:
-    """First-token label log-probs at each row's prediction position of the ZS prompt, under `hooks(positions)`."""
-    queries = [list(episode.queries[i]) for i in rows]
-    width = 1 + max(len(q) for q in queries)
-    tokens = torch.tensor([[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries],
-                          device=model.cfg.device)  # fmt: skip
-    positions = torch.tensor([len(q) for q in queries], device=model.cfg.device)
-    with model.hooks(hooks(positions)):
-        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
-    picked = resid[torch.arange(len(rows), device=resid.device), positions]
-    firsts = torch.tensor([t[0] for t in episode.label_tokens], device=resid.device)
-    return logit_lens(model, picked).float().log_softmax(-1)[:, firsts].cpu()
+class _ZSBatch:
+    """Some queries' ZS prompts, right-padded, with the residual stream entering each of `layers` from one plain
+    forward: a run that changes nothing below layer l starts there (TransformerLens' start_at_layer) instead of
+    recomputing the layers it shares with the plain run."""
 
+    @torch.no_grad()
+    def __init__(self, model: HookedTransformer, episode: Episode, rows: list[int], layers: Sequence[int]) -> None:
+        queries = [list(episode.queries[i]) for i in rows]
+        width = 1 + max(len(q) for q in queries)
+        self.model, self.rows = model, rows
+        self.tokens = torch.tensor([[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries],
+                                   device=model.cfg.device)  # fmt: skip
+        self.positions = torch.tensor([len(q) for q in queries], device=model.cfg.device)
+        self.firsts = torch.tensor([t[0] for t in episode.label_tokens], device=model.cfg.device)
+        self.resid_pre: dict[int, Tensor] = {}
 
-def _plain_zs(model: HookedTransformer, episode: Episode, batch_size: int) -> Float[Tensor, "n class"]:
-    """ZS through the same forward as every patched run, so that an unchanged head gives exactly zero change."""
-    return torch.cat(
-        [_zs_logprobs(model, episode, rows, lambda p: []) for rows in _batches(len(episode.queries), batch_size)]
-    )
+        def keep(resid: Tensor, hook) -> None:
+            self.resid_pre[hook.layer()] = resid.clone()
+
+        with model.hooks([(f"blocks.{l}.hook_resid_pre", keep) for l in layers]):
+            self.plain = self._read(model(self.tokens, stop_at_layer=model.cfg.n_layers))
+
+    def _read(self, resid: Tensor) -> Float[Tensor, "batch class"]:
+        picked = resid[torch.arange(len(self.rows), device=resid.device), self.positions]
+        return logit_lens(self.model, picked).float().log_softmax(-1)[:, self.firsts].cpu()
+
+    @torch.no_grad()
+    def run(self, hooks: list, from_layer: int = 0) -> Float[Tensor, "batch class"]:
+        """First-token label log-probs at each row's prediction position under `hooks`, which must leave the
+        layers below `from_layer` unchanged."""
+        model = self.model
+        with model.hooks(hooks):
+            if from_layer == 0:
+                resid = model(self.tokens, stop_at_layer=model.cfg.n_layers)
+            else:
+                resid = model(self.resid_pre[from_layer], start_at_layer=from_layer, stop_at_layer=model.cfg.n_layers)
+        return self._read(resid)
 
 
 def _first_token_record(model, episode: Episode, prefix, batch_size: int) -> Tensor:
@@ -101,17 +116,19 @@ def delta_effects(
     delta = result.deltas[method].to(model.cfg.device, model.cfg.dtype)
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
-    zs = _plain_zs(model, episode, batch_size)
+    plain: list[Tensor] = []
     outcome: dict[tuple[int, object], list[Tensor]] = {}
     for rows in _batches(len(episode.queries), batch_size):
-        for layer in layers:
+        batch = _ZSBatch(model, episode, rows, layers)
+        plain.append(batch.plain)
+        for layer in layers:  # layer l's delta changes nothing below layer l
             captured: dict[str, Tensor] = {}
 
             def keep(z: Tensor, hook) -> None:
                 captured["z"] = z.clone()
 
             layer_delta = delta.restricted([layer]).hooks(model)
-            whole = _zs_logprobs(model, episode, rows, lambda p: layer_delta + [(f"blocks.{layer}.attn.hook_z", keep)])
+            whole = batch.run(layer_delta + [(f"blocks.{layer}.attn.hook_z", keep)], from_layer=layer)
             outcome.setdefault((layer, ALL), []).append(whole)
             for head in range(model.cfg.n_heads):
 
@@ -120,8 +137,9 @@ def delta_effects(
                     z[:, :, head] = captured["z"][:, :, head]
                     return z
 
-                patched = _zs_logprobs(model, episode, rows, lambda p: [(f"blocks.{layer}.attn.hook_z", one_head)])
+                patched = batch.run([(f"blocks.{layer}.attn.hook_z", one_head)], from_layer=layer)
                 outcome.setdefault((layer, head), []).append(patched)
+    zs = torch.cat(plain)
     base_odds, base_acc = logodds(zs, labels).mean(), (zs.argmax(1) == labels).double().mean()
     rows_out = []
     for (layer, head), parts in outcome.items():
@@ -143,7 +161,6 @@ def patch_effects(
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
     icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)  # [n, layer, head, d_head]
-    zs = logodds(_plain_zs(model, episode, batch_size), labels).mean()
     icl = logodds(_first_token_record(model, episode, episode.icl_prefix, batch_size), labels).mean()
 
     def patch(rows: list[int], positions: Tensor, layer: int, heads: Sequence[int]) -> list:
@@ -157,15 +174,17 @@ def patch_effects(
         return [(f"blocks.{layer}.attn.hook_z", hook)]
 
     every = range(model.cfg.n_heads)
+    plain: list[Tensor] = []
     parts: dict[object, list[Tensor]] = {}
     for rows in _batches(len(episode.queries), batch_size):
-        whole = _zs_logprobs(model, episode, rows,
-                             lambda p: [h for l in range(model.cfg.n_layers) for h in patch(rows, p, l, every)])  # fmt: skip
-        parts.setdefault(ALL, []).append(whole)
+        batch = _ZSBatch(model, episode, rows, layers)
+        plain.append(batch.plain)
+        at = batch.positions
+        parts.setdefault(ALL, []).append(batch.run([h for l in range(model.cfg.n_layers) for h in patch(rows, at, l, every)]))
         for layer in layers:
             for head in every:
-                patched = _zs_logprobs(model, episode, rows, lambda p: patch(rows, p, layer, [head]))
-                parts.setdefault((layer, head), []).append(patched)
+                parts.setdefault((layer, head), []).append(batch.run(patch(rows, at, layer, [head]), from_layer=layer))
+    zs = logodds(torch.cat(plain), labels).mean()
     effect = icl - zs
 
     def restored(logprobs: Tensor) -> float:
