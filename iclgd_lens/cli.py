@@ -320,7 +320,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from iclgd_lens.analysis.sweep import pending_runs, run_sweep
+    from iclgd_lens.analysis.sweep import run_sweep
     from iclgd_lens.comparison import CompareConfig
     from iclgd_lens.episodes import check_k
     from iclgd_lens.models import check_model_source
@@ -342,21 +342,25 @@ def run_reproduce(args: argparse.Namespace) -> int:
         check_k(load_task(task), args.k)
 
     started = time.perf_counter()
-    total, finished = len(plan), len(plan) - len(pending_runs(config, out))
-    if finished:
-        print(f"{finished} of {total} runs are already finished in {args.out} (skipped)", flush=True)
+    total, ended = len(plan), 0  # runs ended so far, the finished ones included
+
+    def starting(finished: list, pending: list) -> None:
+        nonlocal ended
+        ended = len(finished)
+        if finished:
+            print(f"{ended} of {total} runs are already finished in {args.out} (skipped)", flush=True)
 
     def report(run, error: str | None) -> None:
-        report.count += 1
+        nonlocal ended
+        ended += 1
         status = "failed: " + error if error else "done"
-        print(f"[{report.count}/{total}] {run.name} {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(f"[{ended}/{total}] {run.name} {status} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    report.count = finished
     slurm = {"timeout_min": args.slurm_time, "cpus_per_task": args.slurm_cpus, "gpus_per_node": args.slurm_gpus}
     if args.slurm_partition:
         slurm["slurm_partition"] = args.slurm_partition
     outcome = run_sweep(config, out, jobs=args.jobs, executor=args.executor, threads=threads, device=args.device,
-                        slurm=slurm, on_run=report)  # fmt: skip
+                        slurm=slurm, on_start=starting, on_run=report)  # fmt: skip
     missing = write_tables(out, plan, args.model)
     if (out / "tables.md").is_file():
         print((out / "tables.md").read_text())

@@ -202,19 +202,6 @@ def searched_lr(job: RunJob, model, task) -> float:
     return search["chosen"]
 
 
-def _jobs(config: SweepConfig, out: Path, device: str | None = None, threads: int | None = None) -> list[RunJob]:
-    """The runs of `config` whose folder in `out` holds no finished result yet, as jobs."""
-    jobs = [
-        RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in config.plan()
-    ]
-    return [job for job in jobs if not is_finished(job)]
-
-
-def pending_runs(config: SweepConfig, out: str | Path) -> list[Run]:
-    """The runs a `run_sweep` into `out` would compute now."""
-    return [job.run for job in _jobs(config, Path(out))]
-
-
 @dataclass
 class SweepOutcome:
     finished: list[Run]  # already there before this call
@@ -231,12 +218,13 @@ def run_sweep(
     threads: int | None = None,
     device: str | None = None,
     slurm: dict | None = None,
+    on_start: Callable[[list[Run], list[Run]], None] | None = None,
     on_run: Callable[[Run, str | None], None] | None = None,
 ) -> SweepOutcome:
     """Run every unfinished run of `config` into `out` and return what happened. `executor`: `local` (`jobs`
     processes; 1: in this process), `slurm` (submitit's Slurm executor, `slurm` its parameters) or
-    `submitit-local` (submitit's local executor: the Slurm path on this machine). `on_run(run, error)` is called
-    as each run ends."""
+    `submitit-local` (submitit's local executor: the Slurm path on this machine). `on_start(finished, pending)` is
+    called once the finished runs are known, before any run starts; `on_run(run, error)` as each run ends."""
     out = Path(out)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; use one of {list(EXECUTORS)}")
@@ -247,9 +235,12 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_FILE).is_file():
         write_json_atomic(out / SWEEP_FILE, {"format": SWEEP_FORMAT, "config": config.to_dict()})
-    todo = _jobs(config, out, device, threads)
+    all_jobs = [RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in plan]
+    todo = [job for job in all_jobs if not is_finished(job)]
     pending = {job.run for job in todo}
     outcome = SweepOutcome([run for run in plan if run not in pending], [], {})
+    if on_start is not None:
+        on_start(outcome.finished, [job.run for job in todo])
 
     def ended(job: RunJob, error: BaseException | None) -> None:
         if error is None:
