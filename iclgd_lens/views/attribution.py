@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.files import write_text_atomic
+from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import save_figure
 
 ATTRIBUTION_FORMAT = "iclgd-lens attribution 1"
@@ -34,17 +35,14 @@ def check_attribution_folder(out: Path) -> None:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return (
-            "NaN"
-            if isinstance(value, float) and math.isnan(value)
-            else f"{value:.4f}"
-            if isinstance(value, float)
-            else str(value)
-        )
+    """`frame` as a Markdown table, numbers to 4 decimals."""
 
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
+    def cell(value) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        return "NaN" if math.isnan(value) else f"{value:.4f}"
+
+    return markdown_table(list(frame.columns), [[cell(v) for v in row] for row in frame.itertuples(index=False)])
 
 
 def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:

@@ -15,6 +15,7 @@ from iclgd_lens.analysis import tables
 from iclgd_lens.analysis.protocol import Run, paper_task
 from iclgd_lens.analysis.published import published
 from iclgd_lens.files import write_text_atomic
+from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import per_layer_figure, save_figure
 
 TRAINED = tables.TRAINED
@@ -66,11 +67,6 @@ def _cell(row) -> str:
     return text
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def _published(task: str, models: list[str], method: str, metric: str, source: str | None = None) -> str:
     """The papers' number(s) for this cell's paper task ("a / b / c" for several models), or "" where none."""
     values = [published(paper_task(task), source or model, method, metric) for model in models]
@@ -97,7 +93,7 @@ def _beside_baselines(summary: pd.DataFrame, metrics: tuple[str, ...], methods: 
                              _published(task, models, method, metric)])  # fmt: skip
         if rows:
             header = ["task", "method", *models, "above baselines", "published 1.3B (same columns)"]
-            parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + _markdown(header, rows))
+            parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + markdown_table(header, rows))
     return "\n\n".join(parts)
 
 
@@ -111,7 +107,7 @@ def dai_table(summary: pd.DataFrame) -> str:
                      for m in DAI_METRICS]  # fmt: skip
             paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in DAI_METRICS)
             rows.append([task, method, *cells, paper if method == "gd" else ""])
-    return _markdown(["task", "method", *DAI_METRICS, "published 1.3B (same metrics, GD)"], rows)
+    return markdown_table(["task", "method", *DAI_METRICS, "published 1.3B (same metrics, GD)"], rows)
 
 
 def accuracy_table(summary: pd.DataFrame) -> str:
@@ -124,7 +120,7 @@ def accuracy_table(summary: pd.DataFrame) -> str:
         cells = [_cell(part.loc[(methods[0], "acc_zs")]), _cell(part.loc[(methods[0], "acc_icl")])]
         paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in ("acc_zs", "acc_icl", "acc_ft"))
         rows.append([task, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods], paper])
-    return _markdown(["task", "ZS", "ICL", *[m.upper() for m in methods], "published 1.3B ZS / ICL / GD"], rows)
+    return markdown_table(["task", "ZS", "ICL", *[m.upper() for m in methods], "published 1.3B ZS / ICL / GD"], rows)
 
 
 def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missing: list[str]) -> str:
@@ -147,7 +143,7 @@ def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missin
         "## Dai et al.: Rec2FTP, SimAOU (normalised) against the random update, SimAM before and after FT\n\n"
         + dai_table(summary),
         "## Learning rates\n\n"
-        + _markdown(list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]),
+        + markdown_table(list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]),
     ]
     return "\n\n".join(sections) + "\n"
 
