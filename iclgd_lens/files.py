@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and a rename."""
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write into; on success it takes `path`'s place in one rename, with the
+    usual permissions (mkstemp makes it private); on an error it is removed and `path` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes it private; the file gets the usual permissions
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~umask())
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        yield Path(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename."""
+    with replaced_atomically(path) as temporary:
+        temporary.write_text(text)
 
 
 def umask() -> int:

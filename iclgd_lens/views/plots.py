@@ -8,13 +8,11 @@ Files are written without timestamps or version stamps, so the same table gives 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.files import umask
+from iclgd_lens.files import replaced_atomically
 
 # PNG/SVG metadata that would change between otherwise identical runs
 STABLE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
@@ -57,11 +55,8 @@ def per_layer_figure(table: pd.DataFrame, metric: str):
 def save_figure(fig, path: Path) -> None:
     """Save through a temporary sibling and a rename; format from the suffix (png, svg)."""
     kind = path.suffix.lstrip(".")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes it private
-    fig.savefig(temporary, format=kind, dpi=110, metadata=STABLE_METADATA.get(kind))
-    os.replace(temporary, path)
+    with replaced_atomically(path) as temporary:
+        fig.savefig(temporary, format=kind, dpi=110, metadata=STABLE_METADATA.get(kind))
 
 
 def results_by_task(results: list) -> dict:
