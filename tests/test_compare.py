@@ -242,3 +242,18 @@ def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
     script = ROOT / "analyses" / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "e")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_compare_in_half_precision_follows_the_float32_run(dtype):
+    """The dtype path that CUDA runs use (here on the CPU): every setting runs in `dtype`, the records come back as
+    float32, the resolution diagnostic is `dtype`'s, and the numbers follow the float32 run within its precision."""
+    args = dict(k=4, n_eval=6, lr=0.05, baselines=(), progress=False)
+    full = compare(tiny_model(), toy_task(), **args)
+    half = compare(tiny_model().to(dtype, print_details=False), toy_task(), **args)
+    assert half.config["dtype"] == str(dtype).removeprefix("torch.")
+    assert half.scores["model"]["resolution"]["dtype"] == half.config["dtype"]
+    assert all(t.dtype == dtype for t in half.deltas["lcgd"].tensors.values())
+    for setting in ("zs", "icl", "gd", "lcgd"):
+        assert half.records[setting].attn_out.dtype == torch.float32
+        torch.testing.assert_close(half.records[setting].attn_out, full.records[setting].attn_out, atol=0.05, rtol=0.05)

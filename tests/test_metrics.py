@@ -152,3 +152,27 @@ def test_rec2ftp_and_accuracy_by_hand():
     assert M.rec2ftp(zs, ft, icl, labels) == pytest.approx(200 / 3)
     assert M.accuracy(icl, labels) == pytest.approx(0.6)
     assert math.isnan(M.rec2ftp(labels, labels, icl, labels))
+
+
+def test_per_head_similarities_in_chunks_equal_all_queries_at_once(monkeypatch):
+    """scoring computes per-head outputs a chunk of queries at a time (memory); the values must not change."""
+    from iclgd_lens import scoring
+    from iclgd_lens.recording import Record
+
+    g = torch.Generator().manual_seed(0)
+    n, layers, heads, d_head, d_model = 7, 2, 3, 4, 5
+
+    def rec():
+        z = torch.randn(n, layers, heads, d_head, generator=g)
+        scores = torch.randn(n, layers, heads, 2, generator=g)
+        attn_out, label_logprobs = torch.randn(n, layers, d_model, generator=g), torch.randn(n, 2, generator=g)
+        return Record(attn_out, z, scores, torch.full((n,), 2), label_logprobs, torch.zeros(n, dtype=torch.long))
+
+    zs, icl, ft = rec(), rec(), rec()
+    W_O, ft_W_O = torch.randn(layers, heads, d_head, d_model, generator=g), torch.randn(layers, heads, d_head, d_model)
+    monkeypatch.setattr(scoring, "HEAD_CHUNK", 3)  # chunks of 3, 3 and 1 queries
+    chunked = scoring.head_similarities(zs, icl, ft, W_O, ft_W_O, eps=None)
+    h_zs, h_icl, h_ft = M.head_outputs(zs.z, W_O), M.head_outputs(icl.z, W_O), M.head_outputs(ft.z, ft_W_O)
+    torch.testing.assert_close(chunked["simaou"], M.simaou(h_icl, h_zs, h_ft), rtol=0, atol=1e-12)
+    torch.testing.assert_close(chunked["simaou_norm"], M.simaou_norm(h_icl, h_zs, h_ft), rtol=0, atol=1e-12)
+    assert chunked["simaou"].shape == (n, layers, heads)
