@@ -54,6 +54,8 @@ BENCH_FORMAT = "iclgd-lens bench 1"
 BUSY_CORES = 0.5  # other processes' CPU use above which timing is refused (or flagged)
 AGREEMENT = 1e-4  # largest allowed difference of any number between the two pipelines (fp32, end to end)
 RECORDS_AGREEMENT = 1e-4  # ... of a recorded tensor, relative to its largest value
+# ... of a GD or LCGD recording: the naive fit's W + ΔW in float32 drops ΔW's bits below W's resolution
+FIT_RECORDS_AGREEMENT = 1e-3
 METRIC_CODE_AGREEMENT = 1e-9  # ... of any number when both metric codes score the same records (float64)
 SST2_EVAL_SIZE = 872
 SCALING_K = (8, 16, 32)
@@ -246,9 +248,9 @@ def naive_record(model: HookedTransformer, episode: Episode, prefix: Sequence[in
         layers = range(model.cfg.n_layers)
         rows.append(
             {
-                "attn_out": [cache[f"blocks.{l}.hook_attn_out"][0, at].double() for l in layers],
-                "z": [cache[f"blocks.{l}.attn.hook_z"][0, at].double() for l in layers],
-                "scores": [cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, at, len(prefix) : at + 1].double()
+                "attn_out": [cache[f"blocks.{l}.hook_attn_out"][0, at].double().cpu() for l in layers],
+                "z": [cache[f"blocks.{l}.attn.hook_z"][0, at].double().cpu() for l in layers],
+                "scores": [cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, at, len(prefix) : at + 1].double().cpu()
                            for l in layers],
                 "label_logprobs": label_logprobs,
                 "pred": max(range(len(label_logprobs)), key=label_logprobs.__getitem__),
@@ -397,12 +399,12 @@ def agreement(naive: dict, toolkit: dict, tolerance: float = AGREEMENT) -> dict:
 
 
 def records_agreement(naive: dict[str, list[dict]], toolkit: dict) -> dict:
-    """Per recorded tensor, the largest difference between the two pipelines relative to the tensor's largest
-    value: the forward passes (whole prompt vs cached prefix and batches) and the fits (an edited model copy vs a
-    delta through hooks) agree to float32 rounding."""
-    worst, where = 0.0, None
+    """Per setting, the largest difference between the two pipelines' recorded tensors relative to the tensor's
+    largest value: the forward passes (whole prompt vs cached prefix and batches) agree to float32 rounding; the
+    fitted settings also carry the naive copy's rounding of W + ΔW (FIT_RECORDS_AGREEMENT)."""
+    out: dict = {"settings": {}}
     for setting, rows in naive.items():
-        record = toolkit[setting]
+        record, worst, where = toolkit[setting], 0.0, None
         for i, row in enumerate(rows):
             pairs = {
                 "attn_out": (record.attn_out[i], torch.stack(row["attn_out"])),
@@ -414,9 +416,12 @@ def records_agreement(naive: dict[str, list[dict]], toolkit: dict) -> dict:
                 ours, theirs = ours.double(), theirs.double()
                 relative = float((ours - theirs).abs().max() / ours.abs().max())
                 if relative >= worst:
-                    worst, where = relative, f"{setting}/{name}/query {i}"
-    return {"max_relative_diff": worst, "at": where, "tolerance": RECORDS_AGREEMENT,
-            "agree": worst <= RECORDS_AGREEMENT}  # fmt: skip
+                    worst, where = relative, f"{name}/query {i}"
+        tolerance = RECORDS_AGREEMENT if setting in ("zs", "icl") else FIT_RECORDS_AGREEMENT
+        out["settings"][setting] = {"max_relative_diff": worst, "at": where, "tolerance": tolerance,
+                                    "agree": worst <= tolerance}  # fmt: skip
+    out["agree"] = all(v["agree"] for v in out["settings"].values())
+    return out
 
 
 def all_agreements(naive: dict, result, strict: bool) -> dict:
@@ -437,15 +442,15 @@ def all_agreements(naive: dict, result, strict: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ (a) toolkit
-def toolkit_compare(model, task, k: int, n: int, lr: float, batch_size: int, monitor: Monitor) -> dict:
+def toolkit_compare(model, task, k: int, n: int, lr: float, batch_size: int, monitor: Monitor,
+                    keep_result: bool = False) -> dict:  # fmt: skip
     with monitor.stage(f"toolkit compare k={k} n={n}") as stage:
         result = compare(model, task, k=k, seed=0, lr=lr, baselines=(), n_eval=n, batch_size=batch_size,
                          progress=False)  # fmt: skip
-    # "result" stays in memory for the agreement checks; it is left out of the JSON.
     return stage | {"k": k, "n_queries": n, "effective_k": result.config["effective_k"],
                     "prefix_tokens": len(result.episode.icl_prefix),
-                    "query_tokens": sum(map(len, result.episode.queries)) / n,
-                    "result": result}  # fmt: skip
+                    "query_tokens": sum(map(len, result.episode.queries)) / n} | (
+        {"result": result} if keep_result else {})  # for the agreement checks; dropped before later timings
 
 
 def fit_times(model, episode: Episode, lr: float, monitor: Monitor) -> dict:
@@ -464,13 +469,14 @@ def head_to_head(model, task, args, monitor: Monitor, lr: float, runs: dict, str
     naive time beyond what it was timed on is its fits plus its per-query stages scaled linearly (labelled)."""
     n, n_naive = args.n_queries, min(args.naive_queries, args.n_queries)
     # The toolkit first: its peak memory is measured before the naive pipeline's model copies and full caches.
-    for queries in (n, n_naive):
-        if (args.k, queries) not in runs:
-            runs[args.k, queries] = toolkit_compare(model, task, args.k, queries, lr, args.batch_size, monitor)
+    for queries in dict.fromkeys((n, n_naive)):  # once each, in this order
+        runs[args.k, queries] = toolkit_compare(model, task, args.k, queries, lr, args.batch_size, monitor,
+                                                keep_result=queries == n_naive)  # fmt: skip
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=n_naive)
     naive = naive_compare(model, episode, lr, 0, monitor)
-    agree = all_agreements(naive, runs[args.k, n_naive]["result"], strict)
-    stages = naive["stages"]
+    agree = all_agreements(naive, runs[args.k, n_naive].pop("result"), strict)
+    stages = naive.pop("stages")
+    del naive  # its records: later stages' peak memory counts their own
     fixed = stages["fit gd"]["seconds"] + stages["fit lcgd"]["seconds"]
     per_query = sum(s["seconds"] for s in stages.values()) - fixed
     naive_summary = {
@@ -481,7 +487,7 @@ def head_to_head(model, task, args, monitor: Monitor, lr: float, runs: dict, str
         "peak_rss_bytes": max(s["peak_rss_bytes"] for s in stages.values()),
         "stages": stages,
     }
-    toolkit = {key: v for key, v in runs[args.k, n].items() if key != "result"}
+    toolkit = dict(runs[args.k, n])
     full_episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=n)
     toolkit["flops"] = flop_floor(model, full_episode)
     toolkit["flop_floor_s"] = toolkit["flops"]["total"] / args.matmul_rate
@@ -502,7 +508,7 @@ def scaling(model, task, args, monitor: Monitor, runs: dict) -> list[dict]:
         for n in SCALING_N:
             if (k, n) not in runs:
                 runs[k, n] = toolkit_compare(model, task, k, n, args.lr, args.batch_size, monitor)
-    return [{key: v for key, v in runs[k, n].items() if key != "result"} for k in SCALING_K for n in SCALING_N]
+    return [runs[k, n] for k in SCALING_K for n in SCALING_N]
 
 
 def recording_cost(model, task, args, monitor: Monitor, n: int = 64, n_naive: int = 8) -> list[dict]:
@@ -728,15 +734,16 @@ def smollm2_run(folder: Path, task: Task, args, monitor: Monitor) -> dict:
 
 
 def agreement_lines(agree: dict) -> str:
-    records, code, metrics = agree["records"], agree["metric_code"], agree["metrics"]
+    code, metrics = agree["metric_code"], agree["metrics"]
 
     def verdict(check: dict) -> str:
         return "agree" if check["agree"] else "DISAGREE"
 
     required = "required" if agree["metrics_required"] else "reported, not required: see docs/performance.md"
+    records = ", ".join(f"{setting} {r['max_relative_diff']:.1e} ({r['at']}, tolerance {r['tolerance']:g})"
+                        for setting, r in agree["records"]["settings"].items())  # fmt: skip
     return "\n".join([
-        f"agreement of the recorded tensors: largest relative difference {records['max_relative_diff']:.1e} (at "
-        f"{records['at']}): {verdict(records)} (tolerance {records['tolerance']:g})",
+        f"agreement of the recorded tensors, largest relative difference: {records}: {verdict(agree['records'])}",
         f"agreement of the metric code on the same records: {code['compared']} numbers, largest difference "
         f"{code['max_abs_diff']:.1e}: {verdict(code)} (tolerance {code['tolerance']:g})",
         f"agreement of every number end to end: {metrics['compared']} numbers, largest difference "
