@@ -96,8 +96,9 @@ def head_similarities(
     zs: Record, icl: Record, ft: Record, W_O: Tensor, ft_W_O: Tensor, eps: float | None
 ) -> dict[str, Tensor]:
     """SimAOU and Dai's SimAOU per head ([n, layer, head]) on per-head outputs z·W_O, a chunk of queries at a time:
-    all queries' per-head outputs at once are n·layer·head·d_model float64 values per setting (3.1 GB for 872
-    queries of a GPT-2-small); each value depends on its own query only, so chunking changes no number."""
+    all queries' per-head outputs at once are n·layer·head·d_model float64 values per setting (771 MB for 872
+    queries of a GPT-2 small, four settings at once); each value depends on its own query only, so chunking
+    changes no number."""
     parts: dict[str, list[Tensor]] = {"simaou": [], "simaou_norm": []}
     for start in range(0, len(zs.z), HEAD_CHUNK):
         rows = slice(start, start + HEAD_CHUNK)
