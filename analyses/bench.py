@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from iclgd_lens import compare, load_task
+from iclgd_lens.cli import available_threads
 from iclgd_lens.deltas import fit
 from iclgd_lens.episodes import Episode, build_episode
 from iclgd_lens.files import write_text_atomic
@@ -49,6 +50,7 @@ from iclgd_lens.models import DTYPES, load_model
 from iclgd_lens.packaged_models import packaged_model_folder
 from iclgd_lens.recording import record, record_offset
 from iclgd_lens.tasks import Task
+from iclgd_lens.views.markdown import markdown_table
 
 BENCH_FORMAT = "iclgd-lens bench 1"
 BUSY_CORES = 0.5  # other processes' CPU use above which timing is refused (or flagged)
@@ -447,10 +449,12 @@ def toolkit_compare(model, task, k: int, n: int, lr: float, batch_size: int, mon
     with monitor.stage(f"toolkit compare k={k} n={n}") as stage:
         result = compare(model, task, k=k, seed=0, lr=lr, baselines=(), n_eval=n, batch_size=batch_size,
                          progress=False)  # fmt: skip
-    return stage | {"k": k, "n_queries": n, "effective_k": result.config["effective_k"],
-                    "prefix_tokens": len(result.episode.icl_prefix),
-                    "query_tokens": sum(map(len, result.episode.queries)) / n} | (
-        {"result": result} if keep_result else {})  # for the agreement checks; dropped before later timings
+    out = stage | {"k": k, "n_queries": n, "effective_k": result.config["effective_k"],
+                   "prefix_tokens": len(result.episode.icl_prefix),
+                   "query_tokens": sum(map(len, result.episode.queries)) / n}  # fmt: skip
+    if keep_result:  # for the agreement checks; the caller drops it before later timings
+        out["result"] = result
+    return out
 
 
 def fit_times(model, episode: Episode, lr: float, monitor: Monitor) -> dict:
@@ -592,45 +596,42 @@ def gib(b: float) -> str:
     return f"{b / 2**30:.2f} GiB"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
 def headline_table(run: dict) -> str:
     n, tk, naive = run["n_queries"], run["toolkit"], run["naive"]
     measured = naive["extrapolated_from"] is None
     rows = [
-        ["toolkit `compare`", n, f"{tk['seconds']:.1f}", f"{n / tk['seconds']:.2f}", gib(tk["peak_rss_bytes"]), ""],
-        ["naive" + ("" if measured else f" (extrapolated from {naive['extrapolated_from']} queries)"), n,
+        ["toolkit `compare`", str(n), f"{tk['seconds']:.1f}", f"{n / tk['seconds']:.2f}", gib(tk["peak_rss_bytes"]),
+         ""],
+        ["naive" + ("" if measured else f" (extrapolated from {naive['extrapolated_from']} queries)"), str(n),
          f"{naive['seconds']:.1f}", f"{n / naive['seconds']:.2f}",
          gib(naive["peak_rss_bytes"]) + ("" if measured else f" (at {naive['extrapolated_from']})"),
          f"naive / toolkit = {run['speedup']:.1f}x"],
-        ["FLOP floor (matmul FLOPs / measured matmul rate)", n, f"{tk['flop_floor_s']:.1f}", "", "",
+        ["FLOP floor (matmul FLOPs / measured matmul rate)", str(n), f"{tk['flop_floor_s']:.1f}", "", "",
          f"floor / toolkit = {tk['flop_floor_s'] / tk['seconds']:.0%}"],
     ]  # fmt: skip
-    return table(["pipeline", "queries", "wall s", "queries/s", "peak memory", "ratio"], rows)
+    return markdown_table(["pipeline", "queries", "wall s", "queries/s", "peak memory", "ratio"], rows)
 
 
 def stage_table(stages: dict) -> str:
-    return table(["naive stage", "wall s", "peak memory"],
+    return markdown_table(["naive stage", "wall s", "peak memory"],
                  [[name, f"{s['seconds']:.1f}", gib(s["peak_rss_bytes"])] for name, s in stages.items()])  # fmt: skip
 
 
 def recording_cost_table(rows: list[dict]) -> str:
-    return table(
+    return markdown_table(
         ["k", "prefix tokens", "toolkit ZS s/query", "toolkit ICL s/query", "ICL / ZS", "naive ICL s/query",
          "naive / toolkit ICL"],
-        [[r["k"], r["prefix_tokens"], f"{r['toolkit_zs_s_per_query']:.3f}", f"{r['toolkit_icl_s_per_query']:.3f}",
+        [[str(r["k"]), str(r["prefix_tokens"]), f"{r['toolkit_zs_s_per_query']:.3f}",
+          f"{r['toolkit_icl_s_per_query']:.3f}",
           f"{r['toolkit_icl_s_per_query'] / r['toolkit_zs_s_per_query']:.1f}", f"{r['naive_icl_s_per_query']:.3f}",
           f"{r['naive_icl_s_per_query'] / r['toolkit_icl_s_per_query']:.1f}x"] for r in rows],
     )  # fmt: skip
 
 
 def scaling_table(rows: list[dict]) -> str:
-    return table(
+    return markdown_table(
         ["k", "prefix tokens", "queries", "query tokens", "wall s", "queries/s", "peak memory"],
-        [[r["k"], r["prefix_tokens"], r["n_queries"], f"{r['query_tokens']:.1f}", f"{r['seconds']:.1f}",
+        [[str(r["k"]), str(r["prefix_tokens"]), str(r["n_queries"]), f"{r['query_tokens']:.1f}", f"{r['seconds']:.1f}",
           f"{r['n_queries'] / r['seconds']:.2f}", gib(r["peak_rss_bytes"])] for r in rows],
     )  # fmt: skip
 
@@ -643,7 +644,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--naive-queries", type=int, default=64, help="queries the naive pipeline is timed on")
     p.add_argument("--lr", type=float, default=1e-2, help="GD/LCGD learning rate (random weights: a visible update)")
     p.add_argument("--batch-size", type=int, default=8, help="the toolkit's query batch size")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--no-scaling", action="store_true", help="skip the k x n_queries scaling table")

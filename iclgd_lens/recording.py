@@ -158,8 +158,8 @@ def _record_batch(
     rows = [(i, 0) for i in range(n)] + [(i, c) for c in multi_token if c != 0 for i in range(n)]
     row_of = {key: r for r, key in enumerate(rows)}
     # A label's last token is input only where it is recorded (first_option): its own prediction is never read.
-    kept = (lambda label: label) if position == "first_option" else (lambda label: label[:-1])
-    sequences = [[*queries[i], *kept(label_tokens[c])] for i, c in rows]
+    label_end = None if position == "first_option" else -1
+    sequences = [[*queries[i], *label_tokens[c][:label_end]] for i, c in rows]
     width = max(len(s) for s in sequences)
     tokens = torch.tensor([s + [pad_token] * (width - len(s)) for s in sequences], device=device)
 
