@@ -199,14 +199,19 @@ def parameter_bytes(model: HookedTransformer) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ (b) naive
-KV_PARAMETERS = ("attn.W_K", "attn.b_K", "attn.W_V", "attn.b_V")  # the toolkit's default groups, k and v
+KV_WEIGHTS = ("attn.W_K", "attn.W_V")  # the toolkit's default groups, k and v
+KV_BIASES = ("attn.b_K", "attn.b_V")  # trained only where the checkpoint has them (not all zero), as the toolkit does
 
 
 def naive_finetune(model: HookedTransformer, episode: Episode, method: str, lr: float) -> HookedTransformer:
-    """A finetuned copy of the model: SGD on K/V weights and biases, one epoch, batch size 1."""
+    """A finetuned copy of the model: SGD on K/V weights (and biases the checkpoint has), one epoch, batch size 1."""
     tuned = copy.deepcopy(model)
     # Grouped-query attention stores K/V as attn._W_K, attn._b_K (one per key-value head).
-    trained = [p for name, p in tuned.named_parameters() if name.split(".", 2)[-1].replace("._", ".") in KV_PARAMETERS]
+    by_name: dict[str, list[torch.nn.Parameter]] = {}
+    for name, p in tuned.named_parameters():
+        by_name.setdefault(name.split(".", 2)[-1].replace("._", "."), []).append(p)
+    checkpoint_biases = [n for n in KV_BIASES if any(p.abs().max() > 0 for p in by_name.get(n, []))]
+    trained = [p for n in (*KV_WEIGHTS, *checkpoint_biases) for p in by_name.get(n, [])]
     for p in tuned.parameters():
         p.requires_grad_(False)
     for p in trained:

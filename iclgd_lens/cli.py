@@ -18,6 +18,7 @@ from typing import Sequence
 
 from iclgd_lens.presets import (
     BASELINES,
+    BIASES,
     CHOICES,
     LCGD_EXITS,
     METHODS,
@@ -106,6 +107,8 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
     list_option(c, "--baselines", BASELINES, list(BASELINES), "untrained baselines (none: empty)", empty=True)
     list_option(c, "--groups", PARAMETER_GROUP_NAMES, ["k", "v"], "trained weights")
     c.add_argument("--lcgd-exit", default="block", choices=LCGD_EXITS, help="LCGD read-out: after the block or attention")
+    c.add_argument("--biases", default="checkpoint", choices=BIASES, help="biases GD trains: those the checkpoint has, "
+                   "or all (absent ones from zero, as the papers' fairseq model has every bias)")  # fmt: skip
     list_option(c, "--subset", SUBSETS, [], "also score these query subsets", empty=True)
     presets = c.add_argument_group(
         "preset and its choices", "each choice defaults to the preset's; docs/science.md explains every one"
@@ -161,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", nargs="+", help="custom task: label words, class 0 first")
     c.add_argument("--seed", type=int, default=0, help="demonstration shuffle, baselines' init, random baseline")
     c.add_argument("--permutation", type=int, default=0, help="order of the demonstrations; 0 keeps the shuffle")
-    c.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate for GD and LCGD")
+    c.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate for GD (and LCGD unless --lr-lcgd)")
+    c.add_argument("--lr-lcgd", type=float, default=None, help="LCGD's own learning rate [default: --lr]")
     add_compare_options(c)
     c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--out", required=True, help="result folder (new, empty, or a previous result with --overwrite)")
@@ -176,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         "into DIR. docs/reproduction.md explains every table.",
     )
     list_option(r, "--tasks", None, None, "tasks (space- or comma-separated), any that compare --task takes by name")
-    r.add_argument("--runs", default="paper", help="'paper' (each task's paper seeds, permutations 0-2) or a number N "
-                   "(seeds 0..N-1 with permutations 0..N-1)")  # fmt: skip
+    r.add_argument("--runs", default="paper", help="'paper' (each task's paper seeds, permutations 0-2), 'paper:N' (N "
+                   "runs continuing the papers' seeds; the first 3 are theirs) or a number N (seeds 0..N-1 with "
+                   "permutations 0..N-1)")  # fmt: skip
     r.add_argument("--lr", default="paper", help="'paper' (the papers' per-task lr), 'search' (Dai's grid, scored on "
                    "held-out train rows) or a number")  # fmt: skip
+    r.add_argument("--lr-lcgd", default=None, help="LCGD's lr: 'gd' (GD's, as the papers do), 'search' (its own "
+                   "search) or a number [default: search with --lr search, else gd]")  # fmt: skip
     list_option(r, "--lr-grid", None, list(DAI_LR_GRID), "learning rates the search tries", )
     r.add_argument("--n-heldout", type=int, default=128, help="held-out train rows that score each lr of the search")
     add_compare_options(r)
@@ -260,7 +267,8 @@ def run_compare(args: argparse.Namespace) -> None:
     choices = resolve(args.preset, **{name: getattr(args, name) for name in ("separator", *CHOICES)})
     CompareConfig(
         args.k, args.seed, args.permutation, args.lr, tuple(args.methods), tuple(args.baselines), args.n_eval,
-        args.batch_size, tuple(args.groups), args.lcgd_exit, tuple(args.subset), args.preset, choices,
+        args.batch_size, tuple(args.groups), args.lcgd_exit, tuple(args.subset), args.preset, choices, args.lr_lcgd,
+        args.biases,
     )  # fmt: skip
     check_output_folder(Path(args.out), args.overwrite)
     check_model_source(args.model)
@@ -274,14 +282,15 @@ def run_compare(args: argparse.Namespace) -> None:
     result = compare(
         model, task, k=args.k, seed=args.seed, permutation=args.permutation, lr=args.lr, methods=args.methods,
         baselines=args.baselines, preset=args.preset, **choices.to_dict(), subsets=args.subset, n_eval=args.n_eval,
-        batch_size=args.batch_size, groups=args.groups, lcgd_exit=args.lcgd_exit, out=args.out,
-        overwrite=args.overwrite, progress=not args.quiet,
+        batch_size=args.batch_size, groups=args.groups, lcgd_exit=args.lcgd_exit, lr_lcgd=args.lr_lcgd,
+        biases=args.biases, out=args.out, overwrite=args.overwrite, progress=not args.quiet,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     config = result.config
     print(
         f"{config['model']} on {config['task']}: k={config['k']} (effective {config['effective_k']}, GD "
-        f"{config['gd_k']}), seed {config['seed']}, permutation {config['permutation']}, lr {config['lr']}, "
+        f"{config['gd_k']}), seed {config['seed']}, permutation {config['permutation']}, lr {config['lr']} (LCGD "
+        f"{config['lr_lcgd']}), "
         f"{config['n_eval']} queries, {config['dtype']}, {seconds:.1f} s"
     )
     print(f"preset {config['preset']}: " + ", ".join(f"{name} {config[name]!r}" for name in Choices.__dataclass_fields__))
@@ -298,7 +307,7 @@ def compare_options(args: argparse.Namespace) -> dict:
     options = dict(
         k=args.k, methods=tuple(args.methods), baselines=tuple(args.baselines), preset=args.preset,
         subsets=tuple(args.subset), n_eval=args.n_eval, batch_size=args.batch_size, groups=tuple(args.groups),
-        lcgd_exit=args.lcgd_exit,
+        lcgd_exit=args.lcgd_exit, biases=args.biases,
     )  # fmt: skip
     return options | {name: getattr(args, name) for name in ("separator", *CHOICES) if getattr(args, name) is not None}
 
@@ -314,8 +323,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     options = compare_options(args)
-    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, tuple(float(v) for v in args.lr_grid),
-                         args.n_heldout, options, args.dtype)  # fmt: skip
+    lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "gd")
+    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd,
+                         tuple(float(v) for v in args.lr_grid), args.n_heldout, options, args.dtype)  # fmt: skip
     plan = config.plan()
     import torch
 

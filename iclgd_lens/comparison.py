@@ -12,11 +12,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import DEFAULT_GROUPS, Delta, check_groups, check_lr, fit
+from iclgd_lens.deltas import DEFAULT_GROUPS, Delta, check_groups, check_lr, fit, trained_parameters
 from iclgd_lens.episodes import Episode, build_episode, check_permutation
 from iclgd_lens.metrics import REFERENCE_EPS
 from iclgd_lens.models import half_copy, untrained_copy
-from iclgd_lens.presets import BASELINES, LCGD_EXITS, METHODS, SUBSETS, Choices, resolve
+from iclgd_lens.presets import BASELINES, BIASES, LCGD_EXITS, METHODS, SUBSETS, Choices, resolve
 from iclgd_lens.recording import Record, record
 from iclgd_lens.results import Result, check_output_folder
 from iclgd_lens.scoring import score
@@ -40,11 +40,16 @@ class CompareConfig:
     subsets: tuple[str, ...] = ()
     preset: str = "toolkit"
     choices: Choices = field(default_factory=resolve)
+    lr_lcgd: float | None = None  # None: GD's lr, as the papers do
+    biases: str = "checkpoint"  # train the biases the checkpoint has, or "all" (absent ones from zero)
 
     def __post_init__(self) -> None:
         for name in ("methods", "baselines", "groups", "subsets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_lr(self.lr)
+        if self.lr_lcgd is not None:
+            check_lr(self.lr_lcgd)
+        _check_choices("bias setting", (self.biases,), BIASES, allow_empty=False)
         _check_choices("method", self.methods, METHODS, allow_empty=False)
         _check_choices("baseline", self.baselines, BASELINES, allow_empty=True)
         _check_choices("subset", self.subsets, SUBSETS, allow_empty=True)
@@ -59,6 +64,10 @@ class CompareConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.n_eval is not None and self.n_eval < 1:
             raise ValueError(f"n_eval must be >= 1, got {self.n_eval}")
+
+    def method_lr(self, method: str) -> float:
+        """The learning rate of `method`: LCGD's own where given, else GD's."""
+        return self.lr_lcgd if method == "lcgd" and self.lr_lcgd is not None else self.lr
 
     @property
     def eps(self) -> float | None:
@@ -97,6 +106,8 @@ def compare(
     batch_size: int = 8,
     groups: Sequence[str] = DEFAULT_GROUPS,
     lcgd_exit: str = "block",
+    lr_lcgd: float | None = None,
+    biases: str = "checkpoint",
     out: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -106,9 +117,10 @@ def compare(
 
     `preset`: "toolkit" (defaults below) or "reference" (the reference code's pipeline); each of its choices
     (position, separator, truncation, text, gd_demos, order, precision, arithmetic, init) can be overridden on its
-    own (docs/science.md, "Presets"). K/V weights and biases are trained with SGD, one epoch, batch size 1. `lr` is
-    the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model). `subsets=("f2t",)` also scores
-    each method's f2t queries.
+    own (docs/science.md, "Presets"). K/V weights (and the biases the checkpoint has; `biases="all"` also trains
+    absent ones from zero) are trained with SGD, one epoch, batch size 1. `lr` is the paper's per-task choice to
+    make (e.g. SST-2 5e-4 for the 1.3B model); `lr_lcgd` gives LCGD its own (default: GD's, as the papers do).
+    `subsets=("f2t",)` also scores each method's f2t queries.
     """
     choices = resolve(
         preset,
@@ -124,7 +136,7 @@ def compare(
     )
     config = CompareConfig(
         k, seed, permutation, lr, tuple(methods), tuple(baselines), n_eval, batch_size, tuple(groups), lcgd_exit,
-        tuple(subsets), preset, choices,
+        tuple(subsets), preset, choices, lr_lcgd, biases,
     )  # fmt: skip
     if out is not None:
         check_output_folder(Path(out), overwrite)
@@ -141,33 +153,39 @@ def compare(
     if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)
     labels = torch.tensor(episode.labels)
+    parameters = trained_parameters(model, config.groups, config.biases)  # the trained model's, for every subject
 
     scores, records, W_O, deltas = {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        recorded, weights, learned = run_settings(subject, episode, config, progress)
+        recorded, weights, learned = run_settings(subject, episode, config, parameters, progress)
         if name == "model":
             deltas = learned
         scores[name] = score(
             recorded, labels, weights, config.methods, seed,
             eps=config.eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
         )  # fmt: skip
+        scores[name]["update_norm"] = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
         prefix = "" if name == "model" else f"{name}/"
         records |= {prefix + s: r for s, r in recorded.items()}
         W_O |= {prefix + s: w for s, w in weights.items()}
         del subject
 
-    result = Result(describe(model, task, episode, config), scores, records, W_O, labels, episode, deltas)
+    result = Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas)
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
 
 
 def run_settings(
-    model: HookedTransformer, episode: Episode, config: CompareConfig, progress: bool = False
+    model: HookedTransformer,
+    episode: Episode,
+    config: CompareConfig,
+    parameters: Sequence[str],
+    progress: bool = False,
 ) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, Delta]]:
-    """Record ZS, ICL and each method's finetuned model. Also W_O for per-head outputs: the model's ("model") and,
-    when O is trained, each method's W_O + ΔW_O; and each method's delta."""
+    """Record ZS, ICL and each method's finetuned model (training `parameters`). Also W_O for per-head outputs: the
+    model's ("model") and, when O is trained, each method's W_O + ΔW_O; and each method's delta."""
     common = dict(
         queries=episode.queries,
         label_tokens=episode.label_tokens,
@@ -183,8 +201,8 @@ def run_settings(
     deltas = {}
     for method in config.methods:
         delta = fit(
-            model, episode.train_demos, episode.bos, method, config.lr, config.groups, config.lcgd_exit, progress,
-            config.choices.precision,
+            model, episode.train_demos, episode.bos, method, config.method_lr(method), parameters, config.lcgd_exit,
+            progress, config.choices.precision,
         )  # fmt: skip
         records[method] = record(
             model, prefix=episode.zs_prefix, delta=delta, desc=f"record {method}" if progress else None, **common
@@ -204,8 +222,11 @@ def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:
     return stacked
 
 
-def describe(model: HookedTransformer, task: Task, episode: Episode, config: CompareConfig) -> dict:
-    """result.json's config: every choice (the preset's resolved), and the package versions."""
+def describe(
+    model: HookedTransformer, task: Task, episode: Episode, config: CompareConfig, parameters: Sequence[str]
+) -> dict:
+    """result.json's config: every choice (the preset's resolved), the trained parameters, and the package
+    versions."""
     packages = ("iclgd-lens", "transformer-lens", "torch", "transformers")
     versions = {}
     for package in packages:
@@ -223,6 +244,7 @@ def describe(model: HookedTransformer, task: Task, episode: Episode, config: Com
         "seed": config.seed,
         "permutation": config.permutation,
         "lr": config.lr,
+        "lr_lcgd": config.method_lr("lcgd"),
         "methods": list(config.methods),
         "baselines": list(config.baselines),
         "subsets": list(config.subsets),
@@ -230,6 +252,8 @@ def describe(model: HookedTransformer, task: Task, episode: Episode, config: Com
         "batch_size": config.batch_size,
         "groups": list(config.groups),
         "lcgd_exit": config.lcgd_exit,
+        "biases": config.biases,
+        "trained_parameters": list(parameters),
         "preset": config.preset,
         **config.choices.to_dict(),
         "dtype": str(model.cfg.dtype).removeprefix("torch."),

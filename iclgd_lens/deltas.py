@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.presets import LCGD_EXITS, METHODS
+from iclgd_lens.presets import BIASES, LCGD_EXITS, METHODS
 
 # Parameter group -> TransformerLens parameter names (per block). "mlp" covers gated MLPs' W_gate too.
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -41,6 +41,41 @@ def check_groups(groups: Sequence[str]) -> tuple[str, ...]:
     return tuple(groups)
 
 
+def check_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
+    known = {name for names in PARAMETER_GROUPS.values() for name in names}
+    unknown = [p for p in parameters if p not in known]
+    if unknown or not parameters:
+        raise ValueError(f"unknown parameters {unknown or list(parameters)}; choose from {sorted(known)}")
+    return tuple(parameters)
+
+
+def trained_parameters(
+    model: HookedTransformer, groups: Sequence[str] = DEFAULT_GROUPS, biases: str = "checkpoint"
+) -> tuple[str, ...]:
+    """The per-block parameters GD trains for `groups` (e.g. ('attn.W_K', 'attn.b_K', 'attn.W_V', 'attn.b_V')).
+
+    `biases="checkpoint"` keeps only the biases the checkpoint has. TransformerLens gives every model b_Q/b_K/b_V/
+    b_O (and MLP biases) and fills those a bias-free checkpoint lacks (Llama, SmolLM2, Gemma) with zeros: a bias
+    that is exactly zero in every layer is taken as absent (a trained bias is never zero everywhere). Call it on
+    the trained model, never on an untrained copy, whose biases are zeros by initialisation. `biases="all"` also
+    trains absent biases from zero, as the papers' fairseq model (which has every bias) would.
+    """
+    if biases not in BIASES:
+        raise ValueError(f"unknown biases {biases!r}; use one of {list(BIASES)}")
+    params = dict(model.named_parameters())
+    names = []
+    for group in check_groups(groups):
+        for local in PARAMETER_GROUPS[group]:
+            stored = [_stored_name(params, f"blocks.{layer}.{local}") for layer in range(model.cfg.n_layers)]
+            if any(name is None for name in stored):
+                continue  # not in this architecture (W_gate of a plain MLP)
+            is_bias = local.rsplit(".", 1)[1].startswith("b_")
+            if is_bias and biases == "checkpoint" and not any(bool(params[name].any()) for name in stored):
+                continue
+            names.append(local)
+    return tuple(names)
+
+
 @dataclass
 class Delta:
     """Per-parameter weight changes, keyed by TransformerLens parameter name (e.g. 'blocks.3.attn.W_K').
@@ -52,15 +87,16 @@ class Delta:
     tensors: dict[str, Tensor]
 
     @classmethod
-    def zeros(cls, model: HookedTransformer, groups: Sequence[str] = DEFAULT_GROUPS) -> "Delta":
+    def zeros(cls, model: HookedTransformer, parameters: Sequence[str] | None = None) -> "Delta":
+        """A zero delta of `parameters` (per-block names such as 'attn.W_K'; default: `trained_parameters(model)`)
+        in every layer."""
         params = dict(model.named_parameters())
         tensors = {}
         for layer in range(model.cfg.n_layers):
-            for group in check_groups(groups):
-                for local in PARAMETER_GROUPS[group]:
-                    name = _stored_name(params, f"blocks.{layer}.{local}")
-                    if name is not None:
-                        tensors[name] = torch.zeros_like(params[name])
+            for local in trained_parameters(model) if parameters is None else check_parameters(parameters):
+                name = _stored_name(params, f"blocks.{layer}.{local}")
+                if name is not None:
+                    tensors[name] = torch.zeros_like(params[name])
         return cls(tensors)
 
     def layers(self) -> list[int]:
@@ -73,6 +109,16 @@ class Delta:
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Delta":
         """The same delta on `device` (a loaded result's deltas are on the CPU), in `dtype` if given."""
         return Delta({n: t.to(device=device, dtype=dtype or t.dtype) for n, t in self.tensors.items()})
+
+    def norms(self, n_layers: int) -> dict:
+        """The update's size: {"per_layer": ‖ΔW‖ per layer (Frobenius over every tensor of the layer; 0 for a layer
+        without tensors), "by_parameter": {'attn.W_K': per layer, ...}, "total"}, in float64."""
+        by_parameter: dict[str, list[float]] = {}
+        for name, tensor in self.tensors.items():
+            layer, local = int(name.split(".")[1]), name.split(".", 2)[2].replace("._", ".")
+            by_parameter.setdefault(local, [0.0] * n_layers)[layer] = float(tensor.double().norm())
+        per_layer = [sum(v[layer] ** 2 for v in by_parameter.values()) ** 0.5 for layer in range(n_layers)]
+        return {"per_layer": per_layer, "by_parameter": by_parameter, "total": sum(v**2 for v in per_layer) ** 0.5}
 
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors.values())
@@ -246,7 +292,7 @@ def fit(
     bos: int,
     method: str = "gd",
     lr: float = 1e-3,
-    groups: Sequence[str] = DEFAULT_GROUPS,
+    parameters: Sequence[str] | None = None,
     lcgd_exit: str = "block",
     progress: bool = False,
     precision: str = "native",
@@ -254,6 +300,8 @@ def fit(
 ) -> Delta:
     """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
     demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer).
+    `parameters`: the per-block parameters trained (default `trained_parameters(model)`: K and V weights and the
+    biases the checkpoint has).
 
     precision `native`: the delta trains in the model's dtype. `fp16-mixed` (the reference's fairseq
     FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
@@ -270,7 +318,7 @@ def fit(
     mixed = precision == "fp16-mixed"
     if mixed and model.cfg.dtype != torch.float16:
         raise ValueError(f"precision fp16-mixed trains a float16 model, got {model.cfg.dtype}; load it in float16")
-    delta = Delta.zeros(model, groups)  # what the hooks apply: the trained delta, or fp16-mixed's effective one
+    delta = Delta.zeros(model, parameters)  # what the hooks apply: the trained delta, or fp16-mixed's effective one
     params = list(delta.tensors.values())
     for p in params:
         p.requires_grad_(True)

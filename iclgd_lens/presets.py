@@ -14,6 +14,7 @@ METHODS = ("gd", "lcgd")
 BASELINES = ("no_training", "trained_norms", "trained_embeddings")
 PARAMETER_GROUP_NAMES = ("q", "k", "v", "o", "mlp")
 LCGD_EXITS = ("block", "attn")
+BIASES = ("checkpoint", "all")  # the biases GD trains: the checkpoint's own, or every one (absent ones from zero)
 SUBSETS = ("f2t",)
 
 CHOICES = {

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from iclgd_lens.deltas import Delta
+from iclgd_lens.deltas import PARAMETER_GROUPS, Delta
 from iclgd_lens.episodes import Episode
 from iclgd_lens.files import umask
 from iclgd_lens.recording import Record
@@ -59,6 +59,18 @@ class Result:
     @property
     def methods(self) -> list[str]:
         return list(self.config["methods"])
+
+    def lr_of(self, method: str) -> float:
+        """The learning rate `method` trained with (results before `lr_lcgd`: GD's for both)."""
+        return self.config.get("lr_lcgd", self.config["lr"]) if method == "lcgd" else self.config["lr"]
+
+    @property
+    def trained_parameters(self) -> tuple[str, ...]:
+        """The per-block parameters GD trained (results before `trained_parameters`: every weight and bias of the
+        groups, the model's own or not)."""
+        if "trained_parameters" in self.config:
+            return tuple(self.config["trained_parameters"])
+        return tuple(name for group in self.config["groups"] for name in PARAMETER_GROUPS[group])
 
     def _columns(self) -> list[tuple[str, str, str]]:
         """(column label, model key, method) for every method on the trained model and each baseline."""

@@ -28,7 +28,7 @@ def saved(tiny, tmp_path_factory):
 
 def test_a_delta_on_one_head_is_found_there_alone(tiny, saved):
     result = Result.load(saved)
-    planted = Delta.zeros(tiny, ("v",))
+    planted = Delta.zeros(tiny, ("attn.W_V",))
     generator = torch.Generator().manual_seed(0)
     planted.tensors["blocks.1.attn.W_V"][2] = 2.0 * torch.randn(planted.tensors["blocks.1.attn.W_V"][2].shape,
                                                                 generator=generator)  # fmt: skip

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import tiny_model, toy_task
 
-from iclgd_lens.deltas import PARAMETER_GROUPS, Delta, LayerCausalReadout, causal_lm_loss, fit
+from iclgd_lens.deltas import PARAMETER_GROUPS, Delta, LayerCausalReadout, causal_lm_loss, fit, trained_parameters
 from iclgd_lens.episodes import build_episode
 
 ARCHS = {
@@ -19,7 +19,7 @@ ARCHS = {
 
 
 def random_delta(model, groups, scale=0.05, seed=0):
-    delta = Delta.zeros(model, groups)
+    delta = Delta.zeros(model, trained_parameters(model, groups, biases="all"))
     generator = torch.Generator().manual_seed(seed)
     for t in delta.tensors.values():
         t.copy_(scale * torch.randn(t.shape, generator=generator))
@@ -65,19 +65,17 @@ def test_delta_on_a_subset_of_layers():
     torch.testing.assert_close(hooked, edited_copy(model, delta)(tokens), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("biases", ["checkpoint", "all"])
 @pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
-def test_gd_through_hooks_equals_plain_sgd(arch):
-    model = tiny_model(**ARCHS[arch])
+def test_gd_through_hooks_equals_plain_sgd(arch, biases):
+    model = bias_free(tiny_model(**ARCHS[arch]))  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
     episode, batches = episode_tokens(model, n=4)
     lr = 0.05
-    delta = fit(model, episode.demos, episode.bos, "gd", lr=lr)
+    delta = fit(model, episode.demos, episode.bos, "gd", lr=lr, parameters=trained_parameters(model, biases=biases))
 
     reference = copy.deepcopy(model)
-    trained = {
-        n: p
-        for n, p in reference.named_parameters()
-        if n.rsplit(".", 1)[-1].lstrip("_") in ("W_K", "b_K", "W_V", "b_V")
-    }
+    leaves = ("W_K", "W_V") if biases == "checkpoint" else ("W_K", "b_K", "W_V", "b_V")
+    trained = {n: p for n, p in reference.named_parameters() if n.rsplit(".", 1)[-1].lstrip("_") in leaves}
     for p in reference.parameters():
         p.requires_grad_(False)
     for p in trained.values():
@@ -94,7 +92,46 @@ def test_gd_through_hooks_equals_plain_sgd(arch):
     assert all(t.abs().max() > 0 for t in delta.tensors.values())
     # The base model itself is untouched.
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p, dict(tiny_model(**ARCHS[arch]).named_parameters())[name])
+        torch.testing.assert_close(p, dict(bias_free(tiny_model(**ARCHS[arch])).named_parameters())[name])
+
+
+def bias_free(model):
+    """The model with its attention biases zeroed, as TransformerLens fills them for a bias-free checkpoint."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".attn." in name and name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
+                p.zero_()
+    return model
+
+
+def test_trained_parameters_keep_the_checkpoints_biases_only():
+    assert trained_parameters(tiny_model()) == ("attn.W_K", "attn.b_K", "attn.W_V", "attn.b_V")
+    model = bias_free(tiny_model(**ARCHS["llama-like"]))
+    assert trained_parameters(model) == ("attn.W_K", "attn.W_V")  # zero biases: the checkpoint has none
+    assert trained_parameters(model, ("k", "v"), "all") == ("attn.W_K", "attn.b_K", "attn.W_V", "attn.b_V")
+    with torch.no_grad():
+        model.blocks[1].attn._b_K[0, 3] = 0.1  # one trained value in one layer: the bias exists
+    assert trained_parameters(model) == ("attn.W_K", "attn.b_K", "attn.W_V")
+    assert set(Delta.zeros(model, trained_parameters(model)).tensors) == {
+        f"blocks.{layer}.attn.{name}" for layer in range(model.cfg.n_layers) for name in ("_W_K", "_b_K", "_W_V")
+    }
+    # gated: W_gate too; the helper's MLP biases are non-zero, hence the checkpoint's
+    assert trained_parameters(model, ("mlp",)) == ("mlp.W_in", "mlp.b_in", "mlp.W_gate", "mlp.W_out", "mlp.b_out")
+
+
+def test_update_norms_per_layer_and_parameter():
+    model = tiny_model()
+    delta = random_delta(model, ("k", "v"))
+    norms = delta.norms(model.cfg.n_layers)
+    for layer in range(model.cfg.n_layers):
+        tensors = [t for n, t in delta.tensors.items() if n.startswith(f"blocks.{layer}.")]
+        expected = torch.cat([t.double().flatten() for t in tensors]).norm()
+        assert norms["per_layer"][layer] == pytest.approx(float(expected), rel=1e-12)
+        assert norms["by_parameter"]["attn.W_K"][layer] == pytest.approx(
+            float(delta.tensors[f"blocks.{layer}.attn.W_K"].double().norm()), rel=1e-12
+        )
+    all_values = torch.cat([t.double().flatten() for t in delta.tensors.values()])
+    assert norms["total"] == pytest.approx(float(all_values.norm()), rel=1e-12)
 
 
 def explicit_layer_loss(model, delta, tokens, layer, exit):
@@ -181,7 +218,9 @@ def test_diverging_lr_stops_with_an_error_naming_it(method):
 def test_bad_groups_and_lr_are_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="unknown parameter groups \\['kv'\\]"):
-        Delta.zeros(model, ["kv"])
+        trained_parameters(model, ["kv"])
+    with pytest.raises(ValueError, match="unknown parameters \\['attn.W_k'\\]"):
+        Delta.zeros(model, ["attn.W_k"])
     with pytest.raises(ValueError, match="positive"):
         fit(model, [[1, 2]], 0, "gd", lr=0.0)
     with pytest.raises(ValueError, match="unknown method"):

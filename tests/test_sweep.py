@@ -117,7 +117,7 @@ def test_sweep_folder_refuses_foreign_and_other_sweeps(tmp_path, reference_sweep
 def test_bad_sweep_options_fail_before_any_run(tmp_path, capsys):
     cases = [
         (["--tasks", "synth-sst2,nope"], "nope"),
-        (["--runs", "two"], "--runs takes 'paper' or a number"),
+        (["--runs", "two"], "--runs takes 'paper', 'paper:N' or a number"),
         (["--tasks", "trec2"], "trec2"),
         (["--lr", "-1"], "--lr must be a positive"),
         (["--tasks", "synth-sst2,synth-sst2"], "repeat a task"),

@@ -104,8 +104,8 @@ def kendall_table(model: HookedTransformer, result: Result, method: str = "gd", 
     # Refit, recording every training step's queries; the refit must be the saved delta (same demonstrations,
     # order and lr: a deterministic computation).
     training_queries: list[torch.Tensor] = []
-    delta = fit(model, episode.train_demos, episode.bos, method, config["lr"], config["groups"], config["lcgd_exit"],
-                training_queries=training_queries)  # fmt: skip
+    delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method), result.trained_parameters,
+                config["lcgd_exit"], training_queries=training_queries)  # fmt: skip
     if method in result.deltas:
         for name, saved in result.deltas[method].tensors.items():
             if not torch.allclose(delta.tensors[name].cpu().float(), saved.float(), atol=1e-5, rtol=1e-4):

@@ -1,6 +1,7 @@
-"""Learning-rate search for GD, scored on held-out train rows and never on the evaluation set.
+"""Learning-rate search for GD (or LCGD), scored on held-out train rows and never on the evaluation set.
 
-Dai et al. choose each task's lr from a grid by finetuned accuracy. Here each candidate trains GD on the run's own
+Dai et al. choose each task's lr from a grid by finetuned accuracy. Here each candidate trains the method (GD or,
+searched on its own, LCGD) on the run's own
 demonstrations and is scored by accuracy on train rows that are not demonstrations; the evaluation split is not
 read at all. Ties go to the smaller lr. A candidate whose GD answers one class for every held-out query (or whose
 loss diverges) is reported as such and chosen only when every candidate is; the choice then says so.
@@ -13,7 +14,7 @@ from typing import Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import DEFAULT_GROUPS, fit
+from iclgd_lens.deltas import DEFAULT_GROUPS, fit, trained_parameters
 from iclgd_lens.episodes import build_episode, demonstration_rows
 from iclgd_lens.metrics import accuracy
 from iclgd_lens.models import half_copy
@@ -49,8 +50,10 @@ def search_lr(
     n_heldout: int = DEFAULT_HELDOUT,
     batch_size: int = 8,
     groups: Sequence[str] = DEFAULT_GROUPS,
+    biases: str = "checkpoint",
+    method: str = "gd",
 ) -> dict:
-    """GD accuracy on held-out train rows for every lr of `grid`, and the chosen lr.
+    """`method`'s accuracy (GD or LCGD) on held-out train rows for every lr of `grid`, and the chosen lr.
 
     Returns {"chosen", "chosen_one_class", "n_heldout", "candidates": [{lr, accuracy, majority_class,
     majority_share, one_class, diverged}]}."""
@@ -62,10 +65,11 @@ def search_lr(
     episode = build_episode(heldout_task(task, k, seed), model.tokenizer, model.cfg.n_ctx, k, seed, permutation,
                             n_heldout, choices)  # fmt: skip
     labels = torch.tensor(episode.labels)
+    parameters = trained_parameters(model, groups, biases)
     candidates = []
     for lr in sorted(set(grid)):
         try:
-            delta = fit(model, episode.train_demos, episode.bos, "gd", lr, groups, precision=choices.precision)
+            delta = fit(model, episode.train_demos, episode.bos, method, lr, parameters, precision=choices.precision)
         except FloatingPointError:
             candidates.append({"lr": lr, "accuracy": float("nan"), "majority_class": None, "majority_share": None,
                                "one_class": False, "diverged": True})  # fmt: skip

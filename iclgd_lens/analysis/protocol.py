@@ -34,6 +34,7 @@ class Run:
     seed: int
     permutation: int
     lr: float | None  # None: chosen by the learning-rate search
+    paper: bool = False  # one of the papers' own (seed, permutation) runs
 
     @property
     def name(self) -> str:
@@ -46,19 +47,23 @@ def paper_task(task: str) -> str | None:
 
 
 def plan_runs(tasks: list[str], runs: str, lr: str) -> list[Run]:
-    """`runs`: "paper" (each task's paper seeds, permutations 0, 1, 2) or a count N (seeds 0..N-1 with
-    permutations 0..N-1). `lr`: "paper", "search" or a number. Errors name the task that cannot follow."""
+    """`runs`: "paper" (each task's paper seeds, permutations 0, 1, 2), "paper:N" (N runs that continue the
+    papers' sequence: seed s + i with permutation i, the first three being the papers' own) or a count N (seeds
+    0..N-1 with permutations 0..N-1). `lr`: "paper", "search" or a number. Errors name the task that cannot
+    follow."""
     if not tasks:
         raise ValueError("give at least one task")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks {tasks} repeat a task")
+    from_paper = runs == "paper" or runs.startswith("paper:")
+    n_runs = PAPER_RUNS
     if runs != "paper":
         try:
-            n_runs = int(runs)
+            n_runs = int(runs.removeprefix("paper:"))
         except ValueError:
-            raise ValueError(f"--runs takes 'paper' or a number of runs, got {runs!r}") from None
+            raise ValueError(f"--runs takes 'paper', 'paper:N' or a number of runs, got {runs!r}") from None
         if n_runs < 1:
-            raise ValueError(f"--runs must be >= 1, got {n_runs}")
+            raise ValueError(f"--runs must be >= 1, got {runs}")
     fixed_lr = None
     if lr not in ("paper", "search"):
         try:
@@ -70,14 +75,13 @@ def plan_runs(tasks: list[str], runs: str, lr: str) -> list[Run]:
     plan = []
     for task in tasks:
         paper = paper_task(task)
-        if paper is None and "paper" in (runs, lr):
+        if paper is None and (from_paper or lr == "paper"):
             raise ValueError(
                 f"task {task!r} has no paper setting (those exist for {sorted(PAPER_SETTINGS)}, their synth- "
                 f"versions and rt-snippets); use --runs N and --lr search or a number for it"
             )
         first_seed, paper_lr = PAPER_SETTINGS[paper] if paper else (0, None)
-        count = PAPER_RUNS if runs == "paper" else n_runs
-        seed0 = first_seed if runs == "paper" else 0
+        seed0 = first_seed if from_paper else 0
         run_lr = paper_lr if lr == "paper" else fixed_lr
-        plan += [Run(task, seed0 + i, i, run_lr) for i in range(count)]
+        plan += [Run(task, seed0 + i, i, run_lr, from_paper and i < PAPER_RUNS) for i in range(n_runs)]
     return plan

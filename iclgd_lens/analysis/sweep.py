@@ -3,7 +3,8 @@
 Sweep folder layout (docs/reproduction.md):
 - sweep.json: what the sweep is (model, tasks, runs, lr, every compare option); a restart must ask the same;
 - runs/<task>/seed<S>-perm<P>/: one result folder per run, written atomically by `Result.save`;
-- lr-search/<task>-seed<S>-perm<P>.json: the learning-rate search of that run (with `lr="search"`);
+- lr-search/<task>-seed<S>-perm<P>.json: GD's learning-rate search of that run (with `lr="search"`), and
+  ...-lcgd.json LCGD's own (with `lr_lcgd="search"`);
 - the tables and plots that `tables.write_tables` makes from the finished runs.
 
 A run is finished when its folder is a complete result of the same run; a restart skips finished runs and redoes
@@ -40,6 +41,7 @@ class SweepConfig:
     tasks: tuple[str, ...]
     runs: str = "paper"  # "paper" or a number of runs
     lr: str = "paper"  # "paper", "search" or a number
+    lr_lcgd: str = "gd"  # "gd" (GD's lr, as the papers do), "search" (searched on its own) or a number
     lr_grid: tuple[float, ...] = DAI_LR_GRID
     n_heldout: int = 128
     compare: dict = field(default_factory=dict)
@@ -48,7 +50,14 @@ class SweepConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "lr_grid", tuple(float(lr) for lr in self.lr_grid))
-        if self.lr == "search":
+        if self.lr_lcgd not in ("gd", "search"):
+            try:
+                value = float(self.lr_lcgd)
+            except ValueError:
+                raise ValueError(f"--lr-lcgd takes 'gd', 'search' or a number, got {self.lr_lcgd!r}") from None
+            if not 0 < value < float("inf"):
+                raise ValueError(f"--lr-lcgd must be a positive finite number, got {self.lr_lcgd}")
+        if "search" in (self.lr, self.lr_lcgd):
             if not self.lr_grid:
                 raise ValueError("the learning-rate grid is empty; give --lr-grid values")
             bad = [lr for lr in self.lr_grid if not 0 < lr < float("inf")]
@@ -62,7 +71,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if self.lr != "search":  # the grid means nothing then: leave it out so it cannot block a restart
+        if "search" not in (self.lr, self.lr_lcgd):  # the grid means nothing then: leave it out so it cannot block a restart
             del data["lr_grid"], data["n_heldout"]
         return json.loads(json.dumps(data))  # as sweep.json holds it (lists, not tuples), so the two compare equal
 
@@ -74,7 +83,7 @@ class RunJob:
     config: SweepConfig
     run: Run
     folder: str
-    lr_file: str
+    out: str  # the sweep folder (its lr-search files)
     device: str | None = None
     threads: int | None = None
 
@@ -83,8 +92,9 @@ def run_folder(out: Path, run: Run) -> Path:
     return out / "runs" / run.task / f"seed{run.seed}-perm{run.permutation}"
 
 
-def lr_file(out: Path, run: Run) -> Path:
-    return out / "lr-search" / f"{run.task}-seed{run.seed}-perm{run.permutation}.json"
+def lr_file(out: Path, run: Run, method: str = "gd") -> Path:
+    suffix = "" if method == "gd" else f"-{method}"
+    return out / "lr-search" / f"{run.task}-seed{run.seed}-perm{run.permutation}{suffix}.json"
 
 
 def check_sweep_folder(out: Path, config: SweepConfig) -> None:
@@ -135,9 +145,16 @@ def is_finished(job: RunJob) -> bool:
         config = json.loads((folder / "result.json").read_text())["config"]
     except (OSError, ValueError, KeyError):
         return False
-    expected_lr = job.run.lr if job.run.lr is not None else _searched_lr(Path(job.lr_file))
-    return (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
-            job.run.permutation) and (expected_lr is None or config["lr"] == expected_lr)  # fmt: skip
+    expected_lr = job.run.lr if job.run.lr is not None else _searched_lr(lr_file(Path(job.out), job.run))
+    expected_lcgd = _searched_lr(lr_file(Path(job.out), job.run, "lcgd")) if job.config.lr_lcgd == "search" else (
+        expected_lr if job.config.lr_lcgd == "gd" else float(job.config.lr_lcgd))  # fmt: skip
+    same_run = (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
+                                                                           job.run.permutation)  # fmt: skip
+    return (
+        same_run
+        and (expected_lr is None or config["lr"] == expected_lr)
+        and (expected_lcgd is None or config.get("lr_lcgd", config["lr"]) == expected_lcgd)
+    )
 
 
 def _searched_lr(path: Path) -> float | None:
@@ -172,20 +189,24 @@ def execute(job: RunJob) -> str:
         torch.set_num_threads(job.threads)
     config, run = job.config, job.run
     model, task = _model(config.model, job.device, config.dtype), _task(run.task)
-    lr = run.lr if run.lr is not None else searched_lr(job, model, task)
+    lr = run.lr if run.lr is not None else searched_lr(job, model, task, "gd")
+    if config.lr_lcgd == "gd" or "lcgd" not in config.compare.get("methods", ("lcgd",)):
+        lr_lcgd = None
+    else:
+        lr_lcgd = searched_lr(job, model, task, "lcgd") if config.lr_lcgd == "search" else float(config.lr_lcgd)
     compare(
-        model, task, seed=run.seed, permutation=run.permutation, lr=lr, **config.compare, out=job.folder,
-        overwrite=True, progress=False,
+        model, task, seed=run.seed, permutation=run.permutation, lr=lr, lr_lcgd=lr_lcgd, **config.compare,
+        out=job.folder, overwrite=True, progress=False,
     )  # fmt: skip
     return job.folder
 
 
-def searched_lr(job: RunJob, model, task) -> float:
-    """The run's learning-rate search, read back when an earlier attempt finished it."""
+def searched_lr(job: RunJob, model, task, method: str) -> float:
+    """The run's learning-rate search for `method`, read back when an earlier attempt finished it."""
     from iclgd_lens.analysis.lr_search import search_lr
     from iclgd_lens.presets import CHOICES, resolve
 
-    path = Path(job.lr_file)
+    path = lr_file(Path(job.out), job.run, method)
     chosen = _searched_lr(path)
     if chosen is not None:
         return chosen
@@ -194,11 +215,12 @@ def searched_lr(job: RunJob, model, task) -> float:
     search = search_lr(
         model, task, job.config.lr_grid, options.get("k", 32), job.run.seed, job.run.permutation, choices=choices,
         n_heldout=job.config.n_heldout, batch_size=options.get("batch_size", 8),
-        groups=options.get("groups", ("k", "v")),
+        groups=options.get("groups", ("k", "v")), biases=options.get("biases", "checkpoint"), method=method,
     )  # fmt: skip
-    write_json_atomic(path, search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation})
+    write_json_atomic(path, search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation,
+                                      "method": method})  # fmt: skip
     if search["chosen"] is None:
-        raise FloatingPointError(f"{job.run.name}: GD diverged at every learning rate of the grid; lower the grid")
+        raise FloatingPointError(f"{job.run.name}: {method} diverged at every learning rate of the grid; lower the grid")
     return search["chosen"]
 
 
@@ -235,7 +257,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_FILE).is_file():
         write_json_atomic(out / SWEEP_FILE, {"format": SWEEP_FORMAT, "config": config.to_dict()})
-    all_jobs = [RunJob(config, run, str(run_folder(out, run)), str(lr_file(out, run)), device, threads) for run in plan]
+    all_jobs = [RunJob(config, run, str(run_folder(out, run)), str(out), device, threads) for run in plan]
     todo = [job for job in all_jobs if not is_finished(job)]
     pending = {job.run for job in todo}
     outcome = SweepOutcome([run for run in plan if run not in pending], [], {})
