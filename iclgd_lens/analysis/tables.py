@@ -1,11 +1,11 @@
-"""A sweep's result folders -> the papers' tables, per-layer figure data and bootstrap intervals.
+"""A sweep's result folders -> the papers' tables, per-layer figure data, bootstrap intervals and verdicts.
 
 One long table (`summary.csv`) holds every number: per task, model ("trained" or a baseline), method and metric,
 the mean over runs, the sample std over runs (ddof 1; undefined with one run) and, for every similarity, the 95 %
-bootstrap interval over queries within each run (`bootstrap`). Each trained-model similarity is set beside the
-same number on every untrained baseline: `above_baselines` says whether its interval lies above all of theirs.
-`views.reproduction` lays it out in the papers' tables. Deterministic (plan order, seeded bootstrap): the same
-result folders always give the same numbers.
+two-level bootstrap interval (runs, then queries within runs; `bootstrap`). `verdicts.csv` sets each trained-model
+similarity of an update beside the same number on every untrained baseline as a paired difference with its interval
+and a verdict. `views.reproduction` lays them out in the papers' tables. Deterministic (plan order, seeded
+bootstrap): the same result folders always give the same numbers.
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def summary_table(results: dict[str, list[Result]]) -> pd.DataFrame:
-    """The long table: task, model, method, metric, mean, std, runs, ci_low, ci_high, above_baselines."""
-    rows = []
+def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The long table (task, model, method, metric, mean, std, runs, ci_low, ci_high) and the paired comparisons
+    (`verdicts_table`). Every interval is the two-level bootstrap's (`bootstrap`): runs and queries resampled."""
+    rows, draws = [], {}
     for task, runs in results.items():
         first = runs[0]
-        counts = bootstrap.run_counts([len(r.labels) for r in runs])  # shared: every model sees the same queries
+        # One resampling per task, shared by every model, method and metric: comparisons are paired.
+        resampling = bootstrap.Resampling.draw(len(runs), len(first.labels))
         for model in _models(first):
             label = TRAINED if model == "model" else model
             for method in first.methods:
@@ -63,40 +65,47 @@ def summary_table(results: dict[str, list[Result]]) -> pd.DataFrame:
                     if metric == "alpha" and (method != "lcgd" or "alpha" not in metrics[0]):
                         continue
                     means = [m["alpha"]["mean"] if metric == "alpha" else m[method][metric]["mean"] for m in metrics]
-                    low, high = bootstrap.interval([v[metric] for v in per_run], counts)
+                    statistics = resampling.statistics([v[metric] for v in per_run])
+                    draws[(task, label, method, metric)] = statistics
+                    low, high = bootstrap.interval(statistics, len(runs))
                     rows.append((task, label, method, metric, *_mean_std(means), len(runs), low, high))
                 rows.append((task, label, method, "rec2ftp", *_mean_std([m[method]["rec2ftp"] for m in metrics]),
                              len(runs), math.nan, math.nan))  # fmt: skip
+                norms = [r.scores[model].get("update_norm", {}).get(method, {}).get("total", math.nan) for r in runs]
+                rows.append((task, label, method, "update_norm", *_mean_std(norms), len(runs), math.nan, math.nan))
                 for setting in ("zs", "icl", method):
                     accuracies = [r.scores[model]["accuracy"][setting] for r in runs]
                     name = f"acc_{'ft' if setting == method else setting}"
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
     table = pd.DataFrame(rows, columns=columns)
-    table["above_baselines"] = _above_baselines(table)
-    return table
+    return table, verdicts_table(table, draws)
 
 
-COMPARED = ("simaou_norm", "simaou", "simam", "simam_delta", "alpha")  # the similarities of an update to ICL's
+COMPARED = ("simaou_norm", "simaou", "simam_delta", "alpha")  # similarities of an update (not SimAM after/before FT)
 
 
-def _above_baselines(table: pd.DataFrame) -> list[str]:
-    """Per row: for a trained-model similarity of an update (COMPARED), "yes" when its interval lies above every
-    baseline's, "no" when it does not, "n/a" without baselines or an interval; empty elsewhere (baseline rows,
-    numbers without intervals, the random-update baseline and SimAM before FT, which measure no method's update)."""
-    baselines = table[table.model != TRAINED].set_index(["task", "method", "metric"])
-    out = []
-    for row in table.itertuples():
-        if row.model != TRAINED or row.metric not in COMPARED:
-            out.append("")
+def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
+    """Per task, method, compared metric (COMPARED) and untrained baseline: the paired difference trained − baseline
+    (mean over runs of the per-run differences), its two-level bootstrap interval (the same draws on both sides) and
+    the verdict (`bootstrap.verdict`: above / below / no difference shown / too few runs)."""
+    index = summary.set_index(["task", "model", "method", "metric"])
+    rows = []
+    for (task, model, method, metric), baseline_draws in draws.items():
+        if model == TRAINED or metric not in COMPARED or (task, TRAINED, method, metric) not in index.index:
             continue
-        key = (row.task, row.method, row.metric)
-        theirs = baselines.loc[[key]] if key in baselines.index else None
-        if theirs is None or math.isnan(row.ci_low) or theirs.ci_high.isna().any():
-            out.append("n/a")
-        else:
-            out.append("yes" if row.ci_low > theirs.ci_high.max() else "no")
-    return out
+        trained, baseline = index.loc[(task, TRAINED, method, metric)], index.loc[(task, model, method, metric)]
+        n_runs = int(trained["runs"])
+        difference = bootstrap.interval(draws[(task, TRAINED, method, metric)] - baseline_draws, n_runs)
+        rows.append({
+            "task": task, "method": method, "metric": metric, "baseline": model,
+            "trained": trained["mean"], "baseline_mean": baseline["mean"],
+            "difference": trained["mean"] - baseline["mean"], "diff_low": difference[0], "diff_high": difference[1],
+            "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
+        })  # fmt: skip
+    columns = ["task", "method", "metric", "baseline", "trained", "baseline_mean", "difference", "diff_low",
+               "diff_high", "runs", "verdict"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
 
 
 def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
@@ -120,21 +129,31 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
 
 
 def lr_table(out: Path, plan: list[Run], results: dict[str, list[Result]]) -> pd.DataFrame:
-    """task, run, lr, source, and for a searched lr its held-out accuracy and whether GD answered one class."""
+    """task, run, paper (one of the papers' own runs), method, lr, source ("given", "search", or "GD's" for an LCGD
+    run at GD's lr), and for a searched lr its held-out accuracy and whether the method answered one class."""
     finished = {(r.config["task"], r.config["seed"], r.config["permutation"]): r for rs in results.values() for r in rs}
     rows = []
     for run in plan:
         result = finished.get((run.task, run.seed, run.permutation))
-        path = lr_file(out, run)
-        search = json.loads(path.read_text()) if run.lr is None and path.is_file() else None
-        chosen = [c for c in search["candidates"] if c["lr"] == search["chosen"]] if search else []
-        rows.append({
-            "task": run.task,
-            "run": f"seed{run.seed}-perm{run.permutation}",
-            "lr": result.config["lr"] if result else (search or {}).get("chosen", run.lr),
-            "source": "search" if run.lr is None else "given",
-            "heldout_accuracy": chosen[0]["accuracy"] if chosen else math.nan,
-            "one_class": (search["chosen_one_class"] if search else ""),
-            "finished": result is not None,
-        })  # fmt: skip
+        for method in result.methods if result else ("gd",):
+            path = lr_file(out, run, method)
+            search = json.loads(path.read_text()) if path.is_file() else None
+            chosen = [c for c in search["candidates"] if c["lr"] == search["chosen"]] if search else []
+            if search:
+                source = "search"
+            elif method == "gd":
+                source = "given"
+            else:
+                source = "GD's" if result.lr_of(method) == result.config["lr"] else "given"
+            rows.append({
+                "task": run.task,
+                "run": f"seed{run.seed}-perm{run.permutation}",
+                "paper": run.paper,
+                "method": method,
+                "lr": result.lr_of(method) if result else (search or {}).get("chosen", run.lr),
+                "source": source,
+                "heldout_accuracy": chosen[0]["accuracy"] if chosen else math.nan,
+                "one_class": (search["chosen_one_class"] if search else ""),
+                "finished": result is not None,
+            })  # fmt: skip
     return pd.DataFrame(rows)

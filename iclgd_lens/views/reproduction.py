@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis import tables
+from iclgd_lens.analysis import bootstrap, tables
 from iclgd_lens.analysis.protocol import Run, paper_task
 from iclgd_lens.analysis.published import published
 from iclgd_lens.files import write_text_atomic
@@ -34,7 +34,7 @@ METRIC_NAMES = {
     "rec2ftp": "Rec2FTP (%)",
 }
 CSV_FORMAT = "%.6g"
-TABLE_FILES = ("tables.md", "summary.csv", "per_layer.csv", "lr.csv", *(f"per_layer_{m}.png" for m in PLOTTED_METRICS))
+TABLE_FILES = ("tables.md", "summary.csv", "verdicts.csv", "per_layer.csv", "lr.csv", *(f"per_layer_{m}.png" for m in PLOTTED_METRICS))
 
 
 def write_tables(out: Path, plan: list[Run], model: str) -> list[str]:
@@ -46,11 +46,12 @@ def write_tables(out: Path, plan: list[Run], model: str) -> list[str]:
     write_text_atomic(out / "lr.csv", lrs.to_csv(index=False, float_format=CSV_FORMAT))
     if not results:
         return missing
-    summary = tables.summary_table(results)
+    summary, verdicts = tables.summary_table(results)
     per_layer = tables.per_layer_table(results)
     write_text_atomic(out / "summary.csv", summary.to_csv(index=False, float_format=CSV_FORMAT))
+    write_text_atomic(out / "verdicts.csv", verdicts.to_csv(index=False, float_format=CSV_FORMAT))
     write_text_atomic(out / "per_layer.csv", per_layer.to_csv(index=False, float_format=CSV_FORMAT))
-    write_text_atomic(out / "tables.md", markdown_report(summary, lrs, model, missing))
+    write_text_atomic(out / "tables.md", markdown_report(summary, verdicts, lrs, model, missing))
     for metric in PLOTTED_METRICS:
         save_figure(per_layer_figure(per_layer, metric), out / f"per_layer_{metric}.png")
     return missing
@@ -74,11 +75,24 @@ def _published(task: str, models: list[str], method: str, metric: str, source: s
     return "" if all(v is None for v in values) else " / ".join(shown)
 
 
-def _beside_baselines(summary: pd.DataFrame, metrics: tuple[str, ...], methods: tuple[str, ...]) -> str:
-    """One table per metric: rows task x method, columns the trained model, each baseline, above_baselines, and the
-    published 1.3B numbers of the task's paper task (trained model, then each baseline the papers report)."""
-    models = [TRAINED, *sorted(set(summary.model) - {TRAINED})]
+def _verdict_cell(row) -> str:
+    """trained − baseline with its paired interval, and the verdict."""
+    if row is None:
+        return ""
+    if math.isnan(row["diff_low"]):
+        return f"{row['difference']:+.3f}: {row['verdict']}"
+    return f"{row['difference']:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]: {row['verdict']}"
+
+
+def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tuple[str, ...],
+                      methods: tuple[str, ...]) -> str:  # fmt: skip
+    """One table per metric: rows task x method, columns the trained model, each baseline, the paired difference
+    and verdict against each baseline (compared metrics only), and the published 1.3B numbers of the task's paper
+    task (trained model, then each baseline the papers report)."""
+    baselines = sorted(set(summary.model) - {TRAINED})
+    models = [TRAINED, *baselines]
     index = summary.set_index(["task", "model", "method", "metric"])
+    compared = verdicts.set_index(["task", "method", "metric", "baseline"])
     parts = []
     for metric in metrics:
         rows = []
@@ -89,10 +103,13 @@ def _beside_baselines(summary: pd.DataFrame, metrics: tuple[str, ...], methods: 
                     continue
                 cells = [index.loc[(task, m, method, metric)] if (task, m, method, metric) in index.index else None
                          for m in models]  # fmt: skip
-                rows.append([task, method, *[_cell(c) for c in cells], index.loc[key]["above_baselines"],
+                versus = [compared.loc[(task, method, metric, b)] if (task, method, metric, b) in compared.index
+                          else None for b in baselines]  # fmt: skip
+                rows.append([task, method, *[_cell(c) for c in cells], *[_verdict_cell(v) for v in versus],
                              _published(task, models, method, metric)])  # fmt: skip
         if rows:
-            header = ["task", "method", *models, "above baselines", "published 1.3B (same columns)"]
+            header = ["task", "method", *models, *[f"trained − {b}" for b in baselines],
+                      "published 1.3B (trained, then the baselines)"]  # fmt: skip
             parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + markdown_table(header, rows))
     return "\n\n".join(parts)
 
@@ -123,25 +140,47 @@ def accuracy_table(summary: pd.DataFrame) -> str:
     return markdown_table(["task", "ZS", "ICL", *[m.upper() for m in methods], "published 1.3B ZS / ICL / GD"], rows)
 
 
-def markdown_report(summary: pd.DataFrame, lrs: pd.DataFrame, model: str, missing: list[str]) -> str:
+def update_norm_table(summary: pd.DataFrame) -> str:
+    """Rows task x method: the Frobenius norm of the whole update on the trained model and each baseline."""
+    models = [TRAINED, *sorted(set(summary.model) - {TRAINED})]
+    index = summary.set_index(["task", "model", "method", "metric"])
+    rows = []
+    for task in dict.fromkeys(summary.task):
+        for method in dict.fromkeys(summary[summary.task == task].method):
+            rows.append([task, method, *[_cell(index.loc[(task, m, method, "update_norm")])
+                                         if (task, m, method, "update_norm") in index.index else "" for m in models]])
+    return markdown_table(["task", "method", *models], rows)
+
+
+def markdown_report(summary: pd.DataFrame, verdicts: pd.DataFrame, lrs: pd.DataFrame, model: str,
+                    missing: list[str]) -> str:  # fmt: skip
     methods = tuple(dict.fromkeys(summary.method))
+    runs = sorted(set(summary.runs.astype(int)))
     sections = [
         f"# Reproduction tables: {model}",
-        "Each cell: mean ± sample std over runs [95 % bootstrap interval over queries within runs]. "
-        "`above baselines`: the trained model's interval lies above every untrained baseline's. `published`: the "
-        "papers' numbers for the task's paper task (fairseq 1.3B, real data; a synthetic or stand-in task takes its "
-        "paper task's): a different model and data, for direction, not for equality. Revisited's \"No Training\" "
-        "row is the toolkit's `trained_norms`.",
+        f"Runs per task: {', '.join(map(str, runs))}. Each cell: mean ± sample std over runs [95 % interval]. "
+        "Every interval is a two-level bootstrap: each draw resamples the runs with replacement, then the queries "
+        "with replacement within each drawn run, so it covers the run-to-run variance (seed, demonstrations, "
+        "order, learning-rate choice) and the query sampling; the percentiles are expanded for the number of runs "
+        f"(Hesterberg's expanded percentile interval). `trained − baseline`: the paired difference (the same runs "
+        "and queries on both sides of every draw) with its interval and a verdict: `above` / `below` when the "
+        "interval excludes 0, `no difference shown` when it contains 0, `too few runs` below "
+        f"{bootstrap.MIN_RUNS} runs. Only similarities of an update are compared (SimAOU_norm, SimAOU, SimAM∆, α), "
+        "not SimAM after or before FT. `published`: the papers' numbers for the task's paper task (fairseq 1.3B, "
+        "real data; a synthetic or stand-in task takes its paper task's): a different model and data, for "
+        "direction, not for equality. Revisited's \"No Training\" row is the toolkit's `trained_norms`.",
     ]
     if missing:
         sections.append(f"Missing runs (not finished; every table leaves them out): {', '.join(missing)}")
     sections += [
         "## Accuracy (trained model)\n\n" + accuracy_table(summary),
         "## Revisited Table 1: GD on the trained model and the untrained baselines\n\n"
-        + _beside_baselines(summary, TABLE1_METRICS, ("gd",)),
-        "## Revisited Table 2: GD | LCGD\n\n" + _beside_baselines(summary, TABLE2_METRICS, methods),
+        + _beside_baselines(summary, verdicts, TABLE1_METRICS, ("gd",)),
+        "## Revisited Table 2: GD | LCGD\n\n" + _beside_baselines(summary, verdicts, TABLE2_METRICS, methods),
         "## Dai et al.: Rec2FTP, SimAOU (normalised) against the random update, SimAM before and after FT\n\n"
         + dai_table(summary),
+        "## Update size: ‖ΔW‖ over every trained tensor (compare methods at matched update size)\n\n"
+        + update_norm_table(summary),
         "## Learning rates\n\n"
         + markdown_table(list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]),
     ]
