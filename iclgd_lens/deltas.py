@@ -286,6 +286,19 @@ def logit_lens(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) ->
     return normed @ model.unembed.W_U + model.unembed.b_U
 
 
+def reset_alibi(model: HookedTransformer) -> None:
+    """Make ALiBi scores exactly slope·(key - query) at absolute positions.
+
+    TransformerLens keeps each layer's ALiBi bias at the longest length seen so far and slices its last rows, so
+    pre-softmax scores (not the pattern) shift by a per-query constant that depends on earlier calls (and in fp16
+    their rounding too). Cleared, the bias is rebuilt at this call's key length, whose last rows are the queries'
+    absolute positions.
+    """
+    if model.cfg.positional_embedding_type == "alibi":
+        for block in model.blocks:
+            block.attn.alibi = None
+
+
 def fit(
     model: HookedTransformer,
     demos: Sequence[Sequence[int]],
@@ -315,6 +328,7 @@ def fit(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
     check_lr(lr)
+    reset_alibi(model)  # the same demonstrations give the same delta, whatever ran on the model before
     mixed = precision == "fp16-mixed"
     if mixed and model.cfg.dtype != torch.float16:
         raise ValueError(f"precision fp16-mixed trains a float16 model, got {model.cfg.dtype}; load it in float16")

@@ -18,7 +18,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from iclgd_lens.deltas import Delta, logit_lens
+from iclgd_lens.deltas import Delta, logit_lens, reset_alibi
 from iclgd_lens.presets import CHOICES
 
 POSITIONS = CHOICES["position"]
@@ -119,18 +119,6 @@ def _run_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerL
     return cache
 
 
-def _reset_alibi(model: HookedTransformer) -> None:
-    """Make ALiBi scores exactly slope·(key - query) at absolute positions.
-
-    TransformerLens keeps each layer's ALiBi bias at the longest length seen so far and slices its last rows, so
-    pre-softmax scores (not the pattern) shift by a per-query constant that depends on earlier calls. Cleared, the
-    bias is rebuilt at this call's key length, whose last rows are the queries' absolute positions.
-    """
-    if model.cfg.positional_embedding_type == "alibi":
-        for block in model.blocks:
-            block.attn.alibi = None
-
-
 def _expanded_cache(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
     """The prefix cache broadcast to `batch` rows, frozen so that query tokens are never appended to it."""
     entries = [
@@ -187,7 +175,7 @@ def _record_batch(
         (lambda name: name.endswith("attn.hook_z"), read_z),
         (lambda name: name.endswith("attn.hook_attn_scores"), read_scores),
     ]
-    _reset_alibi(model)
+    reset_alibi(model)
     with model.hooks(record_hooks):
         resid = model(
             tokens,

@@ -6,11 +6,20 @@ log p(y) − log Σ_{c≠y} p(c), over the first token of each label word (full-
 (a) `delta_effects`: a method's saved delta through one head at a time. Head h of layer l computes its output
     (z, at every position) as the model with layer l's delta would; every other head and layer is the model's
     own. (For grouped-query attention a K/V delta belongs to a key-value head; this gives each query head's share
-    of it.) One row per layer too: the delta of that layer alone, every head.
+    of it.) One row per layer too (that layer's delta alone, every head), and one for the whole delta (every layer,
+    every head). Each row, against ZS: the signed mean change of the log-odds (which cancels when an update
+    pushes every query toward one class), the mean absolute change, the change of the majority-class share (the
+    share of queries answered with the most-answered class: an update that pushes every query one way shows here)
+    and the accuracy change.
 (b) `patch_effects`: activation patching. Head h's output z at layer l and the recorded position, taken from the
     ICL run (the result's own record), replaces the ZS run's; `restored` is the share of the ICL effect on the mean
-    log-odds that it brings back: (mean patched − mean ZS) / (mean ICL − mean ZS). Patching every head of every
-    layer gives the recorded position ICL's whole residual stream, hence exactly ICL's log-odds (restored = 1).
+    log-odds that it brings back: (mean patched − mean ZS) / (mean ICL − mean ZS), with a bootstrap interval over
+    queries, and NaN when the ICL effect is below MIN_ICL_EFFECT (a ratio of two near-zero means says nothing).
+    Patching every head of every layer gives the recorded position every attention output ICL gives it; with
+    rotary or ALiBi positions that is ICL's whole residual stream there, hence exactly ICL's log-odds. With learned
+    absolute positions (GPT-2, GPT-Neo, OPT) the ZS position also carries W_pos[ZS position] where ICL carries
+    W_pos[prefix + ZS position], which no head carries: the `position` total patches that difference as well, and
+    all heads + position restore exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from iclgd_lens.episodes import Episode
 from iclgd_lens.recording import record
 from iclgd_lens.results import Result
 
-ALL = "all"  # the head of a whole-layer row
+ALL = "all"  # the head of a whole-layer row; the layer and head of the whole delta's row
+MIN_ICL_EFFECT = 0.1  # nats of mean label log-odds: below it `patch_restored` is NaN
+DRAWS, LEVEL, SEED = 1000, 0.95, 0  # the bootstrap interval of `patch_restored` over queries
 
 
 def check_attributable(result: Result, model: HookedTransformer) -> None:
@@ -102,6 +113,24 @@ def _first_token_record(model, episode: Episode, prefix, batch_size: int) -> Ten
     return record(model, episode.queries, firsts, prefix, "prediction", None, batch_size, episode.bos).label_logprobs
 
 
+def majority_share(predicted: Int[Tensor, "n"], n_classes: int) -> float:
+    """The share of queries answered with the most-answered class."""
+    return float(torch.bincount(predicted, minlength=n_classes).max() / len(predicted))
+
+
+def change_against(logprobs: Float[Tensor, "n class"], zs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> dict:
+    """logodds_change (signed mean), abs_logodds_change, majority_share_change, acc_change: `logprobs` against ZS."""
+    odds, zs_odds = logodds(logprobs, labels), logodds(zs, labels)
+    predicted, zs_predicted = logprobs.argmax(1), zs.argmax(1)
+    n_classes = logprobs.shape[1]
+    return {
+        "logodds_change": float(odds.mean() - zs_odds.mean()),
+        "abs_logodds_change": float((odds - zs_odds).abs().mean()),
+        "majority_share_change": majority_share(predicted, n_classes) - majority_share(zs_predicted, n_classes),
+        "acc_change": float((predicted == labels).double().mean() - (zs_predicted == labels).double().mean()),
+    }
+
+
 def delta_effects(
     model: HookedTransformer,
     result: Result,
@@ -109,7 +138,8 @@ def delta_effects(
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
 ) -> pd.DataFrame:
-    """(a): rows (layer, head or "all", method, logodds_change, acc_change) against ZS, means over the queries."""
+    """(a): rows (layer, head, method, logodds_change, abs_logodds_change, majority_share_change, acc_change)
+    against ZS over the queries; head "all" for a whole layer, layer and head "all" for the whole delta."""
     check_attributable(result, model)
     if method not in result.deltas:
         raise ValueError(f"this result has no saved {method!r} delta; re-run compare (it saves deltas.safetensors)")
@@ -117,10 +147,11 @@ def delta_effects(
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
     plain: list[Tensor] = []
-    outcome: dict[tuple[int, object], list[Tensor]] = {}
+    outcome: dict[tuple[object, object], list[Tensor]] = {}
     for rows in _batches(len(episode.queries), batch_size):
         batch = _ZSBatch(model, episode, rows, layers)
         plain.append(batch.plain)
+        outcome.setdefault((ALL, ALL), []).append(batch.run(delta.hooks(model)))
         for layer in layers:  # layer l's delta changes nothing below layer l
             captured: dict[str, Tensor] = {}
 
@@ -140,28 +171,50 @@ def delta_effects(
                 patched = batch.run([(f"blocks.{layer}.attn.hook_z", one_head)], from_layer=layer)
                 outcome.setdefault((layer, head), []).append(patched)
     zs = torch.cat(plain)
-    base_odds, base_acc = logodds(zs, labels).mean(), (zs.argmax(1) == labels).double().mean()
-    rows_out = []
-    for (layer, head), parts in outcome.items():
-        logprobs = torch.cat(parts)
-        rows_out.append({
-            "layer": layer, "head": head, "method": method,
-            "logodds_change": float(logodds(logprobs, labels).mean() - base_odds),
-            "acc_change": float((logprobs.argmax(1) == labels).double().mean() - base_acc),
-        })  # fmt: skip
-    return pd.DataFrame(rows_out)
+    return pd.DataFrame([{"layer": layer, "head": head, "method": method, **change_against(torch.cat(parts), zs, labels)}
+                         for (layer, head), parts in outcome.items()])  # fmt: skip
+
+
+def restored_share(patched: Tensor, zs: Tensor, icl: Tensor, counts: Tensor | None = None) -> Tensor:
+    """(mean patched − mean ZS) / (mean ICL − mean ZS) of per-query log-odds [n]; with `counts` [draws, n] (query
+    weights of bootstrap resamples) one value per draw; NaN where the ICL effect is below MIN_ICL_EFFECT."""
+    weights = torch.ones(1, len(zs), dtype=torch.float64) if counts is None else counts
+    mean = lambda v: (weights @ v) / weights.sum(1)  # noqa: E731
+    effect = mean(icl) - mean(zs)
+    share = (mean(patched) - mean(zs)) / effect
+    share = torch.where(effect.abs() >= MIN_ICL_EFFECT, share, torch.nan)
+    return share if counts is not None else share[0]
+
+
+def query_resamples(n: int) -> Tensor:
+    """[DRAWS, n] seeded bootstrap counts over queries, shared by every head."""
+    generator = torch.Generator().manual_seed(SEED)
+    picks = torch.randint(0, n, (DRAWS, n), generator=generator)
+    return torch.zeros(DRAWS, n, dtype=torch.float64).scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
+
+
+def _interval(draws: Tensor) -> tuple[float, float]:
+    draws = draws[~draws.isnan()]
+    if draws.numel() == 0:
+        return float("nan"), float("nan")
+    tail = (1 - LEVEL) / 2
+    low, high = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype))
+    return float(low), float(high)
 
 
 def patch_effects(
     model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
 ) -> tuple[pd.DataFrame, dict]:
-    """(b): rows (layer, head, patch_restored), and the totals {zs, icl, all_heads} of the mean log-odds (with
-    every head of every layer patched, and its `restored`, which must be 1)."""
+    """(b): rows (layer, head, patch_restored, patch_low, patch_high), and the totals: the mean log-odds of ZS,
+    ICL, every head of every layer patched (`all_heads`) and, for learned absolute positions, every head and the
+    positional embedding (`all_heads_position`), with their restored shares, the ICL effect and a `note` when it
+    is below MIN_ICL_EFFECT."""
     check_attributable(result, model)
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
     icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)  # [n, layer, head, d_head]
-    icl = logodds(_first_token_record(model, episode, episode.icl_prefix, batch_size), labels).mean()
+    icl = logodds(_first_token_record(model, episode, episode.icl_prefix, batch_size), labels)
+    learned_positions = model.cfg.positional_embedding_type == "standard"
 
     def patch(rows: list[int], positions: Tensor, layer: int, heads: Sequence[int]) -> list:
         def hook(z: Tensor, hook) -> Tensor:
@@ -173,6 +226,18 @@ def patch_effects(
 
         return [(f"blocks.{layer}.attn.hook_z", hook)]
 
+    def icl_position(positions: Tensor) -> list:
+        """The ICL prompt's positional embedding at each row's recorded position (prefix + ZS position − 1: the
+        ZS prompt's BOS is the prefix's first token)."""
+
+        def hook(pos_embed: Tensor, hook) -> Tensor:
+            pos_embed = pos_embed.clone()
+            index = torch.arange(len(positions), device=pos_embed.device)
+            pos_embed[index, positions] = model.W_pos[positions + len(episode.icl_prefix) - 1].to(pos_embed.dtype)
+            return pos_embed
+
+        return [("hook_pos_embed", hook)]
+
     every = range(model.cfg.n_heads)
     plain: list[Tensor] = []
     parts: dict[object, list[Tensor]] = {}
@@ -180,35 +245,45 @@ def patch_effects(
         batch = _ZSBatch(model, episode, rows, layers)
         plain.append(batch.plain)
         at = batch.positions
-        parts.setdefault(ALL, []).append(batch.run([h for l in range(model.cfg.n_layers) for h in patch(rows, at, l, every)]))
+        all_heads = [h for l in range(model.cfg.n_layers) for h in patch(rows, at, l, every)]
+        parts.setdefault("all_heads", []).append(batch.run(all_heads))
+        if learned_positions:
+            parts.setdefault("all_heads_position", []).append(batch.run(all_heads + icl_position(at)))
         for layer in layers:
             for head in every:
                 parts.setdefault((layer, head), []).append(batch.run(patch(rows, at, layer, [head]), from_layer=layer))
-    zs = logodds(torch.cat(plain), labels).mean()
-    effect = icl - zs
-
-    def restored(logprobs: Tensor) -> float:
-        return float((logodds(logprobs, labels).mean() - zs) / effect) if effect != 0 else float("nan")
-
-    table = pd.DataFrame([{"layer": l, "head": h, "patch_restored": restored(torch.cat(p))}
-                          for key, p in parts.items() if key != ALL for l, h in [key]])  # fmt: skip
-    every_head = torch.cat(parts[ALL])
-    totals = {"zs": float(zs), "icl": float(icl), "all_heads": float(logodds(every_head, labels).mean()),
-              "all_heads_restored": restored(every_head)}  # fmt: skip
-    return table, totals
+    zs = logodds(torch.cat(plain), labels)
+    odds = {key: logodds(torch.cat(p), labels) for key, p in parts.items()}
+    counts = query_resamples(len(labels))
+    rows_out = []
+    for key, patched in odds.items():
+        if isinstance(key, tuple):
+            low, high = _interval(restored_share(patched, zs, icl, counts))
+            rows_out.append({"layer": key[0], "head": key[1], "patch_restored": float(restored_share(patched, zs, icl)),
+                             "patch_low": low, "patch_high": high})  # fmt: skip
+    effect = float(icl.mean() - zs.mean())
+    totals = {"zs": float(zs.mean()), "icl": float(icl.mean()), "icl_effect": effect, "min_icl_effect": MIN_ICL_EFFECT}
+    for name in ("all_heads", "all_heads_position"):
+        if name in odds:
+            totals |= {name: float(odds[name].mean()), f"{name}_restored": float(restored_share(odds[name], zs, icl))}
+    if abs(effect) < MIN_ICL_EFFECT:
+        totals["note"] = (f"the ICL effect on the mean label log-odds is {effect:.3g}, below {MIN_ICL_EFFECT}: no "
+                          "restored share is computed (NaN)")  # fmt: skip
+    return pd.DataFrame(rows_out, columns=["layer", "head", "patch_restored", "patch_low", "patch_high"]), totals
 
 
 def attribution_table(
     model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
 ) -> tuple[pd.DataFrame, dict]:
-    """heads.csv: layer, head, method, logodds_change, acc_change, patch_restored (the patching value is ICL's,
-    the same for every method; whole-layer rows have head "all" and no patching value), ranked by effect."""
+    """heads.csv: layer, head, method, the four changes of `delta_effects`, patch_restored with its interval (the
+    patching value is ICL's, the same for every method; whole-layer rows have head "all", the whole delta's row
+    layer and head "all", and no patching value), ranked by the absolute log-odds change."""
     patches, totals = patch_effects(model, result, layers, batch_size)
     frames = [delta_effects(model, result, method, layers, batch_size) for method in result.methods
               if method in result.deltas]  # fmt: skip
     if not frames:
         raise ValueError("this result has no saved deltas; re-run compare (it saves deltas.safetensors)")
-    effects = pd.concat(frames, ignore_index=True).astype({"head": str})
-    table = effects.merge(patches.astype({"head": str}), on=["layer", "head"], how="left")
-    table = table.assign(size=table.logodds_change.abs()).sort_values(["method", "size"], ascending=[True, False])
-    return table.drop(columns="size").reset_index(drop=True), totals
+    effects = pd.concat(frames, ignore_index=True).astype({"layer": str, "head": str})
+    table = effects.merge(patches.astype({"layer": str, "head": str}), on=["layer", "head"], how="left")
+    table = table.sort_values(["method", "abs_logodds_change"], ascending=[True, False], kind="stable")
+    return table.reset_index(drop=True), totals

@@ -1,15 +1,23 @@
 """Dai et al.'s Kendall measure: does ICL attend to the demonstration tokens that GD's training "attends" to?
 
-Per eval query and layer (Dai et al., `compute_training_example_attn.py`):
+Per eval query and layer, as Dai et al.'s `compute_training_example_attn.py` with fairseq's attention computes it:
 - ICL side: the pre-softmax scores from the recorded position to every demonstration token of the ICL prompt,
-  summed over heads (BOS and separator tokens left out);
+  summed over heads (BOS and separator tokens left out). TransformerLens' scores are q·k / attn_scale, as
+  fairseq's (its q is multiplied by `scaling` = 1/√d_head before the product).
 - FT side: for every demonstration token, the attention query q' recorded at that token during its own training
   step (BOS left out), dotted over all of d_model (every head's q concatenated) with the finetuned model's query q at
-  the recorded position: m_FT = Σ_h q'_h · q_h. (TransformerLens' hook_q, before any rotary embedding.)
+  the recorded position. fairseq records both q and q' already scaled, so m_FT = Σ_h (q_h / s) · (q'_h / s) with
+  s = attn_scale (√d_head for every model the papers use). TransformerLens' hook_q: before any rotary embedding.
 Both are softmaxed; Kendall's tau (scipy.stats.kendalltau) between them at token level and at demonstration level
-(the softmaxed scores summed per demonstration); top-k recall: the share of FT's k most-attended items that are
-among ICL's k most-attended (k capped at the number of items); the random baseline replaces the FT side by U[0, 1)
-scores. Means over the first `n_queries` eval queries (100 in the paper).
+(the softmaxed scores summed per demonstration). Top-k recall: the share of FT's k most-attended items that are
+among ICL's k most-attended, at the reference's k per level (100 tokens, 5 demonstrations; capped at the number of
+items), with its chance value min(k, n) / n beside it. The random baseline, as the reference draws it: U[0, 1)
+scores, one per item of the level (a token, or a demonstration), set against ICL's scores at that level. Means
+over the first `n_queries` eval queries (100 in the paper).
+
+Controls, one block of rows each (`subject`): `model` (the result's finetuning), `zero_delta` (the same model
+without finetuning: q and q' from the base model, so what tau is with no GD at all), and every untrained baseline
+of the result, refitted on its re-initialised copy (its own ICL scores, its own finetuning).
 """
 
 from __future__ import annotations
@@ -20,11 +28,15 @@ import torch
 from scipy.stats import kendalltau
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import fit
+from iclgd_lens.deltas import Delta, fit
+from iclgd_lens.episodes import Episode
+from iclgd_lens.models import half_copy, untrained_copy
+from iclgd_lens.recording import record_offset
 from iclgd_lens.results import Result
 
-RECALL_KS = (5, 100)
+RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
 RANDOM_SEED = 0
+ZERO_DELTA = "zero_delta"
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -38,83 +50,106 @@ def top_k_recall(icl: np.ndarray, ft: np.ndarray, k: int) -> float:
     return len(set(np.argsort(-ft, kind="stable")[:k]) & set(np.argsort(-icl, kind="stable")[:k])) / k
 
 
-def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, random: np.ndarray) -> dict:
-    """Token- and demonstration-level tau, random tau and top-k recalls for one query and layer.
-    `groups[t]`: the demonstration of token t; `random`: U[0, 1) scores, one per token."""
-    icl, ft, noise = softmax(icl_scores), softmax(ft_scores), softmax(random)
+def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> dict:
+    """Token- and demonstration-level tau, random tau and top-k recall (with chance) for one query and layer.
+    `groups[t]`: the demonstration of token t (0..n_demos-1)."""
+    icl, ft = softmax(icl_scores), softmax(ft_scores)
     out = {}
-    for level, (a, b, r) in {
-        "token": (icl, ft, noise),
-        "demonstration": tuple(np.bincount(groups, weights=v) for v in (icl, ft, noise)),
+    for level, (a, b) in {
+        "token": (icl, ft),
+        "demonstration": (np.bincount(groups, weights=icl), np.bincount(groups, weights=ft)),
     }.items():
-        out[level] = {"tau": kendalltau(a, b).statistic, "tau_random": kendalltau(a, r).statistic}
-        out[level] |= {f"recall_at_{k}": top_k_recall(a, b, k) for k in RECALL_KS}
+        k = RECALL_K[level]
+        out[level] = {
+            "tau": kendalltau(a, b).statistic,
+            "tau_random": kendalltau(a, rng.random(len(a))).statistic,  # U[0, 1) per item of this level
+            "recall": top_k_recall(a, b, k),
+            "recall_k": min(k, len(a)),
+            "recall_chance": min(k, len(a)) / len(a),
+        }
     return out
 
 
+def _recorded_tokens(episode: Episode, i: int, position: str) -> tuple[list[int], int]:
+    """Query i's tokens up to the recorded position (its first label token too at `first_option`), and the
+    recorded position's offset within them."""
+    query = list(episode.queries[i])
+    offset = record_offset(query, episode.label_tokens, position)
+    return (query + list(episode.label_tokens[0]))[: offset + 1], offset
+
+
 @torch.no_grad()
-def _icl_scores(model: HookedTransformer, result: Result, n: int, keep: np.ndarray) -> np.ndarray:
+def _icl_scores(model: HookedTransformer, episode: Episode, n: int, keep: np.ndarray, position: str) -> np.ndarray:
     """[n, layer, kept tokens]: ICL's pre-softmax scores from the recorded position to the prefix tokens `keep`,
     summed over heads."""
-    prefix = list(result.episode.icl_prefix)
+    prefix = list(episode.icl_prefix)
     keys = torch.as_tensor(keep, device=model.cfg.device)
     out = np.zeros((n, model.cfg.n_layers, len(keep)))
     for i in range(n):
-        query = list(result.episode.queries[i])
+        tokens, offset = _recorded_tokens(episode, i, position)
         found = {}
 
         def grab(scores: torch.Tensor, hook) -> None:
-            found[hook.layer()] = scores[0, :, -1, keys].sum(0).double().cpu().numpy()
+            found[hook.layer()] = scores[0, :, len(prefix) + offset, keys].sum(0).double().cpu().numpy()
 
         hooks = [(f"blocks.{l}.attn.hook_attn_scores", grab) for l in range(model.cfg.n_layers)]
         with model.hooks(hooks):
-            model(torch.tensor([prefix + query], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
+            model(torch.tensor([prefix + tokens], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
         out[i] = np.stack([found[l] for l in range(model.cfg.n_layers)])
     return out
 
 
 @torch.no_grad()
-def _finetuned_queries(model: HookedTransformer, result: Result, delta, n: int) -> torch.Tensor:
-    """[n, layer, head * d_head]: the finetuned model's query at the recorded position of each ZS prompt."""
+def _queries_at(model: HookedTransformer, hooks: list, prompts: list[list[int]], at: list[slice | int]) -> list:
+    """Per prompt: hook_q of every layer at positions `at` ([layer, *positions, head * d_head], float64, CPU)."""
     out = []
-    for i in range(n):
-        query = list(result.episode.queries[i])
+    for tokens, where in zip(prompts, at):
         found = {}
 
         def grab(q: torch.Tensor, hook) -> None:
-            found[hook.layer()] = q[0, -1].reshape(-1).double().cpu()
+            found[hook.layer()] = q[0, where].flatten(-2).double().cpu()
 
-        hooks = delta.hooks(model) + [(f"blocks.{l}.attn.hook_q", grab) for l in range(model.cfg.n_layers)]
-        with model.hooks(hooks):
-            model(
-                torch.tensor([[result.episode.bos, *query]], device=model.cfg.device), stop_at_layer=model.cfg.n_layers
-            )
+        grabs = [(f"blocks.{l}.attn.hook_q", grab) for l in range(model.cfg.n_layers)]
+        with model.hooks(hooks + grabs):
+            model(torch.tensor([tokens], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
         out.append(torch.stack([found[l] for l in range(model.cfg.n_layers)]))
-    return torch.stack(out)
+    return out
 
 
-def kendall_table(model: HookedTransformer, result: Result, method: str = "gd", n_queries: int = 100) -> pd.DataFrame:
-    """kendall.csv: layer, level, tau, tau_random, recall_at_5, recall_at_100 (means over queries), defined (the
-    queries whose tau is defined), queries."""
+def _finetuned_queries(model: HookedTransformer, episode: Episode, delta: Delta | None, n: int,
+                       position: str) -> torch.Tensor:  # fmt: skip
+    """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt."""
+    prompts, offsets = zip(*(_recorded_tokens(episode, i, position) for i in range(n)))
+    hooks = delta.hooks(model) if delta is not None else []
+    return torch.stack(_queries_at(model, hooks, [[episode.bos, *p] for p in prompts], [1 + o for o in offsets]))
+
+
+def _fit_with_queries(model: HookedTransformer, result: Result, method: str) -> tuple[Delta, list[torch.Tensor]]:
+    """Refit `method` on `model` recording every step's queries ([layer, token, head, d_head] per step)."""
     config, episode = result.config, result.episode
-    if config.get("position", "prediction") != "prediction":
-        raise ValueError("Kendall is read at the prediction position; run compare with --position prediction")
-    if config.get("precision") == "fp16-mixed":
-        raise ValueError("Kendall refits the method in native precision; it does not support fp16-mixed results")
-    # Refit, recording every training step's queries; the refit must be the saved delta (same demonstrations,
-    # order and lr: a deterministic computation).
     training_queries: list[torch.Tensor] = []
     delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method), result.trained_parameters,
-                config["lcgd_exit"], training_queries=training_queries)  # fmt: skip
-    if method in result.deltas:
-        for name, saved in result.deltas[method].tensors.items():
-            if not torch.allclose(delta.tensors[name].cpu().float(), saved.float(), atol=1e-5, rtol=1e-4):
-                raise ValueError(f"the refitted {method} delta differs from the saved one at {name}: is this the model "
-                                 "the result was computed on?")  # fmt: skip
-    # Align: demonstrations both ICL and the training saw, by train row; tokens in ICL-prompt order.
+                config["lcgd_exit"], precision=config.get("precision", "native"),
+                training_queries=training_queries)  # fmt: skip
+    return delta, [q.flatten(-2).double() for q in training_queries]
+
+
+def _check_refit(delta: Delta, result: Result, method: str) -> None:
+    """The refit must be the saved delta (same demonstrations, order and lr: a deterministic computation)."""
+    if method not in result.deltas:
+        return
+    for name, saved in result.deltas[method].tensors.items():
+        if not torch.allclose(delta.tensors[name].cpu().float(), saved.float(), atol=1e-5, rtol=1e-4):
+            raise ValueError(f"the refitted {method} delta differs from the saved one at {name}: is this the model "
+                             "the result was computed on?")  # fmt: skip
+
+
+def _alignment(episode: Episode) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Demonstrations both ICL and the training saw, by train row; tokens in ICL-prompt order: the ICL prefix
+    positions kept, each one's demonstration group, and its (training step, token) in the training."""
     step_of_row = {row: step for step, row in enumerate(episode.train_rows)}
     keep, groups, ft_index, position = [], [], [], 1  # ICL prefix position 0 is BOS
-    for j, (row, demo) in enumerate(zip(episode.demo_rows, episode.demos)):
+    for row, demo in zip(episode.demo_rows, episode.demos):
         if row in step_of_row:
             keep += range(position, position + len(demo))
             groups += [len(set(groups))] * len(demo)
@@ -122,20 +157,63 @@ def kendall_table(model: HookedTransformer, result: Result, method: str = "gd", 
         position += len(demo) + len(episode.separator)
     if not keep:
         raise ValueError("no demonstration is both in the ICL prompt and in the training set")
-    n = min(n_queries, len(episode.queries))
-    icl = _icl_scores(model, result, n, np.array(keep))
-    q = _finetuned_queries(model, result, delta, n)  # [n, layer, d]
-    q_train = torch.stack([training_queries[s][:, t].reshape(model.cfg.n_layers, -1).double() for s, t in ft_index], 1)
-    ft = torch.einsum("nld,ltd->nlt", q, q_train).numpy()  # [n, layer, tokens]
+    return keep, groups, ft_index
+
+
+def ft_scores(q: torch.Tensor, q_train: torch.Tensor, attn_scale: torch.Tensor) -> np.ndarray:
+    """[n, layer, tokens]: Σ_h (q_h / s) · (q'_h / s) as fairseq records them (q [n, layer, d], q_train
+    [layer, tokens, d], s [layer] each layer's attn_scale)."""
+    return (torch.einsum("nld,ltd->nlt", q, q_train) / attn_scale[None, :, None] ** 2).numpy()
+
+
+def _subject_rows(subject: str, model: HookedTransformer, result: Result, method: str, n: int,
+                  finetune: bool) -> list[dict]:  # fmt: skip
+    episode, position = result.episode, result.config.get("position", "prediction")
+    keep, groups, ft_index = _alignment(episode)
+    if finetune:
+        delta, training_queries = _fit_with_queries(model, result, method)
+        if subject == "model":
+            _check_refit(delta, result, method)
+    else:  # no finetuning: every demonstration's q' from the base model
+        delta = None
+        training_queries = _queries_at(model, [], [[episode.bos, *d] for d in episode.train_demos],
+                                       [slice(1, None)] * len(episode.train_demos))  # fmt: skip
+    icl = _icl_scores(model, episode, n, np.array(keep), position)
+    q = _finetuned_queries(model, episode, delta, n, position)  # [n, layer, d]
+    q_train = torch.stack([training_queries[s][:, t] for s, t in ft_index], 1)  # [layer, tokens, d]
+    attn_scale = torch.tensor([float(block.attn.attn_scale) for block in model.blocks], dtype=torch.float64)
+    ft = ft_scores(q, q_train, attn_scale)
     rng = np.random.default_rng(RANDOM_SEED)
     groups_array = np.array(groups)
     rows = []
     for layer in range(model.cfg.n_layers):
-        per_query = [measures(icl[i, layer], ft[i, layer], groups_array, rng.random(len(keep))) for i in range(n)]
+        per_query = [measures(icl[i, layer], ft[i, layer], groups_array, rng) for i in range(n)]
         for level in ("token", "demonstration"):
             values = pd.DataFrame([m[level] for m in per_query])
             # tau is undefined (NaN) where one side is constant: the mean skips those, `defined` counts the rest
-            rows.append({"layer": layer, "level": level, **values.mean().to_dict(), "defined": int(values.tau.notna().sum()),
-                         "queries": n})  # fmt: skip
-    columns = ["layer", "level", "tau", "tau_random", *[f"recall_at_{k}" for k in RECALL_KS], "defined", "queries"]
-    return pd.DataFrame(rows, columns=columns)
+            rows.append({"subject": subject, "layer": layer, "level": level, **values.mean().to_dict(),
+                         "defined": int(values.tau.notna().sum()), "queries": n})  # fmt: skip
+    return rows
+
+
+COLUMNS = ["subject", "layer", "level", "tau", "tau_random", "recall", "recall_k", "recall_chance", "defined",
+           "queries"]  # fmt: skip
+
+
+def kendall_table(model: HookedTransformer, result: Result, method: str = "gd", n_queries: int = 100,
+                  controls: bool = True) -> pd.DataFrame:  # fmt: skip
+    """kendall.csv: per subject (`model`, and with `controls` `zero_delta` and each untrained baseline), layer and
+    level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries
+    whose tau is defined), queries."""
+    n = min(n_queries, len(result.episode.queries))
+    if result.config.get("precision") == "fp16-mixed" and model.cfg.dtype != torch.float16:
+        model = half_copy(model)  # as compare ran it: the refit must be the saved fp16 delta
+    rows = _subject_rows("model", model, result, method, n, finetune=True)
+    if controls:
+        rows += _subject_rows(ZERO_DELTA, model, result, method, n, finetune=False)
+        config = result.config
+        for baseline in config.get("baselines", []):
+            copy = untrained_copy(model, baseline, config["seed"], config.get("init", "transformer_lens"))
+            rows += _subject_rows(baseline, copy, result, method, n, finetune=True)
+            del copy
+    return pd.DataFrame(rows, columns=COLUMNS)

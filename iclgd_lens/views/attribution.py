@@ -45,34 +45,44 @@ def _markdown(frame: pd.DataFrame) -> str:
     return markdown_table(list(frame.columns), [[cell(v) for v in row] for row in frame.itertuples(index=False)])
 
 
+def _totals_line(totals: dict) -> str:
+    line = (f"Label log-odds at the prediction position, mean over queries: ZS {totals['zs']:.4f}, ICL "
+            f"{totals['icl']:.4f} (ICL effect {totals['icl_effect']:.4f}); every head patched from ICL: "
+            f"{totals['all_heads']:.4f} (restored {totals['all_heads_restored']:.4f})")  # fmt: skip
+    if "all_heads_position" in totals:
+        line += (f"; every head and the positional embedding (learned absolute positions): "
+                 f"{totals['all_heads_position']:.4f} (restored {totals['all_heads_position_restored']:.4f})")  # fmt: skip
+    line += (f". `patch_restored` is NaN where the ICL effect is below {totals['min_icl_effect']}; its interval: 95 % "
+             "bootstrap over queries.")  # fmt: skip
+    return line + (f" **{totals['note']}.**" if "note" in totals else "")
+
+
 def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
-    parts = [
-        f"Label log-odds at the prediction position, mean over queries: ZS {totals['zs']:.4f}, ICL {totals['icl']:.4f}; "
-        f"every head patched from ICL: {totals['all_heads']:.4f} (restored {totals['all_heads_restored']:.4f})."
-    ]
+    parts = [_totals_line(totals)]
+    changes = ["logodds_change", "abs_logodds_change", "majority_share_change", "acc_change"]
     for method, rows in heads.groupby("method", sort=False):
+        whole = rows[rows.layer == "all"]
+        parts.append(f"## {method.upper()}: the whole delta (every layer, every head)\n\n" + _markdown(whole[changes]))
         single = rows[rows["head"] != "all"].head(TOP)
-        parts.append(
-            f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most\n\n" + _markdown(single)
-        )
-        parts.append(
-            f"## {method.upper()}: whole layers\n\n" + _markdown(rows[rows["head"] == "all"].sort_values("layer"))
-        )
-    patches = (
-        heads[heads["head"] != "all"].drop_duplicates(["layer", "head"]).sort_values("patch_restored", ascending=False)
-    )
+        parts.append(f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most (mean absolute "
+                     "change)\n\n" + _markdown(single))  # fmt: skip
+        layers = rows[(rows["head"] == "all") & (rows.layer != "all")]
+        parts.append(f"## {method.upper()}: whole layers\n\n"
+                     + _markdown(layers.sort_values("layer", key=lambda l: l.astype(int))[["layer", *changes]]))  # fmt: skip
+    patches = heads[heads["head"] != "all"].drop_duplicates(["layer", "head"])
+    patches = patches.sort_values("patch_restored", ascending=False, kind="stable")
     parts.append(f"## ICL: the {min(TOP, len(patches))} heads whose ICL output restores most of the ICL effect\n\n"
-                 + _markdown(patches[["layer", "head", "patch_restored"]].head(TOP)))  # fmt: skip
+                 + _markdown(patches[["layer", "head", "patch_restored", "patch_low", "patch_high"]].head(TOP)))  # fmt: skip
     return "\n\n".join(parts) + "\n"
 
 
 def heads_heatmaps(heads: pd.DataFrame):
-    """Layer x head: each method's log-odds change, and ICL's patching share."""
+    """Layer x head: each method's mean absolute log-odds change, and ICL's patching share."""
     import numpy as np
     from matplotlib.figure import Figure
 
-    single = heads[heads["head"] != "all"].astype({"head": int})
-    panels = [(f"{m}: logodds_change", rows, "logodds_change") for m, rows in single.groupby("method", sort=False)]
+    single = heads[heads["head"] != "all"].astype({"layer": int, "head": int})
+    panels = [(f"{m}: |Δ log-odds|", rows, "abs_logodds_change") for m, rows in single.groupby("method", sort=False)]
     panels.append(("ICL patching: restored share", single.drop_duplicates(["layer", "head"]), "patch_restored"))
     fig = Figure(figsize=(3.6 * len(panels) + 1, 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -87,6 +97,23 @@ def heads_heatmaps(heads: pd.DataFrame):
     return fig
 
 
+def kendall_markdown(kendall: pd.DataFrame) -> str:
+    """Per subject and level: tau and the random tau (mean over layers, and the layer of the highest tau), recall
+    against its chance value (mean over layers). The per-layer numbers are in kendall.csv."""
+    rows = []
+    for (subject, level), part in kendall.groupby(["subject", "level"], sort=False):
+        best = part.loc[part.tau.idxmax()] if part.tau.notna().any() else None
+        rows.append([subject, level, part.tau.mean(), part.tau_random.mean(),
+                     "NaN" if best is None else f"{best.tau:.4f} (layer {int(best.layer)})",
+                     f"{part.recall.mean():.4f} at k = {int(part.recall_k.iloc[0])} (chance "
+                     f"{part.recall_chance.mean():.4f})"])  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["subject", "level", "tau (mean over layers)", "tau_random", "highest tau",
+                                        "recall"])  # fmt: skip
+    return ("Kendall's tau between ICL's attention to the demonstrations and the finetuning's (Dai et al.); "
+            "`zero_delta`: the same measure without finetuning, the baselines: on the untrained models.\n\n"
+            + _markdown(frame))  # fmt: skip
+
+
 def write_attribution(out: Path, heads: pd.DataFrame, totals: dict, kendall: pd.DataFrame | None, about: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "heads.csv", heads.to_csv(index=False, float_format="%.6g"))
@@ -94,5 +121,5 @@ def write_attribution(out: Path, heads: pd.DataFrame, totals: dict, kendall: pd.
     save_figure(heads_heatmaps(heads), out / "heads.png")
     if kendall is not None:
         write_text_atomic(out / "kendall.csv", kendall.to_csv(index=False, float_format="%.6g"))
-        write_text_atomic(out / "kendall.md", _markdown(kendall) + "\n")
+        write_text_atomic(out / "kendall.md", kendall_markdown(kendall) + "\n")
     write_text_atomic(out / MARKER, json.dumps({"format": ATTRIBUTION_FORMAT, **about, "totals": totals}, indent=1))
