@@ -167,8 +167,11 @@ def test_searched_learning_rates_are_recorded_per_run(tmp_path):
     assert config["lr"] == search["chosen"]
     import pandas as pd
 
+    lcgd_search = json.loads((out / "lr-search" / "synth-sst2-seed0-perm0-lcgd.json").read_text())
+    assert lcgd_search["method"] == "lcgd" and config["lr_lcgd"] == lcgd_search["chosen"]  # searched on its own
     lrs = pd.read_csv(out / "lr.csv")
-    assert lrs.source.tolist() == ["search"] and lrs.lr.tolist() == [search["chosen"]]
+    assert lrs.method.tolist() == ["gd", "lcgd"] and lrs.source.tolist() == ["search", "search"]
+    assert lrs.lr.tolist() == [search["chosen"], lcgd_search["chosen"]]
     assert json.loads((out / "sweep.json").read_text())["config"]["lr_grid"] == [0.03, 0.3]
 
 
