@@ -257,3 +257,24 @@ def test_compare_in_half_precision_follows_the_float32_run(dtype):
     for setting in ("zs", "icl", "gd", "lcgd"):
         assert half.records[setting].attn_out.dtype == torch.float32
         torch.testing.assert_close(half.records[setting].attn_out, full.records[setting].attn_out, atol=0.05, rtol=0.05)
+
+
+def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
+    from iclgd_lens.deltas import fit, trained_parameters
+
+    model, task = tiny_model(), toy_task()
+    result = compare(model, task, k=4, seed=1, lr=0.05, lr_lcgd=0.2, n_eval=4, baselines=("no_training",),
+                     progress=False)  # fmt: skip
+    assert (result.config["lr"], result.config["lr_lcgd"]) == (0.05, 0.2)
+    assert (result.lr_of("gd"), result.lr_of("lcgd")) == (0.05, 0.2)
+    episode = result.episode
+    by_hand = fit(model, episode.train_demos, episode.bos, "lcgd", lr=0.2, parameters=trained_parameters(model))
+    for name, tensor in result.deltas["lcgd"].tensors.items():
+        assert torch.allclose(tensor, by_hand.tensors[name], atol=1e-6), name
+    norms = result.scores["model"]["update_norm"]
+    for method in ("gd", "lcgd"):
+        total = math.sqrt(sum(float(t.double().pow(2).sum()) for t in result.deltas[method].tensors.values()))
+        assert norms[method]["total"] == pytest.approx(total, rel=1e-6)
+        assert len(norms[method]["per_layer"]) == model.cfg.n_layers
+    assert set(result.scores["no_training"]["update_norm"]) == {"gd", "lcgd"}
+    assert result.config["trained_parameters"] == list(trained_parameters(model))
