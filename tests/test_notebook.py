@@ -3,7 +3,10 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # make test-fast leaves this module out
 
 TOUR = Path(__file__).parents[1] / "analyses" / "notebooks" / "tour.ipynb"
 

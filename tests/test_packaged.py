@@ -17,6 +17,8 @@ from iclgd_lens.packaged_tasks import PACKAGED_TASKS, package_file
 from iclgd_lens.presets import resolve
 from iclgd_lens.recording import record
 
+pytestmark = pytest.mark.slow  # make test-fast leaves this module out
+
 needs_smollm2 = pytest.mark.skipif(
     P.gguf_path(P.SMOLLM2_135M) is None or importlib.util.find_spec("gguf") is None,
     reason=f"SmolLM2's GGUF is not installed ({P.SMOLLM2_135M.install_command}; make test installs it)",

@@ -17,6 +17,8 @@ from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder
 from iclgd_lens.cli import main
 from iclgd_lens.views.reproduction import TABLE_FILES
 
+pytestmark = pytest.mark.slow  # make test-fast leaves this module out
+
 SWEEP = ["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2,synth-mr", "--runs", "2", "--lr", "0.3",
          "--k", "6", "--n-eval", "12", "--baselines", "no_training", "--threads", "1", "--quiet"]  # fmt: skip
 

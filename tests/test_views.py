@@ -79,6 +79,7 @@ def test_plots_from_saved_folders(saved, tmp_path):
     assert "synth-sst2" in svg and "<dc:date>" not in svg  # no timestamp: the same data gives the same file
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
 def test_report_renders_offline_in_chromium(saved, tmp_path):
     html = tmp_path / "report.html"
