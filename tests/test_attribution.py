@@ -13,7 +13,7 @@ from helpers import make_tokenizer, toy_task
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from iclgd_lens import Delta, Result, compare, load_model, load_task
-from iclgd_lens.analysis.attribution import change_against, delta_effects, logodds, patch_effects
+from iclgd_lens.analysis.attribution import attribution_table, change_against, delta_effects, logodds, patch_effects
 from iclgd_lens.analysis.kendall import COLUMNS, ft_scores, kendall_table, measures, softmax, top_k_recall
 from iclgd_lens.cli import main
 
@@ -106,9 +106,18 @@ def test_learned_positions_need_the_position_patch_to_restore_exactly(tmp_path):
     make_tokenizer().save_pretrained(tmp_path / "gpt2")
     model = load_model(str(tmp_path / "gpt2"), device="cpu")
     result = compare(model, toy_task(), k=6, seed=0, lr=0.01, n_eval=6, baselines=(), methods=("gd",), progress=False)
-    _, totals = patch_effects(model, result, [0], batch_size=3)
+    table, totals = patch_effects(model, result, [0], batch_size=3)
     assert abs(totals["all_heads"] - totals["icl"]) > 1e-2  # the heads alone do not restore exactly
     assert totals["all_heads_position"] == pytest.approx(totals["icl"], abs=1e-4)
+    assert ("all", "all+position") in set(zip(table.layer, table["head"]))  # the position row
+    result.deltas = {"gd": result.deltas["gd"]}
+    heads, totals = attribution_table(model, result, [0], batch_size=3)
+    position = heads[heads["head"] == "all+position"]
+    assert list(position.method) == ["icl"] and position.logodds_change.isna().all()
+    from iclgd_lens.views.attribution import heads_heatmaps, heads_markdown
+
+    assert "every head and the positional embedding" in heads_markdown(heads, totals)
+    assert len(heads_heatmaps(heads).axes) == 2 * 2  # gd and the patching share, each with its colour bar
 
 
 def test_patching_every_head_restores_the_whole_icl_effect(tiny, saved):
@@ -133,7 +142,9 @@ def test_patching_every_head_restores_the_whole_icl_effect(tiny, saved):
     one, one_totals = patch_effects(tiny, _queries(result, [query]), [layer], batch_size=1)
     restored = (by_hand.item() - one_totals["zs"]) / (one_totals["icl"] - one_totals["zs"])
     assert one.set_index(["layer", "head"]).loc[(layer, head), "patch_restored"] == pytest.approx(restored, abs=1e-5)
-    assert table.patch_restored.notna().all() and len(table) == 2 * 4
+    assert table.patch_restored.notna().all() and len(table) == 2 * 4 + 1  # every head, and all heads at once
+    every = table.set_index(["layer", "head"]).loc[("all", "all")]
+    assert every.patch_restored == pytest.approx(totals["all_heads_restored"]) and every.patch_low <= 1 <= every.patch_high
 
 
 def _queries(result: Result, rows: list[int]) -> Result:

@@ -38,6 +38,8 @@ from iclgd_lens.recording import record
 from iclgd_lens.results import Result
 
 ALL = "all"  # the head of a whole-layer row; the layer and head of the whole delta's row
+POSITION = "all+position"
+ICL = "icl"  # the method of a patching row that no delta row carries  # the head of the patching row that patches every head and the positional embedding
 MIN_ICL_EFFECT = 0.1  # nats of mean label log-odds: below it `patch_restored` is NaN
 DRAWS, LEVEL, SEED = 1000, 0.95, 0  # the bootstrap interval of `patch_restored` over queries
 
@@ -205,10 +207,11 @@ def _interval(draws: Tensor) -> tuple[float, float]:
 def patch_effects(
     model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
 ) -> tuple[pd.DataFrame, dict]:
-    """(b): rows (layer, head, patch_restored, patch_low, patch_high), and the totals: the mean log-odds of ZS,
-    ICL, every head of every layer patched (`all_heads`) and, for learned absolute positions, every head and the
-    positional embedding (`all_heads_position`), with their restored shares, the ICL effect and a `note` when it
-    is below MIN_ICL_EFFECT."""
+    """(b): rows (layer, head, patch_restored, patch_low, patch_high), one per head, one for every head of every
+    layer (layer and head "all") and, for learned absolute positions, one for every head and the positional
+    embedding (layer "all", head "all+position"); and the totals: the mean log-odds of ZS, ICL, every head patched
+    (`all_heads`) and every head and the position (`all_heads_position`), with their restored shares, the ICL effect
+    and a `note` when it is below MIN_ICL_EFFECT."""
     check_attributable(result, model)
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
@@ -246,9 +249,9 @@ def patch_effects(
         plain.append(batch.plain)
         at = batch.positions
         all_heads = [h for l in range(model.cfg.n_layers) for h in patch(rows, at, l, every)]
-        parts.setdefault("all_heads", []).append(batch.run(all_heads))
+        parts.setdefault((ALL, ALL), []).append(batch.run(all_heads))
         if learned_positions:
-            parts.setdefault("all_heads_position", []).append(batch.run(all_heads + icl_position(at)))
+            parts.setdefault((ALL, POSITION), []).append(batch.run(all_heads + icl_position(at)))
         for layer in layers:
             for head in every:
                 parts.setdefault((layer, head), []).append(batch.run(patch(rows, at, layer, [head]), from_layer=layer))
@@ -256,16 +259,15 @@ def patch_effects(
     odds = {key: logodds(torch.cat(p), labels) for key, p in parts.items()}
     counts = query_resamples(len(labels))
     rows_out = []
-    for key, patched in odds.items():
-        if isinstance(key, tuple):
-            low, high = _interval(restored_share(patched, zs, icl, counts))
-            rows_out.append({"layer": key[0], "head": key[1], "patch_restored": float(restored_share(patched, zs, icl)),
-                             "patch_low": low, "patch_high": high})  # fmt: skip
+    for (layer, head), patched in odds.items():
+        low, high = _interval(restored_share(patched, zs, icl, counts))
+        rows_out.append({"layer": layer, "head": head, "patch_restored": float(restored_share(patched, zs, icl)),
+                         "patch_low": low, "patch_high": high})  # fmt: skip
     effect = float(icl.mean() - zs.mean())
     totals = {"zs": float(zs.mean()), "icl": float(icl.mean()), "icl_effect": effect, "min_icl_effect": MIN_ICL_EFFECT}
-    for name in ("all_heads", "all_heads_position"):
-        if name in odds:
-            totals |= {name: float(odds[name].mean()), f"{name}_restored": float(restored_share(odds[name], zs, icl))}
+    for name, key in (("all_heads", (ALL, ALL)), ("all_heads_position", (ALL, POSITION))):
+        if key in odds:
+            totals |= {name: float(odds[key].mean()), f"{name}_restored": float(restored_share(odds[key], zs, icl))}
     if abs(effect) < MIN_ICL_EFFECT:
         totals["note"] = (f"the ICL effect on the mean label log-odds is {effect:.3g}, below {MIN_ICL_EFFECT}: no "
                           "restored share is computed (NaN)")  # fmt: skip
@@ -276,14 +278,21 @@ def attribution_table(
     model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
 ) -> tuple[pd.DataFrame, dict]:
     """heads.csv: layer, head, method, the four changes of `delta_effects`, patch_restored with its interval (the
-    patching value is ICL's, the same for every method; whole-layer rows have head "all", the whole delta's row
-    layer and head "all", and no patching value), ranked by the absolute log-odds change."""
+    patching value is ICL's, the same for every method; whole-layer rows have head "all" and no patching value; the
+    whole delta's row, layer and head "all", carries every head's patching value; for learned absolute positions a
+    row with method "icl", layer "all" and head "all+position" carries the position patch), ranked by the absolute
+    log-odds change."""
     patches, totals = patch_effects(model, result, layers, batch_size)
     frames = [delta_effects(model, result, method, layers, batch_size) for method in result.methods
               if method in result.deltas]  # fmt: skip
     if not frames:
         raise ValueError("this result has no saved deltas; re-run compare (it saves deltas.safetensors)")
     effects = pd.concat(frames, ignore_index=True).astype({"layer": str, "head": str})
-    table = effects.merge(patches.astype({"layer": str, "head": str}), on=["layer", "head"], how="left")
+    patches = patches.astype({"layer": str, "head": str})
+    table = effects.merge(patches, on=["layer", "head"], how="left")
+    # patching rows no delta row carries (all heads + position): method "icl", no delta columns
+    keys = set(zip(effects.layer, effects["head"]))
+    icl_only = patches[[key not in keys for key in zip(patches.layer, patches["head"])]].assign(method=ICL)
+    table = pd.concat([table, icl_only], ignore_index=True)
     table = table.sort_values(["method", "abs_logodds_change"], ascending=[True, False], kind="stable")
     return table.reset_index(drop=True), totals

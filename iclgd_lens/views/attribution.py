@@ -60,7 +60,7 @@ def _totals_line(totals: dict) -> str:
 def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
     parts = [_totals_line(totals)]
     changes = ["logodds_change", "abs_logodds_change", "majority_share_change", "acc_change"]
-    for method, rows in heads.groupby("method", sort=False):
+    for method, rows in heads[heads.method != "icl"].groupby("method", sort=False):
         whole = rows[rows.layer == "all"]
         parts.append(f"## {method.upper()}: the whole delta (every layer, every head)\n\n" + _markdown(whole[changes]))
         single = rows[rows["head"] != "all"].head(TOP)
@@ -69,7 +69,7 @@ def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
         layers = rows[(rows["head"] == "all") & (rows.layer != "all")]
         parts.append(f"## {method.upper()}: whole layers\n\n"
                      + _markdown(layers.sort_values("layer", key=lambda l: l.astype(int))[["layer", *changes]]))  # fmt: skip
-    patches = heads[heads["head"] != "all"].drop_duplicates(["layer", "head"])
+    patches = heads[(heads.layer != "all") & (heads["head"] != "all")].drop_duplicates(["layer", "head"])
     patches = patches.sort_values("patch_restored", ascending=False, kind="stable")
     parts.append(f"## ICL: the {min(TOP, len(patches))} heads whose ICL output restores most of the ICL effect\n\n"
                  + _markdown(patches[["layer", "head", "patch_restored", "patch_low", "patch_high"]].head(TOP)))  # fmt: skip
@@ -81,7 +81,7 @@ def heads_heatmaps(heads: pd.DataFrame):
     import numpy as np
     from matplotlib.figure import Figure
 
-    single = heads[heads["head"] != "all"].astype({"layer": int, "head": int})
+    single = heads[(heads.layer != "all") & (heads["head"] != "all")].astype({"layer": int, "head": int})
     panels = [(f"{m}: |Δ log-odds|", rows, "abs_logodds_change") for m, rows in single.groupby("method", sort=False)]
     panels.append(("ICL patching: restored share", single.drop_duplicates(["layer", "head"]), "patch_restored"))
     fig = Figure(figsize=(3.6 * len(panels) + 1, 3.2), layout="constrained")
