@@ -25,7 +25,7 @@ install: $(BIN)/iclgd-lens
 # snippets; the lr is the papers' MR lr. The bundled tiny-icl stays the test model (make run-tiny).
 run: install
 	$(BIN)/iclgd-lens compare --model smollm2-135m --task rt-snippets --k 16 --separator '\n' --seed 0 --lr 3e-3 \
-		--n-eval 64 --baselines no_training trained_embeddings --out $(RUN_OUT) --overwrite --quiet
+		--n-eval 64 --baselines no_training trained_norms trained_embeddings --out $(RUN_OUT) --overwrite --quiet
 
 run-tiny: install
 	$(BIN)/iclgd-lens compare --model tiny-icl --task synth-sst2 --k 32 --seed 0 --lr 0.3 \
