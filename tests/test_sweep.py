@@ -49,7 +49,7 @@ def test_sweep_writes_every_table(reference_sweep):
     for heading in ("Accuracy", "Revisited Table 1", "Revisited Table 2", "Dai et al.", "Learning rates"):
         assert heading in tables
     assert "trained − no_training" in tables and "too few runs" in tables  # 2 runs: no verdict
-    assert "two-level bootstrap" in tables and "Update size" in tables
+    assert "two-level bootstrap" in tables and "Update size" in tables and "LCGD against GD" in tables
     # the papers' 1.3B numbers of the real task beside the synthetic one's: SST-2's ZS / ICL / GD accuracy, GD SimAM∆
     assert "| synth-sst2 | " in tables and "0.705 / 0.927 / 0.739" in tables and "| 0.15 / –" in tables
     assert (out / "per_layer_simam_delta.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -72,8 +72,11 @@ def test_summary_recomputes_from_result_files(reference_sweep):
     assert row.ci_low <= row["mean"] <= row.ci_high and row.runs == 2
     verdicts = pd.read_csv(reference_sweep / "verdicts.csv")
     versus = verdicts[(verdicts.task == "synth-mr") & (verdicts.method == "lcgd") & (verdicts.metric == "simaou")]
-    assert list(versus.baseline) == ["no_training"] and list(versus.verdict) == ["too few runs"]
+    assert list(versus.baseline) == ["no_training", "gd"] and set(versus.verdict) == {"too few runs"}
     assert versus.difference.iloc[0] == pytest.approx(mean - versus.baseline_mean.iloc[0], rel=1e-5)
+    gd = summary[(summary.task == "synth-mr") & (summary.model == "trained") & (summary.method == "gd")
+                 & (summary.metric == "simaou")].iloc[0]  # fmt: skip
+    assert versus.baseline_mean.iloc[1] == pytest.approx(gd["mean"], rel=1e-5)  # LCGD − GD on the trained model
     assert "simam" not in set(verdicts.metric)  # SimAM after FT measures no update
 
 

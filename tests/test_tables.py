@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iclgd_lens.analysis import bootstrap
-from iclgd_lens.analysis.tables import verdicts_table
+from iclgd_lens.analysis.tables import methods_table, verdicts_table
 from iclgd_lens.metrics import reduce
 
 
@@ -143,3 +143,21 @@ def test_verdicts_table_compares_only_update_similarities_against_each_baseline(
     assert verdicts.loc["trained_norms", "verdict"] == "no difference shown"  # differences -0.01 .. 0.03
     draws[("t", "trained_norms", "gd", "simaou")] = 0.29 + np.linspace(-0.01, 0.01, 4001)  # paired: always +0.01
     assert verdicts_table(summary, draws).set_index("baseline").loc["trained_norms", "verdict"] == "above"
+
+
+def test_lcgd_is_set_against_gd_on_the_trained_model_paired():
+    summary_rows, draws = [], {}
+    spread = np.linspace(-0.05, 0.05, 4001)
+    for method, mean, sign in (("gd", 0.2, 1), ("lcgd", 0.22, 1)):
+        for metric in ("simaou", "simam"):
+            summary_rows.append(("t", "trained", method, metric, mean, 0.05, 5, math.nan, math.nan))
+            draws[("t", "trained", method, metric)] = mean + sign * spread  # wide, but the same draws on both sides
+    summary_rows.append(("t", "trained", "lcgd", "alpha", 0.4, 0.1, 5, math.nan, math.nan))
+    draws[("t", "trained", "lcgd", "alpha")] = 0.4 + spread
+    summary = pd.DataFrame(summary_rows, columns=["task", "model", "method", "metric", "mean", "std", "runs",
+                                                  "ci_low", "ci_high"])  # fmt: skip
+    rows = methods_table(summary, draws)
+    assert list(rows.metric) == ["simaou"]  # SimAM after FT measures no update; alpha has no GD counterpart
+    row = rows.iloc[0]
+    assert (row.method, row.baseline, row.verdict) == ("lcgd", "gd", "above")  # +0.02 in every paired draw
+    assert row.difference == pytest.approx(0.02) and row.diff_low == pytest.approx(0.02)

@@ -4,7 +4,7 @@ One long table (`summary.csv`) holds every number: per task, model ("trained" or
 the mean over runs, the sample std over runs (ddof 1; undefined with one run) and, for every similarity, the 95 %
 two-level bootstrap interval (runs, then queries within runs; `bootstrap`). `verdicts.csv` sets each trained-model
 similarity of an update beside the same number on every untrained baseline as a paired difference with its interval
-and a verdict. `views.reproduction` lays them out in the papers' tables. Deterministic (plan order, seeded
+and a verdict, and LCGD's beside GD's on the trained model (baseline "gd"). `views.reproduction` lays them out in the papers' tables. Deterministic (plan order, seeded
 bootstrap): the same result folders always give the same numbers.
 """
 
@@ -79,10 +79,12 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
     table = pd.DataFrame(rows, columns=columns)
-    return table, verdicts_table(table, draws)
+    return table, pd.concat([verdicts_table(table, draws), methods_table(table, draws)], ignore_index=True)
 
 
 COMPARED = ("simaou_norm", "simaou", "simam_delta", "alpha")  # similarities of an update (not SimAM after/before FT)
+VERDICT_COLUMNS = ["task", "method", "metric", "baseline", "trained", "baseline_mean", "difference", "diff_low",
+                   "diff_high", "runs", "verdict"]  # fmt: skip
 
 
 def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
@@ -103,9 +105,28 @@ def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str],
             "difference": trained["mean"] - baseline["mean"], "diff_low": difference[0], "diff_high": difference[1],
             "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
         })  # fmt: skip
-    columns = ["task", "method", "metric", "baseline", "trained", "baseline_mean", "difference", "diff_low",
-               "diff_high", "runs", "verdict"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def methods_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
+    """LCGD against GD on the trained model (Revisited Table 2's claim), as verdict rows: method "lcgd", baseline
+    "gd", the paired difference LCGD − GD (the same runs and queries in every draw) and its verdict."""
+    index = summary.set_index(["task", "model", "method", "metric"])
+    rows = []
+    for (task, model, method, metric), lcgd_draws in draws.items():
+        key = (task, TRAINED, "gd", metric)
+        if model != TRAINED or method != "lcgd" or metric not in COMPARED or key not in draws:
+            continue
+        lcgd, gd = index.loc[(task, TRAINED, "lcgd", metric)], index.loc[key]
+        n_runs = int(lcgd["runs"])
+        difference = bootstrap.interval(lcgd_draws - draws[key], n_runs)
+        rows.append({
+            "task": task, "method": "lcgd", "metric": metric, "baseline": "gd",
+            "trained": lcgd["mean"], "baseline_mean": gd["mean"],
+            "difference": lcgd["mean"] - gd["mean"], "diff_low": difference[0], "diff_high": difference[1],
+            "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
 def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
