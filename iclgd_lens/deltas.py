@@ -91,9 +91,10 @@ class Delta:
         """A zero delta of `parameters` (per-block names such as 'attn.W_K'; default: `trained_parameters(model)`)
         in every layer."""
         params = dict(model.named_parameters())
+        locals_ = trained_parameters(model) if parameters is None else check_parameters(parameters)
         tensors = {}
         for layer in range(model.cfg.n_layers):
-            for local in trained_parameters(model) if parameters is None else check_parameters(parameters):
+            for local in locals_:
                 name = _stored_name(params, f"blocks.{layer}.{local}")
                 if name is not None:
                     tensors[name] = torch.zeros_like(params[name])
@@ -114,9 +115,9 @@ class Delta:
         """The update's size: {"per_layer": ‖ΔW‖ per layer (Frobenius over every tensor of the layer; 0 for a layer
         without tensors), "by_parameter": {'attn.W_K': per layer, ...}, "total"}, in float64."""
         by_parameter: dict[str, list[float]] = {}
-        for name, tensor in self.tensors.items():
-            layer, local = int(name.split(".")[1]), name.split(".", 2)[2].replace("._", ".")
-            by_parameter.setdefault(local, [0.0] * n_layers)[layer] = float(tensor.double().norm())
+        for layer in self.layers():
+            for local, tensor in self._layer_tensors(layer).items():
+                by_parameter.setdefault(local, [0.0] * n_layers)[layer] = float(tensor.double().norm())
         per_layer = [sum(v[layer] ** 2 for v in by_parameter.values()) ** 0.5 for layer in range(n_layers)]
         return {"per_layer": per_layer, "by_parameter": by_parameter, "total": sum(v**2 for v in per_layer) ** 0.5}
 

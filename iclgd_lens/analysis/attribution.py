@@ -32,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from iclgd_lens.analysis.bootstrap import percentile_interval
 from iclgd_lens.deltas import logit_lens
 from iclgd_lens.episodes import Episode
 from iclgd_lens.recording import record
@@ -195,15 +196,6 @@ def query_resamples(n: int) -> Tensor:
     return torch.zeros(DRAWS, n, dtype=torch.float64).scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
 
 
-def _interval(draws: Tensor) -> tuple[float, float]:
-    draws = draws[~draws.isnan()]
-    if draws.numel() == 0:
-        return float("nan"), float("nan")
-    tail = (1 - LEVEL) / 2
-    low, high = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype))
-    return float(low), float(high)
-
-
 def patch_effects(
     model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
 ) -> tuple[pd.DataFrame, dict]:
@@ -260,7 +252,7 @@ def patch_effects(
     counts = query_resamples(len(labels))
     rows_out = []
     for (layer, head), patched in odds.items():
-        low, high = _interval(restored_share(patched, zs, icl, counts))
+        low, high = percentile_interval(restored_share(patched, zs, icl, counts).numpy(), (1 - LEVEL) / 2)
         rows_out.append({"layer": layer, "head": head, "patch_restored": float(restored_share(patched, zs, icl)),
                          "patch_low": low, "patch_high": high})  # fmt: skip
     effect = float(icl.mean() - zs.mean())

@@ -118,14 +118,18 @@ def tail(n_runs: int, level: float = LEVEL) -> float:
     return float(norm.cdf(-math.sqrt(n_runs / (n_runs - 1)) * t.ppf(1 - (1 - level) / 2, n_runs - 1)))
 
 
-def interval(draws: np.ndarray, n_runs: int) -> tuple[float, float]:
-    """The expanded percentile interval of a statistic's bootstrap draws; NaN with one run or no defined draw."""
+def percentile_interval(draws: np.ndarray, low_tail: float) -> tuple[float, float]:
+    """The [low_tail, 1 − low_tail] quantiles of the defined bootstrap draws; NaN without any (or a NaN tail)."""
     draws = draws[~np.isnan(draws)]
-    low_tail = tail(n_runs)
     if draws.size == 0 or math.isnan(low_tail):
         return math.nan, math.nan
     low, high = np.quantile(draws, [low_tail, 1 - low_tail])
     return float(low), float(high)
+
+
+def interval(draws: np.ndarray, n_runs: int) -> tuple[float, float]:
+    """The expanded percentile interval of a statistic's bootstrap draws; NaN with one run or no defined draw."""
+    return percentile_interval(draws, tail(n_runs))
 
 
 def verdict(difference: tuple[float, float], n_runs: int) -> str:

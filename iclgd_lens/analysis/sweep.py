@@ -71,7 +71,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if "search" not in (self.lr, self.lr_lcgd):  # the grid means nothing then: leave it out so it cannot block a restart
+        if "search" not in (self.lr, self.lr_lcgd):  # the grid means nothing then: left out, it cannot block a restart
             del data["lr_grid"], data["n_heldout"]
         return json.loads(json.dumps(data))  # as sweep.json holds it (lists, not tuples), so the two compare equal
 

@@ -4,8 +4,9 @@ One long table (`summary.csv`) holds every number: per task, model ("trained" or
 the mean over runs, the sample std over runs (ddof 1; undefined with one run) and, for every similarity, the 95 %
 two-level bootstrap interval (runs, then queries within runs; `bootstrap`). `verdicts.csv` sets each trained-model
 similarity of an update beside the same number on every untrained baseline as a paired difference with its interval
-and a verdict, and LCGD's beside GD's on the trained model (baseline "gd"). `views.reproduction` lays them out in the papers' tables. Deterministic (plan order, seeded
-bootstrap): the same result folders always give the same numbers.
+and a verdict, and LCGD's beside GD's on the trained model (baseline "gd"). `views.reproduction` lays them out in
+the papers' tables. Deterministic (plan order, seeded bootstrap): the same result folders always give the same
+numbers.
 """
 
 from __future__ import annotations
@@ -87,45 +88,38 @@ VERDICT_COLUMNS = ["task", "method", "metric", "baseline", "trained", "baseline_
                    "diff_high", "runs", "verdict"]  # fmt: skip
 
 
+def _paired_row(index: pd.DataFrame, draws: dict, task: str, method: str, metric: str, mine: tuple[str, str],
+                theirs: tuple[str, str], baseline: str) -> dict:  # fmt: skip
+    """A verdict row: the (model, method) `mine` against `theirs` on one task and metric, the paired difference
+    (mean over runs of the per-run differences), its two-level bootstrap interval from the same draws on both sides,
+    and `bootstrap.verdict`."""
+    ours, other = index.loc[(task, *mine, metric)], index.loc[(task, *theirs, metric)]
+    n_runs = int(ours["runs"])
+    difference = bootstrap.interval(draws[(task, *mine, metric)] - draws[(task, *theirs, metric)], n_runs)
+    return {
+        "task": task, "method": method, "metric": metric, "baseline": baseline,
+        "trained": ours["mean"], "baseline_mean": other["mean"],
+        "difference": ours["mean"] - other["mean"], "diff_low": difference[0], "diff_high": difference[1],
+        "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
+    }  # fmt: skip
+
+
 def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
-    """Per task, method, compared metric (COMPARED) and untrained baseline: the paired difference trained − baseline
-    (mean over runs of the per-run differences), its two-level bootstrap interval (the same draws on both sides) and
-    the verdict (`bootstrap.verdict`: above / below / no difference shown / too few runs)."""
+    """Per task, method, compared metric (COMPARED) and untrained baseline: trained − baseline (`_paired_row`)."""
     index = summary.set_index(["task", "model", "method", "metric"])
-    rows = []
-    for (task, model, method, metric), baseline_draws in draws.items():
-        if model == TRAINED or metric not in COMPARED or (task, TRAINED, method, metric) not in index.index:
-            continue
-        trained, baseline = index.loc[(task, TRAINED, method, metric)], index.loc[(task, model, method, metric)]
-        n_runs = int(trained["runs"])
-        difference = bootstrap.interval(draws[(task, TRAINED, method, metric)] - baseline_draws, n_runs)
-        rows.append({
-            "task": task, "method": method, "metric": metric, "baseline": model,
-            "trained": trained["mean"], "baseline_mean": baseline["mean"],
-            "difference": trained["mean"] - baseline["mean"], "diff_low": difference[0], "diff_high": difference[1],
-            "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
-        })  # fmt: skip
+    rows = [_paired_row(index, draws, task, method, metric, (TRAINED, method), (model, method), model)
+            for task, model, method, metric in draws
+            if model != TRAINED and metric in COMPARED and (task, TRAINED, method, metric) in draws]  # fmt: skip
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
 def methods_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
     """LCGD against GD on the trained model (Revisited Table 2's claim), as verdict rows: method "lcgd", baseline
-    "gd", the paired difference LCGD − GD (the same runs and queries in every draw) and its verdict."""
+    "gd", the paired difference LCGD − GD (`_paired_row`)."""
     index = summary.set_index(["task", "model", "method", "metric"])
-    rows = []
-    for (task, model, method, metric), lcgd_draws in draws.items():
-        key = (task, TRAINED, "gd", metric)
-        if model != TRAINED or method != "lcgd" or metric not in COMPARED or key not in draws:
-            continue
-        lcgd, gd = index.loc[(task, TRAINED, "lcgd", metric)], index.loc[key]
-        n_runs = int(lcgd["runs"])
-        difference = bootstrap.interval(lcgd_draws - draws[key], n_runs)
-        rows.append({
-            "task": task, "method": "lcgd", "metric": metric, "baseline": "gd",
-            "trained": lcgd["mean"], "baseline_mean": gd["mean"],
-            "difference": lcgd["mean"] - gd["mean"], "diff_low": difference[0], "diff_high": difference[1],
-            "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
-        })  # fmt: skip
+    rows = [_paired_row(index, draws, task, "lcgd", metric, (TRAINED, "lcgd"), (TRAINED, "gd"), "gd")
+            for task, model, method, metric in draws
+            if model == TRAINED and method == "lcgd" and metric in COMPARED and (task, TRAINED, "gd", metric) in draws]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
