@@ -42,14 +42,15 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from iclgd_lens import compare, load_task
-from iclgd_lens.cli import available_threads
-from iclgd_lens.deltas import fit
-from iclgd_lens.episodes import Episode, build_episode
+from iclgd_lens.sources.devices import available_threads
+from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.episodes import Episode, build_episode
 from iclgd_lens.files import write_text_atomic
-from iclgd_lens.models import DTYPES, load_model
-from iclgd_lens.packaged_models import packaged_model_folder
-from iclgd_lens.recording import record, record_offset
-from iclgd_lens.tasks import Task
+from iclgd_lens.sources.devices import DTYPES
+from iclgd_lens.sources import load_model
+from iclgd_lens.sources.packaged_models import packaged_model_folder
+from iclgd_lens.core.recording import record, record_offset
+from iclgd_lens.sources.task import Task
 from iclgd_lens.views.markdown import markdown_table
 
 BENCH_FORMAT = "iclgd-lens bench 1"

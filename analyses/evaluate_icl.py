@@ -29,13 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformer_lens import HookedTransformer  # noqa: E402
 
-from iclgd_lens import build_episode, fit, load_model, load_task, record  # noqa: E402
-from iclgd_lens.cli import separator_text  # noqa: E402
-from iclgd_lens.metrics import accuracy  # noqa: E402
-from iclgd_lens.presets import Choices, resolve  # noqa: E402
-from iclgd_lens.synthetic import SYNTHETIC_TASKS  # noqa: E402
-from iclgd_lens.tasks import Task  # noqa: E402
-from iclgd_lens.tiny_model import TINY_ICL_DIR  # noqa: E402
+from iclgd_lens import CompareConfig, build_episode, episode_accuracy, fit, load_model, load_task  # noqa: E402
+from iclgd_lens import separator_text  # noqa: E402
+from iclgd_lens.sources import SYNTHETIC_TASKS, TINY_ICL_DIR, Task  # noqa: E402
 
 CARD_START, CARD_END = "<!-- accuracy-table -->", "<!-- /accuracy-table -->"
 
@@ -58,23 +54,22 @@ def evaluate_task(
     seed: int = 0,
     n_queries: int | None = None,
     batch_size: int = 32,
-    choices: Choices | None = None,
+    config: CompareConfig | None = None,
 ) -> TaskScore:
     """ZS and ICL accuracy through the toolkit's own episode and recording (the papers' protocol), with the task's
     label words and with them reversed."""
     scores = []
+    choices = (config or CompareConfig()).choices
     for words in (task.label_words, task.label_words[::-1]):
         episode = build_episode(replace(task, label_words=words), model.tokenizer, model.cfg.n_ctx, k=k, seed=seed,
-                                n_eval=n_queries or len(task.eval), choices=choices)
-        labels = torch.tensor(episode.labels)
-        common = dict(label_tokens=episode.label_tokens, batch_size=batch_size, pad_token=episode.bos)
-        for prefix in (episode.zs_prefix, episode.icl_prefix):
-            scores.append(accuracy(record(model, episode.queries, prefix=prefix, **common).pred, labels))
-    return TaskScore(task.name, episode.effective_k, len(labels), *scores)
+                                n_eval=n_queries or len(task.eval), choices=choices)  # fmt: skip
+        accuracy = episode_accuracy(model, episode, position=choices.position, batch_size=batch_size)
+        scores += [accuracy["zs"], accuracy["icl"]]
+    return TaskScore(task.name, episode.effective_k, len(episode.queries), *scores)
 
 
-def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, choices=None) -> list[TaskScore]:
-    return [evaluate_task(model, load_task(name), k, seed, n_queries, choices=choices) for name in tasks]
+def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, config=None) -> list[TaskScore]:
+    return [evaluate_task(model, load_task(name), k, seed, n_queries, config=config) for name in tasks]
 
 
 def gd_zs_accuracy(
@@ -83,8 +78,7 @@ def gd_zs_accuracy(
     """ZS accuracy after the papers' GD (plain SGD on every layer's K/V over the k demonstrations)."""
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_queries or len(task.eval))
     delta = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
-    tuned = record(model, episode.queries, episode.label_tokens, episode.zs_prefix, delta=delta, pad_token=episode.bos)
-    return accuracy(tuned.pred, torch.tensor(episode.labels))
+    return episode_accuracy(model, episode, {"gd": delta}, prompts=())["gd"]
 
 
 def table(scores: list[TaskScore]) -> str:
@@ -129,7 +123,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
-    scores = evaluate(model, args.tasks, args.k, args.seed, args.n_queries, resolve(separator=args.separator))
+    scores = evaluate(model, args.tasks, args.k, args.seed, args.n_queries, CompareConfig(separator=args.separator))
     text = table(scores)
     print(text)
     for score in scores:

@@ -13,11 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
-from iclgd_lens import build_episode, fit, load_model, load_task, record
-from iclgd_lens.metrics import accuracy
-from iclgd_lens.synthetic import SYNTHETIC_TASKS
+from iclgd_lens import build_episode, episode_accuracy, fit, load_model, load_task
+from iclgd_lens.sources import SYNTHETIC_TASKS
 
 GRIDS = {
     "coarse": [float(f"{m}e-{e}") for e in (1, 2, 3, 4) for m in (1, 3)],
@@ -27,12 +25,8 @@ GRIDS = {
 
 def sweep(model, task, k: int, seed: int, n_eval: int, lrs: list[float], batch_size: int) -> dict:
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_eval)
-    labels = torch.tensor(episode.labels)
-    common = dict(label_tokens=episode.label_tokens, batch_size=batch_size, pad_token=episode.bos)
-    zs = record(model, episode.queries, prefix=episode.zs_prefix, **common)
-    icl = record(model, episode.queries, prefix=episode.icl_prefix, **common)
-    row = {"task": task.name, "effective_k": episode.effective_k, "zs": accuracy(zs.pred, labels)}
-    row["icl"] = accuracy(icl.pred, labels)
+    row = {"task": task.name, "effective_k": episode.effective_k}
+    row |= episode_accuracy(model, episode, batch_size=batch_size)
     row["gd"] = {}
     for lr in lrs:
         try:
@@ -40,9 +34,7 @@ def sweep(model, task, k: int, seed: int, n_eval: int, lrs: list[float], batch_s
         except FloatingPointError:
             row["gd"][lr] = float("nan")
             continue
-        row["gd"][lr] = accuracy(
-            record(model, episode.queries, prefix=episode.zs_prefix, delta=delta, **common).pred, labels
-        )
+        row["gd"][lr] = episode_accuracy(model, episode, {"gd": delta}, prompts=(), batch_size=batch_size)["gd"]
     finite = {lr: acc for lr, acc in row["gd"].items() if acc == acc}
     row["best_lr"] = max(finite, key=lambda lr: (finite[lr], -lr)) if finite else None
     row["best_gd"] = finite.get(row["best_lr"], float("nan"))

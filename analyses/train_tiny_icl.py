@@ -42,10 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_icl import evaluate, replace_card_table, table  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
-from iclgd_lens.synthetic import EXTRA_LABEL_WORDS, SYNTHETIC_TASKS, synthetic_task  # noqa: E402
-from iclgd_lens.tasks import HUB_TASKS  # noqa: E402
-from iclgd_lens.tiny_model import (  # noqa: E402
-    TINY_ICL_DIR, build_tokenizer, load_bundled, model_config, save_bundled,
+from iclgd_lens.sources import (  # noqa: E402
+    EXTRA_LABEL_WORDS,
+    HUB_TASKS,
+    SYNTHETIC_TASKS,
+    TINY_ICL_DIR,
+    build_tokenizer,
+    load_bundled,
+    model_config,
+    save_bundled,
+    synthetic_task,
 )
 
 
@@ -327,7 +333,7 @@ def model_card(args, n_params: int, train_time: float, command: str) -> str:
     return f"""# tiny-icl
 
 A small GPT-2-style `HookedTransformer` trained from scratch, offline, to learn the bundled synthetic tasks
-(`iclgd_lens.synthetic`) in context. It is the toolkit's offline default model: with no hub access,
+(`iclgd_lens.sources.synthetic_tasks`) in context. It is the toolkit's offline default model: with no hub access,
 `load_model("tiny-icl")` + `load_task("synth-sst2")` run every comparison of the papers.
 
 ## Architecture

@@ -6,19 +6,23 @@ The public names load lazily, so that `iclgd-lens --help` answers without import
 from importlib import import_module
 
 _PUBLIC = {
-    "Delta": "deltas",
-    "Episode": "episodes",
-    "Record": "recording",
-    "Result": "results",
-    "Task": "tasks",
-    "available_tasks": "tasks",
-    "build_episode": "episodes",
-    "compare": "comparison",
-    "fit": "deltas",
-    "load_model": "models",
-    "load_task": "tasks",
-    "record": "recording",
-    "untrained_copy": "models",
+    "CompareConfig": "core.config",
+    "Delta": "core.deltas",
+    "Episode": "core.episodes",
+    "Record": "core.recording",
+    "Result": "core.results",
+    "Task": "sources.task",
+    "available_tasks": "sources.dispatch",
+    "build_episode": "core.episodes",
+    "compare": "core.comparison",
+    "episode_accuracy": "core.accuracy",
+    "fit": "core.finetuning",
+    "load_model": "sources.dispatch",
+    "load_task": "sources.dispatch",
+    "record": "core.recording",
+    "record_settings": "core.accuracy",
+    "separator_text": "core.presets",
+    "untrained_copy": "core.baselines",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -1,28 +1,86 @@
-"""Writing files so that a reader (or a resumed sweep) never sees half of one."""
+"""Claiming an output path and writing it so that a reader (or a resumed sweep) never sees half of it.
+
+Every command checks its output with `check_output` before computing anything (a path is new, empty, or the
+toolkit's own), and writes through `replaced_atomically` (files and folders alike).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+
+def check_output(
+    path: Path, kind: str, is_ours: Callable[[Path], bool], overwrite: bool = True, folder: bool = True
+) -> None:
+    """Refuse, before any computation, an output `path` that holds anything the toolkit did not write.
+
+    `kind` names the output ("result", "sweep", ...); `is_ours` says whether an existing path is one the toolkit
+    wrote; `overwrite=False` also refuses one it did write. A folder output may not be (or contain) the working
+    folder, the home folder or the root."""
+    if folder:
+        resolved = path.expanduser().resolve()
+        protected = [Path.cwd().resolve(), Path.home().resolve(), Path(resolved.anchor)]
+        if any(resolved == p or resolved in p.parents for p in protected):
+            raise ValueError(
+                f"refusing to write a {kind} to {str(path)!r}: it is (or contains) the working folder, the home "
+                "folder or the root; choose a new sub-folder such as runs/NAME"
+            )
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{str(path)!r} exists and is not a folder; choose another output path")
+        if not path.exists() or not any(path.iterdir()):
+            return
+    else:
+        if path.is_dir():
+            raise IsADirectoryError(f"{str(path)!r} is a folder; give the {kind}'s file name, e.g. {kind}.html")
+        if not path.exists():
+            return
+    if not is_ours(path):
+        held = f" (it holds {sorted(e.name for e in path.iterdir())[:5]})" if folder else ""
+        fix = "choose a new or empty folder (nothing in it was touched)" if folder else "choose another file"
+        container = "folder" if folder else "file"
+        raise FileExistsError(f"{str(path)!r} is not a {kind} {container} written by iclgd-lens{held}; {fix}")
+    if not overwrite:
+        raise FileExistsError(
+            f"{str(path)!r} already holds a {kind}; choose another path or pass overwrite=True (--overwrite)"
+        )
 
 
 @contextmanager
-def replaced_atomically(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` to write into; on success it takes `path`'s place in one rename, with the
-    usual permissions (mkstemp makes it private); on an error it is removed and `path` is left as it was."""
+def replaced_atomically(path: Path, folder: bool = False, keep_first: bool = False) -> Iterator[Path]:
+    """A temporary sibling of `path` (a file, or a folder with `folder=True`) to write into. On success it takes
+    `path`'s place in one step, with the usual permissions (mkstemp and mkdtemp make it private); on an error it
+    is removed and `path` is left as it was. `keep_first`: when `path` appeared meanwhile (a concurrent writer of
+    the same content), the new copy is dropped and the first kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~umask())
+    if folder:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        os.chmod(temporary, 0o777 & ~umask())
+    else:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        os.close(handle)
+        temporary = Path(name)
+        os.chmod(temporary, 0o666 & ~umask())
     try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        yield temporary
+        if folder:
+            for written in temporary.iterdir():  # safetensors and others write their files private (0600)
+                written.chmod(0o666 & ~umask())
+            if not (keep_first and path.exists()):
+                _replace_folder(temporary, path)
+        else:
+            os.replace(temporary, path)
+    finally:
+        if folder:
+            shutil.rmtree(temporary, ignore_errors=True)  # after an exchange it holds the old content
+        else:
+            temporary.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -35,3 +93,29 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    """Move the complete `staging` to `folder`. An existing folder is exchanged atomically (its old content ends
+    in `staging`, removed by the caller); where the system cannot exchange, two renames leave a short window."""
+    if not folder.exists():
+        staging.rename(folder)
+    elif not _exchange(staging, folder):
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        folder.rename(old / folder.name)
+        staging.rename(folder)
+        shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))

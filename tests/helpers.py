@@ -8,8 +8,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from iclgd_lens.tasks import Task
-from iclgd_lens.tiny_model import build_tokenizer
+from iclgd_lens.sources.task import Task
+from iclgd_lens.sources.tokenizers import build_tokenizer
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "grim"]

@@ -167,7 +167,7 @@ def test_existing_result_needs_overwrite(workspace, capsys):
     capsys.readouterr()
     assert main(args(workspace, out="existing")) == 2
     assert (
-        "already holds a result; choose another folder or pass overwrite=True (--overwrite)" in capsys.readouterr().err
+        "already holds a result; choose another path or pass overwrite=True (--overwrite)" in capsys.readouterr().err
     )
     assert main(args(workspace, "--overwrite", "--baselines", "--methods", "gd", out="existing")) == 0
     assert json.loads((folder / "result.json").read_text())["config"]["methods"] == ["gd"]

@@ -169,7 +169,7 @@ def test_output_folder_is_refused_before_compute_and_never_half_written(saved, t
     with pytest.raises(FileExistsError, match="already holds a result.*--overwrite"):
         compare(tiny_model(), toy_task(), out=folder, progress=False)
     # an interrupted save leaves no result behind
-    import iclgd_lens.results as results
+    import iclgd_lens.core.results as results
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -219,8 +219,8 @@ def test_recompute_script_agrees_with_reference_arithmetic_and_f2t(tmp_path):
 def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
     """A delta that changes nothing: every FT − ZS update is zero, so SimAOU and SimAM∆ are undefined (NaN,
     0 defined), not 0; the notes say so; the independent script agrees. Under the reference arithmetic they are 0."""
-    import iclgd_lens.comparison as comparison
-    from iclgd_lens.deltas import Delta
+    import iclgd_lens.core.comparison as comparison
+    from iclgd_lens.core.deltas import Delta
 
     original = comparison.fit
     try:
@@ -260,7 +260,8 @@ def test_compare_in_half_precision_follows_the_float32_run(dtype):
 
 
 def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
-    from iclgd_lens.deltas import fit, trained_parameters
+    from iclgd_lens.core.finetuning import fit
+    from iclgd_lens.core.deltas import trained_parameters
 
     model, task = tiny_model(), toy_task()
     result = compare(model, task, k=4, seed=1, lr=0.05, lr_lcgd=0.2, n_eval=4, baselines=("no_training",),

@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers import tiny_model, toy_task
 
-from iclgd_lens.deltas import PARAMETER_GROUPS, Delta, LayerCausalReadout, causal_lm_loss, fit, trained_parameters
-from iclgd_lens.episodes import build_episode
+from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
+from iclgd_lens.core.finetuning import LayerCausalReadout, causal_lm_loss, fit
+from iclgd_lens.core.episodes import build_episode
 
 ARCHS = {
     "gpt2-like": dict(),

@@ -5,8 +5,8 @@ import pytest
 
 from iclgd_lens import load_model, load_task
 from iclgd_lens.analysis.lr_search import choose_lr, heldout_task, search_lr
-from iclgd_lens.episodes import demonstration_rows
-from iclgd_lens.tasks import Task
+from iclgd_lens.core.episodes import demonstration_rows
+from iclgd_lens.sources.task import Task
 
 
 @pytest.fixture(scope="module")

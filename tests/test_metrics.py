@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from iclgd_lens import metrics as M
+from iclgd_lens.core import metrics as M
 
 ICL = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]])  # [n=2, layer=1, d=2]
 ZS = torch.tensor([[[0.0, 0.0]], [[0.0, 1.0]]])
@@ -156,8 +156,8 @@ def test_rec2ftp_and_accuracy_by_hand():
 
 def test_per_head_similarities_in_chunks_equal_all_queries_at_once(monkeypatch):
     """scoring computes per-head outputs a chunk of queries at a time (memory); the values must not change."""
-    from iclgd_lens import scoring
-    from iclgd_lens.recording import Record
+    from iclgd_lens.core import scoring
+    from iclgd_lens.core.recording import Record
 
     g = torch.Generator().manual_seed(0)
     n, layers, heads, d_head, d_model = 7, 2, 3, 4, 5

@@ -8,7 +8,8 @@ import torch
 from helpers import make_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
 
-from iclgd_lens.models import load_model, untrained_copy
+from iclgd_lens.sources import load_model
+from iclgd_lens.core.baselines import untrained_copy
 
 VOCAB = len(make_tokenizer())
 CONFIGS = {
@@ -158,7 +159,7 @@ def test_fairseq_init_follows_the_reference_scheme():
 
 
 def test_a_folder_in_the_bundled_format_loads_by_path(tmp_path):
-    from iclgd_lens.tiny_model import save_bundled
+    from iclgd_lens.sources.bundled import save_bundled
 
     model = tiny_model()
     model.cfg.model_name = "toy-bundled"

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from iclgd_lens import load_model, load_task
-from iclgd_lens import packaged_models as P
-from iclgd_lens.episodes import build_episode
-from iclgd_lens.packaged_tasks import PACKAGED_TASKS, package_file
-from iclgd_lens.presets import resolve
-from iclgd_lens.recording import record
+from iclgd_lens.sources import packaged_models as P
+from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.sources.packaged_tasks import PACKAGED_TASKS, package_file
+from iclgd_lens.core.presets import resolve
+from iclgd_lens.core.recording import record
 
 pytestmark = pytest.mark.slow  # make test-fast leaves this module out
 

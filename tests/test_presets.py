@@ -8,12 +8,13 @@ import torch
 from helpers import byte_tokenizer, make_tokenizer, tiny_model, toy_task
 
 from iclgd_lens import compare
-from iclgd_lens.deltas import Delta, _rounded_change, fit
-from iclgd_lens.episodes import build_episode
-from iclgd_lens.models import half_copy
-from iclgd_lens.presets import PRESETS, resolve
-from iclgd_lens.recording import record
-from iclgd_lens.tasks import Task
+from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.finetuning import _rounded_change, fit
+from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.core.baselines import half_copy
+from iclgd_lens.core.presets import PRESETS, resolve
+from iclgd_lens.core.recording import record
+from iclgd_lens.sources.task import Task
 
 
 def test_presets_resolve_and_overrides_win():

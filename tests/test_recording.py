@@ -4,8 +4,8 @@ import pytest
 import torch
 from helpers import tiny_model, toy_task
 
-from iclgd_lens.episodes import build_episode
-from iclgd_lens.recording import record, record_offset
+from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.core.recording import record, record_offset
 
 
 def full_forward_reference(model, prefix, query, label_tokens, position):

@@ -12,7 +12,7 @@ import pytest
 from helpers import tiny_model, toy_task
 
 from iclgd_lens import Result, compare
-from iclgd_lens.results import check_output_folder
+from iclgd_lens.core.results import check_output_folder
 
 OLD_SEED, NEW_SEED = 3, 999
 
@@ -63,7 +63,8 @@ def test_an_empty_folder_is_used(tmp_path):
 
 KILLER = """
 import os, shutil, signal, sys
-import iclgd_lens.results as R
+import iclgd_lens.core.results as R
+import iclgd_lens.files as F
 from iclgd_lens import Result
 
 folder, point = sys.argv[1], sys.argv[2]
@@ -82,9 +83,9 @@ def kill_around(owner, name, before):
 targets = {{
     "while-writing-records": (R, "save_file", True),
     "after-writing-records": (R, "save_file", False),
-    "before-exchange": (R, "_exchange", True),
-    "after-exchange": (R, "_exchange", False),
-    "before-cleanup": (R.shutil, "rmtree", True),
+    "before-exchange": (F, "_exchange", True),
+    "after-exchange": (F, "_exchange", False),
+    "before-cleanup": (F.shutil, "rmtree", True),
 }}
 kill_around(*targets[point])
 result.save(folder, overwrite=True)

@@ -112,7 +112,7 @@ def test_sweep_folder_refuses_foreign_and_other_sweeps(tmp_path, reference_sweep
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert main([*SWEEP, "--out", str(foreign)]) == 2
-    assert "holds no sweep written by iclgd-lens" in capsys.readouterr().err
+    assert "not a sweep folder written by iclgd-lens" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
     other = [*SWEEP[: SWEEP.index("--k") + 1], "8", *SWEEP[SWEEP.index("--k") + 2 :]]
     before = table_bytes(reference_sweep)
@@ -181,16 +181,16 @@ def test_searched_learning_rates_are_recorded_per_run(tmp_path):
 
 
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkeypatch):
-    import iclgd_lens.comparison
+    import iclgd_lens.core.comparison
 
-    real = iclgd_lens.comparison.compare
+    real = iclgd_lens.core.comparison.compare
 
     def diverging_on_mr(model, task, **kwargs):
         if task.name == "synth-mr":
             raise FloatingPointError("gd loss is nan at demonstration 3 with lr=0.3; lower the learning rate")
         return real(model, task, **kwargs)
 
-    monkeypatch.setattr(iclgd_lens.comparison, "compare", diverging_on_mr)
+    monkeypatch.setattr(iclgd_lens.core.comparison, "compare", diverging_on_mr)
     out = tmp_path / "diverges"
     assert main([*SWEEP, "--out", str(out)]) == 2
     error = capsys.readouterr().err

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from iclgd_lens.synthetic import SYNTHETIC_TASKS, synthetic_task
-from iclgd_lens.tasks import HUB_TASKS
-from iclgd_lens.tiny_model import UNK_TOKEN, build_tokenizer
+from iclgd_lens.sources.synthetic_tasks import SYNTHETIC_TASKS, synthetic_task
+from iclgd_lens.sources.hub_tasks import HUB_TASKS
+from iclgd_lens.sources.tokenizers import UNK_TOKEN, build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 from iclgd_lens.analysis import bootstrap
 from iclgd_lens.analysis.tables import methods_table, verdicts_table
-from iclgd_lens.metrics import reduce
+from iclgd_lens.core.metrics import reduce
 
 
 def with_nans(shape, seed):

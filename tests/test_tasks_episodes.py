@@ -5,9 +5,11 @@ import json
 import pytest
 from helpers import make_tokenizer, toy_rows, toy_task
 
-from iclgd_lens.episodes import build_episode
-from iclgd_lens.presets import resolve
-from iclgd_lens.tasks import HUB_TASKS, Task, load_task
+from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.core.presets import resolve
+from iclgd_lens.sources.hub_tasks import HUB_TASKS
+from iclgd_lens.sources.task import Task
+from iclgd_lens.sources import load_task
 
 
 def write_jsonl(path, rows):

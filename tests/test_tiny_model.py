@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.synthetic import synthetic_task
-from iclgd_lens.tiny_model import TINY_ICL_DIR, build_tokenizer, load_bundled, model_config, save_bundled
+from iclgd_lens.sources.synthetic_tasks import synthetic_task
+from iclgd_lens.sources.bundled import TINY_ICL_DIR, load_bundled, model_config, save_bundled
+from iclgd_lens.sources.tokenizers import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "analyses"))
 
-from iclgd_lens.episodes import build_episode  # noqa: E402
+from iclgd_lens.core.episodes import build_episode  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

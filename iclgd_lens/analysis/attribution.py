@@ -33,10 +33,11 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from iclgd_lens.analysis.bootstrap import percentile_interval
-from iclgd_lens.deltas import logit_lens
-from iclgd_lens.episodes import Episode
-from iclgd_lens.recording import record
-from iclgd_lens.results import Result
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.readout import Readout
+from iclgd_lens.core.recording import record
+from iclgd_lens.core.results import Result
 
 ALL = "all"  # the head of a whole-layer row; the layer and head of the whole delta's row
 POSITION = "all+position"
@@ -80,7 +81,7 @@ class _ZSBatch:
     def __init__(self, model: HookedTransformer, episode: Episode, rows: list[int], layers: Sequence[int]) -> None:
         queries = [list(episode.queries[i]) for i in rows]
         width = 1 + max(len(q) for q in queries)
-        self.model, self.rows = model, rows
+        self.model, self.rows, self.readout = model, rows, Readout(model)
         self.tokens = torch.tensor([[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries],
                                    device=model.cfg.device)  # fmt: skip
         self.positions = torch.tensor([len(q) for q in queries], device=model.cfg.device)
@@ -90,12 +91,12 @@ class _ZSBatch:
         def keep(resid: Tensor, hook) -> None:
             self.resid_pre[hook.layer()] = resid.clone()
 
-        with model.hooks([(f"blocks.{l}.hook_resid_pre", keep) for l in layers]):
+        with model.hooks([(hook_name("resid_pre", l), keep) for l in layers]):
             self.plain = self._read(model(self.tokens, stop_at_layer=model.cfg.n_layers))
 
     def _read(self, resid: Tensor) -> Float[Tensor, "batch class"]:
         picked = resid[torch.arange(len(self.rows), device=resid.device), self.positions]
-        return logit_lens(self.model, picked).float().log_softmax(-1)[:, self.firsts].cpu()
+        return self.readout(picked).float().log_softmax(-1)[:, self.firsts].cpu()
 
     @torch.no_grad()
     def run(self, hooks: list, from_layer: int = 0) -> Float[Tensor, "batch class"]:
@@ -162,7 +163,7 @@ def delta_effects(
                 captured["z"] = z.clone()
 
             layer_delta = delta.restricted([layer]).hooks(model)
-            whole = batch.run(layer_delta + [(f"blocks.{layer}.attn.hook_z", keep)], from_layer=layer)
+            whole = batch.run(layer_delta + [(hook_name("z", layer), keep)], from_layer=layer)
             outcome.setdefault((layer, ALL), []).append(whole)
             for head in range(model.cfg.n_heads):
 
@@ -171,7 +172,7 @@ def delta_effects(
                     z[:, :, head] = captured["z"][:, :, head]
                     return z
 
-                patched = batch.run([(f"blocks.{layer}.attn.hook_z", one_head)], from_layer=layer)
+                patched = batch.run([(hook_name("z", layer), one_head)], from_layer=layer)
                 outcome.setdefault((layer, head), []).append(patched)
     zs = torch.cat(plain)
     return pd.DataFrame([{"layer": layer, "head": head, "method": method, **change_against(torch.cat(parts), zs, labels)}
@@ -219,7 +220,7 @@ def patch_effects(
                 z[index, positions, h] = icl_z[rows, layer, h]
             return z
 
-        return [(f"blocks.{layer}.attn.hook_z", hook)]
+        return [(hook_name("z", layer), hook)]
 
     def icl_position(positions: Tensor) -> list:
         """The ICL prompt's positional embedding at each row's recorded position (prefix + ZS position − 1: the
@@ -231,7 +232,7 @@ def patch_effects(
             pos_embed[index, positions] = model.W_pos[positions + len(episode.icl_prefix) - 1].to(pos_embed.dtype)
             return pos_embed
 
-        return [("hook_pos_embed", hook)]
+        return [(hook_name("pos_embed"), hook)]
 
     every = range(model.cfg.n_heads)
     plain: list[Tensor] = []

@@ -28,9 +28,9 @@ from jaxtyping import Float
 from scipy.stats import norm, t
 from torch import Tensor
 
-from iclgd_lens.metrics import alpha
-from iclgd_lens.results import Result
-from iclgd_lens.scoring import similarities
+from iclgd_lens.core.metrics import alpha
+from iclgd_lens.core.results import Result
+from iclgd_lens.core.scoring import similarities
 
 DRAWS = 4000  # enough draws for the expanded tails at 5 runs (α'/2 ≈ 0.001: 4 draws beyond each end)
 LEVEL = 0.95

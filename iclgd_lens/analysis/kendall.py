@@ -28,11 +28,13 @@ import torch
 from scipy.stats import kendalltau
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import Delta, fit
-from iclgd_lens.episodes import Episode
-from iclgd_lens.models import half_copy, untrained_copy
-from iclgd_lens.recording import record_offset
-from iclgd_lens.results import Result
+from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.baselines import half_copy, untrained_copy
+from iclgd_lens.core.recording import record_offset
+from iclgd_lens.core.results import Result
 
 RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
 RANDOM_SEED = 0
@@ -92,7 +94,7 @@ def _icl_scores(model: HookedTransformer, episode: Episode, n: int, keep: np.nda
         def grab(scores: torch.Tensor, hook) -> None:
             found[hook.layer()] = scores[0, :, len(prefix) + offset, keys].sum(0).double().cpu().numpy()
 
-        hooks = [(f"blocks.{l}.attn.hook_attn_scores", grab) for l in range(model.cfg.n_layers)]
+        hooks = [(hook_name("attn_scores", l), grab) for l in range(model.cfg.n_layers)]
         with model.hooks(hooks):
             model(torch.tensor([prefix + tokens], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
         out[i] = np.stack([found[l] for l in range(model.cfg.n_layers)])
@@ -109,7 +111,7 @@ def _queries_at(model: HookedTransformer, hooks: list, prompts: list[list[int]],
         def grab(q: torch.Tensor, hook) -> None:
             found[hook.layer()] = q[0, where].flatten(-2).double().cpu()
 
-        grabs = [(f"blocks.{l}.attn.hook_q", grab) for l in range(model.cfg.n_layers)]
+        grabs = [(hook_name("q", l), grab) for l in range(model.cfg.n_layers)]
         with model.hooks(hooks + grabs):
             model(torch.tensor([tokens], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
         out.append(torch.stack([found[l] for l in range(model.cfg.n_layers)]))
@@ -125,13 +127,21 @@ def _finetuned_queries(model: HookedTransformer, episode: Episode, delta: Delta 
 
 
 def _fit_with_queries(model: HookedTransformer, result: Result, method: str) -> tuple[Delta, list[torch.Tensor]]:
-    """Refit `method` on `model` recording every step's queries ([layer, token, head, d_head] per step)."""
+    """Refit `method` on `model` recording every step's queries at every demonstration token (BOS excluded) as that
+    step's forward computed them: [layer, token, head * d_head] per step."""
     config, episode = result.config, result.episode
-    training_queries: list[torch.Tensor] = []
+    n_layers = model.cfg.n_layers
+    steps: list[dict[int, torch.Tensor]] = []
+
+    def keep_q(q: torch.Tensor, hook) -> None:
+        if hook.layer() == 0:  # the first layer opens a step's forward
+            steps.append({})
+        steps[-1][hook.layer()] = q[0, 1:].detach().float().cpu()
+
+    observers = [(hook_name("q", l), keep_q) for l in range(n_layers)]
     delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method), result.trained_parameters,
-                config["lcgd_exit"], precision=config.get("precision", "native"),
-                training_queries=training_queries)  # fmt: skip
-    return delta, [q.flatten(-2).double() for q in training_queries]
+                config["lcgd_exit"], precision=config.get("precision", "native"), observers=observers)  # fmt: skip
+    return delta, [torch.stack([step[l] for l in range(n_layers)]).flatten(-2).double() for step in steps]
 
 
 def _check_refit(delta: Delta, result: Result, method: str) -> None:

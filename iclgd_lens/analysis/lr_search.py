@@ -14,14 +14,16 @@ from typing import Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.deltas import DEFAULT_GROUPS, fit, trained_parameters
-from iclgd_lens.episodes import build_episode, demonstration_rows
-from iclgd_lens.metrics import accuracy
-from iclgd_lens.models import half_copy
-from iclgd_lens.presets import Choices, resolve
-from iclgd_lens.recording import record
-from iclgd_lens.scoring import majority
-from iclgd_lens.tasks import Task
+from iclgd_lens.core.presets import DEFAULT_GROUPS
+from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.deltas import trained_parameters
+from iclgd_lens.core.episodes import build_episode, demonstration_rows
+from iclgd_lens.core.metrics import accuracy
+from iclgd_lens.core.baselines import half_copy
+from iclgd_lens.core.presets import Choices, resolve
+from iclgd_lens.core.accuracy import record_settings
+from iclgd_lens.core.scoring import majority
+from iclgd_lens.sources.task import Task
 
 DEFAULT_HELDOUT = 128  # held-out train rows that score each candidate
 
@@ -74,8 +76,9 @@ def search_lr(
             candidates.append({"lr": lr, "accuracy": float("nan"), "majority_class": None, "majority_share": None,
                                "one_class": False, "diverged": True})  # fmt: skip
             continue
-        recorded = record(model, episode.queries, episode.label_tokens, episode.zs_prefix, choices.position, delta,
-                          batch_size, pad_token=episode.bos)  # fmt: skip
+        settings = record_settings(model, episode, {method: delta}, prompts=(), position=choices.position,
+                                   batch_size=batch_size)  # fmt: skip
+        recorded = settings[method]
         top = majority(recorded.pred)
         candidates.append({"lr": lr, "accuracy": accuracy(recorded.pred, labels), "majority_class": top["class"],
                            "majority_share": top["share"], "one_class": top["share"] == 1.0, "diverged": False})  # fmt: skip

@@ -22,7 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.results import Result
+from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.results import Result
 
 SETTINGS = ("zs", "icl", "gd", "lcgd")
 MAX_LAYERS_BY_DEFAULT = 4
@@ -135,7 +136,7 @@ def _patterns(model: HookedTransformer, tokens: list[int], layers: list[int], de
         found[hook.layer()] = pattern[0].float().cpu()
 
     hooks = (delta.hooks(model) if delta is not None else []) + [
-        (f"blocks.{l}.attn.hook_pattern", keep) for l in layers
+        (hook_name("pattern", l), keep) for l in layers
     ]
     with model.hooks(hooks):
         model(torch.tensor([tokens], device=model.cfg.device), stop_at_layer=max(layers) + 1)

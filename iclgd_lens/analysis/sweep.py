@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from iclgd_lens.analysis.protocol import DAI_LR_GRID, Run, plan_runs
-from iclgd_lens.files import write_text_atomic
+from iclgd_lens.files import check_output, write_text_atomic
 
 SWEEP_FORMAT = "iclgd-lens sweep 1"
 SWEEP_FILE = "sweep.json"
@@ -99,29 +99,23 @@ def lr_file(out: Path, run: Run, method: str = "gd") -> Path:
 
 def check_sweep_folder(out: Path, config: SweepConfig) -> None:
     """Refuse, before anything runs, a folder that is neither new, empty, nor this same sweep."""
-    from iclgd_lens.results import check_output_folder
-
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{str(out)!r} exists and is not a folder; choose another --out")
+    check_output(out, "sweep", is_sweep_folder)
     if out.is_dir() and any(out.iterdir()):
-        marker = out / SWEEP_FILE
-        try:
-            written = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            raise FileExistsError(
-                f"{str(out)!r} is not empty and holds no sweep written by iclgd-lens; choose a new or empty folder "
-                "(nothing in it was touched)"
-            ) from None
-        if written.get("format") != SWEEP_FORMAT:
-            raise FileExistsError(f"{str(marker)!r} was not written by iclgd-lens; choose another --out")
-        differences = _differences(written.get("config", {}), config.to_dict())
+        differences = _differences(json.loads((out / SWEEP_FILE).read_text())["config"], config.to_dict())
         if differences:
             raise ValueError(
                 f"{str(out)!r} holds another sweep ({'; '.join(differences)}); resume it with the same options or "
                 "choose another --out"
             )
-    else:
-        check_output_folder(out, overwrite=False)  # refuses the working folder, home and root
+
+
+def is_sweep_folder(out: Path) -> bool:
+    """A sweep.json this toolkit wrote."""
+    try:
+        written = json.loads((out / SWEEP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and written.get("format") == SWEEP_FORMAT and "config" in written
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -136,7 +130,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def is_finished(job: RunJob) -> bool:
     """The run's folder holds a complete result of this run (same task, seed, permutation and lr; sweep.json
     guards the rest)."""
-    from iclgd_lens.results import is_result_folder
+    from iclgd_lens.core.results import is_result_folder
 
     folder = Path(job.folder)
     if not is_result_folder(folder):
@@ -166,14 +160,14 @@ def _searched_lr(path: Path) -> float | None:
 
 @lru_cache(maxsize=1)
 def _model(name: str, device: str | None, dtype: str):
-    from iclgd_lens.models import load_model
+    from iclgd_lens.sources import load_model
 
     return load_model(name, device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=None)
 def _task(name: str):
-    from iclgd_lens.tasks import load_task
+    from iclgd_lens.sources import load_task
 
     return load_task(name)
 
@@ -183,7 +177,7 @@ def execute(job: RunJob) -> str:
     Runs in the sweep's process, a local worker process or a Slurm job alike."""
     import torch
 
-    from iclgd_lens.comparison import compare
+    from iclgd_lens.core.comparison import compare
 
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -204,7 +198,7 @@ def execute(job: RunJob) -> str:
 def searched_lr(job: RunJob, model, task, method: str) -> float:
     """The run's learning-rate search for `method`, read back when an earlier attempt finished it."""
     from iclgd_lens.analysis.lr_search import search_lr
-    from iclgd_lens.presets import CHOICES, resolve
+    from iclgd_lens.core.presets import CHOICES, resolve
 
     path = lr_file(Path(job.out), job.run, method)
     chosen = _searched_lr(path)

@@ -21,7 +21,7 @@ import pandas as pd
 from iclgd_lens.analysis import bootstrap
 from iclgd_lens.analysis.protocol import Run
 from iclgd_lens.analysis.sweep import lr_file, run_folder
-from iclgd_lens.results import Result
+from iclgd_lens.core.results import Result
 
 TRAINED = "trained"
 SIMILARITIES = (*bootstrap.SIMILARITIES, "alpha")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from iclgd_lens.analysis.patterns import Patterns
-from iclgd_lens.results import Result
+from iclgd_lens.core.results import Result
 from iclgd_lens.views.html import Html, component, grid, heading
 
 SETTING_NAMES = {"zs": "ZS", "icl": "ICL", "gd": "GD", "lcgd": "LCGD"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.files import write_text_atomic
+from iclgd_lens.files import check_output, write_text_atomic
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import save_figure
 
@@ -21,17 +21,15 @@ TOP = 10  # rows per method in the Markdown ranking
 
 
 def check_attribution_folder(out: Path) -> None:
-    """Refuse a folder that holds anything and no attribution written by iclgd-lens."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{str(out)!r} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        try:
-            ours = json.loads((out / MARKER).read_text()).get("format") == ATTRIBUTION_FORMAT
-        except (OSError, ValueError):
-            ours = False
-        if not ours:
-            raise FileExistsError(f"{str(out)!r} is not empty and holds no attribution written by iclgd-lens; choose "
-                                  "a new or empty folder (nothing in it was touched)")  # fmt: skip
+    """Refuse a folder that holds anything and no attribution written by iclgd-lens (an earlier one is replaced)."""
+    check_output(out, "attribution", is_attribution_folder)
+
+
+def is_attribution_folder(out: Path) -> bool:
+    try:
+        return json.loads((out / MARKER).read_text()).get("format") == ATTRIBUTION_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _markdown(frame: pd.DataFrame) -> str:

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from iclgd_lens.results import Result
+from iclgd_lens.core.results import Result
+from iclgd_lens.files import check_output
 from iclgd_lens.views.html import circuitsvis_script, heading
 
 REPORT_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
@@ -112,12 +113,9 @@ def attribution_section(folder: Path) -> str:
 
 def check_report_file(path: Path, overwrite: bool) -> None:
     """Refuse, before anything is computed, a file the toolkit did not write, or one it did without `overwrite`."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{str(path)!r} is a folder; give the report's file name, e.g. report.html")
-    if path.exists():
-        with open(path, encoding="utf-8", errors="replace") as file:
-            ours = GENERATOR in file.read(2000)
-        if not ours:
-            raise FileExistsError(f"{str(path)!r} exists and was not written by iclgd-lens; choose another file")
-        if not overwrite:
-            raise FileExistsError(f"{str(path)!r} holds an earlier report; pass --overwrite to replace it")
+    check_output(path, "report", is_report_file, overwrite, folder=False)
+
+
+def is_report_file(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as file:
+        return GENERATOR in file.read(2000)

@@ -12,12 +12,7 @@ Folder layout (README "Result folder"):
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -27,11 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from iclgd_lens.deltas import PARAMETER_GROUPS, Delta
-from iclgd_lens.episodes import Episode
-from iclgd_lens.files import umask
-from iclgd_lens.recording import Record
-from iclgd_lens.scoring import METRICS, PER_HEAD_METRICS, check_metric
+from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.files import check_output, replaced_atomically
+from iclgd_lens.core.recording import Record
+from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, check_metric
 
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
@@ -152,10 +147,7 @@ class Result:
         folder's place in one step (an interrupted save leaves the old result or the new one, complete)."""
         folder = Path(folder)
         check_output_folder(folder, overwrite)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-        staging.chmod(0o777 & ~umask())
-        try:
+        with replaced_atomically(folder, folder=True) as staging:
             tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
             for setting, record in self.records.items():
                 tensors |= {f"{setting}/{k}": v for k, v in record.tensors().items()}
@@ -168,11 +160,6 @@ class Result:
             self.episode.save(staging / "episode.json", record_positions=positions)
             # result.json last: a folder holding it is complete.
             (staging / "result.json").write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
-            for written in staging.iterdir():  # safetensors writes its files private (0600)
-                written.chmod(0o666 & ~umask())
-            _replace_folder(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return folder
 
     @classmethod
@@ -234,32 +221,6 @@ class Summary(pd.DataFrame):
         return html + (f"<ul>{items}</ul>" if items else "")
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_cwd, rename_exchange = -100, 2
-    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move the complete `staging` to `folder`. An existing folder is exchanged atomically (its old content ends
-    in `staging`, removed by the caller); where the system cannot exchange, two renames leave a short window."""
-    if not folder.exists():
-        staging.rename(folder)
-    elif not _exchange(staging, folder):
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        folder.rename(old / folder.name)
-        staging.rename(folder)
-        shutil.rmtree(old)
-
-
 def is_result_folder(folder: Path) -> bool:
     """A folder this toolkit wrote: a result.json that is an iclgd-lens result, and nothing but result files."""
     try:
@@ -272,27 +233,4 @@ def is_result_folder(folder: Path) -> bool:
 
 def check_output_folder(folder: Path, overwrite: bool) -> None:
     """Refuse, before any computation, every output folder whose content the toolkit did not write."""
-    resolved = folder.expanduser().resolve()
-    protected = [Path.cwd().resolve(), Path.home().resolve(), Path(resolved.anchor)]
-    if any(resolved == p or resolved in p.parents for p in protected):
-        raise ValueError(
-            f"refusing to write a result to {str(folder)!r}: it is (or contains) the working folder, the home "
-            "folder or the root; choose a new sub-folder such as runs/NAME"
-        )
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder; choose another output path")
-    if not any(folder.iterdir()):
-        return
-    if not is_result_folder(folder):
-        foreign = sorted(e.name for e in folder.iterdir() if e.name not in RESULT_FILES)
-        raise FileExistsError(
-            f"{str(folder)!r} is not empty and is not a result folder written by iclgd-lens"
-            + (f" (it holds {foreign[:5]})" if foreign else "")
-            + "; choose a new or empty folder (nothing in it was touched)"
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"{str(folder)!r} already holds a result; choose another folder or pass overwrite=True (--overwrite)"
-        )
+    check_output(folder, "result", is_result_folder, overwrite)

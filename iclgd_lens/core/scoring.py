@@ -13,9 +13,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from iclgd_lens import metrics as M
-from iclgd_lens.presets import SUBSETS
-from iclgd_lens.recording import Record
+from iclgd_lens.core import metrics as M
+from iclgd_lens.core.presets import SUBSETS
+from iclgd_lens.core.recording import Record
 
 METRICS = ("simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp", "alpha")
 PER_HEAD_METRICS = ("simaou", "simaou_norm", "simam_before", "simam", "simam_delta", "alpha")

@@ -17,7 +17,8 @@ import random
 import string
 from typing import Callable
 
-from iclgd_lens.tasks import HUB_TASKS, Example, Task
+from iclgd_lens.sources.hub_tasks import HUB_TASKS
+from iclgd_lens.sources.task import Example, Task
 
 SYNTHETIC_TASKS = ("synth-sst2", "synth-sst5", "synth-mr", "synth-subj", "synth-agnews", "synth-cb")
 DEFAULT_TRAIN = 4000

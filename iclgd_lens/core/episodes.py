@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from iclgd_lens.presets import PRESETS, REFERENCE_PERMUTATIONS, Choices
-from iclgd_lens.tasks import Task
+from iclgd_lens.core.presets import PRESETS, REFERENCE_PERMUTATIONS, Choices, check_permutation
+from iclgd_lens.sources.task import Task
+from iclgd_lens.sources.tokenizers import special_tokens
 
 Tokens = tuple[int, ...]
 EVAL_SHUFFLE_SEED = 1  # docs/science.md: the evaluation set is shuffled with seed 1
@@ -79,16 +80,6 @@ def check_k(task: Task, k: int) -> None:
         raise ValueError(
             f"k={k} demonstrations requested but the train split has {len(task.train)}; use 1 <= k <= "
             f"{len(task.train)} (with k=0 ICL is ZS and there is no update to compare)"
-        )
-
-
-def check_permutation(permutation: int, order: str) -> None:
-    if permutation < 0:
-        raise ValueError(f"permutation must be >= 0 (0 keeps the shuffled order), got {permutation}")
-    if order == "reference" and permutation >= REFERENCE_PERMUTATIONS:
-        raise ValueError(
-            f"permutation {permutation} does not exist in the reference code, which draws {REFERENCE_PERMUTATIONS}"
-            f" (use 0 to {REFERENCE_PERMUTATIONS - 1}, or order='toolkit')"
         )
 
 
@@ -239,15 +230,3 @@ def build_episode(
         k=k,
         n_ctx=n_ctx,
     )
-
-
-def special_tokens(tokenizer) -> tuple[int, int | None]:
-    """(BOS, EOS): a tokenizer without BOS uses EOS as BOS (GPT-2 does so itself); one with neither is refused."""
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is None and eos is None:
-        raise ValueError(
-            "the tokenizer has neither a beginning- nor an end-of-sequence token, which start every prompt and "
-            "separate demonstrations; set them (tokenizer.add_special_tokens({'bos_token': ..., 'eos_token': ...}), "
-            "or bos_token and eos_token in a checkpoint folder's tokenizer_config.json)"
-        )
-    return (bos if bos is not None else eos), eos

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from iclgd_lens.tasks import Example, Task
+from iclgd_lens.sources.task import Example, Task
 
 SPLIT_SEED = 0  # fixed: the split is part of the task's definition, not of a run's seed
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from iclgd_lens.files import replaced_atomically
+from iclgd_lens.sources.hf_models import quiet_transformers
 
 CACHE_ENV = "ICLGD_LENS_CACHE"
 
@@ -156,30 +157,26 @@ def _cached_folder(spec: PackagedModel) -> Path | None:
 def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
     """Dequantise the GGUF with transformers and save a float32 Hugging Face folder into the cache.
 
-    Written into a temporary sibling and renamed into place, so an interrupted conversion leaves no half folder
-    and concurrent conversions keep the first; a stale conversion (another package version) is replaced only when
-    it carries this toolkit's stamp."""
+    Written into a temporary sibling that takes the folder's place in one step, so an interrupted conversion leaves
+    no half folder and concurrent conversions keep the first; a stale conversion (another package version) is
+    replaced only when it carries this toolkit's stamp."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iclgd_lens.models import quiet_transformers
 
     try:
         import gguf as _  # noqa: F401  (transformers needs it to read GGUF files)
     except ImportError:
         raise ValueError(f"reading {gguf.name} needs the gguf package: {spec.install_command}") from None
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / spec.cache_name
-    if target.exists():
-        if not (target / STAMP_FILE).is_file():
-            raise ValueError(
-                f"cache folder {str(target)!r} exists but was not written by iclgd-lens; move it away or set "
-                f"{CACHE_ENV} to another folder"
-            )
-        shutil.rmtree(target)  # our own conversion of another package version
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.cache_name}.partial-", dir=root))
-    try:
+    target = cache_root() / spec.cache_name
+    stale = target.exists()  # our own conversion of another package version, replaced in one step
+    if stale and not (target / STAMP_FILE).is_file():
+        raise ValueError(
+            f"cache folder {str(target)!r} exists but was not written by iclgd-lens; move it away or set "
+            f"{CACHE_ENV} to another folder"
+        )
+    # A fresh conversion that finds another process's finished one keeps that one.
+    with replaced_atomically(target, folder=True, keep_first=not stale) as staging:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -189,12 +186,4 @@ def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / STAMP_FILE).write_text(json.dumps(_source_stamp(spec, gguf)))
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished the same conversion first: use its folder
-            if _cached_folder(spec) is None:
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return target

@@ -1,4 +1,4 @@
-"""The bundled tiny ICL model: a word-level tokenizer for the synthetic tasks, and offline save / load.
+"""The bundled tiny-icl model, and any folder in its format: offline save / load.
 
 A bundled model folder holds `config.json` (HookedTransformerConfig fields), `model.safetensors` (the
 TransformerLens state dict, no weight processing), `tokenizer.json` and `MODEL_CARD.md`. Loading never touches
@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
+from iclgd_lens.sources.tokenizers import load_tokenizer
+
+BUNDLED_DIR = Path(__file__).parent.parent / "bundled"  # package data: iclgd_lens/bundled/<name>/
 TINY_ICL_DIR = BUNDLED_DIR / "tiny-icl"
-EOS_TOKEN = "<|endoftext|>"  # BOS = EOS = pad, as in GPT-2
-UNK_TOKEN = "<unk>"
+BUNDLED_MODELS = ("tiny-icl",)
 
 # The config fields a bundled model is rebuilt from (everything else takes HookedTransformerConfig's defaults).
 CONFIG_FIELDS = (
@@ -25,58 +26,6 @@ CONFIG_FIELDS = (
     "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base", "attn_only", "init_mode",
     "initializer_range", "eps", "original_architecture", "model_name", "default_prepend_bos", "seed",
 )
-
-
-def build_tokenizer(words=None):
-    """A word-level `PreTrainedTokenizerFast` over the synthetic vocabulary.
-
-    Splits on whitespace and isolates every punctuation character, so "Label:" is ["Label", ":"], and
-    "A B" tokenizes as "A" followed by " B". Adds no special tokens by itself; BOS = EOS = pad = <|endoftext|>.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    if words is None:
-        from iclgd_lens.synthetic import synthetic_vocabulary
-
-        words = synthetic_vocabulary()
-    vocab = {EOS_TOKEN: 0, UNK_TOKEN: 1}
-    for word in words:
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies " ." -> "."
-    tok.add_special_tokens([EOS_TOKEN, UNK_TOKEN])
-    return _wrap(tok)
-
-
-def _wrap(tok, name_or_path: str = "tiny-icl"):
-    from transformers import PreTrainedTokenizerFast
-
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=EOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        padding_side="right",
-        model_max_length=int(1e9),
-        clean_up_tokenization_spaces=False,
-    )
-    # HookedTransformer.set_tokenizer re-loads a tokenizer "with BOS" by name from the hub unless its init
-    # kwargs say add_bos_token: say so, to keep this one (offline). The backend has no post-processor, so
-    # encode() still adds no BOS (the toolkit adds BOS ids itself; cfg.tokenizer_prepends_bos stays False).
-    wrapped.init_kwargs["name_or_path"] = name_or_path
-    wrapped.init_kwargs["add_bos_token"] = True
-    return wrapped
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """The word-level tokenizer from a tokenizer.json file (offline)."""
-    from tokenizers import Tokenizer
-
-    return _wrap(Tokenizer.from_file(str(path)), name_or_path=str(path))
 
 
 def model_config(
@@ -147,3 +96,12 @@ def _json_safe(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def is_bundled_folder(folder: Path) -> bool:
+    """A TransformerLens config (it has d_model; a Hugging Face config has model_type) beside its weights."""
+    config = folder / "config.json"
+    if not config.is_file() or not (folder / "model.safetensors").is_file():
+        return False
+    fields = json.loads(config.read_text())
+    return "d_model" in fields and "model_type" not in fields

@@ -1,18 +1,22 @@
-"""The toolkit's choices and the reference code's, resolved in one place (docs/science.md, "Presets").
+"""The vocabulary of every option, its checks, and the toolkit's and the reference code's choices (docs/science.md,
+"Presets").
 
 Every choice where the reference pipeline (GiilDe/ft-vs-icl, a fork of microsoft/LMOps understand_icl) differs from
 the toolkit's default is one field of `Choices`. A preset fills every field; each can be overridden on its own.
-This module imports nothing heavy: the command line reads its vocabulary for `--help`.
+This module imports nothing heavy: the command line reads its vocabulary for `--help`, and every option is checked
+here before a model loads.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 # The valid values of every option, shared by the API and the command line.
 METHODS = ("gd", "lcgd")
 BASELINES = ("no_training", "trained_norms", "trained_embeddings")
-PARAMETER_GROUP_NAMES = ("q", "k", "v", "o", "mlp")
+PARAMETER_GROUP_NAMES = ("q", "k", "v", "o", "mlp")  # core.deltas.PARAMETER_GROUPS holds their parameters
+DEFAULT_GROUPS = ("k", "v")
 LCGD_EXITS = ("block", "attn")
 BIASES = ("checkpoint", "all")  # the biases GD trains: the checkpoint's own, or every one (absent ones from zero)
 SUBSETS = ("f2t",)
@@ -29,6 +33,45 @@ CHOICES = {
 }  # `separator` is free text besides "eos"
 
 REFERENCE_PERMUTATIONS = 5  # the reference draws five permutations per process: p = 0 (none) up to 4
+
+
+def check_choice(kind: str, value: str, valid: tuple[str, ...]) -> str:
+    """`value` if it is one of `valid`, else an error naming both."""
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; use one of {list(valid)}")
+    return value
+
+
+def check_choices(kind: str, values: tuple[str, ...], valid: tuple[str, ...], allow_empty: bool) -> tuple[str, ...]:
+    """`values` as a tuple if each is one of `valid`, without repeats (and not empty unless allowed)."""
+    values = tuple(values)
+    unknown = [v for v in values if v not in valid]
+    if unknown or (not values and not allow_empty) or len(set(values)) != len(values):
+        raise ValueError(f"invalid {kind}s {list(values)}; choose (without repeats) from {list(valid)}")
+    return values
+
+
+def check_groups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [g for g in groups if g not in PARAMETER_GROUP_NAMES]
+    if unknown or not groups:
+        raise ValueError(f"unknown parameter groups {unknown or list(groups)}; choose from {list(PARAMETER_GROUP_NAMES)}")
+    return tuple(groups)
+
+
+def check_lr(lr: float) -> float:
+    if not lr > 0 or lr != lr or lr == float("inf"):
+        raise ValueError(f"learning rate must be a positive finite number, got lr={lr}")
+    return lr
+
+
+def check_permutation(permutation: int, order: str) -> None:
+    if permutation < 0:
+        raise ValueError(f"permutation must be >= 0 (0 keeps the shuffled order), got {permutation}")
+    if order == "reference" and permutation >= REFERENCE_PERMUTATIONS:
+        raise ValueError(
+            f"permutation {permutation} does not exist in the reference code, which draws {REFERENCE_PERMUTATIONS}"
+            f" (use 0 to {REFERENCE_PERMUTATIONS - 1}, or order='toolkit')"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,9 +108,7 @@ class Choices:
 
     def __post_init__(self) -> None:
         for name, valid in CHOICES.items():
-            value = getattr(self, name)
-            if value not in valid:
-                raise ValueError(f"unknown {name} {value!r}; use one of {list(valid)}")
+            check_choice(name, getattr(self, name), valid)
         if not self.separator:
             raise ValueError("separator must be 'eos' or a non-empty text such as '\\n'")
 
@@ -113,3 +154,9 @@ def resolve(preset: str = "toolkit", **overrides: str | None) -> Choices:
     if unknown:
         raise ValueError(f"unknown choices {sorted(unknown)}; valid: {[f.name for f in fields(Choices)]}")
     return replace(PRESETS[preset], **{name: value for name, value in overrides.items() if value is not None})
+
+
+def separator_text(value: str) -> str:
+    """`--separator '\\n'`: a shell passes backslash + n; the separator meant is a newline (\\t a tab, \\\\ a backslash)."""
+    escapes = {"n": "\n", "t": "\t", "\\": "\\"}
+    return re.sub(r"\\([nt\\])", lambda match: escapes[match.group(1)], value)

@@ -18,10 +18,11 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from iclgd_lens.deltas import Delta, logit_lens, reset_alibi
-from iclgd_lens.presets import CHOICES
+from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.hooks import hook_filter, reset_alibi
+from iclgd_lens.core.presets import CHOICES, check_choice
+from iclgd_lens.core.readout import Readout
 
-POSITIONS = CHOICES["position"]
 
 
 @dataclass
@@ -51,16 +52,10 @@ class Record:
         return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
 
-def check_position(position: str) -> str:
-    if position not in POSITIONS:
-        raise ValueError(f"unknown position {position!r}; use one of {list(POSITIONS)}")
-    return position
-
-
 def record_offset(query: Sequence[int], label_tokens: Sequence[Sequence[int]], position: str) -> int:
     """Index of the recorded token within query (+ first label): `prediction` is the last prompt token (the one
     that predicts the label); `first_option` is the last token of the first label (the reference code)."""
-    check_position(position)
+    check_choice("position", position, CHOICES["position"])
     return len(query) - 1 + (len(label_tokens[0]) if position == "first_option" else 0)
 
 
@@ -83,18 +78,26 @@ def record(
     A label's last token is left out of its row unless the record is at `first_option`: nothing reads the
     prediction it makes.
     """
-    check_position(position)
+    check_choice("position", position, CHOICES["position"])
     delta_hooks = delta.hooks(model) if delta is not None else []
     multi_token = [c for c, t in enumerate(label_tokens) if len(t) > 1]
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))  # similar lengths batch together
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     parts: list[dict[str, Tensor]] = []
+    readout = Readout(model)
     with model.hooks(delta_hooks):
         prefix_cache = _run_prefix(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
                 _record_batch(
-                    model, prefix_cache, [queries[i] for i in batch], label_tokens, multi_token, position, pad_token
+                    model,
+                    readout,
+                    prefix_cache,
+                    [queries[i] for i in batch],
+                    label_tokens,
+                    multi_token,
+                    position,
+                    pad_token,
                 )
             )
     inverse = torch.empty(len(order), dtype=torch.long)
@@ -133,6 +136,7 @@ def _expanded_cache(cache: TransformerLensKeyValueCache, batch: int) -> Transfor
 
 def _record_batch(
     model: HookedTransformer,
+    readout: Readout,
     prefix_cache: TransformerLensKeyValueCache,
     queries: list[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
@@ -171,9 +175,9 @@ def _record_batch(
         found["scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
 
     record_hooks = [
-        (lambda name: name.endswith("hook_attn_out"), read_attn_out),
-        (lambda name: name.endswith("attn.hook_z"), read_z),
-        (lambda name: name.endswith("attn.hook_attn_scores"), read_scores),
+        (hook_filter("attn_out"), read_attn_out),
+        (hook_filter("z"), read_z),
+        (hook_filter("attn_scores"), read_scores),
     ]
     reset_alibi(model)
     with model.hooks(record_hooks):
@@ -183,7 +187,7 @@ def _record_batch(
             attention_mask=torch.ones_like(tokens),
             stop_at_layer=model.cfg.n_layers,
         )
-    label_logprobs = _label_logprobs(model, resid, queries, label_tokens, row_of)
+    label_logprobs = _label_logprobs(readout, resid, queries, label_tokens, row_of)
     return {
         "attn_out": torch.stack(found["attn_out"], 1).float().cpu(),
         "z": torch.stack(found["z"], 1).float().cpu(),
@@ -195,7 +199,7 @@ def _record_batch(
 
 
 def _label_logprobs(
-    model: HookedTransformer,
+    readout: Readout,
     resid: Float[Tensor, "row pos d_model"],
     queries: list[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
@@ -214,7 +218,7 @@ def _label_logprobs(
                 owners.append(i * n_classes + c)
     device = resid.device
     picked = resid[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
-    logits = logit_lens(model, picked[None])[0].float()
+    logits = readout(picked[None])[0].float()
     logprobs = logits.log_softmax(-1)[torch.arange(len(rows), device=device), torch.tensor(targets, device=device)]
     owner = torch.tensor(owners, device=device)
     total = torch.zeros(len(queries) * n_classes, device=device).index_add_(0, owner, logprobs)

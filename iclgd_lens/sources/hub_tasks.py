@@ -1,100 +1,15 @@
-"""Classification tasks: a prompt template, label words and labelled examples.
-
-The six tasks of the papers load from the Hugging Face hub with `datasets` (real code for users who have the
-hub), from local files (csv/json/jsonl/parquet), or are built directly as custom tasks.
+"""The papers' six tasks from the Hugging Face hub (real code for users who have the hub), and any task from local
+csv/json/jsonl/parquet files (the papers' tasks with their hub columns, or a custom template and label words).
 """
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from iclgd_lens.errors import error_summary
-
-Example = dict[str, Any]  # the template's fields plus an int "label"
-
-
-@dataclass(frozen=True)
-class Task:
-    """A classification task. `label_words[c]` is the answer for class c; the answer text is " " + label word."""
-
-    name: str
-    template: str
-    label_words: tuple[str, ...]
-    train: tuple[Example, ...]
-    eval: tuple[Example, ...]
-    eval_split: str = "eval"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "label_words", tuple(self.label_words))
-        object.__setattr__(self, "train", tuple(_normalise_rows(self.train, self, "train")))
-        object.__setattr__(self, "eval", tuple(_normalise_rows(self.eval, self, "eval")))
-        if len(set(self.label_words)) != len(self.label_words) or len(self.label_words) < 2:
-            raise ValueError(f"task {self.name!r}: label_words {self.label_words} must be at least two distinct words")
-        missing = [w for c, w in enumerate(self.label_words) if all(r["label"] != c for r in self.train)]
-        if missing:
-            raise ValueError(
-                f"task {self.name!r}: label words {missing} are absent from the train data; "
-                "check the label column or the label words"
-            )
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return template_fields(self.template)
-
-    def prompt(self, example: Example, raw: bool = False) -> str:
-        """The query prompt, e.g. 'Sentence: a fine film Label:'. Whitespace inside the inputs is collapsed unless
-        `raw` (the reference code's raw text: SST-2's trailing space and any newline stay)."""
-        return self.template.format(**{f: str(example[f]) if raw else _clean(example[f]) for f in self.fields})
-
-
-def template_fields(template: str) -> tuple[str, ...]:
-    return tuple(f for _, f, _, _ in string.Formatter().parse(template) if f)
-
-
-def _clean(value: Any) -> str:
-    # Newlines and doubled spaces inside an input would blur the demonstration boundaries.
-    return " ".join(str(value).split())
-
-
-def _normalise_rows(rows: Sequence[Mapping[str, Any]], task: Task, split: str) -> list[Example]:
-    fields = template_fields(task.template)
-    if not fields:
-        raise ValueError(f"task {task.name!r}: template {task.template!r} has no {{field}} placeholder")
-    out = []
-    for i, row in enumerate(rows):
-        absent = [f for f in (*fields, "label") if f not in row]
-        if absent:
-            raise ValueError(
-                f"task {task.name!r}, {split} row {i}: columns {absent} are missing (the row has "
-                f"{sorted(row)}); the template {task.template!r} needs {list(fields)} and a 'label' column"
-            )
-        example = {f: row[f] for f in fields}
-        example["label"] = _label_id(row["label"], task, split, i)
-        out.append(example)
-    if not out:
-        raise ValueError(f"task {task.name!r}: the {split} split is empty; it needs labelled rows")
-    return out
-
-
-def _label_id(label: Any, task: Task, split: str, row: int) -> int:
-    if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
-        if label not in task.label_words:
-            raise ValueError(
-                f"task {task.name!r}, {split} row {row}: label {label!r} is not one of the label words "
-                f"{list(task.label_words)}; pass label_words that name every label in the data"
-            )
-        return task.label_words.index(label)
-    label_id = int(label)
-    if not 0 <= label_id < len(task.label_words):
-        raise ValueError(
-            f"task {task.name!r}, {split} row {row}: label id {label_id} has no label word "
-            f"(label_words has {len(task.label_words)}: {list(task.label_words)})"
-        )
-    return label_id
-
+from iclgd_lens.sources.task import Example, Task
 
 @dataclass(frozen=True)
 class HubTaskSpec:
@@ -154,42 +69,16 @@ LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "
 SPLIT_ALIASES = {"train": "train", "eval": "eval", "validation": "eval", "test": "eval"}
 
 
-def available_tasks() -> list[str]:
-    from iclgd_lens.packaged_tasks import PACKAGED_TASKS
-    from iclgd_lens.synthetic import SYNTHETIC_TASKS
-
-    return sorted(HUB_TASKS) + sorted(PACKAGED_TASKS) + sorted(SYNTHETIC_TASKS)
-
-
-def load_task(
+def hub_or_file_task(
     name: str,
-    data_files: Mapping[str, str | Path] | None = None,
-    *,
+    data_files: Mapping[str, str | Path] | None,
     template: str | None = None,
     label_words: Sequence[str] | None = None,
 ) -> Task:
-    """Load a task by name.
-
-    - `"sst2"`, `"sst5"`, `"mr"`, `"subj"`, `"agnews"`, `"cb"`: from the hub, or from local files when
-      `data_files={"train": path, "eval": path}` is given (columns named as in the hub dataset);
-    - `"rt-snippets"`, `"bbc-headlines"`, `"trec"`: real data shipped in installed packages (offline;
-      docs/tasks.md);
-    - `"synth-*"`: the bundled synthetic tasks (offline);
-    - any other name with `data_files`, `template` and `label_words`: a custom task from local files.
-    """
-    from iclgd_lens.packaged_tasks import PACKAGED_TASKS, packaged_task
-    from iclgd_lens.synthetic import SYNTHETIC_TASKS, synthetic_task
-
-    if name in SYNTHETIC_TASKS and data_files is None:
-        return synthetic_task(name)
-    if name in PACKAGED_TASKS and data_files is None:
-        return packaged_task(name)
+    """One of the papers' tasks from the hub, or from local files when `data_files={"train": path, "eval": path}`
+    is given (columns named as in the hub dataset); any other name from local files with `template` and
+    `label_words` (a custom task)."""
     spec = HUB_TASKS.get(name)
-    if spec is None and (data_files is None or template is None or label_words is None):
-        raise ValueError(
-            f"unknown task {name!r}; valid tasks: {available_tasks()}, or a custom task from local files "
-            "(pass data_files, template and label_words)"
-        )
     template = template or spec.template
     label_words = tuple(label_words or spec.label_words)
     columns = dict(spec.columns) if spec else {}

@@ -1,0 +1,7 @@
+"""`python -m iclgd_lens.cli`."""
+
+import sys
+
+from iclgd_lens.cli import main
+
+sys.exit(main())

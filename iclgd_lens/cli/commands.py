@@ -1,0 +1,180 @@
+"""The command line's commands: each checks what it can before a model loads, then calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from iclgd_lens.analysis.attribution import attribution_table, check_attributable
+from iclgd_lens.analysis.kendall import kendall_table
+from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
+from iclgd_lens.cli.parser import parse_data_files
+from iclgd_lens.core.comparison import compare
+from iclgd_lens.core.config import CompareConfig
+from iclgd_lens.core.episodes import check_k
+from iclgd_lens.core.results import Result, check_output_folder
+from iclgd_lens.files import write_text_atomic
+from iclgd_lens.sources import check_model_source, load_model, load_task, model_source
+from iclgd_lens.sources.devices import available_threads
+from iclgd_lens.sources.hub_tasks import HUB_TASKS
+from iclgd_lens.sources.task import Task
+from iclgd_lens.views.attribution import check_attribution_folder, write_attribution
+from iclgd_lens.views.report import attribution_section, build_report, check_report_file
+from iclgd_lens.views.reproduction import write_tables
+
+
+def compare_options(args: argparse.Namespace, *, exclude: tuple[str, ...] = ()) -> dict:
+    """The `CompareConfig` fields the command line sets (choices left unset are left out, so the preset's apply)."""
+    names = [name for name in CompareConfig.option_names() if name not in exclude]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def checked_tasks(args: argparse.Namespace, load_tasks: Callable[[], list[Task]]) -> list[Task]:
+    """The model's source, then every task's data (each with at least k train rows), checked before any model
+    loads."""
+    check_model_source(args.model)
+    tasks = load_tasks()
+    for task in tasks:
+        check_k(task, args.k)
+    return tasks
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    # Everything that can be checked without the model is checked before it loads.
+    config = CompareConfig.build(**compare_options(args))
+    check_output_folder(Path(args.out), args.overwrite)
+    data_files = parse_data_files(args.data_files)
+    if args.task in HUB_TASKS and data_files is None and (args.template or args.labels):
+        raise ValueError("--template/--labels define a custom task from --data-files; they need --data-files")
+    [task] = checked_tasks(args, lambda: [load_task(args.task, data_files, template=args.template,
+                                                     label_words=args.labels)])  # fmt: skip
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    started = time.perf_counter()
+    result = compare(model, task, config, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    recorded = result.config
+    print(
+        f"{recorded['model']} on {recorded['task']}: k={recorded['k']} (effective {recorded['effective_k']}, GD "
+        f"{recorded['gd_k']}), seed {recorded['seed']}, permutation {recorded['permutation']}, lr {recorded['lr']} "
+        f"(LCGD {recorded['lr_lcgd']}), {recorded['n_eval']} queries, {recorded['dtype']}, {seconds:.1f} s"
+    )
+    print(f"preset {config.preset}: " + ", ".join(f"{name} {value!r}" for name, value in config.choices.to_dict().items()))
+    print("accuracy: " + ", ".join(f"{name} {value:.3f}" for name, value in result.accuracy.items()))
+    print(result.summary())
+    for subset in config.subsets:
+        print(f"\n{subset} subset (queries ZS gets wrong and both FT and ICL get right):")
+        print(result.summary(subset))
+    print(f"saved to {args.out}")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    if not args.tasks:
+        raise ValueError("give the tasks to run: --tasks T1 T2 ... (or T1,T2)")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    threads = args.threads or max(1, available_threads() // args.jobs)
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd"))
+    lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "gd")
+    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd,
+                         tuple(float(v) for v in args.lr_grid), args.n_heldout, options, args.dtype)  # fmt: skip
+    plan = config.plan()
+    # Everything that can be checked before a run starts is checked now: options, every run's seed and
+    # permutation, the folder, the model's source and every task's data.
+    for run in plan:
+        CompareConfig.build(**options, seed=run.seed, permutation=run.permutation, lr=run.lr or 1.0)
+    out = Path(args.out)
+    check_sweep_folder(out, config)
+    checked_tasks(args, lambda: [load_task(task) for task in config.tasks])
+    torch.set_num_threads(threads)
+
+    started = time.perf_counter()
+    total, ended = len(plan), 0  # runs ended so far, the finished ones included
+
+    def starting(finished: list, pending: list) -> None:
+        nonlocal ended
+        ended = len(finished)
+        if finished:
+            print(f"{ended} of {total} runs are already finished in {args.out} (skipped)", flush=True)
+
+    def report(run, error: str | None) -> None:
+        nonlocal ended
+        ended += 1
+        status = "failed: " + error if error else "done"
+        print(f"[{ended}/{total}] {run.name} {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    slurm = {"timeout_min": args.slurm_time, "cpus_per_task": args.slurm_cpus, "gpus_per_node": args.slurm_gpus}
+    if args.slurm_partition:
+        slurm["slurm_partition"] = args.slurm_partition
+    outcome = run_sweep(config, out, jobs=args.jobs, executor=args.executor, threads=threads, device=args.device,
+                        slurm=slurm, on_start=starting, on_run=report)  # fmt: skip
+    missing = write_tables(out, plan, args.model)
+    if (out / "tables.md").is_file():
+        print((out / "tables.md").read_text())
+    print(f"tables and plots in {args.out} ({time.perf_counter() - started:.0f} s)")
+    if outcome.failed or missing:
+        failed = [f"{name} ({error})" for name, error in outcome.failed.items()]
+        print(f"iclgd-lens: error: {len(missing)} of {total} runs did not finish: " + "; ".join(failed or missing),
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0
+
+
+def results_model(args: argparse.Namespace, config: dict):
+    """The model a result was computed on: --model, else the name its config records."""
+    name = args.model or model_source(config["model"])
+    if name is None:
+        raise ValueError(
+            f"the result's model {config['model']!r} is a local folder or unknown name; give it with --model PATH"
+        )
+    check_model_source(name)
+    return load_model(name, device=args.device, dtype=config.get("dtype", "float32"))
+
+
+def run_attribute(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    check_attribution_folder(out)
+    result = Result.load(args.run)
+    if not result.deltas:
+        raise ValueError(f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare")
+    if args.kendall_queries < 0:
+        raise ValueError(f"--kendall-queries must be >= 0, got {args.kendall_queries}")
+    model = results_model(args, result.config)
+    check_attributable(result, model)
+    bad = [layer for layer in args.layers or [] if not 0 <= layer < model.cfg.n_layers]
+    if bad:
+        raise ValueError(f"--layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+    started = time.perf_counter()
+    heads, totals = attribution_table(model, result, args.layers, args.batch_size)
+    kendall = kendall_table(model, result, args.kendall_method, args.kendall_queries) if args.kendall_queries else None
+    about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
+             "layers": args.layers, "kendall_method": args.kendall_method, "kendall_queries": args.kendall_queries}  # fmt: skip
+    write_attribution(out, heads, totals, kendall, about)
+    print((out / "heads.md").read_text())
+    if kendall is not None:
+        print("Kendall (mean over queries):\n" + (out / "kendall.md").read_text())
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    html = Path(args.html)
+    check_report_file(html, args.overwrite)
+    results = [(Path(folder).name if Path(folder).name else folder, Result.load(folder)) for folder in args.runs]
+    for folder in args.attribution:
+        attribution_section(Path(folder))  # a folder without tables fails now, not after the views
+    model = None if args.no_views else results_model(args, results[0][1].config)
+    write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution]))
+    print(f"wrote {args.html}")
+
+

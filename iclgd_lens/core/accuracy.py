@@ -1,0 +1,57 @@
+"""ZS, ICL and finetuned settings over one episode's queries: the loop that the comparison, the learning-rate
+search and the scripts share.
+
+A setting is recorded on the ZS prompt ([BOS] + query) when it is "zs" or a finetuned setting (its delta applied
+through hooks), and on the ICL prompt ([BOS] + demonstrations + query) when it is "icl".
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.metrics import accuracy
+from iclgd_lens.core.recording import Record, record
+
+
+def record_settings(
+    model: HookedTransformer,
+    episode: Episode,
+    deltas: Mapping[str, Delta] | None = None,
+    *,
+    prompts: tuple[str, ...] = ("zs", "icl"),
+    position: str = "prediction",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Record]:
+    """The recording of each of `prompts` ("zs", "icl") and of each finetuned setting in `deltas` (name ->
+    delta), on the episode's queries."""
+    prefixes = {"zs": episode.zs_prefix, "icl": episode.icl_prefix}
+    settings = {name: (prefixes[name], None) for name in prompts}
+    settings |= {name: (episode.zs_prefix, delta) for name, delta in (deltas or {}).items()}
+    return {
+        name: record(
+            model, episode.queries, episode.label_tokens, prefix, position, delta, batch_size, pad_token=episode.bos,
+            desc=f"record {name}" if progress else None,
+        )  # fmt: skip
+        for name, (prefix, delta) in settings.items()
+    }
+
+
+def episode_accuracy(
+    model: HookedTransformer,
+    episode: Episode,
+    deltas: Mapping[str, Delta] | None = None,
+    *,
+    prompts: tuple[str, ...] = ("zs", "icl"),
+    position: str = "prediction",
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """The accuracy of each setting `record_settings` records: {"zs": ..., "icl": ..., <delta name>: ...}."""
+    labels = torch.tensor(episode.labels)
+    recorded = record_settings(model, episode, deltas, prompts=prompts, position=position, batch_size=batch_size)
+    return {name: accuracy(r.pred, labels) for name, r in recorded.items()}

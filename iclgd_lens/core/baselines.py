@@ -1,0 +1,111 @@
+"""The papers' untrained baselines (seeded re-initialised copies of a model) and the float16 copy fp16-mixed
+training runs on. The model itself is never edited."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.core.presets import BASELINES, CHOICES, check_choice
+
+
+def half_copy(model: HookedTransformer) -> HookedTransformer:
+    """A float16 copy of `model` (the reference runs every setting in fp16); the model itself is left as it is."""
+    fresh = copy.deepcopy(model)
+    return fresh.to(torch.float16, print_details=False).eval()
+
+
+def untrained_copy(
+    model: HookedTransformer, baseline: str, seed: int, init: str = "transformer_lens"
+) -> HookedTransformer:
+    """A seeded re-initialised copy of `model` (Revisited 3.3; docs/science.md, "Baselines"):
+
+    - `no_training`: every weight re-initialised;
+    - `trained_norms`: every norm's parameters kept, the rest re-initialised (the setting behind Revisited's
+      "No Training" row);
+    - `trained_embeddings`: token/positional embeddings, every norm and the unembedding kept, the rest
+      re-initialised.
+
+    `init`: `transformer_lens` (cfg.init_mode for matrices, biases 0, norm gains 1) or `fairseq` (the reference:
+    Q/K/V xavier-uniform with gain 1/sqrt(2), W_O xavier-uniform with b_O = 0, MLP matrices and every other bias
+    PyTorch's U(±1/sqrt(fan_in)), embeddings N(0, 1/d_model), the unembedding tied to W_E where the model ties it).
+    """
+    check_choice("baseline", baseline, BASELINES)
+    check_choice("init", init, CHOICES["init"])
+    fresh = copy.deepcopy(model)
+    fresh.cfg.seed = seed  # init_weights seeds the global RNG from cfg.seed; fork_rng restores it afterwards
+    devices = [torch.cuda.current_device()] if str(fresh.cfg.device).startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        if init == "transformer_lens":
+            # init_weights re-draws only the W_* matrices: reset biases and norm gains as a fresh model has them.
+            for name, param in fresh.named_parameters():
+                if not _leaf(name).startswith("W_"):
+                    param.fill_(1.0 if _leaf(name) == "w" else 0.0)
+            fresh.init_weights()
+        else:
+            _fairseq_init(fresh, seed)
+        kept = {"no_training": lambda name: False, "trained_norms": _is_norm, "trained_embeddings": _is_embedding_or_norm}
+        trained = dict(model.named_parameters())
+        for name, param in fresh.named_parameters():
+            if kept[baseline](name):
+                param.copy_(trained[name])
+    return fresh.eval()
+
+
+def _fairseq_init(model: HookedTransformer, seed: int) -> None:
+    """fairseq's initialisation, written on TransformerLens' parameter layout (fan-in/out of the fused Linear)."""
+    generator = torch.Generator(device=model.cfg.device).manual_seed(seed)
+    cfg = model.cfg
+
+    def uniform(param: torch.Tensor, bound: float) -> None:
+        param.copy_((torch.rand(param.shape, generator=generator, device=param.device) * 2 - 1) * bound)
+
+    fan = {  # leaf -> (fan_in, fan_out) of the Linear it belongs to
+        "W_Q": (cfg.d_model, cfg.n_heads * cfg.d_head),
+        "W_O": (cfg.n_heads * cfg.d_head, cfg.d_model),
+        "W_in": (cfg.d_model, cfg.d_mlp),
+        "W_gate": (cfg.d_model, cfg.d_mlp),
+        "W_out": (cfg.d_mlp, cfg.d_model),
+    }
+    for leaf in ("W_K", "W_V", "_W_K", "_W_V"):
+        fan[leaf] = (cfg.d_model, (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head)
+    bias_fan_in = {"b_Q": cfg.d_model, "b_K": cfg.d_model, "b_V": cfg.d_model, "_b_K": cfg.d_model}
+    bias_fan_in |= {"_b_V": cfg.d_model, "b_in": cfg.d_model, "b_out": cfg.d_mlp}
+    for name, param in model.named_parameters():
+        leaf = _leaf(name)
+        if _is_norm(name):
+            param.fill_(1.0 if leaf == "w" else 0.0)
+        elif leaf in ("W_E", "W_pos", "W_U"):
+            param.copy_(torch.randn(param.shape, generator=generator, device=param.device) * cfg.d_model**-0.5)
+        elif leaf in ("W_Q", "W_K", "W_V", "_W_K", "_W_V", "W_O"):
+            fan_in, fan_out = fan[leaf]
+            gain = 1.0 if leaf == "W_O" else 2**-0.5
+            uniform(param, gain * math.sqrt(6 / (fan_in + fan_out)))
+        elif leaf in ("W_in", "W_gate", "W_out"):
+            uniform(param, fan[leaf][0] ** -0.5)
+        elif leaf in bias_fan_in:
+            uniform(param, bias_fan_in[leaf] ** -0.5)
+        else:  # b_O and the unembedding bias
+            param.zero_()
+    if model.cfg.d_vocab == model.cfg.d_vocab_out and _ties_embeddings(model):
+        model.W_U.copy_(model.W_E.T)
+
+
+def _ties_embeddings(model: HookedTransformer) -> bool:
+    return model.W_U.shape == model.W_E.T.shape and bool(torch.equal(model.W_U, model.W_E.T))
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _is_norm(name: str) -> bool:
+    # TransformerLens names norm parameters "w"/"b" and every other parameter "W_*"/"b_*".
+    return _leaf(name) in ("w", "b")
+
+
+def _is_embedding_or_norm(name: str) -> bool:
+    return name.startswith(("embed.", "pos_embed.", "unembed.")) or _is_norm(name)

@@ -1,0 +1,144 @@
+"""`compare`: ZS, ICL, GD and LCGD on one model and task (and on the untrained baselines), scored by every metric."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.core.accuracy import record_settings
+from iclgd_lens.core.baselines import half_copy, untrained_copy
+from iclgd_lens.core.config import CompareConfig
+from iclgd_lens.core.deltas import Delta, trained_parameters
+from iclgd_lens.core.episodes import Episode, build_episode
+from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.metrics import REFERENCE_EPS
+from iclgd_lens.core.recording import Record
+from iclgd_lens.core.results import Result, check_output_folder
+from iclgd_lens.core.scoring import score
+from iclgd_lens.sources.task import Task
+
+
+def compare(
+    model: HookedTransformer,
+    task: Task,
+    config: CompareConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Result:
+    """Compare ICL with GD/LCGD on `task`: record ZS, ICL and each finetuned setting on the same queries, on the
+    model and on each untrained baseline, and score every metric. With `out`, the result is saved there.
+
+    The options are a `CompareConfig`, or its fields by name (`compare(model, task, k=32, seed=2, lr=5e-4)`), or
+    both (the names replace the config's fields). `preset`: "toolkit" or "reference" (the reference code's
+    pipeline); each of its choices (position, separator, truncation, text, gd_demos, order, precision,
+    arithmetic, init) can be overridden on its own (docs/science.md, "Presets"). K/V weights (and the biases the
+    checkpoint has; `biases="all"` also trains absent ones from zero) are trained with SGD, one epoch, batch size
+    1. `lr` is the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model); `lr_lcgd` gives LCGD its
+    own (default: GD's, as the papers do). `subsets=("f2t",)` also scores each method's f2t queries.
+    """
+    config = CompareConfig.build(config, **options)
+    choices = config.choices
+    k, seed = config.k, config.seed
+    if out is not None:
+        check_output_folder(Path(out), overwrite)
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer; load it with load_model or attach one (model.set_tokenizer)")
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, config.permutation, config.n_eval, choices)
+    if episode.effective_k < k:
+        print(
+            f"iclgd-lens: warning: {k - episode.effective_k} of {k} demonstrations do not fit the {model.cfg.n_ctx}-"
+            f"token context and were dropped from the ICL prompt (effective k = {episode.effective_k}); GD trains "
+            f"on {len(episode.train_demos)}",
+            file=sys.stderr,
+        )
+    if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
+        model = half_copy(model)
+    labels = torch.tensor(episode.labels)
+    parameters = trained_parameters(model, config.groups, config.biases)  # the trained model's, for every subject
+
+    scores, records, W_O, deltas = {}, {}, {}, {}
+    for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
+        subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
+        recorded, weights, learned = run_settings(subject, episode, config, parameters, progress)
+        if name == "model":
+            deltas = learned
+        scores[name] = score(
+            recorded, labels, weights, config.methods, seed,
+            eps=REFERENCE_EPS if choices.arithmetic == "reference" else None, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
+        )  # fmt: skip
+        scores[name]["update_norm"] = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
+        prefix = "" if name == "model" else f"{name}/"
+        records |= {prefix + s: r for s, r in recorded.items()}
+        W_O |= {prefix + s: w for s, w in weights.items()}
+        del subject
+
+    result = Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas)
+    if out is not None:
+        result.save(out, overwrite=overwrite)
+    return result
+
+
+def run_settings(
+    model: HookedTransformer,
+    episode: Episode,
+    config: CompareConfig,
+    parameters: Sequence[str],
+    progress: bool = False,
+) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, Delta]]:
+    """Record ZS, ICL and each method's finetuned model (training `parameters`). Also W_O for per-head outputs: the
+    model's ("model") and, when O is trained, each method's W_O + ΔW_O; and each method's delta."""
+    deltas = {
+        method: fit(
+            model, episode.train_demos, episode.bos, method, config.method_lr(method), parameters, config.lcgd_exit,
+            progress, config.choices.precision,
+        )  # fmt: skip
+        for method in config.methods
+    }
+    records = record_settings(
+        model, episode, deltas, position=config.choices.position, batch_size=config.batch_size, progress=progress
+    )
+    W_O = {"model": model.W_O.detach().float().cpu()}
+    if "o" in config.groups:
+        W_O |= {method: W_O["model"] + _stacked_W_O_delta(model, delta) for method, delta in deltas.items()}
+    return records, W_O, deltas
+
+
+def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:
+    stacked = torch.zeros_like(model.W_O, dtype=torch.float32, device="cpu")
+    for layer in range(model.cfg.n_layers):
+        change = delta.tensors.get(f"blocks.{layer}.attn.W_O")
+        if change is not None:
+            stacked[layer] = change.float().cpu()
+    return stacked
+
+
+def describe(
+    model: HookedTransformer, task: Task, episode: Episode, config: CompareConfig, parameters: Sequence[str]
+) -> dict:
+    """result.json's config: the model and task, every option (the preset's choices resolved), what the episode
+    measured (effective k, GD's k, the number of queries: `n_eval`), the trained parameters, and the package
+    versions."""
+    packages = ("iclgd-lens", "transformer-lens", "torch", "transformers")
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    run = {"model": model.cfg.model_name, "task": task.name, "eval_split": task.eval_split}
+    measured = {"effective_k": episode.effective_k, "gd_k": len(episode.train_demos), "n_eval": len(episode.queries)}
+    return run | config.to_json() | measured | {
+        "trained_parameters": list(parameters),
+        "dtype": str(model.cfg.dtype).removeprefix("torch."),
+        "device": str(model.cfg.device),
+        "versions": versions,
+    }

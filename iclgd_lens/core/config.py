@@ -1,0 +1,119 @@
+"""`CompareConfig`: every option of one comparison, validated where it is built (without torch), so that the
+command line refuses a bad option before a model loads. `compare`, the command line, sweeps and result.json's
+config all derive from this one dataclass."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from iclgd_lens.core.presets import (
+    BASELINES,
+    BIASES,
+    CHOICES,
+    DEFAULT_GROUPS,
+    LCGD_EXITS,
+    METHODS,
+    SUBSETS,
+    Choices,
+    check_choice,
+    check_choices,
+    check_groups,
+    check_lr,
+    check_permutation,
+    resolve,
+)
+
+CHOICE_NAMES = ("separator", *CHOICES)  # the preset's choices, each a field that overrides the preset
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Every choice of one comparison (docs/reference/cli.md lists each; docs/science.md explains them).
+
+    The nine choice fields (position, separator, truncation, text, gd_demos, order, precision, arithmetic, init)
+    override the preset's where given; `choices` holds the resolved set."""
+
+    k: int = 32  # demonstrations
+    seed: int = 0  # demonstration shuffle, baselines' init, random baseline
+    permutation: int = 0  # order of the demonstrations; 0 keeps the shuffle
+    lr: float = 1e-3  # GD's SGD learning rate (and LCGD's unless lr_lcgd)
+    lr_lcgd: float | None = None  # LCGD's own; None: GD's, as the papers do
+    methods: tuple[str, ...] = METHODS
+    baselines: tuple[str, ...] = BASELINES
+    subsets: tuple[str, ...] = ()  # also score these query subsets ("f2t")
+    n_eval: int | None = None  # cap on evaluation queries (None: 2000)
+    batch_size: int = 8  # queries per forward pass
+    groups: tuple[str, ...] = DEFAULT_GROUPS  # trained weights
+    lcgd_exit: str = "block"  # LCGD's read-out: after the block, or after attention
+    biases: str = "checkpoint"  # train the biases the checkpoint has, or "all" (absent ones from zero)
+    preset: str = "toolkit"
+    position: str | None = None
+    separator: str | None = None
+    truncation: str | None = None
+    text: str | None = None
+    gd_demos: str | None = None
+    order: str | None = None
+    precision: str | None = None
+    arithmetic: str | None = None
+    init: str | None = None
+    choices: Choices = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("methods", "baselines", "groups", "subsets"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        choices = resolve(self.preset, **{name: getattr(self, name) for name in CHOICE_NAMES})
+        object.__setattr__(self, "choices", choices)
+        check_lr(self.lr)
+        if self.lr_lcgd is not None:
+            check_lr(self.lr_lcgd)
+        check_choice("bias setting", self.biases, BIASES)
+        check_choices("method", self.methods, METHODS, allow_empty=False)
+        check_choices("baseline", self.baselines, BASELINES, allow_empty=True)
+        check_choices("subset", self.subsets, SUBSETS, allow_empty=True)
+        check_groups(self.groups)
+        check_choice("LCGD exit", self.lcgd_exit, LCGD_EXITS)
+        check_permutation(self.permutation, choices.order)
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k} (with k=0 ICL is ZS and there is no update to compare)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.n_eval is not None and self.n_eval < 1:
+            raise ValueError(f"n_eval must be >= 1, got {self.n_eval}")
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    @classmethod
+    def build(cls, config: CompareConfig | None = None, **options: Any) -> CompareConfig:
+        """`config` with `options` replaced (or a new config from `options`); an unknown option name is an error
+        that names the closest field."""
+        names = cls.option_names()
+        for name in options:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; the options are {list(names)}"
+                raise TypeError(f"unknown comparison option {name!r}{hint}")
+        return replace(config, **options) if config is not None else cls(**options)
+
+    def method_lr(self, method: str) -> float:
+        """The learning rate of `method`: LCGD's own where given, else GD's."""
+        return self.lr_lcgd if method == "lcgd" and self.lr_lcgd is not None else self.lr
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as result.json's config records them: lists for tuples, LCGD's lr resolved, and the
+        resolved choices in place of the overrides."""
+        data = {name: getattr(self, name) for name in self.option_names() if name not in CHOICE_NAMES}
+        data = {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
+        return data | {"lr_lcgd": self.method_lr("lcgd")} | self.choices.to_dict()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompareConfig:
+        """The config a result.json records (its other entries, such as the model's name, are left out)."""
+        names = set(cls.option_names())
+        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in data.items() if name in names})
+

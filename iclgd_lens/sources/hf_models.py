@@ -1,0 +1,108 @@
+"""Hugging Face models as HookedTransformers without weight processing: TransformerLens hub names and local
+checkpoint folders (fully offline).
+
+No LayerNorm folding, centring or value-bias folding: SGD is not invariant to those re-parametrisations, and
+centring changes the attention output the metrics read. So W_K/W_V are the trained parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens import loading_from_pretrained as tl_loading
+
+from iclgd_lens.errors import error_summary
+from iclgd_lens.sources.bundled import BUNDLED_MODELS
+from iclgd_lens.sources.tokenizers import special_tokens
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """A local HF checkpoint folder (config.json + weights + tokenizer) -> HookedTransformer, fully offline.
+
+    `HookedTransformer.from_pretrained(hf_model=...)` still resolves the name on the hub (TransformerLens #846).
+    Instead: the TL config from the folder's config.json, the HF model and tokenizer from disk, and TL's own
+    weight converter on the loaded HF weights.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model folder {str(folder)!r} has no config.json; point to a Hugging Face checkpoint")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} has config.json but no weights (one of {list(WEIGHT_FILES)}); save the "
+            "model with save_pretrained into it"
+        )
+    hf_config = json.loads(config_file.read_text())
+    if hf_config.get("model_type") == "gpt2" and "n_ctx" not in hf_config:
+        # transformers >= 5 no longer writes GPT-2's n_ctx, which TransformerLens reads: it equals n_positions.
+        hf_config["n_ctx"] = hf_config["n_positions"]
+    # TL picks some architectures from the *name* (e.g. any path containing "llama") without reading the
+    # config, so it reads the config from a folder with a neutral name.
+    with tempfile.TemporaryDirectory() as neutral:
+        checkpoint = Path(neutral) / "local-checkpoint"
+        checkpoint.mkdir()
+        (checkpoint / "config.json").write_text(json.dumps(hf_config))
+        cfg = tl_loading.get_pretrained_model_config(str(checkpoint), device=device, dtype=dtype)
+    cfg.model_name = folder.resolve().name
+    tokenizer = None
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as error:
+            problem = error_summary(error)
+    else:
+        problem = f"none of {list(TOKENIZER_FILES)}"
+    # transformers >= 5 builds an empty tokenizer for a folder without one, instead of failing
+    if tokenizer is None or len(tokenizer) < 2:
+        raise ValueError(
+            f"model folder {str(folder)!r} has no usable tokenizer ({problem if tokenizer is None else 'empty'}); "
+            "save one into it with tokenizer.save_pretrained"
+        )
+    # Checked before TransformerLens sees it: it would quietly name "<|endoftext|>" the EOS token, whatever
+    # this vocabulary holds.
+    special_tokens(tokenizer)
+    with quiet_transformers():  # its per-tensor "Loading weights" bar says nothing a user needs
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
+    del hf_model
+    return model.to(device, print_details=False)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def load_hub_model(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """A TransformerLens model name through the Hugging Face hub (or its local cache)."""
+    try:
+        return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
+    except OSError as error:  # transformers and huggingface_hub report an unreachable or refused hub as OSError
+        raise ValueError(
+            f"model {name!r} could not be loaded from the Hugging Face hub ({error_summary(error)}); offline, give a "
+            f"local Hugging Face folder (--model PATH) or a bundled model {list(BUNDLED_MODELS)}"
+        ) from error
+
+
