@@ -441,8 +441,8 @@ def all_agreements(naive: dict, result, strict: bool) -> dict:
     out = {
         "records": records_agreement(naive["records"], result.records),
         "metric_code": agreement(naive_scores(toolkit_rows, result.labels.tolist(), result.W_O["model"], 0),
-                                 result.scores["model"], METRIC_CODE_AGREEMENT),  # fmt: skip
-        "metrics": agreement(naive["scores"], result.scores["model"]),
+                                 result.scores["model"].to_json(), METRIC_CODE_AGREEMENT),  # fmt: skip
+        "metrics": agreement(naive["scores"], result.scores["model"].to_json()),
         "metrics_required": strict,
     }
     out["agree"] = out["records"]["agree"] and out["metric_code"]["agree"] and (out["metrics"]["agree"] or not strict)

@@ -236,7 +236,7 @@ def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
         assert math.isnan(gd[name]["mean"]) and gd[name]["defined"] == 0
     assert gd["simam"]["defined"] == gd["simam"]["total"]  # cos(m_ICL, m_FT) stays defined
     assert reference.metrics["gd"]["simaou"]["mean"] == 0.0
-    assert any("simam_delta: 48 of 48 values undefined" in note for note in exact.scores["model"]["notes"])
+    assert any("simam_delta: 48 of 48 values undefined" in note for note in exact.scores["model"].notes)
     assert any(note.startswith("gd: up to 100% of attention-output updates are zero") for note in exact.summary().notes)
     assert "note: gd simaou" in repr(exact.summary())
     script = ROOT / "analyses" / "recompute_metrics.py"
@@ -252,7 +252,7 @@ def test_compare_in_half_precision_follows_the_float32_run(dtype):
     full = compare(tiny_model(), toy_task(), **args)
     half = compare(tiny_model().to(dtype, print_details=False), toy_task(), **args)
     assert half.config["dtype"] == str(dtype).removeprefix("torch.")
-    assert half.scores["model"]["resolution"]["dtype"] == half.config["dtype"]
+    assert half.scores["model"].resolution["dtype"] == half.config["dtype"]
     assert all(t.dtype == dtype for t in half.deltas["lcgd"].tensors.values())
     for setting in ("zs", "icl", "gd", "lcgd"):
         assert half.records[setting].attn_out.dtype == torch.float32
@@ -272,10 +272,10 @@ def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
     by_hand = fit(model, episode.train_demos, episode.bos, "lcgd", lr=0.2, parameters=trained_parameters(model))
     for name, tensor in result.deltas["lcgd"].tensors.items():
         assert torch.allclose(tensor, by_hand.tensors[name], atol=1e-6), name
-    norms = result.scores["model"]["update_norm"]
+    norms = result.scores["model"].update_norm
     for method in ("gd", "lcgd"):
         total = math.sqrt(sum(float(t.double().pow(2).sum()) for t in result.deltas[method].tensors.values()))
         assert norms[method]["total"] == pytest.approx(total, rel=1e-6)
         assert len(norms[method]["per_layer"]) == model.cfg.n_layers
-    assert set(result.scores["no_training"]["update_norm"]) == {"gd", "lcgd"}
+    assert set(result.scores["no_training"].update_norm) == {"gd", "lcgd"}
     assert result.config["trained_parameters"] == list(trained_parameters(model))

@@ -197,8 +197,8 @@ def test_reference_preset_records_every_resolved_choice(tmp_path):
     expected = PRESETS["reference"].to_dict() | {"position": "prediction"}
     assert {name: config[name] for name in expected} == expected
     assert config["preset"] == "reference" and config["dtype"] == "float16"
-    assert result.scores["model"]["resolution"]["dtype"] == "float16"
-    assert set(result.scores["model"]["f2t"]) == {"gd", "lcgd"}
+    assert result.scores["model"].resolution["dtype"] == "float16"
+    assert set(result.scores["model"].subsets["f2t"]) == {"gd", "lcgd"}
 
 
 def test_a_demonstration_longer_than_the_context_is_refused_for_gd_on_all_k():

@@ -61,7 +61,7 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
             label = TRAINED if model == "model" else model
             for method in first.methods:
                 per_run = [bootstrap.query_values(r, model, method) for r in runs]
-                metrics = [r.scores[model]["metrics"] for r in runs]
+                metrics = [r.scores[model].metrics for r in runs]
                 for metric in SIMILARITIES:
                     if metric == "alpha" and (method != "lcgd" or "alpha" not in metrics[0]):
                         continue
@@ -72,10 +72,10 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     rows.append((task, label, method, metric, *_mean_std(means), len(runs), low, high))
                 rows.append((task, label, method, "rec2ftp", *_mean_std([m[method]["rec2ftp"] for m in metrics]),
                              len(runs), math.nan, math.nan))  # fmt: skip
-                norms = [r.scores[model].get("update_norm", {}).get(method, {}).get("total", math.nan) for r in runs]
+                norms = [r.scores[model].update_norm.get(method, {}).get("total", math.nan) for r in runs]
                 rows.append((task, label, method, "update_norm", *_mean_std(norms), len(runs), math.nan, math.nan))
                 for setting in ("zs", "icl", method):
-                    accuracies = [r.scores[model]["accuracy"][setting] for r in runs]
+                    accuracies = [r.scores[model].accuracy[setting] for r in runs]
                     name = f"acc_{'ft' if setting == method else setting}"
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
@@ -130,7 +130,7 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
         for model in _models(runs[0]):
             label = TRAINED if model == "model" else model
             for method in runs[0].methods:
-                metrics = [r.scores[model]["metrics"] for r in runs]
+                metrics = [r.scores[model].metrics for r in runs]
                 for metric in SIMILARITIES:
                     if metric == "alpha":
                         if method != "lcgd" or "alpha" not in metrics[0]:

@@ -75,7 +75,7 @@ def compare(
             recorded, labels, weights, config.methods, seed,
             eps=REFERENCE_EPS if choices.arithmetic == "reference" else None, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
         )  # fmt: skip
-        scores[name]["update_norm"] = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
+        scores[name].update_norm = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
         prefix = "" if name == "model" else f"{name}/"
         records |= {prefix + s: r for s, r in recorded.items()}
         W_O |= {prefix + s: w for s, w in weights.items()}

@@ -26,7 +26,7 @@ from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.files import check_output, replaced_atomically
 from iclgd_lens.core.recording import Record
-from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, check_metric
+from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, Scores, check_metric
 
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
@@ -36,7 +36,7 @@ RESULT_FORMAT = "iclgd-lens result 1"  # result.json's "format": marks a folder 
 @dataclass
 class Result:
     config: dict
-    scores: dict[str, dict]  # "model" and each baseline -> {accuracy, metrics, per_head}
+    scores: dict[str, Scores]  # "model" and each baseline
     records: dict[str, Record]  # "zs", "icl", "gd", ..., "no_training/zs", ...
     W_O: dict[str, Tensor]  # "model", "<baseline>/model", and "<setting>" where that setting trained W_O
     labels: Tensor
@@ -45,11 +45,11 @@ class Result:
 
     @property
     def accuracy(self) -> dict[str, float]:
-        return self.scores["model"]["accuracy"]
+        return self.scores["model"].accuracy
 
     @property
     def metrics(self) -> dict:
-        return self.scores["model"]["metrics"]
+        return self.scores["model"].metrics
 
     @property
     def methods(self) -> list[str]:
@@ -79,19 +79,19 @@ class Result:
         """Metric x (method, and method on each baseline): one mean number each; accuracies as extra rows.
         `subset="f2t"`: the same metrics on each method's f2t queries (when the result scored them). Printed, it
         shows every column and the notes on anything a reader could misread."""
-        if subset is not None and subset not in self.scores["model"]:
+        if subset is not None and subset not in self.scores["model"].subsets:
             raise ValueError(f"this result has no {subset!r} subset; run compare with subsets=({subset!r},)")
         table = {}
         for column, model, method in self._columns():
             scores = self.scores[model]
-            m = scores[subset][method]["metrics"] if subset else scores["metrics"][method]
+            m = scores.subsets[subset][method]["metrics"] if subset else scores.metrics[method]
             values = {name: m[name] if name == "rec2ftp" else m[name]["mean"] for name in METRICS if name in m}
-            if method == "lcgd" and "alpha" in scores["metrics"] and subset is None:
-                values["alpha"] = scores["metrics"]["alpha"]["mean"]
+            if method == "lcgd" and "alpha" in scores.metrics and subset is None:
+                values["alpha"] = scores.metrics["alpha"]["mean"]
             if subset:
-                values["n"] = scores[subset][method]["n"]
+                values["n"] = scores.subsets[subset][method]["n"]
             else:
-                acc = scores["accuracy"]
+                acc = scores.accuracy
                 values |= {"acc_zs": acc["zs"], "acc_icl": acc["icl"], "acc_ft": acc[method]}
             table[column] = values
         order = [*METRICS, "n"] if subset else [*METRICS, "acc_zs", "acc_icl", "acc_ft"]
@@ -100,7 +100,7 @@ class Result:
         frame.notes = [
             note if model == "model" else f"{model}: {note}"
             for model, scores in self.scores.items()
-            for note in scores.get("notes", [])
+            for note in scores.notes
             if subset is None or f"{subset} subset" in note
         ]
         return frame
@@ -110,7 +110,7 @@ class Result:
         check_metric(metric, tuple(m for m in METRICS if m != "rec2ftp"))
         table = {}
         for column, model, method in self._columns():
-            metrics = self.scores[model]["metrics"]
+            metrics = self.scores[model].metrics
             if metric == "alpha":
                 if method == "lcgd" and "alpha" in metrics:
                     table[column] = metrics["alpha"]["per_layer"]
@@ -127,19 +127,18 @@ class Result:
         model = model or "model"
         if model not in self.scores or name not in self.methods:
             raise ValueError(f"unknown method {method!r}; choose from {[c for c, _, _ in self._columns()]}")
-        per_head = self.scores[model]["per_head"]
+        per_head = self.scores[model].per_head
         values = per_head["alpha"] if metric == "alpha" else per_head[name][metric]
         frame = pd.DataFrame(values)
         frame.index.name, frame.columns.name = "layer", "head"
         return frame
 
     def to_json(self) -> dict:
-        main = self.scores["model"]
         return {
             "format": RESULT_FORMAT,
             "config": self.config,
-            **main,
-            "baselines": {name: s for name, s in self.scores.items() if name != "model"},
+            **self.scores["model"].to_json(),
+            "baselines": {name: s.to_json() for name, s in self.scores.items() if name != "model"},
         }
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
@@ -181,8 +180,8 @@ class Result:
                 s: Record.from_tensors({k[len(s) + 1 :]: v for k, v in tensors.items() if k.rsplit("/", 1)[0] == s})
                 for s in settings
             }
-            scores = {"model": {k: v for k, v in data.items() if k not in ("format", "config", "baselines")}}
-            scores |= data["baselines"]
+            scores = {"model": Scores.from_json(data)}
+            scores |= {name: Scores.from_json(s) for name, s in data["baselines"].items()}
             deltas: dict[str, Delta] = {}
             if (folder / "deltas.safetensors").is_file():
                 for key, tensor in load_file(folder / "deltas.safetensors").items():

@@ -8,6 +8,7 @@ could be misread: undefined values, updates below float resolution, a setting th
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Int
@@ -21,6 +22,36 @@ METRICS = ("simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "s
 PER_HEAD_METRICS = ("simaou", "simaou_norm", "simam_before", "simam", "simam_delta", "alpha")
 RESOLUTION_WARNING_SHARE = 0.10  # warn when more updates than this are below float resolution
 ONE_CLASS_WARNING_SHARE = 0.90  # warn when a setting answers one class this often
+
+
+@dataclass
+class Scores:
+    """Every number one model's comparison yields: the trained model's, or one untrained baseline's. result.json
+    holds the trained model's at its top level and each baseline's under `baselines`, in this layout
+    (docs/reference/result-format.md)."""
+
+    accuracy: dict[str, float]  # setting ("zs", "icl", "gd", ...) -> accuracy over the queries
+    metrics: dict[str, dict]  # method -> metric -> {mean, per_layer, defined, total, ...}; "alpha" -> {...}
+    per_head: dict[str, dict]  # method -> metric -> [layer][head]; "alpha" -> [layer][head]
+    predictions: dict[str, dict] = field(default_factory=dict)  # setting -> {class, share} of its commonest answer
+    resolution: dict = field(default_factory=dict)  # per setting and layer, shares of updates below float resolution
+    subsets: dict[str, dict] = field(default_factory=dict)  # "f2t" -> method -> {n, metrics}
+    notes: list[str] = field(default_factory=list)  # what a reader could misread
+    update_norm: dict[str, dict] = field(default_factory=dict)  # method -> ‖ΔW‖ per layer, per parameter, total
+
+    def to_json(self) -> dict:
+        main = {"accuracy": self.accuracy, "metrics": self.metrics, "per_head": self.per_head}
+        main |= {"predictions": self.predictions, "resolution": self.resolution}
+        return main | self.subsets | {"notes": self.notes, "update_norm": self.update_norm}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Scores":
+        """Also an older result's scores, which may lack predictions, resolution, notes or update norms."""
+        optional = ("predictions", "resolution", "notes", "update_norm")
+        return cls(
+            data["accuracy"], data["metrics"], data["per_head"], **{k: data[k] for k in optional if k in data},
+            subsets={subset: data[subset] for subset in SUBSETS if subset in data},
+        )  # fmt: skip
 
 
 def check_metric(metric: str, allowed: tuple[str, ...] = METRICS) -> str:
@@ -40,40 +71,40 @@ def score(
     dtype: torch.dtype = torch.float32,
     subsets: tuple[str, ...] = (),
     class_names: tuple[str, ...] | None = None,
-) -> dict:
+) -> Scores:
     """`records` holds "zs", "icl" and one Record per method; `W_O["model"]` is the model's output weights and
     `W_O[method]` a finetuned method's own where O was trained. `eps` selects the metric arithmetic (None: exact,
     NaN-skipping; a number: the reference's); `dtype` is the recording's, for the resolution diagnostic.
 
-    Returns {accuracy, metrics, per_head, predictions, resolution, notes[, f2t]}."""
+    Every number but the update norms, which `compare` adds from the deltas."""
     zs, icl = records["zs"], records["icl"]
-    out: dict = {
-        "accuracy": {name: M.accuracy(r.pred, labels) for name, r in records.items()},
-        "metrics": {},
-        "per_head": {},
-        "predictions": {name: majority(r.pred) for name, r in records.items()},
-        "resolution": resolution_shares(records, methods, dtype),
-    }
+    out = Scores(
+        accuracy={name: M.accuracy(r.pred, labels) for name, r in records.items()},
+        metrics={},
+        per_head={},
+        predictions={name: majority(r.pred) for name, r in records.items()},
+        resolution=resolution_shares(records, methods, dtype),
+    )
     for method in methods:
         ft = records[method]
         values = similarities(zs, icl, ft, seed, eps)
-        out["metrics"][method] = reduced(values, zs, icl, ft, labels)
+        out.metrics[method] = reduced(values, zs, icl, ft, labels)
         per_head_values = head_similarities(zs, icl, ft, W_O["model"], W_O.get(method, W_O["model"]), eps) | {
             name: values[name] for name in ("simam_before", "simam", "simam_delta")
         }
-        out["per_head"][method] = {name: M.per_head(v) for name, v in per_head_values.items()}
+        out.per_head[method] = {name: M.per_head(v) for name, v in per_head_values.items()}
     if "gd" in methods and "lcgd" in methods:
         values = M.alpha(records["lcgd"].scores, records["gd"].scores, zs.scores, zs.query_len, eps)
-        out["metrics"]["alpha"] = M.reduce(values)
-        out["per_head"]["alpha"] = M.per_head(values)
+        out.metrics["alpha"] = M.reduce(values)
+        out.per_head["alpha"] = M.per_head(values)
     for subset in subsets:
-        out[subset] = {}
+        out.subsets[subset] = {}
         for method in methods:
             rows = M.f2t(zs.pred, records[method].pred, icl.pred, labels)
             part = [records[s].select(rows) for s in ("zs", "icl", method)]
             metrics = reduced(similarities(*part, seed, eps), *part, labels[rows])
-            out[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
-    out["notes"] = notes(out, methods, class_names)
+            out.subsets[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
+    out.notes = notes(out, methods, class_names)
     return out
 
 
@@ -140,15 +171,15 @@ def resolution_shares(records: dict[str, Record], methods: tuple[str, ...], dtyp
     return out
 
 
-def notes(scores: dict, methods: tuple[str, ...], class_names: tuple[str, ...] | None = None) -> list[str]:
+def notes(scores: Scores, methods: tuple[str, ...], class_names: tuple[str, ...] | None = None) -> list[str]:
     """One line per thing a reader could misread in `scores`; shown under the summary and kept in result.json."""
     lines = []
     name_of = (lambda c: repr(class_names[c])) if class_names else (lambda c: f"class {c}")
-    for setting, majority_ in scores["predictions"].items():
+    for setting, majority_ in scores.predictions.items():
         if majority_["share"] >= ONE_CLASS_WARNING_SHARE:
             which = "every query" if majority_["share"] == 1.0 else f"{majority_['share']:.0%} of queries"
             lines.append(f"{setting} answers {name_of(majority_['class'])} for {which}")
-    resolution = scores["resolution"]
+    resolution = scores.resolution
     for setting in ("icl", *methods):
         for kind, label in (("attn_out", "attention-output"), ("scores", "score")):
             shares = resolution[setting][kind]
@@ -160,7 +191,7 @@ def notes(scores: dict, methods: tuple[str, ...], class_names: tuple[str, ...] |
                     f"({resolution['relative']:g} of the ZS vector) in layers {layers}: their similarities measure "
                     "rounding"
                 )
-    for method, metrics in scores["metrics"].items():
+    for method, metrics in scores.metrics.items():
         for name, value in metrics.items() if method != "alpha" else [("alpha", metrics)]:
             if name == "rec2ftp":
                 if value != value:
@@ -172,8 +203,8 @@ def notes(scores: dict, methods: tuple[str, ...], class_names: tuple[str, ...] |
                     f"{method} {name}: {n - value['defined']} of {n} values undefined (a zero update or zero "
                     "vector), skipped in the means"
                 )
-    for subset in SUBSETS:
-        for method, part in scores.get(subset, {}).items():
+    for subset, parts in scores.subsets.items():
+        for method, part in parts.items():
             if part["n"] == 0:
                 lines.append(f"{subset} subset of {method} is empty: its metrics are undefined")
     return lines
