@@ -36,7 +36,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 || \
 		echo "chromium is not installed (apt-get install chromium): the report's browser test will be skipped"
 
+# Layers and cycles (import-linter, contracts in pyproject.toml), lint and format (ruff), then every test.
 test: install browser
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 # The edit loop: every test but the slow ones (real model, sweeps, notebook, benchmark, browser).
@@ -58,7 +62,7 @@ train-model: install
 # About 40 minutes on 2 cores; time nothing else meanwhile (it refuses to start on a busy machine).
 BENCH_OUT ?= runs/bench.json
 bench: install
-	$(BIN)/python analyses/bench.py --n-queries 872 --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks --n-queries 872 --out $(BENCH_OUT)
 
 evaluate-model: install
 	$(BIN)/python analyses/evaluate_icl.py

@@ -29,8 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformer_lens import HookedTransformer  # noqa: E402
 
-from iclgd_lens import CompareConfig, build_episode, episode_accuracy, fit, load_model, load_task  # noqa: E402
-from iclgd_lens import separator_text  # noqa: E402
+from iclgd_lens import (  # noqa: E402
+    CompareConfig,
+    build_episode,
+    episode_accuracy,
+    fit,
+    load_model,
+    load_task,
+    separator_text,  # noqa: E402
+)
 from iclgd_lens.sources import SYNTHETIC_TASKS, TINY_ICL_DIR, Task  # noqa: E402
 
 CARD_START, CARD_END = "<!-- accuracy-table -->", "<!-- /accuracy-table -->"
@@ -89,8 +96,10 @@ def table(scores: list[TaskScore]) -> str:
     rows = [(s.task, s.k, s.n, s.zs, s.icl, s.zs_reversed, s.icl_reversed) for s in scores]
     rows.append(("mean", "", "", *(sum(r[i] for r in rows) / len(rows) for i in range(3, 7))))
     for task, k, n, zs, icl, zs_reversed, icl_reversed in rows:
-        lines.append(f"| {task} | {k} | {n} | {100 * zs:.1f} | {100 * icl:.1f} | {100 * (icl - zs):+.1f} | "
-                     f"{100 * zs_reversed:.1f} | {100 * icl_reversed:.1f} |")
+        lines.append(
+            f"| {task} | {k} | {n} | {100 * zs:.1f} | {100 * icl:.1f} | {100 * (icl - zs):+.1f} | "
+            f"{100 * zs_reversed:.1f} | {100 * icl_reversed:.1f} |"
+        )
     return "\n".join(lines)
 
 

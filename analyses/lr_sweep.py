@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from iclgd_lens import build_episode, episode_accuracy, fit, load_model, load_task
 from iclgd_lens.sources import SYNTHETIC_TASKS
 

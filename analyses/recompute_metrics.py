@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-
 EPS: float | None = None  # the result's arithmetic: None (exact) or the reference's epsilon; set in main
 
 
@@ -60,14 +59,19 @@ def layer_means(values: np.ndarray) -> np.ndarray:
 def recompute(
     records: dict, prefix: str, methods: list[str], query_len: np.ndarray, labels: np.ndarray, subset: str | None
 ) -> dict:
-    get = lambda setting, name: records[f"{prefix}{setting}/{name}"]
+    def get(setting, name):
+        return records[f"{prefix}{setting}/{name}"]
+
     pred = {s: get(s, "label_logprobs").argmax(-1) for s in ["zs", "icl", *methods]}
     out = {"accuracy": {s: float((p == labels).mean()) for s, p in pred.items()}, "metrics": {}, "counts": {}}
     for method in methods:
         rows = np.ones(len(labels), dtype=bool)
         if subset == "f2t":
             rows = (pred["zs"] != labels) & (pred[method] == labels) & (pred["icl"] == labels)
-        take = lambda setting, name: get(setting, name)[rows]
+
+        def take(setting, name):
+            return get(setting, name)[rows]
+
         zs_h, icl_h, ft_h = take("zs", "attn_out"), take("icl", "attn_out"), take(method, "attn_out")
         zs_m, icl_m, ft_m = (masked(take(s, "scores"), query_len[rows]) for s in ("zs", "icl", method))
         fixed = (pred[method] == labels) & (pred["zs"] != labels) & rows
@@ -165,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = []
     for model, saved in {"model": result, **result["baselines"]}.items():
         prefix = "" if model == "model" else f"{model}/"
-        problems += compare_numbers(saved, recompute(records, prefix, methods, query_len, labels, None), model, args.tolerance)
+        problems += compare_numbers(
+            saved, recompute(records, prefix, methods, query_len, labels, None), model, args.tolerance
+        )
         for subset in config.get("subsets", []):
             recomputed = recompute(records, prefix, methods, query_len, labels, subset)
             subset_saved = {"metrics": {method: part["metrics"] for method, part in saved[subset].items()}}

@@ -67,9 +67,22 @@ class Batch(NamedTuple):
 class Mixture:
     """Samples few-shot training sequences of the synthetic tasks' train splits."""
 
-    def __init__(self, tokenizer, tasks, n_ctx: int, p_real: float, p_fixed: float, min_demos: int,
-                 max_demos: int, short_demos: int, p_long: float, seed: int, p_cues: float = 0.0,
-                 p_repeat: float = 0.0, shared_classes: bool = False):
+    def __init__(
+        self,
+        tokenizer,
+        tasks,
+        n_ctx: int,
+        p_real: float,
+        p_fixed: float,
+        min_demos: int,
+        max_demos: int,
+        short_demos: int,
+        p_long: float,
+        seed: int,
+        p_cues: float = 0.0,
+        p_repeat: float = 0.0,
+        shared_classes: bool = False,
+    ):
         self.tok = tokenizer
         self.tasks = tasks
         self.p_cues, self.p_repeat = p_cues, p_repeat
@@ -94,7 +107,7 @@ class Mixture:
         spare = [self._word_id(w) for w in EXTRA_LABEL_WORDS]
         self.fixed, start = [], 0
         for real in self.real:
-            self.fixed.append(spare[start:start + len(real)])
+            self.fixed.append(spare[start : start + len(real)])
             start += len(real)
 
     def _word_id(self, word: str) -> int:
@@ -169,8 +182,9 @@ def class_cues(task, min_count: int = 5, min_purity: float = 0.9) -> tuple[str, 
     for row in task.train:
         for word in set(row[field].split()):
             counts.setdefault(word, [0] * n_classes)[row["label"]] += 1
-    return field, {w for w, c in counts.items()
-                   if sum(c) >= min_count and (max(c) + 1) / (sum(c) + n_classes) >= min_purity}
+    return field, {
+        w for w, c in counts.items() if sum(c) >= min_count and (max(c) + 1) / (sum(c) + n_classes) >= min_purity
+    }
 
 
 def training_loss(
@@ -219,8 +233,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3600, help="length of the learning-rate schedule")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="stop after this many steps of that schedule (default: --steps)")
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop after this many steps of that schedule (default: --steps)"
+    )
     p.add_argument("--out", default=str(TINY_ICL_DIR))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
@@ -234,24 +249,52 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--p-real", type=float, default=0.5, help="share of sequences with the task's own label words")
-    p.add_argument("--p-fixed", type=float, default=0.2,
-                   help="share of sequences with a fixed per-task mapping onto spare (non-label) words")
-    p.add_argument("--p-cues", type=float, default=0.0,
-                   help="share of sequences whose demonstrations are cut to one or two class-specific words")
-    p.add_argument("--p-repeat", type=float, default=0.0,
-                   help="chance that a demonstration repeats an earlier row of its sequence (induction curriculum)")
-    p.add_argument("--class-probe", action=argparse.BooleanOptionalAction, default=True,
-                   help="train a linear class probe at the label tokens entering the last block (see training_loss)")
-    p.add_argument("--shared-probe-classes", action="store_true",
-                   help="class c of every task is one probe class (sst2/mr negative = subj objective = 0, ...)")
-    p.add_argument("--lm-weight", type=float, default=1.0,
-                   help="weight of the next-token loss on all tokens (0: label tokens only)")
+    p.add_argument(
+        "--p-fixed",
+        type=float,
+        default=0.2,
+        help="share of sequences with a fixed per-task mapping onto spare (non-label) words",
+    )
+    p.add_argument(
+        "--p-cues",
+        type=float,
+        default=0.0,
+        help="share of sequences whose demonstrations are cut to one or two class-specific words",
+    )
+    p.add_argument(
+        "--p-repeat",
+        type=float,
+        default=0.0,
+        help="chance that a demonstration repeats an earlier row of its sequence (induction curriculum)",
+    )
+    p.add_argument(
+        "--class-probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train a linear class probe at the label tokens entering the last block (see training_loss)",
+    )
+    p.add_argument(
+        "--shared-probe-classes",
+        action="store_true",
+        help="class c of every task is one probe class (sst2/mr negative = subj objective = 0, ...)",
+    )
+    p.add_argument(
+        "--lm-weight",
+        type=float,
+        default=1.0,
+        help="weight of the next-token loss on all tokens (0: label tokens only)",
+    )
     p.add_argument("--min-demos", type=int, default=2)
     p.add_argument("--max-demos", type=int, default=40)
     p.add_argument("--short-demos", type=int, default=8, help="max demonstrations in a short batch")
     p.add_argument("--p-long", type=float, default=0.2, help="share of batches with up to --max-demos")
-    p.add_argument("--tasks", nargs="+", default=list(SYNTHETIC_TASKS), choices=SYNTHETIC_TASKS,
-                   help="the synthetic tasks of the mixture (a first curriculum stage can use a few)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(SYNTHETIC_TASKS),
+        choices=SYNTHETIC_TASKS,
+        help="the synthetic tasks of the mixture (a first curriculum stage can use a few)",
+    )
     p.add_argument("--n-train", type=int, default=4000, help="train rows per synthetic task")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-queries", type=int, default=48, help="queries per task in the periodic evaluation")
@@ -270,11 +313,30 @@ def main(argv=None) -> None:
 
     tok = build_tokenizer()
     tasks = [synthetic_task(name, seed=0, n_train=args.n_train) for name in args.tasks]
-    mixture = Mixture(tok, tasks, args.n_ctx, args.p_real, args.p_fixed, args.min_demos, args.max_demos,
-                      args.short_demos, args.p_long, args.seed, args.p_cues, args.p_repeat,
-                      args.shared_probe_classes)
-    cfg = model_config(len(tok), args.n_layers, args.d_model, args.n_heads, n_ctx=args.n_ctx,
-                       positional_embedding_type=args.pos, seed=args.seed)
+    mixture = Mixture(
+        tok,
+        tasks,
+        args.n_ctx,
+        args.p_real,
+        args.p_fixed,
+        args.min_demos,
+        args.max_demos,
+        args.short_demos,
+        args.p_long,
+        args.seed,
+        args.p_cues,
+        args.p_repeat,
+        args.shared_probe_classes,
+    )
+    cfg = model_config(
+        len(tok),
+        args.n_layers,
+        args.d_model,
+        args.n_heads,
+        n_ctx=args.n_ctx,
+        positional_embedding_type=args.pos,
+        seed=args.seed,
+    )
     cfg.device = args.device
     model = HookedTransformer(cfg, tok, move_to_device=True)
     if args.init:
@@ -285,8 +347,11 @@ def main(argv=None) -> None:
     trained = [*model.parameters(), *(class_probe.parameters() if class_probe else ())]
     decay = [q for q in trained if q.ndim >= 2]
     no_decay = [q for q in trained if q.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
     )
@@ -315,8 +380,9 @@ def main(argv=None) -> None:
             # a checkpoint, so an interrupted run still leaves a loadable model
             save_bundled(model, tok, args.out, f"# checkpoint at step {step}\n\n{table(scores)}\n")
             if log:
-                log.write(json.dumps({"step": step, "loss": running, "time": time.time() - started,
-                                      "eval": summary}) + "\n")
+                log.write(
+                    json.dumps({"step": step, "loss": running, "time": time.time() - started, "eval": summary}) + "\n"
+                )
                 log.flush()
     train_time = time.time() - started
     model.eval()
@@ -353,24 +419,33 @@ The tokenizer adds no BOS itself: callers prepend the BOS id.
 Sequences of one task each: [BOS] + demo + EOS + demo + EOS + ..., demo = the real task template filled with a
 synthetic train row + " " + label word; per batch, with probability {args.p_long} {args.min_demos} to
 {args.max_demos} demonstrations per sequence (uniform, cut to the context), otherwise {args.min_demos} to
-{args.short_demos} (short batches: many cheap updates). To make the demonstrations necessary, the label words are re-assigned to the classes in every
+{
+        args.short_demos
+    } (short batches: many cheap updates). To make the demonstrations necessary, the label words are re-assigned to the classes in every
 sequence: with probability {args.p_real}, the task's own label words in a random order (its usual mapping is just one
-of the permutations); with probability {args.p_fixed}, a fixed per-task mapping onto spare words that are no task's label
+of the permutations); with probability {
+        args.p_fixed
+    }, a fixed per-task mapping onto spare words that are no task's label
 word (a direct route to the class features that gives the real label words no prior); otherwise distinct words
 from a pool (all tasks' label words + extras such as yes/no, A-E, colours, animals). Loss: the mean
 cross-entropy of every demonstration's label token (so each sequence trains k = 0 up to its length)
 + {args.lm_weight} x the mean next-token cross-entropy over all tokens (language modelling teaches which words go
 together and copying from the context). Curricula: with probability {args.p_cues} a sequence's demonstrations are cut
 to one or two words that are almost always of one class in the train split (never for cb); each demonstration
-repeats an earlier row of its sequence with probability {args.p_repeat}. Class probe: {"on" if args.class_probe else "off"}{
-", class c of every task one probe class" if args.shared_probe_classes else ""}
+repeats an earlier row of its sequence with probability {args.p_repeat}. Class probe: {
+        "on" if args.class_probe else "off"
+    }{", class c of every task one probe class" if args.shared_probe_classes else ""}
 (a linear probe on the residual stream entering the last block, at every demonstration's label token, predicts
 that demonstration's class and its cross-entropy is added to the loss. This is what made ICL emerge: without it
-no head matched queries to demonstrations of their class. The probe is discarded after training). Train rows: {args.n_train} per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
+no head matched queries to demonstrations of their class. The probe is discarded after training). Train rows: {
+        args.n_train
+    } per task (synthetic_task(name, seed=0)); the eval rows are disjoint.
 
 ## Training
 Command: `{command.strip()}`
-Seed {args.seed}, {args.stop_at} steps of a {args.steps}-step schedule, batch {args.batch_size} sequences, AdamW (lr {args.lr}, betas 0.9/0.98,
+Seed {args.seed}, {args.stop_at} steps of a {args.steps}-step schedule, batch {args.batch_size} sequences, AdamW (lr {
+        args.lr
+    }, betas 0.9/0.98,
 weight decay 0.05 on matrices), {args.warmup} warm-up steps then cosine decay, gradient clipping 1.0;
 {train_time / 60:.1f} min wall time on {args.device} ({args.threads} thread(s)).
 

@@ -3,7 +3,7 @@
 The public names load lazily, so that `iclgd-lens --help` answers without importing torch.
 """
 
-from importlib import import_module
+from iclgd_lens.lazy import lazy_exports
 
 _PUBLIC = {
     "CompareConfig": "core.config",
@@ -26,13 +26,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'iclgd_lens' has no attribute {name!r}")
-    return getattr(import_module(f"iclgd_lens.{_PUBLIC[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -1,15 +1,21 @@
-"""Tiny offline fixtures: a word-level tokenizer, a toy sentiment task and small random models."""
+"""Tiny offline fixtures: a word-level tokenizer, a toy sentiment task and small random models; imported by the tests
+as `from tests.helpers import ...`."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from iclgd_lens.sources.bundled import model_config
 from iclgd_lens.sources.task import Task
 from iclgd_lens.sources.tokenizers import build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+ANALYSES = ROOT / "analyses"
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "grim"]
@@ -77,3 +83,12 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def bundled_random_model(pos: str = "standard") -> tuple[HookedTransformer, PreTrainedTokenizerFast]:
+    """A random 2-layer model in the bundled format (tiny-icl's tokenizer and config), with its tokenizer."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = model_config(len(tokenizer), n_layers=2, d_model=32, n_heads=2, n_ctx=256, positional_embedding_type=pos)
+    cfg.device = "cpu"
+    return HookedTransformer(cfg, tokenizer).eval(), tokenizer

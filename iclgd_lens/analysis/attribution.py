@@ -24,7 +24,7 @@ log p(y) − log Σ_{c≠y} p(c), over the first token of each label word (full-
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
@@ -194,7 +194,9 @@ def query_resamples(n: int) -> Tensor:
     """[DRAWS, n] seeded bootstrap counts over queries, shared by every head."""
     generator = torch.Generator().manual_seed(SEED)
     picks = torch.randint(0, n, (DRAWS, n), generator=generator)
-    return torch.zeros(DRAWS, n, dtype=torch.float64).scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
+    return torch.zeros(DRAWS, n, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones_like(picks, dtype=torch.float64)
+    )
 
 
 def patch_effects(

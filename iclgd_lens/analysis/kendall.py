@@ -28,11 +28,11 @@ import torch
 from scipy.stats import kendalltau
 from transformer_lens import HookedTransformer
 
+from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import fit
 from iclgd_lens.core.hooks import hook_name
-from iclgd_lens.core.episodes import Episode
-from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.recording import record_offset
 from iclgd_lens.core.results import Result
 

@@ -9,19 +9,18 @@ loss diverges) is reported as such and chosen only when every candidate is; the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.core.presets import DEFAULT_GROUPS
-from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.accuracy import record_settings
+from iclgd_lens.core.baselines import half_copy
 from iclgd_lens.core.deltas import trained_parameters
 from iclgd_lens.core.episodes import build_episode, demonstration_rows
+from iclgd_lens.core.finetuning import fit
 from iclgd_lens.core.metrics import accuracy
-from iclgd_lens.core.baselines import half_copy
-from iclgd_lens.core.presets import Choices, resolve
-from iclgd_lens.core.accuracy import record_settings
+from iclgd_lens.core.presets import DEFAULT_GROUPS, Choices, resolve
 from iclgd_lens.core.scoring import majority
 from iclgd_lens.sources.task import Task
 

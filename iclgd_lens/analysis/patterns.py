@@ -14,8 +14,8 @@ as circuitsvis' attention views expect.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -135,9 +135,7 @@ def _patterns(model: HookedTransformer, tokens: list[int], layers: list[int], de
     def keep(pattern: Tensor, hook) -> None:
         found[hook.layer()] = pattern[0].float().cpu()
 
-    hooks = (delta.hooks(model) if delta is not None else []) + [
-        (hook_name("pattern", l), keep) for l in layers
-    ]
+    hooks = (delta.hooks(model) if delta is not None else []) + [(hook_name("pattern", l), keep) for l in layers]
     with model.hooks(hooks):
         model(torch.tensor([tokens], device=model.cfg.device), stop_at_layer=max(layers) + 1)
     return torch.stack([found[l] for l in layers])

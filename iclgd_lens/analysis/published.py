@@ -23,7 +23,9 @@ TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
 TABLE1_TASKS = ("sst2", "sst5", "mr", "subj", "cb")
 
 REFERENCE_RESULTS = "reference artifacts/results/en_dense_lm_1_3b/{task}_per_layer_{0: GD, 1: LCGD}_*.json, 3-run means"
-REFERENCE_BASELINE_LOGS = "reference artifacts/logs/en_dense_lm_1_3b/*_model_trained_0{,_layer_norm_only}.txt, 3-run means"
+REFERENCE_BASELINE_LOGS = (
+    "reference artifacts/logs/en_dense_lm_1_3b/*_model_trained_0{,_layer_norm_only}.txt, 3-run means"
+)
 # Revisited's fp32 re-run of Dai's setting (reference commit 71c9116, *_1_3b_fp32.txt, deleted later) comes close
 # but is not the source: SST-2 Rec2FTP 91.84, SimAOU_norm .1113; SST-5 63.64, .0822; MR 97.16, .2214; Subj 85.22, .1941.
 DAI_LOGS = "Dai et al. 2023, 1.3B model (the paper's tables); in no committed file of either reference repository"
@@ -43,22 +45,31 @@ def _row(values: str, source: str, tasks: tuple[str, ...] = TASKS) -> PublishedR
 PUBLISHED: dict[tuple[str, str, str], PublishedRow] = {
     ("trained", "gd", "simaou_norm"): _row(".11 .09 .22 .18 .31 .21", f"Revisited Table 2; {REFERENCE_RESULTS}"),
     ("trained", "lcgd", "simaou_norm"): _row(".22 .11 .33 .35 .33 .34", f"Revisited Table 2; {REFERENCE_RESULTS}"),
-    ("trained", "gd", "simaou"): _row(".05 .04 .17 .06 .18 .11", "Revisited Table 2 (and Table 1 without AG News); "
-                                      "in no committed file: the reference's code never computes it unnormalised"),
+    ("trained", "gd", "simaou"): _row(
+        ".05 .04 .17 .06 .18 .11",
+        "Revisited Table 2 (and Table 1 without AG News); "
+        "in no committed file: the reference's code never computes it unnormalised",
+    ),
     ("trained", "lcgd", "simaou"): _row(".13 .11 .21 .18 .13 .24", "Revisited Table 2; in no committed file"),
     ("trained", "gd", "simam"): _row(".59 .40 .49 .45 .48 .20", "Revisited Table 2; in no committed file"),
     ("trained", "lcgd", "simam"): _row(".58 .39 .30 .27 .12 .04", "Revisited Table 2; in no committed file"),
     ("trained", "gd", "simam_delta"): _row(".15 .31 .14 .25 .50 .25", f"Revisited Table 2; {REFERENCE_RESULTS}"),
     ("trained", "lcgd", "simam_delta"): _row(".30 .33 .26 .32 .43 .38", f"Revisited Table 2; {REFERENCE_RESULTS}"),
     # Revisited Table 1's baselines: its "SimAOU" rows are the normalised SimAOU (module docstring)
-    ("trained_embeddings", "gd", "simaou_norm"): _row(".11 .06 .24 .20 .01", "Revisited Table 1 (printed as SimAOU); "
-                                                      + REFERENCE_BASELINE_LOGS, TABLE1_TASKS),
-    ("trained_norms", "gd", "simaou_norm"): _row(".09 .07 .18 .17 .04", "Revisited Table 1 (printed as SimAOU); "
-                                                 + REFERENCE_BASELINE_LOGS, TABLE1_TASKS),
-    ("trained_embeddings", "gd", "simam_delta"): _row(".09 .03 .18 .16 .05", "Revisited Table 1; in no committed file "
-                                                      "(the baseline logs print SimAM before FT only)", TABLE1_TASKS),
-    ("trained_norms", "gd", "simam_delta"): _row(".11 .05 .16 .17 .26", "Revisited Table 1; in no committed file",
-                                                 TABLE1_TASKS),
+    ("trained_embeddings", "gd", "simaou_norm"): _row(
+        ".11 .06 .24 .20 .01", "Revisited Table 1 (printed as SimAOU); " + REFERENCE_BASELINE_LOGS, TABLE1_TASKS
+    ),
+    ("trained_norms", "gd", "simaou_norm"): _row(
+        ".09 .07 .18 .17 .04", "Revisited Table 1 (printed as SimAOU); " + REFERENCE_BASELINE_LOGS, TABLE1_TASKS
+    ),
+    ("trained_embeddings", "gd", "simam_delta"): _row(
+        ".09 .03 .18 .16 .05",
+        "Revisited Table 1; in no committed file (the baseline logs print SimAM before FT only)",
+        TABLE1_TASKS,
+    ),
+    ("trained_norms", "gd", "simam_delta"): _row(
+        ".11 .05 .16 .17 .26", "Revisited Table 1; in no committed file", TABLE1_TASKS
+    ),
     # Dai et al. (their FT is GD); their SimAOU is the normalised one, its random baseline 0.002
     ("dai", "gd", "acc_zs"): _row(".705 .393 .659 .726 .463 .375", DAI_LOGS),
     ("dai", "gd", "acc_ft"): _row(".739 .395 .730 .778 .653 .554", DAI_LOGS),

@@ -15,12 +15,12 @@ same tables. Runs are independent: they go to local processes (`jobs`) or throug
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
 
 from iclgd_lens.analysis.protocol import DAI_LR_GRID, Run, plan_runs
 from iclgd_lens.files import check_output, write_text_atomic
@@ -165,7 +165,7 @@ def _model(name: str, device: str | None, dtype: str):
     return load_model(name, device=device, dtype=dtype)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _task(name: str):
     from iclgd_lens.sources import load_task
 
@@ -214,7 +214,9 @@ def searched_lr(job: RunJob, model, task, method: str) -> float:
     write_json_atomic(path, search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation,
                                       "method": method})  # fmt: skip
     if search["chosen"] is None:
-        raise FloatingPointError(f"{job.run.name}: {method} diverged at every learning rate of the grid; lower the grid")
+        raise FloatingPointError(
+            f"{job.run.name}: {method} diverged at every learning rate of the grid; lower the grid"
+        )
     return search["chosen"]
 
 

@@ -117,9 +117,11 @@ def methods_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], 
     """LCGD against GD on the trained model (Revisited Table 2's claim), as verdict rows: method "lcgd", baseline
     "gd", the paired difference LCGD − GD (`_paired_row`)."""
     index = summary.set_index(["task", "model", "method", "metric"])
-    rows = [_paired_row(index, draws, task, "lcgd", metric, (TRAINED, "lcgd"), (TRAINED, "gd"), "gd")
-            for task, model, method, metric in draws
-            if model == TRAINED and method == "lcgd" and metric in COMPARED and (task, TRAINED, "gd", metric) in draws]
+    rows = [
+        _paired_row(index, draws, task, "lcgd", metric, (TRAINED, "lcgd"), (TRAINED, "gd"), "gd")
+        for task, model, method, metric in draws
+        if model == TRAINED and method == "lcgd" and metric in COMPARED and (task, TRAINED, "gd", metric) in draws
+    ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 

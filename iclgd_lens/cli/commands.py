@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -66,7 +66,9 @@ def run_compare(args: argparse.Namespace) -> None:
         f"{recorded['gd_k']}), seed {recorded['seed']}, permutation {recorded['permutation']}, lr {recorded['lr']} "
         f"(LCGD {recorded['lr_lcgd']}), {recorded['n_eval']} queries, {recorded['dtype']}, {seconds:.1f} s"
     )
-    print(f"preset {config.preset}: " + ", ".join(f"{name} {value!r}" for name, value in config.choices.to_dict().items()))
+    print(
+        f"preset {config.preset}: " + ", ".join(f"{name} {value!r}" for name, value in config.choices.to_dict().items())
+    )
     print("accuracy: " + ", ".join(f"{name} {value:.3f}" for name, value in result.accuracy.items()))
     print(result.summary())
     for subset in config.subsets:
@@ -146,7 +148,9 @@ def run_attribute(args: argparse.Namespace) -> None:
     check_attribution_folder(out)
     result = Result.load(args.run)
     if not result.deltas:
-        raise ValueError(f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare")
+        raise ValueError(
+            f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
+        )
     if args.kendall_queries < 0:
         raise ValueError(f"--kendall-queries must be >= 0, got {args.kendall_queries}")
     model = results_model(args, result.config)
@@ -176,5 +180,3 @@ def run_report(args: argparse.Namespace) -> None:
     model = None if args.no_views else results_model(args, results[0][1].config)
     write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution]))
     print(f"wrote {args.html}")
-
-

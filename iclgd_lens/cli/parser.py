@@ -6,7 +6,7 @@ Only light modules are imported here, so that `--help` and argument errors answe
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from iclgd_lens.analysis.protocol import DAI_LR_GRID
 from iclgd_lens.analysis.sweep import EXECUTORS
@@ -66,7 +66,9 @@ class ListAction(argparse.Action):
         if self.valid is not None:
             unknown = [item for item in items if item not in self.valid]
             if unknown:
-                parser.error(f"argument {option_string}: invalid choice {unknown[0]!r} (choose from {list(self.valid)})")
+                parser.error(
+                    f"argument {option_string}: invalid choice {unknown[0]!r} (choose from {list(self.valid)})"
+                )
         previous = getattr(namespace, self.dest)
         extended = previous is not self.default and previous is not None
         setattr(namespace, self.dest, (list(previous) if extended else []) + items)
@@ -98,7 +100,7 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
     list_option(c, "--subset", SUBSETS, list(DEFAULTS["subsets"]), "also score these query subsets", empty=True,
                 dest="subsets")  # fmt: skip
     presets = c.add_argument_group(
-        "preset and its choices", "each choice defaults to the preset's; docs/science.md explains every one"
+        "preset and its choices", "each choice defaults to the preset's; docs/reference/presets.md explains every one"
     )
     presets.add_argument("--preset", default=DEFAULTS["preset"], choices=list(PRESETS),
                          help="the toolkit's or the reference's")  # fmt: skip
@@ -107,9 +109,7 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
                          "reference: eos]")  # fmt: skip
     for name, valid in CHOICES.items():
         defaults = ", ".join(f"{p}: {getattr(choices, name)}" for p, choices in PRESETS.items())
-        presets.add_argument(
-            f"--{name.replace('_', '-')}", choices=valid, help=f"{CHOICE_HELP[name]} [{defaults}]"
-        )
+        presets.add_argument(f"--{name.replace('_', '-')}", choices=valid, help=f"{CHOICE_HELP[name]} [{defaults}]")
     c.add_argument("--n-eval", type=int, default=None, help="cap on evaluation queries (default: 2000)")
     c.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="queries per forward pass")
     c.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -178,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "held-out train rows) or a number")  # fmt: skip
     r.add_argument("--lr-lcgd", default=None, help="LCGD's lr: 'gd' (GD's, as the papers do), 'search' (its own "
                    "search) or a number [default: search with --lr search, else gd]")  # fmt: skip
-    list_option(r, "--lr-grid", None, list(DAI_LR_GRID), "learning rates the search tries", )
+    list_option(
+        r,
+        "--lr-grid",
+        None,
+        list(DAI_LR_GRID),
+        "learning rates the search tries",
+    )
     r.add_argument("--n-heldout", type=int, default=128, help="held-out train rows that score each lr of the search")
     add_compare_options(r)
     r.add_argument("--jobs", type=int, default=1, help="runs at once (local processes, or the Slurm array's limit)")
@@ -232,12 +238,8 @@ def parse_data_files(items: list[str] | None) -> dict[str, str] | None:
     for item in items:
         split, sep, path = item.partition("=")
         if not sep or split not in SPLIT_ALIASES:
-            raise ValueError(
-                f"--data-files takes SPLIT=PATH with SPLIT one of {list(SPLIT_ALIASES)}, got {item!r}"
-            )
+            raise ValueError(f"--data-files takes SPLIT=PATH with SPLIT one of {list(SPLIT_ALIASES)}, got {item!r}")
         if split in files:
             raise ValueError(f"--data-files names the {split} split twice")
         files[split] = path
     return files
-
-

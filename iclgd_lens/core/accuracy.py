@@ -7,7 +7,7 @@ through hooks), and on the ICL prompt ([BOS] + demonstrations + query) when it i
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from transformer_lens import HookedTransformer
@@ -35,7 +35,14 @@ def record_settings(
     settings |= {name: (episode.zs_prefix, delta) for name, delta in (deltas or {}).items()}
     return {
         name: record(
-            model, episode.queries, episode.label_tokens, prefix, position, delta, batch_size, pad_token=episode.bos,
+            model,
+            episode.queries,
+            episode.label_tokens,
+            prefix,
+            position,
+            delta,
+            batch_size,
+            pad_token=episode.bos,
             desc=f"record {name}" if progress else None,
         )  # fmt: skip
         for name, (prefix, delta) in settings.items()
@@ -43,15 +50,10 @@ def record_settings(
 
 
 def episode_accuracy(
-    model: HookedTransformer,
-    episode: Episode,
-    deltas: Mapping[str, Delta] | None = None,
-    *,
-    prompts: tuple[str, ...] = ("zs", "icl"),
-    position: str = "prediction",
-    batch_size: int = 8,
+    model: HookedTransformer, episode: Episode, deltas: Mapping[str, Delta] | None = None, **options: Any
 ) -> dict[str, float]:
-    """The accuracy of each setting `record_settings` records: {"zs": ..., "icl": ..., <delta name>: ...}."""
+    """The accuracy of each setting `record_settings` records with `options` (prompts, position, batch_size):
+    {"zs": ..., "icl": ..., <delta name>: ...}."""
     labels = torch.tensor(episode.labels)
-    recorded = record_settings(model, episode, deltas, prompts=prompts, position=position, batch_size=batch_size)
+    recorded = record_settings(model, episode, deltas, **options)
     return {name: accuracy(r.pred, labels) for name, r in recorded.items()}

@@ -47,7 +47,11 @@ def untrained_copy(
             fresh.init_weights()
         else:
             _fairseq_init(fresh, seed)
-        kept = {"no_training": lambda name: False, "trained_norms": _is_norm, "trained_embeddings": _is_embedding_or_norm}
+        kept = {
+            "no_training": lambda name: False,
+            "trained_norms": _is_norm,
+            "trained_embeddings": _is_embedding_or_norm,
+        }
         trained = dict(model.named_parameters())
         for name, param in fresh.named_parameters():
             if kept[baseline](name):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -40,7 +41,7 @@ def compare(
     The options are a `CompareConfig`, or its fields by name (`compare(model, task, k=32, seed=2, lr=5e-4)`), or
     both (the names replace the config's fields). `preset`: "toolkit" or "reference" (the reference code's
     pipeline); each of its choices (position, separator, truncation, text, gd_demos, order, precision,
-    arithmetic, init) can be overridden on its own (docs/science.md, "Presets"). K/V weights (and the biases the
+    arithmetic, init) can be overridden on its own (docs/reference/presets.md). K/V weights (and the biases the
     checkpoint has; `biases="all"` also trains absent ones from zero) are trained with SGD, one epoch, batch size
     1. `lr` is the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model); `lr_lcgd` gives LCGD its
     own (default: GD's, as the papers do). `subsets=("f2t",)` also scores each method's f2t queries.
@@ -64,6 +65,7 @@ def compare(
         model = half_copy(model)
     labels = torch.tensor(episode.labels)
     parameters = trained_parameters(model, config.groups, config.biases)  # the trained model's, for every subject
+    eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
 
     scores, records, W_O, deltas = {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
@@ -73,7 +75,7 @@ def compare(
             deltas = learned
         scores[name] = score(
             recorded, labels, weights, config.methods, seed,
-            eps=REFERENCE_EPS if choices.arithmetic == "reference" else None, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
+            eps=eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
         )  # fmt: skip
         scores[name].update_norm = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
         prefix = "" if name == "model" else f"{name}/"
@@ -98,8 +100,15 @@ def run_settings(
     model's ("model") and, when O is trained, each method's W_O + ΔW_O; and each method's delta."""
     deltas = {
         method: fit(
-            model, episode.train_demos, episode.bos, method, config.method_lr(method), parameters, config.lcgd_exit,
-            progress, config.choices.precision,
+            model,
+            episode.train_demos,
+            episode.bos,
+            method,
+            config.method_lr(method),
+            parameters,
+            config.lcgd_exit,
+            progress,
+            config.choices.precision,
         )  # fmt: skip
         for method in config.methods
     }
@@ -136,9 +145,14 @@ def describe(
             versions[package] = None
     run = {"model": model.cfg.model_name, "task": task.name, "eval_split": task.eval_split}
     measured = {"effective_k": episode.effective_k, "gd_k": len(episode.train_demos), "n_eval": len(episode.queries)}
-    return run | config.to_json() | measured | {
-        "trained_parameters": list(parameters),
-        "dtype": str(model.cfg.dtype).removeprefix("torch."),
-        "device": str(model.cfg.device),
-        "versions": versions,
-    }
+    return (
+        run
+        | config.to_json()
+        | measured
+        | {
+            "trained_parameters": list(parameters),
+            "dtype": str(model.cfg.dtype).removeprefix("torch."),
+            "device": str(model.cfg.device),
+            "versions": versions,
+        }
+    )

@@ -30,7 +30,7 @@ CHOICE_NAMES = ("separator", *CHOICES)  # the preset's choices, each a field tha
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Every choice of one comparison (docs/reference/cli.md lists each; docs/science.md explains them).
+    """Every choice of one comparison (docs/reference/cli.md lists each, docs/reference/presets.md explains the choices).
 
     The nine choice fields (position, separator, truncation, text, gd_demos, order, precision, arithmetic, init)
     override the preset's where given; `choices` holds the resolved set."""
@@ -116,4 +116,3 @@ class CompareConfig:
         """The config a result.json records (its other entries, such as the model's name, are left out)."""
         names = set(cls.option_names())
         return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in data.items() if name in names})
-

@@ -7,8 +7,8 @@ the delta tensors themselves through the same hooks.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import einops
 import torch
@@ -75,7 +75,7 @@ class Delta:
     tensors: dict[str, Tensor]
 
     @classmethod
-    def zeros(cls, model: HookedTransformer, parameters: Sequence[str] | None = None) -> "Delta":
+    def zeros(cls, model: HookedTransformer, parameters: Sequence[str] | None = None) -> Delta:
         """A zero delta of `parameters` (per-block names such as 'attn.W_K'; default: `trained_parameters(model)`)
         in every layer."""
         params = dict(model.named_parameters())
@@ -91,11 +91,11 @@ class Delta:
     def layers(self) -> list[int]:
         return sorted({int(name.split(".")[1]) for name in self.tensors})
 
-    def restricted(self, layers: Sequence[int]) -> "Delta":
+    def restricted(self, layers: Sequence[int]) -> Delta:
         """The same delta on a subset of layers only."""
         return Delta({n: t for n, t in self.tensors.items() if int(n.split(".")[1]) in set(layers)})
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Delta":
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Delta:
         """The same delta on `device` (a loaded result's deltas are on the CPU), in `dtype` if given."""
         return Delta({n: t.to(device=device, dtype=dtype or t.dtype) for n, t in self.tensors.items()})
 

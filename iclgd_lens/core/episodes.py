@@ -8,9 +8,9 @@ ZS prompt  = [BOS] + query prompt. GD/LCGD train on [BOS] + demonstration, one s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class Episode:
         return {**asdict(self), "effective_k": self.effective_k, "icl_prefix": list(self.icl_prefix)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Episode":
+    def from_json(cls, data: dict) -> Episode:
         # Results written before GD had its own demonstration list trained on ICL's.
         data = {"train_demos": data["demos"], "train_rows": data["demo_rows"]} | data
         fields = {f: data[f] for f in cls.__dataclass_fields__}
@@ -83,9 +83,7 @@ def check_k(task: Task, k: int) -> None:
         )
 
 
-def demonstration_orders(
-    rows: list[int], seed: int, permutation: int, order: str
-) -> tuple[list[int], list[int]]:
+def demonstration_orders(rows: list[int], seed: int, permutation: int, order: str) -> tuple[list[int], list[int]]:
     """(ICL's order, GD's order) of the first-k shuffled train rows for permutation p.
 
     `toolkit`: p > 0 applies numpy.random.default_rng([seed, p]).permutation; GD trains in the prompt's order.

@@ -6,8 +6,8 @@ dtype) or `fp16-mixed` (fairseq's FP16Optimizer, as the reference runs it). Logi
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +48,10 @@ class LayerCausalReadout:
     Hook order matters: `input_hooks` go before a delta's hooks (its captures must see the detached input) and
     `exit_hooks` after them (the exit must include the delta's own additions)."""
 
-    def __init__(self, n_layers: int, exit: str = "block") -> None:
+    def __init__(self, model: HookedTransformer, exit: str = "block") -> None:
         check_choice("LCGD exit", exit, LCGD_EXITS)
-        self.n_layers, self.exit = n_layers, exit
+        self.n_layers, self.exit = model.cfg.n_layers, exit
+        self.readout = Readout(model)  # W_U's transposed copy made once, not per step
         self.resid_pre: dict[int, Tensor] = {}
         self.exits: dict[int, Tensor] = {}
 
@@ -80,7 +81,7 @@ class LayerCausalReadout:
         is a 30-row matrix), and the graph keeps the same per-layer logits either way."""
         model(tokens, stop_at_layer=self.n_layers)
         exits: Float[Tensor, "layer batch pos d_model"] = torch.stack([self.exits[l] for l in range(self.n_layers)])
-        logits = Readout(model)(exits)[:, :, :-1]
+        logits = self.readout(exits)[:, :, :-1]
         targets = tokens[:, 1:].expand(self.n_layers, -1, -1)
         nll = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), reduction="none")
         return nll.view(self.n_layers, -1).mean(1).sum()
@@ -118,7 +119,7 @@ def fit(
     step = MixedFP16Step(model, delta, lr) if precision == "fp16-mixed" else NativeStep(delta, lr)
     hooks = delta.hooks(model)
     if method == "lcgd":
-        readout = LayerCausalReadout(model.cfg.n_layers, lcgd_exit)
+        readout = LayerCausalReadout(model, lcgd_exit)
         hooks = readout.input_hooks() + hooks + readout.exit_hooks()
     else:
         unembed = Readout(model)

@@ -8,7 +8,7 @@ touches.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from transformer_lens import HookedTransformer
 

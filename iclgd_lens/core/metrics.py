@@ -4,7 +4,7 @@ Inputs are what a Record holds at the recorded position. Every similarity return
 [n, layer] or [n, layer, head]; `reduce` takes those to per-layer and mean numbers with the papers' reductions
 (heads, then examples, then layers).
 
-Two arithmetics (docs/science.md, "Metric arithmetic"):
+Two arithmetics (docs/reference/metrics.md, "Metric arithmetic"):
 - exact (`eps=None`, the toolkit's): a cosine is scale-invariant and NaN where either vector is zero (the
   similarity of an update that did not happen is undefined); reductions skip NaN at each step and count what
   they kept;
@@ -21,11 +21,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 REFERENCE_EPS = 1e-20
-# Relative size below which an update measures float rounding rather than a change (docs/science.md).
+# Relative size below which an update measures float rounding rather than a change (docs/reference/metrics.md).
 RESOLUTION = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-3, torch.float64: 1e-15}
 
 
-def cosine(a: Float[Tensor, "... d"], b: Float[Tensor, "... d"], eps: float | None = None) -> Float[Tensor, "..."]:
+def cosine(a: Float[Tensor, "... d"], b: Float[Tensor, "... d"], eps: float | None = None) -> Float[Tensor, ...]:
     """Cosine similarity along the last dimension, in float64.
 
     eps=None: each vector is divided by its own norm first (no product of norms that could underflow), so
@@ -196,6 +196,6 @@ def resolution(dtype: torch.dtype) -> float:
 
 def below_resolution(
     update: Float[Tensor, "... d"], reference: Float[Tensor, "... d"], relative: float
-) -> Bool[Tensor, "..."]:
+) -> Bool[Tensor, ...]:
     """True where |update| < relative · |reference|: an update too small to be told from float rounding."""
     return update.double().norm(dim=-1) < relative * reference.double().norm(dim=-1)

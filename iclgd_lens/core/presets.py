@@ -1,5 +1,5 @@
-"""The vocabulary of every option, its checks, and the toolkit's and the reference code's choices (docs/science.md,
-"Presets").
+"""The vocabulary of every option, its checks, and the toolkit's and the reference code's choices
+(docs/reference/presets.md).
 
 Every choice where the reference pipeline (GiilDe/ft-vs-icl, a fork of microsoft/LMOps understand_icl) differs from
 the toolkit's default is one field of `Choices`. A preset fills every field; each can be overridden on its own.
@@ -54,7 +54,9 @@ def check_choices(kind: str, values: tuple[str, ...], valid: tuple[str, ...], al
 def check_groups(groups: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [g for g in groups if g not in PARAMETER_GROUP_NAMES]
     if unknown or not groups:
-        raise ValueError(f"unknown parameter groups {unknown or list(groups)}; choose from {list(PARAMETER_GROUP_NAMES)}")
+        raise ValueError(
+            f"unknown parameter groups {unknown or list(groups)}; choose from {list(PARAMETER_GROUP_NAMES)}"
+        )
     return tuple(groups)
 
 
@@ -116,7 +118,7 @@ class Choices:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Choices":
+    def from_dict(cls, data: dict) -> Choices:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 

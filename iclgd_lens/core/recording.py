@@ -7,8 +7,8 @@ nothing before it, so each row is read at its own positions and no attention mas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -22,7 +22,6 @@ from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
 from iclgd_lens.core.presets import CHOICES, check_choice
 from iclgd_lens.core.readout import Readout
-
 
 
 @dataclass
@@ -43,12 +42,12 @@ class Record:
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"pred": self.pred}
 
-    def select(self, rows: Bool[Tensor, "n"]) -> "Record":
+    def select(self, rows: Bool[Tensor, "n"]) -> Record:
         """The recording of the queries in `rows` only."""
         return Record(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor]) -> "Record":
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> Record:
         return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
 

@@ -1,6 +1,6 @@
 """Result of one comparison: numbers, DataFrame views, and an atomic save/load of everything needed to recompute.
 
-Folder layout (README "Result folder"):
+Folder layout (docs/reference/result-format.md):
 - result.json: config, accuracy, metrics, per_head and baselines (each with the same layout as the top level);
 - records.safetensors: per setting ("zs", "icl", "gd", "lcgd", "<baseline>/<setting>") the recorded tensors,
   plus "labels", "query_len", and W_O for per-head outputs ("model/W_O", "<baseline>/model/W_O", and
@@ -24,9 +24,9 @@ from torch import Tensor
 
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta
 from iclgd_lens.core.episodes import Episode
-from iclgd_lens.files import check_output, replaced_atomically
 from iclgd_lens.core.recording import Record
 from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, Scores, check_metric
+from iclgd_lens.files import check_output, replaced_atomically
 
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
@@ -75,7 +75,7 @@ class Result:
             for method in self.methods
         ]
 
-    def summary(self, subset: str | None = None) -> "Summary":
+    def summary(self, subset: str | None = None) -> Summary:
         """Metric x (method, and method on each baseline): one mean number each; accuracies as extra rows.
         `subset="f2t"`: the same metrics on each method's f2t queries (when the result scored them). Printed, it
         shows every column and the notes on anything a reader could misread."""
@@ -154,7 +154,9 @@ class Result:
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, staging / "records.safetensors")
             if self.deltas:
                 changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
-                save_file({k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors")
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors"
+                )
             positions = {s: r.position.tolist() for s, r in self.records.items() if "/" not in s}
             self.episode.save(staging / "episode.json", record_positions=positions)
             # result.json last: a folder holding it is complete.
@@ -162,7 +164,7 @@ class Result:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Result":
+    def load(cls, folder: str | Path) -> Result:
         """Read a result folder back; a folder that is not a complete result gives a ValueError saying so."""
         folder = Path(folder)
         if not folder.is_dir():

@@ -45,7 +45,7 @@ class Scores:
         return main | self.subsets | {"notes": self.notes, "update_norm": self.update_norm}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Scores":
+    def from_json(cls, data: dict) -> Scores:
         """Also an older result's scores, which may lack predictions, resolution, notes or update norms."""
         optional = ("predictions", "resolution", "notes", "update_norm")
         return cls(
@@ -142,7 +142,9 @@ def head_similarities(
 
 def reduced(values: dict[str, Tensor], zs: Record, icl: Record, ft: Record, labels: Tensor) -> dict:
     """{metric: {mean, per_layer, defined, total}} of `similarities`, and Rec2FTP."""
-    return {name: M.reduce(v) for name, v in values.items()} | {"rec2ftp": M.rec2ftp(zs.pred, ft.pred, icl.pred, labels)}
+    return {name: M.reduce(v) for name, v in values.items()} | {
+        "rec2ftp": M.rec2ftp(zs.pred, ft.pred, icl.pred, labels)
+    }
 
 
 def majority(pred: Int[Tensor, "n"]) -> dict:

@@ -4,7 +4,7 @@ tiny-icl and the synthetic tasks. `load_model`, `load_task` and `available_tasks
 The names load lazily, so that the command line can read the task lists without importing torch.
 """
 
-from importlib import import_module
+from iclgd_lens.lazy import lazy_exports
 
 _PUBLIC = {
     "available_tasks": "dispatch",
@@ -25,13 +25,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'iclgd_lens.sources' has no attribute {name!r}")
-    return getattr(import_module(f"iclgd_lens.sources.{_PUBLIC[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -22,25 +22,59 @@ BUNDLED_MODELS = ("tiny-icl",)
 
 # The config fields a bundled model is rebuilt from (everything else takes HookedTransformerConfig's defaults).
 CONFIG_FIELDS = (
-    "n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_mlp", "d_vocab", "d_vocab_out", "act_fn",
-    "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base", "attn_only", "init_mode",
-    "initializer_range", "eps", "original_architecture", "model_name", "default_prepend_bos", "seed",
+    "n_layers",
+    "d_model",
+    "n_ctx",
+    "d_head",
+    "n_heads",
+    "d_mlp",
+    "d_vocab",
+    "d_vocab_out",
+    "act_fn",
+    "normalization_type",
+    "positional_embedding_type",
+    "rotary_dim",
+    "rotary_base",
+    "attn_only",
+    "init_mode",
+    "initializer_range",
+    "eps",
+    "original_architecture",
+    "model_name",
+    "default_prepend_bos",
+    "seed",
 )
 
 
 def model_config(
-    d_vocab: int, n_layers: int = 4, d_model: int = 128, n_heads: int = 4, d_mlp: int | None = None,
-    n_ctx: int = 1024, positional_embedding_type: str = "standard", seed: int = 0,
+    d_vocab: int,
+    n_layers: int = 4,
+    d_model: int = 128,
+    n_heads: int = 4,
+    d_mlp: int | None = None,
+    n_ctx: int = 1024,
+    positional_embedding_type: str = "standard",
+    seed: int = 0,
 ) -> HookedTransformerConfig:
     """A GPT-2-style config (LayerNorm, GELU, attention + MLP, GPT-2 init) for the tiny ICL model."""
     if d_model % n_heads:
         raise ValueError(f"d_model {d_model} must be a multiple of n_heads {n_heads}")
     return HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=d_model // n_heads, n_heads=n_heads,
-        d_mlp=d_mlp or 4 * d_model, d_vocab=d_vocab, act_fn="gelu", normalization_type="LN",
+        n_layers=n_layers,
+        d_model=d_model,
+        n_ctx=n_ctx,
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        d_mlp=d_mlp or 4 * d_model,
+        d_vocab=d_vocab,
+        act_fn="gelu",
+        normalization_type="LN",
         positional_embedding_type=positional_embedding_type,
         rotary_dim=d_model // n_heads if positional_embedding_type == "rotary" else None,
-        init_mode="gpt2", original_architecture="tiny-icl", model_name="tiny-icl", default_prepend_bos=False,
+        init_mode="gpt2",
+        original_architecture="tiny-icl",
+        model_name="tiny-icl",
+        default_prepend_bos=False,
         seed=seed,
     )
 
@@ -81,7 +115,9 @@ def load_bundled(
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     missing = [k for k in missing if _is_weight(model, k)]
     if missing or unexpected:
-        raise ValueError(f"{str(folder)!r}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        raise ValueError(
+            f"{str(folder)!r}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+        )
     return model.to(device, print_details=False).eval()
 
 

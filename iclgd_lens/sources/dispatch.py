@@ -6,8 +6,8 @@ No loader imports this module; it imports them all.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from transformer_lens import HookedTransformer

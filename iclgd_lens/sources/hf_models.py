@@ -7,11 +7,12 @@ centring changes the attention output the metrics read. So W_K/W_V are the train
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformer_lens import HookedTransformer
@@ -22,7 +23,12 @@ from iclgd_lens.sources.bundled import BUNDLED_MODELS
 from iclgd_lens.sources.tokenizers import special_tokens
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
@@ -71,7 +77,7 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
     # Checked before TransformerLens sees it: it would quietly name "<|endoftext|>" the EOS token, whatever
     # this vocabulary holds.
     special_tokens(tokenizer)
-    with quiet_transformers():  # its per-tensor "Loading weights" bar says nothing a user needs
+    with quiet_transformers():
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
@@ -83,14 +89,22 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
 
 
 @contextmanager
-def quiet_transformers() -> Iterator[None]:
+def quiet_transformers(gguf_bar: bool = False) -> Iterator[None]:
+    """transformers' own progress bars off (its per-tensor "Loading weights" bar says nothing a user needs).
+
+    The GGUF dequantisation bar is plain tqdm inside transformers (transformers 5.x's
+    modeling_gguf_pytorch_utils, not its logging switch): it is silenced unless `gguf_bar`."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
-    shown = hf_logging.is_progress_bar_enabled()
+    shown, bar = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
     hf_logging.disable_progress_bar()
+    if not gguf_bar:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        gguf_utils.tqdm = bar
         if shown:
             hf_logging.enable_progress_bar()
 
@@ -104,5 +118,3 @@ def load_hub_model(name: str, device: str, dtype: torch.dtype) -> HookedTransfor
             f"model {name!r} could not be loaded from the Hugging Face hub ({error_summary(error)}); offline, give a "
             f"local Hugging Face folder (--model PATH) or a bundled model {list(BUNDLED_MODELS)}"
         ) from error
-
-

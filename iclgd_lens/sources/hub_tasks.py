@@ -4,12 +4,13 @@ csv/json/jsonl/parquet files (the papers' tasks with their hub columns, or a cus
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from iclgd_lens.errors import error_summary
 from iclgd_lens.sources.task import Example, Task
+
 
 @dataclass(frozen=True)
 class HubTaskSpec:
@@ -154,4 +155,3 @@ def _load_hub_splits(name: str, spec: HubTaskSpec) -> dict[str, list[Example]]:
         "train": [dict(row) for row in dataset[spec.train_split]],
         "eval": [dict(row) for row in dataset[spec.eval_split]],
     }
-

@@ -100,7 +100,7 @@ def packaged_model_folder(name: str, *, verbose: bool = True) -> tuple[Path, str
             raise ValueError(_missing_message(name, spec))
         if verbose:
             print(f"iclgd-lens: converting {gguf.name} once into {cache_root() / spec.cache_name}", file=sys.stderr)
-        folder = convert_gguf(spec, gguf)
+        folder = convert_gguf(spec, gguf, verbose)
     return folder, spec.cache_name
 
 
@@ -154,7 +154,7 @@ def _cached_folder(spec: PackagedModel) -> Path | None:
     return folder
 
 
-def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
+def convert_gguf(spec: PackagedModel, gguf: Path, progress: bool = True) -> Path:
     """Dequantise the GGUF with transformers and save a float32 Hugging Face folder into the cache.
 
     Written into a temporary sibling that takes the folder's place in one step, so an interrupted conversion leaves
@@ -162,7 +162,6 @@ def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
     replaced only when it carries this toolkit's stamp."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
 
     try:
         import gguf as _  # noqa: F401  (transformers needs it to read GGUF files)
@@ -177,7 +176,7 @@ def convert_gguf(spec: PackagedModel, gguf: Path) -> Path:
         )
     # A fresh conversion that finds another process's finished one keeps that one.
     with replaced_atomically(target, folder=True, keep_first=not stale) as staging:
-        with quiet_transformers():
+        with quiet_transformers(gguf_bar=progress):
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The dequantised weights are plain float32 tensors: drop the GGUF marker that forbids saving them.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class PackagedTaskSpec:
     template: str
     label_words: tuple[str, ...]
     n_eval: int  # held-out examples; the rest is the train split
-    read: Callable[[Path, "PackagedTaskSpec"], list[tuple[str, int, str]]]  # -> (text, label, group)
+    read: Callable[[Path, PackagedTaskSpec], list[tuple[str, int, str]]]  # -> (text, label, group)
 
     @property
     def install_command(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import string
-from typing import Callable
+from collections.abc import Callable
 
 from iclgd_lens.sources.hub_tasks import HUB_TASKS
 from iclgd_lens.sources.task import Example, Task
@@ -26,6 +26,8 @@ DEFAULT_EVAL = 400
 
 # Label words the training mixture may assign to classes besides each task's real ones (tiny_model training);
 # listed here so the tokenizer covers them.
+# Word tables, one line per group of words.
+# fmt: off
 EXTRA_LABEL_WORDS = (
     "yes", "no", "maybe", "A", "B", "C", "D", "E", "red", "blue", "green", "yellow", "purple",
     "one", "two", "three", "four", "five", "cat", "dog", "bird", "fish", "horse", "north", "south", "east", "west",
@@ -151,6 +153,8 @@ LEXICON = (
     TECH_OBJ, TECH_END, CB_OBJECTS, CB_VERBS, CB_MODS, CB_WHERE, CB_FUTURE, CB_NEG,
 )
 
+# fmt: on
+
 
 def _pick(rng: random.Random, seq):
     return seq[rng.randrange(len(seq))]
@@ -189,8 +193,9 @@ def _sst5(rng: random.Random, label: int) -> str:
 
 
 def _mr(rng: random.Random, label: int) -> str:
-    adj, verb, phrase = (MR_NEG_ADJ, MR_NEG_VERB, MR_NEG_PHRASE) if label == 0 else (MR_POS_ADJ, MR_POS_VERB,
-                                                                                       MR_POS_PHRASE)
+    adj, verb, phrase = (
+        (MR_NEG_ADJ, MR_NEG_VERB, MR_NEG_PHRASE) if label == 0 else (MR_POS_ADJ, MR_POS_VERB, MR_POS_PHRASE)
+    )
     form = rng.randrange(4)
     if form == 0:
         return f"{_pick(rng, MR_SUBJECTS)} {_pick(rng, verb)} {_pick(rng, phrase)} ."
@@ -259,7 +264,9 @@ def _cb(rng: random.Random, label: int) -> dict[str, str]:
     if label == 0:  # True: a restatement
         hypothesis = f"{name} {past} the {obj}" if rng.random() < 0.7 else f"someone {past} the {obj}"
     elif label == 1:  # False: a negation
-        hypothesis = f"{name} {_pick(rng, CB_NEG)} {base} the {obj}" if rng.random() < 0.8 else f"nobody {past} the {obj}"
+        hypothesis = (
+            f"{name} {_pick(rng, CB_NEG)} {base} the {obj}" if rng.random() < 0.8 else f"nobody {past} the {obj}"
+        )
     else:  # Neither: something the premise does not say
         if rng.random() < 0.5:
             hypothesis = f"{name} {_pick(rng, CB_FUTURE)} {base} the {other}"
@@ -311,8 +318,14 @@ def synthetic_task(name: str, seed: int = 0, n_train: int = DEFAULT_TRAIN, n_eva
     train, evaluation = rows[:n_train], rows[n_train:]
     rng.shuffle(train)
     rng.shuffle(evaluation)
-    return Task(name=name, template=spec.template, label_words=spec.label_words, train=tuple(train),
-                eval=tuple(evaluation), eval_split="eval")
+    return Task(
+        name=name,
+        template=spec.template,
+        label_words=spec.label_words,
+        train=tuple(train),
+        eval=tuple(evaluation),
+        eval_split="eval",
+    )
 
 
 def synthetic_vocabulary() -> list[str]:

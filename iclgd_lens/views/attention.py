@@ -5,7 +5,7 @@ Each function returns an `Html` block: shown as is in a notebook cell, or placed
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from iclgd_lens.analysis.patterns import Patterns
 from iclgd_lens.core.results import Result

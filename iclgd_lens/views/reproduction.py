@@ -34,7 +34,14 @@ METRIC_NAMES = {
     "rec2ftp": "Rec2FTP (%)",
 }
 CSV_FORMAT = "%.6g"
-TABLE_FILES = ("tables.md", "summary.csv", "verdicts.csv", "per_layer.csv", "lr.csv", *(f"per_layer_{m}.png" for m in PLOTTED_METRICS))
+TABLE_FILES = (
+    "tables.md",
+    "summary.csv",
+    "verdicts.csv",
+    "per_layer.csv",
+    "lr.csv",
+    *(f"per_layer_{m}.png" for m in PLOTTED_METRICS),
+)
 
 
 def write_tables(out: Path, plan: list[Run], model: str) -> list[str]:
@@ -154,8 +161,18 @@ def update_norm_table(summary: pd.DataFrame) -> str:
     rows = []
     for task in dict.fromkeys(summary.task):
         for method in dict.fromkeys(summary[summary.task == task].method):
-            rows.append([task, method, *[_cell(index.loc[(task, m, method, "update_norm")])
-                                         if (task, m, method, "update_norm") in index.index else "" for m in models]])
+            rows.append(
+                [
+                    task,
+                    method,
+                    *[
+                        _cell(index.loc[(task, m, method, "update_norm")])
+                        if (task, m, method, "update_norm") in index.index
+                        else ""
+                        for m in models
+                    ],
+                ]
+            )
     return markdown_table(["task", "method", *models], rows)
 
 

@@ -1,0 +1,289 @@
+"""Attribution finds planted answers: a delta on one known head, patching that restores ICL exactly, and Kendall
+on hand-made inputs against a hand-written tau."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from iclgd_lens import Delta, Result, compare, load_model, load_task
+from iclgd_lens.analysis.attribution import attribution_table, change_against, delta_effects, logodds, patch_effects
+from iclgd_lens.analysis.kendall import COLUMNS, ft_scores, kendall_table, measures, softmax, top_k_recall
+from iclgd_lens.cli import main
+from tests.helpers import make_tokenizer, toy_task
+
+
+@pytest.fixture(scope="module")
+def saved(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("attribution") / "run"
+    compare(tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=10, baselines=("no_training",), out=folder,
+            progress=False)  # fmt: skip
+    return folder
+
+
+def test_a_delta_on_one_head_is_found_there_alone(tiny, saved):
+    result = Result.load(saved)
+    planted = Delta.zeros(tiny, ("attn.W_V",))
+    generator = torch.Generator().manual_seed(0)
+    planted.tensors["blocks.1.attn.W_V"][2] = 2.0 * torch.randn(planted.tensors["blocks.1.attn.W_V"][2].shape,
+                                                                generator=generator)  # fmt: skip
+    result.deltas = {"gd": planted}
+    table = delta_effects(tiny, result, "gd", batch_size=4)
+    heads = table[table["head"] != "all"].assign(size=lambda t: t.logodds_change.abs()).sort_values("size")
+    assert (heads.iloc[-1].layer, heads.iloc[-1]["head"]) == (1, 2) and heads.iloc[-1]["size"] > 0.01
+    assert (heads.iloc[:-1]["size"] == 0).all()  # every other head computes exactly what the model computes
+    whole = table[table["head"] == "all"].set_index("layer").logodds_change
+    assert whole[0] == 0 and whole[1] == pytest.approx(heads.iloc[-1].logodds_change)
+    assert whole["all"] == pytest.approx(whole[1])  # the whole delta is layer 1's
+
+
+def test_a_delta_pushing_every_query_to_one_class_shows_beside_a_cancelling_mean(tiny, saved):
+    """A value bias whose attention output writes W_U[first] − W_U[second] at every position: every query moves
+    toward the first class, so the signed mean change nearly cancels over balanced labels while the mean absolute
+    change and the majority share do not."""
+    full = Result.load(saved)
+    labels = full.labels.tolist()
+    result = _queries(
+        full, [i for i, l in enumerate(labels) if l == 0][:2] + [i for i, l in enumerate(labels) if l == 1][:2]
+    )
+    episode, last = result.episode, tiny.cfg.n_layers - 1
+    first, second = (tokens[0] for tokens in episode.label_tokens)
+    direction = (tiny.W_U[:, first] - tiny.W_U[:, second]).detach()
+    W_O = tiny.blocks[last].attn.W_O.detach().reshape(-1, tiny.cfg.d_model)  # [head * d_head, d_model]
+    b_V = torch.linalg.lstsq(W_O.T, 50 * direction[:, None]).solution[:, 0]
+    pushed = Delta.zeros(tiny, ("attn.b_V",))
+    pushed.tensors[f"blocks.{last}.attn.b_V"] = b_V.reshape(tiny.cfg.n_heads, tiny.cfg.d_head)
+    result.deltas = {"gd": pushed}
+    whole = delta_effects(tiny, result, "gd", batch_size=4).set_index(["layer", "head"]).loc[("all", "all")]
+    assert result.labels.tolist() == [0, 0, 1, 1]  # balanced: the signed mean cancels
+    assert whole.abs_logodds_change > 5 and abs(whole.logodds_change) < 0.5 * whole.abs_logodds_change
+    zs_share = float(torch.bincount(result.records["zs"].label_logprobs.argmax(1)).max()) / 4
+    assert whole.majority_share_change == pytest.approx(1 - zs_share)  # every query now answers the first class
+    assert whole.majority_share_change > 0.2
+
+
+def test_change_against_by_hand():
+    zs = torch.tensor([[-0.1, -2.0], [-2.0, -0.1], [-0.1, -2.0], [-2.0, -0.1]]).log_softmax(1)
+    pushed = torch.tensor([[-0.1, -3.0], [-0.5, -1.0], [-0.1, -3.0], [-0.5, -1.0]]).log_softmax(1)
+    labels = torch.tensor([0, 1, 0, 1])
+    got = change_against(pushed, zs, labels)
+    by_hand = [
+        logodds(p[None], l[None]).item() - logodds(z[None], l[None]).item() for p, z, l in zip(pushed, zs, labels)
+    ]
+    assert got["logodds_change"] == pytest.approx(np.mean(by_hand))
+    assert got["abs_logodds_change"] == pytest.approx(np.mean(np.abs(by_hand)))
+    assert (got["majority_share_change"], got["acc_change"]) == (0.5, -0.5)  # 2/4 -> 4/4 answer class 0
+
+
+def test_patch_restored_is_nan_below_the_icl_effect_threshold(tiny, saved, monkeypatch):
+    from iclgd_lens.analysis import attribution
+
+    result = Result.load(saved)
+    table, totals = patch_effects(tiny, result, [1], batch_size=4)
+    assert table.patch_restored.notna().all() and (table.patch_low <= table.patch_restored).all()
+    assert (table.patch_restored <= table.patch_high).all() and "note" not in totals
+    monkeypatch.setattr(attribution, "MIN_ICL_EFFECT", abs(totals["icl_effect"]) + 1)
+    table, totals = patch_effects(tiny, result, [1], batch_size=4)
+    assert table[["patch_restored", "patch_low", "patch_high"]].isna().all().all()
+    assert math.isnan(totals["all_heads_restored"]) and "below" in totals["note"]
+
+
+def test_learned_positions_need_the_position_patch_to_restore_exactly(tmp_path):
+    """GPT-2-shaped: every head patched leaves W_pos[ZS position] in the residual stream, which ICL has at
+    prefix + position; patching that difference too gives ICL's log-odds exactly."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=256, vocab_size=len(make_tokenizer()))
+    hf = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        hf.transformer.wpe.weight.normal_(0, 1.0)  # positions that matter, as in a trained GPT-2
+    hf.save_pretrained(tmp_path / "gpt2")
+    make_tokenizer().save_pretrained(tmp_path / "gpt2")
+    model = load_model(str(tmp_path / "gpt2"), device="cpu")
+    result = compare(model, toy_task(), k=6, seed=0, lr=0.01, n_eval=6, baselines=(), methods=("gd",), progress=False)
+    table, totals = patch_effects(model, result, [0], batch_size=3)
+    assert abs(totals["all_heads"] - totals["icl"]) > 1e-2  # the heads alone do not restore exactly
+    assert totals["all_heads_position"] == pytest.approx(totals["icl"], abs=1e-4)
+    assert ("all", "all+position") in set(zip(table.layer, table["head"]))  # the position row
+    result.deltas = {"gd": result.deltas["gd"]}
+    heads, totals = attribution_table(model, result, [0], batch_size=3)
+    position = heads[heads["head"] == "all+position"]
+    assert list(position.method) == ["icl"] and position.logodds_change.isna().all()
+    from iclgd_lens.views.attribution import heads_heatmaps, heads_markdown
+
+    assert "every head and the positional embedding" in heads_markdown(heads, totals)
+    assert len(heads_heatmaps(heads).axes) == 2 * 2  # gd and the patching share, each with its colour bar
+
+
+def test_patching_every_head_restores_the_whole_icl_effect(tiny, saved):
+    result = Result.load(saved)
+    table, totals = patch_effects(tiny, result, batch_size=4)
+    assert totals["all_heads"] == pytest.approx(totals["icl"], abs=1e-4) and "all_heads_position" not in totals  # ALiBi
+    assert totals["all_heads_restored"] == pytest.approx(1.0, abs=1e-5) and totals["icl"] > totals["zs"] + 1
+    # one head, independently: its ICL z from a full ICL forward, patched by hand into a full ZS forward
+    episode, query, layer, head = result.episode, 3, 1, 2
+    icl_tokens = torch.tensor([[*episode.icl_prefix, *episode.queries[query]]])
+    _, cache = tiny.run_with_cache(icl_tokens, names_filter=f"blocks.{layer}.attn.hook_z")
+    icl_z = cache[f"blocks.{layer}.attn.hook_z"][0, -1, head]
+
+    def patch(z, hook):
+        z[0, -1, head] = icl_z
+        return z
+
+    zs_tokens = torch.tensor([[episode.bos, *episode.queries[query]]])
+    logits = tiny.run_with_hooks(zs_tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[0, -1]
+    firsts = [t[0] for t in episode.label_tokens]
+    by_hand = logodds(logits.log_softmax(-1)[firsts][None], result.labels[query : query + 1])
+    one, one_totals = patch_effects(tiny, _queries(result, [query]), [layer], batch_size=1)
+    restored = (by_hand.item() - one_totals["zs"]) / (one_totals["icl"] - one_totals["zs"])
+    assert one.set_index(["layer", "head"]).loc[(layer, head), "patch_restored"] == pytest.approx(restored, abs=1e-5)
+    assert table.patch_restored.notna().all() and len(table) == 2 * 4 + 1  # every head, and all heads at once
+    every = table.set_index(["layer", "head"]).loc[("all", "all")]
+    assert (
+        every.patch_restored == pytest.approx(totals["all_heads_restored"]) and every.patch_low <= 1 <= every.patch_high
+    )
+
+
+def _queries(result: Result, rows: list[int]) -> Result:
+    """The result restricted to some of its queries (records, labels and episode)."""
+    from dataclasses import replace
+
+    keep = torch.zeros(len(result.labels), dtype=torch.bool)
+    keep[rows] = True
+    episode = result.episode
+    episode = replace(episode, queries=tuple(episode.queries[i] for i in rows),
+                      query_rows=tuple(episode.query_rows[i] for i in rows), labels=tuple(episode.labels[i] for i in rows))  # fmt: skip
+    records = {name: record.select(keep) for name, record in result.records.items()}
+    return Result(result.config, result.scores, records, result.W_O, result.labels[rows], episode, result.deltas)
+
+
+def hand_tau(a, b) -> float:
+    pairs = list(itertools.combinations(range(len(a)), 2))
+    signs = [np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in pairs]
+    return sum(signs) / len(pairs)
+
+
+def test_kendall_on_hand_made_inputs():
+    rng = np.random.default_rng(1)
+    icl = rng.normal(size=12)
+    groups = np.repeat(np.arange(4), 3)
+    same = measures(icl, icl.copy(), groups, rng)
+    assert same["token"]["tau"] == pytest.approx(1.0) and same["demonstration"]["tau"] == pytest.approx(1.0)
+    reversed_ = measures(icl, -icl, groups, rng)
+    assert reversed_["token"]["tau"] == pytest.approx(-1.0)
+    other = rng.normal(size=12)
+    got = measures(icl, other, groups, np.random.default_rng(7))
+    noise = np.random.default_rng(7).random(12)  # the token level's U[0, 1) draw, the first the measure makes
+    assert got["token"]["tau"] == pytest.approx(hand_tau(icl, other))  # softmax keeps the order
+    assert got["token"]["tau"] == pytest.approx(kendalltau(icl, other).statistic)
+    assert got["token"]["tau_random"] == pytest.approx(hand_tau(icl, noise))
+    assert (got["token"]["recall_k"], got["token"]["recall_chance"]) == (12, 1.0)  # k = 100 capped at 12 tokens
+    assert (got["demonstration"]["recall_k"], got["demonstration"]["recall_chance"]) == (4, 1.0)
+    assert top_k_recall(np.array([5, 4, 3, 2, 1.0]), np.array([5, 4, 0, 0, 9.0]), 2) == 0.5  # {0, 4} vs {0, 1}
+    assert top_k_recall(icl, other, 100) == 1.0  # k capped at the number of items
+    groups = np.repeat(np.arange(10), 2)
+    ten = measures(rng.normal(size=20), rng.normal(size=20), groups, rng)["demonstration"]
+    assert (ten["recall_k"], ten["recall_chance"]) == (5, 0.5)  # the reference's k = 5 among 10 demonstrations
+
+
+def test_demonstration_random_baseline_does_not_measure_length():
+    """ICL scores that are pure noise, demonstrations of 1 to 12 tokens: ICL's demonstration-level mass follows the
+    length; the random baseline (U[0, 1) per demonstration, as the reference draws it) must not, where summing
+    softmaxed per-token noise (the former baseline) does."""
+    rng = np.random.default_rng(0)
+    lengths = [1, 2, 3, 4, 6, 8, 10, 12]
+    groups = np.repeat(np.arange(len(lengths)), lengths)
+    taus, former = [], []
+    for _ in range(200):
+        icl = rng.normal(0, 0.01, len(groups))
+        taus.append(measures(icl, icl, groups, rng)["demonstration"]["tau_random"])
+        summed_noise = np.bincount(groups, weights=softmax(rng.random(len(groups))))
+        former.append(kendalltau(np.bincount(groups, weights=softmax(icl)), summed_noise).statistic)
+    assert abs(np.mean(taus)) < 0.05 and np.mean(former) > 0.5
+
+
+def test_ft_scores_are_fairseqs_scaled_queries_dotted():
+    rng = np.random.default_rng(2)
+    n_heads, d_head = 3, 4
+    q, q_train = rng.normal(size=(2, 2, n_heads * d_head)), rng.normal(size=(2, 5, n_heads * d_head))
+    scale = np.array([2.0, 3.0])
+    got = ft_scores(torch.from_numpy(q), torch.from_numpy(q_train), torch.from_numpy(scale))
+    i, layer, token = 1, 1, 3
+    by_hand = sum((q[i, layer, h * d_head:(h + 1) * d_head] / scale[layer])
+                  @ (q_train[layer, token, h * d_head:(h + 1) * d_head] / scale[layer]) for h in range(n_heads))  # fmt: skip
+    assert got[i, layer, token] == pytest.approx(by_hand)
+
+
+def test_zero_delta_control_equals_the_base_models_tau_by_hand(tiny, saved):
+    """One query, every layer, recomputed with run_with_cache on full prompts: ICL's scores summed over heads from
+    the last query token to the demonstration tokens; FT's side the base model's q there and q' of each training
+    demonstration from its own forward, dotted and divided by d_head (TransformerLens' attn_scale is √d_head)."""
+    result = Result.load(saved)
+    table = kendall_table(tiny, result, "gd", n_queries=1)
+    zero = table[table.subject == "zero_delta"].set_index(["layer", "level"])
+    episode = result.episode
+    assert all(float(block.attn.attn_scale) == tiny.cfg.d_head**0.5 for block in tiny.blocks)
+    _, icl_cache = tiny.run_with_cache(torch.tensor([[*episode.icl_prefix, *episode.queries[0]]]))
+    _, zs_cache = tiny.run_with_cache(torch.tensor([[episode.bos, *episode.queries[0]]]))
+    position, positions, q_demo = 1, [], {}
+    for row, demo in zip(episode.demo_rows, episode.demos):
+        step = episode.train_rows.index(row)
+        _, demo_cache = tiny.run_with_cache(torch.tensor([[episode.bos, *episode.train_demos[step]]]))
+        for layer in range(tiny.cfg.n_layers):
+            q_demo.setdefault(layer, []).append(demo_cache[f"blocks.{layer}.attn.hook_q"][0, 1:].flatten(-2))
+        positions += range(position, position + len(demo))
+        position += len(demo) + len(episode.separator)
+    for layer in range(tiny.cfg.n_layers):
+        icl = icl_cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, -1, positions].sum(0).double().detach().numpy()
+        q = zs_cache[f"blocks.{layer}.attn.hook_q"][0, -1].flatten()
+        ft = (torch.cat(q_demo[layer]) @ q / tiny.cfg.d_head).double().detach().numpy()
+        assert zero.loc[(layer, "token"), "tau"] == pytest.approx(kendalltau(softmax(icl), softmax(ft)).statistic)
+
+
+def test_kendall_refits_the_saved_delta_with_controls(tiny, saved):
+    table = kendall_table(tiny, Result.load(saved), "gd", n_queries=5)
+    assert list(table.columns) == COLUMNS
+    assert list(dict.fromkeys(table.subject)) == ["model", "zero_delta", "no_training"]
+    assert len(table) == 3 * 2 * 2 and set(table.level) == {"token", "demonstration"}
+    assert table.tau.dropna().between(-1, 1).all() and table.defined.le(5).all()
+    finetuned = table[table.subject == "model"].tau.to_numpy()
+    assert not np.allclose(finetuned, table[table.subject == "zero_delta"].tau.to_numpy())  # GD changed something
+
+
+def test_kendall_measures_dais_own_setting(tiny):
+    """The reference preset: first_option position and fp16-mixed finetuning (on a float16 copy)."""
+    result = compare(tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=4, baselines=(), preset="reference",
+                     progress=False)  # fmt: skip
+    assert (result.config["position"], result.config["precision"]) == ("first_option", "fp16-mixed")
+    table = kendall_table(tiny, result, "gd", n_queries=3, controls=False)
+    assert list(table.subject.unique()) == ["model"] and table.tau.notna().any()
+
+
+def test_attribute_command_writes_its_tables(saved, tmp_path):
+    out = tmp_path / "attribution"
+    assert main(["attribute", str(saved), "--out", str(out), "--kendall-queries", "4", "--threads", "1"]) == 0
+    for name in ("heads.csv", "heads.md", "heads.png", "kendall.csv", "kendall.md", "attribution.json"):
+        assert (out / name).is_file(), name
+    import pandas as pd
+
+    heads = pd.read_csv(out / "heads.csv")
+    assert list(heads.columns) == [
+        "layer",
+        "head",
+        "method",
+        "logodds_change",
+        "abs_logodds_change",
+        "majority_share_change",
+        "acc_change",
+        "patch_restored",
+        "patch_low",
+        "patch_high",
+    ]
+    assert set(heads.method) == {"gd", "lcgd"} and len(heads) == 2 * (2 * 4 + 2 + 1)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["attribute", str(saved), "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -1,0 +1,228 @@
+"""Deltas through hooks equal edited weights; GD equals plain SGD; LCGD equals an explicit per-layer loss."""
+
+import copy
+
+import pytest
+import torch
+
+from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
+from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.core.finetuning import LayerCausalReadout, causal_lm_loss, fit
+from tests.helpers import tiny_model, toy_task
+
+ARCHS = {
+    "gpt2-like": dict(),
+    "llama-like": dict(
+        normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2
+    ),
+    "neox-like": dict(positional="rotary", parallel_attn_mlp=True),
+}
+
+
+def random_delta(model, groups, scale=0.05, seed=0):
+    delta = Delta.zeros(model, trained_parameters(model, groups, biases="all"))
+    generator = torch.Generator().manual_seed(seed)
+    for t in delta.tensors.values():
+        t.copy_(scale * torch.randn(t.shape, generator=generator))
+    return delta
+
+
+def edited_copy(model, delta):
+    edited = copy.deepcopy(model)
+    params = dict(edited.named_parameters())
+    with torch.no_grad():
+        for name, change in delta.tensors.items():
+            params[name].add_(change)
+    return edited
+
+
+def episode_tokens(model, n=3):
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=n, n_eval=2)
+    return episode, [torch.tensor([[episode.bos, *d]]) for d in episode.demos]
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=list(ARCHS))
+@pytest.mark.parametrize("groups", [("k", "v"), ("q",), ("o",), ("mlp",), tuple(PARAMETER_GROUPS)])
+def test_hooks_equal_edited_weights(arch, groups):
+    model = tiny_model(**ARCHS[arch])
+    delta = random_delta(model, groups)
+    _, batches = episode_tokens(model)
+    edited = edited_copy(model, delta)
+    for tokens in batches:
+        with model.hooks(delta.hooks(model)):
+            hooked = model(tokens)
+        expected = edited(tokens)
+        assert (expected - model(tokens)).abs().max() > 1e-3  # the delta matters
+        torch.testing.assert_close(hooked, expected, atol=1e-5, rtol=0)
+
+
+def test_delta_on_a_subset_of_layers():
+    model = tiny_model()
+    delta = random_delta(model, ("k", "v")).restricted([1])
+    assert delta.layers() == [1]
+    _, (tokens, *_) = episode_tokens(model)
+    with model.hooks(delta.hooks(model)):
+        hooked = model(tokens)
+    torch.testing.assert_close(hooked, edited_copy(model, delta)(tokens), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("biases", ["checkpoint", "all"])
+@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
+def test_gd_through_hooks_equals_plain_sgd(arch, biases):
+    model = bias_free(tiny_model(**ARCHS[arch]))  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
+    episode, batches = episode_tokens(model, n=4)
+    lr = 0.05
+    delta = fit(model, episode.demos, episode.bos, "gd", lr=lr, parameters=trained_parameters(model, biases=biases))
+
+    reference = copy.deepcopy(model)
+    leaves = ("W_K", "W_V") if biases == "checkpoint" else ("W_K", "b_K", "W_V", "b_V")
+    trained = {n: p for n, p in reference.named_parameters() if n.rsplit(".", 1)[-1].lstrip("_") in leaves}
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    for p in trained.values():
+        p.requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    optimizer = torch.optim.SGD(trained.values(), lr=lr, momentum=0.0, weight_decay=0.0)
+    for tokens in batches:
+        optimizer.zero_grad()
+        reference(tokens, return_type="loss").backward()  # TransformerLens' own mean next-token NLL
+        optimizer.step()
+    assert set(delta.tensors) == set(trained)
+    for name, p in trained.items():
+        torch.testing.assert_close(delta.tensors[name], p.detach() - before[name], atol=1e-6, rtol=1e-4)
+    assert all(t.abs().max() > 0 for t in delta.tensors.values())
+    # The base model itself is untouched.
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, dict(bias_free(tiny_model(**ARCHS[arch])).named_parameters())[name])
+
+
+def bias_free(model):
+    """The model with its attention biases zeroed, as TransformerLens fills them for a bias-free checkpoint."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".attn." in name and name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
+                p.zero_()
+    return model
+
+
+def test_trained_parameters_keep_the_checkpoints_biases_only():
+    assert trained_parameters(tiny_model()) == ("attn.W_K", "attn.b_K", "attn.W_V", "attn.b_V")
+    model = bias_free(tiny_model(**ARCHS["llama-like"]))
+    assert trained_parameters(model) == ("attn.W_K", "attn.W_V")  # zero biases: the checkpoint has none
+    assert trained_parameters(model, ("k", "v"), "all") == ("attn.W_K", "attn.b_K", "attn.W_V", "attn.b_V")
+    with torch.no_grad():
+        model.blocks[1].attn._b_K[0, 3] = 0.1  # one trained value in one layer: the bias exists
+    assert trained_parameters(model) == ("attn.W_K", "attn.b_K", "attn.W_V")
+    assert set(Delta.zeros(model, trained_parameters(model)).tensors) == {
+        f"blocks.{layer}.attn.{name}" for layer in range(model.cfg.n_layers) for name in ("_W_K", "_b_K", "_W_V")
+    }
+    # gated: W_gate too; the helper's MLP biases are non-zero, hence the checkpoint's
+    assert trained_parameters(model, ("mlp",)) == ("mlp.W_in", "mlp.b_in", "mlp.W_gate", "mlp.W_out", "mlp.b_out")
+
+
+def test_update_norms_per_layer_and_parameter():
+    model = tiny_model()
+    delta = random_delta(model, ("k", "v"))
+    norms = delta.norms(model.cfg.n_layers)
+    for layer in range(model.cfg.n_layers):
+        tensors = [t for n, t in delta.tensors.items() if n.startswith(f"blocks.{layer}.")]
+        expected = torch.cat([t.double().flatten() for t in tensors]).norm()
+        assert norms["per_layer"][layer] == pytest.approx(float(expected), rel=1e-12)
+        assert norms["by_parameter"]["attn.W_K"][layer] == pytest.approx(
+            float(delta.tensors[f"blocks.{layer}.attn.W_K"].double().norm()), rel=1e-12
+        )
+    all_values = torch.cat([t.double().flatten() for t in delta.tensors.values()])
+    assert norms["total"] == pytest.approx(float(all_values.norm()), rel=1e-12)
+
+
+def explicit_layer_loss(model, delta, tokens, layer, exit):
+    """Layer l's LCGD loss from an edited copy of block l alone, fed the (detached) input it gets in the
+    delta'd model; frozen ln_final + unembed read it out."""
+    with model.hooks(delta.hooks(model)):
+        _, cache = model.run_with_cache(tokens)
+    x = cache[f"blocks.{layer}.hook_resid_pre"].detach()
+    block = copy.deepcopy(model.blocks[layer])
+    local = {
+        n.removeprefix(f"blocks.{layer}."): t for n, t in delta.tensors.items() if n.startswith(f"blocks.{layer}.")
+    }
+    params = dict(block.named_parameters())
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for name, change in local.items():
+        params[name].data += change
+        params[name].requires_grad_(True)
+    if exit == "block":
+        out = block(x)
+    else:
+        h = block.ln1(x)
+        out = x + block.attn(query_input=h, key_input=h, value_input=h)
+    loss = causal_lm_loss(model.unembed(model.ln_final(out)), tokens)
+    grads = torch.autograd.grad(loss, [params[n] for n in local], allow_unused=True)
+    return loss, {f"blocks.{layer}.{n}": _zero_if_unused(g, params[n]) for n, g in zip(local, grads)}
+
+
+def _zero_if_unused(grad, param):
+    return torch.zeros_like(param) if grad is None else grad
+
+
+@pytest.mark.parametrize("exit", ["block", "attn"])
+@pytest.mark.parametrize("groups", [("k", "v"), ("q", "o", "mlp")])
+def test_lcgd_gradients_equal_explicit_per_layer_losses(exit, groups):
+    model = tiny_model(n_layers=3)
+    delta = random_delta(model, groups, scale=0.02)
+    _, (tokens, *_) = episode_tokens(model)
+    params = list(delta.tensors.values())
+    for p in params:
+        p.requires_grad_(True)
+    readout = LayerCausalReadout(model, exit)
+    with model.hooks(readout.input_hooks() + delta.hooks(model) + readout.exit_hooks()):
+        loss = readout.loss(model, tokens)
+    raw = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = {n: _zero_if_unused(g, p) for (n, p), g in zip(delta.tensors.items(), raw)}
+    for p in params:
+        p.requires_grad_(False)
+
+    total = 0.0
+    for layer in range(model.cfg.n_layers):
+        layer_loss, expected = explicit_layer_loss(model, delta, tokens, layer, exit)
+        total += layer_loss
+        for name, g in expected.items():
+            torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(loss, total, atol=1e-5, rtol=0)
+
+    # Sanity: plain GD's gradient differs (earlier layers also get later layers' losses).
+    for p in params:
+        p.requires_grad_(True)
+    with model.hooks(delta.hooks(model)):
+        gd_grads = torch.autograd.grad(causal_lm_loss(model(tokens), tokens), params, allow_unused=True)
+    gd_grads = [_zero_if_unused(g, p) for g, p in zip(gd_grads, params)]
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(grads.values(), gd_grads))
+
+
+def test_lcgd_fit_runs_one_step_per_demonstration_and_differs_from_gd():
+    model = tiny_model()
+    episode, _ = episode_tokens(model, n=3)
+    gd = fit(model, episode.demos, episode.bos, "gd", lr=0.05)
+    lcgd = fit(model, episode.demos, episode.bos, "lcgd", lr=0.05)
+    assert set(gd.tensors) == set(lcgd.tensors)
+    assert any((gd.tensors[n] - lcgd.tensors[n]).abs().max() > 1e-5 for n in gd.tensors)
+
+
+@pytest.mark.parametrize("method", ["gd", "lcgd"])
+def test_diverging_lr_stops_with_an_error_naming_it(method):
+    model = tiny_model(normalization_type=None)  # no LayerNorm to tame the blow-up
+    episode, _ = episode_tokens(model, n=6)
+    with pytest.raises(FloatingPointError, match="lr=1e\\+30; lower the learning rate"):
+        fit(model, episode.demos, episode.bos, method, lr=1e30)
+
+
+def test_bad_groups_and_lr_are_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="unknown parameter groups \\['kv'\\]"):
+        trained_parameters(model, ["kv"])
+    with pytest.raises(ValueError, match="unknown parameters \\['attn.W_k'\\]"):
+        Delta.zeros(model, ["attn.W_k"])
+    with pytest.raises(ValueError, match="positive"):
+        fit(model, [[1, 2]], 0, "gd", lr=0.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        fit(model, [[1, 2]], 0, "sgd", lr=0.1)

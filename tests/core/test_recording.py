@@ -1,0 +1,88 @@
+"""The cached-prefix, right-padded, batched recording equals a plain full forward of each whole prompt."""
+
+import pytest
+import torch
+
+from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.core.recording import record, record_offset
+from tests.helpers import tiny_model, toy_task
+
+
+def full_forward_reference(model, prefix, query, label_tokens, position):
+    """Independent computation: one whole prompt at a time through run_with_cache, no KV cache, no padding."""
+    offset = record_offset(query, label_tokens, position)
+    at = len(prefix) + offset
+    out = {"attn_out": [], "z": [], "scores": []}
+    logprobs = []
+    for c, label in enumerate(label_tokens):
+        tokens = torch.tensor([[*prefix, *query, *label]])
+        logits, cache = model.run_with_cache(tokens)
+        lp = logits[0].log_softmax(-1)
+        logprobs.append(torch.stack([lp[len(prefix) + len(query) - 1 + j, t] for j, t in enumerate(label)]).mean())
+        if c == 0:
+            for l in range(model.cfg.n_layers):
+                out["attn_out"].append(cache[f"blocks.{l}.hook_attn_out"][0, at])
+                out["z"].append(cache[f"blocks.{l}.attn.hook_z"][0, at])
+                out["scores"].append(_reference_scores(model, cache, l, at, len(prefix)))
+    return {k: torch.stack(v) for k, v in out.items()}, torch.stack(logprobs), at
+
+
+def _reference_scores(model, cache, layer, at, start):
+    """Pre-softmax scores of position `at` to keys start..at; for ALiBi rebuilt from q, k and the bias
+    slope_h·(key - query) (slopes 2^(-8(h+1)/n_heads)), not read from TransformerLens, whose cached ALiBi bias
+    is shifted by a per-query constant that depends on earlier calls."""
+    if model.cfg.positional_embedding_type != "alibi":
+        return cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, at, start : at + 1]
+    q = cache[f"blocks.{layer}.attn.hook_q"][0, at]  # [head, d_head]
+    k = cache[f"blocks.{layer}.attn.hook_k"][0, start : at + 1]  # [key, head, d_head]
+    n = model.cfg.n_heads
+    slopes = torch.tensor([2.0 ** (-8 * (h + 1) / n) for h in range(n)])
+    distance = torch.arange(start, at + 1) - at
+    return torch.einsum("hd,khd->hk", q, k) / model.cfg.d_head**0.5 + slopes[:, None] * distance[None, :]
+
+
+@pytest.mark.parametrize("position", ["prediction", "first_option"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        dict(),
+        dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2),
+        dict(positional="alibi"),  # the bundled tiny-icl's position scheme (and Bloom's)
+    ],
+    ids=["gpt2-like", "llama-like", "alibi"],
+)
+def test_cached_icl_equals_full_forward(position, arch):
+    model = tiny_model(**arch)
+    # Multi-token labels exercise the per-class rows and the mean log-prob.
+    task = toy_task(labels=("Negative", "Positive Mixed"))
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=6, n_eval=7)
+    for prefix in (episode.icl_prefix, episode.zs_prefix):
+        rec = record(model, episode.queries, episode.label_tokens, prefix, position, batch_size=3, pad_token=5)
+        for i, query in enumerate(episode.queries):
+            ref, logprobs, at = full_forward_reference(model, prefix, query, episode.label_tokens, position)
+            n = int(rec.query_len[i])
+            assert n == at - len(prefix) + 1
+            assert int(rec.position[i]) == at
+            torch.testing.assert_close(rec.attn_out[i], ref["attn_out"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(rec.z[i], ref["z"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(rec.scores[i, :, :, :n], ref["scores"], atol=1e-5, rtol=0)
+            assert (rec.scores[i, :, :, n:] == 0).all()
+            torch.testing.assert_close(rec.label_logprobs[i], logprobs, atol=1e-5, rtol=0)
+
+
+def test_batching_and_order_do_not_change_records():
+    model = tiny_model()
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=9)
+    one = record(model, episode.queries, episode.label_tokens, episode.icl_prefix, batch_size=1)
+    many = record(model, episode.queries, episode.label_tokens, episode.icl_prefix, batch_size=4)
+    for name, tensor in one.tensors().items():
+        torch.testing.assert_close(tensor, many.tensors()[name], atol=1e-5, rtol=0)
+
+
+def test_icl_changes_what_is_recorded():
+    """Guard against a prefix silently ignored: ICL and ZS records must differ."""
+    model = tiny_model()
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=3)
+    zs = record(model, episode.queries, episode.label_tokens, episode.zs_prefix)
+    icl = record(model, episode.queries, episode.label_tokens, episode.icl_prefix)
+    assert (zs.attn_out - icl.attn_out).abs().max() > 1e-3
