@@ -16,8 +16,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def train_tiny_icl(analyses_script):
-    return analyses_script("train_tiny_icl")
+def training(analyses_script):
+    """analyses/tiny_icl_training.py: the mixture, curricula and loss train_tiny_icl.py trains with."""
+    return analyses_script("tiny_icl_training")
 
 
 def test_training_script_end_to_end(tmp_path):
@@ -48,8 +49,8 @@ def test_training_script_end_to_end(tmp_path):
     assert model(tokens).shape == (1, tokens.shape[1], model.cfg.d_vocab_out)
 
 
-def test_cue_curriculum_keeps_only_class_specific_words(train_tiny_icl):
-    Mixture, class_cues = train_tiny_icl.Mixture, train_tiny_icl.class_cues
+def test_cue_curriculum_keeps_only_class_specific_words(training):
+    Mixture, class_cues = training.Mixture, training.class_cues
 
     sst2, cb = synthetic_task("synth-sst2", n_train=400), synthetic_task("synth-cb", n_train=400)
     field, cues = class_cues(sst2)
@@ -62,8 +63,8 @@ def test_cue_curriculum_keeps_only_class_specific_words(train_tiny_icl):
     assert len(sentences) == 6 and all(1 <= len(s.split()) <= 2 for s in sentences), sentences
 
 
-def test_repeat_curriculum_reuses_rows_of_the_sequence(train_tiny_icl):
-    Mixture = train_tiny_icl.Mixture
+def test_repeat_curriculum_reuses_rows_of_the_sequence(training):
+    Mixture = training.Mixture
 
     task = synthetic_task("synth-mr", n_train=400)
     mixture = Mixture(build_tokenizer(), [task], 1024, 1.0, 0.0, 8, 8, 8, 0.0, seed=0, p_repeat=1.0)
@@ -75,8 +76,8 @@ def test_repeat_curriculum_reuses_rows_of_the_sequence(train_tiny_icl):
     assert len(set(demos)) == 8
 
 
-def test_batch_classes_name_each_demonstrations_class(train_tiny_icl):
-    Mixture = train_tiny_icl.Mixture
+def test_batch_classes_name_each_demonstrations_class(training):
+    Mixture = training.Mixture
 
     tasks = [synthetic_task("synth-sst2", n_train=200), synthetic_task("synth-agnews", n_train=200)]
     mixture = Mixture(build_tokenizer(), tasks, 1024, 0.0, 1.0, 4, 4, 4, 0.0, seed=1)  # fixed mappings only
@@ -90,8 +91,8 @@ def test_batch_classes_name_each_demonstrations_class(train_tiny_icl):
     assert mixture.n_classes == 6 and mixture.class_offset == [0, 2]
 
 
-def test_training_loss_adds_the_lm_and_class_probe_terms(train_tiny_icl):
-    Mixture, training_loss = train_tiny_icl.Mixture, train_tiny_icl.training_loss
+def test_training_loss_adds_the_lm_and_class_probe_terms(training):
+    Mixture, training_loss = training.Mixture, training.training_loss
 
     model, tokenizer = bundled_random_model("alibi")
     mixture = Mixture(tokenizer, [synthetic_task("synth-mr", n_train=200)], 256, 0.5, 0.3, 2, 4, 4, 0.0, seed=0)
