@@ -18,6 +18,7 @@ from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.deltas import Delta, trained_parameters
 from iclgd_lens.core.episodes import Episode, build_episode
 from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.hooks import parameter_name
 from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record
 from iclgd_lens.core.results import Result, check_output_folder
@@ -124,7 +125,7 @@ def run_settings(
 def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:
     stacked = torch.zeros_like(model.W_O, dtype=torch.float32, device="cpu")
     for layer in range(model.cfg.n_layers):
-        change = delta.tensors.get(f"blocks.{layer}.attn.W_O")
+        change = delta.tensors.get(parameter_name("attn.W_O", layer))
         if change is not None:
             stacked[layer] = change.float().cpu()
     return stacked

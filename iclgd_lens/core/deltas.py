@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.hooks import block_prefix, hook_name, parameter_layer, parameter_name
 from iclgd_lens.core.presets import BIASES, DEFAULT_GROUPS, check_choice, check_groups
 
 # Parameter group -> TransformerLens parameter names (per block). "mlp" covers gated MLPs' W_gate too.
@@ -54,7 +54,7 @@ def trained_parameters(
     names = []
     for group in check_groups(groups):
         for local in PARAMETER_GROUPS[group]:
-            stored = [_stored_name(params, f"blocks.{layer}.{local}") for layer in range(model.cfg.n_layers)]
+            stored = [_stored_name(params, parameter_name(local, layer)) for layer in range(model.cfg.n_layers)]
             if any(name is None for name in stored):
                 continue  # not in this architecture (W_gate of a plain MLP)
             is_bias = local.rsplit(".", 1)[1].startswith("b_")
@@ -83,17 +83,17 @@ class Delta:
         tensors = {}
         for layer in range(model.cfg.n_layers):
             for local in locals_:
-                name = _stored_name(params, f"blocks.{layer}.{local}")
+                name = _stored_name(params, parameter_name(local, layer))
                 if name is not None:
                     tensors[name] = torch.zeros_like(params[name])
         return cls(tensors)
 
     def layers(self) -> list[int]:
-        return sorted({int(name.split(".")[1]) for name in self.tensors})
+        return sorted({parameter_layer(name) for name in self.tensors})
 
     def restricted(self, layers: Sequence[int]) -> Delta:
         """The same delta on a subset of layers only."""
-        return Delta({n: t for n, t in self.tensors.items() if int(n.split(".")[1]) in set(layers)})
+        return Delta({n: t for n, t in self.tensors.items() if parameter_layer(n) in set(layers)})
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Delta:
         """The same delta on `device` (a loaded result's deltas are on the CPU), in `dtype` if given."""
@@ -120,7 +120,7 @@ class Delta:
         return hooks
 
     def _layer_tensors(self, layer: int) -> dict[str, Tensor]:
-        prefix = f"blocks.{layer}."
+        prefix = block_prefix(layer)
         return {n[len(prefix) :].replace("._", "."): t for n, t in self.tensors.items() if n.startswith(prefix)}
 
 

@@ -1,7 +1,9 @@
-"""Every hook point the toolkit uses, named in one place (TransformerLens 3's HookedTransformer names).
+"""Every hook point and per-block parameter the toolkit uses, named in one place (TransformerLens 3's
+HookedTransformer names).
 
-The pipeline asks for a point by its role and layer (`hook_name("z", 3)`), never writes a name itself, so that
-another backend can answer with its own names. `reset_alibi` is the one piece of backend state the pipeline
+The pipeline asks for a point by its role and layer (`hook_name("z", 3)`) and for a parameter by its block-local
+name and layer (`parameter_name("attn.W_K", 3)`), never writes a name itself, so that another backend can answer
+with its own names. `reset_alibi` is the one piece of backend state the pipeline
 touches.
 """
 
@@ -36,6 +38,21 @@ def hook_name(point: str, layer: int | None = None) -> str:
     if point not in HOOK_POINTS:
         raise KeyError(f"unknown hook point {point!r}; the toolkit uses {sorted(HOOK_POINTS)}")
     return HOOK_POINTS[point].format(layer=layer)
+
+
+def parameter_name(local: str, layer: int) -> str:
+    """The model's name of block `layer`'s parameter `local` (e.g. "attn.W_K" -> "blocks.3.attn.W_K")."""
+    return f"blocks.{layer}.{local}"
+
+
+def parameter_layer(name: str) -> int:
+    """The block a parameter name belongs to ("blocks.3.attn.W_K" -> 3)."""
+    return int(name.split(".")[1])
+
+
+def block_prefix(layer: int) -> str:
+    """What every parameter name of block `layer` starts with."""
+    return parameter_name("", layer)
 
 
 def hook_filter(point: str) -> Callable[[str], bool]:

@@ -175,10 +175,9 @@ def convert_gguf(spec: PackagedModel, gguf: Path, progress: bool = True) -> Path
             f"{CACHE_ENV} to another folder"
         )
     # A fresh conversion that finds another process's finished one keeps that one.
-    with replaced_atomically(target, folder=True, keep_first=not stale) as staging:
-        with quiet_transformers(gguf_bar=progress):
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with replaced_atomically(target, folder=True, keep_first=not stale) as staging, quiet_transformers(progress):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The dequantised weights are plain float32 tensors: drop the GGUF marker that forbids saving them.
         model.hf_quantizer = None
         del model.config.quantization_config

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from iclgd_lens.core.hooks import HOOK_POINTS, hook_filter, hook_name
+from iclgd_lens.core.hooks import HOOK_POINTS, block_prefix, hook_filter, hook_name, parameter_layer, parameter_name
 from iclgd_lens.core.readout import Readout
 from tests.helpers import tiny_model
 
@@ -59,3 +59,13 @@ def test_every_hook_point_exists_in_every_layer(arch):
     assert [n for n in model.hook_dict if hook_filter("z")(n)] == [hook_name("z", l) for l in range(model.cfg.n_layers)]
     with pytest.raises(KeyError, match="unknown hook point 'zz'"):
         hook_name("zz", 0)
+
+
+def test_parameter_names_are_the_models_own():
+    model = tiny_model()
+    params = dict(model.named_parameters())
+    for layer in range(model.cfg.n_layers):
+        for local in ("attn.W_K", "attn.b_V", "attn.W_O", "mlp.W_in", "ln1.w"):
+            assert parameter_name(local, layer) in params
+            assert parameter_layer(parameter_name(local, layer)) == layer
+        assert all(n.startswith(block_prefix(layer)) == (parameter_layer(n) == layer) for n in params if "blocks" in n)

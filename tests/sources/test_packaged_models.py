@@ -73,6 +73,17 @@ def test_smollm2_learns_synth_subj_in_context(smollm2):
     assert accuracy["icl"] >= 0.9 and accuracy["icl"] >= accuracy["zs"] + 0.2, accuracy
 
 
+@pytest.mark.slow
+@needs_smollm2
+def test_a_quiet_conversion_prints_nothing(tmp_path, monkeypatch, capfd):
+    """--quiet (verbose=False): no message and no progress bar of transformers' (GGUF dequantisation, writing the
+    shards, loading the weights) while the GGUF is converted into a fresh cache and loaded."""
+    monkeypatch.setenv(P.CACHE_ENV, str(tmp_path))
+    load_model("smollm2-135m-q4_1", device="cpu", progress=False)
+    assert (tmp_path / P.SMOLLM2_135M.cache_name / P.STAMP_FILE).is_file()  # it did convert
+    assert capfd.readouterr().err == ""
+
+
 def test_missing_checkpoint_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv(P.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(P, "gguf_path", lambda spec: None)
