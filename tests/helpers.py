@@ -92,3 +92,21 @@ def bundled_random_model(pos: str = "standard") -> tuple[HookedTransformer, PreT
     cfg = model_config(len(tokenizer), n_layers=2, d_model=32, n_heads=2, n_ctx=256, positional_embedding_type=pos)
     cfg.device = "cpu"
     return HookedTransformer(cfg, tokenizer).eval(), tokenizer
+
+
+# Gemma 3's features on a tiny TransformerLens model: RMS norms before and after attention and MLP, qk-norm, one
+# key-value head, a gated MLP, and sliding-window (local) attention in the first layer with a window of 4 tokens, so
+# that every prompt of the tests is longer than the window.
+GEMMA3_LIKE = dict(
+    normalization_type="RMS",
+    positional="rotary",
+    gated_mlp=True,
+    act_fn="gelu_pytorch_tanh",
+    n_key_value_heads=1,
+    use_qk_norm=True,
+    use_normalization_before_and_after=True,
+    window_size=4,
+    attn_types=["local", "global"],
+    rotary_base=1000000,
+    rotary_base_local=10000,
+)

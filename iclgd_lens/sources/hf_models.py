@@ -31,35 +31,51 @@ WEIGHT_FILES = (
 )
 
 
-def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
-    """A local HF checkpoint folder (config.json + weights + tokenizer) -> HookedTransformer, fully offline.
+# How far TransformerLens' logits may sit from transformers' own on the load check, relative to the largest logit.
+LOGIT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+CHECK_PROMPT = "The quick brown fox jumps over the lazy dog. Review: a warm, funny film. Sentiment:"
+
+
+def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype, tl_name: str | None = None) -> HookedTransformer:
+    """A local HF checkpoint folder (config.json + weights + tokenizer) -> HookedTransformer, fully offline, checked
+    against transformers' own logits on a short prompt (a converter that drops weights is refused, never loaded).
 
     `HookedTransformer.from_pretrained(hf_model=...)` still resolves the name on the hub (TransformerLens #846).
-    Instead: the TL config from the folder's config.json, the HF model and tokenizer from disk, and TL's own
-    weight converter on the loaded HF weights.
+    Instead: the TL config from the folder's config.json (or, with `tl_name`, from TransformerLens' official name,
+    for architectures its folder reader does not map), the HF model and tokenizer from disk, and TL's own weight
+    converter on the loaded HF weights.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    config_file = folder / "config.json"
-    if not config_file.is_file():
+    _check_folder_files(folder)
+    tokenizer = _folder_tokenizer(folder)
+    cfg = _tl_config(folder, device, dtype, tl_name)
+    cfg.model_name = folder.resolve().name
+    with quiet_transformers():
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).eval()
+    state_dict = tl_loading.get_pretrained_state_dict(tl_name or str(folder), cfg, hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
+    check_against_transformers(model.eval(), hf_model, str(folder))
+    del hf_model
+    return model.to(device, print_details=False)
+
+
+def _check_folder_files(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"model folder {str(folder)!r} has no config.json; point to a Hugging Face checkpoint")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(
             f"model folder {str(folder)!r} has config.json but no weights (one of {list(WEIGHT_FILES)}); save the "
             "model with save_pretrained into it"
         )
-    hf_config = json.loads(config_file.read_text())
-    if hf_config.get("model_type") == "gpt2" and "n_ctx" not in hf_config:
-        # transformers >= 5 no longer writes GPT-2's n_ctx, which TransformerLens reads: it equals n_positions.
-        hf_config["n_ctx"] = hf_config["n_positions"]
-    # TL picks some architectures from the *name* (e.g. any path containing "llama") without reading the
-    # config, so it reads the config from a folder with a neutral name.
-    with tempfile.TemporaryDirectory() as neutral:
-        checkpoint = Path(neutral) / "local-checkpoint"
-        checkpoint.mkdir()
-        (checkpoint / "config.json").write_text(json.dumps(hf_config))
-        cfg = tl_loading.get_pretrained_model_config(str(checkpoint), device=device, dtype=dtype)
-    cfg.model_name = folder.resolve().name
+
+
+def _folder_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
     tokenizer = None
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
         try:
@@ -77,15 +93,48 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype) -> Hooked
     # Checked before TransformerLens sees it: it would quietly name "<|endoftext|>" the EOS token, whatever
     # this vocabulary holds.
     special_tokens(tokenizer)
-    with quiet_transformers():
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    state_dict = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=dtype)
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
-    )
-    del hf_model
-    return model.to(device, print_details=False)
+    return tokenizer
+
+
+def _tl_config(folder: Path, device: str, dtype: torch.dtype, tl_name: str | None):
+    if tl_name is not None:
+        return tl_loading.get_pretrained_model_config(tl_name, device=device, dtype=dtype)
+    hf_config = json.loads((folder / "config.json").read_text())
+    if hf_config.get("model_type") == "gpt2" and "n_ctx" not in hf_config:
+        # transformers >= 5 no longer writes GPT-2's n_ctx, which TransformerLens reads: it equals n_positions.
+        hf_config["n_ctx"] = hf_config["n_positions"]
+    # TL picks some architectures from the *name* (e.g. any path containing "llama") without reading the
+    # config, so it reads the config from a folder with a neutral name.
+    with tempfile.TemporaryDirectory() as neutral:
+        checkpoint = Path(neutral) / "local-checkpoint"
+        checkpoint.mkdir()
+        (checkpoint / "config.json").write_text(json.dumps(hf_config))
+        try:
+            return tl_loading.get_pretrained_model_config(str(checkpoint), device=device, dtype=dtype)
+        except NotImplementedError:
+            architecture = (hf_config.get("architectures") or [hf_config.get("model_type")])[0]
+            raise ValueError(
+                f"model folder {str(folder)!r}: TransformerLens cannot build {architecture} from a folder's config "
+                "(the architectures it can: transformer_lens.loading_from_pretrained.convert_hf_model_config; others "
+                "it builds by official name only, as Gemma 3 270M is here: --model gemma3-270m)"
+            ) from None
+
+
+def check_against_transformers(model: HookedTransformer, hf_model, source: str) -> None:
+    """Refuse a conversion whose logits differ from transformers' own on a short prompt by more than the dtype's
+    tolerance, relative to the largest logit (TransformerLens 3.9 drops Llama's attention biases, for one)."""
+    ids = model.tokenizer(CHECK_PROMPT, return_tensors="pt").input_ids[:, :24]
+    with torch.no_grad():
+        ours, theirs = model(ids).float(), hf_model(ids).logits.float()
+    gap = float((ours - theirs).abs().max() / theirs.abs().max().clamp(min=1e-12))
+    tolerance = LOGIT_TOLERANCE.get(model.cfg.dtype, LOGIT_TOLERANCE[torch.float16])
+    if not gap <= tolerance:
+        raise ValueError(
+            f"{source}: TransformerLens' conversion of this {type(hf_model).__name__} gives logits {gap:.2g} (relative "
+            f"to the largest) from transformers' own on a short prompt, above the {tolerance:g} a faithful "
+            "conversion stays within; refusing a silently wrong model (e.g. TransformerLens 3.9 drops Llama's "
+            "attention biases)"
+        )
 
 
 @contextmanager

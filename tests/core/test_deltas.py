@@ -8,7 +8,7 @@ import torch
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.finetuning import LayerCausalReadout, causal_lm_loss, fit
-from tests.helpers import tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
 ARCHS = {
     "gpt2-like": dict(),
@@ -16,6 +16,7 @@ ARCHS = {
         normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2
     ),
     "neox-like": dict(positional="rotary", parallel_attn_mlp=True),
+    "gemma3-like": GEMMA3_LIKE,
 }
 
 
@@ -46,6 +47,11 @@ def episode_tokens(model, n=3):
 def test_hooks_equal_edited_weights(arch, groups):
     model = tiny_model(**ARCHS[arch])
     delta = random_delta(model, groups)
+    if model.cfg.use_normalization_before_and_after and {"o", "mlp"} & set(groups):
+        # No hook point sits between Gemma's attention / MLP output and its post-norm: refused, never misapplied.
+        with pytest.raises(ValueError, match="no hook point sits between those outputs and their norms"):
+            delta.hooks(model)
+        return
     _, batches = episode_tokens(model)
     edited = edited_copy(model, delta)
     for tokens in batches:
@@ -67,7 +73,7 @@ def test_delta_on_a_subset_of_layers():
 
 
 @pytest.mark.parametrize("biases", ["checkpoint", "all"])
-@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
+@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like", "gemma3-like"])
 def test_gd_through_hooks_equals_plain_sgd(arch, biases):
     model = bias_free(tiny_model(**ARCHS[arch]))  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
     episode, batches = episode_tokens(model, n=4)
@@ -155,7 +161,8 @@ def explicit_layer_loss(model, delta, tokens, layer, exit):
         out = block(x)
     else:
         h = block.ln1(x)
-        out = x + block.attn(query_input=h, key_input=h, value_input=h)
+        attn_out = block.attn(query_input=h, key_input=h, value_input=h)
+        out = x + (block.ln1_post(attn_out) if model.cfg.use_normalization_before_and_after else attn_out)
     loss = causal_lm_loss(model.unembed(model.ln_final(out)), tokens)
     grads = torch.autograd.grad(loss, [params[n] for n in local], allow_unused=True)
     return loss, {f"blocks.{layer}.{n}": _zero_if_unused(g, params[n]) for n, g in zip(local, grads)}
@@ -166,9 +173,12 @@ def _zero_if_unused(grad, param):
 
 
 @pytest.mark.parametrize("exit", ["block", "attn"])
-@pytest.mark.parametrize("groups", [("k", "v"), ("q", "o", "mlp")])
-def test_lcgd_gradients_equal_explicit_per_layer_losses(exit, groups):
-    model = tiny_model(n_layers=3)
+@pytest.mark.parametrize(
+    "groups, arch", [(("k", "v"), "gpt2-like"), (("q", "o", "mlp"), "gpt2-like"), (("q", "k", "v"), "gemma3-like")]
+)
+def test_lcgd_gradients_equal_explicit_per_layer_losses(exit, groups, arch):
+    three_layers = {"attn_types": ["local", "global", "local"]} if arch == "gemma3-like" else {}
+    model = tiny_model(n_layers=3, **ARCHS[arch] | three_layers)
     delta = random_delta(model, groups, scale=0.02)
     _, (tokens, *_) = episode_tokens(model)
     params = list(delta.tensors.values())

@@ -5,7 +5,7 @@ import torch
 
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.recording import record, record_offset
-from tests.helpers import tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
 
 def full_forward_reference(model, prefix, query, label_tokens, position):
@@ -48,8 +48,9 @@ def _reference_scores(model, cache, layer, at, start):
         dict(),
         dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2),
         dict(positional="alibi"),  # the bundled tiny-icl's position scheme (and Bloom's)
+        GEMMA3_LIKE,  # prompts longer than its sliding window: the cached prefix must honour the window
     ],
-    ids=["gpt2-like", "llama-like", "alibi"],
+    ids=["gpt2-like", "llama-like", "alibi", "gemma3-like"],
 )
 def test_cached_icl_equals_full_forward(position, arch):
     model = tiny_model(**arch)

