@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -87,6 +88,21 @@ def test_load_round_trip(saved):
         for name, tensor in recorded.tensors().items():
             torch.testing.assert_close(loaded.records[setting].tensors()[name], tensor)
     assert loaded.episode == result.episode
+
+
+def test_an_older_result_without_the_later_entries_loads(saved, tmp_path):
+    """result.json before notes, predictions, resolution and update norms: Scores fills them empty."""
+    _, folder = saved
+    older = tmp_path / "older"
+    shutil.copytree(folder, older)
+    data = json.loads((older / "result.json").read_text())
+    for scores in (data, *data["baselines"].values()):
+        for key in ("notes", "predictions", "resolution", "update_norm"):
+            del scores[key]
+    (older / "result.json").write_text(json.dumps(data))
+    loaded = Result.load(older)
+    assert loaded.scores["model"].notes == [] and loaded.scores["no_training"].update_norm == {}
+    assert loaded.summary().loc["simaou", "gd"] == Result.load(folder).summary().loc["simaou", "gd"]
 
 
 def test_saved_deltas_reproduce_the_finetuned_records(saved):
