@@ -99,9 +99,10 @@ def lr_file(out: Path, run: Run, method: str = "gd") -> Path:
 
 def check_sweep_folder(out: Path, config: SweepConfig) -> None:
     """Refuse, before anything runs, a folder that is neither new, empty, nor this same sweep."""
-    check_output(out, "sweep", is_sweep_folder)
-    if out.is_dir() and any(out.iterdir()):
-        differences = _differences(json.loads((out / SWEEP_FILE).read_text())["config"], config.to_dict())
+    written = _written_sweep(out)
+    check_output(out, "sweep", lambda _: written is not None)
+    if written is not None:
+        differences = _differences(written["config"], config.to_dict())
         if differences:
             raise ValueError(
                 f"{str(out)!r} holds another sweep ({'; '.join(differences)}); resume it with the same options or "
@@ -109,13 +110,14 @@ def check_sweep_folder(out: Path, config: SweepConfig) -> None:
             )
 
 
-def is_sweep_folder(out: Path) -> bool:
-    """A sweep.json this toolkit wrote."""
+def _written_sweep(out: Path) -> dict | None:
+    """The sweep.json this toolkit wrote into `out`, or None."""
     try:
         written = json.loads((out / SWEEP_FILE).read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(written, dict) and written.get("format") == SWEEP_FORMAT and "config" in written
+        return None
+    ours = isinstance(written, dict) and written.get("format") == SWEEP_FORMAT and "config" in written
+    return written if ours else None
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -115,14 +115,6 @@ class Delta:
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """Forward hooks that make `model` behave as if its weights were W + ΔW."""
-        # Block-local names ("attn.W_O") of the outputs that pass through a post-norm in Gemma 2/3.
-        post_normed = [n.split(".", 2)[2] for n in self.tensors if n.split(".", 2)[2].startswith(POST_NORMED)]
-        if model.cfg.use_normalization_before_and_after and post_normed:
-            raise ValueError(
-                f"this model normalises the attention and MLP outputs before the residual add (Gemma 2/3), and no hook "
-                f"point sits between those outputs and their norms, so a change of {post_normed[0]} "
-                "cannot be applied through hooks; train the q, k and v groups (--groups q k v)"
-            )
         hooks: list[Hook] = []
         for layer in self.layers():
             hooks += _layer_hooks(model, layer, self._layer_tensors(layer))
@@ -143,6 +135,13 @@ def _stored_name(params: dict[str, Tensor], name: str) -> str | None:
 
 def _layer_hooks(model: HookedTransformer, layer: int, delta: dict[str, Tensor]) -> list[Hook]:
     """Hooks for one block; `delta` keys look like 'attn.W_K'. Registration order matters: captures first."""
+    post_normed = [key for key in delta if key.startswith(POST_NORMED)]
+    if model.cfg.use_normalization_before_and_after and post_normed:
+        raise ValueError(
+            f"this model normalises the attention and MLP outputs before the residual add (Gemma 2/3), and no hook "
+            f"point sits between those outputs and their norms, so a change of {post_normed[0]} "
+            "cannot be applied through hooks; train the q, k and v groups (--groups q k v)"
+        )
     block = model.blocks[layer]
     inputs: dict[str, Tensor] = {}
     hooks: list[Hook] = []

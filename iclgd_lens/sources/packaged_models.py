@@ -90,16 +90,19 @@ def _package_folder(package: str) -> Path | None:
 
 def gguf_path(spec: PackagedModel) -> Path | None:
     """The GGUF file a single-file package ships (None for a chunked one, or when it is not installed)."""
-    folder = _package_folder(spec.package)
-    path = folder / spec.gguf_file if folder is not None and not spec.chunks else None
-    return path if path is not None and path.is_file() else None
+    folder = None if spec.chunks else _package_folder(spec.package)
+    if folder is None or not (folder / spec.gguf_file).is_file():
+        return None
+    return folder / spec.gguf_file
+
+
+def _missing_packages(spec: PackagedModel) -> list[str]:
+    return [package for package in (spec.package, *spec.chunks) if _package_folder(package) is None]
 
 
 def gguf_available(spec: PackagedModel) -> bool:
     """Whether the installed packages can provide the GGUF: its file, or the assembler and every chunk."""
-    if spec.chunks:
-        return all(_package_folder(package) is not None for package in (spec.package, *spec.chunks))
-    return gguf_path(spec) is not None
+    return not _missing_packages(spec) if spec.chunks else gguf_path(spec) is not None
 
 
 @contextmanager
@@ -156,7 +159,7 @@ def packaged_model_folder(name: str, *, verbose: bool = True) -> tuple[Path, str
 def _missing_message(name: str, spec: PackagedModel) -> str:
     tries_hub = PACKAGED_MODELS[name][1]
     source = f"the Hugging Face hub ({spec.hub_id}) or, offline, its GGUF checkpoint" if tries_hub else "its GGUF"
-    missing = [package for package in (spec.package, *spec.chunks) if _package_folder(package) is None]
+    missing = _missing_packages(spec)
     absent = f" ({', '.join(missing)} not installed)" if missing else ""
     return f"model {name!r} needs {source}{absent}: {spec.install_command}"
 
