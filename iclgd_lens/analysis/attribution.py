@@ -20,22 +20,29 @@ log p(y) − log Σ_{c≠y} p(c), over the first token of each label word (full-
     absolute positions (GPT-2, GPT-Neo, OPT) the ZS position also carries W_pos[ZS position] where ICL carries
     W_pos[prefix + ZS position], which no head carries: the `position` total patches that difference as well, and
     all heads + position restore exactly.
+
+Each head's value is exact (every head of a layer in one batched forward, `head_runs.ZSBatch.run_heads`) or a
+first-order estimate (attribution patching, `ZSBatch.estimate`: one forward and one backward pass per label class and
+batch for every head of every layer at once). `estimate="atp+verify"` estimates every head, then runs the
+`verify_top` heads with the largest estimated effect exactly, and reports the two side by side with Spearman's rank
+correlation between them on those heads. The whole-delta and every-head rows are always exact (one forward each).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
+from scipy.stats import spearmanr
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from iclgd_lens.analysis.bootstrap import percentile_interval
+from iclgd_lens.analysis.head_runs import ZSBatch
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
-from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.recording import record
 from iclgd_lens.core.results import Result
 
@@ -44,6 +51,13 @@ POSITION = "all+position"  # the head of the patching row that patches every hea
 ICL = "icl"  # the method of a patching row that no delta row carries
 MIN_ICL_EFFECT = 0.1  # nats of mean label log-odds: below it `patch_restored` is NaN
 DRAWS, LEVEL, SEED = 1000, 0.95, 0  # the bootstrap interval of `patch_restored` over queries
+ESTIMATES = ("atp+verify", "atp", "exact")
+VERIFY = "atp+verify"
+VERIFY_TOP = 20  # heads per method (and for ICL patching) that atp+verify runs exactly
+ATP = "_atp"  # the suffix of a first-order estimate's column
+CHANGES = ("logodds_change", "abs_logodds_change", "majority_share_change", "acc_change")
+ATP_CHANGES = tuple(name + ATP for name in CHANGES)
+PATCH_COLUMNS = ("patch_logodds_change", "patch_restored", "patch_low", "patch_high")
 
 
 def check_attributable(result: Result, model: HookedTransformer) -> None:
@@ -72,45 +86,6 @@ def _batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-class _ZSBatch:
-    """Some queries' ZS prompts, right-padded, with the residual stream entering each of `layers` from one plain
-    forward: a run that changes nothing below layer l starts there (TransformerLens' start_at_layer) instead of
-    recomputing the layers it shares with the plain run."""
-
-    @torch.no_grad()
-    def __init__(self, model: HookedTransformer, episode: Episode, rows: list[int], layers: Sequence[int]) -> None:
-        queries = [list(episode.queries[i]) for i in rows]
-        width = 1 + max(len(q) for q in queries)
-        self.model, self.rows, self.readout = model, rows, Readout(model)
-        self.tokens = torch.tensor([[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries],
-                                   device=model.cfg.device)  # fmt: skip
-        self.positions = torch.tensor([len(q) for q in queries], device=model.cfg.device)
-        self.firsts = torch.tensor([t[0] for t in episode.label_tokens], device=model.cfg.device)
-        self.resid_pre: dict[int, Tensor] = {}
-
-        def keep(resid: Tensor, hook) -> None:
-            self.resid_pre[hook.layer()] = resid.clone()
-
-        with model.hooks([(hook_name("resid_pre", l), keep) for l in layers]):
-            self.plain = self._read(model(self.tokens, stop_at_layer=model.cfg.n_layers))
-
-    def _read(self, resid: Tensor) -> Float[Tensor, "batch class"]:
-        picked = resid[torch.arange(len(self.rows), device=resid.device), self.positions]
-        return self.readout(picked).float().log_softmax(-1)[:, self.firsts].cpu()
-
-    @torch.no_grad()
-    def run(self, hooks: list, from_layer: int = 0) -> Float[Tensor, "batch class"]:
-        """First-token label log-probs at each row's prediction position under `hooks`, which must leave the
-        layers below `from_layer` unchanged."""
-        model = self.model
-        with model.hooks(hooks):
-            if from_layer == 0:
-                resid = model(self.tokens, stop_at_layer=model.cfg.n_layers)
-            else:
-                resid = model(self.resid_pre[from_layer], start_at_layer=from_layer, stop_at_layer=model.cfg.n_layers)
-        return self._read(resid)
-
-
 def _first_token_record(model, episode: Episode, prefix, batch_size: int) -> Tensor:
     """First-token label log-probs through the recorder (ICL: the cached demonstration prefix)."""
     firsts = [tokens[:1] for tokens in episode.label_tokens]
@@ -135,48 +110,117 @@ def change_against(logprobs: Float[Tensor, "n class"], zs: Float[Tensor, "n clas
     }
 
 
+Source = Callable[[ZSBatch, int], Tensor]  # (batch, layer) -> the z [batch, pos, head, d_head] a replacement takes
+
+
+def check_estimate(estimate: str, verify_top: int) -> None:
+    if estimate not in ESTIMATES:
+        raise ValueError(f"estimate must be one of {', '.join(ESTIMATES)}, got {estimate!r}")
+    if verify_top < 1:
+        raise ValueError(f"verify_top must be at least 1, got {verify_top}")
+
+
+def _per_head(
+    model: HookedTransformer,
+    episode: Episode,
+    layers: Sequence[int],
+    batch_size: int,
+    estimate: str,
+    verify_top: int,
+    source: Source,
+    rank: Callable[[Tensor, Tensor], float],
+    extra_rows: Callable[[ZSBatch], dict],
+) -> tuple[Tensor, Tensor, dict, dict]:
+    """Per (layer, head): the class scores of every query with that head's z replaced by `source`'s, exact
+    (log-probs) and first-order (class logits, with (layer, ALL) the layer's heads together), as `estimate` asks;
+    `atp+verify` then runs the `verify_top` heads with the largest `rank` of their estimate exactly. `extra_rows`:
+    exact rows computed on each batch beside the heads. Returns ZS log-probs, ZS class logits, exact, estimated."""
+    exact: dict[tuple, list[Tensor]] = {}
+    approx: dict[tuple, list[Tensor]] = {}
+    zs, zs_logits = [], []
+    gradients = estimate != "exact"
+    for rows in _batches(len(episode.queries), batch_size):
+        batch = ZSBatch(model, episode, rows, gradients)
+        zs.append(batch.plain)
+        zs_logits.append(batch.class_logits)
+        for key, scores in extra_rows(batch).items():
+            exact.setdefault(key, []).append(scores)
+        for layer in layers:
+            replacement = source(batch, layer)
+            if gradients:
+                terms = batch.estimate(layer, replacement)
+                for head, term in enumerate(terms):
+                    approx.setdefault((layer, head), []).append(batch.class_logits + term)
+                approx.setdefault((layer, ALL), []).append(batch.class_logits + terms.sum(0))
+            else:
+                for head, scores in enumerate(batch.run_heads(layer, range(model.cfg.n_heads), replacement)):
+                    exact.setdefault((layer, head), []).append(scores)
+    approx = {key: torch.cat(parts) for key, parts in approx.items()}
+    if estimate == VERIFY:
+        heads = [key for key in approx if key[1] != ALL]
+        zs_class_logits = torch.cat(zs_logits)
+        chosen = sorted(heads, key=lambda key: rank(approx[key], zs_class_logits), reverse=True)[:verify_top]
+        by_layer = {layer: [head for l, head in chosen if l == layer] for layer, _ in chosen}
+        for rows in _batches(len(episode.queries), batch_size):
+            batch = ZSBatch(model, episode, rows)
+            for layer, layer_heads in by_layer.items():
+                for head, scores in zip(layer_heads, batch.run_heads(layer, layer_heads, source(batch, layer))):
+                    exact.setdefault((layer, head), []).append(scores)
+    exact = {key: torch.cat(parts) for key, parts in exact.items()}
+    return torch.cat(zs), torch.cat(zs_logits), exact, approx
+
+
 def delta_effects(
     model: HookedTransformer,
     result: Result,
     method: str,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
+    estimate: str = "exact",
+    verify_top: int = VERIFY_TOP,
 ) -> pd.DataFrame:
     """(a): rows (layer, head, method, logodds_change, abs_logodds_change, majority_share_change, acc_change)
-    against ZS over the queries; head "all" for a whole layer, layer and head "all" for the whole delta."""
+    against ZS over the queries, exact, and with `estimate` "atp" or "atp+verify" the same four first-order
+    (suffix `_atp`; NaN exact values on heads not verified); head "all" for a whole layer (exact unless `estimate`
+    is "atp"; its estimate is the sum of its heads'), layer and head "all" for the whole delta (always exact)."""
     check_attributable(result, model)
+    check_estimate(estimate, verify_top)
     if method not in result.deltas:
         raise ValueError(f"this result has no saved {method!r} delta; re-run compare (it saves deltas.safetensors)")
     delta = result.deltas[method].to(model.cfg.device, model.cfg.dtype)
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
-    plain: list[Tensor] = []
-    outcome: dict[tuple[object, object], list[Tensor]] = {}
-    for rows in _batches(len(episode.queries), batch_size):
-        batch = _ZSBatch(model, episode, rows, layers)
-        plain.append(batch.plain)
-        outcome.setdefault((ALL, ALL), []).append(batch.run(delta.hooks(model)))
-        for layer in layers:  # layer l's delta changes nothing below layer l
-            captured: dict[str, Tensor] = {}
+    layer_hooks = {layer: delta.restricted([layer]).hooks(model) for layer in layers}
 
-            def keep(z: Tensor, hook) -> None:
-                captured["z"] = z.clone()
+    def source(batch: ZSBatch, layer: int) -> Tensor:  # layer l's delta changes nothing below layer l
+        return batch.layer_z(layer, layer_hooks[layer])
 
-            layer_delta = delta.restricted([layer]).hooks(model)
-            whole = batch.run(layer_delta + [(hook_name("z", layer), keep)], from_layer=layer)
-            outcome.setdefault((layer, ALL), []).append(whole)
-            for head in range(model.cfg.n_heads):
+    def extra_rows(batch: ZSBatch) -> dict:
+        rows = {(ALL, ALL): batch.run(delta.hooks(model))}
+        if estimate != "atp":
+            rows |= {(layer, ALL): batch.run(layer_hooks[layer], from_layer=layer) for layer in layers}
+        return rows
 
-                def one_head(z: Tensor, hook, head=head) -> Tensor:
-                    z = z.clone()
-                    z[:, :, head] = captured["z"][:, :, head]
-                    return z
+    def rank(scores: Tensor, zs_logits: Tensor) -> float:
+        return change_against(scores, zs_logits, labels)["abs_logodds_change"]
 
-                patched = batch.run([(hook_name("z", layer), one_head)], from_layer=layer)
-                outcome.setdefault((layer, head), []).append(patched)
-    zs = torch.cat(plain)
-    return pd.DataFrame([{"layer": layer, "head": head, "method": method, **change_against(torch.cat(parts), zs, labels)}
-                         for (layer, head), parts in outcome.items()])  # fmt: skip
+    zs, zs_logits, exact, approx = _per_head(model, episode, layers, batch_size, estimate, verify_top, source, rank,
+                                             extra_rows)  # fmt: skip
+    rows = []
+    for key in sorted(exact.keys() | approx.keys(), key=_order):
+        row = {"layer": key[0], "head": key[1], "method": method}
+        row |= change_against(exact[key], zs, labels) if key in exact else dict.fromkeys(CHANGES, float("nan"))
+        if estimate != "exact":
+            row |= {f"{name}{ATP}": value for name, value in change_against(approx[key], zs_logits, labels).items()} \
+                if key in approx else dict.fromkeys(ATP_CHANGES, float("nan"))  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _order(key: tuple) -> tuple:
+    """Whole delta first, then by layer, the layer's whole row before its heads."""
+    layer, head = key
+    return (layer != ALL, -1 if layer == ALL else layer, head != ALL, -1 if head == ALL else head)
 
 
 def restored_share(patched: Tensor, zs: Tensor, icl: Tensor, counts: Tensor | None = None) -> Tensor:
@@ -200,86 +244,112 @@ def query_resamples(n: int) -> Tensor:
 
 
 def patch_effects(
-    model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
+    model: HookedTransformer,
+    result: Result,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    estimate: str = "exact",
+    verify_top: int = VERIFY_TOP,
 ) -> tuple[pd.DataFrame, dict]:
-    """(b): rows (layer, head, patch_restored, patch_low, patch_high), one per head, one for every head of every
-    layer (layer and head "all") and, for learned absolute positions, one for every head and the positional
-    embedding (layer "all", head "all+position"); and the totals: the mean log-odds of ZS, ICL, every head patched
-    (`all_heads`) and every head and the position (`all_heads_position`), with their restored shares, the ICL effect
-    and a `note` when it is below MIN_ICL_EFFECT."""
+    """(b): rows (layer, head, patch_logodds_change, patch_restored, patch_low, patch_high), one per head, one for
+    every head of every layer (layer and head "all") and, for learned absolute positions, one for every head and the
+    positional embedding (layer "all", head "all+position"); with `estimate` "atp" or "atp+verify" the first-order
+    `patch_logodds_change_atp` and `patch_restored_atp` too (NaN exact values on heads not verified; the "all" rows
+    are always exact). And the totals: the mean log-odds of ZS, ICL, every head patched (`all_heads`) and every head
+    and the position (`all_heads_position`), with their restored shares, the ICL effect and a `note` when it is
+    below MIN_ICL_EFFECT."""
     check_attributable(result, model)
+    check_estimate(estimate, verify_top)
     episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
     icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)  # [n, layer, head, d_head]
     icl = logodds(_first_token_record(model, episode, episode.icl_prefix, batch_size), labels)
     learned_positions = model.cfg.positional_embedding_type == "standard"
 
-    def patch(rows: list[int], positions: Tensor, layer: int, heads: Sequence[int]) -> list:
+    def source(batch: ZSBatch, layer: int) -> Tensor:
+        """The plain z with ICL's at each row's prediction position."""
+        z = batch.z[layer].clone()
+        z[torch.arange(len(batch.rows), device=z.device), batch.positions] = icl_z[batch.rows, layer]
+        return z
+
+    def every_head(batch: ZSBatch) -> list:
         def hook(z: Tensor, hook) -> Tensor:
-            z = z.clone()
-            index = torch.arange(len(rows), device=z.device)
-            for h in heads:
-                z[index, positions, h] = icl_z[rows, layer, h]
-            return z
+            return source(batch, hook.layer())
 
-        return [(hook_name("z", layer), hook)]
+        return [(hook_name("z", l), hook) for l in range(model.cfg.n_layers)]
 
-    def icl_position(positions: Tensor) -> list:
+    def icl_position(batch: ZSBatch) -> list:
         """The ICL prompt's positional embedding at each row's recorded position (prefix + ZS position − 1: the
         ZS prompt's BOS is the prefix's first token)."""
 
         def hook(pos_embed: Tensor, hook) -> Tensor:
             pos_embed = pos_embed.clone()
-            index = torch.arange(len(positions), device=pos_embed.device)
-            pos_embed[index, positions] = model.W_pos[positions + len(episode.icl_prefix) - 1].to(pos_embed.dtype)
+            index = torch.arange(len(batch.rows), device=pos_embed.device)
+            shifted = batch.positions + len(episode.icl_prefix) - 1
+            pos_embed[index, batch.positions] = model.W_pos[shifted].to(pos_embed.dtype)
             return pos_embed
 
         return [(hook_name("pos_embed"), hook)]
 
-    every = range(model.cfg.n_heads)
-    plain: list[Tensor] = []
-    parts: dict[object, list[Tensor]] = {}
-    for rows in _batches(len(episode.queries), batch_size):
-        batch = _ZSBatch(model, episode, rows, layers)
-        plain.append(batch.plain)
-        at = batch.positions
-        all_heads = [h for l in range(model.cfg.n_layers) for h in patch(rows, at, l, every)]
-        parts.setdefault((ALL, ALL), []).append(batch.run(all_heads))
+    def extra_rows(batch: ZSBatch) -> dict:
+        rows = {(ALL, ALL): batch.run(every_head(batch))}
         if learned_positions:
-            parts.setdefault((ALL, POSITION), []).append(batch.run(all_heads + icl_position(at)))
-        for layer in layers:
-            for head in every:
-                parts.setdefault((layer, head), []).append(batch.run(patch(rows, at, layer, [head]), from_layer=layer))
-    zs = logodds(torch.cat(plain), labels)
-    odds = {key: logodds(torch.cat(p), labels) for key, p in parts.items()}
+            rows[(ALL, POSITION)] = batch.run(every_head(batch) + icl_position(batch))
+        return rows
+
+    def rank(scores: Tensor, zs_logits: Tensor) -> float:
+        return abs(float(logodds(scores, labels).mean() - logodds(zs_logits, labels).mean()))
+
+    zs, zs_logits, exact, approx = _per_head(model, episode, layers, batch_size, estimate, verify_top, source, rank,
+                                             extra_rows)  # fmt: skip
+    zs, zs_approx = logodds(zs, labels), logodds(zs_logits, labels)
     counts = query_resamples(len(labels))
-    rows_out = []
-    for (layer, head), patched in odds.items():
-        low, high = percentile_interval(restored_share(patched, zs, icl, counts).numpy(), (1 - LEVEL) / 2)
-        rows_out.append({"layer": layer, "head": head, "patch_restored": float(restored_share(patched, zs, icl)),
-                         "patch_low": low, "patch_high": high})  # fmt: skip
+    rows = []
+    for key in sorted(exact.keys() | {key for key in approx if key[1] != ALL}, key=_order):
+        row = {"layer": key[0], "head": key[1]}
+        if key in exact:
+            odds = logodds(exact[key], labels)
+            low, high = percentile_interval(restored_share(odds, zs, icl, counts).numpy(), (1 - LEVEL) / 2)
+            row |= {"patch_logodds_change": float(odds.mean() - zs.mean()),
+                    "patch_restored": float(restored_share(odds, zs, icl)), "patch_low": low, "patch_high": high}  # fmt: skip
+        else:
+            row |= dict.fromkeys(PATCH_COLUMNS, float("nan"))
+        if estimate != "exact":
+            odds = logodds(approx[key], labels) if key in approx else None
+            row |= {f"patch_logodds_change{ATP}": float("nan") if odds is None else float(odds.mean() - zs_approx.mean()),
+                    f"patch_restored{ATP}": float("nan") if odds is None else float(restored_share(odds, zs_approx, icl))}  # fmt: skip
+        rows.append(row)
     effect = float(icl.mean() - zs.mean())
     totals = {"zs": float(zs.mean()), "icl": float(icl.mean()), "icl_effect": effect, "min_icl_effect": MIN_ICL_EFFECT}
     for name, key in (("all_heads", (ALL, ALL)), ("all_heads_position", (ALL, POSITION))):
-        if key in odds:
-            totals |= {name: float(odds[key].mean()), f"{name}_restored": float(restored_share(odds[key], zs, icl))}
+        if key in exact:
+            odds = logodds(exact[key], labels)
+            totals |= {name: float(odds.mean()), f"{name}_restored": float(restored_share(odds, zs, icl))}
     if abs(effect) < MIN_ICL_EFFECT:
         totals["note"] = (f"the ICL effect on the mean label log-odds is {effect:.3g}, below {MIN_ICL_EFFECT}: no "
                           "restored share is computed (NaN)")  # fmt: skip
-    return pd.DataFrame(rows_out, columns=["layer", "head", "patch_restored", "patch_low", "patch_high"]), totals
+    return pd.DataFrame(rows), totals
 
 
 def attribution_table(
-    model: HookedTransformer, result: Result, layers: Sequence[int] | None = None, batch_size: int = 8
+    model: HookedTransformer,
+    result: Result,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    estimate: str = VERIFY,
+    verify_top: int = VERIFY_TOP,
 ) -> tuple[pd.DataFrame, dict]:
-    """heads.csv: layer, head, method, the four changes of `delta_effects`, patch_restored with its interval (the
-    patching value is ICL's, the same for every method; whole-layer rows have head "all" and no patching value; the
-    whole delta's row, layer and head "all", carries every head's patching value; for learned absolute positions a
-    row with method "icl", layer "all" and head "all+position" carries the position patch), ranked by the absolute
-    log-odds change."""
-    patches, totals = patch_effects(model, result, layers, batch_size)
-    frames = [delta_effects(model, result, method, layers, batch_size) for method in result.methods
-              if method in result.deltas]  # fmt: skip
+    """heads.csv: layer, head, method, the four changes of `delta_effects`, the patching columns of `patch_effects`
+    (the patching value is ICL's, the same for every method; whole-layer rows have head "all" and no patching
+    value; the whole delta's row, layer and head "all", carries every head's patching value; for learned absolute
+    positions a row with method "icl", layer "all" and head "all+position" carries the position patch), with the
+    first-order columns (`_atp`) unless `estimate` is "exact"; ranked within each method by the absolute log-odds
+    change (its estimate where there is one). The totals are `patch_effects`'; with an estimate, also `estimate`,
+    `verify_top` and `agreement` (`estimate_agreement`)."""
+    check_estimate(estimate, verify_top)
+    patches, totals = patch_effects(model, result, layers, batch_size, estimate, verify_top)
+    frames = [delta_effects(model, result, method, layers, batch_size, estimate, verify_top)
+              for method in result.methods if method in result.deltas]  # fmt: skip
     if not frames:
         raise ValueError("this result has no saved deltas; re-run compare (it saves deltas.safetensors)")
     effects = pd.concat(frames, ignore_index=True).astype({"layer": str, "head": str})
@@ -289,5 +359,30 @@ def attribution_table(
     keys = set(zip(effects.layer, effects["head"]))
     icl_only = patches[[key not in keys for key in zip(patches.layer, patches["head"])]].assign(method=ICL)
     table = pd.concat([table, icl_only], ignore_index=True)
-    table = table.sort_values(["method", "abs_logodds_change"], ascending=[True, False], kind="stable")
-    return table.reset_index(drop=True), totals
+    ranking = "abs_logodds_change" + (ATP if estimate != "exact" else "")
+    table = table.sort_values(["method", ranking], ascending=[True, False], kind="stable").reset_index(drop=True)
+    totals["estimate"] = estimate
+    if estimate != "exact":
+        totals |= {"verify_top": verify_top, "agreement": estimate_agreement(table)}
+    return table, totals
+
+
+def estimate_agreement(table: pd.DataFrame) -> dict:
+    """Per method, and for ICL patching ("icl"), Spearman's rank correlation between the first-order estimate and
+    the exact value over the single heads that have both (the verified ones, or every head when both were run):
+    on abs_logodds_change, and on patch_logodds_change. NaN with a `note` below 3 heads or for constant values."""
+    heads = table[(table.layer != ALL) & (table["head"] != ALL)]
+    subjects = [(method, rows, "abs_logodds_change") for method, rows in heads.groupby("method", sort=False)]
+    subjects.append((ICL, heads.drop_duplicates(["layer", "head"]), "patch_logodds_change"))
+    agreement = {}
+    for name, rows, column in subjects:
+        both = rows[rows[column].notna() & rows[column + ATP].notna()]
+        entry = {"metric": column, "heads": len(both), "spearman": float("nan")}
+        if len(both) < 3:
+            entry["note"] = f"{len(both)} heads with both values: too few for a rank correlation"
+        elif both[column].nunique() < 2 or both[column + ATP].nunique() < 2:
+            entry["note"] = "constant values: no rank correlation"
+        else:
+            entry["spearman"] = float(spearmanr(both[column], both[column + ATP]).statistic)
+        agreement[name] = entry
+    return agreement

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from iclgd_lens.analysis.attribution import attribution_table, check_attributable
+from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
 from iclgd_lens.analysis.kendall import kendall_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
 from iclgd_lens.cli.parser import parse_data_files
@@ -151,6 +151,7 @@ def run_attribute(args: argparse.Namespace) -> None:
         raise ValueError(
             f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
         )
+    check_estimate(args.estimate, args.verify_top)
     if args.kendall_queries < 0:
         raise ValueError(f"--kendall-queries must be >= 0, got {args.kendall_queries}")
     model = results_model(args, result.config)
@@ -159,10 +160,11 @@ def run_attribute(args: argparse.Namespace) -> None:
     if bad:
         raise ValueError(f"--layers {bad} out of range: the model has {model.cfg.n_layers} layers")
     started = time.perf_counter()
-    heads, totals = attribution_table(model, result, args.layers, args.batch_size)
+    heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, args.verify_top)
     kendall = kendall_table(model, result, args.kendall_method, args.kendall_queries) if args.kendall_queries else None
     about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
-             "layers": args.layers, "kendall_method": args.kendall_method, "kendall_queries": args.kendall_queries}  # fmt: skip
+             "layers": args.layers, "estimate": args.estimate, "verify_top": args.verify_top,
+             "kendall_method": args.kendall_method, "kendall_queries": args.kendall_queries}  # fmt: skip
     write_attribution(out, heads, totals, kendall, about)
     print((out / "heads.md").read_text())
     if kendall is not None:

@@ -208,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run", metavar="RUN_DIR", help="a result folder written by compare")
     a.add_argument("--out", required=True, help="attribution folder: new, empty or an earlier attribution")
     a.add_argument("--layers", type=int, nargs="+", default=None, help="layers to attribute (default: all)")
+    a.add_argument(
+        "--estimate",
+        default="atp+verify",
+        choices=["atp+verify", "atp", "exact"],
+        help="per-head values: first-order estimates for every head (atp: one forward and one backward pass per "
+        "label class and batch), the same with the --verify-top heads run exactly beside them (atp+verify), or "
+        "every head exact (exact: one batched forward per layer and subject)",
+    )
+    a.add_argument(
+        "--verify-top", type=int, default=20, help="heads per method, and for ICL, that atp+verify runs exactly"
+    )
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
     a.add_argument("--kendall-method", default="gd", choices=METHODS, help="the finetuning Kendall compares with")
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from iclgd_lens.analysis.attribution import ATP
 from iclgd_lens.files import check_output, write_text_atomic
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import save_figure
@@ -52,36 +53,67 @@ def _totals_line(totals: dict) -> str:
                  f"{totals['all_heads_position']:.4f} (restored {totals['all_heads_position_restored']:.4f})")  # fmt: skip
     line += (f". `patch_restored` is NaN where the ICL effect is below {totals['min_icl_effect']}; its interval: 95 % "
              "bootstrap over queries.")  # fmt: skip
-    return line + (f" **{totals['note']}.**" if "note" in totals else "")
+    return line + (f" **{totals['note']}.**" if "note" in totals else "") + "\n\n" + _estimate_line(totals)
+
+
+def _estimate_line(totals: dict) -> str:
+    estimate = totals.get("estimate", "exact")
+    if estimate == "exact":
+        return "Every value is exact (each head's replacement run through the model; a layer's heads batched together)."
+    line = ("Columns ending in `_atp` are first-order estimates (attribution patching: the gradient of each label's "
+            "logit times the change of the head's output); the others are exact, and NaN on heads not run exactly. "
+            "The whole-delta, whole-layer and every-head rows are exact")  # fmt: skip
+    if estimate == "atp":
+        return line.replace(", whole-layer", "") + " (whole layers: estimates only)."
+    agreement = "; ".join(
+        f"{name}: {entry['spearman']:.3f} over {entry['heads']} heads" if math.isfinite(entry["spearman"])
+        else f"{name}: NaN ({entry['note']})" for name, entry in totals["agreement"].items())  # fmt: skip
+    return (
+        f"{line}. The {totals['verify_top']} heads with the largest estimated effect per method and for ICL's "
+        f"patching were run exactly; Spearman's rank correlation between estimate and exact on them "
+        f"(`abs_logodds_change` for the methods, `patch_logodds_change` for ICL): {agreement}."
+    )
+
+
+def _paired(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Each column followed by its first-order estimate where the frame has one."""
+    return [name for column in columns for name in (column, column + ATP) if name in frame.columns]
 
 
 def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
     parts = [_totals_line(totals)]
-    changes = ["logodds_change", "abs_logodds_change", "majority_share_change", "acc_change"]
+    changes = _paired(heads, ["logodds_change", "abs_logodds_change", "majority_share_change", "acc_change"])
     for method, rows in heads[heads.method != "icl"].groupby("method", sort=False):
         whole = rows[rows.layer == "all"]
         parts.append(f"## {method.upper()}: the whole delta (every layer, every head)\n\n" + _markdown(whole[changes]))
         single = rows[rows["head"] != "all"].head(TOP)
         parts.append(f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most (mean absolute "
-                     "change)\n\n" + _markdown(single))  # fmt: skip
+                     "change)\n\n" + _markdown(single[["layer", "head", *changes]]))  # fmt: skip
         layers = rows[(rows["head"] == "all") & (rows.layer != "all")]
         parts.append(f"## {method.upper()}: whole layers\n\n"
                      + _markdown(layers.sort_values("layer", key=lambda l: l.astype(int))[["layer", *changes]]))  # fmt: skip
     patches = heads[(heads.layer != "all") & (heads["head"] != "all")].drop_duplicates(["layer", "head"])
-    patches = patches.sort_values("patch_restored", ascending=False, kind="stable")
-    parts.append(f"## ICL: the {min(TOP, len(patches))} heads whose ICL output restores most of the ICL effect\n\n"
-                 + _markdown(patches[["layer", "head", "patch_restored", "patch_low", "patch_high"]].head(TOP)))  # fmt: skip
+    ranking = "patch_logodds_change" + (ATP if "patch_logodds_change" + ATP in heads.columns else "")
+    patches = patches.sort_values(ranking, key=lambda v: v.abs(), ascending=False, kind="stable")
+    columns = ["layer", "head", *_paired(heads, ["patch_logodds_change", "patch_restored"]), "patch_low", "patch_high"]
+    parts.append(f"## ICL: the {min(TOP, len(patches))} heads whose ICL output moves the log-odds most (absolute "
+                 "change; `patch_restored`: its share of the ICL effect)\n\n" + _markdown(patches[columns].head(TOP)))  # fmt: skip
     return "\n\n".join(parts) + "\n"
 
 
 def heads_heatmaps(heads: pd.DataFrame):
-    """Layer x head: each method's mean absolute log-odds change, and ICL's patching share."""
+    """Layer x head: each method's mean absolute log-odds change, and ICL's patching share (first-order estimates
+    where the table has them: every head has one, while exact values may cover only the verified heads)."""
     import numpy as np
     from matplotlib.figure import Figure
 
     single = heads[(heads.layer != "all") & (heads["head"] != "all")].astype({"layer": int, "head": int})
-    panels = [(f"{m}: |Δ log-odds|", rows, "abs_logodds_change") for m, rows in single.groupby("method", sort=False)]
-    panels.append(("ICL patching: restored share", single.drop_duplicates(["layer", "head"]), "patch_restored"))
+    estimated = "abs_logodds_change" + ATP in heads.columns
+    suffix, note = (ATP, " (estimate)") if estimated else ("", "")
+    panels = [(f"{m}: |Δ log-odds|{note}", rows, "abs_logodds_change" + suffix)
+              for m, rows in single.groupby("method", sort=False)]  # fmt: skip
+    panels.append((f"ICL patching: restored share{note}", single.drop_duplicates(["layer", "head"]),
+                   "patch_restored" + suffix))  # fmt: skip
     fig = Figure(figsize=(3.6 * len(panels) + 1, 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, rows, column) in zip(axes[0], panels):
@@ -120,4 +152,7 @@ def write_attribution(out: Path, heads: pd.DataFrame, totals: dict, kendall: pd.
     if kendall is not None:
         write_text_atomic(out / "kendall.csv", kendall.to_csv(index=False, float_format="%.6g"))
         write_text_atomic(out / "kendall.md", kendall_markdown(kendall) + "\n")
+    else:  # an earlier attribution's Kendall tables would be read as this one's
+        for name in ("kendall.csv", "kendall.md"):
+            (out / name).unlink(missing_ok=True)
     write_text_atomic(out / MARKER, json.dumps({"format": ATTRIBUTION_FORMAT, **about, "totals": totals}, indent=1))
