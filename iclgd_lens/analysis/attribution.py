@@ -31,6 +31,7 @@ correlation between them on those heads. The whole-delta and every-head rows are
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -43,6 +44,7 @@ from iclgd_lens.analysis.bootstrap import percentile_interval
 from iclgd_lens.analysis.head_runs import ZSBatch
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.recording import record
 from iclgd_lens.core.results import Result
 
@@ -82,6 +84,18 @@ def logodds(logprobs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> Flo
     return correct - others.logsumexp(1)
 
 
+def with_queries(result: Result, rows: Sequence[int]) -> Result:
+    """The result's records, labels and episode restricted to some of its queries, for attribution (its scores stay
+    the whole result's: read no summary from it)."""
+    keep = torch.zeros(len(result.labels), dtype=torch.bool)
+    keep[list(rows)] = True
+    episode = replace(result.episode, queries=tuple(result.episode.queries[i] for i in rows),
+                      query_rows=tuple(result.episode.query_rows[i] for i in rows),
+                      labels=tuple(result.episode.labels[i] for i in rows))  # fmt: skip
+    records = {name: record.select(keep) for name, record in result.records.items()}
+    return Result(result.config, result.scores, records, result.W_O, result.labels[list(rows)], episode, result.deltas)
+
+
 def _batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
@@ -113,6 +127,20 @@ def change_against(logprobs: Float[Tensor, "n class"], zs: Float[Tensor, "n clas
 Source = Callable[[ZSBatch, int], Tensor]  # (batch, layer) -> the z [batch, pos, head, d_head] a replacement takes
 
 
+@dataclass
+class _Subject:
+    """What an attribution replaces, head by head: a method's delta or ICL's outputs; filled by `_per_head` with
+    each key's class scores over the queries, exact (log-probs) and first-order (class logits)."""
+
+    source: Source
+    rank: Callable[
+        [Tensor, Tensor], float
+    ]  # (estimated scores, ZS class logits) -> the size that picks heads to verify
+    extra_rows: Callable[[ZSBatch], dict]  # exact rows beside the heads, per batch: {(layer, head): scores}
+    exact: dict = field(default_factory=dict)
+    approx: dict = field(default_factory=dict)
+
+
 def check_estimate(estimate: str, verify_top: int) -> None:
     if estimate not in ESTIMATES:
         raise ValueError(f"estimate must be one of {', '.join(ESTIMATES)}, got {estimate!r}")
@@ -127,47 +155,82 @@ def _per_head(
     batch_size: int,
     estimate: str,
     verify_top: int,
-    source: Source,
-    rank: Callable[[Tensor, Tensor], float],
-    extra_rows: Callable[[ZSBatch], dict],
-) -> tuple[Tensor, Tensor, dict, dict]:
-    """Per (layer, head): the class scores of every query with that head's z replaced by `source`'s, exact
-    (log-probs) and first-order (class logits, with (layer, ALL) the layer's heads together), as `estimate` asks;
-    `atp+verify` then runs the `verify_top` heads with the largest `rank` of their estimate exactly. `extra_rows`:
-    exact rows computed on each batch beside the heads. Returns ZS log-probs, ZS class logits, exact, estimated."""
-    exact: dict[tuple, list[Tensor]] = {}
-    approx: dict[tuple, list[Tensor]] = {}
-    zs, zs_logits = [], []
-    gradients = estimate != "exact"
+    subjects: Sequence[_Subject],
+) -> tuple[Float[Tensor, "n class"], Float[Tensor, "n class"]]:
+    """Fills each subject's per-(layer, head) scores: exact (`exact`), or first-order with (layer, ALL) the layer's
+    heads together (the others), and with `atp+verify` the `verify_top` heads of largest `rank` exact too. One plain
+    forward (and its gradients) per query batch serves every subject. Returns the ZS log-probs and class logits."""
+    readout, gradients = Readout(model), estimate != "exact"
+    zs, zs_logits, kept = [], [], []
     for rows in _batches(len(episode.queries), batch_size):
-        batch = ZSBatch(model, episode, rows, gradients)
+        batch = ZSBatch(model, episode, rows, readout, gradients)
         zs.append(batch.plain)
         zs_logits.append(batch.class_logits)
-        for key, scores in extra_rows(batch).items():
-            exact.setdefault(key, []).append(scores)
-        for layer in layers:
-            replacement = source(batch, layer)
-            if gradients:
-                terms = batch.estimate(layer, replacement)
-                for head, term in enumerate(terms):
-                    approx.setdefault((layer, head), []).append(batch.class_logits + term)
-                approx.setdefault((layer, ALL), []).append(batch.class_logits + terms.sum(0))
-            else:
-                for head, scores in enumerate(batch.run_heads(layer, range(model.cfg.n_heads), replacement)):
-                    exact.setdefault((layer, head), []).append(scores)
-    approx = {key: torch.cat(parts) for key, parts in approx.items()}
-    if estimate == VERIFY:
-        heads = [key for key in approx if key[1] != ALL]
-        zs_class_logits = torch.cat(zs_logits)
-        chosen = sorted(heads, key=lambda key: rank(approx[key], zs_class_logits), reverse=True)[:verify_top]
-        by_layer = {layer: [head for l, head in chosen if l == layer] for layer, _ in chosen}
-        for rows in _batches(len(episode.queries), batch_size):
-            batch = ZSBatch(model, episode, rows)
-            for layer, layer_heads in by_layer.items():
-                for head, scores in zip(layer_heads, batch.run_heads(layer, layer_heads, source(batch, layer))):
-                    exact.setdefault((layer, head), []).append(scores)
-    exact = {key: torch.cat(parts) for key, parts in exact.items()}
-    return torch.cat(zs), torch.cat(zs_logits), exact, approx
+        for subject in subjects:
+            for key, scores in subject.extra_rows(batch).items():
+                subject.exact.setdefault(key, []).append(scores)
+            for layer in layers:
+                replacement = subject.source(batch, layer)
+                if gradients:
+                    terms = batch.estimate(layer, replacement)
+                    for head, term in enumerate(terms):
+                        subject.approx.setdefault((layer, head), []).append(batch.class_logits + term)
+                    subject.approx.setdefault((layer, ALL), []).append(batch.class_logits + terms.sum(0))
+                else:
+                    for head, scores in enumerate(batch.run_heads(layer, range(model.cfg.n_heads), replacement)):
+                        subject.exact.setdefault((layer, head), []).append(scores)
+        if estimate == VERIFY:
+            batch.grads.clear()  # kept for the verification's runs; its gradients are spent
+            kept.append(batch)
+    zs_class_logits = torch.cat(zs_logits)
+    for subject in subjects:
+        subject.approx = {key: torch.cat(parts) for key, parts in subject.approx.items()}
+        if estimate == VERIFY:
+            heads = [key for key in subject.approx if key[1] != ALL]
+            sizes = {key: subject.rank(subject.approx[key], zs_class_logits) for key in heads}
+            chosen = sorted(heads, key=sizes.__getitem__, reverse=True)[:verify_top]
+            by_layer = {layer: [head for l, head in chosen if l == layer] for layer, _ in chosen}
+            for batch in kept:
+                for layer, layer_heads in by_layer.items():
+                    scores = batch.run_heads(layer, layer_heads, subject.source(batch, layer))
+                    for head, head_scores in zip(layer_heads, scores):
+                        subject.exact.setdefault((layer, head), []).append(head_scores)
+        subject.exact = {key: torch.cat(parts) for key, parts in subject.exact.items()}
+    return torch.cat(zs), zs_class_logits
+
+
+def _delta_subject(model: HookedTransformer, result: Result, method: str, layers: Sequence[int], estimate: str):
+    if method not in result.deltas:
+        raise ValueError(f"this result has no saved {method!r} delta; re-run compare (it saves deltas.safetensors)")
+    delta = result.deltas[method].to(model.cfg.device, model.cfg.dtype)
+    layer_hooks = {layer: delta.restricted([layer]).hooks(model) for layer in layers}
+
+    def source(batch: ZSBatch, layer: int) -> Tensor:  # layer l's delta changes nothing below layer l
+        return batch.layer_z(layer, layer_hooks[layer])
+
+    def extra_rows(batch: ZSBatch) -> dict:
+        rows = {(ALL, ALL): batch.run(delta.hooks(model))}
+        if estimate != "atp":
+            rows |= {(layer, ALL): batch.run(layer_hooks[layer], from_layer=layer) for layer in layers}
+        return rows
+
+    def rank(scores: Tensor, zs_logits: Tensor) -> float:
+        return change_against(scores, zs_logits, result.labels)["abs_logodds_change"]
+
+    return _Subject(source, rank, extra_rows)
+
+
+def _delta_frame(method: str, subject: _Subject, zs: Tensor, zs_logits: Tensor, labels: Tensor) -> pd.DataFrame:
+    rows = []
+    for key in sorted(subject.exact.keys() | subject.approx.keys(), key=_order):
+        row = {"layer": key[0], "head": key[1], "method": method}
+        exact, approx = subject.exact.get(key), subject.approx.get(key)
+        row |= dict.fromkeys(CHANGES, float("nan")) if exact is None else change_against(exact, zs, labels)
+        if subject.approx:  # an estimate was asked for
+            row |= dict.fromkeys(ATP_CHANGES, float("nan")) if approx is None else {
+                name + ATP: value for name, value in change_against(approx, zs_logits, labels).items()}  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def delta_effects(
@@ -185,36 +248,10 @@ def delta_effects(
     is "atp"; its estimate is the sum of its heads'), layer and head "all" for the whole delta (always exact)."""
     check_attributable(result, model)
     check_estimate(estimate, verify_top)
-    if method not in result.deltas:
-        raise ValueError(f"this result has no saved {method!r} delta; re-run compare (it saves deltas.safetensors)")
-    delta = result.deltas[method].to(model.cfg.device, model.cfg.dtype)
-    episode, labels = result.episode, result.labels
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
-    layer_hooks = {layer: delta.restricted([layer]).hooks(model) for layer in layers}
-
-    def source(batch: ZSBatch, layer: int) -> Tensor:  # layer l's delta changes nothing below layer l
-        return batch.layer_z(layer, layer_hooks[layer])
-
-    def extra_rows(batch: ZSBatch) -> dict:
-        rows = {(ALL, ALL): batch.run(delta.hooks(model))}
-        if estimate != "atp":
-            rows |= {(layer, ALL): batch.run(layer_hooks[layer], from_layer=layer) for layer in layers}
-        return rows
-
-    def rank(scores: Tensor, zs_logits: Tensor) -> float:
-        return change_against(scores, zs_logits, labels)["abs_logodds_change"]
-
-    zs, zs_logits, exact, approx = _per_head(model, episode, layers, batch_size, estimate, verify_top, source, rank,
-                                             extra_rows)  # fmt: skip
-    rows = []
-    for key in sorted(exact.keys() | approx.keys(), key=_order):
-        row = {"layer": key[0], "head": key[1], "method": method}
-        row |= change_against(exact[key], zs, labels) if key in exact else dict.fromkeys(CHANGES, float("nan"))
-        if estimate != "exact":
-            row |= {f"{name}{ATP}": value for name, value in change_against(approx[key], zs_logits, labels).items()} \
-                if key in approx else dict.fromkeys(ATP_CHANGES, float("nan"))  # fmt: skip
-        rows.append(row)
-    return pd.DataFrame(rows)
+    subject = _delta_subject(model, result, method, layers, estimate)
+    zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top, [subject])
+    return _delta_frame(method, subject, zs, zs_logits, result.labels)
 
 
 def _order(key: tuple) -> tuple:
@@ -243,28 +280,9 @@ def query_resamples(n: int) -> Tensor:
     )
 
 
-def patch_effects(
-    model: HookedTransformer,
-    result: Result,
-    layers: Sequence[int] | None = None,
-    batch_size: int = 8,
-    estimate: str = "exact",
-    verify_top: int = VERIFY_TOP,
-) -> tuple[pd.DataFrame, dict]:
-    """(b): rows (layer, head, patch_logodds_change, patch_restored, patch_low, patch_high), one per head, one for
-    every head of every layer (layer and head "all") and, for learned absolute positions, one for every head and the
-    positional embedding (layer "all", head "all+position"); with `estimate` "atp" or "atp+verify" the first-order
-    `patch_logodds_change_atp` and `patch_restored_atp` too (NaN exact values on heads not verified; the "all" rows
-    are always exact). And the totals: the mean log-odds of ZS, ICL, every head patched (`all_heads`) and every head
-    and the position (`all_heads_position`), with their restored shares, the ICL effect and a `note` when it is
-    below MIN_ICL_EFFECT."""
-    check_attributable(result, model)
-    check_estimate(estimate, verify_top)
+def _patch_subject(model: HookedTransformer, result: Result) -> _Subject:
     episode, labels = result.episode, result.labels
-    layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
     icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)  # [n, layer, head, d_head]
-    icl = logodds(_first_token_record(model, episode, episode.icl_prefix, batch_size), labels)
-    learned_positions = model.cfg.positional_embedding_type == "standard"
 
     def source(batch: ZSBatch, layer: int) -> Tensor:
         """The plain z with ICL's at each row's prediction position."""
@@ -293,42 +311,72 @@ def patch_effects(
 
     def extra_rows(batch: ZSBatch) -> dict:
         rows = {(ALL, ALL): batch.run(every_head(batch))}
-        if learned_positions:
+        if model.cfg.positional_embedding_type == "standard":  # learned absolute positions
             rows[(ALL, POSITION)] = batch.run(every_head(batch) + icl_position(batch))
         return rows
 
     def rank(scores: Tensor, zs_logits: Tensor) -> float:
         return abs(float(logodds(scores, labels).mean() - logodds(zs_logits, labels).mean()))
 
-    zs, zs_logits, exact, approx = _per_head(model, episode, layers, batch_size, estimate, verify_top, source, rank,
-                                             extra_rows)  # fmt: skip
+    return _Subject(source, rank, extra_rows)
+
+
+def _patch_frame(
+    subject: _Subject, zs: Tensor, zs_logits: Tensor, labels: Tensor, icl: Tensor
+) -> tuple[pd.DataFrame, dict]:
     zs, zs_approx = logodds(zs, labels), logodds(zs_logits, labels)
     counts = query_resamples(len(labels))
     rows = []
-    for key in sorted(exact.keys() | {key for key in approx if key[1] != ALL}, key=_order):
-        row = {"layer": key[0], "head": key[1]}
-        if key in exact:
-            odds = logodds(exact[key], labels)
+    for key in sorted(subject.exact.keys() | {key for key in subject.approx if key[1] != ALL}, key=_order):
+        row = {"layer": key[0], "head": key[1]} | dict.fromkeys(PATCH_COLUMNS, float("nan"))
+        if key in subject.exact:
+            odds = logodds(subject.exact[key], labels)
             low, high = percentile_interval(restored_share(odds, zs, icl, counts).numpy(), (1 - LEVEL) / 2)
             row |= {"patch_logodds_change": float(odds.mean() - zs.mean()),
                     "patch_restored": float(restored_share(odds, zs, icl)), "patch_low": low, "patch_high": high}  # fmt: skip
-        else:
-            row |= dict.fromkeys(PATCH_COLUMNS, float("nan"))
-        if estimate != "exact":
-            odds = logodds(approx[key], labels) if key in approx else None
-            row |= {f"patch_logodds_change{ATP}": float("nan") if odds is None else float(odds.mean() - zs_approx.mean()),
-                    f"patch_restored{ATP}": float("nan") if odds is None else float(restored_share(odds, zs_approx, icl))}  # fmt: skip
+        if subject.approx:  # an estimate was asked for
+            odds = logodds(subject.approx[key], labels) if key in subject.approx else None
+            row |= {f"patch_logodds_change{ATP}": float("nan"), f"patch_restored{ATP}": float("nan")} if odds is None \
+                else {f"patch_logodds_change{ATP}": float(odds.mean() - zs_approx.mean()),
+                      f"patch_restored{ATP}": float(restored_share(odds, zs_approx, icl))}  # fmt: skip
         rows.append(row)
     effect = float(icl.mean() - zs.mean())
     totals = {"zs": float(zs.mean()), "icl": float(icl.mean()), "icl_effect": effect, "min_icl_effect": MIN_ICL_EFFECT}
     for name, key in (("all_heads", (ALL, ALL)), ("all_heads_position", (ALL, POSITION))):
-        if key in exact:
-            odds = logodds(exact[key], labels)
+        if key in subject.exact:
+            odds = logodds(subject.exact[key], labels)
             totals |= {name: float(odds.mean()), f"{name}_restored": float(restored_share(odds, zs, icl))}
     if abs(effect) < MIN_ICL_EFFECT:
         totals["note"] = (f"the ICL effect on the mean label log-odds is {effect:.3g}, below {MIN_ICL_EFFECT}: no "
                           "restored share is computed (NaN)")  # fmt: skip
     return pd.DataFrame(rows), totals
+
+
+def _icl_logodds(model: HookedTransformer, result: Result, batch_size: int) -> Float[Tensor, "n"]:
+    return logodds(_first_token_record(model, result.episode, result.episode.icl_prefix, batch_size), result.labels)
+
+
+def patch_effects(
+    model: HookedTransformer,
+    result: Result,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    estimate: str = "exact",
+    verify_top: int = VERIFY_TOP,
+) -> tuple[pd.DataFrame, dict]:
+    """(b): rows (layer, head, patch_logodds_change, patch_restored, patch_low, patch_high), one per head, one for
+    every head of every layer (layer and head "all") and, for learned absolute positions, one for every head and the
+    positional embedding (layer "all", head "all+position"); with `estimate` "atp" or "atp+verify" the first-order
+    `patch_logodds_change_atp` and `patch_restored_atp` too (NaN exact values on heads not verified; the "all" rows
+    are always exact). And the totals: the mean log-odds of ZS, ICL, every head patched (`all_heads`) and every head
+    and the position (`all_heads_position`), with their restored shares, the ICL effect and a `note` when it is
+    below MIN_ICL_EFFECT."""
+    check_attributable(result, model)
+    check_estimate(estimate, verify_top)
+    layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
+    subject = _patch_subject(model, result)
+    zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top, [subject])
+    return _patch_frame(subject, zs, zs_logits, result.labels, _icl_logodds(model, result, batch_size))
 
 
 def attribution_table(
@@ -346,12 +394,18 @@ def attribution_table(
     first-order columns (`_atp`) unless `estimate` is "exact"; ranked within each method by the absolute log-odds
     change (its estimate where there is one). The totals are `patch_effects`'; with an estimate, also `estimate`,
     `verify_top` and `agreement` (`estimate_agreement`)."""
+    check_attributable(result, model)
     check_estimate(estimate, verify_top)
-    patches, totals = patch_effects(model, result, layers, batch_size, estimate, verify_top)
-    frames = [delta_effects(model, result, method, layers, batch_size, estimate, verify_top)
-              for method in result.methods if method in result.deltas]  # fmt: skip
-    if not frames:
+    methods = [method for method in result.methods if method in result.deltas]
+    if not methods:
         raise ValueError("this result has no saved deltas; re-run compare (it saves deltas.safetensors)")
+    layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
+    patching = _patch_subject(model, result)
+    deltas = {method: _delta_subject(model, result, method, layers, estimate) for method in methods}
+    zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top,
+                              [patching, *deltas.values()])  # fmt: skip
+    patches, totals = _patch_frame(patching, zs, zs_logits, result.labels, _icl_logodds(model, result, batch_size))
+    frames = [_delta_frame(method, subject, zs, zs_logits, result.labels) for method, subject in deltas.items()]
     effects = pd.concat(frames, ignore_index=True).astype({"layer": str, "head": str})
     patches = patches.astype({"layer": str, "head": str})
     table = effects.merge(patches, on=["layer", "head"], how="left")

@@ -32,15 +32,21 @@ from iclgd_lens.core.readout import Readout
 class ZSBatch:
     """Some queries' ZS prompts, right-padded, with the residual stream entering each layer and every layer's head
     outputs z from one plain forward (a run that changes nothing below layer l starts there: TransformerLens'
-    start_at_layer); with `gradients`, also each class logit's gradient with respect to every layer's z."""
+    start_at_layer); with `gradients`, also each class logit's gradient with respect to every layer's z. Pass one
+    `readout` to many batches (it holds a copy of W_U)."""
 
     def __init__(
-        self, model: HookedTransformer, episode: Episode, rows: Sequence[int], gradients: bool = False
+        self,
+        model: HookedTransformer,
+        episode: Episode,
+        rows: Sequence[int],
+        readout: Readout | None = None,
+        gradients: bool = False,
     ) -> None:
         queries = [list(episode.queries[i]) for i in rows]
         width = 1 + max(len(q) for q in queries)
         device = model.cfg.device
-        self.model, self.rows, self.readout = model, list(rows), Readout(model)
+        self.model, self.rows, self.readout = model, list(rows), readout or Readout(model)
         self.tokens = torch.tensor([[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries],
                                    device=device)  # fmt: skip
         self.positions = torch.tensor([len(q) for q in queries], device=device)

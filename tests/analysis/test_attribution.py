@@ -11,7 +11,14 @@ from scipy.stats import kendalltau
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from iclgd_lens import Delta, Result, compare, load_model, load_task
-from iclgd_lens.analysis.attribution import attribution_table, change_against, delta_effects, logodds, patch_effects
+from iclgd_lens.analysis.attribution import (
+    attribution_table,
+    change_against,
+    delta_effects,
+    logodds,
+    patch_effects,
+    with_queries,
+)
 from iclgd_lens.analysis.kendall import COLUMNS, ft_scores, kendall_table, measures, softmax, top_k_recall
 from iclgd_lens.cli import main
 from tests.helpers import make_tokenizer, toy_task
@@ -48,7 +55,7 @@ def test_a_delta_pushing_every_query_to_one_class_shows_beside_a_cancelling_mean
     change and the majority share do not."""
     full = Result.load(saved)
     labels = full.labels.tolist()
-    result = _queries(
+    result = with_queries(
         full, [i for i, l in enumerate(labels) if l == 0][:2] + [i for i, l in enumerate(labels) if l == 1][:2]
     )
     episode, last = result.episode, tiny.cfg.n_layers - 1
@@ -138,7 +145,7 @@ def test_patching_every_head_restores_the_whole_icl_effect(tiny, saved):
     logits = tiny.run_with_hooks(zs_tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[0, -1]
     firsts = [t[0] for t in episode.label_tokens]
     by_hand = logodds(logits.log_softmax(-1)[firsts][None], result.labels[query : query + 1])
-    one, one_totals = patch_effects(tiny, _queries(result, [query]), [layer], batch_size=1)
+    one, one_totals = patch_effects(tiny, with_queries(result, [query]), [layer], batch_size=1)
     restored = (by_hand.item() - one_totals["zs"]) / (one_totals["icl"] - one_totals["zs"])
     assert one.set_index(["layer", "head"]).loc[(layer, head), "patch_restored"] == pytest.approx(restored, abs=1e-5)
     assert table.patch_restored.notna().all() and len(table) == 2 * 4 + 1  # every head, and all heads at once
@@ -146,19 +153,6 @@ def test_patching_every_head_restores_the_whole_icl_effect(tiny, saved):
     assert (
         every.patch_restored == pytest.approx(totals["all_heads_restored"]) and every.patch_low <= 1 <= every.patch_high
     )
-
-
-def _queries(result: Result, rows: list[int]) -> Result:
-    """The result restricted to some of its queries (records, labels and episode)."""
-    from dataclasses import replace
-
-    keep = torch.zeros(len(result.labels), dtype=torch.bool)
-    keep[rows] = True
-    episode = result.episode
-    episode = replace(episode, queries=tuple(episode.queries[i] for i in rows),
-                      query_rows=tuple(episode.query_rows[i] for i in rows), labels=tuple(episode.labels[i] for i in rows))  # fmt: skip
-    records = {name: record.select(keep) for name, record in result.records.items()}
-    return Result(result.config, result.scores, records, result.W_O, result.labels[rows], episode, result.deltas)
 
 
 def hand_tau(a, b) -> float:

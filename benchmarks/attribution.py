@@ -1,0 +1,172 @@
+"""Benchmark: per-head attribution on real and bundled models. `make bench` runs it after the comparison benchmark.
+
+    python -m benchmarks.attribution --out runs/bench-attribution.json
+    python -m benchmarks.attribution --models tiny-icl --out /tmp/attribution.json
+
+Per model, on a fresh comparison (GD and LCGD, no baselines):
+- the whole model's attribution as `iclgd-lens attribute` runs it: `atp+verify` (the default), `atp` and, on the
+  `--spearman-queries` first queries, `exact` for every head;
+- Spearman's rank correlation between the first-order estimate and exact over *every* head (on those queries), per
+  method (abs_logodds_change) and for ICL's patching (patch_logodds_change);
+- one layer's exact heads two ways: every head in one batched forward (the toolkit) against one forward per head
+  (the loop it replaced), their largest difference and the speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from benchmarks.machine import Monitor, check_quiet, gib
+from benchmarks.report import BENCH_FORMAT, is_bench_file, write_json
+from iclgd_lens import compare, load_model, load_task
+from iclgd_lens.analysis.attribution import attribution_table, with_queries
+from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.results import Result
+from iclgd_lens.sources.devices import available_threads
+from iclgd_lens.views.markdown import markdown_table
+
+# the comparison each model is attributed on: make run's for SmolLM2 and Gemma, run-tiny's task for tiny-icl
+SETTINGS = {
+    "tiny-icl": dict(task="synth-sst2", k=32, lr=0.3, separator=None),
+    "smollm2-135m": dict(task="rt-snippets", k=16, lr=3e-3, separator="\n"),
+    "gemma3-270m": dict(task="rt-snippets", k=16, lr=3e-3, separator="\n"),
+}
+TARGET_S = 300  # the whole-model atp+verify target on SmolLM2 (2 CPU cores)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load = check_quiet(args.allow_busy)
+    report: dict = {"format": BENCH_FORMAT, "section": "attribution",
+                    "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                "threads": args.threads, "device": args.device, "torch": torch.__version__,
+                                "others_cores_before": load}, "models": {}}  # fmt: skip
+    with Monitor() as monitor:
+        for name in args.models:
+            report["models"][name] = bench_model(name, args, monitor)
+    report["machine"]["others_cores_max"] = max([load, *monitor.others_cores])
+    write_json(args.out, report)
+    print_attribution(report)
+    print(f"bench: wrote {args.out}")
+    return report
+
+
+def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
+    setting = SETTINGS[name]
+    model = load_model(name, device=args.device)
+    options = {"separator": setting["separator"]} if setting["separator"] else {}
+    with monitor.stage(f"{name}: compare"):
+        result = compare(model, load_task(setting["task"]), k=setting["k"], seed=0, lr=setting["lr"],
+                         n_eval=args.n_queries, baselines=(), progress=False, **options)  # fmt: skip
+    out: dict = {"task": setting["task"], "k": setting["k"], "queries": args.n_queries,
+                 "layers": model.cfg.n_layers, "heads": model.cfg.n_heads}  # fmt: skip
+    for estimate in ("atp+verify", "atp"):
+        with monitor.stage(f"{name}: attribute --estimate {estimate}") as stage:
+            table, totals = attribution_table(model, result, batch_size=args.batch_size, estimate=estimate)
+        out[estimate] = {"seconds": stage["seconds"], "peak_rss_bytes": stage["peak_rss_bytes"]}
+        out[estimate]["agreement"] = totals.get("agreement")
+    few = with_queries(result, range(min(args.spearman_queries, args.n_queries)))
+    with monitor.stage(f"{name}: exact, every head, {len(few.labels)} queries") as stage:
+        exact, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="exact")
+    estimated, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="atp")
+    out["exact_every_head"] = {"queries": len(few.labels), "seconds": stage["seconds"],
+                               "spearman": every_head_spearman(exact, estimated)}  # fmt: skip
+    out["one_layer"] = batched_against_loop(model, result, model.cfg.n_layers // 2, args.batch_size)
+    return out
+
+
+def every_head_spearman(exact: pd.DataFrame, estimated: pd.DataFrame) -> dict:
+    keys = ["layer", "head", "method"]
+    merged = exact.merge(estimated[keys + ["abs_logodds_change_atp", "patch_logodds_change_atp"]], on=keys)
+    heads = merged[(merged.layer != "all") & (merged["head"] != "all")]
+    out = {method: float(spearmanr(rows.abs_logodds_change, rows.abs_logodds_change_atp).statistic)
+           for method, rows in heads.groupby("method")}  # fmt: skip
+    patches = heads.drop_duplicates(["layer", "head"])
+    out["icl"] = float(spearmanr(patches.patch_logodds_change, patches.patch_logodds_change_atp).statistic)
+    return out
+
+
+def batched_against_loop(model, result: Result, layer: int, batch_size: int) -> dict:
+    """ICL's patching at one layer, every head exact: one batched forward per query batch against one forward per
+    head; seconds of each (the plain ZS forward, shared by both, not counted) and their largest difference."""
+    icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)
+    heads = range(model.cfg.n_heads)
+    seconds = {"batched": 0.0, "loop": 0.0}
+    largest = 0.0
+    for start_row in range(0, len(result.labels), batch_size):
+        rows = list(range(start_row, min(start_row + batch_size, len(result.labels))))
+        batch = ZSBatch(model, result.episode, rows)
+        source = batch.z[layer].clone()
+        source[torch.arange(len(rows)), batch.positions] = icl_z[rows, layer]
+        start = time.perf_counter()
+        batched = batch.run_heads(layer, heads, source)
+        seconds["batched"] += time.perf_counter() - start
+        start = time.perf_counter()
+        for head in heads:
+
+            def one_head(z, hook, head=head):
+                z = z.clone()
+                z[:, :, head] = source[:, :, head]
+                return z
+
+            looped = batch.run([(hook_name("z", layer), one_head)], from_layer=layer)
+            largest = max(largest, float((looped - batched[head]).abs().max()))
+        seconds["loop"] += time.perf_counter() - start
+    return {"layer": layer, **seconds, "speedup": seconds["loop"] / seconds["batched"], "largest_difference": largest}
+
+
+def print_attribution(report: dict) -> None:
+    machine = report["machine"]
+    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch threads, "
+          f"{machine['device']}; other processes used up to {machine['others_cores_max']:.1f} cores")  # fmt: skip
+    rows = []
+    for name, run in report["models"].items():
+        agreement = run["atp+verify"]["agreement"]
+        every = run["exact_every_head"]
+        rows.append([name, f"{run['layers']} x {run['heads']}", str(run["queries"]),
+                     f"{run['atp+verify']['seconds']:.0f}", f"{run['atp']['seconds']:.0f}",
+                     gib(run["atp+verify"]["peak_rss_bytes"]),
+                     ", ".join(f"{m} {e['spearman']:.2f}" for m, e in agreement.items()),
+                     f"{every['seconds']:.0f} ({every['queries']} q)",
+                     ", ".join(f"{m} {v:.2f}" for m, v in every["spearman"].items())])  # fmt: skip
+    print("\n" + markdown_table(["model", "layers x heads", "queries", "atp+verify s", "atp s", "peak memory",
+                                 "Spearman, verified heads", "exact every head s", "Spearman, every head"], rows))  # fmt: skip
+    layer_rows = [[name, str(run["one_layer"]["layer"]), f"{run['one_layer']['loop']:.2f}",
+                   f"{run['one_layer']['batched']:.2f}", f"{run['one_layer']['speedup']:.2f}",
+                   f"{run['one_layer']['largest_difference']:.1e}"] for name, run in report["models"].items()]  # fmt: skip
+    print("\nOne layer's exact heads (ICL patching), one forward per head against all heads batched:\n\n"
+          + markdown_table(["model", "layer", "loop s", "batched s", "speedup", "largest difference"], layer_rows))  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.attribution", description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["tiny-icl", "smollm2-135m"], choices=list(SETTINGS))
+    p.add_argument("--n-queries", type=int, default=64, help="queries of the comparison attributed")
+    p.add_argument("--spearman-queries", type=int, default=16, help="queries of the every-head exact run")
+    p.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
+    p.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write (replaced atomically)")
+    args = p.parse_args(argv)
+    for name in ("n_queries", "spearman_queries", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.out.exists() and not is_bench_file(args.out):
+        p.error(f"{args.out} exists and was not written by this benchmark; choose another --out")
+    return args
+
+
+if __name__ == "__main__":
+    main()
