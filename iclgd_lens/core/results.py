@@ -4,7 +4,7 @@ Folder layout (docs/reference/result-format.md):
 - result.json: config, accuracy, metrics, per_head and baselines (each with the same layout as the top level);
 - records.safetensors: per setting ("zs", "icl", "gd", "lcgd", "<baseline>/<setting>") the recorded tensors,
   plus "labels", "query_len", and W_O for per-head outputs ("model/W_O", "<baseline>/model/W_O", and
-  "<setting>/W_O" for a setting that trained W_O);
+  "<setting>/W_O" for a setting that trained W_O), each value stored once (the metadata's "aliases" name the rest);
 - episode.json: every token id (demonstrations, ICL prefix, queries, label tokens) and recorded positions;
 - deltas.safetensors: the trained model's learned weight changes per method ("gd/blocks.3.attn.W_K", ...), so that
   attribution and attention views need no refit.
@@ -18,7 +18,8 @@ from html import escape
 from pathlib import Path
 
 import pandas as pd
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -31,6 +32,7 @@ from iclgd_lens.files import check_output, replaced_atomically
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
 RESULT_FORMAT = "iclgd-lens result 1"  # result.json's "format": marks a folder this toolkit wrote
+ALIASES = "aliases"  # records.safetensors metadata: JSON {name: the stored name of an equal tensor}
 
 
 @dataclass
@@ -150,8 +152,9 @@ class Result:
             tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
             for setting, record in self.records.items():
                 tensors |= {f"{setting}/{k}": v for k, v in record.tensors().items()}
-            tensors |= {f"{setting}/W_O": w for setting, w in self.W_O.items()}
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, staging / "records.safetensors")
+            weights, aliases = stored_once({f"{setting}/W_O": w for setting, w in self.W_O.items()})
+            save_file({k: v.contiguous().cpu() for k, v in (tensors | weights).items()}, staging / "records.safetensors",
+                      metadata={ALIASES: json.dumps(aliases)})  # fmt: skip
             if self.deltas:
                 changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
                 save_file(
@@ -174,7 +177,7 @@ class Result:
             raise ValueError(f"{str(folder)!r} is not a complete result folder: {missing} missing; re-run compare")
         try:
             data = json.loads((folder / "result.json").read_text())
-            tensors = load_file(folder / "records.safetensors")
+            tensors = read_records(folder / "records.safetensors")
             episode = Episode.from_json(json.loads((folder / "episode.json").read_text()))
             W_O = {k.removesuffix("/W_O"): v for k, v in tensors.items() if k.endswith("/W_O")}
             settings = sorted({k.rsplit("/", 1)[0] for k in tensors if "/" in k and not k.endswith("/W_O")})
@@ -195,6 +198,28 @@ class Result:
                 f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "
                 "re-run compare to write it again"
             ) from None
+
+
+def stored_once(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors with each value kept once (the untrained baselines share their re-initialised W_O), and the
+    aliases {dropped name: the kept name equal to it}."""
+    kept: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in tensors.items():
+        same = next((k for k, t in kept.items() if t.shape == tensor.shape and torch.equal(t, tensor)), None)
+        if same is None:
+            kept[name] = tensor
+        else:
+            aliases[name] = same
+    return kept, aliases
+
+
+def read_records(path: Path) -> dict[str, Tensor]:
+    """records.safetensors with every aliased tensor under its own name again."""
+    with safe_open(path, "pt") as file:
+        aliases = json.loads((file.metadata() or {}).get(ALIASES, "{}"))
+    tensors = load_file(path)
+    return tensors | {name: tensors[kept] for name, kept in aliases.items()}
 
 
 class Summary(pd.DataFrame):

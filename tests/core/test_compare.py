@@ -53,6 +53,12 @@ def test_result_json_layout(saved):
 def test_records_and_episode_layout(saved):
     result, folder = saved
     records = load_file(folder / "records.safetensors")
+    # the baselines share their re-initialised W_O: stored once, the others named in the metadata
+    assert "model/W_O" in records and "no_training/model/W_O" in records
+    assert "trained_norms/model/W_O" not in records and "trained_embeddings/model/W_O" not in records
+    loaded = Result.load(folder).W_O
+    assert torch.equal(loaded["trained_norms/model"], loaded["no_training/model"])
+    assert not torch.equal(loaded["model"], loaded["no_training/model"])
     n = 10
     for setting in ("zs", "icl", "gd", "lcgd", "no_training/zs", "trained_embeddings/lcgd"):
         assert records[f"{setting}/attn_out"].shape == (n, 2, 32)
