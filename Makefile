@@ -62,8 +62,10 @@ train-model: install
 # The toolkit's whole compare against a naive reference-style pipeline, scaling tables, SmolLM2 (docs/performance.md).
 # About 40 minutes on 2 cores; time nothing else meanwhile (it refuses to start on a busy machine).
 BENCH_OUT ?= runs/bench.json
+BENCH_ATTRIBUTION_OUT ?= runs/bench-attribution.json
 bench: install
 	$(BIN)/python -m benchmarks --n-queries 872 --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.attribution --out $(BENCH_ATTRIBUTION_OUT)
 
 evaluate-model: install
 	$(BIN)/python analyses/evaluate_icl.py

@@ -83,3 +83,17 @@ def test_an_out_file_it_did_not_write_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         main.parse_args([*TINY, "--out", str(out)])
     assert out.read_text() == '{"mine": true}'
+
+
+def test_the_attribution_benchmark_writes_its_json_and_tables(tmp_path, capsys):
+    from benchmarks import attribution
+
+    out = tmp_path / "attribution.json"
+    report = attribution.main(["--models", "tiny-icl", "--n-queries", "8", "--spearman-queries", "4", "--threads",
+                               "1", "--allow-busy", "--out", str(out)])  # fmt: skip
+    run = report["models"]["tiny-icl"]
+    assert run["one_layer"]["largest_difference"] < 1e-5 and run["one_layer"]["speedup"] > 0
+    assert set(run["exact_every_head"]["spearman"]) == {"gd", "lcgd", "icl"}
+    assert {entry["heads"] for entry in run["atp+verify"]["agreement"].values()} == {8}  # 2 x 4 heads, all verified
+    assert json.loads(out.read_text())["section"] == "attribution"
+    assert "Spearman, every head" in capsys.readouterr().out
