@@ -210,7 +210,7 @@ def _delta_subject(model: HookedTransformer, result: Result, method: str, layers
 
     def extra_rows(batch: ZSBatch) -> dict:
         rows = {(ALL, ALL): batch.run(delta.hooks(model))}
-        if estimate != "atp":
+        if estimate == "exact":  # whole layers: exact runs cost half a forward each, so estimates otherwise
             rows |= {(layer, ALL): batch.run(layer_hooks[layer], from_layer=layer) for layer in layers}
         return rows
 
@@ -244,8 +244,8 @@ def delta_effects(
 ) -> pd.DataFrame:
     """(a): rows (layer, head, method, logodds_change, abs_logodds_change, majority_share_change, acc_change)
     against ZS over the queries, exact, and with `estimate` "atp" or "atp+verify" the same four first-order
-    (suffix `_atp`; NaN exact values on heads not verified); head "all" for a whole layer (exact unless `estimate`
-    is "atp"; its estimate is the sum of its heads'), layer and head "all" for the whole delta (always exact)."""
+    (suffix `_atp`; NaN exact values on heads not verified); head "all" for a whole layer (exact when `estimate`
+    is "exact", else the sum of its heads' estimates), layer and head "all" for the whole delta (always exact)."""
     check_attributable(result, model)
     check_estimate(estimate, verify_top)
     layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))

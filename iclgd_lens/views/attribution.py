@@ -62,9 +62,10 @@ def _estimate_line(totals: dict) -> str:
         return "Every value is exact (each head's replacement run through the model; a layer's heads batched together)."
     line = ("Columns ending in `_atp` are first-order estimates (attribution patching: the gradient of each label's "
             "logit times the change of the head's output); the others are exact, and NaN on heads not run exactly. "
-            "The whole-delta, whole-layer and every-head rows are exact")  # fmt: skip
+            "The whole-delta and every-head rows are exact; the whole-layer rows are estimates (the sum of the "
+            "layer's heads)")  # fmt: skip
     if estimate == "atp":
-        return line.replace(", whole-layer", "") + " (whole layers: estimates only)."
+        return line + "."
     agreement = "; ".join(
         f"{name}: {entry['spearman']:.3f} over {entry['heads']} heads" if math.isfinite(entry["spearman"])
         else f"{name}: NaN ({entry['note']})" for name, entry in totals["agreement"].items())  # fmt: skip

@@ -99,7 +99,9 @@ def test_atp_verify_runs_the_top_estimated_heads_exactly(tiny, tiny_result):
     again = exact.set_index(["layer", "head"]).loc[list(zip(checked.layer, checked["head"]))]
     assert checked.abs_logodds_change.to_numpy() == pytest.approx(again.abs_logodds_change.to_numpy(), abs=1e-6)
     layers = verified[(verified["head"] == "all") & (verified.layer != "all")]
-    assert layers.logodds_change.notna().all() and layers.logodds_change_atp.notna().all()  # whole layers: both
+    assert layers.logodds_change.isna().all() and layers.logodds_change_atp.notna().all()  # whole layers: estimates
+    whole = verified[verified.layer == "all"]
+    assert whole.logodds_change.notna().all() and whole.logodds_change_atp.isna().all()  # the whole delta: exact
 
 
 @pytest.mark.parametrize("shape, floor", [("tiny-icl", 0.9), ("llama", 0.95)])
