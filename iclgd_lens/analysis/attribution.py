@@ -133,9 +133,8 @@ class _Subject:
     each key's class scores over the queries, exact (log-probs) and first-order (class logits)."""
 
     source: Source
-    rank: Callable[
-        [Tensor, Tensor], float
-    ]  # (estimated scores, ZS class logits) -> the size that picks heads to verify
+    # (estimated scores, ZS class logits) -> the size by which atp+verify picks the heads it runs exactly
+    rank: Callable[[Tensor, Tensor], float]
     extra_rows: Callable[[ZSBatch], dict]  # exact rows beside the heads, per batch: {(layer, head): scores}
     exact: dict = field(default_factory=dict)
     approx: dict = field(default_factory=dict)
