@@ -98,32 +98,45 @@ def every_head_spearman(exact: pd.DataFrame, estimated: pd.DataFrame) -> dict:
 
 
 def batched_against_loop(model, result: Result, layer: int, batch_size: int) -> dict:
-    """ICL's patching at one layer, every head exact: one batched forward per query batch against one forward per
-    head; seconds of each (the plain ZS forward, shared by both, not counted) and their largest difference."""
+    """ICL's patching at one layer, every head exact, three ways: one forward per head (the loop the toolkit
+    replaced), the heads along the batch dimension (`run_heads`), and the prediction position alone against the
+    cached plain run (`run_heads_at_prediction`, what `attribute` runs where the model allows); seconds of each
+    (the plain ZS forward and its cache, shared, not counted) and each one's largest difference from the loop."""
     icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)
-    heads = range(model.cfg.n_heads)
-    seconds = {"batched": 0.0, "loop": 0.0}
-    largest = 0.0
-    for start_row in range(0, len(result.labels), batch_size):
-        rows = list(range(start_row, min(start_row + batch_size, len(result.labels))))
+    heads = list(range(model.cfg.n_heads))
+    seconds = dict.fromkeys(("loop", "batched", "at_prediction"), 0.0)
+    largest = dict.fromkeys(("batched", "at_prediction"), 0.0)
+    for first in range(0, len(result.labels), batch_size):
+        rows = list(range(first, min(first + batch_size, len(result.labels))))
         batch = ZSBatch(model, result.episode, rows)
         source = batch.z[layer].clone()
         source[torch.arange(len(rows)), batch.positions] = icl_z[rows, layer]
+        runs = {"batched": lambda: batch.run_heads(layer, heads, source)}
+        if batch.continues_at_prediction():
+            batch.run_heads_at_prediction(layer, heads[:1], icl_z[rows, layer])  # fills the plain cache
+            runs["at_prediction"] = lambda: batch.run_heads_at_prediction(layer, heads, icl_z[rows, layer])
         start = time.perf_counter()
-        batched = batch.run_heads(layer, heads, source)
-        seconds["batched"] += time.perf_counter() - start
-        start = time.perf_counter()
-        for head in heads:
-
-            def one_head(z, hook, head=head):
-                z = z.clone()
-                z[:, :, head] = source[:, :, head]
-                return z
-
-            looped = batch.run([(hook_name("z", layer), one_head)], from_layer=layer)
-            largest = max(largest, float((looped - batched[head]).abs().max()))
+        looped = torch.stack([batch.run([(hook_name("z", layer), _one_head(source, head))], from_layer=layer)
+                              for head in heads])  # fmt: skip
         seconds["loop"] += time.perf_counter() - start
-    return {"layer": layer, **seconds, "speedup": seconds["loop"] / seconds["batched"], "largest_difference": largest}
+        for name, run in runs.items():
+            start = time.perf_counter()
+            scores = run()
+            seconds[name] += time.perf_counter() - start
+            largest[name] = max(largest[name], float((scores - looped).abs().max()))
+    out = {"layer": layer, **seconds, **{f"largest_difference_{name}": v for name, v in largest.items()}}
+    for name in ("batched", "at_prediction"):
+        out[f"speedup_{name}"] = seconds["loop"] / seconds[name] if seconds[name] else float("nan")
+    return out
+
+
+def _one_head(source: torch.Tensor, head: int):
+    def replace(z, hook):
+        z = z.clone()
+        z[:, :, head] = source[:, :, head]
+        return z
+
+    return replace
 
 
 def print_attribution(report: dict) -> None:
@@ -142,11 +155,16 @@ def print_attribution(report: dict) -> None:
                      ", ".join(f"{m} {v:.2f}" for m, v in every["spearman"].items())])  # fmt: skip
     print("\n" + markdown_table(["model", "layers x heads", "queries", "atp+verify s", "atp s", "peak memory",
                                  "Spearman, verified heads", "exact every head s", "Spearman, every head"], rows))  # fmt: skip
-    layer_rows = [[name, str(run["one_layer"]["layer"]), f"{run['one_layer']['loop']:.2f}",
-                   f"{run['one_layer']['batched']:.2f}", f"{run['one_layer']['speedup']:.2f}",
-                   f"{run['one_layer']['largest_difference']:.1e}"] for name, run in report["models"].items()]  # fmt: skip
-    print("\nOne layer's exact heads (ICL patching), one forward per head against all heads batched:\n\n"
-          + markdown_table(["model", "layer", "loop s", "batched s", "speedup", "largest difference"], layer_rows))  # fmt: skip
+    layer_rows = []
+    for name, run in report["models"].items():
+        one = run["one_layer"]
+        at = (f"{one['at_prediction']:.2f}", f"{one['speedup_at_prediction']:.1f}",
+              f"{one['largest_difference_at_prediction']:.1e}") if one["at_prediction"] else ("not possible",) * 3  # fmt: skip
+        layer_rows.append([name, str(one["layer"]), f"{one['loop']:.2f}", f"{one['batched']:.2f}",
+                           f"{one['speedup_batched']:.2f}", f"{one['largest_difference_batched']:.1e}", *at])  # fmt: skip
+    print("\nOne layer's exact heads (ICL patching): one forward per head, all heads batched, and the prediction "
+          "position alone:\n\n" + markdown_table(["model", "layer", "loop s", "batched s", "speedup",
+          "largest difference", "at prediction s", "speedup", "largest difference"], layer_rows))  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -21,7 +21,9 @@ log p(y) − log Σ_{c≠y} p(c), over the first token of each label word (full-
     W_pos[prefix + ZS position], which no head carries: the `position` total patches that difference as well, and
     all heads + position restore exactly.
 
-Each head's value is exact (every head of a layer in one batched forward, `head_runs.ZSBatch.run_heads`) or a
+Each head's value is exact (every head of a layer in one batched forward, `head_runs.ZSBatch.run_heads`; ICL's
+patching, which changes the prediction position alone, runs that position alone against the plain run's cached keys
+and values where the model allows it, `ZSBatch.run_heads_at_prediction`) or a
 first-order estimate (attribution patching, `ZSBatch.estimate`: one forward and one backward pass per label class and
 batch for every head of every layer at once). `estimate="atp+verify"` estimates every head, then runs the
 `verify_top` heads with the largest estimated effect exactly, and reports the two side by side with Spearman's rank
@@ -136,7 +138,15 @@ class _Subject:
     # (estimated scores, ZS class logits) -> the size by which atp+verify picks the heads it runs exactly
     rank: Callable[[Tensor, Tensor], float]
     extra_rows: Callable[[ZSBatch], dict]  # exact rows beside the heads, per batch: {(layer, head): scores}
+    # (batch, layer, heads) -> exact scores [head, batch, class] with each head's z from `source`; None: run_heads
+    run_heads: Callable[[ZSBatch, int, list[int]], Tensor] | None = None
     exact: dict = field(default_factory=dict)
+
+    def exact_heads(self, batch: ZSBatch, layer: int, heads: list[int]) -> Tensor:
+        if self.run_heads is not None:
+            return self.run_heads(batch, layer, heads)
+        return batch.run_heads(layer, heads, self.source(batch, layer))
+
     approx: dict = field(default_factory=dict)
 
 
@@ -176,7 +186,8 @@ def _per_head(
                         subject.approx.setdefault((layer, head), []).append(batch.class_logits + term)
                     subject.approx.setdefault((layer, ALL), []).append(batch.class_logits + terms.sum(0))
                 else:
-                    for head, scores in enumerate(batch.run_heads(layer, range(model.cfg.n_heads), replacement)):
+                    every = list(range(model.cfg.n_heads))
+                    for head, scores in zip(every, subject.exact_heads(batch, layer, every)):
                         subject.exact.setdefault((layer, head), []).append(scores)
         if estimate == VERIFY:
             batch.grads.clear()  # kept for the verification's runs; its gradients are spent
@@ -191,7 +202,7 @@ def _per_head(
             by_layer = {layer: [head for l, head in chosen if l == layer] for layer, _ in chosen}
             for batch in kept:
                 for layer, layer_heads in by_layer.items():
-                    scores = batch.run_heads(layer, layer_heads, subject.source(batch, layer))
+                    scores = subject.exact_heads(batch, layer, layer_heads)
                     for head, head_scores in zip(layer_heads, scores):
                         subject.exact.setdefault((layer, head), []).append(head_scores)
         subject.exact = {key: torch.cat(parts) for key, parts in subject.exact.items()}
@@ -317,7 +328,13 @@ def _patch_subject(model: HookedTransformer, result: Result) -> _Subject:
     def rank(scores: Tensor, zs_logits: Tensor) -> float:
         return abs(float(logodds(scores, labels).mean() - logodds(zs_logits, labels).mean()))
 
-    return _Subject(source, rank, extra_rows)
+    def run_heads(batch: ZSBatch, layer: int, heads: list[int]) -> Tensor:
+        """Only the prediction position changes: run it alone where the model allows (`continues_at_prediction`)."""
+        if batch.continues_at_prediction():
+            return batch.run_heads_at_prediction(layer, heads, icl_z[batch.rows, layer])
+        return batch.run_heads(layer, heads, source(batch, layer))
+
+    return _Subject(source, rank, extra_rows, run_heads)
 
 
 def _patch_frame(

@@ -18,11 +18,14 @@ are far from linear over the change (saturated attention softmaxes, norms whose 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
@@ -133,6 +136,55 @@ class ZSBatch:
         start = self.resid_pre[layer].repeat(n, 1, 1)
         out = self._run(start, [(hook_name("z", layer), replace)], layer, self.positions.repeat(n))
         return out.view(n, size, -1)
+
+    def continues_at_prediction(self) -> bool:
+        """Whether a change of the prediction position alone can run through that position alone
+        (`run_heads_at_prediction`): positions reach attention only as rotary angles counted from the attention mask
+        (or not at all); ALiBi's biases, logn scaling and local windows count cache indices, which the cached
+        padding would shift (a window only matters when the prompt is wider than it)."""
+        cfg = self.model.cfg
+        if cfg.positional_embedding_type not in ("rotary", "standard") or cfg.use_logn_attn or cfg.use_attention_sinks:
+            return False
+        local = cfg.attn_types is not None and "local" in cfg.attn_types
+        return not local or self.tokens.shape[1] < cfg.window_size
+
+    @cached_property
+    def _plain_cache(self) -> TransformerLensKeyValueCache:
+        """Every layer's keys and values of the plain run (one more plain forward, made once)."""
+        model = self.model
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=len(self.rows))
+        with torch.no_grad():
+            model(self.tokens, past_kv_cache=cache, attention_mask=torch.ones_like(self.tokens),
+                  stop_at_layer=model.cfg.n_layers)  # fmt: skip
+        return cache
+
+    @torch.no_grad()
+    def run_heads_at_prediction(
+        self, layer: int, heads: Sequence[int], replacement: Float[Tensor, "batch head d_head"]
+    ) -> Float[Tensor, "heads batch class"]:
+        """Exact, as `run_heads` with a source that differs from the plain z only at each row's prediction position,
+        but computing only that position: nothing before it changes, so from `layer` on it attends to the plain
+        run's cached keys and values of the positions before it. Needs `continues_at_prediction()`."""
+        model, n, size = self.model, len(heads), len(self.rows)
+        width = self.tokens.shape[1]
+        before = torch.arange(width, device=self.tokens.device)[None, :] < self.positions[:, None]  # [batch, width]
+        mask = torch.cat([before, torch.ones_like(before[:, :1])], 1).long().repeat(n, 1)
+        entries = [TransformerLensKeyValueCacheEntry(entry.past_keys.repeat(n, 1, 1, 1),
+                                                     entry.past_values.repeat(n, 1, 1, 1), frozen=True)
+                   for entry in self._plain_cache.entries]  # fmt: skip
+        cache = TransformerLensKeyValueCache(entries, mask[:, :-1], frozen=True)
+        index = torch.tensor(list(heads), device=replacement.device)
+
+        def replace(z: Tensor, hook) -> Tensor:  # [n * batch, 1, head, d_head]
+            copies = z.view(n, size, *z.shape[2:]).clone()
+            copies[torch.arange(n, device=z.device), :, index] = replacement[:, index].permute(1, 0, 2)
+            return copies.view(z.shape)
+
+        start = self.resid_pre[layer][torch.arange(size, device=self.positions.device), self.positions][:, None]
+        with model.hooks([(hook_name("z", layer), replace)]):
+            resid = model(start.repeat(n, 1, 1), start_at_layer=layer, past_kv_cache=cache, attention_mask=mask,
+                          stop_at_layer=model.cfg.n_layers)  # fmt: skip
+        return self.readout(resid[:, 0]).float().log_softmax(-1)[:, self.firsts].cpu().view(n, size, -1)
 
     def estimate(self, layer: int, source: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "head batch class"]:
         """First-order: each head's change of the class logits when its z at `layer` is taken from `source` (the

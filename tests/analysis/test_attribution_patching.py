@@ -48,6 +48,33 @@ def test_batched_heads_equal_one_forward_per_head(tiny, tiny_result, shape):
             torch.testing.assert_close(batched[head, i], logits.log_softmax(-1)[firsts], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", ["gpt2", "llama", "gemma3-wide-window", "gemma3", "tiny-icl"])
+def test_a_change_at_the_prediction_position_runs_through_that_position_alone(tiny, tiny_result, shape):
+    """ICL's patching changes z at the prediction position only: running that position alone against the plain
+    run's cached keys and values equals the whole prompts' batched run. ALiBi (tiny-icl) and a local window
+    narrower than the prompts (Gemma-shaped, window 4) cannot run that way and say so."""
+    models = {"gpt2": lambda: tiny_model(), "llama": lambda: tiny_model(**LLAMA_LIKE), "tiny-icl": lambda: tiny,
+              "gemma3": lambda: tiny_model(**GEMMA3_LIKE),
+              "gemma3-wide-window": lambda: tiny_model(**(GEMMA3_LIKE | {"window_size": 64}))}  # fmt: skip
+    model = models[shape]()
+    episode = tiny_result.episode if shape == "tiny-icl" else compare(
+        model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode  # fmt: skip
+    batch = ZSBatch(model, episode, [0, 1, 2, 4])
+    assert batch.continues_at_prediction() == (shape not in ("tiny-icl", "gemma3"))
+    if not batch.continues_at_prediction():
+        return
+    generator = torch.Generator().manual_seed(0)
+    for layer in range(model.cfg.n_layers):
+        replacement = torch.randn(batch.z[layer][:, 0].shape, generator=generator)
+        source = batch.z[layer].clone()
+        source[torch.arange(4), batch.positions] = replacement
+        heads = [2, 0, 3]
+        whole = batch.run_heads(layer, heads, source)
+        alone = batch.run_heads_at_prediction(layer, heads, replacement)
+        torch.testing.assert_close(alone, whole, rtol=1e-5, atol=1e-5)
+        assert (alone - batch.plain).abs().max() > 1e-3  # the replacement does change the answer
+
+
 def test_the_estimate_equals_exact_where_the_readout_is_linear_in_z():
     """One attention-only layer and no norms: the class logits are affine in z, so every first-order value (each
     head, the layer, and the measures derived from them) equals the exact one."""

@@ -92,7 +92,8 @@ def test_the_attribution_benchmark_writes_its_json_and_tables(tmp_path, capsys):
     report = attribution.main(["--models", "tiny-icl", "--n-queries", "8", "--spearman-queries", "4", "--threads",
                                "1", "--allow-busy", "--out", str(out)])  # fmt: skip
     run = report["models"]["tiny-icl"]
-    assert run["one_layer"]["largest_difference"] < 1e-5 and run["one_layer"]["speedup"] > 0
+    assert run["one_layer"]["largest_difference_batched"] < 1e-5 and run["one_layer"]["speedup_batched"] > 0
+    assert run["one_layer"]["at_prediction"] == 0  # ALiBi: the prediction position cannot run alone
     assert set(run["exact_every_head"]["spearman"]) == {"gd", "lcgd", "icl"}
     assert {entry["heads"] for entry in run["atp+verify"]["agreement"].values()} == {8}  # 2 x 4 heads, all verified
     assert json.loads(out.read_text())["section"] == "attribution"
