@@ -76,12 +76,13 @@ def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
             table, totals = attribution_table(model, result, batch_size=args.batch_size, estimate=estimate)
         out[estimate] = {"seconds": stage["seconds"], "peak_rss_bytes": stage["peak_rss_bytes"]}
         out[estimate]["agreement"] = totals.get("agreement")
-    few = with_queries(result, range(min(args.spearman_queries, args.n_queries)))
-    with monitor.stage(f"{name}: exact, every head, {len(few.labels)} queries") as stage:
-        exact, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="exact")
-    estimated, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="atp")
-    out["exact_every_head"] = {"queries": len(few.labels), "seconds": stage["seconds"],
-                               "spearman": every_head_spearman(exact, estimated)}  # fmt: skip
+    if args.spearman_queries:
+        few = with_queries(result, range(min(args.spearman_queries, args.n_queries)))
+        with monitor.stage(f"{name}: exact, every head, {len(few.labels)} queries") as stage:
+            exact, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="exact")
+        estimated, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="atp")
+        out["exact_every_head"] = {"queries": len(few.labels), "seconds": stage["seconds"],
+                                   "spearman": every_head_spearman(exact, estimated)}  # fmt: skip
     out["one_layer"] = batched_against_loop(model, result, model.cfg.n_layers // 2, args.batch_size)
     return out
 
@@ -146,7 +147,7 @@ def print_attribution(report: dict) -> None:
     rows = []
     for name, run in report["models"].items():
         agreement = run["atp+verify"]["agreement"]
-        every = run["exact_every_head"]
+        every = run.get("exact_every_head", {"seconds": float("nan"), "queries": 0, "spearman": {}})
         rows.append([name, f"{run['layers']} x {run['heads']}", str(run["queries"]),
                      f"{run['atp+verify']['seconds']:.0f}", f"{run['atp']['seconds']:.0f}",
                      gib(run["atp+verify"]["peak_rss_bytes"]),
@@ -171,16 +172,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.attribution", description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny-icl", "smollm2-135m"], choices=list(SETTINGS))
     p.add_argument("--n-queries", type=int, default=64, help="queries of the comparison attributed")
-    p.add_argument("--spearman-queries", type=int, default=16, help="queries of the every-head exact run")
+    p.add_argument("--spearman-queries", type=int, default=16, help="queries of the every-head exact run (0: none)")
     p.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     p.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write (replaced atomically)")
     args = p.parse_args(argv)
-    for name in ("n_queries", "spearman_queries", "batch_size", "threads"):
+    for name in ("n_queries", "batch_size", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.spearman_queries < 0:
+        p.error("--spearman-queries must be >= 0")
     if args.out.exists() and not is_bench_file(args.out):
         p.error(f"{args.out} exists and was not written by this benchmark; choose another --out")
     return args
