@@ -34,7 +34,9 @@ def is_attribution_folder(out: Path) -> bool:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    """`frame` as a Markdown table, numbers to 4 decimals."""
+    """`frame` as a Markdown table, numbers to 4 decimals; a column NaN on every row (exact values where only
+    estimates were made, or the reverse) is left out."""
+    frame = frame.loc[:, [not (frame[c].dtype.kind == "f" and frame[c].isna().all()) for c in frame.columns]]
 
     def cell(value) -> str:
         if not isinstance(value, float):
