@@ -96,10 +96,10 @@ result.save(folder, overwrite=True)
     "point, survivor",
     [
         ("while-writing-records", OLD_SEED),
-        ("after-writing-records", OLD_SEED),
-        ("before-exchange", OLD_SEED),
+        pytest.param("after-writing-records", OLD_SEED, marks=pytest.mark.slow),  # make test-fast keeps one kill
+        pytest.param("before-exchange", OLD_SEED, marks=pytest.mark.slow),  # point on each side of the exchange
         ("after-exchange", NEW_SEED),
-        ("before-cleanup", NEW_SEED),
+        pytest.param("before-cleanup", NEW_SEED, marks=pytest.mark.slow),
     ],
 )
 def test_an_overwrite_killed_at_any_point_leaves_a_complete_result(saved, tmp_path, point, survivor):
