@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
 
 from benchmarks.machine import Monitor, check_quiet, gib
 from benchmarks.report import BENCH_FORMAT, is_bench_file, write_json
 from iclgd_lens import compare, load_model, load_task
-from iclgd_lens.analysis.attribution import attribution_table, with_queries
+from iclgd_lens.analysis.attribution import ATP, attribution_table, estimate_agreement, with_queries
 from iclgd_lens.analysis.head_runs import ZSBatch
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.results import Result
@@ -73,7 +72,7 @@ def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
                  "layers": model.cfg.n_layers, "heads": model.cfg.n_heads}  # fmt: skip
     for estimate in ("atp+verify", "atp"):
         with monitor.stage(f"{name}: attribute --estimate {estimate}") as stage:
-            table, totals = attribution_table(model, result, batch_size=args.batch_size, estimate=estimate)
+            _, totals = attribution_table(model, result, batch_size=args.batch_size, estimate=estimate)
         out[estimate] = {"seconds": stage["seconds"], "peak_rss_bytes": stage["peak_rss_bytes"]}
         out[estimate]["agreement"] = totals.get("agreement")
     if args.spearman_queries:
@@ -88,14 +87,9 @@ def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
 
 
 def every_head_spearman(exact: pd.DataFrame, estimated: pd.DataFrame) -> dict:
+    """`estimate_agreement` of the exact run with the estimate's columns beside it: over every head."""
     keys = ["layer", "head", "method"]
-    merged = exact.merge(estimated[keys + ["abs_logodds_change_atp", "patch_logodds_change_atp"]], on=keys)
-    heads = merged[(merged.layer != "all") & (merged["head"] != "all")]
-    out = {method: float(spearmanr(rows.abs_logodds_change, rows.abs_logodds_change_atp).statistic)
-           for method, rows in heads.groupby("method")}  # fmt: skip
-    patches = heads.drop_duplicates(["layer", "head"])
-    out["icl"] = float(spearmanr(patches.patch_logodds_change, patches.patch_logodds_change_atp).statistic)
-    return out
+    return estimate_agreement(exact.merge(estimated[keys + [c for c in estimated.columns if c.endswith(ATP)]], on=keys))
 
 
 def batched_against_loop(model, result: Result, layer: int, batch_size: int) -> dict:
@@ -153,7 +147,7 @@ def print_attribution(report: dict) -> None:
                      gib(run["atp+verify"]["peak_rss_bytes"]),
                      ", ".join(f"{m} {e['spearman']:.2f}" for m, e in agreement.items()),
                      f"{every['seconds']:.0f} ({every['queries']} q)",
-                     ", ".join(f"{m} {v:.2f}" for m, v in every["spearman"].items())])  # fmt: skip
+                     ", ".join(f"{m} {e['spearman']:.2f}" for m, e in every["spearman"].items())])  # fmt: skip
     print("\n" + markdown_table(["model", "layers x heads", "queries", "atp+verify s", "atp s", "peak memory",
                                  "Spearman, verified heads", "exact every head s", "Spearman, every head"], rows))  # fmt: skip
     layer_rows = []

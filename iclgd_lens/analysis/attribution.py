@@ -98,6 +98,11 @@ def with_queries(result: Result, rows: Sequence[int]) -> Result:
     return Result(result.config, result.scores, records, result.W_O, result.labels[list(rows)], episode, result.deltas)
 
 
+def _layers(model: HookedTransformer, layers: Sequence[int] | None) -> list[int]:
+    """The layers to attribute: every layer unless some are given."""
+    return list(layers) if layers is not None else list(range(model.cfg.n_layers))
+
+
 def _batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
@@ -258,7 +263,7 @@ def delta_effects(
     is "exact", else the sum of its heads' estimates), layer and head "all" for the whole delta (always exact)."""
     check_attributable(result, model)
     check_estimate(estimate, verify_top)
-    layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
+    layers = _layers(model, layers)
     subject = _delta_subject(model, result, method, layers, estimate)
     zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top, [subject])
     return _delta_frame(method, subject, zs, zs_logits, result.labels)
@@ -389,7 +394,7 @@ def patch_effects(
     below MIN_ICL_EFFECT."""
     check_attributable(result, model)
     check_estimate(estimate, verify_top)
-    layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
+    layers = _layers(model, layers)
     subject = _patch_subject(model, result)
     zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top, [subject])
     return _patch_frame(subject, zs, zs_logits, result.labels, _icl_logodds(model, result, batch_size))
@@ -415,7 +420,7 @@ def attribution_table(
     methods = [method for method in result.methods if method in result.deltas]
     if not methods:
         raise ValueError("this result has no saved deltas; re-run compare (it saves deltas.safetensors)")
-    layers = list(layers) if layers is not None else list(range(model.cfg.n_layers))
+    layers = _layers(model, layers)
     patching = _patch_subject(model, result)
     deltas = {method: _delta_subject(model, result, method, layers, estimate) for method in methods}
     zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top,

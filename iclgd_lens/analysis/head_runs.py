@@ -78,13 +78,10 @@ class ZSBatch:
             self.plain = logits.detach().float().log_softmax(-1)[:, self.firsts].cpu()
             class_logits = logits[:, self.firsts]
             if gradients:
-                order = list(shifts)
-                for c in range(len(self.firsts)):
-                    grads = torch.autograd.grad(class_logits[:, c].sum(), [shifts[l] for l in order],
-                                                retain_graph=c < len(self.firsts) - 1)  # fmt: skip
-                    for layer, grad in zip(order, grads):
-                        self.grads.setdefault(layer, []).append(grad)
-                self.grads = {layer: torch.stack(parts) for layer, parts in self.grads.items()}
+                n_classes = len(self.firsts)
+                per_class = [torch.autograd.grad(class_logits[:, c].sum(), list(shifts.values()),
+                                                 retain_graph=c < n_classes - 1) for c in range(n_classes)]  # fmt: skip
+                self.grads = {layer: torch.stack([grads[i] for grads in per_class]) for i, layer in enumerate(shifts)}
         self.class_logits: Float[Tensor, "batch class"] = class_logits.detach().double().cpu()
 
     def _logits(self, resid: Float[Tensor, "rows pos d_model"], positions: Tensor) -> Float[Tensor, "rows vocab"]:
