@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
             commands.run_report(args)
         elif args.command == "attribute":
             commands.run_attribute(args)
+        elif args.command == "lenses":
+            commands.run_lenses(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             FloatingPointError) as error:  # fmt: skip
         if args.debug:

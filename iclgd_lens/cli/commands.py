@@ -12,6 +12,8 @@ import torch
 
 from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
 from iclgd_lens.analysis.kendall import kendall_table
+from iclgd_lens.analysis.lens_runs import check_lens_result
+from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
 from iclgd_lens.cli.parser import parse_data_files
 from iclgd_lens.core.comparison import compare
@@ -24,6 +26,7 @@ from iclgd_lens.sources.devices import available_threads
 from iclgd_lens.sources.hub_tasks import HUB_TASKS
 from iclgd_lens.sources.task import Task
 from iclgd_lens.views.attribution import check_attribution_folder, write_attribution
+from iclgd_lens.views.lenses import check_lenses_folder, write_lenses
 from iclgd_lens.views.report import attribution_section, build_report, check_report_file
 from iclgd_lens.views.reproduction import write_tables
 
@@ -169,6 +172,34 @@ def run_attribute(args: argparse.Namespace) -> None:
     print((out / "heads.md").read_text())
     if kendall is not None:
         print("Kendall (mean over queries):\n" + (out / "kendall.md").read_text())
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+
+
+def run_lenses(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    check_lenses_folder(out)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    results = [Result.load(folder) for folder in args.runs]
+    check_same_design(results)
+    model = results_model(args, results[0].config)
+    for result in results:
+        check_lens_result(result, model)
+    started = time.perf_counter()
+    runs = []
+    for index, result in enumerate(results):
+        runs.append(lens_values(model, result, args.baselines, args.batch_size))
+        print(f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)",
+              flush=True)  # fmt: skip
+    methods = results[0].methods
+    per_layer, paired = per_layer_table(runs), paired_table(runs, methods)
+    config = results[0].config
+    about = {"runs": len(runs), "run_dirs": [str(r) for r in args.runs], "model": config["model"],
+             "task": config["task"], "methods": methods, "groups": config["groups"],
+             "subjects": list(runs[0])}  # fmt: skip
+    write_lenses(out, per_layer, paired, about)
+    print((out / "lenses.md").read_text().split("## Per layer")[0])
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
 
 

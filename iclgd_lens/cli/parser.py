@@ -224,6 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     add_result_model_options(a)
 
+    lens = commands.add_parser(
+        "lenses",
+        help="ICL's implicit weight update against GD's, task vectors and residual shifts, per layer",
+        formatter_class=DefaultsHelpFormatter,
+        description="Per layer, on the model and its untrained baselines: ICL's implicit rank-1 update of the MLP "
+        "input weights (Dherin et al. 2025; exact, checked by running each block) set against each method's update "
+        "of the same weights (compare --groups mlp_in), ICL's residual stream patched into the ZS run (task "
+        "vectors), and the cosine between ICL's and each method's shift of the residual stream. Several runs of "
+        "one task pool into intervals over runs and queries and paired verdicts against the baselines. Writes "
+        "per_layer.csv, paired.csv, lenses.md, lenses.png and lenses.json into --out.",
+    )
+    lens.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result folders of one model and task")
+    lens.add_argument("--out", required=True, help="lenses folder: new, empty or an earlier lenses folder")
+    lens.add_argument("--baselines", nargs="*", default=None, choices=BASELINES,
+                      help="baselines to read (default: every one the results have; none: the model only)")  # fmt: skip
+    lens.add_argument("--batch-size", type=int, default=None, help="queries per forward pass (default: the result's)")
+    add_result_model_options(lens)
+
     v = commands.add_parser(
         "report",
         help="one self-contained HTML file: tables, plots, attention views, attribution",

@@ -18,17 +18,19 @@ from transformer_lens import HookedTransformer
 from iclgd_lens.core.hooks import block_prefix, hook_name, parameter_layer, parameter_name
 from iclgd_lens.core.presets import BIASES, DEFAULT_GROUPS, check_choice, check_groups
 
-# Parameter group -> TransformerLens parameter names (per block). "mlp" covers gated MLPs' W_gate too.
+# Parameter group -> TransformerLens parameter names (per block). "mlp" covers gated MLPs' W_gate too; "mlp_in" is the
+# MLP's input weights alone (W_in, and a gated MLP's W_gate): the matrices ICL's implicit update changes.
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "q": ("attn.W_Q", "attn.b_Q"),
     "k": ("attn.W_K", "attn.b_K"),
     "v": ("attn.W_V", "attn.b_V"),
     "o": ("attn.W_O", "attn.b_O"),
     "mlp": ("mlp.W_in", "mlp.b_in", "mlp.W_gate", "mlp.W_out", "mlp.b_out"),
+    "mlp_in": ("mlp.W_in", "mlp.W_gate"),
 }
 
 Hook = tuple[str, Callable]
-POST_NORMED = ("attn.W_O", "attn.b_O", "mlp.")  # outputs a post-attention / post-MLP norm follows
+POST_NORMED = ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")  # outputs a post-attention / post-MLP norm follows
 
 
 def check_parameters(parameters: Sequence[str]) -> tuple[str, ...]:

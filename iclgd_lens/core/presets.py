@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 # The valid values of every option, shared by the API and the command line.
 METHODS = ("gd", "lcgd")
 BASELINES = ("no_training", "trained_norms", "trained_embeddings")
-PARAMETER_GROUP_NAMES = ("q", "k", "v", "o", "mlp")  # core.deltas.PARAMETER_GROUPS holds their parameters
+PARAMETER_GROUP_NAMES = ("q", "k", "v", "o", "mlp", "mlp_in")  # core.deltas.PARAMETER_GROUPS holds their parameters
 DEFAULT_GROUPS = ("k", "v")
 LCGD_EXITS = ("block", "attn")
 BIASES = ("checkpoint", "all")  # the biases GD trains: the checkpoint's own, or every one (absent ones from zero)

@@ -7,7 +7,7 @@ nothing before it, so each row is read at its own positions and no attention mas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -77,6 +77,49 @@ def record(
     A label's last token is left out of its row unless the record is at `first_option`: nothing reads the
     prediction it makes.
     """
+    merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, desc,
+                          RECORDED_POINTS)  # fmt: skip
+    return Record(
+        attn_out=merged["attn_out"], z=merged["z"], scores=merged["attn_scores"], query_len=merged["query_len"],
+        label_logprobs=merged["label_logprobs"], position=merged["position"],
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def read_points(
+    model: HookedTransformer,
+    queries: Sequence[Sequence[int]],
+    label_tokens: Sequence[Sequence[int]],
+    prefix: Sequence[int],
+    points: Sequence[str],
+    position: str = "prediction",
+    delta: Delta | None = None,
+    batch_size: int = 8,
+    pad_token: int = 0,
+) -> dict[str, Float[Tensor, "n layer ..."]]:
+    """Every layer's activation at each hook point of `points` (`hooks.HOOK_POINTS` roles, e.g. "resid_pre") at the
+    position `record` records, from the same runs (the prefix once, its keys and values shared), float32 on the
+    CPU; also "label_logprobs" and "position" as in `Record`."""
+    merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, None,
+                          tuple(points))  # fmt: skip
+    return {key: merged[key] for key in (*points, "label_logprobs", "position")}
+
+
+RECORDED_POINTS = ("attn_out", "z", "attn_scores")  # what a Record holds per layer
+
+
+def _run_queries(
+    model: HookedTransformer,
+    queries: Sequence[Sequence[int]],
+    label_tokens: Sequence[Sequence[int]],
+    prefix: Sequence[int],
+    position: str,
+    delta: Delta | None,
+    batch_size: int,
+    pad_token: int,
+    desc: str | None,
+    points: tuple[str, ...],
+) -> dict[str, Tensor]:
     check_choice("position", position, CHOICES["position"])
     delta_hooks = delta.hooks(model) if delta is not None else []
     multi_token = [c for c, t in enumerate(label_tokens) if len(t) > 1]
@@ -97,17 +140,18 @@ def record(
                     multi_token,
                     position,
                     pad_token,
+                    points,
                 )
             )
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    max_len = max(p["scores"].shape[-1] for p in parts)
+    max_len = max(p["attn_scores"].shape[-1] for p in parts) if "attn_scores" in points else 0
     merged = {
-        key: torch.cat([_pad_last(p[key], max_len) if key == "scores" else p[key] for p in parts])[inverse]
+        key: torch.cat([_pad_last(p[key], max_len) if key == "attn_scores" else p[key] for p in parts])[inverse]
         for key in parts[0]
     }
     merged["position"] = merged["position"] + len(prefix)
-    return Record(**merged)
+    return merged
 
 
 def _pad_last(t: Tensor, length: int) -> Tensor:
@@ -142,6 +186,7 @@ def _record_batch(
     multi_token: list[int],
     position: str,
     pad_token: int,
+    points: tuple[str, ...],
 ) -> dict[str, Tensor]:
     device = model.cfg.device
     n = len(queries)
@@ -161,23 +206,19 @@ def _record_batch(
     key_index = prefix_len + torch.arange(max_len, device=device)  # the query's own keys, from its first token
     key_mask = torch.arange(max_len, device=device)[None, :] <= at[:, None]  # [n, max_len]
 
-    found: dict[str, list[Tensor]] = {"attn_out": [], "z": [], "scores": []}
+    found: dict[str, list[Tensor]] = {point: [] for point in points}
 
-    def read_attn_out(t: Float[Tensor, "row pos d_model"], hook) -> None:
-        found["attn_out"].append(t[query_rows, at])
+    def read_at(point: str) -> Callable:
+        def hook(t: Float[Tensor, "row pos ..."], hook) -> None:
+            found[point].append(t[query_rows, at])
 
-    def read_z(t: Float[Tensor, "row pos head d_head"], hook) -> None:
-        found["z"].append(t[query_rows, at])
+        return hook
 
     def read_scores(t: Float[Tensor, "row head pos key"], hook) -> None:
         s = t[query_rows, :, at][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
-        found["scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
+        found["attn_scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
 
-    record_hooks = [
-        (hook_filter("attn_out"), read_attn_out),
-        (hook_filter("z"), read_z),
-        (hook_filter("attn_scores"), read_scores),
-    ]
+    record_hooks = [(hook_filter(p), read_scores if p == "attn_scores" else read_at(p)) for p in points]
     reset_alibi(model)
     with model.hooks(record_hooks):
         resid = model(
@@ -187,10 +228,7 @@ def _record_batch(
             stop_at_layer=model.cfg.n_layers,
         )
     label_logprobs = _label_logprobs(readout, resid, queries, label_tokens, row_of)
-    return {
-        "attn_out": torch.stack(found["attn_out"], 1).float().cpu(),
-        "z": torch.stack(found["z"], 1).float().cpu(),
-        "scores": torch.stack(found["scores"], 1).float().cpu(),
+    return {point: torch.stack(found[point], 1).float().cpu() for point in points} | {
         "query_len": (at + 1).cpu(),
         "label_logprobs": label_logprobs.cpu(),
         "position": at.cpu(),

@@ -43,7 +43,7 @@ def episode_tokens(model, n=3):
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=list(ARCHS))
-@pytest.mark.parametrize("groups", [("k", "v"), ("q",), ("o",), ("mlp",), tuple(PARAMETER_GROUPS)])
+@pytest.mark.parametrize("groups", [("k", "v"), ("q",), ("o",), ("mlp",), ("mlp_in",), tuple(PARAMETER_GROUPS)])
 def test_hooks_equal_edited_weights(arch, groups):
     model = tiny_model(**ARCHS[arch])
     delta = random_delta(model, groups)
@@ -124,6 +124,8 @@ def test_trained_parameters_keep_the_checkpoints_biases_only():
     }
     # gated: W_gate too; the helper's MLP biases are non-zero, hence the checkpoint's
     assert trained_parameters(model, ("mlp",)) == ("mlp.W_in", "mlp.b_in", "mlp.W_gate", "mlp.W_out", "mlp.b_out")
+    assert trained_parameters(model, ("mlp_in",)) == ("mlp.W_in", "mlp.W_gate")  # the input weights alone
+    assert trained_parameters(tiny_model(), ("mlp_in",)) == ("mlp.W_in",)  # a plain MLP has no W_gate
 
 
 def test_update_norms_per_layer_and_parameter():

@@ -1,0 +1,195 @@
+"""ICL's implicit weight update (Dherin et al. 2025), per layer and query, set against GD's update of the same matrices.
+
+At the prediction position, block l adds to the residual stream x its attention output a and its MLP's output
+MLP(u), u = ln2(x + a) (parallel blocks: u = ln2(x)). With the demonstrations in the prompt (ICL) the block sees
+x_C, a_C and u_C; without them (ZS) x, a and u. For each input matrix W of the MLP (W_in, and a gated MLP's W_gate;
+TransformerLens layout [d_model, d_mlp], the MLP computes u·W), the rank-1 change
+
+    ΔW = u ⊗ (δ·W) / ‖u‖²,  δ = u_C − u,
+
+gives u·(W + ΔW) = u·W + δ·W = u_C·W: every input matrix sees ICL's input, so the MLP (gate, activation, W_out and
+any norm after it) outputs at the prediction position exactly what it outputs with the demonstrations. What is left
+of the block's output change is the residual term Δr = (x_C + a_C) − (x + a), which enters the stream beside the MLP
+(Dherin's skip connection; a bias of the block's output): the ZS block under (ΔW, Δr) outputs ICL's block output at
+the prediction position exactly, which `exact_error` checks by running the block. Each layer's update is read from
+the ZS and ICL runs' own inputs to that layer (not from a ZS run whose lower layers were updated), so the layers'
+updates are each exact on their own and do not compose.
+
+ΔW is never materialised for the statistics: with a_W = δ·W, ‖ΔW‖² = Σ_W ‖a_W‖² / ‖u‖², ⟨ΔW, G⟩ = Σ_W u·G_W·a_W / ‖u‖²
+and the mean over queries M has ‖M‖² = Σ_ij (u_i·u_j)(Σ_W a_Wi·a_Wj) / (n² ‖u_i‖² ‖u_j‖²).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.analysis.lens_runs import SubjectRuns
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.hooks import hook_name, parameter_name
+
+INPUT_MATRICES = ("mlp.W_in", "mlp.W_gate")  # the MLP's input weights (W_gate only in gated MLPs)
+
+
+def _product_hook(model: HookedTransformer, matrix: str) -> str:
+    """The hook point where u·W appears: a gated MLP's gate (W_gate) at mlp_pre and its linear branch (W_in) at
+    mlp_pre_linear; a plain MLP's W_in at mlp_pre."""
+    return "mlp_pre_linear" if model.cfg.gated_mlp and matrix == "mlp.W_in" else "mlp_pre"
+
+
+def input_matrices(model: HookedTransformer, layer: int) -> dict[str, Float[Tensor, "d_model d_mlp"]]:
+    """The MLP's input weights of `layer`, float64 on the CPU."""
+    block = model.blocks[layer].mlp
+    names = INPUT_MATRICES if model.cfg.gated_mlp else INPUT_MATRICES[:1]
+    return {name: getattr(block, name.split(".")[1]).detach().double().cpu() for name in names}
+
+
+@torch.no_grad()
+def mlp_input(
+    model: HookedTransformer, layer: int, resid_pre: Float[Tensor, "n d_model"], attn_out: Float[Tensor, "n d_model"]
+) -> Float[Tensor, "n d_model"]:
+    """u: what the MLP of `layer` reads (ln2 of the stream after attention, or of the block input when attention and
+    MLP run in parallel), float64 on the CPU."""
+    stream = resid_pre if model.cfg.parallel_attn_mlp else resid_pre + attn_out
+    norm = model.blocks[layer].ln2
+    return norm(stream.to(model.cfg.device, model.cfg.dtype)).double().cpu()
+
+
+def implicit_parts(
+    subject: SubjectRuns, layer: int
+) -> tuple[Float[Tensor, "n d_model"], dict[str, Float[Tensor, "n d_mlp"]], Float[Tensor, "n d_model"]]:
+    """(u, {matrix: a_W = δ·W}, Δr) per query: ΔW_i = u_i ⊗ a_Wi / ‖u_i‖²."""
+    zs, icl = subject.readings["zs"], subject.readings["icl"]
+    u = mlp_input(subject.model, layer, zs["resid_pre"][:, layer], zs["attn_out"][:, layer])
+    u_icl = mlp_input(subject.model, layer, icl["resid_pre"][:, layer], icl["attn_out"][:, layer])
+    a = {name: (u_icl - u) @ W for name, W in input_matrices(subject.model, layer).items()}
+    residual = lambda r: (r["resid_pre"][:, layer] + r["attn_out"][:, layer]).double()  # noqa: E731
+    return u, a, residual(icl) - residual(zs)
+
+
+def implicit_norms(u: Tensor, a: dict[str, Tensor]) -> tuple[Float[Tensor, "n"], float]:
+    """(‖ΔW_i‖ per query, ‖mean over queries of ΔW_i‖)."""
+    u_sq = (u * u).sum(-1)
+    a_gram = sum(x @ x.T for x in a.values())
+    per_query = (torch.diagonal(a_gram) / u_sq).sqrt()
+    mean_sq = ((u @ u.T) * a_gram / (u_sq[:, None] * u_sq[None, :])).sum() / len(u) ** 2
+    return per_query, float(mean_sq.clamp(min=0).sqrt())
+
+
+def inner_with(u: Tensor, a: dict[str, Tensor], update: dict[str, Tensor]) -> Float[Tensor, "n"]:
+    """⟨ΔW_i, G⟩ per query (Frobenius, over every input matrix): G = `update` (matrix -> [d_model, d_mlp])."""
+    total = sum(((u @ update[name]) * a[name]).sum(-1) for name in a)
+    return total / (u * u).sum(-1)
+
+
+def method_update(subject: SubjectRuns, method: str, layer: int) -> dict[str, Tensor] | None:
+    """The method's change of the layer's MLP input weights (float64, CPU), or None when it did not train all of
+    them."""
+    delta = subject.deltas[method].tensors
+    update = {}
+    for name in input_matrices(subject.model, layer):
+        key = parameter_name(name, layer)
+        if key not in delta:
+            return None
+        update[name] = delta[key].detach().double().cpu()
+    return update
+
+
+@torch.no_grad()
+def exactness(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> Float[Tensor, "n layer"]:
+    """Per query and layer, ‖ZS block under (ΔW, Δr) − ICL block‖ / ‖ICL block‖ at the prediction position: the
+    block run afresh on the ZS prompt's whole residual stream (every position sees ΔW, as a weight change would),
+    against ICL's recorded block output."""
+    model, n_layers = subject.model, subject.model.cfg.n_layers
+    target = subject.readings["icl"]["resid_post"].double()
+    parts = [implicit_parts(subject, layer) for layer in range(n_layers)]
+    errors = torch.full((len(episode.queries), n_layers), torch.nan, dtype=torch.float64)
+    for start in range(0, len(episode.queries), batch_size):
+        rows = list(range(start, min(start + batch_size, len(episode.queries))))
+        batch = ZSBatch(model, episode, rows)
+        for layer, (u, a, residual) in enumerate(parts):
+            out = _updated_block(model, batch, layer, u[rows], {k: v[rows] for k, v in a.items()}, residual[rows])
+            expected = target[rows, layer]
+            errors[rows, layer] = (out - expected).norm(dim=-1) / expected.norm(dim=-1)
+    return errors
+
+
+def _updated_block(
+    model: HookedTransformer,
+    batch: ZSBatch,
+    layer: int,
+    u: Float[Tensor, "batch d_model"],
+    a: dict[str, Float[Tensor, "batch d_mlp"]],
+    residual: Float[Tensor, "batch d_model"],
+) -> Float[Tensor, "batch d_model"]:
+    """Block `layer` on the batch's ZS stream with each row's own ΔW (as hook additions x·ΔW, x the MLP input at
+    every position) and Δr added to its output at the row's prediction position."""
+    device, dtype = model.cfg.device, model.cfg.dtype
+    rows = torch.arange(len(u), device=device)
+    positions = batch.positions
+    change = {name: torch.einsum("bd,bm->bdm", u, a[name]) / (u * u).sum(-1)[:, None, None] for name in a}
+    change = {name: value.to(device, dtype) for name, value in change.items()}
+    norm = model.blocks[layer].ln2
+    captured: dict[str, Tensor] = {}
+
+    def capture(stream: Tensor, hook) -> None:
+        captured["x"] = norm(stream)
+
+    def add(name: str):
+        def hook(pre: Tensor, hook) -> Tensor:
+            return pre + torch.einsum("bpd,bdm->bpm", captured["x"], change[name])
+
+        return hook
+
+    def add_residual(out: Tensor, hook) -> Tensor:
+        out = out.clone()
+        out[rows, positions] += residual.to(device, dtype)
+        return out
+
+    hooks = [(hook_name("resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid", layer), capture)]
+    hooks += [(hook_name(_product_hook(model, name), layer), add(name)) for name in change]
+    hooks.append((hook_name("resid_post", layer), add_residual))
+    with model.hooks(hooks):
+        out = model(batch.resid_pre[layer], start_at_layer=layer, stop_at_layer=layer + 1)
+    return out[rows, positions].double().cpu()
+
+
+def implicit_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
+    """The implicit update's measures on one subject, float64 [n, layer] per query or [1, layer] per layer:
+
+    - `implicit_norm` ‖ΔW_i‖ (Frobenius over the input matrices), `implicit_mean_norm` ‖mean_i ΔW_i‖;
+    - `mlp_change_norm` ‖MLP(u_C) − MLP(u)‖ (what ΔW carries), `residual_term_norm` ‖Δr‖ (what it leaves to the
+      residual term), `exact_error` (see `exactness`);
+    - per method m that trained every input matrix: `implicit_cos_m` cos(ΔW_i, G_m), `implicit_mean_cos_m`
+      cos(mean_i ΔW_i, G_m), `implicit_norm_ratio_m` ‖mean_i ΔW_i‖ / ‖G_m‖; NaN where either update is zero.
+    """
+    n_layers = subject.model.cfg.n_layers
+    zs, icl = subject.readings["zs"], subject.readings["icl"]
+    mlp_out = lambda r: (r["resid_post"] - r["resid_pre"] - r["attn_out"]).double()  # noqa: E731
+    values: dict[str, list[Tensor]] = {}
+
+    def put(name: str, value: Tensor) -> None:
+        values.setdefault(name, []).append(value.reshape(-1))
+
+    for layer in range(n_layers):
+        u, a, residual = implicit_parts(subject, layer)
+        per_query, mean_norm = implicit_norms(u, a)
+        put("implicit_norm", per_query)
+        put("implicit_mean_norm", torch.tensor(mean_norm))
+        put("mlp_change_norm", (mlp_out(icl)[:, layer] - mlp_out(zs)[:, layer]).norm(dim=-1))
+        put("residual_term_norm", residual.norm(dim=-1))
+        for method in subject.deltas:
+            update = method_update(subject, method, layer)
+            g_norm = torch.tensor(torch.nan) if update is None else sum(g.pow(2).sum() for g in update.values()).sqrt()
+            g_norm = torch.where(g_norm > 0, g_norm, torch.nan)  # a zero update has no direction
+            inner = torch.full_like(per_query, torch.nan) if update is None else inner_with(u, a, update)
+            put(f"implicit_cos_{method}", inner / (torch.where(per_query > 0, per_query, torch.nan) * g_norm))
+            mean = torch.tensor(mean_norm if mean_norm > 0 else torch.nan, dtype=torch.float64)
+            put(f"implicit_mean_cos_{method}", inner.mean() / (mean * g_norm))
+            put(f"implicit_norm_ratio_{method}", mean / g_norm)
+    out = {name: torch.stack(parts, 1) for name, parts in values.items()}  # [n or 1, layer]
+    out["exact_error"] = exactness(subject, episode, batch_size)
+    return out

@@ -1,0 +1,104 @@
+"""The runs the lenses read: for a result's model and each of its untrained baselines, the residual stream and the
+attention output of every layer at the prediction position, for ZS, ICL and each method's finetuned model.
+
+The model's deltas are the result's own; a baseline's are refit on its seeded untrained copy, which is deterministic
+(the same copy, demonstrations, lr and parameters as `compare`). Every rerun is checked against the result: its
+accuracy must be the result's for every setting, or the lens refuses to read it (another model, another code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.core.baselines import half_copy, untrained_copy
+from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.metrics import accuracy
+from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.results import Result
+
+POINTS = ("resid_pre", "attn_out", "resid_post")  # per layer, at the prediction position
+
+
+@dataclass
+class SubjectRuns:
+    """One subject (the model, or an untrained baseline) of a result, with what each setting computed."""
+
+    name: str  # "model" or a baseline's name
+    model: HookedTransformer
+    deltas: dict[str, Delta]  # method -> the subject's own learned delta
+    readings: dict[str, dict[str, Float[Tensor, "n layer d_model"]]]  # setting -> point -> values (float32, CPU)
+
+
+def check_lens_result(result: Result, model: HookedTransformer) -> None:
+    """What every lens needs, checked before anything runs."""
+    if result.config.get("position", "prediction") != "prediction":
+        raise ValueError("the lenses read the prediction position; this result recorded at the first option's label "
+                         "token (position 'first_option'): run compare with --position prediction")  # fmt: skip
+    if not result.deltas:
+        raise ValueError("the result holds no saved deltas (written before deltas.safetensors): re-run compare")
+    if model.cfg.n_layers != result.W_O["model"].shape[0] or model.cfg.n_heads != result.W_O["model"].shape[1]:
+        raise ValueError(f"the model ({model.cfg.model_name}) is not the one this result was computed on "
+                         f"({result.config['model']})")  # fmt: skip
+
+
+def subject_runs(
+    model: HookedTransformer, result: Result, baselines: Sequence[str] | None = None
+) -> Iterator[SubjectRuns]:
+    """The model's runs, then each baseline's (default: every baseline the result has), one at a time (a baseline's
+    copy of the model lives only while its runs are read)."""
+    check_lens_result(result, model)
+    if result.config.get("precision") == "fp16-mixed" and model.cfg.dtype != torch.float16:
+        model = half_copy(model)  # what compare ran
+    names = list(result.scores) if baselines is None else ["model", *baselines]
+    missing = [name for name in names if name not in result.scores]
+    if missing:
+        raise ValueError(f"the result has no baseline {missing}; it has {[n for n in result.scores if n != 'model']}")
+    for name in names:
+        if name == "model":
+            subject, deltas = model, {m: d.to(model.cfg.device, model.cfg.dtype) for m, d in result.deltas.items()}
+        else:
+            subject = untrained_copy(model, name, result.config["seed"], result.config.get("init", "transformer_lens"))
+            deltas = {method: _refit(subject, result, method) for method in result.methods}
+        readings = _read(subject, result, deltas)
+        _check_accuracy(result, name, readings)
+        yield SubjectRuns(name, subject, deltas, readings)
+
+
+def _refit(subject: HookedTransformer, result: Result, method: str) -> Delta:
+    episode, config = result.episode, result.config
+    return fit(subject, episode.train_demos, episode.bos, method, result.lr_of(method), result.trained_parameters,
+               config.get("lcgd_exit", "block"), precision=config.get("precision", "native"))  # fmt: skip
+
+
+def _read(subject: HookedTransformer, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:
+    episode = result.episode
+    batch_size = result.config.get("batch_size", 8)
+    settings = {"zs": (episode.zs_prefix, None), "icl": (episode.icl_prefix, None)}
+    settings |= {method: (episode.zs_prefix, delta) for method, delta in deltas.items()}
+    return {
+        name: read_points(
+            subject, episode.queries, episode.label_tokens, prefix, POINTS, "prediction", delta, batch_size, episode.bos
+        )  # fmt: skip
+        for name, (prefix, delta) in settings.items()
+    }
+
+
+def _check_accuracy(result: Result, name: str, readings: dict[str, dict[str, Tensor]]) -> None:
+    """Each setting of the rerun answers as the result did (a query may flip on a float tie: one is allowed)."""
+    recorded = result.scores[name].accuracy
+    n = len(result.labels)
+    for setting, values in readings.items():
+        rerun = accuracy(values["label_logprobs"].argmax(-1), result.labels)
+        if abs(rerun - recorded[setting]) > 1.5 / n:
+            raise ValueError(
+                f"rerunning {name}/{setting} gives accuracy {rerun:.3f} where the result has {recorded[setting]:.3f}: "
+                "the model, or the code, is not the one the result was computed with (give the result's model with "
+                "--model, or re-run compare)"
+            )

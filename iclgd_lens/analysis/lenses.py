@@ -1,0 +1,122 @@
+"""The implicit-update and task-vector lenses over one or more results (runs of one model and task): per-layer means
+with intervals, and paired verdicts of the model against each untrained baseline.
+
+A measure's value in one run is its mean over queries at a layer (NaN-skipping); over runs, the mean of the runs'
+values. Its interval is a bootstrap that resamples what varies: with one run the queries (the interval covers the
+queries only), with several the runs and then the queries within each (`bootstrap.Resampling`, the expanded
+percentile interval: it covers run-to-run variance and query sampling). A measure that is one number per layer and
+run (the mean update's cosine) gets an interval from two runs on, over runs.
+
+The paired verdict compares the model with a baseline on the same queries of the same runs: the difference of the
+measure's mean over layers, its interval from the same draws, and `above` / `below` / `no difference shown`, or
+`too few runs` below `bootstrap.MIN_RUNS` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentile_interval, statistic, verdict
+from iclgd_lens.analysis.implicit_update import implicit_values
+from iclgd_lens.analysis.lens_runs import subject_runs
+from iclgd_lens.analysis.task_vectors import task_vector_values
+from iclgd_lens.core.results import Result
+
+RunValues = dict[str, dict[str, np.ndarray]]  # subject -> measure -> [n or 1, layer or point]
+QUERY_DRAWS, QUERY_SEED = 4000, 0
+# The measures the paired verdicts compare (method-specific ones are named per method).
+VERDICT_MEASURES = ("implicit_cos_{m}", "shift_cos_{m}", "tv_correct")
+
+
+def lens_values(
+    model: HookedTransformer, result: Result, baselines: Sequence[str] | None = None, batch_size: int | None = None
+) -> RunValues:
+    """Every lens measure on the model and each baseline of `result` (subject -> measure -> values)."""
+    batch_size = batch_size or result.config.get("batch_size", 8)
+    values: RunValues = {}
+    for subject in subject_runs(model, result, baselines):
+        measures = implicit_values(subject, result.episode, batch_size)
+        measures |= task_vector_values(subject, result.episode, batch_size)
+        values[subject.name] = {name: value.numpy() for name, value in measures.items()}
+    return values
+
+
+def check_same_design(results: Sequence[Result]) -> None:
+    """Runs pooled by the lenses must be runs of one design: model, task, queries, methods, baselines."""
+    keys = ("model", "task", "n_eval", "methods", "baselines", "groups")
+    first = results[0].config
+    for result in results[1:]:
+        differ = [key for key in keys if result.config.get(key) != first.get(key)]
+        if differ:
+            raise ValueError(f"the results differ in {differ}: the lenses pool runs of one model, task and design "
+                             "only (give one task's runs)")  # fmt: skip
+
+
+def per_layer_table(runs: Sequence[RunValues]) -> pd.DataFrame:
+    """One row per (measure, subject, layer): mean, low, high, what the interval covers, and the runs."""
+    rows = []
+    subjects = list(runs[0])
+    for subject in subjects:
+        for measure in runs[0][subject]:
+            per_run = [run[subject][measure] for run in runs]
+            for layer in range(per_run[0].shape[1]):
+                column = [values[:, [layer]] for values in per_run]
+                mean, (low, high), covers = _mean_and_interval(column)
+                rows.append({"measure": measure, "subject": subject, "layer": layer, "mean": mean, "low": low,
+                             "high": high, "covers": covers, "runs": len(runs)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def paired_table(runs: Sequence[RunValues], methods: Sequence[str]) -> pd.DataFrame:
+    """Model − baseline of each verdict measure's mean over layers, paired by run and query."""
+    rows = []
+    measures = [m.format(m=method) for m in VERDICT_MEASURES for method in methods if "{m}" in m]
+    measures += [m for m in VERDICT_MEASURES if "{m}" not in m]
+    for baseline in [s for s in runs[0] if s != "model"]:
+        for measure in measures:
+            difference = [run["model"][measure] - run[baseline][measure] for run in runs]
+            # both sides on the (query, layer) pairs defined in both, so that model − baseline is the difference
+            model = [np.where(np.isnan(d), np.nan, run["model"][measure]) for d, run in zip(difference, runs)]
+            base = [np.where(np.isnan(d), np.nan, run[baseline][measure]) for d, run in zip(difference, runs)]
+            diff_mean, diff_interval, covers = _mean_and_interval(difference)
+            rows.append({"measure": measure, "baseline": baseline, "model": _mean_and_interval(model)[0],
+                         "baseline_value": _mean_and_interval(base)[0], "difference": diff_mean,
+                         "low": diff_interval[0], "high": diff_interval[1], "covers": covers,
+                         "verdict": verdict(diff_interval, len(runs)), "runs": len(runs)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _mean_and_interval(per_run: list[np.ndarray]) -> tuple[float, tuple[float, float], str]:
+    """The mean over runs of each run's `statistic` (mean over layers of per-layer query means), its interval, and
+    what the interval covers."""
+    ones = np.ones((1, per_run[0].shape[0]))
+    with np.errstate(invalid="ignore"):
+        means = np.array([statistic(values, ones)[0] for values in per_run])
+    mean = float(np.nanmean(means)) if not np.isnan(means).all() else float("nan")
+    n_queries = per_run[0].shape[0]
+    if len(per_run) > 1:
+        draws = _resampling(len(per_run), n_queries).statistics(per_run)
+        return mean, interval(draws, len(per_run)), "runs and queries"
+    if n_queries == 1:
+        return mean, (float("nan"), float("nan")), "none (one value per run: give several runs)"
+    with np.errstate(invalid="ignore"):
+        draws = statistic(per_run[0], _query_counts(n_queries))
+    return mean, percentile_interval(draws, (1 - LEVEL) / 2), "queries"
+
+
+@cache
+def _resampling(n_runs: int, n_queries: int) -> Resampling:
+    """One draw per design, shared by every measure, subject and layer (so that differences are paired)."""
+    return Resampling.draw(n_runs, n_queries)
+
+
+@cache
+def _query_counts(n_queries: int) -> np.ndarray:
+    """[draws, n] bootstrap counts over the queries of one run, shared likewise."""
+    rng = np.random.default_rng(QUERY_SEED)
+    return rng.multinomial(n_queries, np.full(n_queries, 1.0 / n_queries), size=QUERY_DRAWS).astype(np.float64)

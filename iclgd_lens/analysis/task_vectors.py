@@ -1,0 +1,83 @@
+"""Task vectors (Hendel et al. 2023) and the residual shift that ICL and each method give the prediction position.
+
+Stream point l (0 ≤ l ≤ L, L layers) is the residual stream entering layer l, and l = L the stream after the last
+layer (before the final norm). For each l:
+
+- `tv_correct`, `tv_logodds`: the ZS prompt (the query without demonstrations) run with its stream at point l and the
+  prediction position replaced by ICL's, then on through the layers above; whether the patched run answers correctly
+  and its label log-odds (first label tokens, as attribution reads them). l = L gives ICL's answer, no patch ZS's.
+- `shift_cos_m`: cos(ICL − ZS, m − ZS) of the stream at point l and the prediction position, m a finetuned setting
+  (the ZS prompt through m's delta): whether GD moves the prediction's residual stream the way the demonstrations
+  do; `shift_norm_ratio_m`: ‖m − ZS‖ / ‖ICL − ZS‖. NaN where either shift is zero (nothing to point).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from iclgd_lens.analysis.attribution import logodds
+from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.analysis.lens_runs import SubjectRuns
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.readout import Readout
+
+
+def stream_points(reading: dict[str, Tensor]) -> Float[Tensor, "n point d_model"]:
+    """The stream entering each layer, then the stream after the last: [n, layer + 1, d_model] (float64)."""
+    return torch.cat([reading["resid_pre"], reading["resid_post"][:, -1:]], 1).double()
+
+
+@torch.no_grad()
+def patched_runs(
+    subject: SubjectRuns, episode: Episode, batch_size: int = 8
+) -> tuple[Float[Tensor, "n point class"], Float[Tensor, "n class"]]:
+    """First-token label log-probs of the ZS prompts with ICL's stream patched in at each point, and unpatched."""
+    model, n_layers = subject.model, subject.model.cfg.n_layers
+    source = stream_points(subject.readings["icl"])
+    readout = Readout(model)
+    patched, plain = [], []
+    for start in range(0, len(episode.queries), batch_size):
+        rows = list(range(start, min(start + batch_size, len(episode.queries))))
+        batch = ZSBatch(model, episode, rows, readout)
+        index = torch.arange(len(rows), device=batch.positions.device)
+        per_point = []
+        for point in range(n_layers + 1):
+            value = source[rows, point].to(model.cfg.device, model.cfg.dtype)
+
+            def patch(resid: Tensor, hook, value: Tensor = value) -> Tensor:
+                resid = resid.clone()
+                resid[index, batch.positions] = value
+                return resid
+
+            name = hook_name("resid_pre", point) if point < n_layers else hook_name("resid_post", n_layers - 1)
+            per_point.append(batch.run([(name, patch)], from_layer=min(point, n_layers - 1)))
+        patched.append(torch.stack(per_point, 1))
+        plain.append(batch.plain)
+    return torch.cat(patched).double(), torch.cat(plain).double()
+
+
+def task_vector_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
+    """The lens's measures on one subject, float64 [n, point] (module docstring); `zs_correct` [n, 1] too."""
+    labels = torch.tensor(episode.labels)
+    patched, plain = patched_runs(subject, episode, batch_size)
+    n, points, _ = patched.shape
+    flat_labels = labels.repeat_interleave(points)
+    values = {
+        "tv_correct": (patched.argmax(-1) == labels[:, None]).double(),
+        "tv_logodds": logodds(patched.reshape(n * points, -1), flat_labels).view(n, points),
+        "zs_correct": (plain.argmax(-1) == labels).double()[:, None],
+    }
+    zs = stream_points(subject.readings["zs"])
+    icl_shift = stream_points(subject.readings["icl"]) - zs
+    icl_norm = icl_shift.norm(dim=-1)
+    for method in subject.deltas:
+        shift = stream_points(subject.readings[method]) - zs
+        norm = shift.norm(dim=-1)
+        defined = (norm > 0) & (icl_norm > 0)
+        cos = (shift * icl_shift).sum(-1) / (norm * icl_norm)
+        values[f"shift_cos_{method}"] = torch.where(defined, cos, torch.nan)
+        values[f"shift_norm_ratio_{method}"] = torch.where(icl_norm > 0, norm / icl_norm, torch.nan)
+    return values

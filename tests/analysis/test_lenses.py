@@ -1,0 +1,202 @@
+"""The lenses against independent computations: the implicit update against weights edited by hand, its cosine
+against a GD delta built to equal it, task vectors against the recorder's own ZS and ICL runs, and the statistics
+against hand-computed means."""
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iclgd_lens import Delta, Result, compare, load_task
+from iclgd_lens.analysis.attribution import _first_token_record
+from iclgd_lens.analysis.implicit_update import (
+    implicit_norms,
+    implicit_parts,
+    implicit_values,
+    input_matrices,
+)
+from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
+from iclgd_lens.analysis.lenses import _mean_and_interval, paired_table, per_layer_table
+from iclgd_lens.analysis.task_vectors import patched_runs, task_vector_values
+from iclgd_lens.cli import main
+from iclgd_lens.core.hooks import hook_name, parameter_name
+from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
+
+ARCHS = {
+    "gpt2-like": dict(),
+    "llama-like": dict(
+        normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2
+    ),  # fmt: skip
+    "neox-like": dict(positional="rotary", parallel_attn_mlp=True),
+    "gemma3-like": GEMMA3_LIKE,
+}
+
+
+def lens_subject(arch: str, **options) -> tuple[SubjectRuns, Result]:
+    model = tiny_model(dtype=torch.float64, **ARCHS[arch])
+    result = compare(model, toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False,
+                     **options)  # fmt: skip
+    [subject] = subject_runs(model, result)
+    return subject, result
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=list(ARCHS))
+def test_the_zs_block_under_the_implicit_update_is_the_icl_block(arch):
+    """Against weights edited by hand: the ZS prompt through a copy whose MLP input weights are W + ΔW_i, with Δr_i
+    added to the block's output at the prediction position, gives ICL's block output there (float64)."""
+    subject, result = lens_subject(arch)
+    model, episode = subject.model, result.episode
+    icl_out = subject.readings["icl"]["resid_post"].double()
+    zs_out = subject.readings["zs"]["resid_post"].double()
+    values = implicit_values(subject, episode)
+    assert values["exact_error"].max() < 1e-5  # the hook-based check the lens reports
+    for layer in range(model.cfg.n_layers):
+        u, a, residual = implicit_parts(subject, layer)
+        for query in (0, 3):
+            edited = copy.deepcopy(model)
+            with torch.no_grad():
+                for name, weight in input_matrices(model, layer).items():
+                    change = torch.outer(u[query], a[name][query]) / u[query].dot(u[query])
+                    dict(edited.named_parameters())[parameter_name(name, layer)].add_(change)
+            tokens = torch.tensor([[episode.bos, *episode.queries[query]]])
+            at = len(episode.queries[query])
+            captured = {}
+
+            def keep(resid, hook):
+                captured["out"] = resid[0, at] + residual[query]
+
+            edited.run_with_hooks(tokens, fwd_hooks=[(hook_name("resid_post", layer), keep)])
+            expected = icl_out[query, layer]
+            gap = (captured["out"] - expected).norm() / expected.norm()
+            assert gap < 1e-5, (layer, query, float(gap))
+            # the check can fail: without the update the ZS block is far from ICL's
+            assert (zs_out[query, layer] - expected).norm() / expected.norm() > 1e-3
+
+
+def test_implicit_norms_against_materialised_updates():
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    a = {"W_in": torch.randn(4, 5, generator=generator, dtype=torch.float64),
+         "W_gate": torch.randn(4, 5, generator=generator, dtype=torch.float64)}  # fmt: skip
+    full = [torch.cat([torch.outer(u[i], a[k][i]) for k in a], 1) / u[i].dot(u[i]) for i in range(4)]
+    per_query, mean = implicit_norms(u, a)
+    torch.testing.assert_close(per_query, torch.stack([m.norm() for m in full]))
+    assert mean == pytest.approx(float(torch.stack(full).mean(0).norm()), rel=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
+def test_cosine_is_one_for_a_gd_delta_equal_to_the_implicit_update(arch):
+    subject, result = lens_subject(arch)
+    layers = range(subject.model.cfg.n_layers)
+    parts = [implicit_parts(subject, layer) for layer in layers]
+
+    def planted(make) -> Delta:
+        tensors = {}
+        for layer, (u, a, _) in enumerate(parts):
+            for name in a:
+                tensors[parameter_name(name, layer)] = make(u, a[name])
+        return Delta(tensors)
+
+    one = lambda u, a: torch.outer(u[2], a[2]) / u[2].dot(u[2])  # noqa: E731
+    mean = lambda u, a: torch.stack([torch.outer(u[i], a[i]) / u[i].dot(u[i]) for i in range(len(u))]).mean(0)  # noqa: E731
+    subject.deltas = {"gd": planted(one), "lcgd": planted(mean)}
+    values = implicit_values(subject, result.episode)
+    torch.testing.assert_close(values["implicit_cos_gd"][2], torch.ones(len(layers), dtype=torch.float64))
+    assert (values["implicit_cos_gd"][[0, 1, 3, 4]] < 1 - 1e-6).all()  # other queries' updates differ
+    torch.testing.assert_close(values["implicit_mean_cos_lcgd"][0], torch.ones(len(layers), dtype=torch.float64))
+    torch.testing.assert_close(values["implicit_norm_ratio_lcgd"][0], torch.ones(len(layers), dtype=torch.float64))
+    # a method that did not train the MLP input weights has nothing to be set against: NaN, never 0
+    subject.deltas = {"gd": Delta({})}
+    assert implicit_values(subject, result.episode)["implicit_cos_gd"].isnan().all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
+def test_task_vectors_patch_nothing_then_everything(arch):
+    """Unpatched is ZS and patched after the last layer is ICL, both against the recorder's own runs; with rotary
+    positions the stream entering layer 0 is the same token's embedding in both prompts, so patching it is ZS."""
+    subject, result = lens_subject(arch)
+    episode = result.episode
+    patched, plain = patched_runs(subject, episode, batch_size=2)
+    zs = _first_token_record(subject.model, episode, episode.zs_prefix, 3).double()
+    icl = _first_token_record(subject.model, episode, episode.icl_prefix, 3).double()
+    # up to a per-row constant (full-vocabulary log-probs): compare the class log-odds
+    centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731
+    torch.testing.assert_close(centred(plain), centred(zs), atol=1e-6, rtol=0)
+    torch.testing.assert_close(centred(patched[:, -1]), centred(icl), atol=1e-6, rtol=0)
+    if arch == "llama-like":
+        torch.testing.assert_close(centred(patched[:, 0]), centred(zs), atol=1e-6, rtol=0)
+    values = task_vector_values(subject, episode, batch_size=2)
+    assert values["tv_correct"].shape == (5, subject.model.cfg.n_layers + 1)
+    # the shift cosine by hand at the last point
+    icl_shift = (subject.readings["icl"]["resid_post"][:, -1] - subject.readings["zs"]["resid_post"][:, -1]).double()
+    gd_shift = (subject.readings["gd"]["resid_post"][:, -1] - subject.readings["zs"]["resid_post"][:, -1]).double()
+    by_hand = torch.nn.functional.cosine_similarity(icl_shift, gd_shift, dim=-1)
+    torch.testing.assert_close(values["shift_cos_gd"][:, -1], by_hand)
+
+
+def test_statistics_against_hand_computed_means():
+    one = np.array([[1.0, np.nan], [3.0, 4.0]])  # 2 queries, 2 layers
+    mean, (low, high), covers = _mean_and_interval([one])
+    assert mean == pytest.approx((2.0 + 4.0) / 2) and covers == "queries" and low <= mean <= high
+    two = np.array([[0.0, 0.0], [2.0, 2.0]])
+    mean, _, covers = _mean_and_interval([one, two])
+    assert mean == pytest.approx((3.0 + 1.0) / 2) and covers == "runs and queries"
+    measures = ("tv_correct", "implicit_cos_gd", "shift_cos_gd")
+    runs = [{"model": dict.fromkeys(measures, one), "no_training": dict.fromkeys(measures, two)}]
+    table = per_layer_table(runs)
+    row = table[(table.measure == "tv_correct") & (table.subject == "model") & (table.layer == 0)].iloc[0]
+    assert row["mean"] == pytest.approx(2.0)
+    paired = paired_table(runs, ["gd"])
+    assert list(paired.measure) == ["implicit_cos_gd", "shift_cos_gd", "tv_correct"]
+    # paired: on the (query, layer) pairs both define (query 0 of layer 1 is NaN on the model's side)
+    first = paired.iloc[0]
+    assert (first.model, first.baseline_value, first.difference) == pytest.approx((3.0, 1.5, 1.5))
+    assert set(paired.verdict) == {"too few runs"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lenses")
+    for seed in (0, 1):
+        compare(tiny, load_task("synth-sst2"), k=6, seed=seed, lr=0.3, n_eval=6, groups=("k", "v", "mlp_in"),
+                baselines=("no_training",), out=root / f"run{seed}", progress=False)  # fmt: skip
+    return root
+
+
+def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys):
+    out = two_runs / "lenses"
+    runs = [str(two_runs / "run0"), str(two_runs / "run1")]
+    assert main(["lenses", *runs, "--out", str(out), "--threads", "1"]) == 0
+    for name in ("per_layer.csv", "paired.csv", "lenses.md", "lenses.png", "lenses.json"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "per_layer.csv")
+    assert set(table.subject) == {"model", "no_training"} and set(table.covers) <= {"runs and queries",
+                                                                                    "none (one value per run: give several runs)"}  # fmt: skip
+    errors = table[table.measure == "exact_error"]["mean"]
+    assert errors.max() < 1e-4  # float32 model
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(paired.verdict) == {"too few runs"} and "implicit_cos_gd" in set(paired.measure)
+    about = json.loads((out / "lenses.json").read_text())
+    assert about["runs"] == 2 and any("too few runs" in note for note in about["notes"])
+    # an earlier lenses folder is replaced; a folder of anyone else's is refused untouched
+    assert main(["lenses", runs[0], "--out", str(out), "--baselines"]) == 0
+    assert set(pd.read_csv(out / "per_layer.csv").subject) == {"model"}
+    (two_runs / "mine").mkdir()
+    (two_runs / "mine" / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(["lenses", runs[0], "--out", str(two_runs / "mine")]) == 2
+    assert (two_runs / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_lenses_refuse_what_they_cannot_read(tiny, two_runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    compare(tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=4, baselines=(), out=other, progress=False)
+    assert main(["lenses", str(two_runs / "run0"), str(other), "--out", str(tmp_path / "x")]) == 2
+    assert "the results differ in" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    first_option = compare(tiny, load_task("synth-sst2"), k=6, n_eval=4, baselines=(), position="first_option",
+                           lr=0.3, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="the lenses read the prediction position"):
+        check_lens_result(first_option, tiny)
