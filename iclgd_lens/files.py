@@ -70,8 +70,8 @@ def replaced_atomically(path: Path, folder: bool = False, keep_first: bool = Fal
     try:
         yield temporary
         if folder:
-            for written in temporary.iterdir():  # safetensors and others write their files private (0600)
-                written.chmod(0o666 & ~umask())
+            for written in temporary.rglob("*"):  # safetensors and others write their files private (0600)
+                written.chmod((0o777 if written.is_dir() else 0o666) & ~umask())
             if not (keep_first and path.exists()):
                 _replace_folder(temporary, path)
         else:

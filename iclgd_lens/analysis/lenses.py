@@ -36,13 +36,16 @@ VERDICT_MEASURES = ("implicit_cos_{m}", "shift_cos_{m}", "tv_correct")
 def lens_values(
     model: HookedTransformer, result: Result, baselines: Sequence[str] | None = None, batch_size: int | None = None
 ) -> RunValues:
-    """Every lens measure on the model and each baseline of `result` (subject -> measure -> values)."""
+    """Every lens measure on the model and each baseline of `result`, and on the model under each of its label
+    controls ("model [shuffled]", compared like a baseline): subject -> measure -> values."""
     batch_size = batch_size or result.config.get("batch_size", 8)
     values: RunValues = {}
-    for subject in subject_runs(model, result, baselines):
-        measures = implicit_values(subject, result.episode, batch_size)
-        measures |= task_vector_values(subject, result.episode, batch_size)
-        values[subject.name] = {name: value.numpy() for name, value in measures.items()}
+    sources = [(result, baselines, "")] + [(control, [], f" [{kind}]") for kind, control in result.controls.items()]
+    for source, names, suffix in sources:
+        for subject in subject_runs(model, source, names):
+            measures = implicit_values(subject, source.episode, batch_size)
+            measures |= task_vector_values(subject, source.episode, batch_size)
+            values[subject.name + suffix] = {name: value.numpy() for name, value in measures.items()}
     return values
 
 

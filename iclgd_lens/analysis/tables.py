@@ -5,7 +5,8 @@ the mean over runs, the sample std over runs (ddof 1; undefined with one run) an
 two-level bootstrap interval (runs, then queries within runs; `bootstrap`). `verdicts.csv` sets each trained-model
 similarity of an update beside the same number on every untrained baseline as a paired difference with its interval
 and a verdict, and LCGD's beside GD's on the trained model (baseline "gd"). `views.reproduction` lays them out in
-the papers' tables. Deterministic (plan order, seeded bootstrap): the same result folders always give the same
+the papers' tables. A run with a label control adds the trained model under it as one more column ("trained
+[shuffled]"), compared with the trained model like a baseline. Deterministic (plan order, seeded bootstrap): the same result folders always give the same
 numbers.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +40,25 @@ def load_results(out: Path, plan: list[Run]) -> dict[str, list[Result]]:
     return results
 
 
-def _models(result: Result) -> list[str]:
-    return ["model", *result.config["baselines"]]
+def _subjects(result: Result) -> list[tuple[str, Callable[[Result], Result], str]]:
+    """(table label, the run's result holding it, its scores' key) for the trained model, each baseline, and the
+    trained model under each label control ("trained [shuffled]": compared like a baseline, paired by run and
+    query)."""
+    subjects = [(TRAINED if m == "model" else m, _itself, m) for m in ["model", *result.config["baselines"]]]
+    subjects += [(control_label(kind), partial(_control, kind=kind), "model") for kind in result.controls]
+    return subjects
+
+
+def control_label(kind: str) -> str:
+    return f"{TRAINED} [{kind}]"
+
+
+def _itself(result: Result) -> Result:
+    return result
+
+
+def _control(result: Result, kind: str) -> Result:
+    return result.controls[kind]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -57,11 +77,10 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
         first = runs[0]
         # One resampling per task, shared by every model, method and metric: comparisons are paired.
         resampling = bootstrap.Resampling.draw(len(runs), len(first.labels))
-        for model in _models(first):
-            label = TRAINED if model == "model" else model
+        for label, pick, model in _subjects(first):
             for method in first.methods:
-                per_run = [bootstrap.query_values(r, model, method) for r in runs]
-                metrics = [r.scores[model].metrics for r in runs]
+                per_run = [bootstrap.query_values(pick(r), model, method) for r in runs]
+                metrics = [pick(r).scores[model].metrics for r in runs]
                 for metric in SIMILARITIES:
                     if metric == "alpha" and (method != "lcgd" or "alpha" not in metrics[0]):
                         continue
@@ -72,10 +91,10 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     rows.append((task, label, method, metric, *_mean_std(means), len(runs), low, high))
                 rows.append((task, label, method, "rec2ftp", *_mean_std([m[method]["rec2ftp"] for m in metrics]),
                              len(runs), math.nan, math.nan))  # fmt: skip
-                norms = [r.scores[model].update_norm.get(method, {}).get("total", math.nan) for r in runs]
+                norms = [pick(r).scores[model].update_norm.get(method, {}).get("total", math.nan) for r in runs]
                 rows.append((task, label, method, "update_norm", *_mean_std(norms), len(runs), math.nan, math.nan))
                 for setting in ("zs", "icl", method):
-                    accuracies = [r.scores[model].accuracy[setting] for r in runs]
+                    accuracies = [pick(r).scores[model].accuracy[setting] for r in runs]
                     name = f"acc_{'ft' if setting == method else setting}"
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
@@ -129,10 +148,9 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
     """task, model, method, metric, layer, mean, std, runs: per-layer values over runs (Revisited Figure 3)."""
     rows = []
     for task, runs in results.items():
-        for model in _models(runs[0]):
-            label = TRAINED if model == "model" else model
+        for label, pick, model in _subjects(runs[0]):
             for method in runs[0].methods:
-                metrics = [r.scores[model].metrics for r in runs]
+                metrics = [pick(r).scores[model].metrics for r in runs]
                 for metric in SIMILARITIES:
                     if metric == "alpha":
                         if method != "lcgd" or "alpha" not in metrics[0]:

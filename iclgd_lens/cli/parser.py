@@ -15,6 +15,7 @@ from iclgd_lens.core.presets import (
     BASELINES,
     BIASES,
     CHOICES,
+    LABEL_CONTROLS,
     LCGD_EXITS,
     METHODS,
     PARAMETER_GROUP_NAMES,
@@ -99,6 +100,9 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
                    "has, or all (absent ones from zero, as the papers' fairseq model has every bias)")  # fmt: skip
     list_option(c, "--subset", SUBSETS, list(DEFAULTS["subsets"]), "also score these query subsets", empty=True,
                 dest="subsets")  # fmt: skip
+    c.add_argument("--label-control", default=None, choices=LABEL_CONTROLS,
+                   help="also run the whole comparison with the demonstrations' labels shuffled (a seeded "
+                   "permutation) or their label words reversed, saved beside it in control-<kind>/")  # fmt: skip
     presets = c.add_argument_group(
         "preset and its choices", "each choice defaults to the preset's; docs/reference/presets.md explains every one"
     )

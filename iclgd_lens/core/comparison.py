@@ -46,6 +46,9 @@ def compare(
     checkpoint has; `biases="all"` also trains absent ones from zero) are trained with SGD, one epoch, batch size
     1. `lr` is the paper's per-task choice to make (e.g. SST-2 5e-4 for the 1.3B model); `lr_lcgd` gives LCGD its
     own (default: GD's, as the papers do). `subsets=("f2t",)` also scores each method's f2t queries.
+    `label_control="shuffled"` or `"reversed"` also runs the whole comparison on the same queries with the
+    demonstrations' labels (ICL's and GD's) shuffled or their label words reversed: `result.controls[kind]`, saved
+    in the folder's control-<kind>/, and set beside every metric in `summary()` and the reproduction tables.
     """
     config = CompareConfig.build(config, **options)
     choices = config.choices
@@ -64,10 +67,32 @@ def compare(
         )
     if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)
-    labels = torch.tensor(episode.labels)
     parameters = trained_parameters(model, config.groups, config.biases)  # the trained model's, for every subject
-    eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
+    result = compare_episode(model, task, episode, config, parameters, progress)
+    if config.label_control is not None:
+        control = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, config.permutation, config.n_eval,
+                                choices, config.label_control)  # fmt: skip
+        if control.demo_labels == episode.demo_labels:
+            print(f"iclgd-lens: warning: the {config.label_control} label control shows every demonstration's own "
+                  "label (all of one class?): its comparison repeats the normal one", file=sys.stderr)  # fmt: skip
+        result.controls[config.label_control] = compare_episode(model, task, control, config, parameters, progress)
+    if out is not None:
+        result.save(out, overwrite=overwrite)
+    return result
 
+
+def compare_episode(
+    model: HookedTransformer,
+    task: Task,
+    episode: Episode,
+    config: CompareConfig,
+    parameters: Sequence[str],
+    progress: bool = False,
+) -> Result:
+    """One comparison on one episode: every setting on the model and on each untrained baseline, scored."""
+    choices, seed = config.choices, config.seed
+    labels = torch.tensor(episode.labels)
+    eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
     scores, records, W_O, deltas = {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
@@ -83,11 +108,7 @@ def compare(
         records |= {prefix + s: r for s, r in recorded.items()}
         W_O |= {prefix + s: w for s, w in weights.items()}
         del subject
-
-    result = Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas)
-    if out is not None:
-        result.save(out, overwrite=overwrite)
-    return result
+    return Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas)
 
 
 def run_settings(
@@ -145,7 +166,8 @@ def describe(
         except metadata.PackageNotFoundError:
             versions[package] = None
     run = {"model": model.cfg.model_name, "task": task.name, "eval_split": task.eval_split}
-    measured = {"effective_k": episode.effective_k, "gd_k": len(episode.train_demos), "n_eval": len(episode.queries)}
+    measured = {"effective_k": episode.effective_k, "gd_k": len(episode.train_demos), "n_eval": len(episode.queries),
+                "demonstration_labels": episode.label_control or "true"}  # fmt: skip
     return (
         run
         | config.to_json()

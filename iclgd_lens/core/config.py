@@ -13,6 +13,7 @@ from iclgd_lens.core.presets import (
     BIASES,
     CHOICES,
     DEFAULT_GROUPS,
+    LABEL_CONTROLS,
     LCGD_EXITS,
     METHODS,
     SUBSETS,
@@ -48,6 +49,7 @@ class CompareConfig:
     groups: tuple[str, ...] = DEFAULT_GROUPS  # trained weights
     lcgd_exit: str = "block"  # LCGD's read-out: after the block, or after attention
     biases: str = "checkpoint"  # train the biases the checkpoint has, or "all" (absent ones from zero)
+    label_control: str | None = None  # also run the comparison with the demonstrations' labels "shuffled"/"reversed"
     preset: str = "toolkit"
     position: str | None = None
     separator: str | None = None
@@ -74,6 +76,8 @@ class CompareConfig:
         check_choices("subset", self.subsets, SUBSETS, allow_empty=True)
         check_groups(self.groups)
         check_choice("LCGD exit", self.lcgd_exit, LCGD_EXITS)
+        if self.label_control is not None:
+            check_choice("label control", self.label_control, LABEL_CONTROLS)
         check_permutation(self.permutation, choices.order)
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k} (with k=0 ICL is ZS and there is no update to compare)")

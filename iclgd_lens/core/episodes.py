@@ -14,12 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from iclgd_lens.core.presets import PRESETS, REFERENCE_PERMUTATIONS, Choices, check_permutation
+from iclgd_lens.core.presets import (
+    LABEL_CONTROLS,
+    PRESETS,
+    REFERENCE_PERMUTATIONS,
+    Choices,
+    check_choice,
+    check_permutation,
+)
 from iclgd_lens.sources.task import Task
 from iclgd_lens.sources.tokenizers import special_tokens
 
 Tokens = tuple[int, ...]
 EVAL_SHUFFLE_SEED = 1  # docs/science.md: the evaluation set is shuffled with seed 1
+LABEL_SHUFFLE_STREAM = 7  # the shuffled label control's permutation: numpy Generator seeded with [seed, 7]
 DEFAULT_N_EVAL = 2000
 
 
@@ -38,6 +46,9 @@ class Episode:
     labels: tuple[int, ...]
     k: int  # requested number of demonstrations
     n_ctx: int
+    demo_labels: tuple[int, ...] = ()  # the class each kept demonstration shows (its own, unless a label control)
+    train_labels: tuple[int, ...] = ()  # likewise for GD's demonstrations
+    label_control: str | None = None  # None (true labels), "shuffled" or "reversed"
 
     @property
     def effective_k(self) -> int:
@@ -61,9 +72,10 @@ class Episode:
     def from_json(cls, data: dict) -> Episode:
         # Results written before GD had its own demonstration list trained on ICL's.
         data = {"train_demos": data["demos"], "train_rows": data["demo_rows"]} | data
-        fields = {f: data[f] for f in cls.__dataclass_fields__}
-        for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels"):
-            fields[name] = tuple(fields[name])
+        fields = {f: data[f] for f in cls.__dataclass_fields__ if f in data}  # older results: no shown labels
+        for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels", "demo_labels", "train_labels"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
         for name in ("label_tokens", "demos", "train_demos", "queries"):
             fields[name] = tuple(tuple(t) for t in fields[name])
         return cls(**fields)
@@ -145,6 +157,20 @@ def demonstration_rows(n_train: int, k: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(n_train)[:k]]
 
 
+def shown_labels(labels: list[int], n_classes: int, seed: int, control: str | None) -> list[int]:
+    """The labels the demonstrations show, in draw order: their own (`None`); a permutation of them seeded by the
+    run's seed (`shuffled`: the label counts stay, each demonstration's pairing is broken); or class c named by the
+    word of class n − 1 − c (`reversed`: a consistent mapping the model must learn from the prompt against the words'
+    prior)."""
+    if control is None:
+        return list(labels)
+    check_choice("label control", control, LABEL_CONTROLS)
+    if control == "reversed":
+        return [n_classes - 1 - label for label in labels]
+    order = np.random.default_rng([seed, LABEL_SHUFFLE_STREAM]).permutation(len(labels))
+    return [labels[i] for i in order]
+
+
 def build_episode(
     task: Task,
     tokenizer,
@@ -154,10 +180,13 @@ def build_episode(
     permutation: int = 0,
     n_eval: int | None = None,
     choices: Choices | None = None,
+    label_control: str | None = None,
 ) -> Episode:
     """Tokenise the demonstrations (first k of a seeded shuffle of train, reordered for permutation > 0) and the
     queries (eval, shuffled with seed 1, capped at n_eval). Demonstrations that would overflow the context are
-    dropped from the ICL prompt (effective k) as `choices.truncation` says; GD trains on `choices.gd_demos`."""
+    dropped from the ICL prompt (effective k) as `choices.truncation` says; GD trains on `choices.gd_demos`.
+    `label_control`: the demonstrations (ICL's and GD's alike) show `shown_labels` instead of their own; the queries
+    and their labels are the same."""
     choices = choices or PRESETS["toolkit"]
     check_k(task, k)
     check_permutation(permutation, choices.order)
@@ -180,6 +209,8 @@ def build_episode(
         raise ValueError(f"label words {list(task.label_words)} tokenise identically; choose distinct label words")
 
     shuffled = demonstration_rows(len(task.train), k, seed)
+    shown = dict(zip(shuffled, shown_labels([task.train[row]["label"] for row in shuffled], len(task.label_words),
+                                            seed, label_control)))  # fmt: skip
     icl_rows, gd_rows = demonstration_orders(shuffled, seed, permutation, choices.order)
     eval_rows = [int(i) for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(task.eval))[:n_eval]]
 
@@ -197,8 +228,7 @@ def build_episode(
         )
 
     def demonstration(row: int) -> Tokens:
-        example = task.train[row]
-        return encode(task.prompt(example, raw)) + label_tokens[example["label"]]
+        return encode(task.prompt(task.train[row], raw)) + label_tokens[shown[row]]
 
     icl_demos = [demonstration(row) for row in icl_rows]
     # Every query must fit after the prefix: the budget leaves room for the longest query row.
@@ -227,4 +257,7 @@ def build_episode(
         labels=tuple(task.eval[i]["label"] for i in eval_rows),
         k=k,
         n_ctx=n_ctx,
+        demo_labels=tuple(shown[icl_rows[i]] for i in kept),
+        train_labels=tuple(shown[row] for row in gd_rows),
+        label_control=label_control,
     )

@@ -20,6 +20,9 @@ DEFAULT_GROUPS = ("k", "v")
 LCGD_EXITS = ("block", "attn")
 BIASES = ("checkpoint", "all")  # the biases GD trains: the checkpoint's own, or every one (absent ones from zero)
 SUBSETS = ("f2t",)
+# The demonstrations' labels under a label control: a seeded permutation of them, or each class named by the word of
+# class n − 1 − c (core.episodes.shown_labels).
+LABEL_CONTROLS = ("shuffled", "reversed")
 
 CHOICES = {
     "position": ("prediction", "first_option"),

@@ -7,7 +7,9 @@ Folder layout (docs/reference/result-format.md):
   "<setting>/W_O" for a setting that trained W_O), each value stored once (the metadata's "aliases" name the rest);
 - episode.json: every token id (demonstrations, ICL prefix, queries, label tokens) and recorded positions;
 - deltas.safetensors: the trained model's learned weight changes per method ("gd/blocks.3.attn.W_K", ...), so that
-  attribution and attention views need no refit.
+  attribution and attention views need no refit;
+- control-<kind>/ (with a label control): the same comparison with the demonstrations' labels shuffled or reversed,
+  a result folder of its own.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
 RESULT_FORMAT = "iclgd-lens result 1"  # result.json's "format": marks a folder this toolkit wrote
 ALIASES = "aliases"  # records.safetensors metadata: JSON {name: the stored name of an equal tensor}
+CONTROL_PREFIX = "control-"  # a label control's own result folder inside the result's: control-shuffled/
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Result:
     labels: Tensor
     episode: Episode
     deltas: dict[str, Delta] = field(default_factory=dict)  # method -> the trained model's learned delta
+    controls: dict[str, Result] = field(default_factory=dict)  # label control -> the same comparison under it
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -69,13 +73,14 @@ class Result:
             return tuple(self.config["trained_parameters"])
         return tuple(name for group in self.config["groups"] for name in PARAMETER_GROUPS[group])
 
-    def _columns(self) -> list[tuple[str, str, str]]:
-        """(column label, model key, method) for every method on the trained model and each baseline."""
-        return [
-            (method if model == "model" else f"{model}/{method}", model, method)
-            for model in self.scores
-            for method in self.methods
-        ]
+    def _columns(self) -> list[tuple[str, Scores, str]]:
+        """(column label, scores, method) for every method on the trained model, each baseline, and the trained model
+        under each label control ("gd [shuffled]")."""
+        columns = [(method if model == "model" else f"{model}/{method}", scores, method)
+                   for model, scores in self.scores.items() for method in self.methods]  # fmt: skip
+        columns += [(f"{method} [{kind}]", control.scores["model"], method)
+                    for kind, control in self.controls.items() for method in self.methods]  # fmt: skip
+        return columns
 
     def summary(self, subset: str | None = None) -> Summary:
         """Metric x (method, and method on each baseline): one mean number each; accuracies as extra rows.
@@ -84,8 +89,7 @@ class Result:
         if subset is not None and subset not in self.scores["model"].subsets:
             raise ValueError(f"this result has no {subset!r} subset; run compare with subsets=({subset!r},)")
         table = {}
-        for column, model, method in self._columns():
-            scores = self.scores[model]
+        for column, scores, method in self._columns():
             m = scores.subsets[subset][method]["metrics"] if subset else scores.metrics[method]
             values = {name: m[name] if name == "rec2ftp" else m[name]["mean"] for name in METRICS if name in m}
             if method == "lcgd" and "alpha" in scores.metrics and subset is None:
@@ -99,9 +103,10 @@ class Result:
         order = [*METRICS, "n"] if subset else [*METRICS, "acc_zs", "acc_icl", "acc_ft"]
         present = {name for values in table.values() for name in values}
         frame = Summary(pd.DataFrame(table).reindex([name for name in order if name in present]))
+        noted = [*self.scores.items(), *((f"{kind} labels", c.scores["model"]) for kind, c in self.controls.items())]
         frame.notes = [
             note if model == "model" else f"{model}: {note}"
-            for model, scores in self.scores.items()
+            for model, scores in noted
             for note in scores.notes
             if subset is None or f"{subset} subset" in note
         ]
@@ -111,8 +116,8 @@ class Result:
         """Layer x (method, and method on each baseline)."""
         check_metric(metric, tuple(m for m in METRICS if m != "rec2ftp"))
         table = {}
-        for column, model, method in self._columns():
-            metrics = self.scores[model].metrics
+        for column, scores, method in self._columns():
+            metrics = scores.metrics
             if metric == "alpha":
                 if method == "lcgd" and "alpha" in metrics:
                     table[column] = metrics["alpha"]["per_layer"]
@@ -128,7 +133,8 @@ class Result:
         model, _, name = method.rpartition("/")
         model = model or "model"
         if model not in self.scores or name not in self.methods:
-            raise ValueError(f"unknown method {method!r}; choose from {[c for c, _, _ in self._columns()]}")
+            choices = [f"{model}/{m}" if model != "model" else m for model in self.scores for m in self.methods]
+            raise ValueError(f"unknown method {method!r}; choose from {choices}")
         per_head = self.scores[model].per_head
         values = per_head["alpha"] if metric == "alpha" else per_head[name][metric]
         frame = pd.DataFrame(values)
@@ -149,22 +155,25 @@ class Result:
         folder = Path(folder)
         check_output_folder(folder, overwrite)
         with replaced_atomically(folder, folder=True) as staging:
-            tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
-            for setting, record in self.records.items():
-                tensors |= {f"{setting}/{k}": v for k, v in record.tensors().items()}
-            weights, aliases = stored_once({f"{setting}/W_O": w for setting, w in self.W_O.items()})
-            save_file({k: v.contiguous().cpu() for k, v in (tensors | weights).items()}, staging / "records.safetensors",
-                      metadata={ALIASES: json.dumps(aliases)})  # fmt: skip
-            if self.deltas:
-                changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
-                save_file(
-                    {k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors"
-                )
-            positions = {s: r.position.tolist() for s, r in self.records.items() if "/" not in s}
-            self.episode.save(staging / "episode.json", record_positions=positions)
-            # result.json last: a folder holding it is complete.
-            (staging / "result.json").write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
+            for kind, control in self.controls.items():
+                (staging / f"{CONTROL_PREFIX}{kind}").mkdir()
+                control._write(staging / f"{CONTROL_PREFIX}{kind}")
+            self._write(staging)  # result.json last: a folder holding it is complete
         return folder
+
+    def _write(self, staging: Path) -> None:
+        tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
+        for setting, record in self.records.items():
+            tensors |= {f"{setting}/{k}": v for k, v in record.tensors().items()}
+        weights, aliases = stored_once({f"{setting}/W_O": w for setting, w in self.W_O.items()})
+        save_file({k: v.contiguous().cpu() for k, v in (tensors | weights).items()}, staging / "records.safetensors",
+                  metadata={ALIASES: json.dumps(aliases)})  # fmt: skip
+        if self.deltas:
+            changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
+            save_file({k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors")
+        positions = {s: r.position.tolist() for s, r in self.records.items() if "/" not in s}
+        self.episode.save(staging / "episode.json", record_positions=positions)
+        (staging / "result.json").write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
 
     @classmethod
     def load(cls, folder: str | Path) -> Result:
@@ -192,7 +201,9 @@ class Result:
                 for key, tensor in load_file(folder / "deltas.safetensors").items():
                     method, name = key.split("/", 1)
                     deltas.setdefault(method, Delta({})).tensors[name] = tensor
-            return cls(data["config"], scores, records, W_O, tensors["labels"], episode, deltas)
+            controls = {sub.name.removeprefix(CONTROL_PREFIX): cls.load(sub)
+                        for sub in sorted(folder.glob(f"{CONTROL_PREFIX}*")) if sub.is_dir()}  # fmt: skip
+            return cls(data["config"], scores, records, W_O, tensors["labels"], episode, deltas, controls)
         except (ValueError, KeyError, TypeError, OSError, SafetensorError) as error:
             raise ValueError(
                 f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "

@@ -96,7 +96,7 @@ def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tu
     """One table per metric: rows task x method, columns the trained model, each baseline, the paired difference
     and verdict against each baseline (compared metrics only), and the published 1.3B numbers of the task's paper
     task (trained model, then each baseline the papers report)."""
-    baselines = sorted(set(summary.model) - {TRAINED})
+    baselines = others(summary)
     models = [TRAINED, *baselines]
     index = summary.set_index(["task", "model", "method", "metric"])
     compared = verdicts.set_index(["task", "method", "metric", "baseline"])
@@ -121,6 +121,11 @@ def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tu
     return "\n\n".join(parts)
 
 
+def others(summary: pd.DataFrame) -> list[str]:
+    """What the trained model is set against: the baselines, then the trained model under each label control."""
+    return sorted(set(summary.model) - {TRAINED}, key=lambda name: (name.startswith(TRAINED), name))
+
+
 def dai_table(summary: pd.DataFrame) -> str:
     """Trained model: rows task x method, one column per Dai metric, then Dai et al.'s published values (GD)."""
     trained = summary[summary.model == TRAINED].set_index(["task", "method", "metric"])
@@ -135,15 +140,21 @@ def dai_table(summary: pd.DataFrame) -> str:
 
 
 def accuracy_table(summary: pd.DataFrame) -> str:
-    """Trained model: ZS, ICL and each method's finetuned accuracy per task."""
-    trained = summary[summary.model == TRAINED]
-    methods = list(dict.fromkeys(trained.method))
+    """Trained model (and under each label control, its own row): ZS, ICL and each method's finetuned accuracy per
+    task."""
+    labels = [TRAINED, *[name for name in others(summary) if name.startswith(TRAINED)]]
+    methods = list(dict.fromkeys(summary[summary.model == TRAINED].method))
     rows = []
-    for task in dict.fromkeys(trained.task):
-        part = trained[trained.task == task].set_index(["method", "metric"])
-        cells = [_cell(part.loc[(methods[0], "acc_zs")]), _cell(part.loc[(methods[0], "acc_icl")])]
-        paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in ("acc_zs", "acc_icl", "acc_ft"))
-        rows.append([task, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods], paper])
+    for task in dict.fromkeys(summary.task):
+        for label in labels:
+            part = summary[(summary.task == task) & (summary.model == label)].set_index(["method", "metric"])
+            if part.empty:
+                continue
+            cells = [_cell(part.loc[(methods[0], "acc_zs")]), _cell(part.loc[(methods[0], "acc_icl")])]
+            paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–"
+                               for m in ("acc_zs", "acc_icl", "acc_ft")) if label == TRAINED else ""  # fmt: skip
+            name = task if label == TRAINED else f"{task} {label.removeprefix(TRAINED).strip()}"
+            rows.append([name, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods], paper])
     return markdown_table(["task", "ZS", "ICL", *[m.upper() for m in methods], "published 1.3B ZS / ICL / GD"], rows)
 
 
@@ -156,7 +167,7 @@ def lcgd_against_gd_table(verdicts: pd.DataFrame) -> str:
 
 def update_norm_table(summary: pd.DataFrame) -> str:
     """Rows task x method: the Frobenius norm of the whole update on the trained model and each baseline."""
-    models = [TRAINED, *sorted(set(summary.model) - {TRAINED})]
+    models = [TRAINED, *others(summary)]
     index = summary.set_index(["task", "model", "method", "metric"])
     rows = []
     for task in dict.fromkeys(summary.task):

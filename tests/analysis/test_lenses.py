@@ -162,7 +162,7 @@ def two_runs(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("lenses")
     for seed in (0, 1):
         compare(tiny, load_task("synth-sst2"), k=6, seed=seed, lr=0.3, n_eval=6, groups=("k", "v", "mlp_in"),
-                baselines=("no_training",), out=root / f"run{seed}", progress=False)  # fmt: skip
+                baselines=("no_training",), label_control="shuffled", out=root / f"run{seed}", progress=False)  # fmt: skip
     return root
 
 
@@ -173,17 +173,18 @@ def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys)
     for name in ("per_layer.csv", "paired.csv", "lenses.md", "lenses.png", "lenses.json"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "per_layer.csv")
-    assert set(table.subject) == {"model", "no_training"} and set(table.covers) <= {"runs and queries",
+    assert set(table.subject) == {"model", "no_training", "model [shuffled]"} and set(table.covers) <= {"runs and queries",
                                                                                     "none (one value per run: give several runs)"}  # fmt: skip
     errors = table[table.measure == "exact_error"]["mean"]
     assert errors.max() < 1e-4  # float32 model
     paired = pd.read_csv(out / "paired.csv")
     assert set(paired.verdict) == {"too few runs"} and "implicit_cos_gd" in set(paired.measure)
+    assert set(paired.baseline) == {"no_training", "model [shuffled]"}  # the label control, paired like a baseline
     about = json.loads((out / "lenses.json").read_text())
     assert about["runs"] == 2 and any("too few runs" in note for note in about["notes"])
     # an earlier lenses folder is replaced; a folder of anyone else's is refused untouched
     assert main(["lenses", runs[0], "--out", str(out), "--baselines"]) == 0
-    assert set(pd.read_csv(out / "per_layer.csv").subject) == {"model"}
+    assert set(pd.read_csv(out / "per_layer.csv").subject) == {"model", "model [shuffled]"}
     (two_runs / "mine").mkdir()
     (two_runs / "mine" / "notes.txt").write_text("keep")
     capsys.readouterr()

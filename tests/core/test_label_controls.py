@@ -1,0 +1,86 @@
+"""Label controls: the controlled episode changes the demonstrations' labels and nothing else; the comparison runs a
+second time on it, is saved beside the normal one, and stands beside every metric in the summary and the tables."""
+
+import pytest
+
+from iclgd_lens import Result, compare
+from iclgd_lens.analysis.tables import control_label, summary_table
+from iclgd_lens.core.episodes import build_episode, shown_labels
+from iclgd_lens.views.reproduction import accuracy_table
+from tests.helpers import make_tokenizer, tiny_model, toy_task
+
+
+def episode(control=None, seed=3, task=None):
+    return build_episode(task or toy_task(), make_tokenizer(), 256, k=10, seed=seed, n_eval=6,
+                         label_control=control)  # fmt: skip
+
+
+def strip_label(demo, label_tokens, label):
+    tokens = label_tokens[label]
+    assert demo[-len(tokens) :] == tokens
+    return demo[: -len(tokens)]
+
+
+@pytest.mark.parametrize("control", ["shuffled", "reversed"])
+def test_a_controlled_episode_changes_the_demonstrations_labels_and_nothing_else(control):
+    task = toy_task()
+    plain, controlled = episode(task=task), episode(control, task=task)
+    true = [task.train[row]["label"] for row in plain.demo_rows]
+    assert plain.demo_labels == tuple(true) and plain.label_control is None
+    assert controlled.label_control == control
+    for name in ("demo_rows", "train_rows", "queries", "query_rows", "labels", "label_tokens", "separator"):
+        assert getattr(controlled, name) == getattr(plain, name), name
+    # each demonstration is its own prompt followed by the label tokens of the class it shows
+    for demos, labels in ((plain.demos, plain.demo_labels), (controlled.demos, controlled.demo_labels)):
+        prompts = [strip_label(d, plain.label_tokens, c) for d, c in zip(demos, labels)]
+        assert prompts == [strip_label(d, plain.label_tokens, c) for d, c in zip(plain.demos, plain.demo_labels)]
+    assert [controlled.train_labels[controlled.train_rows.index(r)] for r in controlled.demo_rows] == list(
+        controlled.demo_labels
+    )  # GD's demonstrations show the same labels as ICL's
+    if control == "reversed":
+        assert list(controlled.demo_labels) == [1 - c for c in true]  # two classes: c -> n - 1 - c
+    else:
+        assert sorted(controlled.demo_labels) == sorted(true)  # a permutation of the labels
+        assert controlled.demo_labels != plain.demo_labels  # which moves some (seed 3 draws both classes)
+        assert episode(control, task=task).demo_labels == controlled.demo_labels  # seeded
+        assert episode(control, seed=4, task=task).demo_labels != episode(seed=4, task=task).demo_labels
+
+
+def test_shown_labels_by_hand():
+    assert shown_labels([0, 1, 2, 2], 3, 0, "reversed") == [2, 1, 0, 0]
+    assert shown_labels([0, 1, 2, 2], 3, 0, None) == [0, 1, 2, 2]
+    shuffled = shown_labels([0, 1, 2, 2], 3, 0, "shuffled")
+    assert sorted(shuffled) == [0, 1, 2, 2]
+    with pytest.raises(ValueError, match="unknown label control 'random'"):
+        shown_labels([0, 1], 2, 0, "random")
+
+
+def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
+    model = tiny_model()
+    result = compare(model, toy_task(), k=10, seed=3, n_eval=6, baselines=("no_training",), lr=0.1,
+                     label_control="shuffled", out=tmp_path / "run", progress=False)  # fmt: skip
+    control = result.controls["shuffled"]
+    assert control.config["demonstration_labels"] == "shuffled" and result.config["demonstration_labels"] == "true"
+    assert result.config["label_control"] == "shuffled"
+    assert control.accuracy["zs"] == result.accuracy["zs"]  # the queries are the same; ZS sees no demonstration
+    assert control.records["icl"].attn_out.ne(result.records["icl"].attn_out).any()  # ICL saw other labels
+    summary = result.summary()
+    assert {"gd [shuffled]", "lcgd [shuffled]"} <= set(summary.columns)
+    assert summary.loc["acc_icl", "gd [shuffled]"] == control.accuracy["icl"]
+    loaded = Result.load(tmp_path / "run")
+    assert list(loaded.controls) == ["shuffled"]
+    assert loaded.controls["shuffled"].episode.demo_labels == control.episode.demo_labels
+    assert (tmp_path / "run" / "control-shuffled" / "result.json").is_file()
+
+    table, verdicts = summary_table({"toy": [loaded]})
+    label = control_label("shuffled")
+    assert label in set(table.model)
+    icl = table[(table.model == label) & (table.metric == "acc_icl")]["mean"].iloc[0]
+    assert icl == control.accuracy["icl"]
+    assert label in set(verdicts.baseline)  # the trained model is set against its control, paired
+    assert "[shuffled]" in accuracy_table(table)
+
+
+def test_an_unknown_control_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown label control 'random'"):
+        compare(tiny_model(), toy_task(), k=4, n_eval=2, label_control="random", progress=False)
