@@ -9,6 +9,7 @@ _PUBLIC = {
     "CompareConfig": "core.config",
     "Delta": "core.deltas",
     "Episode": "core.episodes",
+    "MethodContext": "core.methods",
     "Record": "core.recording",
     "Result": "core.results",
     "Task": "sources.task",
@@ -21,6 +22,8 @@ _PUBLIC = {
     "load_task": "sources.dispatch",
     "record": "core.recording",
     "record_settings": "core.accuracy",
+    "register_method": "core.methods",
+    "available_methods": "core.methods",
     "separator_text": "core.presets",
     "untrained_copy": "core.baselines",
 }

@@ -18,7 +18,7 @@ from transformer_lens import HookedTransformer
 
 from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
-from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.methods import MethodContext, run_method
 from iclgd_lens.core.metrics import accuracy
 from iclgd_lens.core.recording import read_points
 from iclgd_lens.core.results import Result
@@ -72,9 +72,11 @@ def subject_runs(
 
 
 def _refit(subject: HookedTransformer, result: Result, method: str) -> Delta:
-    episode, config = result.episode, result.config
-    return fit(subject, episode.train_demos, episode.bos, method, result.lr_of(method), result.trained_parameters,
-               config.get("lcgd_exit", "block"), precision=config.get("precision", "native"))  # fmt: skip
+    """The method's delta on a baseline's copy, as compare computed it (`run_method` applies its options)."""
+    config = result.config
+    context = MethodContext(result.lr_of(method), result.trained_parameters, config.get("lcgd_exit", "block"),
+                            config.get("precision", "native"))  # fmt: skip
+    return run_method(method, subject, result.episode, context)
 
 
 def _read(subject: HookedTransformer, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:

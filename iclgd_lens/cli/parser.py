@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from iclgd_lens.analysis.protocol import DAI_LR_GRID
 from iclgd_lens.analysis.sweep import EXECUTORS
 from iclgd_lens.core.config import CompareConfig
+from iclgd_lens.core.methods import available_methods
 from iclgd_lens.core.presets import (
     BASELINES,
     BIASES,
     CHOICES,
     LABEL_CONTROLS,
     LCGD_EXITS,
-    METHODS,
     PARAMETER_GROUP_NAMES,
     PRESETS,
     SUBSETS,
@@ -90,7 +90,8 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--model", required=True, help="TransformerLens name (needs the hub), local HF folder, tiny-icl, "
                    "or a packaged model: smollm2-135m, gemma3-270m (offline; docs/models.md)")  # fmt: skip
     c.add_argument("--k", type=int, default=DEFAULTS["k"], help="demonstrations")
-    list_option(c, "--methods", METHODS, list(DEFAULTS["methods"]), "finetuning methods")
+    list_option(c, "--methods", available_methods(), list(DEFAULTS["methods"]),
+                "update rules (packages add theirs: docs/methods.md)")  # fmt: skip
     list_option(c, "--baselines", BASELINES, list(DEFAULTS["baselines"]), "untrained baselines (none: empty)",
                 empty=True)  # fmt: skip
     list_option(c, "--groups", PARAMETER_GROUP_NAMES, list(DEFAULTS["groups"]), "trained weights")
@@ -224,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-top", type=int, default=20, help="heads per method, and for ICL, that atp+verify runs exactly"
     )
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
-    a.add_argument("--kendall-method", default="gd", choices=METHODS, help="the finetuning Kendall compares with")
+    a.add_argument("--kendall-method", default="gd", choices=available_methods(),
+                   help="the finetuning Kendall compares with")  # fmt: skip
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     add_result_model_options(a)
 

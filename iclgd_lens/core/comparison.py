@@ -17,8 +17,8 @@ from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.deltas import Delta, trained_parameters
 from iclgd_lens.core.episodes import Episode, build_episode
-from iclgd_lens.core.finetuning import fit
 from iclgd_lens.core.hooks import parameter_name
+from iclgd_lens.core.methods import MethodContext, method_options, run_method
 from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record
 from iclgd_lens.core.results import Result, check_output_folder
@@ -121,17 +121,7 @@ def run_settings(
     """Record ZS, ICL and each method's finetuned model (training `parameters`). Also W_O for per-head outputs: the
     model's ("model") and, when O is trained, each method's W_O + ΔW_O; and each method's delta."""
     deltas = {
-        method: fit(
-            model,
-            episode.train_demos,
-            episode.bos,
-            method,
-            config.method_lr(method),
-            parameters,
-            config.lcgd_exit,
-            progress,
-            config.choices.precision,
-        )  # fmt: skip
+        method: run_method(method, model, episode, method_context(config, method, parameters, progress))
         for method in config.methods
     }
     records = record_settings(
@@ -141,6 +131,12 @@ def run_settings(
     if "o" in config.groups:
         W_O |= {method: W_O["model"] + _stacked_W_O_delta(model, delta) for method, delta in deltas.items()}
     return records, W_O, deltas
+
+
+def method_context(config: CompareConfig, method: str, parameters: Sequence[str], progress: bool) -> MethodContext:
+    """What `compare` gives each method: its lr, the parameters to train, LCGD's exit and the precision."""
+    return MethodContext(config.method_lr(method), tuple(parameters), config.lcgd_exit, config.choices.precision,
+                         progress)  # fmt: skip
 
 
 def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:
@@ -174,6 +170,7 @@ def describe(
         | measured
         | {
             "trained_parameters": list(parameters),
+            "method_options": {method: method_options(method) for method in config.methods},
             "dtype": str(model.cfg.dtype).removeprefix("torch."),
             "device": str(model.cfg.device),
             "versions": versions,

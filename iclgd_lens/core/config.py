@@ -8,6 +8,7 @@ import difflib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from iclgd_lens.core.methods import available_methods
 from iclgd_lens.core.presets import (
     BASELINES,
     BIASES,
@@ -71,7 +72,7 @@ class CompareConfig:
         if self.lr_lcgd is not None:
             check_lr(self.lr_lcgd)
         check_choice("bias setting", self.biases, BIASES)
-        check_choices("method", self.methods, METHODS, allow_empty=False)
+        check_choices("method", self.methods, available_methods(), allow_empty=False)
         check_choices("baseline", self.baselines, BASELINES, allow_empty=True)
         check_choices("subset", self.subsets, SUBSETS, allow_empty=True)
         check_groups(self.groups)

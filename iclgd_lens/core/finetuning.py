@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from iclgd_lens.core.deltas import Delta, Hook
-from iclgd_lens.core.hooks import hook_name, reset_alibi
+from iclgd_lens.core.hooks import hook_name, parameter_layer, reset_alibi
 from iclgd_lens.core.presets import LCGD_EXITS, METHODS, check_choice, check_lr
 from iclgd_lens.core.readout import Readout
 
@@ -98,6 +98,9 @@ def fit(
     progress: bool = False,
     precision: str = "native",
     observers: Sequence[Hook] = (),
+    step: str = "sgd",
+    epochs: int = 1,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> Delta:
     """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
     demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer).
@@ -111,12 +114,26 @@ def fit(
     below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference.
 
     `observers`: hooks that run after the delta's own in every step's forward, seeing what that step computed
-    (Kendall's capture of the attention queries); they must return None."""
+    (Kendall's capture of the attention queries); they must return None.
+
+    `step` (native precision only; the variants of `core.methods`): `sgd` (the papers'), `layer-normalised` (each
+    layer's step lr · g_l / ‖g_l‖, g_l the gradient of that layer's trained tensors together) or `adam`
+    (torch.optim.Adam with `betas`, no weight decay); `epochs` passes over the demonstrations, in the same order."""
     check_choice("method", method, METHODS)
+    check_choice("step", step, STEPS)
     check_lr(lr)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if precision == "fp16-mixed" and step != "sgd":
+        raise ValueError(f"precision fp16-mixed reproduces the reference's SGD only; the {step} step needs native")
     reset_alibi(model)  # the same demonstrations give the same delta, whatever ran on the model before
     delta = Delta.zeros(model, parameters)  # what the hooks apply: the trained delta, or fp16-mixed's effective one
-    step = MixedFP16Step(model, delta, lr) if precision == "fp16-mixed" else NativeStep(delta, lr)
+    if precision == "fp16-mixed":
+        update = MixedFP16Step(model, delta, lr)
+    elif step == "adam":
+        update = AdamStep(delta, lr, betas)
+    else:
+        update = (LayerNormalisedStep if step == "layer-normalised" else NativeStep)(delta, lr)
     hooks = delta.hooks(model)
     if method == "lcgd":
         readout = LayerCausalReadout(model, lcgd_exit)
@@ -124,7 +141,8 @@ def fit(
     else:
         unembed = Readout(model)
     with frozen_parameters(model), model.hooks([*hooks, *observers]):
-        for index, demo in enumerate(tqdm(demos, desc=f"fit {method}", disable=not progress, leave=False)):
+        schedule = [demo for _ in range(epochs) for demo in demos]
+        for index, demo in enumerate(tqdm(schedule, desc=f"fit {method}", disable=not progress, leave=False)):
             tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
             if method == "gd":
                 loss = causal_lm_loss(unembed(model(tokens, stop_at_layer=model.cfg.n_layers)), tokens)
@@ -134,8 +152,8 @@ def fit(
                 raise FloatingPointError(
                     f"{method} loss is {loss.item()} at demonstration {index} with lr={lr}; lower the learning rate"
                 )
-            step(loss, n_tokens=tokens.shape[1] - 1)
-            if not step.is_finite():
+            update(loss, n_tokens=tokens.shape[1] - 1)
+            if not update.is_finite():
                 raise FloatingPointError(
                     f"{method} weights became non-finite at step {index} with lr={lr}; lower the learning rate"
                 )
@@ -163,6 +181,38 @@ class NativeStep:
 
     def is_finite(self) -> bool:
         return self.delta.is_finite()
+
+
+class LayerNormalisedStep(NativeStep):
+    """A per-layer step size: layer l moves by lr · g_l / ‖g_l‖ (g_l: the gradient of the layer's trained tensors,
+    one Frobenius norm over them), so every layer that gets a gradient moves by lr, however small its gradient."""
+
+    def __call__(self, loss: Float[Tensor, ""], n_tokens: int) -> None:
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        layers = [parameter_layer(name) for name in self.delta.tensors]
+        norms: dict[int, Tensor] = {}
+        for layer, g in zip(layers, grads):
+            if g is not None:
+                norms[layer] = norms.get(layer, 0.0) + g.double().pow(2).sum()
+        with torch.no_grad():
+            for p, g, layer in zip(self.params, grads, layers):
+                if g is not None and norms[layer] > 0:
+                    p.sub_(self.lr * g / norms[layer].sqrt().to(g.dtype))
+
+
+class AdamStep(NativeStep):
+    """torch.optim.Adam over the delta's tensors (no weight decay)."""
+
+    def __init__(self, delta: Delta, lr: float, betas: tuple[float, float]) -> None:
+        super().__init__(delta, lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas))
+
+    def __call__(self, loss: Float[Tensor, ""], n_tokens: int) -> None:
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 class MixedFP16Step(NativeStep):
@@ -193,6 +243,7 @@ class MixedFP16Step(NativeStep):
         return super().is_finite() and all(bool(torch.isfinite(m).all()) for m in self.master.values())
 
 
+STEPS = ("sgd", "layer-normalised", "adam")
 FP16_LOSS_SCALE = 4.0  # the reference's --fp16-init-scale
 FP16_SCALE_WINDOW = 256  # --fp16-scale-window: steps without overflow before the scale doubles
 FP16_MIN_LOSS_SCALE = 1e-4  # fairseq's default --min-loss-scale

@@ -62,7 +62,11 @@ class Result:
         return list(self.config["methods"])
 
     def lr_of(self, method: str) -> float:
-        """The learning rate `method` trained with (results before `lr_lcgd`: GD's for both)."""
+        """The learning rate `method` trained with (results before `lr_lcgd`: GD's for both; a method registered with
+        an "lr" option: that)."""
+        options = self.config.get("method_options", {}).get(method, {})
+        if "lr" in options:
+            return float(options["lr"])
         return self.config.get("lr_lcgd", self.config["lr"]) if method == "lcgd" else self.config["lr"]
 
     @property

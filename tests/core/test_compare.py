@@ -239,18 +239,18 @@ def test_recompute_script_agrees_with_reference_arithmetic_and_f2t(tmp_path):
 def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
     """A delta that changes nothing: every FT − ZS update is zero, so SimAOU and SimAM∆ are undefined (NaN,
     0 defined), not 0; the notes say so; the independent script agrees. Under the reference arithmetic they are 0."""
-    import iclgd_lens.core.comparison as comparison
     from iclgd_lens.core.deltas import Delta
+    from iclgd_lens.core.methods import register_method, registered
 
-    original = comparison.fit
-    try:
-        comparison.fit = lambda model, *args, **kwargs: Delta.zeros(model)
+    original = registered("gd")
+    try:  # GD replaced, through the plug-in interface, by a method that changes nothing
+        register_method("gd", lambda model, episode, context: Delta.zeros(model, context.parameters))
         exact = compare(tiny_model(), toy_task(), k=4, n_eval=6, baselines=(), progress=False, out=tmp_path / "e")
         reference = compare(
             tiny_model(), toy_task(), k=4, n_eval=6, baselines=(), arithmetic="reference", progress=False
         )
     finally:
-        comparison.fit = original
+        register_method("gd", original.fn, original.options, original.description)
     gd = exact.metrics["gd"]
     for name in ("simaou", "simaou_norm", "simam_delta"):
         assert math.isnan(gd[name]["mean"]) and gd[name]["defined"] == 0

@@ -1,0 +1,140 @@
+"""Update rules as plug-ins: a method is a function from (model, episode, context) to a `Delta`.
+
+`register_method(name, fn, options=...)` makes `name` a setting like GD and LCGD everywhere a method goes: compare,
+reproduce, the tables, attribution, the lenses and the views; result.json records each method's options
+(`config.method_options`). Packages register theirs under the entry-point group `iclgd_lens.methods` (the entry
+point's name is the method's, its object the function), found without importing anything until the method runs.
+
+Built in: `gd` and `lcgd` (the papers' plain SGD, one epoch, batch size 1) and two variants the Revisited paper's
+discussion asks about, written through the same interface: `lcgd-normalised` (LCGD with a per-layer step size, each
+layer's step lr · g_l / ‖g_l‖, so that no layer's update vanishes at a shared lr) and `gd-adam` (GD with Adam over
+several epochs). This module imports nothing heavy: the command line lists the methods for `--help`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from iclgd_lens.core.deltas import Delta
+    from iclgd_lens.core.episodes import Episode
+
+ENTRY_POINT_GROUP = "iclgd_lens.methods"
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is given besides the model and the episode (whose `train_demos` and `bos` it trains on)."""
+
+    lr: float  # the comparison's learning rate for this method (an "lr" option replaces it)
+    parameters: tuple[str, ...]  # per-block parameter names to train ('attn.W_K', ...): the delta must hold these
+    lcgd_exit: str = "block"
+    precision: str = "native"
+    progress: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # the method's registered options
+
+
+Method = Callable[["HookedTransformer", "Episode", MethodContext], "Delta"]
+
+
+@dataclass(frozen=True)
+class Registered:
+    fn: Method
+    options: dict[str, Any]
+    description: str
+
+
+_REGISTRY: dict[str, Registered] = {}
+
+
+def register_method(name: str, fn: Method, options: dict[str, Any] | None = None, description: str = "") -> None:
+    """Make `fn` the method `name` (replacing an earlier registration of that name). `options` (JSON values) are
+    passed to it as `context.options` and recorded in result.json; an "lr" option replaces the comparison's lr."""
+    if not name or "/" in name or " " in name or name in ("zs", "icl"):
+        raise ValueError(f"a method's name must be a word without '/' or spaces, other than zs and icl; got {name!r}")
+    if not callable(fn):
+        raise ValueError(f"method {name!r}: expected a function (model, episode, context) -> Delta, got {fn!r}")
+    _REGISTRY[name] = Registered(fn, dict(options or {}), description)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method registered in this process (the built-ins included)."""
+    _REGISTRY.pop(name, None)
+
+
+def available_methods() -> tuple[str, ...]:
+    """Every method name: registered in this process, then those packages declare as entry points."""
+    declared = [point.name for point in entry_points(group=ENTRY_POINT_GROUP) if point.name not in _REGISTRY]
+    return (*_REGISTRY, *declared)
+
+
+def method_options(name: str) -> dict[str, Any]:
+    return dict(registered(name).options)
+
+
+def registered(name: str) -> Registered:
+    """The method `name`, loading its entry point on first use; an unknown name is an error that lists the rest."""
+    if name not in _REGISTRY:
+        points = [point for point in entry_points(group=ENTRY_POINT_GROUP) if point.name == name]
+        if not points:
+            raise ValueError(f"unknown method {name!r}; choose from {list(available_methods())} or register one "
+                             "(iclgd_lens.register_method, docs/methods.md)")  # fmt: skip
+        register_method(name, points[0].load(), description=f"entry point {points[0].value}")
+    return _REGISTRY[name]
+
+
+def run_method(name: str, model: HookedTransformer, episode: Episode, context: MethodContext) -> Delta:
+    """The method's delta, checked: it must change exactly the parameters it was asked to train, each with its
+    parameter's shape, with finite values."""
+    method = registered(name)
+    options = method.options
+    if "lr" in options:
+        context = MethodContext(**{**context.__dict__, "lr": float(options["lr"])})
+    context = MethodContext(**{**context.__dict__, "options": dict(options)})
+    delta = method.fn(model, episode, context)
+    check_delta(name, model, delta, context.parameters)
+    return delta
+
+
+def check_delta(name: str, model: HookedTransformer, delta: Delta, parameters: Sequence[str]) -> None:
+    from iclgd_lens.core.deltas import Delta as DeltaType
+
+    if not isinstance(delta, DeltaType):
+        raise ValueError(f"method {name!r} returned {type(delta).__name__}, not a Delta")
+    expected = DeltaType.zeros(model, parameters).tensors
+    missing, unknown = sorted(set(expected) - set(delta.tensors)), sorted(set(delta.tensors) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"method {name!r} returned a Delta of other parameters than it was asked to train: "
+                         f"missing {missing[:3]}, unexpected {unknown[:3]} (train {list(parameters)})")  # fmt: skip
+    wrong = [(n, tuple(t.shape), tuple(expected[n].shape)) for n, t in delta.tensors.items()
+             if t.shape != expected[n].shape]  # fmt: skip
+    if wrong:
+        parameter, got, want = wrong[0]
+        raise ValueError(f"method {name!r} returned a Delta of the wrong shape: {parameter} is {got}, the parameter "
+                         f"is {want}")  # fmt: skip
+    if not delta.is_finite():
+        raise FloatingPointError(f"method {name!r} returned a non-finite delta; lower its learning rate")
+
+
+def _fit(method: str, step: str = "sgd") -> Method:
+    def fn(model: HookedTransformer, episode: Episode, context: MethodContext) -> Delta:
+        from iclgd_lens.core.finetuning import fit
+
+        return fit(model, episode.train_demos, episode.bos, method, context.lr, context.parameters, context.lcgd_exit,
+                   context.progress, context.precision, step=step, epochs=int(context.options.get("epochs", 1)),
+                   betas=tuple(context.options.get("betas", (0.9, 0.999))))  # fmt: skip
+
+    return fn
+
+
+register_method("gd", _fit("gd"), description="SGD on the causal-LM loss, one epoch, batch size 1")
+register_method("lcgd", _fit("lcgd"), description="layer-causal GD: each layer trained on its own read-out")
+register_method("lcgd-normalised", _fit("lcgd", "layer-normalised"),
+                description="LCGD, each layer's step lr · g_l / ‖g_l‖ (a per-layer step size)")  # fmt: skip
+register_method("gd-adam", _fit("gd", "adam"), options={"epochs": 3, "betas": [0.9, 0.999]},
+                description="GD with Adam (no weight decay), batch size 1, three epochs")  # fmt: skip

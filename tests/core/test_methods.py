@@ -1,0 +1,127 @@
+"""Update rules as plug-ins: a registered method is a setting everywhere a method goes, a wrong Delta is refused, and
+the two built-in variants (a per-layer step size, Adam over epochs) take the steps they say, against hand-computed
+ones."""
+
+import json
+from importlib.metadata import EntryPoint
+
+import pandas as pd
+import pytest
+import torch
+
+import iclgd_lens.core.methods as methods
+from iclgd_lens import Delta, Result, compare, fit, register_method
+from iclgd_lens.cli import main
+from iclgd_lens.core.deltas import trained_parameters
+from iclgd_lens.core.hooks import parameter_layer
+from iclgd_lens.core.methods import available_methods, unregister_method
+from tests.helpers import tiny_model, toy_task
+
+
+def halved_gd(model, episode, context):
+    """A plug-in as a user writes one: GD's delta, scaled by the "scale" option."""
+    delta = fit(model, episode.train_demos, episode.bos, "gd", context.lr, context.parameters)
+    return Delta({name: context.options["scale"] * t for name, t in delta.tensors.items()})
+
+
+@pytest.fixture
+def registered():
+    register_method("halved-gd", halved_gd, options={"scale": 0.5}, description="GD, halved")
+    yield "halved-gd"
+    unregister_method("halved-gd")
+
+
+def test_a_registered_method_runs_through_compare_and_records_its_options(registered, tmp_path):
+    model = tiny_model()
+    result = compare(model, toy_task(), k=4, n_eval=6, lr=0.1, methods=("gd", registered), baselines=("no_training",),
+                     out=tmp_path / "run", progress=False)  # fmt: skip
+    assert result.config["method_options"] == {"gd": {}, registered: {"scale": 0.5}}
+    for name, gd in result.deltas["gd"].tensors.items():
+        torch.testing.assert_close(result.deltas[registered].tensors[name], 0.5 * gd)
+    assert {registered, f"no_training/{registered}"} <= set(result.summary().columns)
+    assert Result.load(tmp_path / "run").deltas[registered].tensors.keys() == result.deltas["gd"].tensors.keys()
+
+
+def test_a_registered_method_runs_through_reproduce_and_its_tables(registered, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2", "--runs", "1", "--lr", "0.3", "--k", "6",
+                 "--n-eval", "8", "--baselines", "--methods", "gd", registered, "--threads", "1", "--quiet",
+                 "--out", str(out)]) == 0  # fmt: skip
+    summary = pd.read_csv(out / "summary.csv")
+    assert registered in set(summary.method)
+    assert registered in (out / "tables.md").read_text()
+
+
+def test_a_delta_of_the_wrong_shape_or_parameters_is_refused_before_anything_is_saved(tmp_path):
+    def wrong_shape(model, episode, context):
+        delta = Delta.zeros(model, context.parameters)
+        name = next(iter(delta.tensors))
+        delta.tensors[name] = torch.zeros(3, 3)
+        return delta
+
+    def wrong_parameters(model, episode, context):
+        return Delta.zeros(model, ("attn.W_Q",))
+
+    for fn, message in ((wrong_shape, "wrong shape"), (wrong_parameters, "other parameters than it was asked")):
+        register_method("broken", fn)
+        try:
+            with pytest.raises(ValueError, match=message):
+                compare(tiny_model(), toy_task(), k=4, n_eval=4, methods=("broken",), baselines=(),
+                        out=tmp_path / "x", progress=False)  # fmt: skip
+        finally:
+            unregister_method("broken")
+        assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match=r"invalid methods \['nope'\]"):
+        compare(tiny_model(), toy_task(), k=4, n_eval=4, methods=("nope",), progress=False)
+
+
+def test_an_entry_point_method_is_found_by_name_and_loaded_when_it_runs(monkeypatch):
+    point = EntryPoint("from-a-package", "tests.core.test_methods:halved_gd", methods.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(methods, "entry_points", lambda group: [point] if group == methods.ENTRY_POINT_GROUP else [])
+    assert "from-a-package" in available_methods() and "from-a-package" not in methods._REGISTRY
+    try:
+        assert methods.registered("from-a-package").fn is halved_gd
+    finally:
+        unregister_method("from-a-package")
+
+
+def one_demo_step(step, **options):
+    model = tiny_model()
+    parameters = trained_parameters(model, ("k", "v"))
+    demos = [[3, 4, 5, 6, 7]]
+    sgd = fit(model, demos, 0, "lcgd", 1.0, parameters)  # one step at lr 1: −g
+    other = fit(model, demos, 0, "lcgd", 0.01, parameters, step=step, **options)
+    return sgd, other
+
+
+def test_the_layer_normalised_step_moves_each_layer_by_lr_along_its_gradient():
+    sgd, normalised = one_demo_step("layer-normalised")
+    for layer in (0, 1):
+        names = [n for n in sgd.tensors if parameter_layer(n) == layer]
+        norm = torch.sqrt(sum(sgd.tensors[n].double().pow(2).sum() for n in names))
+        for name in names:
+            torch.testing.assert_close(normalised.tensors[name].double(), 0.01 * sgd.tensors[name].double() / norm)
+
+
+def test_the_adam_step_is_adams_first_step_and_epochs_repeat_the_demonstrations():
+    sgd, adam = one_demo_step("adam", betas=(0.9, 0.999))
+    for name, minus_g in sgd.tensors.items():
+        g = -minus_g
+        torch.testing.assert_close(adam.tensors[name], -0.01 * g / (g.abs() + 1e-8))  # m̂ = g, v̂ = g²
+    model = tiny_model()
+    parameters = trained_parameters(model, ("k", "v"))
+    demos = [[3, 4, 5], [6, 7, 8, 9]]
+    twice = fit(model, demos, 0, "gd", 0.1, parameters, epochs=2)
+    repeated = fit(model, demos + demos, 0, "gd", 0.1, parameters)
+    for name in twice.tensors:
+        torch.testing.assert_close(twice.tensors[name], repeated.tensors[name])
+
+
+def test_the_built_in_variants_are_registered_with_their_options(tmp_path):
+    assert {"gd", "lcgd", "lcgd-normalised", "gd-adam"} <= set(available_methods())
+    result = compare(tiny_model(), toy_task(), k=4, n_eval=4, lr=0.01, methods=("lcgd-normalised", "gd-adam"),
+                     baselines=(), out=tmp_path / "run", progress=False)  # fmt: skip
+    options = json.loads((tmp_path / "run" / "result.json").read_text())["config"]["method_options"]
+    assert options == {"lcgd-normalised": {}, "gd-adam": {"epochs": 3, "betas": [0.9, 0.999]}}
+    norms = result.scores["model"].update_norm["lcgd-normalised"]["per_layer"]
+    assert all(0 < n <= 0.01 * 4 + 1e-6 for n in norms)  # four steps of lr each at most, in every layer
