@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.results import Result
 
-SETTINGS = ("zs", "icl", "gd", "lcgd")
+PROMPTS = ("zs", "icl")  # the settings without a delta; every method the result ran is a setting too
 MAX_LAYERS_BY_DEFAULT = 4
 
 
@@ -55,10 +55,11 @@ def _check(result: Result, model: HookedTransformer, query: int, layers: Sequenc
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad:
         raise ValueError(f"layers {bad} are out of range: the model has {model.cfg.n_layers} layers")
-    unknown = [s for s in settings if s not in SETTINGS]
+    known = (*PROMPTS, *result.methods)
+    unknown = [s for s in settings if s not in known]
     if unknown:
-        raise ValueError(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-    missing = [s for s in settings if s in ("gd", "lcgd") and s not in result.deltas]
+        raise ValueError(f"unknown settings {unknown}; choose from {list(known)}")
+    missing = [s for s in settings if s not in PROMPTS and s not in result.deltas]
     if missing:
         raise ValueError(
             f"this result has no saved {missing} delta (deltas.safetensors: written by compare since the attention "
@@ -75,12 +76,13 @@ def record_patterns(
     result: Result,
     query: int = 0,
     layers: Sequence[int] | None = None,
-    settings: Sequence[str] = SETTINGS,
+    settings: Sequence[str] | None = None,
     collapse: bool = True,
 ) -> Patterns:
-    """Patterns of `settings` for one query of `result` (the model is the one it was computed on)."""
+    """Patterns of `settings` (default: ZS, ICL and every method with a saved delta) for one query of `result` (the
+    model is the one it was computed on)."""
     layers = list(layers) if layers is not None else default_layers(model.cfg.n_layers)
-    settings = [s for s in settings if s in ("zs", "icl") or s in result.deltas] if settings == SETTINGS else settings
+    settings = [*PROMPTS, *(m for m in result.methods if m in result.deltas)] if settings is None else list(settings)
     _check(result, model, query, layers, settings)
     episode = result.episode
     tokens_of_query = list(episode.queries[query])
@@ -96,7 +98,7 @@ def record_patterns(
     attention = {}
     for setting in settings:
         prefix = list(episode.icl_prefix if setting == "icl" else episode.zs_prefix)
-        delta = result.deltas[setting].to(model.cfg.device, model.cfg.dtype) if setting in ("gd", "lcgd") else None
+        delta = result.deltas[setting].to(model.cfg.device, model.cfg.dtype) if setting not in PROMPTS else None
         full = _patterns(model, prefix + tokens_of_query, layers, delta)  # [layer, head, pos, pos]
         rows = full[:, :, len(prefix) :, :]  # the query's tokens as destinations
         square = torch.zeros(len(layers), model.cfg.n_heads, n_columns, n_columns)

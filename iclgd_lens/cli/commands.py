@@ -27,7 +27,7 @@ from iclgd_lens.sources.hub_tasks import HUB_TASKS
 from iclgd_lens.sources.task import Task
 from iclgd_lens.views.attribution import check_attribution_folder, write_attribution
 from iclgd_lens.views.lenses import check_lenses_folder, write_lenses
-from iclgd_lens.views.report import attribution_section, build_report, check_report_file
+from iclgd_lens.views.report import attribution_section, build_report, check_report_file, lenses_section
 from iclgd_lens.views.reproduction import write_tables
 
 
@@ -210,6 +210,9 @@ def run_report(args: argparse.Namespace) -> None:
     results = [(Path(folder).name if Path(folder).name else folder, Result.load(folder)) for folder in args.runs]
     for folder in args.attribution:
         attribution_section(Path(folder))  # a folder without tables fails now, not after the views
+    for folder in args.lenses:
+        lenses_section(Path(folder))
     model = None if args.no_views else results_model(args, results[0][1].config)
-    write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution]))
+    write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution],
+                                         lenses=[Path(f) for f in args.lenses]))  # fmt: skip
     print(f"wrote {args.html}")

@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--queries", type=int, nargs="+", default=[0], help="queries of the first result to draw")
     v.add_argument("--no-views", action="store_true", help="leave out the attention views (no model is loaded)")
     v.add_argument("--attribution", nargs="+", default=[], metavar="DIR", help="folders written by attribute")
+    v.add_argument("--lenses", nargs="+", default=[], metavar="DIR", help="folders written by lenses")
     v.add_argument("--overwrite", action="store_true", help="replace an earlier report in --html")
     add_result_model_options(v)
     return parser

@@ -30,7 +30,7 @@ def attention_view(patterns: Patterns) -> Html:
         for setting, attention in patterns.attention.items():
             heads = attention[i]
             names = [f"L{layer}H{h}" for h in range(heads.shape[0])]
-            cells.append((SETTING_NAMES[setting], component("AttentionHeads", attention=heads, tokens=patterns.tokens,
+            cells.append((SETTING_NAMES.get(setting, setting), component("AttentionHeads", attention=heads, tokens=patterns.tokens,
                                                             attentionHeadNames=names, maskUpperTri=True)))  # fmt: skip
         parts.append(heading(f"layer {layer}", 4) + grid(cells, len(cells)))
     return Html("".join(parts))
@@ -59,7 +59,7 @@ def score_change_view(result: Result, query: int = 0, layers: Sequence[int] | No
         for setting in settings:
             change = result.records[setting].scores[query, layer, :, :length] - zs.scores[query, layer, :, :length]
             labels = [f"H{h}" for h in range(change.shape[0])]
-            cells.append((f"{SETTING_NAMES[setting]} − ZS", component("ColoredTokensMulti", tokens=tokens,
+            cells.append((f"{SETTING_NAMES.get(setting, setting)} − ZS", component("ColoredTokensMulti", tokens=tokens,
                           values=change.T.contiguous(), labels=labels)))  # fmt: skip
         parts.append(heading(f"layer {layer}", 4) + grid(cells, len(cells)))
     return Html("".join(parts))

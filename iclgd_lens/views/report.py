@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -16,6 +17,7 @@ import pandas as pd
 from iclgd_lens.core.results import Result
 from iclgd_lens.files import check_output
 from iclgd_lens.views.html import circuitsvis_script, heading
+from iclgd_lens.views.lenses import MARKER, is_lenses_folder, meaning
 
 REPORT_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
 GENERATOR = '<meta name="generator" content="iclgd-lens report">'  # marks a file this toolkit wrote
@@ -62,10 +64,11 @@ def build_report(
     view_queries: Sequence[int] = (0,),
     attribution: Sequence[Path] = (),
     title: str = "iclgd-lens report",
+    lenses: Sequence[Path] = (),
 ) -> str:
     """The report's HTML. `results`: (name, result) pairs. With `model` (the one the results were computed on),
     attention views of `view_queries` of the first result are recorded and drawn. `attribution`: folders written by
-    `iclgd-lens attribute`, whose tables are included."""
+    `iclgd-lens attribute`, whose tables are included; `lenses`: folders written by `iclgd-lens lenses`."""
     from iclgd_lens.analysis.patterns import record_patterns
     from iclgd_lens.views.attention import attention_view, score_change_view
     from iclgd_lens.views.plots import head_heatmaps, per_layer_plot
@@ -87,6 +90,8 @@ def build_report(
         parts.append(f"<section>{heading(f'Attention: {first_name}', 2)}{views}{changes}</section>")
     for folder in attribution:
         parts.append(attribution_section(Path(folder)))
+    for folder in lenses:
+        parts.append(lenses_section(Path(folder)))
     return (
         f'<!doctype html><html><head><meta charset="utf-8">{GENERATOR}<meta http-equiv="Content-Security-Policy" '
         f'content="{CSP}"><title>{escape(title)}</title><style>{STYLE}</style>'
@@ -109,6 +114,27 @@ def attribution_section(folder: Path) -> str:
             f"{str(folder)!r} holds no attribution tables (heads.csv, kendall.csv); run iclgd-lens attribute"
         )
     return f"<section>{''.join(parts)}</section>"
+
+
+def lenses_section(folder: Path) -> str:
+    """A lenses folder: its notes, the paired verdicts, the headline measures per layer, and its figure."""
+    if not is_lenses_folder(folder):
+        raise ValueError(f"{str(folder)!r} is not a lenses folder (no lenses.json); run iclgd-lens lenses")
+    about = json.loads((folder / MARKER).read_text())
+    notes = "".join(f'<li class="note">{escape(n)}</li>' for n in about["notes"])
+    per_layer = pd.read_csv(folder / "per_layer.csv")
+    headline = [m for m in dict.fromkeys(per_layer.measure) if m.startswith(("implicit_cos_", "shift_cos_"))]
+    tables = ""
+    for measure in [*headline, "tv_correct"]:
+        rows = per_layer[per_layer.measure == measure]
+        if len(rows):
+            wide = rows.pivot(index="layer", columns="subject", values="mean")[list(dict.fromkeys(rows.subject))]
+            tables += heading(f"{measure}: {meaning(measure)}", 4) + _table(wide)
+    image = base64.b64encode((folder / "lenses.png").read_bytes()).decode()
+    title = f"Lenses: {folder.name} ({about['model']} on {about['task']}, {about['runs']} runs)"
+    return (f"<section>{heading(title, 2)}<ul>{notes}</ul>{heading('Model against each baseline and control', 3)}"
+            f"{_table(pd.read_csv(folder / 'paired.csv'))}{heading('Per layer (means; intervals in per_layer.csv)', 3)}"
+            f'{tables}<img alt="lenses.png" src="data:image/png;base64,{image}"></section>')  # fmt: skip
 
 
 def check_report_file(path: Path, overwrite: bool) -> None:

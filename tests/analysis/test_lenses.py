@@ -182,6 +182,15 @@ def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys)
     assert set(paired.baseline) == {"no_training", "model [shuffled]"}  # the label control, paired like a baseline
     about = json.loads((out / "lenses.json").read_text())
     assert about["runs"] == 2 and any("too few runs" in note for note in about["notes"])
+    # the report's lenses section
+    html = two_runs / "report.html"
+    assert main(["report", runs[0], "--html", str(html), "--no-views", "--lenses", str(out)]) == 0
+    text = html.read_text()
+    assert "Lenses: lenses (tiny-icl on synth-sst2, 2 runs)" in text and 'alt="lenses.png"' in text
+    assert "implicit_cos_gd: cos(ICL&#x27;s implicit ΔW" in text or "implicit_cos_gd: cos(ICL's implicit ΔW" in text
+    capsys.readouterr()
+    assert main(["report", runs[0], "--html", str(two_runs / "r2.html"), "--no-views", "--lenses", runs[1]]) == 2
+    assert "is not a lenses folder" in capsys.readouterr().err and not (two_runs / "r2.html").exists()
     # an earlier lenses folder is replaced; a folder of anyone else's is refused untouched
     assert main(["lenses", runs[0], "--out", str(out), "--baselines"]) == 0
     assert set(pd.read_csv(out / "per_layer.csv").subject) == {"model", "model [shuffled]"}
