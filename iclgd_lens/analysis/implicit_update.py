@@ -193,3 +193,62 @@ def implicit_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8)
     out = {name: torch.stack(parts, 1) for name, parts in values.items()}  # [n or 1, layer]
     out["exact_error"] = exactness(subject, episode, batch_size)
     return out
+
+
+def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
+    """Dherin's path over demonstrations, set against each method's path over its training: for j = 1..k, ICL's
+    implicit update ΔW_j with the first j demonstrations in the prompt (every layer's MLP input weights as one
+    vector), against the method's update after training on its first j demonstrations (for one-epoch SGD, its update
+    after j steps). Float64 [n, k + 1], column j for j demonstrations (column 0, no demonstration: NaN):
+
+    - `path_cos_m` cos(ΔW_j, G_m,j) per query, `path_norm_ratio_m` ‖ΔW_j‖ / ‖G_m,j‖;
+    - `path_change` ‖ΔW_j − ΔW_(j−1)‖ / ‖ΔW_j‖ (ΔW_0 = 0, so j = 1 gives 1): whether ICL's implicit update settles
+      as the context grows.
+    """
+    from dataclasses import replace
+
+    from iclgd_lens.core.methods import run_method
+    from iclgd_lens.core.recording import read_points
+
+    model, n_layers = subject.model, subject.model.cfg.n_layers
+    zs = subject.readings["zs"]
+    u = [mlp_input(model, layer, zs["resid_pre"][:, layer], zs["attn_out"][:, layer]) for layer in range(n_layers)]
+    u_sq = [(x * x).sum(-1) for x in u]
+    weights = [input_matrices(model, layer) for layer in range(n_layers)]
+    k = len(episode.demos)
+    names = ["path_change"] + [f"path_{s}_{m}" for m in subject.deltas for s in ("cos", "norm_ratio")]
+    values = {name: torch.full((len(episode.queries), k + 1), torch.nan, dtype=torch.float64) for name in names}
+    previous = None
+    for j in range(1, k + 1):
+        prefix = [episode.bos]
+        for demo in episode.demos[:j]:
+            prefix += [*demo, *episode.separator]
+        icl = read_points(model, episode.queries, episode.label_tokens, prefix, ("resid_pre", "attn_out"),
+                          "prediction", None, batch_size, episode.bos)  # fmt: skip
+        a = [{name: (mlp_input(model, layer, icl["resid_pre"][:, layer], icl["attn_out"][:, layer]) - u[layer]) @ W
+              for name, W in weights[layer].items()} for layer in range(n_layers)]  # fmt: skip
+        norm_sq = sum(sum((x * x).sum(-1) for x in a[layer].values()) / u_sq[layer] for layer in range(n_layers))
+        if previous is None:
+            values["path_change"][:, j] = 1.0
+        else:
+            change_sq = sum(sum(((a[layer][w] - previous[layer][w]) ** 2).sum(-1) for w in a[layer]) / u_sq[layer]
+                            for layer in range(n_layers))  # fmt: skip
+            values["path_change"][:, j] = (change_sq / norm_sq).sqrt()
+        previous = a
+        for method, context in subject.contexts.items():
+            update = run_method(method, model, replace(episode, train_demos=episode.train_demos[:j]), context)
+            tensors = {key: t.detach().double().cpu() for key, t in update.tensors.items()}
+            inner, g_sq, complete = torch.zeros(len(episode.queries), dtype=torch.float64), 0.0, True
+            for layer in range(n_layers):
+                for name in a[layer]:
+                    G = tensors.get(parameter_name(name, layer))
+                    if G is None:
+                        complete = False
+                        continue
+                    inner += ((u[layer] @ G) * a[layer][name]).sum(-1) / u_sq[layer]
+                    g_sq += float(G.pow(2).sum())
+            if not complete or g_sq == 0:
+                continue  # the method does not train the MLP input weights: NaN
+            values[f"path_cos_{method}"][:, j] = inner / (norm_sq.sqrt() * g_sq**0.5)
+            values[f"path_norm_ratio_{method}"][:, j] = norm_sq.sqrt() / g_sq**0.5
+    return values

@@ -34,6 +34,7 @@ class SubjectRuns:
     model: HookedTransformer
     deltas: dict[str, Delta]  # method -> the subject's own learned delta
     readings: dict[str, dict[str, Float[Tensor, "n layer d_model"]]]  # setting -> point -> values (float32, CPU)
+    contexts: dict[str, MethodContext]  # method -> what compare gave it (to train it again: the path lens)
 
 
 def check_lens_result(result: Result, model: HookedTransformer) -> None:
@@ -61,22 +62,23 @@ def subject_runs(
     if missing:
         raise ValueError(f"the result has no baseline {missing}; it has {[n for n in result.scores if n != 'model']}")
     for name in names:
+        contexts = {method: _context(result, method) for method in result.methods}
         if name == "model":
             subject, deltas = model, {m: d.to(model.cfg.device, model.cfg.dtype) for m, d in result.deltas.items()}
         else:
             subject = untrained_copy(model, name, result.config["seed"], result.config.get("init", "transformer_lens"))
-            deltas = {method: _refit(subject, result, method) for method in result.methods}
+            deltas = {m: run_method(m, subject, result.episode, context) for m, context in contexts.items()}
         readings = _read(subject, result, deltas)
         _check_accuracy(result, name, readings)
-        yield SubjectRuns(name, subject, deltas, readings)
+        yield SubjectRuns(name, subject, deltas, readings, contexts)
 
 
-def _refit(subject: HookedTransformer, result: Result, method: str) -> Delta:
-    """The method's delta on a baseline's copy, as compare computed it (`run_method` applies its options)."""
+def _context(result: Result, method: str) -> MethodContext:
+    """What compare gave the method (`run_method` applies its registered options on top), so that a baseline's
+    delta refit on its seeded copy is the one compare computed."""
     config = result.config
-    context = MethodContext(result.lr_of(method), result.trained_parameters, config.get("lcgd_exit", "block"),
-                            config.get("precision", "native"))  # fmt: skip
-    return run_method(method, subject, result.episode, context)
+    return MethodContext(result.lr_of(method), result.trained_parameters, config.get("lcgd_exit", "block"),
+                         config.get("precision", "native"))  # fmt: skip
 
 
 def _read(subject: HookedTransformer, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:

@@ -22,7 +22,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentile_interval, statistic, verdict
-from iclgd_lens.analysis.implicit_update import implicit_values
+from iclgd_lens.analysis.implicit_update import implicit_values, path_values
 from iclgd_lens.analysis.lens_runs import subject_runs
 from iclgd_lens.analysis.task_vectors import task_vector_values
 from iclgd_lens.core.results import Result
@@ -34,10 +34,15 @@ VERDICT_MEASURES = ("implicit_cos_{m}", "shift_cos_{m}", "tv_correct")
 
 
 def lens_values(
-    model: HookedTransformer, result: Result, baselines: Sequence[str] | None = None, batch_size: int | None = None
+    model: HookedTransformer,
+    result: Result,
+    baselines: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    path: bool = False,
 ) -> RunValues:
     """Every lens measure on the model and each baseline of `result`, and on the model under each of its label
-    controls ("model [shuffled]", compared like a baseline): subject -> measure -> values."""
+    controls ("model [shuffled]", compared like a baseline): subject -> measure -> values. `path`: also the path
+    over demonstrations (`implicit_update.path_values`: k more ICL runs and k trainings per method and subject)."""
     batch_size = batch_size or result.config.get("batch_size", 8)
     values: RunValues = {}
     sources = [(result, baselines, "")] + [(control, [], f" [{kind}]") for kind, control in result.controls.items()]
@@ -45,6 +50,8 @@ def lens_values(
         for subject in subject_runs(model, source, names):
             measures = implicit_values(subject, source.episode, batch_size)
             measures |= task_vector_values(subject, source.episode, batch_size)
+            if path:
+                measures |= path_values(subject, source.episode, batch_size)
             values[subject.name + suffix] = {name: value.numpy() for name, value in measures.items()}
     return values
 

@@ -189,7 +189,7 @@ def run_lenses(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     runs = []
     for index, result in enumerate(results):
-        runs.append(lens_values(model, result, args.baselines, args.batch_size))
+        runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path))
         print(f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
     methods = results[0].methods
@@ -197,7 +197,7 @@ def run_lenses(args: argparse.Namespace) -> None:
     config = results[0].config
     about = {"runs": len(runs), "run_dirs": [str(r) for r in args.runs], "model": config["model"],
              "task": config["task"], "methods": methods, "groups": config["groups"],
-             "subjects": list(runs[0])}  # fmt: skip
+             "subjects": list(runs[0]), "path": args.path}  # fmt: skip
     write_lenses(out, per_layer, paired, about)
     print((out / "lenses.md").read_text().split("## Per layer")[0])
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")

@@ -31,14 +31,19 @@ MEANINGS = {
     "zs_correct": "accuracy of the unpatched ZS prompt (first label tokens)",
     "shift_cos": "cos(ICL − ZS, method − ZS) of the residual stream at the prediction position, per query",
     "shift_norm_ratio": "‖method − ZS‖ / ‖ICL − ZS‖ of that stream",
+    "path_cos": "cos(ICL's implicit ΔW with the first j demonstrations, the method's ΔW after training on j), every "
+    "layer's MLP input weights as one vector; the row is j",
+    "path_norm_ratio": "‖ICL's implicit ΔW with j demonstrations‖ / ‖the method's ΔW after j‖; the row is j",
+    "path_change": "‖ΔW_j − ΔW_(j−1)‖ / ‖ΔW_j‖ of ICL's implicit update: does it settle as demonstrations add up? "
+    "The row is j",
 }
 
 
 def _rank(measure: str) -> int:
     """Headline measures first: the cosines, the task vectors, then the sizes and the exactness check."""
     stems = list(MEANINGS)
-    order = ["implicit_cos", "implicit_mean_cos", "shift_cos", "tv_correct", "tv_logodds", "zs_correct",
-             "implicit_norm_ratio", "shift_norm_ratio", *stems]  # fmt: skip
+    order = ["implicit_cos", "implicit_mean_cos", "shift_cos", "tv_correct", "tv_logodds", "zs_correct", "path_cos",
+             "path_change", "implicit_norm_ratio", "shift_norm_ratio", *stems]  # fmt: skip
     return next(i for i, stem in enumerate(order) if measure == stem or measure.startswith(stem + "_"))
 
 
@@ -105,7 +110,8 @@ def lenses_markdown(per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) 
     lines += [markdown_table(header, body), ""]
     lines += [f"## Per layer (mean [95 % interval]; the interval covers: {covers})", "",
               "Stream point L is the residual stream after the last layer; layer l of a task-vector or shift measure "
-              "is the stream entering layer l.", ""]  # fmt: skip
+              "is the stream entering layer l; the row of a path measure is the number of demonstrations j.",
+              ""]  # fmt: skip
     subjects = list(dict.fromkeys(per_layer.subject))
     for measure, rows in sorted(per_layer.groupby("measure", sort=False), key=lambda item: _rank(item[0])):
         lines += [f"### `{measure}`: {meaning(measure)}", ""]
@@ -120,6 +126,7 @@ def lenses_figure(per_layer: pd.DataFrame, methods: list[str]):
     from matplotlib.figure import Figure
 
     panels = [f"implicit_cos_{m}" for m in methods] + [f"shift_cos_{m}" for m in methods] + ["tv_correct"]
+    panels += [f"path_cos_{m}" for m in methods if f"path_cos_{m}" in set(per_layer.measure)]
     fig = Figure(figsize=(3.6 * len(panels), 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, measure in zip(axes, panels):
@@ -131,7 +138,8 @@ def lenses_figure(per_layer: pd.DataFrame, methods: list[str]):
                 ax.fill_between(curve.layer, curve.low, curve.high, color="tab:blue", alpha=0.2, linewidth=0)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(measure, fontsize=9)
-        ax.set_xlabel("layer (stream point)" if not measure.startswith("implicit") else "layer")
+        ax.set_xlabel("demonstrations" if measure.startswith("path") else
+                      "layer (stream point)" if not measure.startswith("implicit") else "layer")  # fmt: skip
     axes[-1].legend(fontsize=7)
     return fig
 

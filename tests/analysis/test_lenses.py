@@ -16,7 +16,10 @@ from iclgd_lens.analysis.implicit_update import (
     implicit_norms,
     implicit_parts,
     implicit_values,
+    inner_with,
     input_matrices,
+    method_update,
+    path_values,
 )
 from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
 from iclgd_lens.analysis.lenses import _mean_and_interval, paired_table, per_layer_table
@@ -114,6 +117,27 @@ def test_cosine_is_one_for_a_gd_delta_equal_to_the_implicit_update(arch):
 
 
 @pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
+def test_the_path_ends_at_the_whole_update(arch):
+    """With all k demonstrations the path's cosine is the whole network's: every layer's implicit update against the
+    result's own GD delta (trained on all k), as one vector; the first step changes ΔW by all of it."""
+    subject, result = lens_subject(arch)
+    k = len(result.episode.demos)
+    assert result.episode.train_demos == result.episode.demos  # GD trains on ICL's demonstrations, in their order
+    values = path_values(subject, result.episode, batch_size=2)
+    assert values["path_cos_gd"].shape == (5, k + 1) and values["path_cos_gd"][:, 0].isnan().all()
+    inner, own, other = 0.0, 0.0, 0.0
+    for layer in range(subject.model.cfg.n_layers):
+        u, a, _ = implicit_parts(subject, layer)
+        update = method_update(subject, "gd", layer)
+        inner = inner + inner_with(u, a, update)
+        own = own + implicit_norms(u, a)[0] ** 2
+        other = other + sum(g.pow(2).sum() for g in update.values())
+    torch.testing.assert_close(values["path_cos_gd"][:, k], inner / (own.sqrt() * other.sqrt()), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(values["path_change"][:, 1], torch.ones(5, dtype=torch.float64))
+    assert (values["path_change"][:, 2:] < 1e3).all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like"])
 def test_task_vectors_patch_nothing_then_everything(arch):
     """Unpatched is ZS and patched after the last layer is ICL, both against the recorder's own runs; with rotary
     positions the stream entering layer 0 is the same token's embedding in both prompts, so patching it is ZS."""
@@ -169,12 +193,13 @@ def two_runs(tiny, tmp_path_factory):
 def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys):
     out = two_runs / "lenses"
     runs = [str(two_runs / "run0"), str(two_runs / "run1")]
-    assert main(["lenses", *runs, "--out", str(out), "--threads", "1"]) == 0
+    assert main(["lenses", *runs, "--out", str(out), "--threads", "1", "--path"]) == 0
     for name in ("per_layer.csv", "paired.csv", "lenses.md", "lenses.png", "lenses.json"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "per_layer.csv")
     assert set(table.subject) == {"model", "no_training", "model [shuffled]"} and set(table.covers) <= {"runs and queries",
                                                                                     "none (one value per run: give several runs)"}  # fmt: skip
+    assert {"path_cos_gd", "path_change"} <= set(table.measure)
     errors = table[table.measure == "exact_error"]["mean"]
     assert errors.max() < 1e-4  # float32 model
     paired = pd.read_csv(out / "paired.csv")
