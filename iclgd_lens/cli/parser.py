@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-top", type=int, default=20, help="heads per method, and for ICL, that atp+verify runs exactly"
     )
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
-    a.add_argument("--kendall-method", default="gd", choices=available_methods(),
-                   help="the finetuning Kendall compares with")  # fmt: skip
+    a.add_argument("--kendall-method", default="gd", choices=METHODS,
+                   help="the finetuning Kendall compares with (it reads each SGD step's queries: gd or lcgd)")  # fmt: skip
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     add_result_model_options(a)
 
