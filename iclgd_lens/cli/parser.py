@@ -18,6 +18,7 @@ from iclgd_lens.core.presets import (
     CHOICES,
     LABEL_CONTROLS,
     LCGD_EXITS,
+    METHODS,
     PARAMETER_GROUP_NAMES,
     PRESETS,
     SUBSETS,
