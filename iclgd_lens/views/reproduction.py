@@ -123,7 +123,13 @@ def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tu
 
 def others(summary: pd.DataFrame) -> list[str]:
     """What the trained model is set against: the baselines, then the trained model under each label control."""
-    return sorted(set(summary.model) - {TRAINED}, key=lambda name: (name.startswith(TRAINED), name))
+    return sorted(set(summary.model) - {TRAINED}, key=lambda name: (is_control(name), name))
+
+
+def is_control(name: str) -> bool:
+    """Whether a table's model label is the trained model under a label control ("trained [shuffled]"), not a
+    baseline (whose names may start with "trained" too)."""
+    return name.startswith(f"{TRAINED} [")
 
 
 def dai_table(summary: pd.DataFrame) -> str:
@@ -142,7 +148,7 @@ def dai_table(summary: pd.DataFrame) -> str:
 def accuracy_table(summary: pd.DataFrame) -> str:
     """Trained model (and under each label control, its own row): ZS, ICL and each method's finetuned accuracy per
     task."""
-    labels = [TRAINED, *[name for name in others(summary) if name.startswith(TRAINED)]]
+    labels = [TRAINED, *[name for name in others(summary) if is_control(name)]]
     methods = list(dict.fromkeys(summary[summary.model == TRAINED].method))
     rows = []
     for task in dict.fromkeys(summary.task):

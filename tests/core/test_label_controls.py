@@ -6,7 +6,7 @@ import pytest
 from iclgd_lens import Result, compare
 from iclgd_lens.analysis.tables import control_label, summary_table
 from iclgd_lens.core.episodes import build_episode, shown_labels
-from iclgd_lens.views.reproduction import accuracy_table
+from iclgd_lens.views.reproduction import accuracy_table, others
 from tests.helpers import make_tokenizer, tiny_model, toy_task
 
 
@@ -57,7 +57,7 @@ def test_shown_labels_by_hand():
 
 def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     model = tiny_model()
-    result = compare(model, toy_task(), k=10, seed=3, n_eval=6, baselines=("no_training",), lr=0.1,
+    result = compare(model, toy_task(), k=10, seed=3, n_eval=6, baselines=("trained_norms",), lr=0.1,
                      label_control="shuffled", out=tmp_path / "run", progress=False)  # fmt: skip
     control = result.controls["shuffled"]
     assert control.config["demonstration_labels"] == "shuffled" and result.config["demonstration_labels"] == "true"
@@ -78,7 +78,10 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     icl = table[(table.model == label) & (table.metric == "acc_icl")]["mean"].iloc[0]
     assert icl == control.accuracy["icl"]
     assert label in set(verdicts.baseline)  # the trained model is set against its control, paired
-    assert "[shuffled]" in accuracy_table(table)
+    accuracies = accuracy_table(table)
+    # a baseline whose name starts with "trained" is no control: no accuracy row, listed before the control
+    assert "| toy [shuffled] |" in accuracies and "norms" not in accuracies
+    assert others(table) == ["trained_norms", label]
 
 
 def test_an_unknown_control_is_refused_before_anything_runs():
