@@ -132,7 +132,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def is_finished(job: RunJob) -> bool:
     """The run's folder holds a complete result of this run (same task, seed, permutation and lr; sweep.json
     guards the rest)."""
-    from iclgd_lens.core.results import is_result_folder
+    from iclgd_lens.core.results import CONTROL_PREFIX, is_result_folder
 
     folder = Path(job.folder)
     if not is_result_folder(folder):
@@ -146,8 +146,10 @@ def is_finished(job: RunJob) -> bool:
         expected_lr if job.config.lr_lcgd == "gd" else float(job.config.lr_lcgd))  # fmt: skip
     same_run = (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
                                                                            job.run.permutation)  # fmt: skip
+    control = job.config.compare.get("label_control")
     return (
         same_run
+        and (control is None or (folder / f"{CONTROL_PREFIX}{control}" / "result.json").is_file())
         and (expected_lr is None or config["lr"] == expected_lr)
         and (expected_lcgd is None or config.get("lr_lcgd", config["lr"]) == expected_lcgd)
     )

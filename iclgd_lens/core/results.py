@@ -263,13 +263,18 @@ class Summary(pd.DataFrame):
 
 
 def is_result_folder(folder: Path) -> bool:
-    """A folder this toolkit wrote: a result.json that is an iclgd-lens result, and nothing but result files."""
+    """A folder this toolkit wrote: a result.json that is an iclgd-lens result, and nothing but result files and its
+    label controls' result folders (control-<kind>/, each one such a folder)."""
     try:
         data = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         return False
     ours = isinstance(data, dict) and (data.get("format") == RESULT_FORMAT or {"config", "metrics"} <= set(data))
-    return ours and all(entry.name in RESULT_FILES for entry in folder.iterdir())
+    return ours and all(
+        entry.name in RESULT_FILES
+        or (entry.name.startswith(CONTROL_PREFIX) and entry.is_dir() and is_result_folder(entry))
+        for entry in folder.iterdir()
+    )
 
 
 def check_output_folder(folder: Path, overwrite: bool) -> None:

@@ -71,6 +71,13 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     assert list(loaded.controls) == ["shuffled"]
     assert loaded.controls["shuffled"].episode.demo_labels == control.episode.demo_labels
     assert (tmp_path / "run" / "control-shuffled" / "result.json").is_file()
+    # a result with its control is the toolkit's own folder: overwritten on request, refused with a stranger's file
+    result.save(tmp_path / "run", overwrite=True)
+    (tmp_path / "run" / "control-shuffled" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="is not a result folder written by iclgd-lens"):
+        result.save(tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "control-shuffled" / "notes.txt").read_text() == "keep"
+    (tmp_path / "run" / "control-shuffled" / "notes.txt").unlink()
 
     table, verdicts = summary_table({"toy": [loaded]})
     label = control_label("shuffled")
@@ -82,6 +89,18 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     # a baseline whose name starts with "trained" is no control: no accuracy row, listed before the control
     assert "| toy [shuffled] |" in accuracies and "norms" not in accuracies
     assert others(table) == ["trained_norms", label]
+
+
+def test_a_sweep_with_a_label_control_resumes_without_rerunning(tmp_path, capsys):
+    from iclgd_lens.cli import main
+
+    sweep = ["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2", "--runs", "1", "--lr", "0.3", "--k", "6",
+             "--n-eval", "6", "--baselines", "--label-control", "reversed", "--threads", "1", "--quiet", "--out",
+             str(tmp_path / "sweep")]  # fmt: skip
+    assert main(sweep) == 0
+    capsys.readouterr()
+    assert main(sweep) == 0
+    assert "1 of 1 runs are already finished" in capsys.readouterr().out
 
 
 def test_an_unknown_control_is_refused_before_anything_runs():
