@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -50,6 +51,15 @@ def check_output(
         raise FileExistsError(
             f"{str(path)!r} already holds a {kind}; choose another path or pass overwrite=True (--overwrite)"
         )
+
+
+def holds_marker(folder: Path, marker: str, format_name: str) -> bool:
+    """Whether `folder/marker` is a JSON object whose "format" is `format_name`: how an output folder says which of
+    the toolkit's commands wrote it."""
+    try:
+        return json.loads((folder / marker).read_text()).get("format") == format_name
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @contextmanager

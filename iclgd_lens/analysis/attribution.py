@@ -73,9 +73,7 @@ def check_attributable(result: Result, model: HookedTransformer) -> None:
     firsts = [tokens[0] for tokens in result.episode.label_tokens]
     if len(set(firsts)) != len(firsts):
         raise ValueError("the label words share their first token, so first-token log-odds cannot tell them apart")
-    if model.cfg.n_layers != result.W_O["model"].shape[0] or model.cfg.n_heads != result.W_O["model"].shape[1]:
-        raise ValueError(f"the model ({model.cfg.model_name}) is not the one this result was computed on "
-                         f"({result.config['model']})")  # fmt: skip
+    result.check_model(model)
 
 
 def logodds(logprobs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> Float[Tensor, "n"]:

@@ -40,11 +40,15 @@ def _product_hook(model: HookedTransformer, matrix: str) -> str:
     return "mlp_pre_linear" if model.cfg.gated_mlp and matrix == "mlp.W_in" else "mlp_pre"
 
 
+def matrix_names(model: HookedTransformer) -> tuple[str, ...]:
+    """The block-local names of the MLP's input weights in this architecture."""
+    return INPUT_MATRICES if model.cfg.gated_mlp else INPUT_MATRICES[:1]
+
+
 def input_matrices(model: HookedTransformer, layer: int) -> dict[str, Float[Tensor, "d_model d_mlp"]]:
     """The MLP's input weights of `layer`, float64 on the CPU."""
     block = model.blocks[layer].mlp
-    names = INPUT_MATRICES if model.cfg.gated_mlp else INPUT_MATRICES[:1]
-    return {name: getattr(block, name.split(".")[1]).detach().double().cpu() for name in names}
+    return {name: getattr(block, name.split(".")[1]).detach().double().cpu() for name in matrix_names(model)}
 
 
 @torch.no_grad()
@@ -90,7 +94,7 @@ def method_update(subject: SubjectRuns, method: str, layer: int) -> dict[str, Te
     them."""
     delta = subject.deltas[method].tensors
     update = {}
-    for name in input_matrices(subject.model, layer):
+    for name in matrix_names(subject.model):
         key = parameter_name(name, layer)
         if key not in delta:
             return None
@@ -99,13 +103,14 @@ def method_update(subject: SubjectRuns, method: str, layer: int) -> dict[str, Te
 
 
 @torch.no_grad()
-def exactness(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> Float[Tensor, "n layer"]:
+def exactness(
+    subject: SubjectRuns, episode: Episode, parts: list[tuple[Tensor, dict[str, Tensor], Tensor]], batch_size: int = 8
+) -> Float[Tensor, "n layer"]:
     """Per query and layer, ‖ZS block under (ΔW, Δr) − ICL block‖ / ‖ICL block‖ at the prediction position: the
     block run afresh on the ZS prompt's whole residual stream (every position sees ΔW, as a weight change would),
-    against ICL's recorded block output."""
+    against ICL's recorded block output. `parts`: each layer's `implicit_parts`."""
     model, n_layers = subject.model, subject.model.cfg.n_layers
     target = subject.readings["icl"]["resid_post"].double()
-    parts = [implicit_parts(subject, layer) for layer in range(n_layers)]
     errors = torch.full((len(episode.queries), n_layers), torch.nan, dtype=torch.float64)
     for start in range(0, len(episode.queries), batch_size):
         rows = list(range(start, min(start + batch_size, len(episode.queries))))
@@ -167,19 +172,19 @@ def implicit_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8)
       cos(mean_i ΔW_i, G_m), `implicit_norm_ratio_m` ‖mean_i ΔW_i‖ / ‖G_m‖; NaN where either update is zero.
     """
     n_layers = subject.model.cfg.n_layers
-    zs, icl = subject.readings["zs"], subject.readings["icl"]
     mlp_out = lambda r: (r["resid_post"] - r["resid_pre"] - r["attn_out"]).double()  # noqa: E731
+    mlp_change = (mlp_out(subject.readings["icl"]) - mlp_out(subject.readings["zs"])).norm(dim=-1)  # [n, layer]
+    parts = [implicit_parts(subject, layer) for layer in range(n_layers)]
     values: dict[str, list[Tensor]] = {}
 
     def put(name: str, value: Tensor) -> None:
         values.setdefault(name, []).append(value.reshape(-1))
 
-    for layer in range(n_layers):
-        u, a, residual = implicit_parts(subject, layer)
+    for layer, (u, a, residual) in enumerate(parts):
         per_query, mean_norm = implicit_norms(u, a)
         put("implicit_norm", per_query)
         put("implicit_mean_norm", torch.tensor(mean_norm))
-        put("mlp_change_norm", (mlp_out(icl)[:, layer] - mlp_out(zs)[:, layer]).norm(dim=-1))
+        put("mlp_change_norm", mlp_change[:, layer])
         put("residual_term_norm", residual.norm(dim=-1))
         for method in subject.deltas:
             update = method_update(subject, method, layer)
@@ -191,7 +196,7 @@ def implicit_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8)
             put(f"implicit_mean_cos_{method}", inner.mean() / (mean * g_norm))
             put(f"implicit_norm_ratio_{method}", mean / g_norm)
     out = {name: torch.stack(parts, 1) for name, parts in values.items()}  # [n or 1, layer]
-    out["exact_error"] = exactness(subject, episode, batch_size)
+    out["exact_error"] = exactness(subject, episode, parts, batch_size)
     return out
 
 
@@ -220,9 +225,7 @@ def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
     values = {name: torch.full((len(episode.queries), k + 1), torch.nan, dtype=torch.float64) for name in names}
     previous = None
     for j in range(1, k + 1):
-        prefix = [episode.bos]
-        for demo in episode.demos[:j]:
-            prefix += [*demo, *episode.separator]
+        prefix = replace(episode, demos=episode.demos[:j]).icl_prefix
         icl = read_points(model, episode.queries, episode.label_tokens, prefix, ("resid_pre", "attn_out"),
                           "prediction", None, batch_size, episode.bos)  # fmt: skip
         a = [{name: (mlp_input(model, layer, icl["resid_pre"][:, layer], icl["attn_out"][:, layer]) - u[layer]) @ W

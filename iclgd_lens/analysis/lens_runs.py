@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from iclgd_lens.core.accuracy import setting_inputs
 from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.methods import MethodContext, run_method
@@ -44,9 +45,7 @@ def check_lens_result(result: Result, model: HookedTransformer) -> None:
                          "token (position 'first_option'): run compare with --position prediction")  # fmt: skip
     if not result.deltas:
         raise ValueError("the result holds no saved deltas (written before deltas.safetensors): re-run compare")
-    if model.cfg.n_layers != result.W_O["model"].shape[0] or model.cfg.n_heads != result.W_O["model"].shape[1]:
-        raise ValueError(f"the model ({model.cfg.model_name}) is not the one this result was computed on "
-                         f"({result.config['model']})")  # fmt: skip
+    result.check_model(model)
 
 
 def subject_runs(
@@ -84,13 +83,11 @@ def _context(result: Result, method: str) -> MethodContext:
 def _read(subject: HookedTransformer, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:
     episode = result.episode
     batch_size = result.config.get("batch_size", 8)
-    settings = {"zs": (episode.zs_prefix, None), "icl": (episode.icl_prefix, None)}
-    settings |= {method: (episode.zs_prefix, delta) for method, delta in deltas.items()}
     return {
         name: read_points(
             subject, episode.queries, episode.label_tokens, prefix, POINTS, "prediction", delta, batch_size, episode.bos
         )  # fmt: skip
-        for name, (prefix, delta) in settings.items()
+        for name, (prefix, delta) in setting_inputs(episode, deltas).items()
     }
 
 

@@ -94,20 +94,25 @@ def paired_table(runs: Sequence[RunValues], methods: Sequence[str]) -> pd.DataFr
             model = [np.where(np.isnan(d), np.nan, run["model"][measure]) for d, run in zip(difference, runs)]
             base = [np.where(np.isnan(d), np.nan, run[baseline][measure]) for d, run in zip(difference, runs)]
             diff_mean, diff_interval, covers = _mean_and_interval(difference)
-            rows.append({"measure": measure, "baseline": baseline, "model": _mean_and_interval(model)[0],
-                         "baseline_value": _mean_and_interval(base)[0], "difference": diff_mean,
+            rows.append({"measure": measure, "baseline": baseline, "model": _mean(model),
+                         "baseline_value": _mean(base), "difference": diff_mean,
                          "low": diff_interval[0], "high": diff_interval[1], "covers": covers,
                          "verdict": verdict(diff_interval, len(runs)), "runs": len(runs)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _mean_and_interval(per_run: list[np.ndarray]) -> tuple[float, tuple[float, float], str]:
-    """The mean over runs of each run's `statistic` (mean over layers of per-layer query means), its interval, and
-    what the interval covers."""
+def _mean(per_run: list[np.ndarray]) -> float:
+    """The mean over runs of each run's `statistic` (mean over layers of per-layer query means); NaN when no run
+    defines it."""
     ones = np.ones((1, per_run[0].shape[0]))
     with np.errstate(invalid="ignore"):
         means = np.array([statistic(values, ones)[0] for values in per_run])
-    mean = float(np.nanmean(means)) if not np.isnan(means).all() else float("nan")
+    return float(np.nanmean(means)) if not np.isnan(means).all() else float("nan")
+
+
+def _mean_and_interval(per_run: list[np.ndarray]) -> tuple[float, tuple[float, float], str]:
+    """`_mean`, its interval, and what the interval covers."""
+    mean = _mean(per_run)
     n_queries = per_run[0].shape[0]
     if len(per_run) > 1:
         draws = _resampling(len(per_run), n_queries).statistics(per_run)

@@ -18,6 +18,16 @@ from iclgd_lens.core.metrics import accuracy
 from iclgd_lens.core.recording import Record, record
 
 
+def setting_inputs(
+    episode: Episode, deltas: Mapping[str, Delta] | None = None, prompts: tuple[str, ...] = ("zs", "icl")
+) -> dict[str, tuple[tuple[int, ...], Delta | None]]:
+    """Each setting's prefix and delta: `prompts` ("zs", "icl") on their own prefix, each finetuned setting on ZS's
+    through its delta."""
+    prefixes = {"zs": episode.zs_prefix, "icl": episode.icl_prefix}
+    settings = {name: (prefixes[name], None) for name in prompts}
+    return settings | {name: (episode.zs_prefix, delta) for name, delta in (deltas or {}).items()}
+
+
 def record_settings(
     model: HookedTransformer,
     episode: Episode,
@@ -30,9 +40,6 @@ def record_settings(
 ) -> dict[str, Record]:
     """The recording of each of `prompts` ("zs", "icl") and of each finetuned setting in `deltas` (name ->
     delta), on the episode's queries."""
-    prefixes = {"zs": episode.zs_prefix, "icl": episode.icl_prefix}
-    settings = {name: (prefixes[name], None) for name in prompts}
-    settings |= {name: (episode.zs_prefix, delta) for name, delta in (deltas or {}).items()}
     return {
         name: record(
             model,
@@ -45,7 +52,7 @@ def record_settings(
             pad_token=episode.bos,
             desc=f"record {name}" if progress else None,
         )  # fmt: skip
-        for name, (prefix, delta) in settings.items()
+        for name, (prefix, delta) in setting_inputs(episode, deltas, prompts).items()
     }
 
 

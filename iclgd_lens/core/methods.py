@@ -14,7 +14,7 @@ several epochs). This module imports nothing heavy: the command line lists the m
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -92,10 +92,8 @@ def run_method(name: str, model: HookedTransformer, episode: Episode, context: M
     """The method's delta, checked: it must change exactly the parameters it was asked to train, each with its
     parameter's shape, with finite values."""
     method = registered(name)
-    options = method.options
-    if "lr" in options:
-        context = MethodContext(**{**context.__dict__, "lr": float(options["lr"])})
-    context = MethodContext(**{**context.__dict__, "options": dict(options)})
+    lr = float(method.options.get("lr", context.lr))
+    context = replace(context, lr=lr, options=dict(method.options))
     delta = method.fn(model, episode, context)
     check_delta(name, model, delta, context.parameters)
     return delta

@@ -69,6 +69,12 @@ class Result:
             return float(options["lr"])
         return self.config.get("lr_lcgd", self.config["lr"]) if method == "lcgd" else self.config["lr"]
 
+    def check_model(self, model) -> None:
+        """Refuse a model (a HookedTransformer) whose layers and heads are not those this result was computed on."""
+        if model.cfg.n_layers != self.W_O["model"].shape[0] or model.cfg.n_heads != self.W_O["model"].shape[1]:
+            raise ValueError(f"the model ({model.cfg.model_name}) is not the one this result was computed on "
+                             f"({self.config['model']})")  # fmt: skip
+
     @property
     def trained_parameters(self) -> tuple[str, ...]:
         """The per-block parameters GD trained (results before `trained_parameters`: every weight and bias of the

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.analysis.attribution import ATP
-from iclgd_lens.files import check_output, write_text_atomic
+from iclgd_lens.files import check_output, holds_marker, write_text_atomic
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import save_figure
 
@@ -27,10 +27,7 @@ def check_attribution_folder(out: Path) -> None:
 
 
 def is_attribution_folder(out: Path) -> bool:
-    try:
-        return json.loads((out / MARKER).read_text()).get("format") == ATTRIBUTION_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return holds_marker(out, MARKER, ATTRIBUTION_FORMAT)
 
 
 def _markdown(frame: pd.DataFrame) -> str:

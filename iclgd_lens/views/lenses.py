@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.analysis.bootstrap import MIN_RUNS
-from iclgd_lens.files import check_output, replaced_atomically
+from iclgd_lens.files import check_output, holds_marker, replaced_atomically
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import MODEL_STYLES, save_figure
 
@@ -53,10 +53,7 @@ def check_lenses_folder(out: Path) -> None:
 
 
 def is_lenses_folder(out: Path) -> bool:
-    try:
-        return json.loads((out / MARKER).read_text()).get("format") == LENSES_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return holds_marker(out, MARKER, LENSES_FORMAT)
 
 
 def meaning(measure: str) -> str:
