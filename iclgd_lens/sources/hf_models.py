@@ -158,12 +158,29 @@ def quiet_transformers(gguf_bar: bool = False) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# TransformerLens' own checkpoints on the hub (its `get_pretrained_state_dict` reads them as .pth files): no
+# transformers model exists for them, so no conversion happens that a check could catch.
+TL_NATIVE_PREFIXES = ("NeelNanda", "ArthurConmy", "Baidicoot")
+
+
 def load_hub_model(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
-    """A TransformerLens model name through the Hugging Face hub (or its local cache)."""
+    """A TransformerLens model name through the Hugging Face hub (or its local cache), checked against transformers'
+    own logits as a local folder is: transformers loads the checkpoint once and TransformerLens converts that
+    same model (`hf_model=`), so the check costs one short forward, not a second download."""
+    from transformers import AutoModelForCausalLM
+
+    official = tl_loading.get_official_model_name(name)
     try:
-        return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
+        if official.startswith(TL_NATIVE_PREFIXES):
+            return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
+        with quiet_transformers():
+            hf_model = AutoModelForCausalLM.from_pretrained(official, dtype=dtype).eval()
+        model = HookedTransformer.from_pretrained_no_processing(name, hf_model=hf_model, device="cpu", dtype=dtype)
     except OSError as error:  # transformers and huggingface_hub report an unreachable or refused hub as OSError
         raise ValueError(
             f"model {name!r} could not be loaded from the Hugging Face hub ({error_summary(error)}); offline, give a "
             f"local Hugging Face folder (--model PATH) or a bundled model {list(BUNDLED_MODELS)}"
         ) from error
+    check_against_transformers(model.eval(), hf_model, name)
+    del hf_model
+    return model.to(device, print_details=False)

@@ -1,6 +1,7 @@
 """Offline loading of local Hugging Face folders and of folders in the bundled format; names refused clearly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,53 @@ def test_offline_hub_name_gives_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained_no_processing", offline)
     with pytest.raises(ValueError, match="'gpt2' could not be loaded from the Hugging Face hub.*local Hugging Face"):
+        load_model("gpt2", device="cpu")
+
+
+def planted_in_hub_cache(hf_model, name: str, cache: Path, monkeypatch) -> None:
+    """`hf_model` and the test tokenizer as the hub's cached snapshot of `name`, and the hub offline: what a user
+    who downloaded `name` once sees, without the network."""
+    import huggingface_hub.constants
+
+    repo = cache / f"models--{name.replace('/', '--')}"
+    revision = "0" * 40
+    hf_model.save_pretrained(repo / "snapshots" / revision)
+    make_tokenizer().save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_a_hub_name_is_checked_against_transformers_too(tmp_path, monkeypatch):
+    """A TransformerLens name loads from the hub cache with transformers' logits; a converter that loses a weight on
+    that path is refused as it is for a folder."""
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    torch.manual_seed(0)
+    config = CONFIGS["gpt2"]()
+    config.n_ctx = config.n_positions  # as the hub's GPT-2 config has it
+    hf_model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    planted_in_hub_cache(hf_model, "gpt2", tmp_path, monkeypatch)
+
+    model = load_model("gpt2", device="cpu")
+    tokens = torch.tensor([[0, 5, 9, 12, 3, 17, 22, 8]])
+    with torch.no_grad():
+        assert (model(tokens) - hf_model(tokens).logits).abs().max() <= 1e-4
+
+    converted = tl_loading.get_pretrained_state_dict
+
+    def losing_the_attention_bias(*args, **kwargs):
+        state_dict = converted(*args, **kwargs)
+        state_dict["blocks.0.attn.b_O"] = torch.zeros_like(state_dict["blocks.0.attn.b_O"])
+        return state_dict
+
+    monkeypatch.setattr(tl_loading, "get_pretrained_state_dict", losing_the_attention_bias)
+    with pytest.raises(ValueError, match="^gpt2: TransformerLens' conversion of this GPT2LMHeadModel gives logits"):
         load_model("gpt2", device="cpu")
 
 
