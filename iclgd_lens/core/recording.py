@@ -1,13 +1,15 @@
 """Record, for every query and layer, what the metrics need at one position, through hooks.
 
 The shared prefix ([BOS] for ZS/GD/LCGD, [BOS] + demonstrations for ICL) runs once; its keys/values are reused by
-every query batch. Batches are right-padded: in a causal model padding after a row's last real token changes
+every query batch, one copy for all rows (`shared_prefix`; where that module does not reproduce a model's attention,
+TransformerLens' cache broadcast to the rows, which its forward copies per row). Batches are right-padded: in a causal model padding after a row's last real token changes
 nothing before it, so each row is read at its own positions and no attention mask is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -22,6 +24,7 @@ from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
 from iclgd_lens.core.presets import CHOICES, check_choice
 from iclgd_lens.core.readout import Readout
+from iclgd_lens.core.shared_prefix import shared_prefix_attention, shared_prefix_cache, shared_prefix_supported
 
 
 @dataclass
@@ -127,14 +130,19 @@ def _run_queries(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     parts: list[dict[str, Tensor]] = []
     readout = Readout(model)
-    with model.hooks(delta_hooks):
+    shared = shared_prefix_supported(model)
+    with model.hooks(delta_hooks), shared_prefix_attention(model) if shared else nullcontext():
         prefix_cache = _run_prefix(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
                 _record_batch(
                     model,
                     readout,
-                    prefix_cache,
+                    lambda rows: (
+                        shared_prefix_cache(model, prefix_cache, rows)
+                        if shared
+                        else _expanded_cache(prefix_cache, rows)
+                    ),
                     [queries[i] for i in batch],
                     label_tokens,
                     multi_token,
@@ -166,7 +174,8 @@ def _run_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerL
 
 
 def _expanded_cache(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
-    """The prefix cache broadcast to `batch` rows, frozen so that query tokens are never appended to it."""
+    """The prefix cache broadcast to `batch` rows, frozen so that query tokens are never appended to it (for the
+    attention `shared_prefix` does not reproduce: TransformerLens' forward copies it per row)."""
     entries = [
         TransformerLensKeyValueCacheEntry(
             e.past_keys.expand(batch, -1, -1, -1), e.past_values.expand(batch, -1, -1, -1), frozen=True
@@ -180,7 +189,7 @@ def _expanded_cache(cache: TransformerLensKeyValueCache, batch: int) -> Transfor
 def _record_batch(
     model: HookedTransformer,
     readout: Readout,
-    prefix_cache: TransformerLensKeyValueCache,
+    batch_cache: Callable[[int], TransformerLensKeyValueCache],
     queries: list[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
     multi_token: list[int],
@@ -201,7 +210,8 @@ def _record_batch(
 
     at = torch.tensor([record_offset(q, label_tokens, position) for q in queries], device=device)
     query_rows = torch.arange(n, device=device)
-    prefix_len = prefix_cache.entries[0].past_keys.shape[1]
+    cache = batch_cache(len(rows))
+    prefix_len = cache.entries[0].past_keys.shape[1]
     max_len = int(at.max()) + 1
     key_index = prefix_len + torch.arange(max_len, device=device)  # the query's own keys, from its first token
     key_mask = torch.arange(max_len, device=device)[None, :] <= at[:, None]  # [n, max_len]
@@ -223,7 +233,7 @@ def _record_batch(
     with model.hooks(record_hooks):
         resid = model(
             tokens,
-            past_kv_cache=_expanded_cache(prefix_cache, len(rows)),
+            past_kv_cache=cache,
             attention_mask=torch.ones_like(tokens),
             stop_at_layer=model.cfg.n_layers,
         )

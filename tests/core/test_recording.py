@@ -5,6 +5,7 @@ import torch
 
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.recording import record, record_offset
+from iclgd_lens.core.shared_prefix import shared_prefix_supported
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
 
@@ -41,17 +42,21 @@ def _reference_scores(model, cache, layer, at, start):
     return torch.einsum("hd,khd->hk", q, k) / model.cfg.d_head**0.5 + slopes[:, None] * distance[None, :]
 
 
+ARCHS = {
+    "gpt2-like": dict(),
+    "llama-like": dict(
+        normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2
+    ),
+    "alibi": dict(positional="alibi"),  # the bundled tiny-icl's position scheme (and Bloom's)
+    "gemma3-like": GEMMA3_LIKE,  # prompts longer than its sliding window: the cached prefix must honour the window
+    # per-head results (use_attn_result) are not reproduced by shared_prefix: TransformerLens' forward on the
+    # broadcast cache
+    "fallback": dict(normalization_type="RMS", positional="rotary", n_key_value_heads=2, use_attn_result=True),
+}
+
+
 @pytest.mark.parametrize("position", ["prediction", "first_option"])
-@pytest.mark.parametrize(
-    "arch",
-    [
-        dict(),
-        dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2),
-        dict(positional="alibi"),  # the bundled tiny-icl's position scheme (and Bloom's)
-        GEMMA3_LIKE,  # prompts longer than its sliding window: the cached prefix must honour the window
-    ],
-    ids=["gpt2-like", "llama-like", "alibi", "gemma3-like"],
-)
+@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
 def test_cached_icl_equals_full_forward(position, arch):
     model = tiny_model(**arch)
     # Multi-token labels exercise the per-class rows and the mean log-prob.
@@ -87,3 +92,25 @@ def test_icl_changes_what_is_recorded():
     zs = record(model, episode.queries, episode.label_tokens, episode.zs_prefix)
     icl = record(model, episode.queries, episode.label_tokens, episode.icl_prefix)
     assert (zs.attn_out - icl.attn_out).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_each_architecture_takes_the_path_it_is_tested_on(name, monkeypatch):
+    """The shared-prefix attention serves every architecture above but the fallback: TransformerLens' own forward
+    runs for the prefix only (one call per layer), never for the query batches; the fallback runs it for both."""
+    from transformer_lens.components.abstract_attention import AbstractAttention
+
+    model = tiny_model(**ARCHS[name])
+    assert shared_prefix_supported(model) == (name != "fallback")
+    own_forward, calls = AbstractAttention.forward, []
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return own_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractAttention, "forward", counted)
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=6)
+    record(model, episode.queries, episode.label_tokens, episode.icl_prefix, batch_size=3)
+    batches = 2
+    assert len(calls) == model.cfg.n_layers * (1 if name != "fallback" else 1 + batches)
+    assert not any("forward" in vars(block.attn) for block in model.blocks)  # TransformerLens' forward restored
