@@ -2,8 +2,9 @@
 
 The shared prefix ([BOS] for ZS/GD/LCGD, [BOS] + demonstrations for ICL) runs once; its keys/values are reused by
 every query batch, one copy for all rows (`shared_prefix`; where that module does not reproduce a model's attention,
-TransformerLens' cache broadcast to the rows, which its forward copies per row). Batches are right-padded: in a causal model padding after a row's last real token changes
-nothing before it, so each row is read at its own positions and no attention mask is needed.
+TransformerLens' forward copies the broadcast prefix per row). Batches are right-padded: in a causal model padding
+after a row's last real token changes nothing before it, so each row is read at its own positions and no attention
+mask is needed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
@@ -138,11 +138,7 @@ def _run_queries(
                 _record_batch(
                     model,
                     readout,
-                    lambda rows: (
-                        shared_prefix_cache(model, prefix_cache, rows)
-                        if shared
-                        else _expanded_cache(prefix_cache, rows)
-                    ),
+                    prefix_cache,
                     [queries[i] for i in batch],
                     label_tokens,
                     multi_token,
@@ -173,23 +169,10 @@ def _run_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerL
     return cache
 
 
-def _expanded_cache(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
-    """The prefix cache broadcast to `batch` rows, frozen so that query tokens are never appended to it (for the
-    attention `shared_prefix` does not reproduce: TransformerLens' forward copies it per row)."""
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            e.past_keys.expand(batch, -1, -1, -1), e.past_values.expand(batch, -1, -1, -1), frozen=True
-        )
-        for e in cache.entries
-    ]
-    mask = cache.previous_attention_mask.expand(batch, -1)
-    return TransformerLensKeyValueCache(entries, mask, frozen=True)
-
-
 def _record_batch(
     model: HookedTransformer,
     readout: Readout,
-    batch_cache: Callable[[int], TransformerLensKeyValueCache],
+    prefix_cache: TransformerLensKeyValueCache,
     queries: list[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
     multi_token: list[int],
@@ -210,7 +193,7 @@ def _record_batch(
 
     at = torch.tensor([record_offset(q, label_tokens, position) for q in queries], device=device)
     query_rows = torch.arange(n, device=device)
-    cache = batch_cache(len(rows))
+    cache = shared_prefix_cache(prefix_cache, len(rows))
     prefix_len = cache.entries[0].past_keys.shape[1]
     max_len = int(at.max()) + 1
     key_index = prefix_len + torch.arange(max_len, device=device)  # the query's own keys, from its first token

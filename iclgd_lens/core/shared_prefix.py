@@ -9,7 +9,7 @@ forward, with the same shapes: hook_q/k/v (the rows' own tokens), hook_rot_q/k (
 hook_attn_scores and hook_pattern ([batch, head, query_pos, prefix + query_pos], causal and window masks applied
 by TransformerLens' own `apply_causal_mask`), hook_z; the attention output is W_O·z + b_O.
 
-Attention variants this forward does not reproduce run TransformerLens' own forward on the broadcast cache instead
+Attention variants this forward does not reproduce run TransformerLens' own forward on the same cache, broadcast
 (`shared_prefix_supported` says which); both paths are tested against full forwards of whole prompts.
 """
 
@@ -60,23 +60,20 @@ def shared_prefix_supported(model: HookedTransformer) -> bool:
 
 
 class SharedPrefixEntry(TransformerLensKeyValueCacheEntry):
-    """One layer's prefix, broadcast to the batch for TransformerLens' bookkeeping (shape checks, position offset:
-    a view, never copied), with the single copy this module's forward reads."""
+    """One layer's prefix, broadcast to the batch for TransformerLens (its shape checks and position offset, and its
+    own forward where this module's does not run: a view, copied only there), with the single copy `_forward`
+    reads."""
 
-    def __init__(self, entry: TransformerLensKeyValueCacheEntry, attn: AbstractAttention, batch: int):
+    def __init__(self, entry: TransformerLensKeyValueCacheEntry, batch: int):
         keys, values = entry.past_keys, entry.past_values  # [1, prefix, kv_head, d_head], keys before rotary
         super().__init__(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), frozen=True)
-        if attn.cfg.positional_embedding_type == "rotary":
-            keys = attn.apply_rotary(keys, 0)
-        self.prefix_keys: Float[Tensor, "prefix kv_head d_head"] = keys[0]
+        self.prefix_keys: Float[Tensor, "1 prefix kv_head d_head"] = keys
         self.prefix_values: Float[Tensor, "prefix kv_head d_head"] = values[0]
 
 
-def shared_prefix_cache(
-    model: HookedTransformer, cache: TransformerLensKeyValueCache, batch: int
-) -> TransformerLensKeyValueCache:
+def shared_prefix_cache(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
     """The one-row prefix `cache` for a batch of `batch` rows, frozen (query tokens are never appended to it)."""
-    entries = [SharedPrefixEntry(e, block.attn, batch) for e, block in zip(cache.entries, model.blocks, strict=True)]
+    entries = [SharedPrefixEntry(e, batch) for e in cache.entries]
     return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.expand(batch, -1), frozen=True)
 
 
@@ -110,8 +107,10 @@ def _forward(
             self, query_input, key_input, value_input, entry, additive_attention_mask, attention_mask, position_bias
         )
     q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)  # the rows' own tokens
-    prefix_len = entry.prefix_keys.shape[0]
+    prefix_keys = entry.prefix_keys
+    prefix_len = prefix_keys.shape[1]
     if self.cfg.positional_embedding_type == "rotary":
+        prefix_keys = self.apply_rotary(prefix_keys, 0)  # once for all rows
         q = self.hook_rot_q(self.apply_rotary(q, prefix_len))
         k = self.hook_rot_k(self.apply_rotary(k, prefix_len))
     batch, n_query, n_heads, d_head = q.shape
@@ -119,7 +118,7 @@ def _forward(
     q = q.reshape(batch, n_query, kv_heads, n_heads // kv_heads, d_head)
     scores = torch.cat(
         [
-            torch.einsum("btkgd,pkd->bkgtp", q, entry.prefix_keys.to(q.dtype)),
+            torch.einsum("btkgd,pkd->bkgtp", q, prefix_keys[0].to(q.dtype)),
             torch.einsum("btkgd,bskd->bkgts", q, k),
         ],
         dim=-1,
