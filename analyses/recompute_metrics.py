@@ -156,11 +156,36 @@ def compare_numbers(saved: dict, recomputed: dict, where: str, tolerance: float)
 
 
 def read_records(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of records.safetensors, a tensor stored once under each name its metadata's "aliases" give it."""
+    """Every tensor of records.safetensors, a tensor stored once under each name its metadata's "aliases" give it,
+    the settings' packed scores unpacked and their derived attention outputs rebuilt (docs/reference/
+    result-format.md)."""
     with safe_open(path, "np") as file:
-        aliases = json.loads((file.metadata() or {}).get("aliases", "{}"))
+        metadata = file.metadata() or {}
     records = load_file(path)
-    return records | {name: records[kept] for name, kept in aliases.items()}
+    records |= {name: records[kept] for name, kept in json.loads(metadata.get("aliases", "{}")).items()}
+    for setting in json.loads(metadata.get("packed", "[]")):
+        records[f"{setting}/scores"] = unpack(records[f"{setting}/scores"], records[f"{setting}/query_len"])
+    for setting in json.loads(metadata.get("derived", "[]")):
+        records[f"{setting}/attn_out"] = attention_output(records, setting)
+    return records
+
+
+def unpack(packed: np.ndarray, query_len: np.ndarray) -> np.ndarray:
+    """[sum of query_len, layer, head] -> [n, layer, head, max query_len], zero beyond each query's own keys."""
+    own = np.arange(query_len.max())[None, :] < query_len[:, None]
+    scores = np.zeros((len(query_len), own.shape[1], *packed.shape[1:]), dtype=packed.dtype)
+    scores[own] = packed
+    return scores.transpose(0, 2, 3, 1)
+
+
+def attention_output(records: dict, setting: str) -> np.ndarray:
+    """W_O·z + b_O in float64, rounded to float32 as the toolkit stores it; a setting's own W_O and b_O where it
+    trained them, else its model's."""
+    model, _, name = setting.rpartition("/")
+    own, base = (f"{model}/{name}", f"{model}/model") if model else (name, "model")
+    W_O = records.get(f"{own}/W_O", records[f"{base}/W_O"]).astype(np.float64)
+    b_O = records.get(f"{own}/b_O", records[f"{base}/b_O"]).astype(np.float64)
+    return (np.einsum("nlhe,lhed->nld", records[f"{setting}/z"].astype(np.float64), W_O) + b_O).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:

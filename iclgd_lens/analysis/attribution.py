@@ -93,7 +93,8 @@ def with_queries(result: Result, rows: Sequence[int]) -> Result:
                       query_rows=tuple(result.episode.query_rows[i] for i in rows),
                       labels=tuple(result.episode.labels[i] for i in rows))  # fmt: skip
     records = {name: record.select(keep) for name, record in result.records.items()}
-    return Result(result.config, result.scores, records, result.W_O, result.labels[list(rows)], episode, result.deltas)
+    return Result(result.config, result.scores, records, result.W_O, result.labels[list(rows)], episode, result.deltas,
+                  b_O=result.b_O)  # fmt: skip
 
 
 def _layers(model: HookedTransformer, layers: Sequence[int] | None) -> list[int]:

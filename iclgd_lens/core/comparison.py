@@ -17,10 +17,9 @@ from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.deltas import Delta, trained_parameters
 from iclgd_lens.core.episodes import Episode, build_episode
-from iclgd_lens.core.hooks import parameter_name
 from iclgd_lens.core.methods import MethodContext, method_options, run_method
 from iclgd_lens.core.metrics import REFERENCE_EPS
-from iclgd_lens.core.recording import Record
+from iclgd_lens.core.recording import Record, output_weights
 from iclgd_lens.core.results import Result, check_output_folder
 from iclgd_lens.core.scoring import score
 from iclgd_lens.sources.task import Task
@@ -93,10 +92,10 @@ def compare_episode(
     choices, seed = config.choices, config.seed
     labels = torch.tensor(episode.labels)
     eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
-    scores, records, W_O, deltas = {}, {}, {}, {}
+    scores, records, W_O, b_O, deltas = {}, {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        recorded, weights, learned = run_settings(subject, episode, config, parameters, progress)
+        recorded, weights, biases, learned = run_settings(subject, episode, config, parameters, progress)
         if name == "model":
             deltas = learned
         scores[name] = score(
@@ -107,8 +106,10 @@ def compare_episode(
         prefix = "" if name == "model" else f"{name}/"
         records |= {prefix + s: r for s, r in recorded.items()}
         W_O |= {prefix + s: w for s, w in weights.items()}
+        b_O |= {prefix + s: b for s, b in biases.items()}
         del subject
-    return Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas)
+    return Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas,
+                  b_O=b_O)  # fmt: skip
 
 
 def run_settings(
@@ -117,9 +118,10 @@ def run_settings(
     config: CompareConfig,
     parameters: Sequence[str],
     progress: bool = False,
-) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, Delta]]:
-    """Record ZS, ICL and each method's finetuned model (training `parameters`). Also W_O for per-head outputs: the
-    model's ("model") and, when O is trained, each method's W_O + ΔW_O; and each method's delta."""
+) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Delta]]:
+    """Record ZS, ICL and each method's finetuned model (training `parameters`). Also W_O and b_O (per-head outputs
+    and the attention output derive from them): the model's ("model") and, when O is trained, each method's
+    W_O + ΔW_O and b_O + Δb_O; and each method's delta."""
     deltas = {
         method: run_method(method, model, episode, method_context(config, method, parameters, progress))
         for method in config.methods
@@ -127,25 +129,16 @@ def run_settings(
     records = record_settings(
         model, episode, deltas, position=config.choices.position, batch_size=config.batch_size, progress=progress
     )
-    W_O = {"model": model.W_O.detach().float().cpu()}
+    weights = {"model": output_weights(model)}
     if "o" in config.groups:
-        W_O |= {method: W_O["model"] + _stacked_W_O_delta(model, delta) for method, delta in deltas.items()}
-    return records, W_O, deltas
+        weights |= {method: output_weights(model, delta) for method, delta in deltas.items()}
+    return records, {s: w for s, (w, _) in weights.items()}, {s: b for s, (_, b) in weights.items()}, deltas
 
 
 def method_context(config: CompareConfig, method: str, parameters: Sequence[str], progress: bool) -> MethodContext:
     """What `compare` gives each method: its lr, the parameters to train, LCGD's exit and the precision."""
     return MethodContext(config.method_lr(method), tuple(parameters), config.lcgd_exit, config.choices.precision,
                          progress)  # fmt: skip
-
-
-def _stacked_W_O_delta(model: HookedTransformer, delta: Delta) -> torch.Tensor:
-    stacked = torch.zeros_like(model.W_O, dtype=torch.float32, device="cpu")
-    for layer in range(model.cfg.n_layers):
-        change = delta.tensors.get(parameter_name("attn.W_O", layer))
-        if change is not None:
-            stacked[layer] = change.float().cpu()
-    return stacked
 
 
 def describe(

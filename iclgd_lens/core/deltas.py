@@ -112,6 +112,18 @@ class Delta:
         per_layer = [sum(v[layer] ** 2 for v in by_parameter.values()) ** 0.5 for layer in range(n_layers)]
         return {"per_layer": per_layer, "by_parameter": by_parameter, "total": sum(v**2 for v in per_layer) ** 0.5}
 
+    def stacked(self, model: HookedTransformer, local: str) -> Tensor:
+        """The change of 'attn.W_O' or 'attn.b_O' in every layer, stacked as `model.W_O` ([layer, head, d_head,
+        d_model]) or `model.b_O` ([layer, d_model]), float32 on the CPU, zero in a layer the delta does not change."""
+        if local not in PARAMETER_GROUPS["o"]:
+            raise ValueError(f"stacked changes are for {PARAMETER_GROUPS['o']}, not {local!r}")
+        stacked = torch.zeros_like(getattr(model, local.rsplit(".", 1)[1]), dtype=torch.float32, device="cpu")
+        for layer in range(model.cfg.n_layers):
+            change = self.tensors.get(parameter_name(local, layer))
+            if change is not None:
+                stacked[layer] = change.float().cpu()
+        return stacked
+
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors.values())
 

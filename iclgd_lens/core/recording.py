@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.components import Attention, GroupedQueryAttention
 
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
@@ -31,7 +32,7 @@ from iclgd_lens.core.shared_prefix import shared_prefix_attention, shared_prefix
 class Record:
     """One setting's recording; row i is query i. Scores are zero-padded beyond `query_len`."""
 
-    attn_out: Float[Tensor, "n layer d_model"]  # attention output after W_O and b_O, before the residual add
+    attn_out: Float[Tensor, "n layer d_model"]  # attention output before the residual add (`attention_output`)
     z: Float[Tensor, "n layer head d_head"]  # per-head mixed values; head h's output is z[:, :, h] @ W_O[l, h]
     scores: Float[Tensor, "n layer head max_query_len"]  # pre-softmax q·k/sqrt(d_head) to the query's own tokens
     query_len: Int[Tensor, "n"]  # number of the query's own keys, from its first token to the recorded position
@@ -80,12 +81,45 @@ def record(
     A label's last token is left out of its row unless the record is at `first_option`: nothing reads the
     prediction it makes.
     """
-    merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, desc,
-                          RECORDED_POINTS)  # fmt: skip
+    derived = derives_attn_out(model)
+    points = tuple(p for p in RECORDED_POINTS if not (derived and p == "attn_out"))
+    merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, desc, points)
+    attn_out = attention_output(merged["z"], *output_weights(model, delta)) if derived else merged["attn_out"]
     return Record(
-        attn_out=merged["attn_out"], z=merged["z"], scores=merged["attn_scores"], query_len=merged["query_len"],
+        attn_out=attn_out, z=merged["z"], scores=merged["attn_scores"], query_len=merged["query_len"],
         label_logprobs=merged["label_logprobs"], position=merged["position"],
     )  # fmt: skip
+
+
+def derives_attn_out(model: HookedTransformer) -> bool:
+    """Whether the attention output is W_O·z + b_O (`attention_output`): TransformerLens' plain and grouped-query
+    attention with no norm after it (Gemma 2/3 normalise it: there the recording reads hook_attn_out itself)."""
+    return (
+        all(type(block.attn) in (Attention, GroupedQueryAttention) for block in model.blocks)
+        and not model.cfg.use_normalization_before_and_after
+        and not model.cfg.load_in_4bit
+    )
+
+
+def output_weights(
+    model: HookedTransformer, delta: Delta | None = None
+) -> tuple[Float[Tensor, "layer head d_head d_model"], Float[Tensor, "layer d_model"]]:
+    """W_O and b_O as `delta` leaves them (W_O + ΔW_O, b_O + Δb_O), float32 on the CPU."""
+    W_O, b_O = model.W_O.detach().float().cpu(), model.b_O.detach().float().cpu()
+    if delta is None:
+        return W_O, b_O
+    return W_O + delta.stacked(model, "attn.W_O"), b_O + delta.stacked(model, "attn.b_O")
+
+
+def attention_output(
+    z: Float[Tensor, "n layer head d_head"],
+    W_O: Float[Tensor, "layer head d_head d_model"],
+    b_O: Float[Tensor, "layer d_model"],
+) -> Float[Tensor, "n layer d_model"]:
+    """W_O·z + b_O computed in float64 and rounded to float32: the same bits wherever it is computed (the recording,
+    `Result.load`, another machine's thread count), so a result folder need not store it (docs/reference/
+    result-format.md). Equal to TransformerLens' hook_attn_out to float32 rounding."""
+    return (torch.einsum("nlhe,lhed->nld", z.double(), W_O.double()) + b_O.double()).float()
 
 
 @torch.no_grad()

@@ -3,8 +3,11 @@
 Folder layout (docs/reference/result-format.md):
 - result.json: config, accuracy, metrics, per_head and baselines (each with the same layout as the top level);
 - records.safetensors: per setting ("zs", "icl", "gd", "lcgd", "<baseline>/<setting>") the recorded tensors,
-  plus "labels", "query_len", and W_O for per-head outputs ("model/W_O", "<baseline>/model/W_O", and
-  "<setting>/W_O" for a setting that trained W_O), each value stored once (the metadata's "aliases" name the rest);
+  plus "labels", "query_len", and W_O and b_O ("model/W_O", "<baseline>/model/W_O", and "<setting>/W_O" for a
+  setting that trained W_O; b_O alike), each value stored once (the metadata's "aliases" name the rest). Two
+  tensors are stored only in part and rebuilt exactly on load: a setting's `attn_out` is left out where it equals
+  `attention_output(z, W_O, b_O)` bit for bit (the metadata's "derived" lists those settings), and `scores` keep
+  each query's own keys only, [sum of query_len, layer, head] (the metadata's "packed" lists them);
 - episode.json: every token id (demonstrations, ICL prefix, queries, label tokens) and recorded positions;
 - deltas.safetensors: the trained model's learned weight changes per method ("gd/blocks.3.attn.W_K", ...), so that
   attribution and attention views need no refit;
@@ -21,20 +24,24 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta
 from iclgd_lens.core.episodes import Episode
-from iclgd_lens.core.recording import Record
+from iclgd_lens.core.recording import Record, attention_output
 from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, Scores, check_metric
 from iclgd_lens.files import check_output, replaced_atomically
 
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
-RESULT_FORMAT = "iclgd-lens result 1"  # result.json's "format": marks a folder this toolkit wrote
+RESULT_FORMAT = "iclgd-lens result 2"  # result.json's "format": marks a folder this toolkit wrote
+READABLE_FORMATS = ("iclgd-lens result 1", RESULT_FORMAT)  # 1: attn_out and padded scores stored in full
 ALIASES = "aliases"  # records.safetensors metadata: JSON {name: the stored name of an equal tensor}
+DERIVED = "derived"  # records.safetensors metadata: JSON [settings whose attn_out is rebuilt from z, W_O and b_O]
+PACKED = "packed"  # records.safetensors metadata: JSON [settings whose scores hold each query's own keys only]
 CONTROL_PREFIX = "control-"  # a label control's own result folder inside the result's: control-shuffled/
 
 
@@ -48,6 +55,13 @@ class Result:
     episode: Episode
     deltas: dict[str, Delta] = field(default_factory=dict)  # method -> the trained model's learned delta
     controls: dict[str, Result] = field(default_factory=dict)  # label control -> the same comparison under it
+    b_O: dict[str, Tensor] = field(default_factory=dict)  # as W_O: the attention output's bias
+
+    def output_weights(self, setting: str) -> tuple[Tensor, Tensor | None]:
+        """W_O and b_O of `setting` ("gd", "no_training/icl", ...): its own where it trained them, else its model's."""
+        model, _, name = setting.rpartition("/")
+        own, base = f"{model}/{name}" if model else name, f"{model}/model" if model else "model"
+        return self.W_O.get(own, self.W_O[base]), self.b_O.get(own, self.b_O.get(base))
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -173,11 +187,24 @@ class Result:
 
     def _write(self, staging: Path) -> None:
         tensors = {"labels": self.labels, "query_len": self.records["zs"].query_len.clone()}
+        derived, packed = [], []
         for setting, record in self.records.items():
-            tensors |= {f"{setting}/{k}": v for k, v in record.tensors().items()}
-        weights, aliases = stored_once({f"{setting}/W_O": w for setting, w in self.W_O.items()})
+            stored = record.tensors()
+            W_O, b_O = self.output_weights(setting)
+            if b_O is not None and torch.equal(attention_output(record.z, W_O, b_O), record.attn_out):
+                del stored["attn_out"]
+                derived.append(setting)
+            packed_scores = pack_scores(record.scores, record.query_len)
+            if torch.equal(unpack_scores(packed_scores, record.query_len), record.scores):
+                stored["scores"] = packed_scores
+                packed.append(setting)
+            tensors |= {f"{setting}/{k}": v for k, v in stored.items()}
+        weights = {f"{setting}/W_O": w for setting, w in self.W_O.items()}
+        weights |= {f"{setting}/b_O": b for setting, b in self.b_O.items()}
+        weights, aliases = stored_once(weights)
+        metadata = {ALIASES: json.dumps(aliases), DERIVED: json.dumps(derived), PACKED: json.dumps(packed)}
         save_file({k: v.contiguous().cpu() for k, v in (tensors | weights).items()}, staging / "records.safetensors",
-                  metadata={ALIASES: json.dumps(aliases)})  # fmt: skip
+                  metadata=metadata)  # fmt: skip
         if self.deltas:
             changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
             save_file({k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors")
@@ -196,14 +223,18 @@ class Result:
             raise ValueError(f"{str(folder)!r} is not a complete result folder: {missing} missing; re-run compare")
         try:
             data = json.loads((folder / "result.json").read_text())
-            tensors = read_records(folder / "records.safetensors")
+            tensors, derived, packed = read_records(folder / "records.safetensors")
             episode = Episode.from_json(json.loads((folder / "episode.json").read_text()))
             W_O = {k.removesuffix("/W_O"): v for k, v in tensors.items() if k.endswith("/W_O")}
-            settings = sorted({k.rsplit("/", 1)[0] for k in tensors if "/" in k and not k.endswith("/W_O")})
-            records = {
-                s: Record.from_tensors({k[len(s) + 1 :]: v for k, v in tensors.items() if k.rsplit("/", 1)[0] == s})
-                for s in settings
-            }
+            b_O = {k.removesuffix("/b_O"): v for k, v in tensors.items() if k.endswith("/b_O")}
+            settings = sorted({k.rsplit("/", 1)[0] for k in tensors if "/" in k and not k.endswith(("/W_O", "/b_O"))})
+            stored = {s: {k[len(s) + 1 :]: v for k, v in tensors.items() if k.rsplit("/", 1)[0] == s} for s in settings}
+            weights = Result(data["config"], {}, {}, W_O, tensors["labels"], episode, b_O=b_O)
+            for s in packed:
+                stored[s]["scores"] = unpack_scores(stored[s]["scores"], stored[s]["query_len"])
+            for s in derived:
+                stored[s]["attn_out"] = attention_output(stored[s]["z"], *weights.output_weights(s))
+            records = {s: Record.from_tensors(stored[s]) for s in settings}
             scores = {"model": Scores.from_json(data)}
             scores |= {name: Scores.from_json(s) for name, s in data["baselines"].items()}
             deltas: dict[str, Delta] = {}
@@ -213,7 +244,7 @@ class Result:
                     deltas.setdefault(method, Delta({})).tensors[name] = tensor
             controls = {sub.name.removeprefix(CONTROL_PREFIX): cls.load(sub)
                         for sub in sorted(folder.glob(f"{CONTROL_PREFIX}*")) if sub.is_dir()}  # fmt: skip
-            return cls(data["config"], scores, records, W_O, tensors["labels"], episode, deltas, controls)
+            return cls(data["config"], scores, records, W_O, tensors["labels"], episode, deltas, controls, b_O)
         except (ValueError, KeyError, TypeError, OSError, SafetensorError) as error:
             raise ValueError(
                 f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "
@@ -235,12 +266,33 @@ def stored_once(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
     return kept, aliases
 
 
-def read_records(path: Path) -> dict[str, Tensor]:
-    """records.safetensors with every aliased tensor under its own name again."""
+def read_records(path: Path) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """records.safetensors with every aliased tensor under its own name again, the settings whose attn_out is
+    derived, and those whose scores are packed."""
     with safe_open(path, "pt") as file:
-        aliases = json.loads((file.metadata() or {}).get(ALIASES, "{}"))
+        metadata = file.metadata() or {}
     tensors = load_file(path)
-    return tensors | {name: tensors[kept] for name, kept in aliases.items()}
+    tensors |= {name: tensors[kept] for name, kept in json.loads(metadata.get(ALIASES, "{}")).items()}
+    return tensors, json.loads(metadata.get(DERIVED, "[]")), json.loads(metadata.get(PACKED, "[]"))
+
+
+def pack_scores(
+    scores: Float[Tensor, "n layer head max_query_len"], query_len: Int[Tensor, "n"]
+) -> Float[Tensor, "keys layer head"]:
+    """Each query's scores to its own keys only (query i's first query_len[i] columns), queries one after another."""
+    own = torch.arange(scores.shape[-1])[None, :] < query_len[:, None]  # [n, max_query_len]
+    return scores.permute(0, 3, 1, 2)[own]
+
+
+def unpack_scores(
+    packed: Float[Tensor, "keys layer head"], query_len: Int[Tensor, "n"]
+) -> Float[Tensor, "n layer head max_query_len"]:
+    """`pack_scores` undone: zero beyond each query's own keys, as the recording pads them."""
+    width = int(query_len.max()) if len(query_len) else 0
+    own = torch.arange(width)[None, :] < query_len[:, None]
+    scores = packed.new_zeros(len(query_len), width, *packed.shape[1:])
+    scores[own] = packed
+    return scores.permute(0, 2, 3, 1).contiguous()
 
 
 class Summary(pd.DataFrame):
@@ -275,7 +327,7 @@ def is_result_folder(folder: Path) -> bool:
         data = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         return False
-    ours = isinstance(data, dict) and (data.get("format") == RESULT_FORMAT or {"config", "metrics"} <= set(data))
+    ours = isinstance(data, dict) and (data.get("format") in READABLE_FORMATS or {"config", "metrics"} <= set(data))
     return ours and all(
         entry.name in RESULT_FILES
         or (entry.name.startswith(CONTROL_PREFIX) and entry.is_dir() and is_result_folder(entry))

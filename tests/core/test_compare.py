@@ -8,10 +8,12 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from iclgd_lens import Result, compare, record
-from tests.helpers import ANALYSES, tiny_model, toy_task
+from iclgd_lens.core.recording import attention_output
+from tests.helpers import ANALYSES, GEMMA3_LIKE, tiny_model, toy_task
 
 METRIC_KEYS = {"simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp"}
 
@@ -46,7 +48,7 @@ def test_result_json_layout(saved):
             len(scores["per_head"]["gd"]["simam_delta"]) == 2 and len(scores["per_head"]["gd"]["simam_delta"][0]) == 4
         )
     assert set(data["baselines"]) == {"no_training", "trained_norms", "trained_embeddings"}
-    assert data["format"] == "iclgd-lens result 1"
+    assert data["format"] == "iclgd-lens result 2"
     assert config["preset"] == "toolkit" and config["arithmetic"] == "exact" and config["gd_k"] == 6
 
 
@@ -60,14 +62,19 @@ def test_records_and_episode_layout(saved):
     assert torch.equal(loaded["trained_norms/model"], loaded["no_training/model"])
     assert not torch.equal(loaded["model"], loaded["no_training/model"])
     n = 10
+    with safe_open(folder / "records.safetensors", "pt") as file:
+        derived, packed = (set(json.loads(file.metadata()[key])) for key in ("derived", "packed"))
+    assert derived == packed == set(result.records)  # a GPT-2-shaped model: attn_out is W_O·z + b_O everywhere
     for setting in ("zs", "icl", "gd", "lcgd", "no_training/zs", "trained_embeddings/lcgd"):
-        assert records[f"{setting}/attn_out"].shape == (n, 2, 32)
+        assert f"{setting}/attn_out" not in records  # rebuilt on load from z, W_O and b_O
         assert records[f"{setting}/z"].shape == (n, 2, 4, 8)
-        assert records[f"{setting}/scores"].shape[:3] == (n, 2, 4)
+        own_keys = int(records[f"{setting}/query_len"].sum())
+        assert records[f"{setting}/scores"].shape == (own_keys, 2, 4)  # each query's own keys, no padding
         assert records[f"{setting}/label_logprobs"].shape == (n, 2)
         assert records[f"{setting}/pred"].shape == (n,)
     assert records["labels"].shape == records["query_len"].shape == (n,)
-    assert records["zs/scores"].shape[-1] == int(records["query_len"].max())
+    assert records["model/b_O"].shape == (2, 32)
+    assert Result.load(folder).records["zs"].scores.shape[-1] == int(records["query_len"].max())
     episode = json.loads((folder / "episode.json").read_text())
     assert len(episode["demos"]) == 6 and len(episode["queries"]) == n
     assert episode["icl_prefix"][0] == episode["bos"]
@@ -91,9 +98,31 @@ def test_load_round_trip(saved):
     assert loaded.to_json() == json.loads(json.dumps(result.to_json()))
     assert loaded.summary().equals(result.summary())
     for setting, recorded in result.records.items():
-        for name, tensor in recorded.tensors().items():
-            torch.testing.assert_close(loaded.records[setting].tensors()[name], tensor)
+        for name, tensor in recorded.tensors().items():  # bit for bit: attn_out rebuilt, scores unpacked
+            assert torch.equal(loaded.records[setting].tensors()[name], tensor), (setting, name)
     assert loaded.episode == result.episode
+
+
+def test_a_full_result_loads_equal_to_the_slim_one(saved, tmp_path):
+    """Format 1 stored every setting's attn_out and its zero-padded scores: such a folder loads to the same records
+    as the slim folder the toolkit writes now."""
+    result, folder = saved
+    full = tmp_path / "full"
+    shutil.copytree(folder, full)
+    tensors = {f"{s}/{k}": v.contiguous() for s, r in result.records.items() for k, v in r.tensors().items()}
+    tensors |= {"labels": result.labels, "query_len": result.records["zs"].query_len.clone()}
+    tensors |= {f"{s}/W_O": w for s, w in result.W_O.items()}
+    save_file(tensors, full / "records.safetensors")
+    data = json.loads((full / "result.json").read_text())
+    (full / "result.json").write_text(json.dumps(data | {"format": "iclgd-lens result 1"}))
+    slim, older = Result.load(folder), Result.load(full)
+    assert (
+        older.b_O == {}
+        and (full / "records.safetensors").stat().st_size > (folder / "records.safetensors").stat().st_size
+    )
+    for setting, recorded in slim.records.items():
+        for name, tensor in recorded.tensors().items():
+            assert torch.equal(older.records[setting].tensors()[name], tensor), (setting, name)
 
 
 def test_an_older_result_without_the_later_entries_loads(saved, tmp_path):
@@ -299,3 +328,22 @@ def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
         assert len(norms[method]["per_layer"]) == model.cfg.n_layers
     assert set(result.scores["no_training"].update_norm) == {"gd", "lcgd"}
     assert result.config["trained_parameters"] == list(trained_parameters(model))
+
+
+def test_a_gemma_shaped_result_keeps_its_attention_output(tmp_path):
+    """Gemma 3 normalises the attention output before the residual add, so attn_out is not W_O·z + b_O: the recording
+    reads it at hook_attn_out and the folder stores it; the scores are still packed, and all loads back exactly."""
+    model = tiny_model(**GEMMA3_LIKE)
+    result = compare(model, toy_task(), k=4, seed=1, lr=0.05, n_eval=6, batch_size=4, baselines=("no_training",),
+                     groups=("q", "k", "v"), out=tmp_path / "gemma", progress=False)  # fmt: skip
+    with safe_open(tmp_path / "gemma" / "records.safetensors", "pt") as file:
+        assert json.loads(file.metadata()["derived"]) == []
+        assert set(json.loads(file.metadata()["packed"])) == set(result.records)
+        assert "icl/attn_out" in file.keys()
+    loaded = Result.load(tmp_path / "gemma")
+    for setting, recorded in result.records.items():
+        for name, tensor in recorded.tensors().items():
+            assert torch.equal(loaded.records[setting].tensors()[name], tensor), (setting, name)
+    icl = result.records["icl"]
+    rebuilt = attention_output(icl.z, *loaded.output_weights("icl"))
+    assert not torch.allclose(rebuilt, icl.attn_out, atol=1e-3)  # the post-attention norm is really there

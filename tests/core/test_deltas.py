@@ -8,6 +8,7 @@ import torch
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.finetuning import LayerCausalReadout, causal_lm_loss, fit
+from iclgd_lens.core.recording import derives_attn_out, record
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
 ARCHS = {
@@ -60,6 +61,24 @@ def test_hooks_equal_edited_weights(arch, groups):
         expected = edited(tokens)
         assert (expected - model(tokens)).abs().max() > 1e-3  # the delta matters
         torch.testing.assert_close(hooked, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=list(ARCHS))
+def test_the_recorded_attention_output_is_the_edited_models(arch):
+    """`record` derives attn_out from z, W_O + ΔW_O and b_O + Δb_O (except under Gemma's post-attention norm, where it
+    reads the hook): equal to the edited model's own hook_attn_out at the recorded position."""
+    model = tiny_model(**ARCHS[arch])
+    post_normed = model.cfg.use_normalization_before_and_after
+    assert derives_attn_out(model) is not post_normed
+    delta = random_delta(model, ("q", "k", "v") if post_normed else tuple(PARAMETER_GROUPS))
+    episode, _ = episode_tokens(model)
+    recorded = record(model, episode.queries, episode.label_tokens, episode.icl_prefix, delta=delta,
+                      pad_token=episode.bos)  # fmt: skip
+    edited = edited_copy(model, delta)
+    for i, query in enumerate(episode.queries):
+        _, cache = edited.run_with_cache(torch.tensor([[*episode.icl_prefix, *query]]))
+        expected = torch.stack([cache["attn_out", layer][0, recorded.position[i]] for layer in range(2)])
+        torch.testing.assert_close(recorded.attn_out[i], expected, atol=1e-5, rtol=0)
 
 
 def test_delta_on_a_subset_of_layers():
