@@ -81,10 +81,13 @@ def test_folder_without_weights_or_tokenizer_is_refused_clearly(tmp_path):
 
 def test_offline_hub_name_gives_a_clear_error(monkeypatch, tmp_path):
     import transformer_lens
+    import transformers
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
+    # both loaders a hub name goes through (transformers first, for the logit check), without a network attempt
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
     monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained_no_processing", offline)
     with pytest.raises(ValueError, match="'gpt2' could not be loaded from the Hugging Face hub.*local Hugging Face"):
         load_model("gpt2", device="cpu")
