@@ -59,9 +59,7 @@ class Result:
 
     def output_weights(self, setting: str) -> tuple[Tensor, Tensor | None]:
         """W_O and b_O of `setting` ("gd", "no_training/icl", ...): its own where it trained them, else its model's."""
-        model, _, name = setting.rpartition("/")
-        own, base = f"{model}/{name}" if model else name, f"{model}/model" if model else "model"
-        return self.W_O.get(own, self.W_O[base]), self.b_O.get(own, self.b_O.get(base))
+        return setting_output_weights(self.W_O, self.b_O, setting)
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -229,11 +227,10 @@ class Result:
             b_O = {k.removesuffix("/b_O"): v for k, v in tensors.items() if k.endswith("/b_O")}
             settings = sorted({k.rsplit("/", 1)[0] for k in tensors if "/" in k and not k.endswith(("/W_O", "/b_O"))})
             stored = {s: {k[len(s) + 1 :]: v for k, v in tensors.items() if k.rsplit("/", 1)[0] == s} for s in settings}
-            weights = Result(data["config"], {}, {}, W_O, tensors["labels"], episode, b_O=b_O)
             for s in packed:
                 stored[s]["scores"] = unpack_scores(stored[s]["scores"], stored[s]["query_len"])
             for s in derived:
-                stored[s]["attn_out"] = attention_output(stored[s]["z"], *weights.output_weights(s))
+                stored[s]["attn_out"] = attention_output(stored[s]["z"], *setting_output_weights(W_O, b_O, s))
             records = {s: Record.from_tensors(stored[s]) for s in settings}
             scores = {"model": Scores.from_json(data)}
             scores |= {name: Scores.from_json(s) for name, s in data["baselines"].items()}
@@ -250,6 +247,17 @@ class Result:
                 f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "
                 "re-run compare to write it again"
             ) from None
+
+
+def setting_output_weights(
+    W_O: dict[str, Tensor], b_O: dict[str, Tensor], setting: str
+) -> tuple[Tensor, Tensor | None]:
+    """`setting`'s W_O and b_O from a result's weights, keyed "model", "<baseline>/model" and "[<baseline>/]<method>"
+    where a method trained them; b_O is None in results that did not store it (format 1)."""
+    model, _, name = setting.rpartition("/")
+    prefix = f"{model}/" if model else ""
+    own, base = prefix + name, prefix + "model"
+    return W_O.get(own, W_O[base]), b_O.get(own, b_O.get(base))
 
 
 def stored_once(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
