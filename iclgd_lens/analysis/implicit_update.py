@@ -24,28 +24,28 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from iclgd_lens.analysis.head_runs import ZSBatch
 from iclgd_lens.analysis.lens_runs import SubjectRuns
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name, parameter_name
 
 INPUT_MATRICES = ("mlp.W_in", "mlp.W_gate")  # the MLP's input weights (W_gate only in gated MLPs)
 
 
-def _product_hook(model: HookedTransformer, matrix: str) -> str:
+def _product_hook(model: LensModel, matrix: str) -> str:
     """The hook point where u·W appears: a gated MLP's gate (W_gate) at mlp_pre and its linear branch (W_in) at
     mlp_pre_linear; a plain MLP's W_in at mlp_pre."""
     return "mlp_pre_linear" if model.cfg.gated_mlp and matrix == "mlp.W_in" else "mlp_pre"
 
 
-def matrix_names(model: HookedTransformer) -> tuple[str, ...]:
+def matrix_names(model: LensModel) -> tuple[str, ...]:
     """The block-local names of the MLP's input weights in this architecture."""
     return INPUT_MATRICES if model.cfg.gated_mlp else INPUT_MATRICES[:1]
 
 
-def input_matrices(model: HookedTransformer, layer: int) -> dict[str, Float[Tensor, "d_model d_mlp"]]:
+def input_matrices(model: LensModel, layer: int) -> dict[str, Float[Tensor, "d_model d_mlp"]]:
     """The MLP's input weights of `layer`, float64 on the CPU."""
     block = model.blocks[layer].mlp
     return {name: getattr(block, name.split(".")[1]).detach().double().cpu() for name in matrix_names(model)}
@@ -53,7 +53,7 @@ def input_matrices(model: HookedTransformer, layer: int) -> dict[str, Float[Tens
 
 @torch.no_grad()
 def mlp_input(
-    model: HookedTransformer, layer: int, resid_pre: Float[Tensor, "n d_model"], attn_out: Float[Tensor, "n d_model"]
+    model: LensModel, layer: int, resid_pre: Float[Tensor, "n d_model"], attn_out: Float[Tensor, "n d_model"]
 ) -> Float[Tensor, "n d_model"]:
     """u: what the MLP of `layer` reads (ln2 of the stream after attention, or of the block input when attention and
     MLP run in parallel), float64 on the CPU."""
@@ -123,7 +123,7 @@ def exactness(
 
 
 def _updated_block(
-    model: HookedTransformer,
+    model: LensModel,
     batch: ZSBatch,
     layer: int,
     u: Float[Tensor, "batch d_model"],

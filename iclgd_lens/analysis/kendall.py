@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import kendalltau
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel, final_residual
 from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
@@ -81,7 +81,7 @@ def _recorded_tokens(episode: Episode, i: int, position: str) -> tuple[list[int]
 
 
 @torch.no_grad()
-def _icl_scores(model: HookedTransformer, episode: Episode, n: int, keep: np.ndarray, position: str) -> np.ndarray:
+def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, position: str) -> np.ndarray:
     """[n, layer, kept tokens]: ICL's pre-softmax scores from the recorded position to the prefix tokens `keep`,
     summed over heads."""
     prefix = list(episode.icl_prefix)
@@ -96,13 +96,13 @@ def _icl_scores(model: HookedTransformer, episode: Episode, n: int, keep: np.nda
 
         hooks = [(hook_name("attn_scores", l), grab) for l in range(model.cfg.n_layers)]
         with model.hooks(hooks):
-            model(torch.tensor([prefix + tokens], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
+            final_residual(model, torch.tensor([prefix + tokens], device=model.cfg.device))
         out[i] = np.stack([found[l] for l in range(model.cfg.n_layers)])
     return out
 
 
 @torch.no_grad()
-def _queries_at(model: HookedTransformer, hooks: list, prompts: list[list[int]], at: list[slice | int]) -> list:
+def _queries_at(model: LensModel, hooks: list, prompts: list[list[int]], at: list[slice | int]) -> list:
     """Per prompt: hook_q of every layer at positions `at` ([layer, *positions, head * d_head], float64, CPU)."""
     out = []
     for tokens, where in zip(prompts, at):
@@ -113,12 +113,12 @@ def _queries_at(model: HookedTransformer, hooks: list, prompts: list[list[int]],
 
         grabs = [(hook_name("q", l), grab) for l in range(model.cfg.n_layers)]
         with model.hooks(hooks + grabs):
-            model(torch.tensor([tokens], device=model.cfg.device), stop_at_layer=model.cfg.n_layers)
+            final_residual(model, torch.tensor([tokens], device=model.cfg.device))
         out.append(torch.stack([found[l] for l in range(model.cfg.n_layers)]))
     return out
 
 
-def _finetuned_queries(model: HookedTransformer, episode: Episode, delta: Delta | None, n: int,
+def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, n: int,
                        position: str) -> torch.Tensor:  # fmt: skip
     """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt."""
     prompts, offsets = zip(*(_recorded_tokens(episode, i, position) for i in range(n)))
@@ -126,7 +126,7 @@ def _finetuned_queries(model: HookedTransformer, episode: Episode, delta: Delta 
     return torch.stack(_queries_at(model, hooks, [[episode.bos, *p] for p in prompts], [1 + o for o in offsets]))
 
 
-def _fit_with_queries(model: HookedTransformer, result: Result, method: str) -> tuple[Delta, list[torch.Tensor]]:
+def _fit_with_queries(model: LensModel, result: Result, method: str) -> tuple[Delta, list[torch.Tensor]]:
     """Refit `method` on `model` recording every step's queries at every demonstration token (BOS excluded) as that
     step's forward computed them: [layer, token, head * d_head] per step."""
     config, episode = result.config, result.episode
@@ -176,7 +176,7 @@ def ft_scores(q: torch.Tensor, q_train: torch.Tensor, attn_scale: torch.Tensor) 
     return (torch.einsum("nld,ltd->nlt", q, q_train) / attn_scale[None, :, None] ** 2).numpy()
 
 
-def _subject_rows(subject: str, model: HookedTransformer, result: Result, method: str, n: int,
+def _subject_rows(subject: str, model: LensModel, result: Result, method: str, n: int,
                   finetune: bool) -> list[dict]:  # fmt: skip
     episode, position = result.episode, result.config.get("position", "prediction")
     keep, groups, ft_index = _alignment(episode)
@@ -210,7 +210,7 @@ COLUMNS = ["subject", "layer", "level", "tau", "tau_random", "recall", "recall_k
            "queries"]  # fmt: skip
 
 
-def kendall_table(model: HookedTransformer, result: Result, method: str = "gd", n_queries: int = 100,
+def kendall_table(model: LensModel, result: Result, method: str = "gd", n_queries: int = 100,
                   controls: bool = True) -> pd.DataFrame:  # fmt: skip
     """kendall.csv: per subject (`model`, and with `controls` `zero_delta` and each untrained baseline), layer and
     level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries

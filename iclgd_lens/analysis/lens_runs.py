@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import setting_inputs
 from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
@@ -32,13 +32,13 @@ class SubjectRuns:
     """One subject (the model, or an untrained baseline) of a result, with what each setting computed."""
 
     name: str  # "model" or a baseline's name
-    model: HookedTransformer
+    model: LensModel
     deltas: dict[str, Delta]  # method -> the subject's own learned delta
     readings: dict[str, dict[str, Float[Tensor, "n layer d_model"]]]  # setting -> point -> values (float32, CPU)
     contexts: dict[str, MethodContext]  # method -> what compare gave it (to train it again: the path lens)
 
 
-def check_lens_result(result: Result, model: HookedTransformer) -> None:
+def check_lens_result(result: Result, model: LensModel) -> None:
     """What every lens needs, checked before anything runs."""
     if result.config.get("position", "prediction") != "prediction":
         raise ValueError("the lenses read the prediction position; this result recorded at the first option's label "
@@ -48,9 +48,7 @@ def check_lens_result(result: Result, model: HookedTransformer) -> None:
     result.check_model(model)
 
 
-def subject_runs(
-    model: HookedTransformer, result: Result, baselines: Sequence[str] | None = None
-) -> Iterator[SubjectRuns]:
+def subject_runs(model: LensModel, result: Result, baselines: Sequence[str] | None = None) -> Iterator[SubjectRuns]:
     """The model's runs, then each baseline's (default: every baseline the result has), one at a time (a baseline's
     copy of the model lives only while its runs are read)."""
     check_lens_result(result, model)
@@ -80,7 +78,7 @@ def _context(result: Result, method: str) -> MethodContext:
                          config.get("precision", "native"))  # fmt: skip
 
 
-def _read(subject: HookedTransformer, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:
+def _read(subject: LensModel, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:
     episode = result.episode
     batch_size = result.config.get("batch_size", 8)
     return {

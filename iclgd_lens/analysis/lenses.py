@@ -19,12 +19,12 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
-from transformer_lens import HookedTransformer
 
 from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentile_interval, statistic, verdict
 from iclgd_lens.analysis.implicit_update import implicit_values, path_values
 from iclgd_lens.analysis.lens_runs import subject_runs
 from iclgd_lens.analysis.task_vectors import task_vector_values
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.results import Result
 
 RunValues = dict[str, dict[str, np.ndarray]]  # subject -> measure -> [n or 1, layer or point]
@@ -34,7 +34,7 @@ VERDICT_MEASURES = ("implicit_cos_{m}", "shift_cos_{m}", "tv_correct")
 
 
 def lens_values(
-    model: HookedTransformer,
+    model: LensModel,
     result: Result,
     baselines: Sequence[str] | None = None,
     batch_size: int | None = None,

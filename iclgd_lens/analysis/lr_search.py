@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import record_settings
 from iclgd_lens.core.baselines import half_copy
 from iclgd_lens.core.deltas import trained_parameters
@@ -40,7 +40,7 @@ def heldout_task(task: Task, k: int, seed: int) -> Task:
 
 
 def search_lr(
-    model: HookedTransformer,
+    model: LensModel,
     task: Task,
     grid: Sequence[float],
     k: int = 32,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.results import Result
 
@@ -49,7 +49,7 @@ def default_layers(n_layers: int) -> list[int]:
     return sorted({round(i * step) for i in range(MAX_LAYERS_BY_DEFAULT)})
 
 
-def _check(result: Result, model: HookedTransformer, query: int, layers: Sequence[int], settings: Sequence[str]):
+def _check(result: Result, model: LensModel, query: int, layers: Sequence[int], settings: Sequence[str]):
     if not 0 <= query < len(result.episode.queries):
         raise ValueError(f"query {query} is out of range: this result has {len(result.episode.queries)} queries")
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
@@ -72,7 +72,7 @@ def _check(result: Result, model: HookedTransformer, query: int, layers: Sequenc
 
 @torch.no_grad()
 def record_patterns(
-    model: HookedTransformer,
+    model: LensModel,
     result: Result,
     query: int = 0,
     layers: Sequence[int] | None = None,
@@ -127,11 +127,11 @@ def _prefix_columns(episode, collapse: bool, decode) -> list[tuple[str, int, int
     return columns
 
 
-def _decode(model: HookedTransformer, token: int) -> str:
+def _decode(model: LensModel, token: int) -> str:
     return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
 
 
-def _patterns(model: HookedTransformer, tokens: list[int], layers: list[int], delta) -> Tensor:
+def _patterns(model: LensModel, tokens: list[int], layers: list[int], delta) -> Tensor:
     found: dict[int, Tensor] = {}
 
     def keep(pattern: Tensor, hook) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.metrics import accuracy
@@ -29,7 +29,7 @@ def setting_inputs(
 
 
 def record_settings(
-    model: HookedTransformer,
+    model: LensModel,
     episode: Episode,
     deltas: Mapping[str, Delta] | None = None,
     *,
@@ -57,7 +57,7 @@ def record_settings(
 
 
 def episode_accuracy(
-    model: HookedTransformer, episode: Episode, deltas: Mapping[str, Delta] | None = None, **options: Any
+    model: LensModel, episode: Episode, deltas: Mapping[str, Delta] | None = None, **options: Any
 ) -> dict[str, float]:
     """The accuracy of each setting `record_settings` records with `options` (prompts, position, batch_size):
     {"zs": ..., "icl": ..., <delta name>: ...}."""

@@ -7,20 +7,18 @@ import copy
 import math
 
 import torch
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.presets import BASELINES, CHOICES, check_choice
 
 
-def half_copy(model: HookedTransformer) -> HookedTransformer:
+def half_copy(model: LensModel) -> LensModel:
     """A float16 copy of `model` (the reference runs every setting in fp16); the model itself is left as it is."""
     fresh = copy.deepcopy(model)
     return fresh.to(torch.float16, print_details=False).eval()
 
 
-def untrained_copy(
-    model: HookedTransformer, baseline: str, seed: int, init: str = "transformer_lens"
-) -> HookedTransformer:
+def untrained_copy(model: LensModel, baseline: str, seed: int, init: str = "transformer_lens") -> LensModel:
     """A seeded re-initialised copy of `model` (Revisited 3.3; docs/science.md, "Baselines"):
 
     - `no_training`: every weight re-initialised;
@@ -59,7 +57,7 @@ def untrained_copy(
     return fresh.eval()
 
 
-def _fairseq_init(model: HookedTransformer, seed: int) -> None:
+def _fairseq_init(model: LensModel, seed: int) -> None:
     """fairseq's initialisation, written on TransformerLens' parameter layout (fan-in/out of the fused Linear)."""
     generator = torch.Generator(device=model.cfg.device).manual_seed(seed)
     cfg = model.cfg
@@ -98,7 +96,7 @@ def _fairseq_init(model: HookedTransformer, seed: int) -> None:
         model.W_U.copy_(model.W_E.T)
 
 
-def _ties_embeddings(model: HookedTransformer) -> bool:
+def _ties_embeddings(model: LensModel) -> bool:
     return model.W_U.shape == model.W_E.T.shape and bool(torch.equal(model.W_U, model.W_E.T))
 
 

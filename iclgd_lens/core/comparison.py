@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel, require_hooked_transformer
 from iclgd_lens.core.accuracy import record_settings
 from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.config import CompareConfig
@@ -26,7 +26,7 @@ from iclgd_lens.sources.task import Task
 
 
 def compare(
-    model: HookedTransformer,
+    model: LensModel,
     task: Task,
     config: CompareConfig | None = None,
     *,
@@ -51,6 +51,7 @@ def compare(
     """
     config = CompareConfig.build(config, **options)
     choices = config.choices
+    check_backend(config)
     k, seed = config.k, config.seed
     if out is not None:
         check_output_folder(Path(out), overwrite)
@@ -80,8 +81,19 @@ def compare(
     return result
 
 
+def check_backend(config: CompareConfig) -> None:
+    """Refuse, before anything runs, what the TransformerLens 4 backend does not do yet: the untrained baselines
+    (re-initialising a bridged model's weights as HookedTransformer's `init_weights` does) and fp16-mixed
+    training (the reference preset's)."""
+    if config.baselines:
+        require_hooked_transformer(f"the untrained baselines {list(config.baselines)} (pass --baselines with no name "
+                                   "for the model alone)")  # fmt: skip
+    if config.choices.precision == "fp16-mixed":
+        require_hooked_transformer("fp16-mixed training (the reference preset's precision)")
+
+
 def compare_episode(
-    model: HookedTransformer,
+    model: LensModel,
     task: Task,
     episode: Episode,
     config: CompareConfig,
@@ -113,7 +125,7 @@ def compare_episode(
 
 
 def run_settings(
-    model: HookedTransformer,
+    model: LensModel,
     episode: Episode,
     config: CompareConfig,
     parameters: Sequence[str],
@@ -141,9 +153,7 @@ def method_context(config: CompareConfig, method: str, parameters: Sequence[str]
                          progress)  # fmt: skip
 
 
-def describe(
-    model: HookedTransformer, task: Task, episode: Episode, config: CompareConfig, parameters: Sequence[str]
-) -> dict:
+def describe(model: LensModel, task: Task, episode: Episode, config: CompareConfig, parameters: Sequence[str]) -> dict:
     """result.json's config: the model and task, every option (the preset's choices resolved), what the episode
     measured (effective k, GD's k, the number of queries: `n_eval`), the trained parameters, and the package
     versions."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import einops
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel, block_parameters
 from iclgd_lens.core.hooks import block_prefix, hook_name, parameter_layer, parameter_name
 from iclgd_lens.core.presets import BIASES, DEFAULT_GROUPS, check_choice, check_groups
 
@@ -42,7 +42,7 @@ def check_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
 
 
 def trained_parameters(
-    model: HookedTransformer, groups: Sequence[str] = DEFAULT_GROUPS, biases: str = "checkpoint"
+    model: LensModel, groups: Sequence[str] = DEFAULT_GROUPS, biases: str = "checkpoint"
 ) -> tuple[str, ...]:
     """The per-block parameters GD trains for `groups` (e.g. ('attn.W_K', 'attn.b_K', 'attn.W_V', 'attn.b_V')).
 
@@ -53,7 +53,7 @@ def trained_parameters(
     trains absent biases from zero, as the papers' fairseq model (which has every bias) would.
     """
     check_choice("biases", biases, BIASES)
-    params = dict(model.named_parameters())
+    params = block_parameters(model)
     names = []
     for group in check_groups(groups):
         for local in PARAMETER_GROUPS[group]:
@@ -78,10 +78,10 @@ class Delta:
     tensors: dict[str, Tensor]
 
     @classmethod
-    def zeros(cls, model: HookedTransformer, parameters: Sequence[str] | None = None) -> Delta:
+    def zeros(cls, model: LensModel, parameters: Sequence[str] | None = None) -> Delta:
         """A zero delta of `parameters` (per-block names such as 'attn.W_K'; default: `trained_parameters(model)`)
         in every layer."""
-        params = dict(model.named_parameters())
+        params = block_parameters(model)
         locals_ = trained_parameters(model) if parameters is None else check_parameters(parameters)
         tensors = {}
         for layer in range(model.cfg.n_layers):
@@ -112,7 +112,7 @@ class Delta:
         per_layer = [sum(v[layer] ** 2 for v in by_parameter.values()) ** 0.5 for layer in range(n_layers)]
         return {"per_layer": per_layer, "by_parameter": by_parameter, "total": sum(v**2 for v in per_layer) ** 0.5}
 
-    def stacked(self, model: HookedTransformer, local: str) -> Tensor:
+    def stacked(self, model: LensModel, local: str) -> Tensor:
         """The change of 'attn.W_O' or 'attn.b_O' in every layer, stacked as `model.W_O` ([layer, head, d_head,
         d_model]) or `model.b_O` ([layer, d_model]), float32 on the CPU, zero in a layer the delta does not change."""
         if local not in PARAMETER_GROUPS["o"]:
@@ -127,7 +127,7 @@ class Delta:
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors.values())
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: LensModel) -> list[Hook]:
         """Forward hooks that make `model` behave as if its weights were W + ΔW."""
         hooks: list[Hook] = []
         for layer in self.layers():
@@ -147,7 +147,7 @@ def _stored_name(params: dict[str, Tensor], name: str) -> str | None:
     return None
 
 
-def _layer_hooks(model: HookedTransformer, layer: int, delta: dict[str, Tensor]) -> list[Hook]:
+def _layer_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list[Hook]:
     """Hooks for one block; `delta` keys look like 'attn.W_K'. Registration order matters: captures first."""
     post_normed = [key for key in delta if key.startswith(POST_NORMED)]
     if model.cfg.use_normalization_before_and_after and post_normed:

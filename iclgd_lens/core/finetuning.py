@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from iclgd_lens.backend import LensModel, block_parameters, final_residual
 from iclgd_lens.core.deltas import Delta, Hook
 from iclgd_lens.core.hooks import hook_name, parameter_layer, reset_alibi
 from iclgd_lens.core.presets import LCGD_EXITS, METHODS, check_choice, check_lr
@@ -23,7 +23,7 @@ from iclgd_lens.core.readout import Readout
 
 
 @contextmanager
-def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
+def frozen_parameters(model: LensModel) -> Iterator[None]:
     """Base weights take no gradient while a delta trains; restored afterwards."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
@@ -48,7 +48,7 @@ class LayerCausalReadout:
     Hook order matters: `input_hooks` go before a delta's hooks (its captures must see the detached input) and
     `exit_hooks` after them (the exit must include the delta's own additions)."""
 
-    def __init__(self, model: HookedTransformer, exit: str = "block") -> None:
+    def __init__(self, model: LensModel, exit: str = "block") -> None:
         check_choice("LCGD exit", exit, LCGD_EXITS)
         self.n_layers, self.exit = model.cfg.n_layers, exit
         self.readout = Readout(model)  # W_U's transposed copy made once, not per step
@@ -73,13 +73,13 @@ class LayerCausalReadout:
             return [(hook_name("resid_post", l), read_block) for l in range(self.n_layers)]
         return [(hook_name("attn_out", l), read_attn) for l in range(self.n_layers)]
 
-    def loss(self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+    def loss(self, model: LensModel, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
         """Run the blocks (no final unembedding needed) and sum the per-layer logit-lens NLLs.
 
         All layers are read out in one matmul ([layer·batch·pos, d_model] @ W_U): the same products as one
         read-out per layer, at the matmul rate of a large matrix instead of a thin one (a 30-token demonstration
         is a 30-row matrix), and the graph keeps the same per-layer logits either way."""
-        model(tokens, stop_at_layer=self.n_layers)
+        final_residual(model, tokens)
         exits: Float[Tensor, "layer batch pos d_model"] = torch.stack([self.exits[l] for l in range(self.n_layers)])
         logits = self.readout(exits)[:, :, :-1]
         targets = tokens[:, 1:].expand(self.n_layers, -1, -1)
@@ -88,7 +88,7 @@ class LayerCausalReadout:
 
 
 def fit(
-    model: HookedTransformer,
+    model: LensModel,
     demos: Sequence[Sequence[int]],
     bos: int,
     method: str = "gd",
@@ -145,7 +145,7 @@ def fit(
         for index, demo in enumerate(tqdm(schedule, desc=f"fit {method}", disable=not progress, leave=False)):
             tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
             if method == "gd":
-                loss = causal_lm_loss(unembed(model(tokens, stop_at_layer=model.cfg.n_layers)), tokens)
+                loss = causal_lm_loss(unembed(final_residual(model, tokens)), tokens)
             else:
                 loss = readout.loss(model, tokens)
             if not torch.isfinite(loss):
@@ -219,11 +219,11 @@ class MixedFP16Step(NativeStep):
     """fairseq's FP16Optimizer: fp16 forward/backward with a dynamic loss scale, an fp32 master delta, and the
     delta the hooks apply set to the effective change round16(W + ΔW) − W after every step."""
 
-    def __init__(self, model: HookedTransformer, delta: Delta, lr: float) -> None:
+    def __init__(self, model: LensModel, delta: Delta, lr: float) -> None:
         if model.cfg.dtype != torch.float16:
             raise ValueError(f"precision fp16-mixed trains a float16 model, got {model.cfg.dtype}; load it in float16")
         super().__init__(delta, lr)
-        self.base = dict(model.named_parameters())
+        self.base = block_parameters(model)
         self.master = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in delta.tensors.items()}
         self.scaler = LossScaler()
 

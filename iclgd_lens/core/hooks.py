@@ -1,5 +1,5 @@
 """Every hook point and per-block parameter the toolkit uses, named in one place (TransformerLens 3's
-HookedTransformer names).
+HookedTransformer names, which TransformerLens 4's TransformerBridge also answers to as aliases).
 
 The pipeline asks for a point by its role and layer (`hook_name("z", 3)`) and for a parameter by its block-local
 name and layer (`parameter_name("attn.W_K", 3)`), never writes a name itself, so that another backend can answer
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from transformer_lens import HookedTransformer
+from iclgd_lens.backend import LensModel
 
 HOOK_POINTS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",  # a block's input
@@ -61,7 +61,7 @@ def hook_filter(point: str) -> Callable[[str], bool]:
     return lambda name: pattern.match(name) is not None
 
 
-def reset_alibi(model: HookedTransformer) -> None:
+def reset_alibi(model: LensModel) -> None:
     """Make ALiBi scores exactly slope·(key - query) at absolute positions.
 
     TransformerLens keeps each layer's ALiBi bias at the longest length seen so far and slices its last rows, so

@@ -19,8 +19,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
-
+    from iclgd_lens.backend import LensModel
     from iclgd_lens.core.deltas import Delta
     from iclgd_lens.core.episodes import Episode
 
@@ -39,7 +38,7 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)  # the method's registered options
 
 
-Method = Callable[["HookedTransformer", "Episode", MethodContext], "Delta"]
+Method = Callable[["LensModel", "Episode", MethodContext], "Delta"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def registered(name: str) -> Registered:
     return _REGISTRY[name]
 
 
-def run_method(name: str, model: HookedTransformer, episode: Episode, context: MethodContext) -> Delta:
+def run_method(name: str, model: LensModel, episode: Episode, context: MethodContext) -> Delta:
     """The method's delta, checked: it must change exactly the parameters it was asked to train, each with its
     parameter's shape, with finite values."""
     method = registered(name)
@@ -99,7 +98,7 @@ def run_method(name: str, model: HookedTransformer, episode: Episode, context: M
     return delta
 
 
-def check_delta(name: str, model: HookedTransformer, delta: Delta, parameters: Sequence[str]) -> None:
+def check_delta(name: str, model: LensModel, delta: Delta, parameters: Sequence[str]) -> None:
     from iclgd_lens.core.deltas import Delta as DeltaType
 
     if not isinstance(delta, DeltaType):
@@ -120,7 +119,7 @@ def check_delta(name: str, model: HookedTransformer, delta: Delta, parameters: S
 
 
 def _fit(method: str, step: str = "sgd") -> Method:
-    def fn(model: HookedTransformer, episode: Episode, context: MethodContext) -> Delta:
+    def fn(model: LensModel, episode: Episode, context: MethodContext) -> Delta:
         from iclgd_lens.core.finetuning import fit
 
         return fit(model, episode.train_demos, episode.bos, method, context.lr, context.parameters, context.lcgd_exit,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+from iclgd_lens.backend import LensModel
 
 
 class Readout:
@@ -19,7 +20,7 @@ class Readout:
     copies W_U on every call, which for a 50k vocabulary cost a quarter of a GD step. The same kernel on a copy
     made once gives logits bit-identical to `model(tokens)`."""
 
-    def __init__(self, model: HookedTransformer) -> None:
+    def __init__(self, model: LensModel) -> None:
         self.final_norm = getattr(model, "ln_final", None)
         self.W_U_T = model.unembed.W_U.detach().T.contiguous()
         self.b_U = model.unembed.b_U

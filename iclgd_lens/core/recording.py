@@ -2,9 +2,10 @@
 
 The shared prefix ([BOS] for ZS/GD/LCGD, [BOS] + demonstrations for ICL) runs once; its keys/values are reused by
 every query batch, one copy for all rows (`shared_prefix`; where that module does not reproduce a model's attention,
-TransformerLens' forward copies the broadcast prefix per row). Batches are right-padded: in a causal model padding
-after a row's last real token changes nothing before it, so each row is read at its own positions and no attention
-mask is needed.
+TransformerLens' forward copies the broadcast prefix per row). On TransformerLens 4 (`backend.BRIDGE`) every row
+runs its whole prompt, prefix included: the same numbers at the cost of a full forward. Batches are right-padded: in
+a causal model padding after a row's last real token changes nothing before it, so each row is read at its own
+positions and no attention mask is needed.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import Attention, GroupedQueryAttention
 
+from iclgd_lens.backend import BRIDGE, LensModel, final_residual, stacked_output_weights
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
 from iclgd_lens.core.presets import CHOICES, check_choice
 from iclgd_lens.core.readout import Readout
-from iclgd_lens.core.shared_prefix import shared_prefix_attention, shared_prefix_cache, shared_prefix_supported
+
+if not BRIDGE:  # TransformerLens 3's key-value cache and attention classes
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.components import Attention, GroupedQueryAttention
+
+    from iclgd_lens.core.shared_prefix import shared_prefix_attention, shared_prefix_cache, shared_prefix_supported
 
 
 @dataclass
@@ -64,7 +68,7 @@ def record_offset(query: Sequence[int], label_tokens: Sequence[Sequence[int]], p
 
 @torch.no_grad()
 def record(
-    model: HookedTransformer,
+    model: LensModel,
     queries: Sequence[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
     prefix: Sequence[int],
@@ -91,21 +95,23 @@ def record(
     )  # fmt: skip
 
 
-def derives_attn_out(model: HookedTransformer) -> bool:
+def derives_attn_out(model: LensModel) -> bool:
     """Whether the attention output is W_O·z + b_O (`attention_output`): TransformerLens' plain and grouped-query
-    attention with no norm after it (Gemma 2/3 normalise it: there the recording reads hook_attn_out itself)."""
+    attention with no norm after it (Gemma 2/3 normalise it: there the recording reads hook_attn_out itself). On
+    TransformerLens 4 the recording reads hook_attn_out."""
     return (
-        all(type(block.attn) in (Attention, GroupedQueryAttention) for block in model.blocks)
+        not BRIDGE
+        and all(type(block.attn) in (Attention, GroupedQueryAttention) for block in model.blocks)
         and not model.cfg.use_normalization_before_and_after
         and not model.cfg.load_in_4bit
     )
 
 
 def output_weights(
-    model: HookedTransformer, delta: Delta | None = None
+    model: LensModel, delta: Delta | None = None
 ) -> tuple[Float[Tensor, "layer head d_head d_model"], Float[Tensor, "layer d_model"]]:
     """W_O and b_O as `delta` leaves them (W_O + ΔW_O, b_O + Δb_O), float32 on the CPU."""
-    W_O, b_O = model.W_O.detach().float().cpu(), model.b_O.detach().float().cpu()
+    W_O, b_O = stacked_output_weights(model)
     if delta is None:
         return W_O, b_O
     return W_O + delta.stacked(model, "attn.W_O"), b_O + delta.stacked(model, "attn.b_O")
@@ -124,7 +130,7 @@ def attention_output(
 
 @torch.no_grad()
 def read_points(
-    model: HookedTransformer,
+    model: LensModel,
     queries: Sequence[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
     prefix: Sequence[int],
@@ -146,7 +152,7 @@ RECORDED_POINTS = ("attn_out", "z", "attn_scores")  # what a Record holds per la
 
 
 def _run_queries(
-    model: HookedTransformer,
+    model: LensModel,
     queries: Sequence[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
     prefix: Sequence[int],
@@ -164,15 +170,15 @@ def _run_queries(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     parts: list[dict[str, Tensor]] = []
     readout = Readout(model)
-    shared = shared_prefix_supported(model)
+    shared = not BRIDGE and shared_prefix_supported(model)
     with model.hooks(delta_hooks), shared_prefix_attention(model) if shared else nullcontext():
-        prefix_cache = _run_prefix(model, prefix)
+        prefix_run = list(prefix) if BRIDGE else _run_prefix(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
                 _record_batch(
                     model,
                     readout,
-                    prefix_cache,
+                    prefix_run,
                     [queries[i] for i in batch],
                     label_tokens,
                     multi_token,
@@ -196,7 +202,8 @@ def _pad_last(t: Tensor, length: int) -> Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[-1]))
 
 
-def _run_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerLensKeyValueCache:
+def _run_prefix(model: LensModel, prefix: Sequence[int]) -> TransformerLensKeyValueCache:
+    """The prefix's keys and values, cached once (TransformerLens 3)."""
     tokens = torch.tensor([list(prefix)], device=model.cfg.device)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
     model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=model.cfg.n_layers)
@@ -204,9 +211,9 @@ def _run_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerL
 
 
 def _record_batch(
-    model: HookedTransformer,
+    model: LensModel,
     readout: Readout,
-    prefix_cache: TransformerLensKeyValueCache,
+    prefix_run: TransformerLensKeyValueCache | list[int],
     queries: list[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
     multi_token: list[int],
@@ -214,6 +221,8 @@ def _record_batch(
     pad_token: int,
     points: tuple[str, ...],
 ) -> dict[str, Tensor]:
+    """One batch of queries. `prefix_run` is the prefix's cache (its rows hold the queries' tokens alone) or, on
+    TransformerLens 4, the prefix's tokens, which every row then starts with."""
     device = model.cfg.device
     n = len(queries)
     # Rows: one per query with its first label, then one per (query, multi-token class).
@@ -222,13 +231,16 @@ def _record_batch(
     # A label's last token is input only where it is recorded (first_option): its own prediction is never read.
     label_end = None if position == "first_option" else -1
     sequences = [[*queries[i], *label_tokens[c][:label_end]] for i, c in rows]
+    cached = not isinstance(prefix_run, list)
+    prefix_len = prefix_run.entries[0].past_keys.shape[1] if cached else len(prefix_run)
+    if not cached:
+        sequences = [prefix_run + s for s in sequences]
     width = max(len(s) for s in sequences)
     tokens = torch.tensor([s + [pad_token] * (width - len(s)) for s in sequences], device=device)
 
     at = torch.tensor([record_offset(q, label_tokens, position) for q in queries], device=device)
+    at_hooked = at if cached else at + prefix_len  # where the hooks see each row's recorded token
     query_rows = torch.arange(n, device=device)
-    cache = shared_prefix_cache(prefix_cache, len(rows))
-    prefix_len = cache.entries[0].past_keys.shape[1]
     max_len = int(at.max()) + 1
     key_index = prefix_len + torch.arange(max_len, device=device)  # the query's own keys, from its first token
     key_mask = torch.arange(max_len, device=device)[None, :] <= at[:, None]  # [n, max_len]
@@ -237,23 +249,22 @@ def _record_batch(
 
     def read_at(point: str) -> Callable:
         def hook(t: Float[Tensor, "row pos ..."], hook) -> None:
-            found[point].append(t[query_rows, at])
+            found[point].append(t[query_rows, at_hooked])
 
         return hook
 
     def read_scores(t: Float[Tensor, "row head pos key"], hook) -> None:
-        s = t[query_rows, :, at][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
+        s = t[query_rows, :, at_hooked][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
         found["attn_scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
 
     record_hooks = [(hook_filter(p), read_scores if p == "attn_scores" else read_at(p)) for p in points]
     reset_alibi(model)
     with model.hooks(record_hooks):
-        resid = model(
-            tokens,
-            past_kv_cache=cache,
-            attention_mask=torch.ones_like(tokens),
-            stop_at_layer=model.cfg.n_layers,
-        )
+        if cached:
+            cache = shared_prefix_cache(prefix_run, len(rows))
+            resid = final_residual(model, tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+        else:
+            resid = final_residual(model, tokens)[:, prefix_len:]
     label_logprobs = _label_logprobs(readout, resid, queries, label_tokens, row_of)
     return {point: torch.stack(found[point], 1).float().cpu() for point in points} | {
         "query_len": (at + 1).cpu(),

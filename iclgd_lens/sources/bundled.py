@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from iclgd_lens.backend import BRIDGE, require_hooked_transformer
 from iclgd_lens.sources.tokenizers import load_tokenizer
+
+if not BRIDGE:  # a bundled model is a TransformerLens 3 checkpoint (ALiBi: no Hugging Face model to wrap)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 BUNDLED_DIR = Path(__file__).parent.parent / "bundled"  # package data: iclgd_lens/bundled/<name>/
 TINY_ICL_DIR = BUNDLED_DIR / "tiny-icl"
@@ -99,6 +102,8 @@ def load_bundled(
 ) -> HookedTransformer:
     """Rebuild `HookedTransformer(cfg, tokenizer)` from a bundled folder, offline, with no weight processing."""
     from safetensors.torch import load_file
+
+    require_hooked_transformer(f"the bundled-format model {str(folder)!r} (a TransformerLens 3 checkpoint)")
 
     folder = Path(folder)
     for needed in ("config.json", "model.safetensors", "tokenizer.json"):

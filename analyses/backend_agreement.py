@@ -1,0 +1,196 @@
+"""The same comparison on TransformerLens 3 (HookedTransformer) and 4 (TransformerBridge), and how far apart they are.
+
+    python analyses/backend_agreement.py models tests/bridge/reference          # tiny checkpoints (once)
+    python analyses/backend_agreement.py run tests/bridge/reference/gpt2/model OUT   # compare, in this environment
+    python analyses/backend_agreement.py diff REFERENCE_RESULT OTHER_RESULT        # the table of differences
+
+`run` is `compare` with the settings below and no baselines (the bridge does not re-initialise models yet).
+`diff` prints, per kind, the largest difference: records relative to the largest magnitude of the same tensor, deltas
+relative to the largest magnitude of the method's whole delta (a key bias's gradient is zero in exact arithmetic,
+so its delta is rounding on either backend), every number of result.json (metrics, accuracies, counts) absolutely.
+Numbers that measure rounding are left out and counted: a similarity of updates in a layer where the reference
+result flags them as below float resolution (result.json "resolution": ICL's score updates in layer 0 of a rotary
+model are zero in exact arithmetic, since a query's own tokens sit at the same relative positions with or without
+the demonstrations). It exits non-zero when a difference is above the tolerances the toolkit promises (TOLERANCES). docs/architecture.md, "Backends",
+holds the measured table; tests/bridge checks it on every run of `make test-tl4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+SETTINGS = dict(k=6, n_eval=12, lr=0.05, baselines=(), seed=0)  # what `run` compares on the toy task
+TOLERANCES = {"records": 1e-4, "metrics": 1e-4, "deltas": 1e-5}  # relative, absolute, relative
+ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
+READS = {"scores": ("simam_delta",), "attn_out": ("simaou", "simaou_norm", "random_simaou")}  # updates compared
+
+
+def tiny_checkpoint(architecture: str, vocab_size: int):
+    """A random 2-layer Hugging Face model (seed 0), every parameter perturbed so that biases and norms matter."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    configs = {
+        "gpt2": lambda: GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=vocab_size, n_positions=256),
+        "llama-gqa": lambda: LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            vocab_size=vocab_size,
+            max_position_embeddings=256,
+        ),  # fmt: skip
+        "neox": lambda: GPTNeoXConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            rotary_pct=0.5,
+            vocab_size=vocab_size,
+            max_position_embeddings=256,
+        ),  # fmt: skip
+    }
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(configs[architecture]())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def write_models(root: Path) -> None:
+    from tests.helpers import make_tokenizer
+
+    for architecture in ARCHITECTURES:
+        folder = root / architecture / "model"
+        tiny_checkpoint(architecture, len(make_tokenizer())).save_pretrained(folder)
+        make_tokenizer().save_pretrained(folder)
+
+
+def run(model_folder: Path, out: Path) -> None:
+    from iclgd_lens import compare, load_model
+    from tests.helpers import toy_task
+
+    compare(load_model(model_folder, device="cpu"), toy_task(), out=out, progress=False, **SETTINGS)
+
+
+def differences(reference: Path, other: Path) -> Iterator[tuple[str, str, float]]:
+    """(kind, quantity, difference) for every record tensor, delta and number the two result folders hold; kind
+    "rounding" for a number left out (difference NaN)."""
+    from iclgd_lens import Result
+
+    a, b = Result.load(reference), Result.load(other)
+    for setting in a.records:
+        for name, x in a.records[setting].tensors().items():
+            if x.is_floating_point():
+                yield "records", f"{setting} {name}", _relative(x, b.records[setting].tensors()[name])
+    for method in a.deltas:
+        scale = max(float(t.double().abs().max()) for t in a.deltas[method].tensors.values())
+        for name, x in a.deltas[method].tensors.items():
+            change = float((x.double() - b.deltas[method].tensors[name].double()).abs().max())
+            yield "deltas", f"{method} {name}", change / max(scale, 1e-30)
+    ours, theirs = a.scores["model"].to_json(), b.scores["model"].to_json()
+    rounding = _rounding(ours["resolution"])
+    for path, x in _numbers(ours):
+        quantity = "/".join(map(str, path))
+        if _measures_rounding(path, rounding):
+            yield "rounding", quantity, math.nan
+            continue
+        y = _lookup(theirs, path)
+        yield "metrics", quantity, 0.0 if math.isnan(x) and math.isnan(y) else abs(x - y)
+
+
+def _rounding(resolution: dict) -> dict[str, set[int]]:
+    """Per method, the layers where ICL's or the method's updates of a quantity are (partly) below resolution,
+    keyed by the metrics comparing those updates."""
+    flagged: dict[str, set[int]] = {}
+    for setting, shares in resolution.items():
+        if not isinstance(shares, dict):
+            continue
+        for quantity, metrics in READS.items():
+            layers = {layer for layer, share in enumerate(shares.get(quantity, [])) if share > 0}
+            for metric in metrics:
+                flagged.setdefault(f"{setting}/{metric}", set()).update(layers)
+    return flagged
+
+
+def _measures_rounding(path: tuple, rounding: dict[str, set[int]]) -> bool:
+    """metrics/<method>/<metric>/(mean|defined|per_layer/<l>) or per_head/<method>/<metric>/<l>/<h>."""
+    if path[0] not in ("metrics", "per_head") or len(path) < 4:
+        return False
+    method, metric = path[1], path[2]
+    layers = rounding.get(f"icl/{metric}", set()) | rounding.get(f"{method}/{metric}", set())
+    if path[0] == "per_head":
+        return path[3] in layers
+    return bool(layers) and (path[3] != "per_layer" or path[4] in layers)
+
+
+def _relative(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double(), y.double()
+    return float((x - y).abs().max() / x.abs().max().clamp(min=1e-30))
+
+
+def _numbers(tree, path=()) -> Iterator[tuple[tuple, float]]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, (*path, key))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _numbers(value, (*path, index))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, float(tree)
+
+
+def _lookup(tree, path: tuple):
+    for key in path:
+        tree = tree[key]
+    return float(tree) if tree is not None else math.nan
+
+
+def largest(reference: Path, other: Path) -> dict[str, tuple[str, float]]:
+    """Per kind, the quantity that differs most and by how much ("rounding": how many numbers were left out)."""
+    worst: dict[str, tuple[str, float]] = {}
+    left_out = 0
+    for kind, quantity, diff in differences(reference, other):
+        if kind == "rounding":
+            left_out += 1
+        elif kind not in worst or not diff <= worst[kind][1]:
+            worst[kind] = (quantity, diff)
+    return worst | {"rounding": (f"{left_out} numbers measure rounding, left out", math.nan)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models").add_argument("root", type=Path)
+    run_parser = sub.add_parser("run")
+    run_parser.add_argument("model", type=Path)
+    run_parser.add_argument("out", type=Path)
+    diff_parser = sub.add_parser("diff")
+    diff_parser.add_argument("reference", type=Path)
+    diff_parser.add_argument("other", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "models":
+        write_models(args.root)
+    elif args.command == "run":
+        run(args.model, args.out)
+    else:
+        worst = largest(args.reference, args.other)
+        print("| kind | largest difference | where | tolerance |\n|---|---|---|---|")
+        note = worst.pop("rounding")[0]
+        for kind, (quantity, diff) in worst.items():
+            print(f"| {kind} | {diff:.2g} | {quantity} | {TOLERANCES[kind]:g} |")
+        print(note)
+        return int(any(not diff <= TOLERANCES[kind] for kind, (_, diff) in worst.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers: the toy task and tokenizer
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Which TransformerLens the toolkit runs on, and the model type every module names (`LensModel`).
+
+TransformerLens 3.x builds its own `HookedTransformer` from a checkpoint; 4.x removed that class (importing it
+raises) and wraps the Hugging Face model itself in a `TransformerBridge`. The toolkit's pipeline asks for hook
+points and parameters by role (`core.hooks`), so most of it runs on either; what differs is named here
+(`final_residual`) or kept in the modules written for one backend (3.x's key-value cache in `core.shared_prefix`).
+docs/architecture.md, "Backends", says what runs on which.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+TL_VERSION = version("transformer-lens")
+BRIDGE = int(TL_VERSION.split(".")[0]) >= 4  # TransformerLens 4.x: TransformerBridge
+
+if BRIDGE:
+    from transformer_lens.model_bridge import TransformerBridge as LensModel
+else:
+    from transformer_lens import HookedTransformer as LensModel
+
+__all__ = [
+    "BRIDGE",
+    "TL_VERSION",
+    "LensModel",
+    "final_residual",
+    "require_hooked_transformer",
+    "stacked_output_weights",
+]
+
+
+def final_residual(model: LensModel, tokens: Tensor, **kwargs) -> Tensor:
+    """The residual stream after the last block, before the final norm ([batch, pos, d_model]).
+
+    HookedTransformer returns it for `stop_at_layer=n_layers`; TransformerBridge returns logits there, so it is
+    read at the last block's output hook instead."""
+    if not BRIDGE:
+        return model(tokens, stop_at_layer=model.cfg.n_layers, **kwargs)
+    out: list[Tensor] = []
+    with model.hooks([(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda t, hook: out.append(t))]):
+        model(tokens, **kwargs)
+    return out[0]
+
+
+def block_parameters(model: LensModel) -> dict[str, Tensor]:
+    """Every parameter by HookedTransformer's name ('blocks.3.attn.W_K', ...), grouped-query attention's K and V per
+    key-value head as HookedTransformer stores them ('blocks.3.attn._W_K' [kv_head, d_model, d_head]).
+
+    The bridge's own names are the Hugging Face ones; its `tl_parameters()` gives HookedTransformer's, with K and V
+    repeated to every query head, and zeros for biases the checkpoint lacks (HookedTransformer has those zeros too).
+    Deltas follow the trained tensor, one per key-value head, as on HookedTransformer."""
+    if not BRIDGE:
+        return dict(model.named_parameters())
+    params = dict(model.tl_parameters())
+    cfg = model.cfg
+    if cfg.n_key_value_heads and cfg.n_key_value_heads != cfg.n_heads:
+        for layer, block in enumerate(model.blocks):
+            for kind in "KV":
+                params.pop(f"blocks.{layer}.attn.W_{kind}")
+                params.pop(f"blocks.{layer}.attn.b_{kind}", None)
+                weight = getattr(block.attn, f"W_{kind}")  # [kv_head, d_model, d_head]
+                bias = getattr(block.attn, f"b_{kind}", None)
+                params[f"blocks.{layer}.attn._W_{kind}"] = weight
+                params[f"blocks.{layer}.attn._b_{kind}"] = (
+                    bias if bias is not None else weight.new_zeros(weight.shape[0], weight.shape[-1])
+                )
+    return params
+
+
+def stacked_output_weights(
+    model: LensModel,
+) -> tuple[Float[Tensor, "layer head d_head d_model"], Float[Tensor, "layer d_model"]]:
+    """Every layer's W_O and b_O, float32 on the CPU. A model without attention output biases has b_O = 0
+    (HookedTransformer stores those zeros; TransformerBridge has no b_O then)."""
+    W_O = model.W_O.detach().float().cpu()
+    b_O = getattr(model, "b_O", None)
+    return W_O, torch.zeros(W_O.shape[0], W_O.shape[-1]) if b_O is None else b_O.detach().float().cpu()
+
+
+def require_hooked_transformer(what: str) -> None:
+    """Refuse `what` on TransformerLens 4.x with the reason and the way out."""
+    if BRIDGE:
+        raise NotImplementedError(
+            f"{what} needs TransformerLens 3.x (HookedTransformer); this environment has transformer-lens {TL_VERSION} "
+            "(TransformerBridge), which the toolkit supports only in part so far (docs/architecture.md, "
+            "\"Backends\"): pip install 'transformer-lens>=3.8,<4'"
+        )
