@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
-from iclgd_lens.backend import LensModel, final_residual
+from iclgd_lens.backend import LensModel, final_residual, require_hooked_transformer
 from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
@@ -215,6 +215,7 @@ def kendall_table(model: LensModel, result: Result, method: str = "gd", n_querie
     """kendall.csv: per subject (`model`, and with `controls` `zero_delta` and each untrained baseline), layer and
     level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries
     whose tau is defined), queries."""
+    require_hooked_transformer("Kendall's tau (its controls re-initialise the model)")
     n = min(n_queries, len(result.episode.queries))
     if result.config.get("precision") == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)  # as compare ran it: the refit must be the saved fp16 delta

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "lenses":
             commands.run_lenses(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            FloatingPointError) as error:  # fmt: skip
+            FloatingPointError, NotImplementedError) as error:  # fmt: skip
         if args.debug:
             raise
         message = " ".join(str(error).split())  # one line, whatever the library wrote

@@ -15,9 +15,10 @@ from iclgd_lens.analysis.kendall import kendall_table
 from iclgd_lens.analysis.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
+from iclgd_lens.backend import require_hooked_transformer
 from iclgd_lens.cli.parser import parse_data_files
 from iclgd_lens.core.comparison import compare
-from iclgd_lens.core.config import CompareConfig
+from iclgd_lens.core.config import CompareConfig, check_backend
 from iclgd_lens.core.episodes import check_k
 from iclgd_lens.core.results import Result, check_output_folder
 from iclgd_lens.files import write_text_atomic
@@ -52,6 +53,7 @@ def run_compare(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     # Everything that can be checked without the model is checked before it loads.
     config = CompareConfig.build(**compare_options(args))
+    check_backend(config)
     check_output_folder(Path(args.out), args.overwrite)
     data_files = parse_data_files(args.data_files)
     if args.task in HUB_TASKS and data_files is None and (args.template or args.labels):
@@ -96,7 +98,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     # Everything that can be checked before a run starts is checked now: options, every run's seed and
     # permutation, the folder, the model's source and every task's data.
     for run in plan:
-        CompareConfig.build(**options, seed=run.seed, permutation=run.permutation, lr=run.lr or 1.0)
+        check_backend(CompareConfig.build(**options, seed=run.seed, permutation=run.permutation, lr=run.lr or 1.0))
     out = Path(args.out)
     check_sweep_folder(out, config)
     checked_tasks(args, lambda: [load_task(task) for task in config.tasks])
@@ -146,6 +148,7 @@ def results_model(args: argparse.Namespace, config: dict):
 
 
 def run_attribute(args: argparse.Namespace) -> None:
+    require_hooked_transformer("per-head attribution")  # before anything loads
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     check_attribution_folder(out)
@@ -176,6 +179,7 @@ def run_attribute(args: argparse.Namespace) -> None:
 
 
 def run_lenses(args: argparse.Namespace) -> None:
+    require_hooked_transformer("the lenses")  # before anything loads
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     check_lenses_folder(out)

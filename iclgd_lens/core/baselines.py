@@ -8,12 +8,13 @@ import math
 
 import torch
 
-from iclgd_lens.backend import LensModel
+from iclgd_lens.backend import LensModel, require_hooked_transformer
 from iclgd_lens.core.presets import BASELINES, CHOICES, check_choice
 
 
 def half_copy(model: LensModel) -> LensModel:
     """A float16 copy of `model` (the reference runs every setting in fp16); the model itself is left as it is."""
+    require_hooked_transformer("a float16 copy for fp16-mixed training")
     fresh = copy.deepcopy(model)
     return fresh.to(torch.float16, print_details=False).eval()
 
@@ -31,6 +32,7 @@ def untrained_copy(model: LensModel, baseline: str, seed: int, init: str = "tran
     Q/K/V xavier-uniform with gain 1/sqrt(2), W_O xavier-uniform with b_O = 0, MLP matrices and every other bias
     PyTorch's U(±1/sqrt(fan_in)), embeddings N(0, 1/d_model), the unembedding tied to W_E where the model ties it).
     """
+    require_hooked_transformer("the untrained baselines (re-initialising a model)")
     check_choice("baseline", baseline, BASELINES)
     check_choice("init", init, CHOICES["init"])
     fresh = copy.deepcopy(model)

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import record_settings
 from iclgd_lens.core.baselines import half_copy, untrained_copy
-from iclgd_lens.core.config import CompareConfig
+from iclgd_lens.core.config import CompareConfig, check_backend
 from iclgd_lens.core.deltas import Delta, trained_parameters
 from iclgd_lens.core.episodes import Episode, build_episode
 from iclgd_lens.core.methods import MethodContext, method_options, run_method
@@ -79,17 +79,6 @@ def compare(
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
-
-
-def check_backend(config: CompareConfig) -> None:
-    """Refuse, before anything runs, what the TransformerLens 4 backend does not do yet: the untrained baselines
-    (re-initialising a bridged model's weights as HookedTransformer's `init_weights` does) and fp16-mixed
-    training (the reference preset's)."""
-    if config.baselines:
-        require_hooked_transformer(f"the untrained baselines {list(config.baselines)} (pass --baselines with no name "
-                                   "for the model alone)")  # fmt: skip
-    if config.choices.precision == "fp16-mixed":
-        require_hooked_transformer("fp16-mixed training (the reference preset's precision)")
 
 
 def compare_episode(

@@ -121,3 +121,16 @@ class CompareConfig:
         """The config a result.json records (its other entries, such as the model's name, are left out)."""
         names = set(cls.option_names())
         return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in data.items() if name in names})
+
+
+def check_backend(config: CompareConfig) -> None:
+    """Refuse, before anything runs, what the TransformerLens 4 backend does not do yet: the untrained baselines
+    (re-initialising a bridged model's weights as HookedTransformer's `init_weights` does) and fp16-mixed
+    training (the reference preset's)."""
+    from iclgd_lens.backend import require_hooked_transformer  # here: the command line's --help imports no torch
+
+    if config.baselines:
+        require_hooked_transformer(f"the untrained baselines {list(config.baselines)} (pass --baselines with no name "
+                                   "for the model alone)")  # fmt: skip
+    if config.choices.precision == "fp16-mixed":
+        require_hooked_transformer("fp16-mixed training (the reference preset's precision)")

@@ -72,8 +72,8 @@ def model_source(recorded: str) -> str | None:
     for name, (spec, tries_hub) in PACKAGED_MODELS.items():  # the hub's checkpoint, or the converted GGUF
         if recorded == (spec.hub_id if tries_hub else spec.cache_name):
             return name
-    if BRIDGE:  # any Hugging Face name: the hub decides
-        return recorded
+    if BRIDGE:  # a hub id ("org/name"); a local folder is recorded by its bare name
+        return recorded if "/" in recorded else None
     try:
         tl_loading.get_official_model_name(recorded)
         return recorded
