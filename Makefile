@@ -57,7 +57,7 @@ $(VENV_TL4)/bin/pytest: pyproject.toml Makefile
 		print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] \
 		if not d.startswith('transformer-lens')))" > $(VENV_TL4)/requirements.txt
 	$(VENV_TL4)/bin/python -m pip install -q "$(TORCH_SPEC)" $(foreach spec,$(TL4_SPEC),"$(spec)") -r $(VENV_TL4)/requirements.txt
-	$(VENV_TL4)/bin/python -m pip install -q --no-deps -e .
+	$(VENV_TL4)/bin/python -m pip install -q --no-deps -e . $(PACKAGED)
 	touch $@
 
 test-tl4: $(VENV_TL4)/bin/pytest
@@ -90,4 +90,4 @@ evaluate-model: install
 	$(BIN)/python analyses/evaluate_icl.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_TL4) runs .pytest_cache

@@ -2,16 +2,19 @@
 
     python analyses/backend_agreement.py models tests/bridge/reference          # tiny checkpoints (once)
     python analyses/backend_agreement.py run tests/bridge/reference/gpt2/model OUT   # compare, in this environment
+    python analyses/backend_agreement.py run smollm2-135m-q4_1 OUT --task rt-snippets --k 16 --n-eval 64 --lr 3e-3
     python analyses/backend_agreement.py diff REFERENCE_RESULT OTHER_RESULT        # the table of differences
 
-`run` is `compare` with the settings below and no baselines (the bridge does not re-initialise models yet).
+`run` is `compare` with the settings below (the toy task of the tests unless --task names one) and no baselines
+(the bridge does not re-initialise models yet).
 `diff` prints, per kind, the largest difference: records relative to the largest magnitude of the same tensor, deltas
 relative to the largest magnitude of the method's whole delta (a key bias's gradient is zero in exact arithmetic,
 so its delta is rounding on either backend), every number of result.json (metrics, accuracies, counts) absolutely.
 Numbers that measure rounding are left out and counted: a similarity of updates in a layer where the reference
 result flags them as below float resolution (result.json "resolution": ICL's score updates in layer 0 of a rotary
 model are zero in exact arithmetic, since a query's own tokens sit at the same relative positions with or without
-the demonstrations). It exits non-zero when a difference is above the tolerances the toolkit promises (TOLERANCES). docs/architecture.md, "Backends",
+the demonstrations), and result.json's "resolution" shares themselves, which count values at rounding level. It
+exits non-zero when a difference is above the tolerances the toolkit promises (TOLERANCES). docs/architecture.md, "Backends",
 holds the measured table; tests/bridge checks it on every run of `make test-tl4`.
 """
 
@@ -73,11 +76,14 @@ def write_models(root: Path) -> None:
         make_tokenizer().save_pretrained(folder)
 
 
-def run(model_folder: Path, out: Path) -> None:
-    from iclgd_lens import compare, load_model
+def run(model: str | Path, out: Path, task: str | None = None, **settings) -> None:
+    """`compare` on `model` (a folder or a toolkit model name) and `task` (default: the tests' toy task), with
+    SETTINGS unless `settings` replace them."""
+    from iclgd_lens import compare, load_model, load_task
     from tests.helpers import toy_task
 
-    compare(load_model(model_folder, device="cpu"), toy_task(), out=out, progress=False, **SETTINGS)
+    chosen = toy_task() if task is None else load_task(task)
+    compare(load_model(model, device="cpu"), chosen, out=out, progress=False, **(SETTINGS | settings))
 
 
 def differences(reference: Path, other: Path) -> Iterator[tuple[str, str, float]]:
@@ -121,7 +127,10 @@ def _rounding(resolution: dict) -> dict[str, set[int]]:
 
 
 def _measures_rounding(path: tuple, rounding: dict[str, set[int]]) -> bool:
-    """metrics/<method>/<metric>/(mean|defined|per_layer/<l>) or per_head/<method>/<metric>/<l>/<h>."""
+    """metrics/<method>/<metric>/(mean|defined|per_layer/<l>) or per_head/<method>/<metric>/<l>/<h>; and the
+    resolution diagnostic itself (shares of updates at rounding level)."""
+    if path[0] == "resolution":
+        return True
     if path[0] not in ("metrics", "per_head") or len(path) < 4:
         return False
     method, metric = path[1], path[2]
@@ -170,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models").add_argument("root", type=Path)
     run_parser = sub.add_parser("run")
-    run_parser.add_argument("model", type=Path)
+    run_parser.add_argument("model", help="a model folder or name (load_model)")
     run_parser.add_argument("out", type=Path)
+    run_parser.add_argument("--task", default=None, help="a task name (default: the tests' toy task)")
+    for option, kind in (("--k", int), ("--n-eval", int), ("--lr", float), ("--separator", str)):
+        run_parser.add_argument(option, type=kind, default=None)
     diff_parser = sub.add_parser("diff")
     diff_parser.add_argument("reference", type=Path)
     diff_parser.add_argument("other", type=Path)
@@ -179,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         write_models(args.root)
     elif args.command == "run":
-        run(args.model, args.out)
+        chosen = {name: getattr(args, name) for name in ("k", "n_eval", "lr", "separator")}
+        run(args.model, args.out, args.task, **{name: value for name, value in chosen.items() if value is not None})
     else:
         worst = largest(args.reference, args.other)
         print("| kind | largest difference | where | tolerance |\n|---|---|---|---|")
