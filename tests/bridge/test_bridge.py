@@ -183,3 +183,31 @@ def test_gd_equals_sgd_on_the_weights(folder):
     for sgd, ours, start in zip(trained, trained_weights(edited(folder, delta)), untouched):
         assert not torch.equal(sgd, start)  # SGD moved them
         assert torch.allclose(sgd, ours, atol=1e-6)
+
+
+def test_every_hook_point_the_toolkit_names_fires_with_its_shape(folder):
+    """The toolkit asks the bridge for HookedTransformer's names (core.hooks.HOOK_POINTS), which TransformerLens 4
+    answers as aliases: pinned here, name by name, with the shapes the pipeline indexes."""
+    from iclgd_lens.core.hooks import HOOK_POINTS, hook_name
+
+    model = bridge(folder)
+    cfg = model.cfg
+    heads, kv_heads = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads
+    pos = 7
+    shapes = {
+        "resid_pre": (1, pos, cfg.d_model), "resid_mid": (1, pos, cfg.d_model), "resid_post": (1, pos, cfg.d_model),
+        "attn_out": (1, pos, cfg.d_model), "mlp_out": (1, pos, cfg.d_model),
+        "q": (1, pos, heads, cfg.d_head), "k": (1, pos, kv_heads, cfg.d_head), "v": (1, pos, kv_heads, cfg.d_head),
+        "z": (1, pos, heads, cfg.d_head), "attn_scores": (1, heads, pos, pos), "pattern": (1, heads, pos, pos),
+        "mlp_pre": (1, pos, cfg.d_mlp), "mlp_pre_linear": (1, pos, cfg.d_mlp), "mlp_post": (1, pos, cfg.d_mlp),
+        "pos_embed": (1, pos, cfg.d_model),
+    }  # fmt: skip
+    absent = {"mlp_pre_linear"} if not cfg.gated_mlp else set()
+    absent |= {"resid_mid"} if cfg.parallel_attn_mlp else set()
+    absent |= {"pos_embed"} if cfg.positional_embedding_type != "standard" else set()
+    assert set(shapes) == set(HOOK_POINTS)
+    names = {hook_name(point, 1): point for point in HOOK_POINTS if point not in absent}
+    _, cache = model.run_with_cache(torch.tensor([[1, 4, 9, 12, 3, 7, 20]]), names_filter=list(names))
+    for name, point in names.items():
+        assert name in cache, f"{name} ({point}) did not fire"
+        assert tuple(cache[name].shape) == shapes[point], point
