@@ -1,4 +1,4 @@
-"""The command line on TransformerLens 4: compare and report run; what the bridge backend does not do yet is refused
+"""The command line on TransformerLens 4: compare, reproduce and report run; what the bridge backend does not do yet is refused
 in one line before anything loads or is written (`make test-tl4`)."""
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ def test_compare_then_report(tmp_path):
     html = tmp_path / "report.html"
     assert main(["report", str(out), "--html", str(html), "--model", MODEL]) == 0
     assert "<html" in html.read_text()[:2000].lower()
+
+
+def test_reproduce_without_baselines(tmp_path):
+    out = tmp_path / "sweep"
+    argv = ["reproduce", "--model", MODEL, "--tasks", "synth-sst2", "--runs", "5", "--lr", "0.05", "--k", "8",
+            "--n-eval", "8", "--baselines", "--out", str(out), "--jobs", "1", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    tables = (out / "tables.md").read_text()
+    assert "Revisited Table 2" in tables and "synth-sst2" in tables
 
 
 @pytest.mark.parametrize(
