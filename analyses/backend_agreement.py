@@ -48,7 +48,7 @@ def tiny_checkpoint(architecture: str, vocab_size: int):
             intermediate_size=48,
             vocab_size=vocab_size,
             max_position_embeddings=256,
-        ),  # fmt: skip
+        ),
         "neox": lambda: GPTNeoXConfig(
             num_hidden_layers=2,
             hidden_size=32,
@@ -57,7 +57,7 @@ def tiny_checkpoint(architecture: str, vocab_size: int):
             rotary_pct=0.5,
             vocab_size=vocab_size,
             max_position_embeddings=256,
-        ),  # fmt: skip
+        ),
     }
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(configs[architecture]())

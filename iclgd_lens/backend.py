@@ -38,14 +38,19 @@ __all__ = [
 def final_residual(model: LensModel, tokens: Tensor, **kwargs) -> Tensor:
     """The residual stream after the last block, before the final norm ([batch, pos, d_model]).
 
-    HookedTransformer returns it for `stop_at_layer=n_layers`; TransformerBridge returns logits there, so it is
-    read at the last block's output hook instead."""
+    HookedTransformer returns it for `stop_at_layer=n_layers`; TransformerBridge returns logits there. On the bridge
+    the last block's output hook (registered after any other hook there, so it sees what they leave) raises the
+    bridge's own StopAtLayerException, whose tensor its forward returns: the final norm and the unembedding (a
+    [batch, pos, vocab] tensor, 262k wide for Gemma) are never computed."""
     if not BRIDGE:
         return model(tokens, stop_at_layer=model.cfg.n_layers, **kwargs)
-    out: list[Tensor] = []
-    with model.hooks([(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda t, hook: out.append(t))]):
-        model(tokens, **kwargs)
-    return out[0]
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    def stop(resid: Tensor, hook) -> None:
+        raise StopAtLayerException(resid)
+
+    with model.hooks([(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", stop)]):
+        return model(tokens, **kwargs)
 
 
 def block_parameters(model: LensModel) -> dict[str, Tensor]:
