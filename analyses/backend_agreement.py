@@ -4,9 +4,21 @@
     python analyses/backend_agreement.py run tests/bridge/reference/gpt2/model OUT   # compare, in this environment
     python analyses/backend_agreement.py run smollm2-135m-q4_1 OUT --task rt-snippets --k 16 --n-eval 64 --lr 3e-3
     python analyses/backend_agreement.py diff REFERENCE_RESULT OTHER_RESULT        # the table of differences
+    python analyses/backend_agreement.py kendall MODEL RESULT OUT.npz [--reference REFERENCE.npz]
+    python analyses/backend_agreement.py attribution MODEL RESULT OUT.csv [--reference REFERENCE.csv]
+    python analyses/backend_agreement.py lenses MODEL RESULT OUT.npz [--reference REFERENCE.npz]
 
 `run` is `compare` with the settings below (the toy task of the tests unless --task names one) and no baselines
-(the bridge does not re-initialise models yet).
+(their draws differ between the backends: they agree in distribution, not value).
+`kendall` saves the two sides Kendall's tau ranks (ICL's attention scores and the finetuning's q·q', before the
+softmax; analysis.kendall.kendall_scores) for GD's refit and for no finetuning, and with --reference prints how far
+they are from another backend's. Tau itself is a rank statistic: items whose scores lie closer than the backends'
+difference can swap order, so tau is compared through its inputs.
+`attribution` saves the per-head attribution table (atp+verify, the 3 top heads verified exactly) and with --reference
+prints its largest absolute difference from another backend's over every number of every row.
+`lenses` saves every lens measure of the model (analysis.lenses.lens_values: per query and layer) and with
+--reference prints the largest difference, relative to the measure's largest magnitude; `exact_error` (the implicit
+update's own rounding, about 1e-7 on either backend) is not compared but must stay below LENS_EXACT on this one.
 `diff` prints, per kind, the largest difference: records relative to the largest magnitude of the same tensor, deltas
 relative to the largest magnitude of the method's whole delta (a key bias's gradient is zero in exact arithmetic,
 so its delta is rounding on either backend), every number of result.json (metrics, accuracies, counts) absolutely.
@@ -29,7 +41,15 @@ from pathlib import Path
 import torch
 
 SETTINGS = dict(k=6, n_eval=12, lr=0.05, baselines=(), seed=0)  # what `run` compares on the toy task
-TOLERANCES = {"records": 1e-4, "metrics": 1e-4, "deltas": 1e-5}  # relative, absolute, relative
+TOLERANCES = {
+    "records": 1e-4,
+    "metrics": 1e-4,
+    "deltas": 1e-5,
+    "kendall scores": 1e-4,
+    "attribution": 1e-4,
+    "lenses": 1e-4,
+}  # relative, absolute, relative, relative, absolute, relative
+LENS_EXACT = 1e-5  # the implicit update reproduces the block to float32 rounding
 ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
 READS = {"scores": ("simam_delta",), "attn_out": ("simaou", "simaou_norm", "random_simaou")}  # updates compared
 
@@ -84,6 +104,89 @@ def run(model: str | Path, out: Path, task: str | None = None, **settings) -> No
 
     chosen = toy_task() if task is None else load_task(task)
     compare(load_model(model, device="cpu"), chosen, out=out, progress=False, **(SETTINGS | settings))
+
+
+def kendall(model: str | Path, result: Path, out: Path, n_queries: int = 12) -> None:
+    """Kendall's inputs on `result` (a folder `run` wrote) for GD's refit and for no finetuning, saved to `out`."""
+    import numpy as np
+
+    from iclgd_lens import Result, load_model
+    from iclgd_lens.analysis.kendall import kendall_scores
+
+    loaded, saved = load_model(model, device="cpu"), Result.load(result)
+    arrays = {}
+    for subject, finetune in (("gd", True), ("zero_delta", False)):
+        icl, ft, _ = kendall_scores(loaded, saved, "gd", min(n_queries, len(saved.episode.queries)), finetune)
+        arrays |= {f"{subject} icl": icl, f"{subject} ft": ft}
+    np.savez(out, **arrays)
+
+
+def kendall_difference(reference: Path, other: Path) -> tuple[str, float]:
+    """The array of two `kendall` files that differs most, relative to its largest magnitude, and by how much."""
+    import numpy as np
+
+    a, b = np.load(reference), np.load(other)
+    return max(((name, _relative(torch.from_numpy(a[name]), torch.from_numpy(b[name]))) for name in a.files),
+               key=lambda pair: pair[1])  # fmt: skip
+
+
+def attribution(model: str | Path, result: Path, out: Path) -> None:
+    """The per-head attribution of `result` (atp+verify, 3 heads verified), saved as a csv."""
+    from iclgd_lens import Result, load_model
+    from iclgd_lens.analysis.attribution import attribution_table
+
+    table, _ = attribution_table(load_model(model, device="cpu"), Result.load(result), verify_top=3)
+    table.to_csv(out, index=False)
+
+
+def attribution_difference(reference: Path, other: Path) -> tuple[str, float]:
+    """The number of two `attribution` tables (same rows, matched by method, layer and head) that differs most, and
+    by how much; a NaN on one side only counts as infinitely far."""
+    import pandas as pd
+
+    key = ["method", "layer", "head"]
+    a, b = pd.read_csv(reference), pd.read_csv(other)
+    if len(a) != len(b):
+        return "rows", math.inf
+    both = a.merge(b, on=key, suffixes=("", " other"), how="outer")
+    worst = ("", 0.0)
+    for column in a.columns.drop(key):
+        for (method, layer, head), x, y in zip(
+            both[key].itertuples(index=False), both[column], both[f"{column} other"]
+        ):
+            diff = 0.0 if math.isnan(x) and math.isnan(y) else abs(x - y)
+            if not diff <= worst[1]:
+                worst = (f"{method} layer {layer} head {head} {column}", math.inf if math.isnan(diff) else diff)
+    return worst
+
+
+def lenses(model: str | Path, result: Path, out: Path) -> None:
+    """Every lens measure of the model on `result` (no baselines), saved as an npz."""
+    import numpy as np
+
+    from iclgd_lens import Result, load_model
+    from iclgd_lens.analysis.lenses import lens_values
+
+    values = lens_values(load_model(model, device="cpu"), Result.load(result), baselines=[])
+    np.savez(out, **values["model"])
+
+
+def lens_difference(reference: Path, other: Path) -> tuple[str, float]:
+    """The lens measure of two `lenses` files that differs most (relative to its largest magnitude), and by how much;
+    `exact_error` counts only when above LENS_EXACT in `other`."""
+    import numpy as np
+
+    a, b = np.load(reference), np.load(other)
+    worst = ("", 0.0)
+    for name in a.files:
+        if name == "exact_error":
+            diff = 0.0 if np.nanmax(b[name]) <= LENS_EXACT else math.inf
+        else:
+            diff = _relative(torch.from_numpy(a[name]).nan_to_num(), torch.from_numpy(b[name]).nan_to_num())
+            diff = diff if np.array_equal(np.isnan(a[name]), np.isnan(b[name])) else math.inf
+        if not diff <= worst[1]:
+            worst = (name, diff)
+    return worst
 
 
 def differences(reference: Path, other: Path) -> Iterator[tuple[str, str, float]]:
@@ -184,6 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--task", default=None, help="a task name (default: the tests' toy task)")
     for option, kind in (("--k", int), ("--n-eval", int), ("--lr", float), ("--separator", str)):
         run_parser.add_argument(option, type=kind, default=None)
+    kendall_parser = sub.add_parser("kendall")
+    for argument in ("model", "result", "out"):
+        kendall_parser.add_argument(argument)
+    kendall_parser.add_argument("--reference", type=Path, default=None, help="another backend's kendall file")
+    attribution_parser = sub.add_parser("attribution")
+    for argument in ("model", "result", "out"):
+        attribution_parser.add_argument(argument)
+    attribution_parser.add_argument("--reference", type=Path, default=None, help="another backend's attribution csv")
+    lens_parser = sub.add_parser("lenses")
+    for argument in ("model", "result", "out"):
+        lens_parser.add_argument(argument)
+    lens_parser.add_argument("--reference", type=Path, default=None, help="another backend's lenses file")
     diff_parser = sub.add_parser("diff")
     diff_parser.add_argument("reference", type=Path)
     diff_parser.add_argument("other", type=Path)
@@ -193,6 +308,24 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run":
         chosen = {name: getattr(args, name) for name in ("k", "n_eval", "lr", "separator")}
         run(args.model, args.out, args.task, **{name: value for name, value in chosen.items() if value is not None})
+    elif args.command == "kendall":
+        kendall(args.model, Path(args.result), Path(args.out))
+        if args.reference is not None:
+            name, diff = kendall_difference(args.reference, Path(args.out))
+            print(f"kendall scores: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES['kendall scores']:g}")
+            return int(not diff <= TOLERANCES["kendall scores"])
+    elif args.command == "attribution":
+        attribution(args.model, Path(args.result), Path(args.out))
+        if args.reference is not None:
+            name, diff = attribution_difference(args.reference, Path(args.out))
+            print(f"attribution: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES['attribution']:g}")
+            return int(not diff <= TOLERANCES["attribution"])
+    elif args.command == "lenses":
+        lenses(args.model, Path(args.result), Path(args.out))
+        if args.reference is not None:
+            name, diff = lens_difference(args.reference, Path(args.out))
+            print(f"lenses: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES['lenses']:g}")
+            return int(not diff <= TOLERANCES["lenses"])
     else:
         worst = largest(args.reference, args.other)
         print("| kind | largest difference | where | tolerance |\n|---|---|---|---|")

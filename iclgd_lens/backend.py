@@ -3,7 +3,7 @@
 TransformerLens 3.x builds its own `HookedTransformer` from a checkpoint; 4.x removed that class (importing it
 raises) and wraps the Hugging Face model itself in a `TransformerBridge`. The toolkit's pipeline asks for hook
 points and parameters by role (`core.hooks`), so most of it runs on either; what differs is named here
-(`final_residual`, `block_parameters`, `stacked_output_weights`) or kept in the modules written for one backend
+(`final_residual`, `residual_after`, `attention_scale`, `block_parameters`, `stacked_output_weights`) or kept in the modules written for one backend
 (3.x's key-value cache in `core.shared_prefix`).
 docs/architecture.md, "Backends", says what runs on which.
 """
@@ -28,29 +28,44 @@ __all__ = [
     "BRIDGE",
     "TL_VERSION",
     "LensModel",
+    "attention_scale",
     "block_parameters",
     "final_residual",
     "require_hooked_transformer",
+    "residual_after",
     "stacked_output_weights",
 ]
 
 
 def final_residual(model: LensModel, tokens: Tensor, **kwargs) -> Tensor:
-    """The residual stream after the last block, before the final norm ([batch, pos, d_model]).
+    """The residual stream after the last block, before the final norm ([batch, pos, d_model])."""
+    return residual_after(model, tokens, model.cfg.n_layers - 1, **kwargs)
 
-    HookedTransformer returns it for `stop_at_layer=n_layers`; TransformerBridge returns logits there. On the bridge
-    the last block's output hook (registered after any other hook there, so it sees what they leave) raises the
-    bridge's own StopAtLayerException, whose tensor its forward returns: the final norm and the unembedding (a
-    [batch, pos, vocab] tensor, 262k wide for Gemma) are never computed."""
+
+def residual_after(model: LensModel, input: Tensor, layer: int, **kwargs) -> Tensor:
+    """The residual stream after block `layer` ([batch, pos, d_model]); `input` tokens, or with `start_at_layer` the
+    stream entering that block.
+
+    HookedTransformer returns it for `stop_at_layer=layer + 1`; TransformerBridge returns logits there when that is
+    the last block. On the bridge the block's output hook (registered after any other hook there, so it sees what
+    they leave) raises the bridge's own StopAtLayerException, whose tensor its forward returns: nothing above it
+    (after the last block: the final norm and the [batch, pos, vocab] unembedding, 262k wide for Gemma) runs."""
     if not BRIDGE:
-        return model(tokens, stop_at_layer=model.cfg.n_layers, **kwargs)
+        return model(input, stop_at_layer=layer + 1, **kwargs)
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
     def stop(resid: Tensor, hook) -> None:
         raise StopAtLayerException(resid)
 
-    with model.hooks([(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", stop)]):
-        return model(tokens, **kwargs)
+    with model.hooks([(f"blocks.{layer}.hook_resid_post", stop)]):
+        return model(input, **kwargs)
+
+
+def attention_scale(model: LensModel, layer: int) -> float:
+    """What attention divides q·k by in `layer`: HookedTransformer's attn_scale; on the bridge 1 / transformers' own
+    `scaling` (which already holds GPT-2's per-layer scaling and Gemma's query_pre_attn_scalar)."""
+    attn = model.blocks[layer].attn
+    return float(attn.attn_scale) if not BRIDGE else 1.0 / float(attn.original_component.scaling)
 
 
 def block_parameters(model: LensModel) -> dict[str, Tensor]:

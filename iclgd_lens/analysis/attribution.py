@@ -43,7 +43,7 @@ from torch import Tensor
 
 from iclgd_lens.analysis.bootstrap import percentile_interval
 from iclgd_lens.analysis.head_runs import ZSBatch
-from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.readout import Readout
@@ -414,7 +414,6 @@ def attribution_table(
     first-order columns (`_atp`) unless `estimate` is "exact"; ranked within each method by the absolute log-odds
     change (its estimate where there is one). The totals are `patch_effects`'; with an estimate, also `estimate`,
     `verify_top` and `agreement` (`estimate_agreement`)."""
-    require_hooked_transformer("per-head attribution (its runs start at a layer with a cached prefix)")
     check_attributable(result, model)
     check_estimate(estimate, verify_top)
     methods = [method for method in result.methods if method in result.deltas]

@@ -23,13 +23,15 @@ from functools import cached_property
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from iclgd_lens.backend import LensModel
+from iclgd_lens.backend import BRIDGE, LensModel, final_residual, residual_after
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.readout import Readout
+
+if not BRIDGE:  # TransformerLens 3's key-value cache: the prediction position run alone (run_heads_at_prediction)
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 
 class ZSBatch:
@@ -74,7 +76,7 @@ class ZSBatch:
             (hook_name("z", l), keep_z) for l in layers
         ]
         with torch.set_grad_enabled(gradients), model.hooks(hooks):
-            logits = self._logits(model(self.tokens, stop_at_layer=model.cfg.n_layers), self.positions)
+            logits = self._logits(final_residual(model, self.tokens), self.positions)
             self.plain = logits.detach().float().log_softmax(-1)[:, self.firsts].cpu()
             class_logits = logits[:, self.firsts]
             if gradients:
@@ -101,7 +103,7 @@ class ZSBatch:
         """`start`: tokens (`from_layer` None) or the residual stream entering layer `from_layer`."""
         model = self.model
         with model.hooks(hooks):
-            resid = model(start, start_at_layer=from_layer, stop_at_layer=model.cfg.n_layers)
+            resid = final_residual(model, start, start_at_layer=from_layer)
         return self._logits(resid, positions).float().log_softmax(-1)[:, self.firsts].cpu()
 
     @torch.no_grad()
@@ -113,7 +115,7 @@ class ZSBatch:
             captured["z"] = z.clone()
 
         with self.model.hooks([*hooks, (hook_name("z", layer), keep)]):
-            self.model(self.resid_pre[layer], start_at_layer=layer, stop_at_layer=layer + 1)
+            residual_after(self.model, self.resid_pre[layer], layer, start_at_layer=layer)
         return captured["z"]
 
     @torch.no_grad()
@@ -138,7 +140,10 @@ class ZSBatch:
         """Whether a change of the prediction position alone can run through that position alone
         (`run_heads_at_prediction`): positions reach attention only as rotary angles counted from the attention mask
         (or not at all); ALiBi's biases, logn scaling and local windows count cache indices, which the cached
-        padding would shift (a window only matters when the prompt is wider than it)."""
+        padding would shift (a window only matters when the prompt is wider than it). Not on the bridge: its cache is
+        transformers' own, which the toolkit does not drive."""
+        if BRIDGE:
+            return False
         cfg = self.model.cfg
         if cfg.positional_embedding_type not in ("rotary", "standard") or cfg.use_logn_attn or cfg.use_attention_sinks:
             return False

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from iclgd_lens.analysis.head_runs import ZSBatch
 from iclgd_lens.analysis.lens_runs import SubjectRuns
-from iclgd_lens.backend import LensModel
+from iclgd_lens.backend import LensModel, residual_after
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name, parameter_name
 
@@ -141,7 +141,9 @@ def _updated_block(
     captured: dict[str, Tensor] = {}
 
     def capture(stream: Tensor, hook) -> None:
-        captured["x"] = norm(stream)
+        if "x" not in captured:  # on the bridge this point is ln2's own input hook, which norm() fires again
+            captured["x"] = None
+            captured["x"] = norm(stream)
 
     def add(name: str):
         def hook(pre: Tensor, hook) -> Tensor:
@@ -158,7 +160,7 @@ def _updated_block(
     hooks += [(hook_name(_product_hook(model, name), layer), add(name)) for name in change]
     hooks.append((hook_name("resid_post", layer), add_residual))
     with model.hooks(hooks):
-        out = model(batch.resid_pre[layer], start_at_layer=layer, stop_at_layer=layer + 1)
+        out = residual_after(model, batch.resid_pre[layer], layer, start_at_layer=layer)
     return out[rows, positions].double().cpu()
 
 

@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
-from iclgd_lens.backend import LensModel, final_residual, require_hooked_transformer
-from iclgd_lens.core.baselines import half_copy, untrained_copy
+from iclgd_lens.backend import LensModel, attention_scale, final_residual
+from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import fit
@@ -42,6 +42,7 @@ ZERO_DELTA = "zero_delta"
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
     e = np.exp(x - x.max())
     return e / e.sum()
 
@@ -176,13 +177,16 @@ def ft_scores(q: torch.Tensor, q_train: torch.Tensor, attn_scale: torch.Tensor) 
     return (torch.einsum("nld,ltd->nlt", q, q_train) / attn_scale[None, :, None] ** 2).numpy()
 
 
-def _subject_rows(subject: str, model: LensModel, result: Result, method: str, n: int,
-                  finetune: bool) -> list[dict]:  # fmt: skip
+def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetune: bool,
+                   check_refit: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The two sides Kendall's tau ranks, before the softmax: ICL's scores and FT's [n, layer, tokens] (float32),
+    and each token's demonstration [tokens]. `finetune`: refit `method` on `model` (`check_refit`: against the
+    saved delta); otherwise every q and q' comes from `model` itself."""
     episode, position = result.episode, result.config.get("position", "prediction")
     keep, groups, ft_index = _alignment(episode)
     if finetune:
         delta, training_queries = _fit_with_queries(model, result, method)
-        if subject == "model":
+        if check_refit:
             _check_refit(delta, result, method)
     else:  # no finetuning: every demonstration's q' from the base model
         delta = None
@@ -191,10 +195,17 @@ def _subject_rows(subject: str, model: LensModel, result: Result, method: str, n
     icl = _icl_scores(model, episode, n, np.array(keep), position)
     q = _finetuned_queries(model, episode, delta, n, position)  # [n, layer, d]
     q_train = torch.stack([training_queries[s][:, t] for s, t in ft_index], 1)  # [layer, tokens, d]
-    attn_scale = torch.tensor([float(block.attn.attn_scale) for block in model.blocks], dtype=torch.float64)
-    ft = ft_scores(q, q_train, attn_scale)
+    attn_scale = torch.tensor([attention_scale(model, layer) for layer in range(model.cfg.n_layers)],
+                              dtype=torch.float64)  # fmt: skip
+    # Rounded to float32, the resolution of the activations they come from: a repeated token in the same context has
+    # the same score, which float64 reduction order would otherwise split by ~1e-16 and let tau rank by that noise.
+    return icl.astype(np.float32), ft_scores(q, q_train, attn_scale).astype(np.float32), np.array(groups)
+
+
+def _subject_rows(subject: str, model: LensModel, result: Result, method: str, n: int,
+                  finetune: bool) -> list[dict]:  # fmt: skip
+    icl, ft, groups_array = kendall_scores(model, result, method, n, finetune, check_refit=subject == "model")
     rng = np.random.default_rng(RANDOM_SEED)
-    groups_array = np.array(groups)
     rows = []
     for layer in range(model.cfg.n_layers):
         per_query = [measures(icl[i, layer], ft[i, layer], groups_array, rng) for i in range(n)]
@@ -215,7 +226,7 @@ def kendall_table(model: LensModel, result: Result, method: str = "gd", n_querie
     """kendall.csv: per subject (`model`, and with `controls` `zero_delta` and each untrained baseline), layer and
     level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries
     whose tau is defined), queries."""
-    require_hooked_transformer("Kendall's tau (its controls re-initialise the model)")
+    check_same_draws(result.config, result.config.get("baselines", []) if controls else [])
     n = min(n_queries, len(result.episode.queries))
     if result.config.get("precision") == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)  # as compare ran it: the refit must be the saved fp16 delta

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import setting_inputs
-from iclgd_lens.core.baselines import half_copy, untrained_copy
+from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.methods import MethodContext, run_method
 from iclgd_lens.core.metrics import accuracy
@@ -58,6 +58,7 @@ def subject_runs(model: LensModel, result: Result, baselines: Sequence[str] | No
     missing = [name for name in names if name not in result.scores]
     if missing:
         raise ValueError(f"the result has no baseline {missing}; it has {[n for n in result.scores if n != 'model']}")
+    check_same_draws(result.config, [name for name in names if name != "model"])
     for name in names:
         contexts = {method: _context(result, method) for method in result.methods}
         if name == "model":

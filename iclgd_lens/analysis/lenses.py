@@ -24,7 +24,7 @@ from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentil
 from iclgd_lens.analysis.implicit_update import implicit_values, path_values
 from iclgd_lens.analysis.lens_runs import subject_runs
 from iclgd_lens.analysis.task_vectors import task_vector_values
-from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.results import Result
 
 RunValues = dict[str, dict[str, np.ndarray]]  # subject -> measure -> [n or 1, layer or point]
@@ -43,7 +43,6 @@ def lens_values(
     """Every lens measure on the model and each baseline of `result`, and on the model under each of its label
     controls ("model [shuffled]", compared like a baseline): subject -> measure -> values. `path`: also the path
     over demonstrations (`implicit_update.path_values`: k more ICL runs and k trainings per method and subject)."""
-    require_hooked_transformer("the lenses (their block runs start at a layer)")
     batch_size = batch_size or result.config.get("batch_size", 8)
     values: RunValues = {}
     sources = [(result, baselines, "")] + [(control, [], f" [{kind}]") for kind, control in result.controls.items()]

@@ -15,8 +15,8 @@ from iclgd_lens.analysis.kendall import kendall_table
 from iclgd_lens.analysis.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
-from iclgd_lens.backend import require_hooked_transformer
 from iclgd_lens.cli.parser import parse_data_files
+from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
 from iclgd_lens.core.config import CompareConfig, check_backend
 from iclgd_lens.core.episodes import check_k
@@ -148,7 +148,6 @@ def results_model(args: argparse.Namespace, config: dict):
 
 
 def run_attribute(args: argparse.Namespace) -> None:
-    require_hooked_transformer("per-head attribution")  # before anything loads
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     check_attribution_folder(out)
@@ -160,6 +159,8 @@ def run_attribute(args: argparse.Namespace) -> None:
     check_estimate(args.estimate, args.verify_top)
     if args.kendall_queries < 0:
         raise ValueError(f"--kendall-queries must be >= 0, got {args.kendall_queries}")
+    if args.kendall_queries:
+        check_same_draws(result.config, result.config.get("baselines", []))  # Kendall refits every baseline
     model = results_model(args, result.config)
     check_attributable(result, model)
     bad = [layer for layer in args.layers or [] if not 0 <= layer < model.cfg.n_layers]
@@ -179,7 +180,6 @@ def run_attribute(args: argparse.Namespace) -> None:
 
 
 def run_lenses(args: argparse.Namespace) -> None:
-    require_hooked_transformer("the lenses")  # before anything loads
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     check_lenses_folder(out)
@@ -187,6 +187,10 @@ def run_lenses(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     results = [Result.load(folder) for folder in args.runs]
     check_same_design(results)
+    for result in results:
+        check_same_draws(
+            result.config, result.config.get("baselines", []) if args.baselines is None else args.baselines
+        )
     model = results_model(args, results[0].config)
     for result in results:
         check_lens_result(result, model)

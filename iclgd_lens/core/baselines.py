@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 
-from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.backend import BRIDGE, TL_VERSION, LensModel, require_hooked_transformer
 from iclgd_lens.core.presets import BASELINES, CHOICES, check_choice
+
+# TransformerLens 3 draws a baseline's matrices at cfg.initializer_range, which its converters take from the checkpoint
+# for these architectures (Gemma and OLMo by name, at 0.02, their checkpoints' value) and leave at its default
+# 0.8/sqrt(d_model) for every other (transformer_lens/loading_from_pretrained.py, 3.9). The bridge's config carries the
+# checkpoint's value everywhere, so the bridge's baselines apply 3.x's rule: both backends draw at the same scale.
+CHECKPOINT_INIT_RANGE = (
+    "QWenLMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM",
+    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration",
+    "OlmoForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "OlmoeForCausalLM",
+)  # fmt: skip
 
 
 def half_copy(model: LensModel) -> LensModel:
@@ -32,9 +43,10 @@ def untrained_copy(model: LensModel, baseline: str, seed: int, init: str = "tran
     Q/K/V xavier-uniform with gain 1/sqrt(2), W_O xavier-uniform with b_O = 0, MLP matrices and every other bias
     PyTorch's U(±1/sqrt(fan_in)), embeddings N(0, 1/d_model), the unembedding tied to W_E where the model ties it).
     """
-    require_hooked_transformer("the untrained baselines (re-initialising a model)")
     check_choice("baseline", baseline, BASELINES)
     check_choice("init", init, CHOICES["init"])
+    if BRIDGE:
+        return _untrained_bridge(model, baseline, seed, init)
     fresh = copy.deepcopy(model)
     fresh.cfg.seed = seed  # init_weights seeds the global RNG from cfg.seed; fork_rng restores it afterwards
     devices = [torch.cuda.current_device()] if str(fresh.cfg.device).startswith("cuda") else []
@@ -57,6 +69,85 @@ def untrained_copy(model: LensModel, baseline: str, seed: int, init: str = "tran
             if kept[baseline](name):
                 param.copy_(trained[name])
     return fresh.eval()
+
+
+def check_same_draws(config: dict, baselines: Sequence[str]) -> None:
+    """Baselines re-drawn for a saved result (config: its result.json config) must be the ones it was computed with:
+    the two TransformerLens backends draw them differently (the same distribution, not the same values)."""
+    recorded = (config.get("versions") or {}).get("transformer-lens")
+    if baselines and recorded and (int(recorded.split(".")[0]) >= 4) != BRIDGE:
+        raise ValueError(
+            f"the result's baselines {list(baselines)} were drawn under transformer-lens {recorded}, whose draws this "
+            f"environment's {TL_VERSION} does not reproduce (HookedTransformer and TransformerBridge draw them apart): "
+            "leave the baselines out (lenses: --baselines with no name; attribute: --kendall-queries 0) or use a "
+            f"transformer-lens {recorded.split('.')[0]}.x environment"
+        )
+
+
+def _untrained_bridge(model: LensModel, baseline: str, seed: int, init: str) -> LensModel:
+    """The same baselines on TransformerLens 4: a fresh Hugging Face model of the checkpoint's config, its matrices
+    and embeddings drawn from N(0, init_scale) with a generator seeded by `seed`, biases 0, every norm neutral (as
+    transformers builds it: gain 1, or weight 0 for Gemma's (1 + w) norms), the kept parameters copied from the trained
+    model, wrapped in its own bridge. The draws differ from HookedTransformer's (another order and layout): the two
+    backends' baselines agree in distribution, not value. The output embedding is drawn apart from the input one, as
+    HookedTransformer (which unties them) draws W_U."""
+    from transformers import AutoModelForCausalLM
+
+    from iclgd_lens.sources.bridge_models import wrap_checked
+
+    if init != "transformer_lens":
+        require_hooked_transformer(f"the {init} initialisation of the baselines")
+    trained = model.original_model
+    config = copy.deepcopy(trained.config)
+    config.tie_word_embeddings = False
+    weight = next(trained.parameters())
+    fresh = AutoModelForCausalLM.from_config(config, dtype=weight.dtype).to(weight.device).eval()
+    norms, embeddings = _hf_norm_parameters(fresh), _hf_embedding_parameters(fresh)
+    kept = {"no_training": set(), "trained_norms": norms, "trained_embeddings": norms | embeddings}[baseline]
+    # the bridge wraps the trained model's modules in place: its state_dict names are transformers' own plus the
+    # wrappers' "_original_component" (tied tensors appear under both names)
+    trained_state = {name.replace("._original_component", ""): tensor for name, tensor in trained.state_dict().items()}
+    std = init_scale(config, model.cfg.d_model)
+    generator = torch.Generator(device=weight.device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in fresh.named_parameters():
+            if name in kept:
+                param.copy_(trained_state[name])
+            elif param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator, device=weight.device) * std)
+            elif name not in norms:
+                param.zero_()
+    name = f"{model.cfg.model_name}-{baseline}"
+    return wrap_checked(fresh, model.tokenizer, name, f"the {baseline} baseline of {model.cfg.model_name}")
+
+
+def init_scale(hf_config, d_model: int) -> float:
+    """The standard deviation HookedTransformer's `init_weights` draws this checkpoint's matrices at
+    (CHECKPOINT_INIT_RANGE)."""
+    if set(getattr(hf_config, "architectures", None) or ()) & set(CHECKPOINT_INIT_RANGE):
+        return float(hf_config.initializer_range)
+    return 0.8 / math.sqrt(d_model)
+
+
+def _hf_norm_parameters(hf_model: torch.nn.Module) -> set[str]:
+    """Names of the parameters of every normalisation module (LayerNorm, and transformers' *RMSNorm classes)."""
+    return {
+        f"{module_name}.{name}" if module_name else name
+        for module_name, module in hf_model.named_modules()
+        if "norm" in type(module).__name__.lower()
+        for name, _ in module.named_parameters(recurse=False)
+    }
+
+
+def _hf_embedding_parameters(hf_model: torch.nn.Module) -> set[str]:
+    """Names of the token and position embeddings' parameters and the output embedding's (the unembedding)."""
+    output = hf_model.get_output_embeddings()
+    return {
+        f"{module_name}.{name}"
+        for module_name, module in hf_model.named_modules()
+        if isinstance(module, torch.nn.Embedding) or module is output
+        for name, _ in module.named_parameters(recurse=False)
+    }
 
 
 def _fairseq_init(model: LensModel, seed: int) -> None:

@@ -45,12 +45,19 @@ def load_bridge_model(source: str | Path, device: str, dtype: torch.dtype, name:
             f"model {str(source)!r} could not be loaded from the Hugging Face hub ({error_summary(error)}); offline, "
             "give a local Hugging Face folder (--model PATH)"
         ) from error
-    ids = check_prompt_ids(tokenizer)
+    label = name or (Path(source).resolve().name if local else str(source))
+    return wrap_checked(hf_model.to(device), tokenizer, label, str(source))
+
+
+def wrap_checked(hf_model, tokenizer, label: str, source: str) -> LensModel:
+    """`hf_model` (on its device, in its dtype) wrapped in a TransformerBridge named `label`, checked against its own
+    logits on a short prompt taken before wrapping (booting replaces its submodules in place)."""
+    device, dtype = hf_model.device, hf_model.dtype
+    ids = check_prompt_ids(tokenizer).to(device)
     with torch.no_grad():
         reference = hf_model(ids).logits
-    label = name or (Path(source).resolve().name if local else str(source))
-    model = TransformerBridge.boot_transformers(label, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device,
+    model = TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, device=str(device),
                                                 dtype=dtype)  # fmt: skip
     with torch.no_grad():
-        check_logits(model(ids.to(device)), reference, dtype, str(source), type(hf_model).__name__)
+        check_logits(model(ids), reference, dtype, source, type(hf_model).__name__)
     return model.eval()

@@ -1,7 +1,11 @@
-"""The command line on TransformerLens 4: compare, reproduce and report run; what the bridge backend does not do yet is refused
-in one line before anything loads or is written (`make test-tl4`)."""
+"""The command line on TransformerLens 4: compare (with its untrained baselines), reproduce, report, attribute (with
+Kendall) and lenses run; what the bridge backend does not do yet (fp16-mixed training, the fairseq initialisation)
+and baselines another backend drew are refused in one line before anything is written (`make test-tl4`)."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import pytest
 
@@ -13,14 +17,49 @@ pytestmark = pytest.mark.skipif(not BRIDGE, reason="TransformerLens 4 only: make
 MODEL = str(REFERENCE / "llama-gqa" / "model")
 
 
-def test_compare_then_report(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def run_with_baselines(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bridge") / "run"
     common = ["--task", "synth-sst2", "--k", "8", "--n-eval", "8", "--lr", "0.05", "--quiet"]
-    assert main(["compare", "--model", MODEL, *common, "--baselines", "--out", str(out)]) == 0
-    assert (out / "result.json").is_file()
+    assert main(["compare", "--model", MODEL, *common, "--out", str(out)]) == 0
+    return out
+
+
+def test_compare_with_baselines_then_report(run_with_baselines, tmp_path):
+    result = json.loads((run_with_baselines / "result.json").read_text())
+    assert set(result["baselines"]) == {"no_training", "trained_norms", "trained_embeddings"}
+    assert result["config"]["versions"]["transformer-lens"].startswith("4.")
     html = tmp_path / "report.html"
-    assert main(["report", str(out), "--html", str(html), "--model", MODEL]) == 0
+    assert main(["report", str(run_with_baselines), "--html", str(html), "--model", MODEL]) == 0
     assert "<html" in html.read_text()[:2000].lower()
+
+
+def test_attribute_with_kendall_and_lenses_run(run_with_baselines, tmp_path):
+    heads, lenses = tmp_path / "heads", tmp_path / "lenses"
+    argv = ["attribute", str(run_with_baselines), "--out", str(heads), "--model", MODEL, "--verify-top", "2",
+            "--kendall-queries", "4"]  # fmt: skip
+    assert main(argv) == 0
+    kendall = (heads / "kendall.csv").read_text()
+    assert all(subject in kendall for subject in ("model", "zero_delta", "no_training", "trained_embeddings"))
+    assert main(["lenses", str(run_with_baselines), "--out", str(lenses), "--model", MODEL]) == 0
+    assert "trained_norms" in (lenses / "per_layer.csv").read_text()
+
+
+def test_baselines_drawn_under_transformer_lens_3_are_refused(run_with_baselines, tmp_path, capsys):
+    """The backends draw baselines apart: a 3.x result's baselines are not re-derived here, with the way out."""
+    copy = tmp_path / "run-tl3"
+    shutil.copytree(run_with_baselines, copy)
+    result = json.loads((copy / "result.json").read_text())
+    result["config"]["versions"]["transformer-lens"] = "3.9.0"
+    (copy / "result.json").write_text(json.dumps(result))
+    for argv in (["lenses", str(copy), "--out", str(tmp_path / "lenses")],
+                 ["attribute", str(copy), "--out", str(tmp_path / "heads")]):  # fmt: skip
+        assert main([*argv, "--model", MODEL]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "drawn under transformer-lens 3.9.0" in error and "\n" not in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run-tl3"]
+    argv = ["lenses", str(copy), "--out", str(tmp_path / "lenses"), "--model", MODEL, "--baselines"]
+    assert main(argv) == 0  # the model alone
 
 
 def test_reproduce_without_baselines(tmp_path):
@@ -35,18 +74,34 @@ def test_reproduce_without_baselines(tmp_path):
 @pytest.mark.parametrize(
     "argv, what",
     [
-        (["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8"], "untrained baselines"),
+        (["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8", "--init", "fairseq"],
+         "fairseq initialisation"),
         (["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8", "--baselines", "--preset", "reference"],
          "fp16-mixed"),
-        (["attribute", "RUN", "--out", "OUT"], "per-head attribution"),
-        (["lenses", "RUN", "--out", "OUT"], "the lenses"),
+        (["reproduce", "--model", MODEL, "--tasks", "synth-sst2", "--k", "8", "--init", "fairseq"],
+         "fairseq initialisation"),
     ],
 )  # fmt: skip
 def test_refused_in_one_line_before_anything_is_written(argv, what, tmp_path, capsys):
-    argv = [str(tmp_path / a) if a in ("RUN", "OUT") else a for a in argv]
-    if argv[0] == "compare":
-        argv += ["--out", str(tmp_path / "run")]
-    assert main(argv) == 2
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip()
     assert what in error and "TransformerLens 3.x" in error and "pip install" in error and "\n" not in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tour_notebooks_views(run_with_baselines):
+    """What analyses/notebooks/tour.ipynb shows (its model, the bundled tiny-icl, is TransformerLens 3 only), on a
+    bridged model: the circuitsvis views and the plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from iclgd_lens import Result, load_model
+    from iclgd_lens.analysis.patterns import record_patterns
+    from iclgd_lens.views.attention import attention_view, score_change_view
+    from iclgd_lens.views.plots import head_heatmaps, per_layer_plot
+
+    model, result = load_model(MODEL, device="cpu"), Result.load(run_with_baselines)
+    assert "AttentionHeads" in str(attention_view(record_patterns(model, result, query=0)))
+    assert "ColoredTokensMulti" in str(score_change_view(result, query=0, tokenizer=model.tokenizer))
+    assert per_layer_plot([result], "simaou_norm") is not None
+    assert head_heatmaps(result, methods=("gd", "lcgd", "no_training/gd")) is not None
