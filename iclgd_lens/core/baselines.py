@@ -24,10 +24,25 @@ CHECKPOINT_INIT_RANGE = (
 
 
 def half_copy(model: LensModel) -> LensModel:
-    """A float16 copy of `model` (the reference runs every setting in fp16); the model itself is left as it is."""
-    require_hooked_transformer("a float16 copy for fp16-mixed training")
-    fresh = copy.deepcopy(model)
-    return fresh.to(torch.float16, print_details=False).eval()
+    """A float16 copy of `model` (the reference runs every setting in fp16); the model itself is left as it is.
+    On the bridge (whose wrapped modules do not all deep-copy): a fresh transformers model of the checkpoint's config
+    in float16, wrapped, given the model's weights, and checked against the model's logits."""
+    if not BRIDGE:
+        return copy.deepcopy(model).to(torch.float16, print_details=False).eval()
+    from transformers import AutoModelForCausalLM
+
+    from iclgd_lens.sources.bridge_models import wrap_checked
+    from iclgd_lens.sources.hf_models import check_logits, check_prompt_ids
+
+    config = copy.deepcopy(model.original_model.config)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float16).to(model.cfg.device).eval()
+    half = wrap_checked(fresh, model.tokenizer, model.cfg.model_name, f"the float16 copy of {model.cfg.model_name}")
+    half.load_state_dict({name: tensor.half() for name, tensor in model.state_dict().items()})
+    ids = check_prompt_ids(model.tokenizer).to(model.cfg.device)
+    with torch.no_grad():
+        check_logits(half(ids), model(ids), torch.float16, f"the float16 copy of {model.cfg.model_name}",
+                     type(model.original_model).__name__)  # fmt: skip
+    return half.eval()
 
 
 def untrained_copy(model: LensModel, baseline: str, seed: int, init: str = "transformer_lens") -> LensModel:
@@ -100,21 +115,20 @@ def _untrained_bridge(model: LensModel, baseline: str, seed: int, init: str) -> 
     trained = model.original_model
     config = copy.deepcopy(trained.config)
     config.tie_word_embeddings = False
-    weight = next(trained.parameters())
-    fresh = AutoModelForCausalLM.from_config(config, dtype=weight.dtype).to(weight.device).eval()
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.cfg.dtype).to(model.cfg.device).eval()
     norms, embeddings = _hf_norm_parameters(fresh), _hf_embedding_parameters(fresh)
     kept = {"no_training": set(), "trained_norms": norms, "trained_embeddings": norms | embeddings}[baseline]
     # the bridge wraps the trained model's modules in place: its state_dict names are transformers' own plus the
     # wrappers' "_original_component" (tied tensors appear under both names)
     trained_state = {name.replace("._original_component", ""): tensor for name, tensor in trained.state_dict().items()}
     std = init_scale(config, model.cfg.d_model)
-    generator = torch.Generator(device=weight.device).manual_seed(seed)
+    generator = torch.Generator(device=model.cfg.device).manual_seed(seed)
     with torch.no_grad():
         for name, param in fresh.named_parameters():
             if name in kept:
                 param.copy_(trained_state[name])
             elif param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator, device=weight.device) * std)
+                param.copy_(torch.randn(param.shape, generator=generator, device=param.device) * std)
             elif name not in norms:
                 param.zero_()
     name = f"{model.cfg.model_name}-{baseline}"

@@ -124,11 +124,10 @@ class CompareConfig:
 
 
 def check_backend(config: CompareConfig) -> None:
-    """Refuse, before anything runs, what the TransformerLens 4 backend does not do yet: fp16-mixed training and
-    the fairseq initialisation of the baselines (both the reference preset's)."""
+    """Refuse, before anything runs, what the TransformerLens 4 backend does not do: the fairseq initialisation of
+    the baselines (the reference preset's; written on HookedTransformer's parameter layout)."""
     from iclgd_lens.backend import require_hooked_transformer  # here: the command line's --help imports no torch
 
     if config.baselines and config.choices.init != "transformer_lens":
-        require_hooked_transformer(f"the {config.choices.init} initialisation of the baselines")
-    if config.choices.precision == "fp16-mixed":
-        require_hooked_transformer("fp16-mixed training (the reference preset's precision)")
+        require_hooked_transformer(f"the {config.choices.init} initialisation of the baselines (--init transformer_lens "
+                                   "draws them on either backend)")  # fmt: skip

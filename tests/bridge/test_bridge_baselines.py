@@ -1,7 +1,8 @@
 """The untrained baselines on TransformerLens 4 (`make test-tl4`), against HookedTransformer's definition: which
 parameters each keeps is decided on transformers' modules and checked here against HookedTransformer's own
 classification of the same parameters by name (core.baselines' _is_norm / _is_embedding_or_norm); the re-drawn
-matrices have 3.x's scale, the biases are 0, every norm is neutral, the draw is seeded, and the model is untouched."""
+matrices have 3.x's scale, the biases are 0, every norm is neutral, the draw is seeded, and the model is untouched;
+the float16 copy fp16-mixed training runs on holds the model's weights."""
 
 from __future__ import annotations
 
@@ -90,3 +91,13 @@ def test_fairseq_init_refused_in_one_line(model):
 
     with pytest.raises(NotImplementedError, match="fairseq initialisation.*TransformerLens 3.x"):
         untrained_copy(model, "no_training", seed=3, init="fairseq")
+
+
+def test_half_copy_holds_the_weights_in_float16(model):
+    from iclgd_lens.core.baselines import half_copy
+
+    before = tl_parameters(model)
+    half = tl_parameters(half_copy(model))
+    assert set(half) == set(before)
+    assert all(torch.equal(before[name].half(), tensor) for name, tensor in half.items())
+    assert all(torch.equal(before[name], tensor) for name, tensor in tl_parameters(model).items())
