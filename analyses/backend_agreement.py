@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("model", help="a model folder or name (load_model)")
     run_parser.add_argument("out", type=Path)
     run_parser.add_argument("--task", default=None, help="a task name (default: the tests' toy task)")
-    from iclgd_lens.core.presets import separator_text  # '\n' on the command line: a newline, as compare reads it
+    from iclgd_lens import separator_text  # '\n' on the command line: a newline, as compare reads it
 
     for option, kind in (("--k", int), ("--n-eval", int), ("--lr", float), ("--separator", separator_text)):
         run_parser.add_argument(option, type=kind, default=None)
