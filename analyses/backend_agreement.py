@@ -189,6 +189,15 @@ def lens_difference(reference: Path, other: Path) -> tuple[str, float]:
     return worst
 
 
+# The analyses that read a saved result: command -> (write its reading of a result, the largest difference between
+# two readings, its TOLERANCES key, the file name of the TransformerLens 3 reading committed beside each tiny result).
+READINGS = {
+    "kendall": (kendall, kendall_difference, "kendall scores", "kendall-scores.npz"),
+    "attribution": (attribution, attribution_difference, "attribution", "attribution.csv"),
+    "lenses": (lenses, lens_difference, "lenses", "lenses.npz"),
+}
+
+
 def differences(reference: Path, other: Path) -> Iterator[tuple[str, str, float]]:
     """(kind, quantity, difference) for every record tensor, delta and number the two result folders hold; kind
     "rounding" for a number left out (difference NaN)."""
@@ -289,18 +298,11 @@ def main(argv: list[str] | None = None) -> int:
 
     for option, kind in (("--k", int), ("--n-eval", int), ("--lr", float), ("--separator", separator_text)):
         run_parser.add_argument(option, type=kind, default=None)
-    kendall_parser = sub.add_parser("kendall")
-    for argument in ("model", "result", "out"):
-        kendall_parser.add_argument(argument)
-    kendall_parser.add_argument("--reference", type=Path, default=None, help="another backend's kendall file")
-    attribution_parser = sub.add_parser("attribution")
-    for argument in ("model", "result", "out"):
-        attribution_parser.add_argument(argument)
-    attribution_parser.add_argument("--reference", type=Path, default=None, help="another backend's attribution csv")
-    lens_parser = sub.add_parser("lenses")
-    for argument in ("model", "result", "out"):
-        lens_parser.add_argument(argument)
-    lens_parser.add_argument("--reference", type=Path, default=None, help="another backend's lenses file")
+    for command in READINGS:
+        reading_parser = sub.add_parser(command)
+        for argument in ("model", "result", "out"):
+            reading_parser.add_argument(argument)
+        reading_parser.add_argument("--reference", type=Path, default=None, help=f"another backend's {command} file")
     diff_parser = sub.add_parser("diff")
     diff_parser.add_argument("reference", type=Path)
     diff_parser.add_argument("other", type=Path)
@@ -310,24 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run":
         chosen = {name: getattr(args, name) for name in ("k", "n_eval", "lr", "separator")}
         run(args.model, args.out, args.task, **{name: value for name, value in chosen.items() if value is not None})
-    elif args.command == "kendall":
-        kendall(args.model, Path(args.result), Path(args.out))
+    elif args.command in READINGS:
+        write, difference, kind, _ = READINGS[args.command]
+        write(args.model, Path(args.result), Path(args.out))
         if args.reference is not None:
-            name, diff = kendall_difference(args.reference, Path(args.out))
-            print(f"kendall scores: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES['kendall scores']:g}")
-            return int(not diff <= TOLERANCES["kendall scores"])
-    elif args.command == "attribution":
-        attribution(args.model, Path(args.result), Path(args.out))
-        if args.reference is not None:
-            name, diff = attribution_difference(args.reference, Path(args.out))
-            print(f"attribution: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES['attribution']:g}")
-            return int(not diff <= TOLERANCES["attribution"])
-    elif args.command == "lenses":
-        lenses(args.model, Path(args.result), Path(args.out))
-        if args.reference is not None:
-            name, diff = lens_difference(args.reference, Path(args.out))
-            print(f"lenses: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES['lenses']:g}")
-            return int(not diff <= TOLERANCES["lenses"])
+            name, diff = difference(args.reference, Path(args.out))
+            print(f"{kind}: largest difference {diff:.2g} ({name}), tolerance {TOLERANCES[kind]:g}")
+            return int(not diff <= TOLERANCES[kind])
     else:
         worst = largest(args.reference, args.other)
         print("| kind | largest difference | where | tolerance |\n|---|---|---|---|")

@@ -3,8 +3,8 @@
 TransformerLens 3.x builds its own `HookedTransformer` from a checkpoint; 4.x removed that class (importing it
 raises) and wraps the Hugging Face model itself in a `TransformerBridge`. The toolkit's pipeline asks for hook
 points and parameters by role (`core.hooks`), so most of it runs on either; what differs is named here
-(`final_residual`, `residual_after`, `attention_scale`, `block_parameters`, `stacked_output_weights`) or kept in the modules written for one backend
-(3.x's key-value cache in `core.shared_prefix`).
+(`final_residual`, `residual_after`, `attention_scale`, `block_parameters`, `stacked_output_weights`) or kept in the
+modules written for one backend (3.x's key-value cache in `core.shared_prefix`).
 docs/architecture.md, "Backends", says what runs on which.
 """
 

@@ -13,6 +13,7 @@ import pytest
 
 REFERENCE = Path(__file__).parent / "reference"
 ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
+READINGS = ("kendall", "attribution", "lenses")  # analyses/backend_agreement.py READINGS
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -26,36 +27,18 @@ def test_same_numbers_as_the_hooked_transformer_reference(architecture, tmp_path
         assert difference <= tolerance, f"{kind}: {quantity} differs by {difference:.3g} (tolerance {tolerance:g})"
 
 
+@pytest.mark.parametrize("reading", READINGS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_same_kendall_inputs_as_the_hooked_transformer_reference(architecture, tmp_path, analyses_script):
-    """Kendall's two sides on the committed result (kendall-scores.npz, TransformerLens 3), recomputed here: GD's
-    refit (checked against the saved delta) and no finetuning."""
+def test_same_readings_as_the_hooked_transformer_reference(reading, architecture, tmp_path, analyses_script):
+    """An analysis of the committed result, recomputed here against its TransformerLens 3 reading committed beside it:
+    Kendall's two sides (GD's refit, checked against the saved delta, and no finetuning), the per-head attribution
+    (3.x's ICL patching runs the prediction position alone against cached keys and values; the bridge runs whole
+    prompts) and every lens measure."""
     agreement = analyses_script("backend_agreement")
+    assert tuple(agreement.READINGS) == READINGS
+    write, difference, kind, reference = agreement.READINGS[reading]
     folder = REFERENCE / architecture
-    agreement.kendall(folder / "model", folder / "result", tmp_path / "kendall.npz")
-    name, difference = agreement.kendall_difference(folder / "kendall-scores.npz", tmp_path / "kendall.npz")
-    tolerance = agreement.TOLERANCES["kendall scores"]
-    assert difference <= tolerance, f"{name} differs by {difference:.3g} (tolerance {tolerance:g})"
-
-
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_same_attribution_as_the_hooked_transformer_reference(architecture, tmp_path, analyses_script):
-    """The per-head attribution of the committed result (attribution.csv, TransformerLens 3: its ICL patching runs the
-    prediction position alone against cached keys and values; the bridge runs whole prompts), recomputed here."""
-    agreement = analyses_script("backend_agreement")
-    folder = REFERENCE / architecture
-    agreement.attribution(folder / "model", folder / "result", tmp_path / "attribution.csv")
-    name, difference = agreement.attribution_difference(folder / "attribution.csv", tmp_path / "attribution.csv")
-    tolerance = agreement.TOLERANCES["attribution"]
-    assert difference <= tolerance, f"{name} differs by {difference:.3g} (tolerance {tolerance:g})"
-
-
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_same_lenses_as_the_hooked_transformer_reference(architecture, tmp_path, analyses_script):
-    """Every lens measure of the committed result (lenses.npz, TransformerLens 3), recomputed here."""
-    agreement = analyses_script("backend_agreement")
-    folder = REFERENCE / architecture
-    agreement.lenses(folder / "model", folder / "result", tmp_path / "lenses.npz")
-    name, difference = agreement.lens_difference(folder / "lenses.npz", tmp_path / "lenses.npz")
-    tolerance = agreement.TOLERANCES["lenses"]
-    assert difference <= tolerance, f"{name} differs by {difference:.3g} (tolerance {tolerance:g})"
+    write(folder / "model", folder / "result", tmp_path / reference)
+    name, diff = difference(folder / reference, tmp_path / reference)
+    tolerance = agreement.TOLERANCES[kind]
+    assert diff <= tolerance, f"{name} differs by {diff:.3g} (tolerance {tolerance:g})"
