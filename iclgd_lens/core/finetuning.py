@@ -19,6 +19,7 @@ from iclgd_lens.backend import LensModel, block_parameters, final_residual
 from iclgd_lens.core.deltas import Delta, Hook
 from iclgd_lens.core.hooks import hook_name, parameter_layer, reset_alibi
 from iclgd_lens.core.presets import LCGD_EXITS, METHODS, check_choice, check_lr
+from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
 
 
@@ -140,7 +141,7 @@ def fit(
         hooks = readout.input_hooks() + hooks + readout.exit_hooks()
     else:
         unembed = Readout(model)
-    with frozen_parameters(model), model.hooks([*hooks, *observers]):
+    with frozen_parameters(model), projections_laid_out_once(), model.hooks([*hooks, *observers]):
         schedule = [demo for _ in range(epochs) for demo in demos]
         for index, demo in enumerate(tqdm(schedule, desc=f"fit {method}", disable=not progress, leave=False)):
             tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)

@@ -23,6 +23,7 @@ from iclgd_lens.backend import BRIDGE, LensModel, final_residual, stacked_output
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
 from iclgd_lens.core.presets import CHOICES, check_choice
+from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
 
 if not BRIDGE:  # TransformerLens 3's key-value cache and attention classes
@@ -87,7 +88,10 @@ def record(
     """
     derived = derives_attn_out(model)
     points = tuple(p for p in RECORDED_POINTS if not (derived and p == "attn_out"))
-    merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, desc, points)
+    with projections_laid_out_once():
+        merged = _run_queries(
+            model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, desc, points
+        )
     attn_out = attention_output(merged["z"], *output_weights(model, delta)) if derived else merged["attn_out"]
     return Record(
         attn_out=attn_out, z=merged["z"], scores=merged["attn_scores"], query_len=merged["query_len"],
