@@ -130,7 +130,8 @@ def _forward(
         scores = scores + self.alibi[:, -n_query:, : scores.shape[-1]]
     scores = self.hook_attn_scores(self.apply_causal_mask(scores, prefix_len, attention_mask))
     pattern = F.softmax(scores, dim=-1)
-    pattern = self.hook_pattern(torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)).to(v.dtype)
+    # TransformerLens' guard, where(isnan(p), 0, p), in one pass: a softmax gives no infinities to convert
+    pattern = self.hook_pattern(pattern.nan_to_num(0.0)).to(v.dtype)
     pattern = pattern.reshape(batch, kv_heads, n_heads // kv_heads, n_query, prefix_len + n_query)
     z = torch.einsum("bkgtp,pkd->btkgd", pattern[..., :prefix_len], entry.prefix_values.to(v.dtype))
     z = z + torch.einsum("bkgts,bskd->btkgd", pattern[..., prefix_len:], v)
