@@ -45,7 +45,9 @@ from iclgd_lens.analysis.bootstrap import percentile_interval
 from iclgd_lens.analysis.head_runs import ZSBatch
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.finetuning import frozen_parameters
 from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.recording import record
 from iclgd_lens.core.results import Result
@@ -422,9 +424,11 @@ def attribution_table(
     layers = _layers(model, layers)
     patching = _patch_subject(model, result)
     deltas = {method: _delta_subject(model, result, method, layers, estimate) for method in methods}
-    zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top,
-                              [patching, *deltas.values()])  # fmt: skip
-    patches, totals = _patch_frame(patching, zs, zs_logits, result.labels, _icl_logodds(model, result, batch_size))
+    with frozen_parameters(model), projections_laid_out_once():  # gradients are taken with respect to z only
+        zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top,
+                                  [patching, *deltas.values()])  # fmt: skip
+        icl_logodds = _icl_logodds(model, result, batch_size)
+    patches, totals = _patch_frame(patching, zs, zs_logits, result.labels, icl_logodds)
     frames = [_delta_frame(method, subject, zs, zs_logits, result.labels) for method, subject in deltas.items()]
     effects = pd.concat(frames, ignore_index=True).astype({"layer": str, "head": str})
     patches = patches.astype({"layer": str, "head": str})
