@@ -2,7 +2,8 @@
 
 `transformer_lens.utilities.attention.simple_attn_linear` (3.9) rearranges W_Q, W_K or W_V from
 [head, d_model, d_head] into F.linear's [(head d_head), d_model] on every call: a full copy of three weight matrices
-per layer per forward, 16 % of a ZS recording's time on a GPT-2-small shape (docs/performance.md). Inside
+per layer per forward (17 % of a ZS recording's time on a GPT-2-small shape in a profile on a busy machine; the
+copies are memory-bound, and on a quiet CPU leaving them out saves about 3 %: docs/performance.md). Inside
 `projections_laid_out_once()` each weight is laid out once, and F.linear runs the same kernel on the same values,
 so every output is bit-identical. A laid-out copy is made for a weight and bias that are parameters (not a
 per-call view such as grouped-query attention's repeated W_K) and take no gradient here (a trained weight keeps
