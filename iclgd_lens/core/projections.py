@@ -31,8 +31,9 @@ if not BRIDGE:
     # The modules whose attention forward looks `simple_attn_linear` up by its module-level name.
     CALLERS = (abstract_attention, grouped_query_attention)
 
-# id(w) -> (w, b, their versions, laid-out weight, bias); None outside `projections_laid_out_once`
-_laid_out: dict[int, tuple[Tensor, Tensor, int, Tensor, Tensor]] | None = None
+# (id(w), id(b)) -> (w, b, their versions, laid-out weight, bias); holding w and b keeps their ids from being reused.
+# None outside `projections_laid_out_once`.
+_laid_out: dict[tuple[int, int], tuple[Tensor, Tensor, int, Tensor, Tensor]] | None = None
 
 
 def _laid_out_attn_linear(
@@ -51,11 +52,11 @@ def _laid_out_attn_linear(
     if not cacheable:
         return simple_attn_linear(input, w, b)
     versions = w._version + b._version  # each only grows: any in-place edit changes the sum
-    entry = _laid_out.get(id(w))
-    if entry is None or entry[0] is not w or entry[1] is not b or entry[2] != versions:
+    entry = _laid_out.get((id(w), id(b)))
+    if entry is None or entry[2] != versions:
         # TransformerLens' own rearrangement, [head, d_model, d_head] -> [(head d_head), d_model], made contiguous
         entry = (w, b, versions, w.detach().permute(0, 2, 1).reshape(-1, w.shape[1]), b.detach().reshape(-1))
-        _laid_out[id(w)] = entry
+        _laid_out[(id(w), id(b))] = entry
     return F.linear(input, entry[3], entry[4]).reshape(input.shape[0], input.shape[1], b.shape[0], b.shape[1])
 
 

@@ -25,8 +25,16 @@ def activations(model) -> dict[str, torch.Tensor]:
     return {"logits": logits, **cache}
 
 
-@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-def test_laid_out_once_is_bit_identical(arch):
+# (architecture, weights laid out per layer): W_Q, W_K, W_V (grouped-query attention: its unrepeated _W_K and
+# _W_V); with `ungroup_grouped_query_attention` W_K and W_V are repeated into a new tensor on every forward, and
+# caching them would keep one copy per call (and could match a freed tensor's id): W_Q only.
+CASES = {name: (arch, 3) for name, arch in ARCHS.items()} | {
+    "llama-like-ungrouped": (ARCHS["llama-like"] | dict(ungroup_grouped_query_attention=True), 1)
+}
+
+
+@pytest.mark.parametrize("arch, per_layer", CASES.values(), ids=CASES.keys())
+def test_laid_out_once_is_bit_identical(arch, per_layer):
     model = tiny_model(**arch)
     plain = activations(model)
     with projections_laid_out_once():
@@ -35,8 +43,7 @@ def test_laid_out_once_is_bit_identical(arch):
     for name, tensor in plain.items():
         assert torch.equal(first[name], tensor), name
         assert torch.equal(again[name], tensor), name
-    # W_Q, W_K, W_V of every layer (grouped-query attention: its unrepeated _W_K and _W_V)
-    assert laid_out == 3 * model.cfg.n_layers
+    assert laid_out == per_layer * model.cfg.n_layers
 
 
 def test_an_in_place_edit_inside_the_block_is_seen():
@@ -95,15 +102,3 @@ def test_recording_and_fits_run_through_the_laid_out_projections(monkeypatch):
     calls.clear()
     fit(model, [[5, 6, 7, 3], [8, 9, 4]], bos=1, method="lcgd", lr=1e-2)
     assert calls and all(calls)
-
-
-def test_per_call_weights_are_not_cached():
-    """With `ungroup_grouped_query_attention`, W_K and W_V are repeated into a new tensor on every forward:
-    caching them would keep one copy per call (and could match a freed tensor's id)."""
-    model = tiny_model(**ARCHS["llama-like"], ungroup_grouped_query_attention=True)
-    plain = activations(model)
-    with projections_laid_out_once():
-        first, again = activations(model), activations(model)
-        laid_out = len(projections._laid_out)
-    assert all(torch.equal(first[name], tensor) and torch.equal(again[name], tensor) for name, tensor in plain.items())
-    assert laid_out == model.cfg.n_layers  # W_Q only
