@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iclgd_lens.analysis import bootstrap
+from iclgd_lens.analysis import bootstrap, multiplicity
 from iclgd_lens.analysis.protocol import Run
 from iclgd_lens.analysis.sweep import lr_file, run_folder
 from iclgd_lens.core.results import Result
@@ -76,7 +76,7 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
     for task, runs in results.items():
         first = runs[0]
         # One resampling per task, shared by every model, method and metric: comparisons are paired.
-        resampling = bootstrap.Resampling.draw(len(runs), len(first.labels))
+        resampling = bootstrap.Resampling.draw(len(runs), len(first.labels), crossed=same_queries(runs))
         for label, pick, model in _subjects(first):
             for method in first.methods:
                 per_run = [bootstrap.query_values(pick(r), model, method) for r in runs]
@@ -98,29 +98,62 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     name = f"acc_{'ft' if setting == method else setting}"
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
-    table = pd.DataFrame(rows, columns=columns)
-    return table, pd.concat([verdicts_table(table, draws), methods_table(table, draws)], ignore_index=True)
+    table = with_norm_ratios(pd.DataFrame(rows, columns=columns))
+    table["bootstrap"] = table["task"].map({task: _design(runs) for task, runs in results.items()})
+    verdicts = pd.concat([verdicts_table(table, draws), methods_table(table, draws)], ignore_index=True)
+    return table, multiplicity.adjust(verdicts)
+
+
+def same_queries(runs: list[Result]) -> bool:
+    """Every run scored the same evaluation queries (a crossed design: `bootstrap.Resampling`)."""
+    return len({tuple(r.episode.query_rows) for r in runs}) == 1
+
+
+def _design(runs: list[Result]) -> str:
+    return "crossed" if same_queries(runs) else "nested"
+
+
+def with_norm_ratios(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summary` with `norm_ratio` on every row: the subject's mean update norm ‖ΔW‖ for that method over the
+    trained model's for the same method and task (1 for the trained model; NaN where either is undefined), so that
+    each cell says at what update size it was measured."""
+    norms = summary[summary["metric"] == "update_norm"].set_index(["task", "model", "method"])["mean"]
+    trained = {(task, method): value for (task, model, method), value in norms.items() if model == TRAINED}
+    ratio = [norms.get((task, model, method), math.nan) / trained.get((task, method), math.nan)
+             for task, model, method in zip(summary["task"], summary["model"], summary["method"])]  # fmt: skip
+    return summary.assign(norm_ratio=ratio)
 
 
 COMPARED = ("simaou_norm", "simaou", "simam_delta", "alpha")  # similarities of an update (not SimAM after/before FT)
 VERDICT_COLUMNS = ["task", "method", "metric", "baseline", "trained", "baseline_mean", "difference", "diff_low",
-                   "diff_high", "runs", "verdict"]  # fmt: skip
+                   "diff_high", "runs", "verdict", "p_value", "norm_ratio"]  # fmt: skip
 
 
 def _paired_row(index: pd.DataFrame, draws: dict, task: str, method: str, metric: str, mine: tuple[str, str],
                 theirs: tuple[str, str], baseline: str) -> dict:  # fmt: skip
     """A verdict row: the (model, method) `mine` against `theirs` on one task and metric, the paired difference
     (mean over runs of the per-run differences), its two-level bootstrap interval from the same draws on both sides,
-    and `bootstrap.verdict`."""
+    `bootstrap.verdict` (borderline where the Monte Carlo error reaches 0), the p-value that agrees with the
+    interval, and `norm_ratio`: `theirs`' update norm over `mine`'s (the update sizes being compared)."""
     ours, other = index.loc[(task, *mine, metric)], index.loc[(task, *theirs, metric)]
     n_runs = int(ours["runs"])
-    difference = bootstrap.interval(draws[(task, *mine, metric)] - draws[(task, *theirs, metric)], n_runs)
+    paired = draws[(task, *mine, metric)] - draws[(task, *theirs, metric)]
+    difference = bootstrap.interval(paired, n_runs)
+    borderline = bootstrap.is_borderline(paired, n_runs)
     return {
         "task": task, "method": method, "metric": metric, "baseline": baseline,
         "trained": ours["mean"], "baseline_mean": other["mean"],
         "difference": ours["mean"] - other["mean"], "diff_low": difference[0], "diff_high": difference[1],
-        "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs),
+        "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs, borderline),
+        "p_value": bootstrap.p_value(paired, n_runs),
+        "norm_ratio": _norm(index, task, theirs) / _norm(index, task, mine),
     }  # fmt: skip
+
+
+def _norm(index: pd.DataFrame, task: str, subject: tuple[str, str]) -> float:
+    """The (model, method)'s mean update norm over runs; NaN where the summary has none."""
+    key = (task, *subject, "update_norm")
+    return float(index.loc[key, "mean"]) if key in index.index else math.nan
 
 
 def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis import bootstrap, tables
+from iclgd_lens.analysis import bootstrap, multiplicity, tables
 from iclgd_lens.analysis.protocol import Run, paper_task
 from iclgd_lens.analysis.published import published
 from iclgd_lens.files import write_text_atomic
@@ -83,12 +83,16 @@ def _published(task: str, models: list[str], method: str, metric: str, source: s
 
 
 def _verdict_cell(row) -> str:
-    """trained − baseline with its paired interval, and the verdict."""
+    """trained − baseline with its paired interval and the verdict; a primary contrast's Holm-adjusted verdict;
+    the compared update's size relative to the first side's (‖ΔW‖ ×ratio)."""
     if row is None:
         return ""
-    if math.isnan(row["diff_low"]):
-        return f"{row['difference']:+.3f}: {row['verdict']}"
-    return f"{row['difference']:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]: {row['verdict']}"
+    interval = "" if math.isnan(row["diff_low"]) else f" [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]"
+    cell = f"{row['difference']:+.3f}{interval}: {row['verdict']}"
+    if row.get("family") == multiplicity.PRIMARY:
+        cell += f"; Holm: {row['adjusted_verdict']}"
+    ratio = row.get("norm_ratio", math.nan)
+    return cell if math.isnan(ratio) else f"{cell} (‖ΔW‖ ×{ratio:.3g})"
 
 
 def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tuple[str, ...],
@@ -200,13 +204,18 @@ def markdown_report(summary: pd.DataFrame, verdicts: pd.DataFrame, lrs: pd.DataF
     sections = [
         f"# Reproduction tables: {model}",
         f"Runs per task: {', '.join(map(str, runs))}. Each cell: mean ± sample std over runs [95 % interval]. "
-        "Every interval is a two-level bootstrap: each draw resamples the runs with replacement, then the queries "
-        "with replacement within each drawn run, so it covers the run-to-run variance (seed, demonstrations, "
+        "Every interval is a two-level bootstrap: each draw resamples the runs with replacement and the queries "
+        f"with replacement ({_designs(summary)}), so it covers the run-to-run variance (seed, demonstrations, "
         "order, learning-rate choice) and the query sampling; the percentiles are expanded for the number of runs "
         f"(Hesterberg's expanded percentile interval). `trained − baseline`: the paired difference (the same runs "
         "and queries on both sides of every draw) with its interval and a verdict: `above` / `below` when the "
-        "interval excludes 0, `no difference shown` when it contains 0, `too few runs` below "
-        f"{bootstrap.MIN_RUNS} runs. Only similarities of an update are compared (SimAOU_norm, SimAOU, SimAM∆, α), "
+        "interval excludes 0, `no difference shown` when it contains 0, `borderline` when an end lies within the "
+        "bootstrap's Monte Carlo error of 0 (counted neither way), `too few runs` below "
+        f"{bootstrap.MIN_RUNS} runs. Verdicts are read one by one at 95 % (exploratory) except the primary "
+        f"contrasts, {multiplicity.PRIMARY_METRIC} of GD and of LCGD against each untrained baseline, whose "
+        '`Holm:` verdict is adjusted within each task and method (docs/science.md, "Multiplicity"). '
+        "`‖ΔW‖ ×r`: the compared update's norm over the first side's (1: matched update size). "
+        "Only similarities of an update are compared (SimAOU_norm, SimAOU, SimAM∆, α), "
         "not SimAM after or before FT. `published`: the papers' numbers for the task's paper task (fairseq 1.3B, "
         "real data; a synthetic or stand-in task takes its paper task's): a different model and data, for "
         "direction, not for equality. Revisited's \"No Training\" row is the toolkit's `trained_norms`.",
@@ -228,6 +237,16 @@ def markdown_report(summary: pd.DataFrame, verdicts: pd.DataFrame, lrs: pd.DataF
         + markdown_table(list(lrs.columns), [[_plain(v) for v in row] for row in lrs.itertuples(index=False)]),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _designs(summary: pd.DataFrame) -> str:
+    """How the queries were resampled, per design present: crossed (shared by a draw's runs) or nested."""
+    if "bootstrap" not in summary:
+        return "within each drawn run"
+    said = {"crossed": "every run scores the same queries, so one query resample is shared by the runs of a draw",
+            "nested": "runs score different queries, so the queries are resampled within each drawn run"}  # fmt: skip
+    designs = summary.groupby("bootstrap").task.unique()
+    return "; ".join(f"{said[d]}: {', '.join(tasks)}" for d, tasks in designs.items())
 
 
 def _plain(value) -> str:

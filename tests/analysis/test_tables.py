@@ -80,17 +80,18 @@ def _within_run_interval(runs: list[np.ndarray], draws: int, rng) -> tuple[float
     return tuple(np.percentile(statistics, [2.5, 97.5]))
 
 
-def test_two_level_interval_covers_the_true_mean_when_runs_vary():
-    """200 simulated sweeps of 10 runs with a known between-run (sd 0.1) and within-run (sd 0.2) variance: the
-    nominal 95 % interval must cover the true mean at least 90 % of the time; the former within-run interval
-    fails the same test (so this test can fail)."""
+def test_nested_interval_covers_the_true_mean_when_runs_score_different_queries():
+    """200 simulated sweeps of 10 runs, each scoring its own queries (the nested design), with a known between-run
+    (sd 0.1) and within-run (sd 0.2) variance: the nested interval must cover the true mean at least 90 % of the
+    time; the former within-run interval fails the same test (so this test can fail). The crossed design's coverage
+    at the sweeps' setting: test_coverage.py."""
     rng = np.random.default_rng(0)
     true_mean, n_runs, n_queries, layers, sweeps = 0.3, 10, 20, 2, 200
     covered = former = 0
     for sweep in range(sweeps):
         run_means = rng.normal(true_mean, 0.1, n_runs)
         runs = [rng.normal(m, 0.2, (n_queries, layers)) for m in run_means]
-        resampling = bootstrap.Resampling.draw(n_runs, n_queries, draws=1000, seed=sweep)
+        resampling = bootstrap.Resampling.draw(n_runs, n_queries, draws=1000, seed=sweep, crossed=False)
         low, high = bootstrap.interval(resampling.statistics(runs), n_runs)
         covered += low <= true_mean <= high
         low, high = _within_run_interval(runs, 1000, rng)
