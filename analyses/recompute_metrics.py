@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 EPS: float | None = None  # the result's arithmetic: None (exact) or the reference's epsilon; set in main
+RELATIVE = 1e-6  # the recording dtype's resolution relative to the ZS vector (float32's); set in main
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,6 +53,25 @@ def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
         return np.where(count > 0, np.where(defined, values, 0.0).sum(axis) / count, np.nan)
 
 
+def rounding_layers(zs_m: np.ndarray, others: list[np.ndarray]) -> list[int]:
+    """Layers where, for any of `others` (masked scores), more than half of the (query, head) updates X − ZS have a
+    norm below RELATIVE times ZS's: the toolkit leaves a score-update cosine there out of its means."""
+    if EPS is not None:
+        return []
+    zs_norm = np.linalg.norm(zs_m.astype(np.float64), axis=-1)
+    layers = set()
+    for other in others:
+        below = np.linalg.norm(other.astype(np.float64) - zs_m.astype(np.float64), axis=-1) < RELATIVE * zs_norm
+        layers |= {layer for layer, share in enumerate(below.mean(axis=(0, 2))) if share > 0.5}
+    return sorted(layers)
+
+
+def dropped(values: np.ndarray, layers: list[int]) -> np.ndarray:
+    values = values.copy()
+    values[:, layers] = np.nan
+    return values
+
+
 def layer_means(values: np.ndarray) -> np.ndarray:
     """[n, layer] or [n, layer, head] -> per layer (heads, then examples), each step skipping NaN."""
     return nanmean(nanmean(values, -1) if values.ndim == 3 else values, 0)
@@ -81,7 +101,7 @@ def recompute(
             "simaou_norm": cos(unit(icl_h) - unit(zs_h), unit(ft_h) - unit(zs_h)),
             "simam_before": cos(icl_m, zs_m),
             "simam": cos(icl_m, ft_m),
-            "simam_delta": cos(icl_m - zs_m, ft_m - zs_m),
+            "simam_delta": dropped(cos(icl_m - zs_m, ft_m - zs_m), rounding_layers(zs_m, [icl_m, ft_m])),
         }
         out["metrics"][method] = {name: layer_means(v) for name, v in values.items()}
         out["counts"][method] = {name: int((~np.isnan(v)).sum()) for name, v in values.items()}
@@ -90,7 +110,8 @@ def recompute(
         )
     if "gd" in methods and "lcgd" in methods and subset is None:
         zs_m, gd_m, lcgd_m = (masked(get(s, "scores"), query_len) for s in ("zs", "gd", "lcgd"))
-        out["metrics"]["alpha"] = {"alpha": layer_means(cos(lcgd_m - zs_m, gd_m - zs_m))}
+        alpha = dropped(cos(lcgd_m - zs_m, gd_m - zs_m), rounding_layers(zs_m, [lcgd_m, gd_m]))
+        out["metrics"]["alpha"] = {"alpha": layer_means(alpha)}
     out["per_head"] = per_head_simaou(records, prefix, methods) if subset is None else {}
     return out
 
@@ -189,7 +210,7 @@ def attention_output(records: dict, setting: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global EPS
+    global EPS, RELATIVE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--tolerance", type=float, default=1e-6)
@@ -199,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     labels, query_len = records["labels"], records["query_len"]
     config = result["config"]
     EPS = 1e-20 if config.get("arithmetic") == "reference" else None
+    RELATIVE = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-3, "float64": 1e-15}[config.get("dtype", "float32")]
     methods = config["methods"]
     problems = []
     for model, saved in {"model": result, **result["baselines"]}.items():

@@ -83,7 +83,8 @@ def toolkit_compare(
     keep_result: bool = False,
 ) -> dict:
     with monitor.stage(f"toolkit compare k={k} n={n}") as stage:
-        result = compare(model, task, k=k, seed=0, lr=lr, baselines=(), n_eval=n, batch_size=batch_size,
+        # LCGD at GD's lr, as the naive pipeline trains it (the papers' way): the same numbers on both sides
+        result = compare(model, task, k=k, seed=0, lr=lr, lr_lcgd="gd", baselines=(), n_eval=n, batch_size=batch_size,
                          progress=False)  # fmt: skip
     out = stage | {"k": k, "n_queries": n, "effective_k": result.config["effective_k"],
                    "prefix_tokens": len(result.episode.icl_prefix),

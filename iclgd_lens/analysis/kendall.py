@@ -127,7 +127,8 @@ def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, 
     return torch.stack(_queries_at(model, hooks, [[episode.bos, *p] for p in prompts], [1 + o for o in offsets]))
 
 
-def _fit_with_queries(model: LensModel, result: Result, method: str) -> tuple[Delta, list[torch.Tensor]]:
+def _fit_with_queries(model: LensModel, result: Result, method: str,
+                      subject: str = "model") -> tuple[Delta, list[torch.Tensor]]:  # fmt: skip
     """Refit `method` on `model` recording every step's queries at every demonstration token (BOS excluded) as that
     step's forward computed them: [layer, token, head * d_head] per step."""
     config, episode = result.config, result.episode
@@ -140,7 +141,7 @@ def _fit_with_queries(model: LensModel, result: Result, method: str) -> tuple[De
         steps[-1][hook.layer()] = q[0, 1:].detach().float().cpu()
 
     observers = [(hook_name("q", l), keep_q) for l in range(n_layers)]
-    delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method), result.trained_parameters,
+    delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method, subject), result.trained_parameters,
                 config["lcgd_exit"], precision=config.get("precision", "native"), observers=observers)  # fmt: skip
     return delta, [torch.stack([step[l] for l in range(n_layers)]).flatten(-2).double() for step in steps]
 
@@ -178,14 +179,14 @@ def ft_scores(q: torch.Tensor, q_train: torch.Tensor, attn_scale: torch.Tensor) 
 
 
 def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetune: bool,
-                   check_refit: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+                   check_refit: bool = False, subject: str = "model") -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """The two sides Kendall's tau ranks, before the softmax: ICL's scores and FT's [n, layer, tokens] (float32),
     and each token's demonstration [tokens]. `finetune`: refit `method` on `model` (`check_refit`: against the
-    saved delta); otherwise every q and q' comes from `model` itself."""
+    saved delta; at `subject`'s own lr); otherwise every q and q' comes from `model` itself."""
     episode, position = result.episode, result.config.get("position", "prediction")
     keep, groups, ft_index = _alignment(episode)
     if finetune:
-        delta, training_queries = _fit_with_queries(model, result, method)
+        delta, training_queries = _fit_with_queries(model, result, method, subject)
         if check_refit:
             _check_refit(delta, result, method)
     else:  # no finetuning: every demonstration's q' from the base model
@@ -204,7 +205,8 @@ def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetu
 
 def _subject_rows(subject: str, model: LensModel, result: Result, method: str, n: int,
                   finetune: bool) -> list[dict]:  # fmt: skip
-    icl, ft, groups_array = kendall_scores(model, result, method, n, finetune, check_refit=subject == "model")
+    lr_subject = subject if subject in result.scores else "model"  # the zero-delta control refits nothing
+    icl, ft, groups_array = kendall_scores(model, result, method, n, finetune, subject == "model", lr_subject)
     rng = np.random.default_rng(RANDOM_SEED)
     rows = []
     for layer in range(model.cfg.n_layers):

@@ -60,7 +60,7 @@ def subject_runs(model: LensModel, result: Result, baselines: Sequence[str] | No
         raise ValueError(f"the result has no baseline {missing}; it has {[n for n in result.scores if n != 'model']}")
     check_same_draws(result.config, [name for name in names if name != "model"])
     for name in names:
-        contexts = {method: _context(result, method) for method in result.methods}
+        contexts = {method: _context(result, method, name) for method in result.methods}
         if name == "model":
             subject, deltas = model, {m: d.to(model.cfg.device, model.cfg.dtype) for m, d in result.deltas.items()}
         else:
@@ -71,11 +71,11 @@ def subject_runs(model: LensModel, result: Result, baselines: Sequence[str] | No
         yield SubjectRuns(name, subject, deltas, readings, contexts)
 
 
-def _context(result: Result, method: str) -> MethodContext:
-    """What compare gave the method (`run_method` applies its registered options on top), so that a baseline's
-    delta refit on its seeded copy is the one compare computed."""
+def _context(result: Result, method: str, subject: str) -> MethodContext:
+    """What compare gave the method on `subject` (`run_method` applies its registered options on top), so that a
+    baseline's delta refit on its seeded copy is the one compare computed (at its matched lr, where matched)."""
     config = result.config
-    return MethodContext(result.lr_of(method), result.trained_parameters, config.get("lcgd_exit", "block"),
+    return MethodContext(result.lr_of(method, subject), result.trained_parameters, config.get("lcgd_exit", "block"),
                          config.get("precision", "native"))  # fmt: skip
 
 

@@ -30,6 +30,7 @@ SWEEP_FILE = "sweep.json"
 EXECUTORS = ("local", "slurm", "submitit-local")
 # Options that change how a sweep runs, not what it computes: a restart may change them.
 RUNTIME_OPTIONS = ("jobs", "executor", "threads", "slurm")
+LCGD_RULES = ("matched", "gd", "search")  # LCGD's lr in a sweep, besides a number
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class SweepConfig:
     tasks: tuple[str, ...]
     runs: str = "paper"  # "paper" or a number of runs
     lr: str = "paper"  # "paper", "search" or a number
-    lr_lcgd: str = "gd"  # "gd" (GD's lr, as the papers do), "search" (searched on its own) or a number
+    lr_lcgd: str = "matched"  # "matched" (its update as large as GD's), "gd" (GD's lr), "search" or a number
     lr_grid: tuple[float, ...] = DAI_LR_GRID
     n_heldout: int = 128
     compare: dict = field(default_factory=dict)
@@ -50,11 +51,13 @@ class SweepConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "lr_grid", tuple(float(lr) for lr in self.lr_grid))
-        if self.lr_lcgd not in ("gd", "search"):
+        if self.lr_lcgd not in LCGD_RULES:
             try:
                 value = float(self.lr_lcgd)
             except ValueError:
-                raise ValueError(f"--lr-lcgd takes 'gd', 'search' or a number, got {self.lr_lcgd!r}") from None
+                raise ValueError(
+                    f"--lr-lcgd takes 'matched', 'gd', 'search' or a number, got {self.lr_lcgd!r}"
+                ) from None
             if not 0 < value < float("inf"):
                 raise ValueError(f"--lr-lcgd must be a positive finite number, got {self.lr_lcgd}")
         if "search" in (self.lr, self.lr_lcgd):
@@ -142,8 +145,15 @@ def is_finished(job: RunJob) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     expected_lr = job.run.lr if job.run.lr is not None else _searched_lr(lr_file(Path(job.out), job.run))
-    expected_lcgd = _searched_lr(lr_file(Path(job.out), job.run, "lcgd")) if job.config.lr_lcgd == "search" else (
-        expected_lr if job.config.lr_lcgd == "gd" else float(job.config.lr_lcgd))  # fmt: skip
+    rule = job.config.lr_lcgd
+    if rule == "search":
+        expected_lcgd = _searched_lr(lr_file(Path(job.out), job.run, "lcgd"))
+    elif rule in ("gd", "matched"):
+        expected_lcgd = expected_lr if rule == "gd" else None  # matched: found by the run itself
+    else:
+        expected_lcgd = float(rule)
+    same_rule = rule != "matched" or config.get("lr_lcgd_rule") == "matched"
+    same_baselines = config.get("baseline_lr", "paper") == job.config.compare.get("baseline_lr", "matched")
     same_run = (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
                                                                            job.run.permutation)  # fmt: skip
     control = job.config.compare.get("label_control")
@@ -152,6 +162,8 @@ def is_finished(job: RunJob) -> bool:
         and (control is None or (folder / f"{CONTROL_PREFIX}{control}" / "result.json").is_file())
         and (expected_lr is None or config["lr"] == expected_lr)
         and (expected_lcgd is None or config.get("lr_lcgd", config["lr"]) == expected_lcgd)
+        and same_rule
+        and same_baselines
     )
 
 
@@ -188,10 +200,12 @@ def execute(job: RunJob) -> str:
     config, run = job.config, job.run
     model, task = _model(config.model, job.device, config.dtype), _task(run.task)
     lr = run.lr if run.lr is not None else searched_lr(job, model, task, "gd")
-    if config.lr_lcgd == "gd" or "lcgd" not in config.compare.get("methods", ("lcgd",)):
-        lr_lcgd = None
+    if "lcgd" not in config.compare.get("methods", ("lcgd",)):
+        lr_lcgd = "gd"
+    elif config.lr_lcgd == "search":
+        lr_lcgd = searched_lr(job, model, task, "lcgd")
     else:
-        lr_lcgd = searched_lr(job, model, task, "lcgd") if config.lr_lcgd == "search" else float(config.lr_lcgd)
+        lr_lcgd = config.lr_lcgd if config.lr_lcgd in ("gd", "matched") else float(config.lr_lcgd)
     compare(
         model, task, seed=run.seed, permutation=run.permutation, lr=lr, lr_lcgd=lr_lcgd, **config.compare,
         out=job.folder, overwrite=True, progress=False,

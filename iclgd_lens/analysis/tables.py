@@ -197,31 +197,44 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
 
 
 def lr_table(out: Path, plan: list[Run], results: dict[str, list[Result]]) -> pd.DataFrame:
-    """task, run, paper (one of the papers' own runs), method, lr, source ("given", "search", or "GD's" for an LCGD
-    run at GD's lr), and for a searched lr its held-out accuracy and whether the method answered one class."""
+    """task, run, paper (one of the papers' own runs), subject ("trained" or a baseline), method, lr, source
+    ("given", "search", "GD's" for an LCGD run at GD's lr, "matched" for an lr found to match the update size, or
+    "trained model's" for a baseline at the papers' lr), and for a searched lr its held-out accuracy and whether the
+    method answered one class."""
     finished = {(r.config["task"], r.config["seed"], r.config["permutation"]): r for rs in results.values() for r in rs}
     rows = []
     for run in plan:
         result = finished.get((run.task, run.seed, run.permutation))
-        for method in result.methods if result else ("gd",):
-            path = lr_file(out, run, method)
-            search = json.loads(path.read_text()) if path.is_file() else None
-            chosen = [c for c in search["candidates"] if c["lr"] == search["chosen"]] if search else []
-            if search:
-                source = "search"
-            elif method == "gd":
-                source = "given"
-            else:
-                source = "GD's" if result.lr_of(method) == result.config["lr"] else "given"
-            rows.append({
-                "task": run.task,
-                "run": f"seed{run.seed}-perm{run.permutation}",
-                "paper": run.paper,
-                "method": method,
-                "lr": result.lr_of(method) if result else (search or {}).get("chosen", run.lr),
-                "source": source,
-                "heldout_accuracy": chosen[0]["accuracy"] if chosen else math.nan,
-                "one_class": (search["chosen_one_class"] if search else ""),
-                "finished": result is not None,
-            })  # fmt: skip
+        subjects = [name for name in result.scores] if result else ["model"]
+        for subject in subjects:
+            for method in result.methods if result else ("gd",):
+                rows.append(_lr_row(out, run, result, subject, method))
     return pd.DataFrame(rows)
+
+
+def _lr_row(out: Path, run: Run, result: Result | None, subject: str, method: str) -> dict:
+    path = lr_file(out, run, method)
+    search = json.loads(path.read_text()) if path.is_file() and subject == "model" else None
+    chosen = [c for c in search["candidates"] if c["lr"] == search["chosen"]] if search else []
+    if search:
+        source = "search"
+    elif subject != "model":
+        source = "matched" if result.config.get("baseline_lr") == "matched" else "trained model's"
+    elif method == "gd":
+        source = "given"
+    elif method == "lcgd" and result.config.get("lr_lcgd_rule") == "matched":
+        source = "matched"
+    else:
+        source = "GD's" if result.lr_of(method) == result.config["lr"] else "given"
+    return {
+        "task": run.task,
+        "run": f"seed{run.seed}-perm{run.permutation}",
+        "paper": run.paper,
+        "subject": TRAINED if subject == "model" else subject,
+        "method": method,
+        "lr": result.lr_of(method, subject) if result else (search or {}).get("chosen", run.lr),
+        "source": source,
+        "heldout_accuracy": chosen[0]["accuracy"] if chosen else math.nan,
+        "one_class": (search["chosen_one_class"] if search else ""),
+        "finished": result is not None,
+    }

@@ -91,7 +91,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd"))
-    lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "gd")
+    lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
     config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd,
                          tuple(float(v) for v in args.lr_grid), args.n_heldout, options, args.dtype)  # fmt: skip
     plan = config.plan()

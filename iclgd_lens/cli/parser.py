@@ -13,6 +13,7 @@ from iclgd_lens.analysis.sweep import EXECUTORS
 from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.methods import available_methods
 from iclgd_lens.core.presets import (
+    BASELINE_LRS,
     BASELINES,
     BIASES,
     CHOICES,
@@ -95,6 +96,10 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
                 "update rules (packages add theirs: docs/methods.md)")  # fmt: skip
     list_option(c, "--baselines", BASELINES, list(DEFAULTS["baselines"]), "untrained baselines (none: empty)",
                 empty=True)  # fmt: skip
+    c.add_argument("--baseline-lr", default=DEFAULTS["baseline_lr"], choices=BASELINE_LRS,
+                   help="each untrained baseline's learning rate: 'matched' (per method, the lr at which its update "
+                   "is as large as the trained model's, within 2 %%) or 'paper' (the trained model's lr, as the "
+                   "papers do; docs/science.md, \"Update size\")")  # fmt: skip
     list_option(c, "--groups", PARAMETER_GROUP_NAMES, list(DEFAULTS["groups"]), "trained weights")
     c.add_argument("--lcgd-exit", default=DEFAULTS["lcgd_exit"], choices=LCGD_EXITS,
                    help="LCGD read-out: after the block or attention")  # fmt: skip
@@ -160,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "random baseline")  # fmt: skip
     c.add_argument("--permutation", type=int, default=DEFAULTS["permutation"],
                    help="order of the demonstrations; 0 keeps the shuffle")  # fmt: skip
-    c.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate for GD (and LCGD unless "
-                   "--lr-lcgd)")  # fmt: skip
-    c.add_argument("--lr-lcgd", type=float, default=None, help="LCGD's own learning rate [default: --lr]")
+    c.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate for GD on the trained model")
+    c.add_argument("--lr-lcgd", default=DEFAULTS["lr_lcgd"], help="LCGD's learning rate: 'matched' (the lr at which "
+                   "its update is as large as GD's, within 2 %%), 'gd' (GD's lr, as the papers do) or a number")  # fmt: skip
     add_compare_options(c)
     c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--out", required=True, help="result folder (new, empty, or a previous result with --overwrite)")
@@ -182,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "permutations 0..N-1)")  # fmt: skip
     r.add_argument("--lr", default="paper", help="'paper' (the papers' per-task lr), 'search' (Dai's grid, scored on "
                    "held-out train rows) or a number")  # fmt: skip
-    r.add_argument("--lr-lcgd", default=None, help="LCGD's lr: 'gd' (GD's, as the papers do), 'search' (its own "
-                   "search) or a number [default: search with --lr search, else gd]")  # fmt: skip
+    r.add_argument("--lr-lcgd", default=None, help="LCGD's lr: 'matched' (its update as large as GD's), 'gd' (GD's "
+                   "lr, as the papers do), 'search' (its own search) or a number [default: search with --lr search, "
+                   "else matched]")  # fmt: skip
     list_option(
         r,
         "--lr-grid",

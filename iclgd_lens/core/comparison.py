@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record, output_weights
 from iclgd_lens.core.results import Result, check_output_folder
 from iclgd_lens.core.scoring import score
+from iclgd_lens.core.update_size import matched_lr
 from iclgd_lens.sources.task import Task
 
 
@@ -52,6 +55,7 @@ def compare(
     config = CompareConfig.build(config, **options)
     choices = config.choices
     check_backend(config)
+    check_matchable(config)
     k, seed = config.k, config.seed
     if out is not None:
         check_output_folder(Path(out), overwrite)
@@ -89,51 +93,105 @@ def compare_episode(
     parameters: Sequence[str],
     progress: bool = False,
 ) -> Result:
-    """One comparison on one episode: every setting on the model and on each untrained baseline, scored."""
+    """One comparison on one episode: every setting on the model and on each untrained baseline, scored. Each
+    subject's methods train at the lr `config` gives them (`fit_methods`): a baseline's matched to the trained
+    model's update size by default."""
     choices, seed = config.choices, config.seed
     labels = torch.tensor(episode.labels)
     eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
-    scores, records, W_O, b_O, deltas = {}, {}, {}, {}, {}
+    scores, records, W_O, b_O, deltas, targets = {}, {}, {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        recorded, weights, biases, learned = run_settings(subject, episode, config, parameters, progress)
+        learned, lrs = fit_methods(subject, episode, config, parameters, name, targets, progress)
+        recorded, weights, biases = record_subject(subject, episode, config, learned, progress)
+        norms = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
         if name == "model":
-            deltas = learned
+            deltas, targets = learned, {method: norm["total"] for method, norm in norms.items()}
         scores[name] = score(
             recorded, labels, weights, config.methods, seed,
             eps=eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
         )  # fmt: skip
-        scores[name].update_norm = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
+        scores[name].update_norm, scores[name].lr = norms, lrs
         prefix = "" if name == "model" else f"{name}/"
         records |= {prefix + s: r for s, r in recorded.items()}
         W_O |= {prefix + s: w for s, w in weights.items()}
         b_O |= {prefix + s: b for s, b in biases.items()}
         del subject
-    return Result(describe(model, task, episode, config, parameters), scores, records, W_O, labels, episode, deltas,
-                  b_O=b_O)  # fmt: skip
+    described = describe(model, task, episode, config, parameters) | _lcgd_lr_record(config, scores["model"].lr)
+    return Result(described, scores, records, W_O, labels, episode, deltas, b_O=b_O)
 
 
-def run_settings(
+def fit_methods(
     model: LensModel,
     episode: Episode,
     config: CompareConfig,
     parameters: Sequence[str],
+    subject: str,
+    targets: dict[str, float],
     progress: bool = False,
-) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Delta]]:
-    """Record ZS, ICL and each method's finetuned model (training `parameters`). Also W_O and b_O (per-head outputs
-    and the attention output derive from them): the model's ("model") and, when O is trained, each method's
-    W_O + ΔW_O and b_O + Δb_O; and each method's delta."""
-    deltas = {
-        method: run_method(method, model, episode, method_context(config, method, parameters, progress))
-        for method in config.methods
-    }
+) -> tuple[dict[str, Delta], dict[str, float]]:
+    """Each method's delta on `subject`'s `model` and the lr it trained with: the config's lr, or where the config
+    matches update sizes (`CompareConfig.matched`) the lr whose ‖ΔW‖ equals the target within 2 %: the trained
+    model's update of that method for a baseline (`targets`), GD's for the trained model's LCGD. GD trains first."""
+    deltas, lrs = {}, {}
+    for method in sorted(config.methods, key=lambda m: m != "gd"):
+        context = method_context(config, method, parameters, progress)
+        if not config.matched(method, subject):
+            deltas[method] = run_method(method, model, episode, context)
+            lrs[method] = float(method_options(method).get("lr", context.lr))
+            continue
+        target = targets[method] if subject != "model" else _gd_norm(model, episode, config, parameters, deltas)
+        fit = partial(_run_at, method, model, episode, context)
+        label = f"{subject}'s {method}" if subject != "model" else "the trained model's LCGD (matched to GD)"
+        lrs[method], deltas[method] = matched_lr(fit, model.cfg.n_layers, target, context.lr, label)
+    return {m: deltas[m] for m in config.methods}, {m: lrs[m] for m in config.methods}
+
+
+def _gd_norm(model: LensModel, episode: Episode, config: CompareConfig, parameters: Sequence[str],
+             deltas: dict[str, Delta]) -> float:  # fmt: skip
+    """‖ΔW‖ of GD on `model` at the config's lr: the run's GD, or (GD not being compared) a fit for the target."""
+    gd = deltas.get("gd") or run_method("gd", model, episode, method_context(config, "gd", parameters, False))
+    return gd.norms(model.cfg.n_layers)["total"]
+
+
+def _run_at(method: str, model: LensModel, episode: Episode, context: MethodContext, lr: float) -> Delta:
+    return run_method(method, model, episode, replace(context, lr=lr))
+
+
+def record_subject(
+    model: LensModel,
+    episode: Episode,
+    config: CompareConfig,
+    deltas: dict[str, Delta],
+    progress: bool = False,
+) -> tuple[dict[str, Record], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Record ZS, ICL and each method's finetuned model. Also W_O and b_O (per-head outputs and the attention
+    output derive from them): the model's ("model") and, when O is trained, each method's W_O + ΔW_O and
+    b_O + Δb_O."""
     records = record_settings(
         model, episode, deltas, position=config.choices.position, batch_size=config.batch_size, progress=progress
     )
     weights = {"model": output_weights(model)}
     if "o" in config.groups:
         weights |= {method: output_weights(model, delta) for method, delta in deltas.items()}
-    return records, {s: w for s, (w, _) in weights.items()}, {s: b for s, (_, b) in weights.items()}, deltas
+    return records, {s: w for s, (w, _) in weights.items()}, {s: b for s, (_, b) in weights.items()}
+
+
+def check_matchable(config: CompareConfig) -> None:
+    """Refuse, before anything runs, a matched update size for a method whose registered "lr" option fixes its
+    learning rate (the search could not move it)."""
+    for method in config.methods:
+        fixed = "lr" in method_options(method)
+        if fixed and any(config.matched(method, s) for s in ("model", *config.baselines)):
+            raise ValueError(f"method {method!r} fixes its learning rate (its registered 'lr' option), so its update "
+                             "size cannot be matched; give --baseline-lr paper (and --lr-lcgd gd)")  # fmt: skip
+
+
+def _lcgd_lr_record(config: CompareConfig, lrs: dict[str, float]) -> dict:
+    """result.json's LCGD lr (the number it trained with on the trained model; GD's where LCGD was not run) and how
+    it was chosen."""
+    rule = config.lr_lcgd if isinstance(config.lr_lcgd, str) else "given"
+    return {"lr_lcgd": lrs.get("lcgd", config.method_lr("lcgd")), "lr_lcgd_rule": rule}
 
 
 def method_context(config: CompareConfig, method: str, parameters: Sequence[str], progress: bool) -> MethodContext:

@@ -10,12 +10,14 @@ from typing import Any
 
 from iclgd_lens.core.methods import available_methods
 from iclgd_lens.core.presets import (
+    BASELINE_LRS,
     BASELINES,
     BIASES,
     CHOICES,
     DEFAULT_GROUPS,
     LABEL_CONTROLS,
     LCGD_EXITS,
+    LCGD_LRS,
     METHODS,
     SUBSETS,
     Choices,
@@ -40,8 +42,9 @@ class CompareConfig:
     k: int = 32  # demonstrations
     seed: int = 0  # demonstration shuffle, baselines' init, random baseline
     permutation: int = 0  # order of the demonstrations; 0 keeps the shuffle
-    lr: float = 1e-3  # GD's SGD learning rate (and LCGD's unless lr_lcgd)
-    lr_lcgd: float | None = None  # LCGD's own; None: GD's, as the papers do
+    lr: float = 1e-3  # GD's SGD learning rate on the trained model
+    lr_lcgd: float | str = "matched"  # LCGD's: "matched" (its update as large as GD's), "gd" (GD's lr) or a number
+    baseline_lr: str = "matched"  # each baseline's: "matched" (its update as large as the trained model's) or "paper"
     methods: tuple[str, ...] = METHODS
     baselines: tuple[str, ...] = BASELINES
     subsets: tuple[str, ...] = ()  # also score these query subsets ("f2t")
@@ -69,8 +72,8 @@ class CompareConfig:
         choices = resolve(self.preset, **{name: getattr(self, name) for name in CHOICE_NAMES})
         object.__setattr__(self, "choices", choices)
         check_lr(self.lr)
-        if self.lr_lcgd is not None:
-            check_lr(self.lr_lcgd)
+        object.__setattr__(self, "lr_lcgd", _lcgd_lr(self.lr_lcgd))
+        check_choice("baseline learning rate", self.baseline_lr, BASELINE_LRS)
         check_choice("bias setting", self.biases, BIASES)
         check_choices("method", self.methods, available_methods(), allow_empty=False)
         check_choices("baseline", self.baselines, BASELINES, allow_empty=True)
@@ -106,21 +109,47 @@ class CompareConfig:
         return replace(config, **options) if config is not None else cls(**options)
 
     def method_lr(self, method: str) -> float:
-        """The learning rate of `method`: LCGD's own where given, else GD's."""
-        return self.lr_lcgd if method == "lcgd" and self.lr_lcgd is not None else self.lr
+        """The learning rate `method` starts from on the trained model: LCGD's own where given as a number, else
+        GD's (where LCGD's is matched, the search for it starts there)."""
+        return self.lr_lcgd if method == "lcgd" and isinstance(self.lr_lcgd, float) else self.lr
+
+    def matched(self, method: str, subject: str) -> bool:
+        """Whether `method`'s lr on `subject` ("model" or a baseline) is searched for a matched update size."""
+        if subject != "model":
+            return self.baseline_lr == "matched"
+        return method == "lcgd" and self.lr_lcgd == "matched"
 
     def to_json(self) -> dict[str, Any]:
         """The options as result.json's config records them: lists for tuples, LCGD's lr resolved, and the
         resolved choices in place of the overrides."""
         data = {name: getattr(self, name) for name in self.option_names() if name not in CHOICE_NAMES}
         data = {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
-        return data | {"lr_lcgd": self.method_lr("lcgd")} | self.choices.to_dict()
+        return data | self.choices.to_dict()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompareConfig:
-        """The config a result.json records (its other entries, such as the model's name, are left out)."""
+        """The config a result.json records (its other entries, such as the model's name, are left out): LCGD's lr
+        rule where it was matched or GD's, and the papers' baseline lr for results written before `baseline_lr`."""
         names = set(cls.option_names())
-        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in data.items() if name in names})
+        options = {name: tuple(v) if isinstance(v, list) else v for name, v in data.items() if name in names}
+        if data.get("lr_lcgd_rule") in LCGD_LRS:
+            options["lr_lcgd"] = data["lr_lcgd_rule"]
+        return cls(**{"baseline_lr": "paper"} | options)
+
+
+def _lcgd_lr(value: float | str | None) -> float | str:
+    """LCGD's lr as the config holds it: "matched", "gd" (None too, as older results wrote it) or a checked float."""
+    if value is None:
+        return "gd"
+    if isinstance(value, str) and value in LCGD_LRS:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr_lcgd takes {' or '.join(repr(v) for v in LCGD_LRS)} or a number, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise ValueError(f"lr_lcgd must be a positive finite number, got {value!r}")
+    return number
 
 
 def check_backend(config: CompareConfig) -> None:

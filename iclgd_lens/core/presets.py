@@ -23,6 +23,11 @@ SUBSETS = ("f2t",)
 # The demonstrations' labels under a label control: a seeded permutation of them, or each class named by the word of
 # class n − 1 − c (core.episodes.shown_labels).
 LABEL_CONTROLS = ("shuffled", "reversed")
+# How each untrained baseline's lr is chosen (docs/science.md, "Update size"): its update as large as the trained
+# model's, or the trained model's lr as the papers do.
+BASELINE_LRS = ("matched", "paper")
+# LCGD's lr, besides a number: its update as large as GD's, or GD's lr as the papers do.
+LCGD_LRS = ("matched", "gd")
 
 CHOICES = {
     "position": ("prediction", "first_option"),

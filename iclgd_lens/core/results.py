@@ -73,9 +73,13 @@ class Result:
     def methods(self) -> list[str]:
         return list(self.config["methods"])
 
-    def lr_of(self, method: str) -> float:
-        """The learning rate `method` trained with (results before `lr_lcgd`: GD's for both; a method registered with
-        an "lr" option: that)."""
+    def lr_of(self, method: str, subject: str = "model") -> float:
+        """The learning rate `method` trained with on `subject` ("model" or a baseline): as its scores record it
+        (a matched update size's searched lr); for results before that, the config's (before `lr_lcgd`: GD's for
+        both; a method registered with an "lr" option: that)."""
+        recorded = self.scores[subject].lr if subject in self.scores else {}
+        if method in recorded:
+            return float(recorded[method])
         options = self.config.get("method_options", {}).get(method, {})
         if "lr" in options:
             return float(options["lr"])

@@ -7,11 +7,12 @@ could be misread: undefined values, updates below float resolution, a setting th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from iclgd_lens.core import metrics as M
@@ -21,6 +22,9 @@ from iclgd_lens.core.recording import Record
 METRICS = ("simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp", "alpha")
 PER_HEAD_METRICS = ("simaou", "simaou_norm", "simam_before", "simam", "simam_delta", "alpha")
 RESOLUTION_WARNING_SHARE = 0.10  # warn when more updates than this are below float resolution
+# A layer where more than this share of a setting's score updates is below float resolution gives SimAM∆ (and α)
+# values that measure rounding: it is left out of their means (docs/reference/metrics.md, "Rounding-level layers").
+ROUNDING_LAYER_SHARE = 0.5
 ONE_CLASS_WARNING_SHARE = 0.90  # warn when a setting answers one class this often
 
 
@@ -38,16 +42,17 @@ class Scores:
     subsets: dict[str, dict] = field(default_factory=dict)  # "f2t" -> method -> {n, metrics}
     notes: list[str] = field(default_factory=list)  # what a reader could misread
     update_norm: dict[str, dict] = field(default_factory=dict)  # method -> ‖ΔW‖ per layer, per parameter, total
+    lr: dict[str, float] = field(default_factory=dict)  # method -> the learning rate it trained with on this model
 
     def to_json(self) -> dict:
         main = {"accuracy": self.accuracy, "metrics": self.metrics, "per_head": self.per_head}
         main |= {"predictions": self.predictions, "resolution": self.resolution}
-        return main | self.subsets | {"notes": self.notes, "update_norm": self.update_norm}
+        return main | self.subsets | {"notes": self.notes, "update_norm": self.update_norm, "lr": self.lr}
 
     @classmethod
     def from_json(cls, data: dict) -> Scores:
-        """Also an older result's scores, which may lack predictions, resolution, notes or update norms."""
-        optional = ("predictions", "resolution", "notes", "update_norm")
+        """Also an older result's scores, which may lack predictions, resolution, notes, update norms or lrs."""
+        optional = ("predictions", "resolution", "notes", "update_norm", "lr")
         return cls(
             data["accuracy"], data["metrics"], data["per_head"], **{k: data[k] for k in optional if k in data},
             subsets={subset: data[subset] for subset in SUBSETS if subset in data},
@@ -87,37 +92,82 @@ def score(
     )
     for method in methods:
         ft = records[method]
-        values = similarities(zs, icl, ft, seed, eps)
+        values = similarities(zs, icl, ft, seed, eps, dtype)
         out.metrics[method] = reduced(values, zs, icl, ft, labels)
+        out.metrics[method]["simam_delta"]["rounding_layers"] = excluded_layers(zs, (icl, ft), eps, dtype)
         per_head_values = head_similarities(zs, icl, ft, W_O["model"], W_O.get(method, W_O["model"]), eps) | {
             name: values[name] for name in ("simam_before", "simam", "simam_delta")
         }
         out.per_head[method] = {name: M.per_head(v) for name, v in per_head_values.items()}
     if "gd" in methods and "lcgd" in methods:
-        values = M.alpha(records["lcgd"].scores, records["gd"].scores, zs.scores, zs.query_len, eps)
-        out.metrics["alpha"] = M.reduce(values)
+        values = alpha_values(zs, records["lcgd"], records["gd"], eps, dtype)
+        out.metrics["alpha"] = M.reduce(values) | {
+            "rounding_layers": excluded_layers(zs, (records["lcgd"], records["gd"]), eps, dtype)
+        }
         out.per_head["alpha"] = M.per_head(values)
     for subset in subsets:
         out.subsets[subset] = {}
         for method in methods:
             rows = M.f2t(zs.pred, records[method].pred, icl.pred, labels)
             part = [records[s].select(rows) for s in ("zs", "icl", method)]
-            metrics = reduced(similarities(*part, seed, eps), *part, labels[rows])
+            metrics = reduced(similarities(*part, seed, eps, dtype), *part, labels[rows])
             out.subsets[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
     out.notes = notes(out, methods, class_names)
     return out
 
 
-def similarities(zs: Record, icl: Record, ft: Record, seed: int, eps: float | None) -> dict[str, Tensor]:
-    """Every similarity of one method, per example: [n, layer] for attention outputs, [n, layer, head] for scores."""
+def similarities(
+    zs: Record, icl: Record, ft: Record, seed: int, eps: float | None, dtype: torch.dtype | None = None
+) -> dict[str, Tensor]:
+    """Every similarity of one method, per example: [n, layer] for attention outputs, [n, layer, head] for scores.
+    With the recording's `dtype` (exact arithmetic), SimAM∆ is NaN in its rounding-level layers
+    (`excluded_layers`)."""
+    simam_delta = M.simam_delta(icl.scores, zs.scores, ft.scores, zs.query_len, eps=eps)
     return {
         "simaou": M.simaou(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
         "simaou_norm": M.simaou_norm(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
         "random_simaou": M.random_simaou(icl.attn_out, zs.attn_out, seed=seed, eps=eps),
         "simam_before": M.simam_before(icl.scores, zs.scores, zs.query_len, eps=eps),
         "simam": M.simam(icl.scores, ft.scores, zs.query_len, eps=eps),
-        "simam_delta": M.simam_delta(icl.scores, zs.scores, ft.scores, zs.query_len, eps=eps),
+        "simam_delta": without_layers(simam_delta, excluded_layers(zs, (icl, ft), eps, dtype)),
     }
+
+
+def alpha_values(
+    zs: Record, lcgd: Record, gd: Record, eps: float | None, dtype: torch.dtype | None = None
+) -> Float[Tensor, "n layer head"]:
+    """Revisited's α per example and head, NaN in its rounding-level layers (`excluded_layers`)."""
+    values = M.alpha(lcgd.scores, gd.scores, zs.scores, zs.query_len, eps)
+    return without_layers(values, excluded_layers(zs, (lcgd, gd), eps, dtype))
+
+
+def excluded_layers(zs: Record, updated: tuple[Record, ...], eps: float | None, dtype: torch.dtype | None) -> list[int]:
+    """The layers where, for any of `updated`, more than ROUNDING_LAYER_SHARE of the (query, head) score updates
+    X − ZS are below `dtype`'s resolution: a score-update cosine there measures rounding. None under the reference
+    arithmetic (which averages every value in, as the reference code does) or without a dtype."""
+    if eps is not None or dtype is None:
+        return []
+    shares = [score_updates_below_resolution(zs, other, M.resolution(dtype)).double().mean((0, 2)) for other in updated]
+    return [
+        layer for layer in range(zs.scores.shape[1]) if any(share[layer] > ROUNDING_LAYER_SHARE for share in shares)
+    ]
+
+
+def without_layers(values: Tensor, layers: list[int]) -> Tensor:
+    """`values` ([n, layer, ...]) with `layers` set to NaN (undefined: left out of every mean, counted in `defined`)."""
+    if not layers:
+        return values
+    values = values.clone()
+    values[:, layers] = math.nan
+    return values
+
+
+def score_updates_below_resolution(zs: Record, other: Record, relative: float) -> Bool[Tensor, "n layer head"]:
+    """Where `other`'s pre-softmax score update over the query's own keys is below `relative` of ZS's scores."""
+    mask = M.key_mask(zs.query_len, zs.scores.shape[-1])
+    zs_scores = torch.where(mask, zs.scores, 0.0)
+    update = torch.where(mask, other.scores.double() - zs.scores.double(), 0.0)
+    return M.below_resolution(update, zs_scores, relative)
 
 
 HEAD_CHUNK = 64  # queries whose per-head outputs ([chunk, layer, head, d_model], float64) exist at once
@@ -158,14 +208,11 @@ def resolution_shares(records: dict[str, Record], methods: tuple[str, ...], dtyp
     resolution relative to the ZS vector: attention outputs per query, pre-softmax scores per (query, head)."""
     relative = M.resolution(dtype)
     zs = records["zs"]
-    mask = M.key_mask(zs.query_len, zs.scores.shape[-1])
-    zs_scores = torch.where(mask, zs.scores, 0.0)
     out: dict = {"dtype": str(dtype).removeprefix("torch."), "relative": relative}
     for setting in ("icl", *methods):
         other = records[setting]
         attn = M.below_resolution(other.attn_out.double() - zs.attn_out.double(), zs.attn_out, relative)
-        scores_update = torch.where(mask, other.scores.double() - zs.scores.double(), 0.0)
-        scores = M.below_resolution(scores_update, zs_scores, relative)
+        scores = score_updates_below_resolution(zs, other, relative)
         out[setting] = {
             "attn_out": attn.double().mean(0).tolist(),
             "scores": scores.double().mean((0, 2)).tolist(),
@@ -195,6 +242,12 @@ def notes(scores: Scores, methods: tuple[str, ...], class_names: tuple[str, ...]
                 )
     for method, metrics in scores.metrics.items():
         for name, value in metrics.items() if method != "alpha" else [("alpha", metrics)]:
+            if name != "rec2ftp" and value.get("rounding_layers"):
+                lines.append(
+                    f"{method} {name}: layers {value['rounding_layers']} left out of the means (more than "
+                    f"{ROUNDING_LAYER_SHARE:.0%} of a compared score update there is below {resolution['dtype']} "
+                    "resolution: its cosine measures rounding)"
+                )
             if name == "rec2ftp":
                 if value != value:
                     lines.append(f"{method} rec2ftp is undefined: {method} fixes no query that ZS gets wrong")

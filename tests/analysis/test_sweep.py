@@ -179,8 +179,14 @@ def test_searched_learning_rates_are_recorded_per_run(tmp_path):
     lcgd_search = json.loads((out / "lr-search" / "synth-sst2-seed0-perm0-lcgd.json").read_text())
     assert lcgd_search["method"] == "lcgd" and config["lr_lcgd"] == lcgd_search["chosen"]  # searched on its own
     lrs = pd.read_csv(out / "lr.csv")
-    assert lrs.method.tolist() == ["gd", "lcgd"] and lrs.source.tolist() == ["search", "search"]
-    assert lrs.lr.tolist() == [search["chosen"], lcgd_search["chosen"]]
+    trained, baseline = lrs[lrs.subject == "trained"], lrs[lrs.subject != "trained"]
+    assert trained.method.tolist() == ["gd", "lcgd"] and trained.source.tolist() == ["search", "search"]
+    assert trained.lr.tolist() == [search["chosen"], lcgd_search["chosen"]]
+    assert set(baseline.source) == {"matched"}  # the baselines matched to the trained model's update sizes
+    result = json.loads((out / "runs" / "synth-sst2" / "seed0-perm0" / "result.json").read_text())
+    assert baseline.lr.tolist() == pytest.approx(
+        [result["baselines"][b]["lr"][m] for b, m in zip(baseline.subject, baseline.method)], rel=1e-5
+    )
     assert json.loads((out / "sweep.json").read_text())["config"]["lr_grid"] == [0.03, 0.3]
 
 

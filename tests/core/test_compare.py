@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -40,7 +41,8 @@ def test_result_json_layout(saved):
         for method in ("gd", "lcgd"):
             assert set(scores["metrics"][method]) == METRIC_KEYS
             assert len(scores["metrics"][method]["simaou"]["per_layer"]) == 2
-        assert set(scores["metrics"]["alpha"]) == {"mean", "per_layer", "defined", "total"}
+        assert set(scores["metrics"]["alpha"]) == {"mean", "per_layer", "defined", "total", "rounding_layers"}
+        assert set(scores["lr"]) == {"gd", "lcgd"}
         assert scores["metrics"]["gd"]["simam_delta"]["total"] == 10 * 2 * 4  # queries x layers x heads
         assert set(scores["resolution"]) == {"dtype", "relative", "icl", "gd", "lcgd"}
         assert len(scores["resolution"]["gd"]["scores"]) == 2 and isinstance(scores["notes"], list)
@@ -274,10 +276,9 @@ def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
     original = registered("gd")
     try:  # GD replaced, through the plug-in interface, by a method that changes nothing
         register_method("gd", lambda model, episode, context: Delta.zeros(model, context.parameters))
-        exact = compare(tiny_model(), toy_task(), k=4, n_eval=6, baselines=(), progress=False, out=tmp_path / "e")
-        reference = compare(
-            tiny_model(), toy_task(), k=4, n_eval=6, baselines=(), arithmetic="reference", progress=False
-        )
+        options = dict(k=4, n_eval=6, baselines=(), lr_lcgd="gd", progress=False)  # nothing to match LCGD's size to
+        exact = compare(tiny_model(), toy_task(), **options, out=tmp_path / "e")
+        reference = compare(tiny_model(), toy_task(), **options, arithmetic="reference")
     finally:
         register_method("gd", original.fn, original.options, original.description)
     gd = exact.metrics["gd"]
@@ -347,3 +348,27 @@ def test_a_gemma_shaped_result_keeps_its_attention_output(tmp_path):
     icl = result.records["icl"]
     rebuilt = attention_output(icl.z, *loaded.output_weights("icl"))
     assert not torch.allclose(rebuilt, icl.attn_out, atol=1e-3)  # the post-attention norm is really there
+
+
+def test_rounding_level_layers_are_left_out_of_the_score_update_means(tmp_path):
+    """On a rotary model ICL's layer-0 scores to the query's own tokens equal ZS's up to float32 rounding (rotary
+    positions are relative): that layer's SimAM∆ measures rounding and is NaN with its reason, out of the mean and
+    of `defined`; α keeps it (LCGD's and GD's layer-0 updates are real); the bootstrap's per-query values and the
+    independent script apply the same rule."""
+    from iclgd_lens.analysis.bootstrap import query_values
+
+    result = compare(tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False,
+                     out=tmp_path / "r")  # fmt: skip
+    assert result.scores["model"].resolution["icl"]["scores"][0] > 0.5  # the premise: layer 0 is rounding
+    delta = result.metrics["gd"]["simam_delta"]
+    assert delta["rounding_layers"] == [0] and math.isnan(delta["per_layer"][0])
+    assert delta["mean"] == pytest.approx(delta["per_layer"][1]) and delta["defined"] == delta["total"] // 2
+    assert result.metrics["alpha"]["rounding_layers"] == [] and not math.isnan(result.metrics["alpha"]["per_layer"][0])
+    assert any("simam_delta: layers [0] left out of the means" in note for note in result.scores["model"].notes)
+    assert np.isnan(query_values(result)["simam_delta"][:, 0]).all()
+    run = subprocess.run([sys.executable, str(ANALYSES / "recompute_metrics.py"), str(tmp_path / "r")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    reference = compare(tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False,
+                        arithmetic="reference")  # fmt: skip
+    assert reference.metrics["gd"]["simam_delta"]["rounding_layers"] == []  # the reference averages every value in

@@ -1,0 +1,90 @@
+"""The findings' tables and summary sentences in Markdown, from `analysis.findings`' counts: the only source of the
+numbers in the README's findings section and docs/findings.md's summary (`analyses/findings.py` writes them
+between `<!-- findings:NAME -->` markers; tests/views/test_findings.py checks the committed pages)."""
+
+from __future__ import annotations
+
+import math
+
+from iclgd_lens.analysis.findings import PairCounts, totals
+from iclgd_lens.views.markdown import markdown_table
+
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
+DESIGNS = {
+    "matched": "at matched update size (every baseline's and LCGD's update as large as the trained model's GD, "
+    "within 2 %), crossed bootstrap, Holm within the primary families",
+    "paper": "at the papers' learning rates (every subject at the trained model's lr, LCGD at GD's), former nested "
+    "bootstrap, verdicts unadjusted",
+}
+
+
+def findings_block(pairs: list[PairCounts]) -> str:
+    """For each design present (matched update size, then the papers' way): its summary sentence and its table."""
+    parts = []
+    for design in ("matched", "paper"):
+        chosen = [p for p in pairs if p.baseline_lr == design]
+        if chosen:
+            parts += [f"**{_capital(DESIGNS[design])}.** {summary_sentence(chosen)}", findings_table(chosen)]
+    return "\n\n".join(parts)
+
+
+def summary_sentence(pairs: list[PairCounts]) -> str:
+    """What the counts over `pairs` say, every number from `totals`."""
+    t = totals(pairs)
+    return (
+        f"Over {t['pairs']} (model, task) pairs, GD's similarity to ICL (SimAOU_norm, SimAOU, SimAM∆) is above an "
+        f"untrained baseline's on {t['gd_above']} of {t['gd_verdicts']} paired verdicts, below on {t['gd_below']}, "
+        f"not shown different on {t['gd_no_difference_shown']} and borderline on {t['gd_borderline']} (each verdict "
+        f"read on its own at 95 %); LCGD's α, the cosine between LCGD's and GD's score updates (it involves no ICL), "
+        f"is below every untrained baseline's on {t['alpha_below_all']} of {t['pairs']} pairs; ICL's mean accuracy "
+        f"beats zero-shot on {t['icl_above_zs']} of {t['pairs']}."
+    )
+
+
+def findings_table(pairs: list[PairCounts]) -> str:
+    header = ["model", "task", "runs", "GD's lr", "largest baseline ‖ΔW‖ / trained (GD)", "ZS → ICL (%)",
+              "GD against the baselines: above / below / not shown / borderline", "LCGD's α below a baseline",
+              "primary (SimAOU_norm), Holm: GD; LCGD"]  # fmt: skip
+    rows = [
+        [
+            MODEL_NAMES.get(p.model, p.model),
+            p.task,
+            str(p.runs),
+            p.lr,
+            _ratio(p.gd_norm_ratio),
+            f"{100 * p.zs:.0f} → {100 * p.icl:.0f}",
+            _verdicts(p.gd, p.gd_total),
+            _alpha(p),
+            _primary(p),
+        ]  # fmt: skip
+        for p in pairs
+    ]
+    return markdown_table(header, rows)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
+
+
+def _verdicts(counts: dict[str, int], total: int) -> str:
+    said = " / ".join(str(counts.get(v, 0)) for v in ("above", "below", "no difference shown", "borderline"))
+    return f"{said} (of {total})"
+
+
+def _alpha(pair: PairCounts) -> str:
+    below, above = pair.alpha.get("below", 0), pair.alpha.get("above", 0)
+    return f"{below} of {pair.alpha_total}" + (f" (above on {above})" if above else "")
+
+
+def _primary(pair: PairCounts) -> str:
+    if not pair.primary:
+        return "not adjusted"
+    parts = []
+    for method in ("gd", "lcgd"):
+        counts = pair.primary.get(method, {})
+        parts.append(", ".join(f"{n} {verdict}" for verdict, n in counts.items()) or "–")
+    return "; ".join(parts)

@@ -1,0 +1,98 @@
+"""Update size as a controlled variable: the matched learning rate's search against known norm curves, and on real
+fits (tiny-icl and a small random Llama) every baseline's GD and LCGD, and the trained model's LCGD, land within 2 %
+of their target ‖ΔW‖; a target no learning rate reaches is a one-line error."""
+
+import math
+
+import pytest
+import torch
+
+from iclgd_lens.core.comparison import compare
+from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.update_size import matched_lr
+from iclgd_lens.sources import load_task
+from tests.core.test_deltas import ARCHS
+from tests.helpers import tiny_model, toy_task
+
+TOLERANCE = 0.02  # the issue's bound, written out: loosening the module's constant must fail these tests
+
+
+class Curve:
+    """A fake fit whose delta has norm `scale · lr^power`, diverging above `diverges_at`; counts its fits."""
+
+    def __init__(self, scale: float, power: float = 1.0, diverges_at: float = math.inf, ceiling: float = math.inf):
+        self.scale, self.power, self.diverges_at, self.ceiling, self.fits = scale, power, diverges_at, ceiling, 0
+
+    def __call__(self, lr: float) -> Delta:
+        self.fits += 1
+        if lr >= self.diverges_at:
+            raise FloatingPointError("diverged")
+        norm = min(self.scale * lr**self.power, self.ceiling)
+        return Delta({"blocks.0.attn.W_K": torch.full((1,), norm, dtype=torch.float64)})
+
+
+@pytest.mark.parametrize(
+    "curve, target, start",
+    [
+        (Curve(5.0), 0.3, 1e-3),  # linear: one secant step
+        (Curve(2.0, power=0.6), 40.0, 1e-2),  # sublinear, far above the start
+        (Curve(1e4, power=1.7), 1e-3, 1.0),  # superlinear, far below
+        (Curve(3.0, diverges_at=0.5), 1.2, 0.1),  # the first guess diverges: bracketed from above
+    ],
+)
+def test_the_search_lands_within_tolerance(curve, target, start):
+    lr, delta = matched_lr(curve, 1, target, start, "subject")
+    assert abs(delta.norms(1)["total"] / target - 1) <= TOLERANCE
+    assert curve.fits <= 12
+
+
+def test_an_unreachable_target_is_one_error_naming_the_subject():
+    with pytest.raises(ValueError, match="no_training's gd: no learning rate in") as error:
+        matched_lr(Curve(1.0, ceiling=0.5), 1, 2.0, 1e-3, "no_training's gd")
+    assert "\n" not in str(error.value) and "--baseline-lr paper" in str(error.value)
+    with pytest.raises(ValueError, match="target update size is 0"):
+        matched_lr(Curve(1.0), 1, 0.0, 1e-3, "x")
+
+
+def _check_matched(result):
+    trained = result.scores["model"].update_norm
+    gd_target = trained["gd"]["total"]
+    assert abs(trained["lcgd"]["total"] / gd_target - 1) <= TOLERANCE  # the trained model's LCGD matched to GD
+    assert result.config["lr_lcgd_rule"] == "matched" and result.config["lr_lcgd"] == result.scores["model"].lr["lcgd"]
+    for baseline in result.config["baselines"]:
+        scores = result.scores[baseline]
+        for method in ("gd", "lcgd"):
+            assert abs(scores.update_norm[method]["total"] / trained[method]["total"] - 1) <= TOLERANCE
+        assert scores.lr["gd"] != result.config["lr"]  # matched, not the trained model's lr
+
+
+def test_compare_matches_every_baseline_on_tiny_icl(tiny):
+    result = compare(tiny, load_task("synth-sst2"), k=8, n_eval=8, lr=0.3, progress=False)
+    assert len(result.config["baselines"]) == 3
+    _check_matched(result)
+
+
+def test_compare_matches_every_baseline_on_a_small_random_llama():
+    result = compare(tiny_model(**ARCHS["llama-like"]), toy_task(), k=6, n_eval=6, lr=0.05, progress=False)
+    _check_matched(result)
+
+
+def test_the_papers_way_is_one_option_away(tiny):
+    result = compare(tiny, load_task("synth-sst2"), k=8, n_eval=8, lr=0.3, baseline_lr="paper", lr_lcgd="gd",
+                     baselines=("no_training",), progress=False)  # fmt: skip
+    assert result.scores["no_training"].lr == {"gd": 0.3, "lcgd": 0.3} == result.scores["model"].lr
+    assert result.config["lr_lcgd_rule"] == "gd" and result.config["baseline_lr"] == "paper"
+
+
+def test_a_method_with_a_fixed_lr_cannot_be_matched(tmp_path):
+    from iclgd_lens.core.methods import register_method, registered, unregister_method
+
+    register_method("fixed", registered("gd").fn, options={"lr": 0.1})
+    try:
+        with pytest.raises(ValueError, match="'fixed' fixes its learning rate"):
+            compare(
+                tiny_model(), toy_task(), k=4, n_eval=4, methods=("gd", "fixed"), out=tmp_path / "r", progress=False
+            )
+    finally:
+        unregister_method("fixed")
+    assert not (tmp_path / "r").exists()

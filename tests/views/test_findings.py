@@ -1,0 +1,51 @@
+"""The findings generator: its counts equal hand counts on a committed sweep, and the README's and
+docs/findings.md's findings blocks are exactly what it prints (so editing a number there fails this test)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from iclgd_lens.analysis.findings import load_pairs, totals
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("findings_script", ROOT / "analyses" / "findings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counts_equal_hand_counts_on_the_smollm2_sweep():
+    """Counted by hand from docs/results/smollm2-paper5/verdicts.csv (GD rows: SimAOU_norm, SimAOU, SimAM∆ against
+    three baselines; α: LCGD's against three) and summary.csv (trained-model accuracies, GD's update norms)."""
+    pairs = {p.task: p for p in load_pairs(RESULTS, ["smollm2-paper5"])}
+    assert list(pairs) == ["synth-sst2", "synth-mr", "synth-subj", "rt-snippets"]
+    rt = pairs["rt-snippets"]
+    assert rt.gd == {"above": 7, "no difference shown": 2} and rt.alpha == {"below": 3}
+    assert pairs["synth-subj"].gd == {"below": 3, "no difference shown": 6}
+    assert pairs["synth-sst2"].alpha == {"above": 2, "no difference shown": 1}
+    assert (rt.zs, rt.runs, rt.baseline_lr, rt.primary) == (pytest.approx(0.640625), 5, "paper", {})
+    assert rt.gd_norm_ratio == pytest.approx(6.21, abs=0.01)
+    t = totals(list(pairs.values()))
+    assert (t["gd_verdicts"], t["gd_above"], t["gd_below"], t["alpha_below_all"]) == (36, 8, 3, 3)
+
+
+def test_label_control_and_mlp_input_sweeps_are_not_main_pairs():
+    names = {p.sweep for p in load_pairs(RESULTS)}
+    assert "smollm2-rt-mlpin-shuffled-paper5" not in names and "gemma3-subj-mlpin-shuffled-paper5" not in names
+    assert all(not math.isnan(p.gd_norm_ratio) for p in load_pairs(RESULTS))
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/findings.md"])
+def test_the_pages_quote_the_generator_exactly(page):
+    script = _script()
+    made = script.block()
+    text = (ROOT / page).read_text()
+    found = script.BLOCK.search(text)
+    assert found, f"{page} has no <!-- findings --> block"
+    assert found.group(0) == made, f"{page}'s findings block differs from `python analyses/findings.py`: rerun it"
