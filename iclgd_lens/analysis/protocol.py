@@ -20,10 +20,6 @@ PAPER_SETTINGS: dict[str, tuple[int, float]] = {  # task -> (first seed, learnin
 # Tasks that stand in for a paper task take its settings: the synthetic tasks, and the Rotten Tomatoes snippets
 # (MR's sentences come from the same source; same template and label words).
 PAPER_TASK_OF = {f"synth-{name}": name for name in PAPER_SETTINGS} | {"rt-snippets": "mr"}
-# Dai et al.'s learning-rate grid: {1..9} x {1e-1, 1e-2, 1e-3, 1e-4}
-DAI_LR_GRID: tuple[float, ...] = tuple(
-    float(f"{digit}e-{exponent}") for exponent in (1, 2, 3, 4) for digit in range(1, 10)
-)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from functools import cache, lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
-from iclgd_lens.analysis.protocol import DAI_LR_GRID, Run, plan_runs
+from iclgd_lens.analysis.protocol import Run, plan_runs
+from iclgd_lens.core.presets import DAI_LR_GRID
 from iclgd_lens.files import check_output, write_text_atomic
 
 SWEEP_FORMAT = "iclgd-lens sweep 1"
@@ -60,7 +61,7 @@ class SweepConfig:
                 ) from None
             if not 0 < value < float("inf"):
                 raise ValueError(f"--lr-lcgd must be a positive finite number, got {self.lr_lcgd}")
-        if "search" in (self.lr, self.lr_lcgd):
+        if "search" in (self.lr, self.lr_lcgd) or self.compare.get("baseline_lr") == "searched":
             if not self.lr_grid:
                 raise ValueError("the learning-rate grid is empty; give --lr-grid values")
             bad = [lr for lr in self.lr_grid if not 0 < lr < float("inf")]
@@ -74,7 +75,8 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if "search" not in (self.lr, self.lr_lcgd):  # the grid means nothing then: left out, it cannot block a restart
+        if "search" not in (self.lr, self.lr_lcgd) and self.compare.get("baseline_lr") != "searched":
+            # the grid means nothing then: left out, it cannot block a restart
             del data["lr_grid"], data["n_heldout"]
         return json.loads(json.dumps(data))  # as sweep.json holds it (lists, not tuples), so the two compare equal
 
@@ -208,14 +210,14 @@ def execute(job: RunJob) -> str:
         lr_lcgd = config.lr_lcgd if config.lr_lcgd in ("gd", "matched") else float(config.lr_lcgd)
     compare(
         model, task, seed=run.seed, permutation=run.permutation, lr=lr, lr_lcgd=lr_lcgd, **config.compare,
-        out=job.folder, overwrite=True, progress=False,
+        lr_grid=config.lr_grid, n_heldout=config.n_heldout, out=job.folder, overwrite=True, progress=False,
     )  # fmt: skip
     return job.folder
 
 
 def searched_lr(job: RunJob, model, task, method: str) -> float:
     """The run's learning-rate search for `method`, read back when an earlier attempt finished it."""
-    from iclgd_lens.analysis.lr_search import search_lr
+    from iclgd_lens.core.lr_search import search_lr
     from iclgd_lens.core.presets import CHOICES, resolve
 
     path = lr_file(Path(job.out), job.run, method)

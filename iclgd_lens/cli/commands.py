@@ -90,7 +90,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, available_threads() // args.jobs)
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
-    options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd"))
+    options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd", "lr_grid", "n_heldout"))
     lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
     config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd,
                          tuple(float(v) for v in args.lr_grid), args.n_heldout, options, args.dtype)  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from iclgd_lens.analysis.protocol import DAI_LR_GRID
 from iclgd_lens.analysis.sweep import EXECUTORS
 from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.methods import available_methods
@@ -17,6 +16,7 @@ from iclgd_lens.core.presets import (
     BASELINES,
     BIASES,
     CHOICES,
+    DAI_LR_GRID,
     LABEL_CONTROLS,
     LCGD_EXITS,
     METHODS,
@@ -98,8 +98,13 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
                 empty=True)  # fmt: skip
     c.add_argument("--baseline-lr", default=DEFAULTS["baseline_lr"], choices=BASELINE_LRS,
                    help="each untrained baseline's learning rate: 'matched' (per method, the lr at which its update "
-                   "is as large as the trained model's, within 2 %%) or 'paper' (the trained model's lr, as the "
-                   "papers do; docs/science.md, \"Update size\")")  # fmt: skip
+                   "is as large as the trained model's, within 2 %%), 'paper' (the trained model's lr, as the "
+                   "papers do) or 'searched' (its own search over --lr-grid on held-out train rows; docs/science.md, "
+                   "\"Update size\")")  # fmt: skip
+    list_option(c, "--lr-grid", None, list(DAI_LR_GRID), "learning rates a search tries (reproduce's --lr search, "
+                "--lr-lcgd search, --baseline-lr searched)")  # fmt: skip
+    c.add_argument("--n-heldout", type=int, default=DEFAULTS["n_heldout"],
+                   help="held-out train rows that score each lr of a search")  # fmt: skip
     list_option(c, "--groups", PARAMETER_GROUP_NAMES, list(DEFAULTS["groups"]), "trained weights")
     c.add_argument("--lcgd-exit", default=DEFAULTS["lcgd_exit"], choices=LCGD_EXITS,
                    help="LCGD read-out: after the block or attention")  # fmt: skip
@@ -190,14 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr-lcgd", default=None, help="LCGD's lr: 'matched' (its update as large as GD's), 'gd' (GD's "
                    "lr, as the papers do), 'search' (its own search) or a number [default: search with --lr search, "
                    "else matched]")  # fmt: skip
-    list_option(
-        r,
-        "--lr-grid",
-        None,
-        list(DAI_LR_GRID),
-        "learning rates the search tries",
-    )
-    r.add_argument("--n-heldout", type=int, default=128, help="held-out train rows that score each lr of the search")
     add_compare_options(r)
     r.add_argument("--jobs", type=int, default=1, help="runs at once (local processes, or the Slurm array's limit)")
     r.add_argument("--executor", default="local", choices=EXECUTORS,

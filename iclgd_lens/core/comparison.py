@@ -19,6 +19,7 @@ from iclgd_lens.core.baselines import half_copy, untrained_copy
 from iclgd_lens.core.config import CompareConfig, check_backend
 from iclgd_lens.core.deltas import Delta, trained_parameters
 from iclgd_lens.core.episodes import Episode, build_episode
+from iclgd_lens.core.lr_search import search_lr
 from iclgd_lens.core.methods import MethodContext, method_options, run_method
 from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record, output_weights
@@ -102,7 +103,7 @@ def compare_episode(
     scores, records, W_O, b_O, deltas, targets = {}, {}, {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        learned, lrs = fit_methods(subject, episode, config, parameters, name, targets, progress)
+        learned, lrs = fit_methods(subject, task, episode, config, parameters, name, targets, progress)
         recorded, weights, biases = record_subject(subject, episode, config, learned, progress)
         norms = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
         if name == "model":
@@ -123,6 +124,7 @@ def compare_episode(
 
 def fit_methods(
     model: LensModel,
+    task: Task,
     episode: Episode,
     config: CompareConfig,
     parameters: Sequence[str],
@@ -130,12 +132,15 @@ def fit_methods(
     targets: dict[str, float],
     progress: bool = False,
 ) -> tuple[dict[str, Delta], dict[str, float]]:
-    """Each method's delta on `subject`'s `model` and the lr it trained with: the config's lr, or where the config
+    """Each method's delta on `subject`'s `model` and the lr it trained with: the config's lr; where the config
     matches update sizes (`CompareConfig.matched`) the lr whose ‖ΔW‖ equals the target within 2 %: the trained
-    model's update of that method for a baseline (`targets`), GD's for the trained model's LCGD. GD trains first."""
+    model's update of that method for a baseline (`targets`), GD's for the trained model's LCGD; for a baseline with
+    `baseline_lr="searched"`, the lr its own held-out search chooses (`core.lr_search`). GD trains first."""
     deltas, lrs = {}, {}
     for method in sorted(config.methods, key=lambda m: m != "gd"):
         context = method_context(config, method, parameters, progress)
+        if subject != "model" and config.baseline_lr == "searched":
+            context = replace(context, lr=searched_lr(model, task, config, method, subject))
         if not config.matched(method, subject):
             deltas[method] = run_method(method, model, episode, context)
             lrs[method] = float(method_options(method).get("lr", context.lr))
@@ -145,6 +150,17 @@ def fit_methods(
         label = f"{subject}'s {method}" if subject != "model" else "the trained model's LCGD (matched to GD)"
         lrs[method], deltas[method] = matched_lr(fit, model.cfg.n_layers, target, context.lr, label)
     return {m: deltas[m] for m in config.methods}, {m: lrs[m] for m in config.methods}
+
+
+def searched_lr(model: LensModel, task: Task, config: CompareConfig, method: str, subject: str) -> float:
+    """`method`'s lr on `subject`'s model from its own search over `config.lr_grid`, scored on held-out train rows
+    (never the evaluation split)."""
+    search = search_lr(model, task, config.lr_grid, config.k, config.seed, config.permutation, choices=config.choices,
+                       n_heldout=config.n_heldout, batch_size=config.batch_size, groups=config.groups,
+                       biases=config.biases, method=method)  # fmt: skip
+    if search["chosen"] is None:
+        raise FloatingPointError(f"{subject}'s {method} diverged at every learning rate of --lr-grid; lower the grid")
+    return search["chosen"]
 
 
 def _gd_norm(model: LensModel, episode: Episode, config: CompareConfig, parameters: Sequence[str],

@@ -14,6 +14,7 @@ from iclgd_lens.core.presets import (
     BASELINES,
     BIASES,
     CHOICES,
+    DAI_LR_GRID,
     DEFAULT_GROUPS,
     LABEL_CONTROLS,
     LCGD_EXITS,
@@ -44,7 +45,10 @@ class CompareConfig:
     permutation: int = 0  # order of the demonstrations; 0 keeps the shuffle
     lr: float = 1e-3  # GD's SGD learning rate on the trained model
     lr_lcgd: float | str = "matched"  # LCGD's: "matched" (its update as large as GD's), "gd" (GD's lr) or a number
-    baseline_lr: str = "matched"  # each baseline's: "matched" (its update as large as the trained model's) or "paper"
+    baseline_lr: str = "matched"  # each baseline's: "matched" (its update as large as the trained model's), "paper"
+    # (the trained model's lr) or "searched" (its own held-out search over lr_grid)
+    lr_grid: tuple[float, ...] = DAI_LR_GRID  # learning rates a search tries
+    n_heldout: int = 128  # held-out train rows that score each lr of a search
     methods: tuple[str, ...] = METHODS
     baselines: tuple[str, ...] = BASELINES
     subsets: tuple[str, ...] = ()  # also score these query subsets ("f2t")
@@ -69,11 +73,19 @@ class CompareConfig:
     def __post_init__(self) -> None:
         for name in ("methods", "baselines", "groups", "subsets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "lr_grid", tuple(float(lr) for lr in self.lr_grid))
         choices = resolve(self.preset, **{name: getattr(self, name) for name in CHOICE_NAMES})
         object.__setattr__(self, "choices", choices)
         check_lr(self.lr)
         object.__setattr__(self, "lr_lcgd", _lcgd_lr(self.lr_lcgd))
         check_choice("baseline learning rate", self.baseline_lr, BASELINE_LRS)
+        if self.baseline_lr == "searched":
+            if not self.lr_grid:
+                raise ValueError("--baseline-lr searched needs learning rates to try; give --lr-grid values")
+            for lr in self.lr_grid:
+                check_lr(lr)
+        if self.n_heldout < 1:
+            raise ValueError(f"n_heldout must be >= 1, got {self.n_heldout}")
         check_choice("bias setting", self.biases, BIASES)
         check_choices("method", self.methods, available_methods(), allow_empty=False)
         check_choices("baseline", self.baselines, BASELINES, allow_empty=True)
@@ -116,7 +128,7 @@ class CompareConfig:
     def matched(self, method: str, subject: str) -> bool:
         """Whether `method`'s lr on `subject` ("model" or a baseline) is searched for a matched update size."""
         if subject != "model":
-            return self.baseline_lr == "matched"
+            return self.baseline_lr == "matched"  # "searched": its own search; "paper": the trained model's lr
         return method == "lcgd" and self.lr_lcgd == "matched"
 
     def to_json(self) -> dict[str, Any]:

@@ -24,10 +24,14 @@ SUBSETS = ("f2t",)
 # class n − 1 − c (core.episodes.shown_labels).
 LABEL_CONTROLS = ("shuffled", "reversed")
 # How each untrained baseline's lr is chosen (docs/science.md, "Update size"): its update as large as the trained
-# model's, or the trained model's lr as the papers do.
-BASELINE_LRS = ("matched", "paper")
+# model's, the trained model's lr as the papers do, or its own held-out search over `lr_grid`.
+BASELINE_LRS = ("matched", "paper", "searched")
 # LCGD's lr, besides a number: its update as large as GD's, or GD's lr as the papers do.
 LCGD_LRS = ("matched", "gd")
+# Dai et al.'s learning-rate grid: {1..9} x {1e-1, 1e-2, 1e-3, 1e-4}
+DAI_LR_GRID: tuple[float, ...] = tuple(
+    float(f"{digit}e-{exponent}") for exponent in (1, 2, 3, 4) for digit in range(1, 10)
+)
 
 CHOICES = {
     "position": ("prediction", "first_option"),

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from iclgd_lens.analysis.protocol import DAI_LR_GRID, PAPER_SETTINGS, plan_runs
+from iclgd_lens.analysis.protocol import PAPER_SETTINGS, plan_runs
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder
 from iclgd_lens.cli import main
+from iclgd_lens.core.presets import DAI_LR_GRID
 from iclgd_lens.views.reproduction import TABLE_FILES
 
 SWEEP = ["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2,synth-mr", "--runs", "2", "--lr", "0.3",

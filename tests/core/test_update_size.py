@@ -96,3 +96,21 @@ def test_a_method_with_a_fixed_lr_cannot_be_matched(tmp_path):
     finally:
         unregister_method("fixed")
     assert not (tmp_path / "r").exists()
+
+
+def test_searched_baselines_take_their_own_held_out_search(tiny):
+    """`baseline_lr="searched"`: each baseline's lr is the one its own held-out search chooses (the same search run
+    independently on the same seeded copy), not the trained model's."""
+    from iclgd_lens.core.baselines import untrained_copy
+    from iclgd_lens.core.lr_search import search_lr
+
+    task, grid = load_task("synth-sst2"), (0.003, 0.03, 0.3, 3.0)
+    result = compare(tiny, task, k=8, n_eval=8, lr=0.3, baselines=("no_training",), baseline_lr="searched",
+                     lr_grid=grid, n_heldout=16, progress=False)  # fmt: skip
+    copy = untrained_copy(tiny, "no_training", 0, "transformer_lens")
+    for method in ("gd", "lcgd"):
+        chosen = search_lr(copy, task, grid, 8, 0, 0, n_heldout=16, method=method)["chosen"]
+        assert result.scores["no_training"].lr[method] == chosen
+    assert result.config["baseline_lr"] == "searched" and result.config["lr_grid"] == list(grid)
+    with pytest.raises(ValueError, match="--lr-grid"):
+        compare(tiny, task, baseline_lr="searched", lr_grid=(), progress=False)

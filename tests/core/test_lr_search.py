@@ -4,8 +4,8 @@ chosen silently."""
 import pytest
 
 from iclgd_lens import load_task
-from iclgd_lens.analysis.lr_search import choose_lr, heldout_task, search_lr
 from iclgd_lens.core.episodes import demonstration_rows
+from iclgd_lens.core.lr_search import choose_lr, heldout_task, search_lr
 from iclgd_lens.sources.task import Task
 
 
