@@ -3,8 +3,9 @@ with intervals, and paired verdicts of the model against each untrained baseline
 
 A measure's value in one run is its mean over queries at a layer (NaN-skipping); over runs, the mean of the runs'
 values. Its interval is a bootstrap that resamples what varies: with one run the queries (the interval covers the
-queries only), with several the runs and then the queries within each (`bootstrap.Resampling`, the expanded
-percentile interval: it covers run-to-run variance and query sampling). A measure that is one number per layer and
+queries only), with several the runs and the queries, one query resample shared by the runs of a draw (the runs score
+the same queries, which `check_same_design` checks: the crossed design of `bootstrap.Resampling`, with the expanded
+percentile interval; it covers run-to-run variance and query sampling). A measure that is one number per layer and
 run (the mean update's cosine) gets an interval from two runs on, over runs.
 
 The paired verdict compares the model with a baseline on the same queries of the same runs: the difference of the
@@ -62,6 +63,7 @@ def check_same_design(results: Sequence[Result]) -> None:
     first = results[0].config
     for result in results[1:]:
         differ = [key for key in keys if result.config.get(key) != first.get(key)]
+        differ += ["queries"] if result.episode.query_rows != results[0].episode.query_rows else []
         if differ:
             raise ValueError(f"the results differ in {differ}: the lenses pool runs of one model, task and design "
                              "only (give one task's runs)")  # fmt: skip

@@ -100,14 +100,14 @@ def compare_episode(
     choices, seed = config.choices, config.seed
     labels = torch.tensor(episode.labels)
     eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
-    scores, records, W_O, b_O, deltas, targets = {}, {}, {}, {}, {}, {}
+    scores, records, W_O, b_O, deltas, targets, trained_lrs = {}, {}, {}, {}, {}, {}, {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
         subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        learned, lrs = fit_methods(subject, task, episode, config, parameters, name, targets, progress)
+        learned, lrs = fit_methods(subject, task, episode, config, parameters, name, (targets, trained_lrs), progress)
         recorded, weights, biases = record_subject(subject, episode, config, learned, progress)
         norms = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
         if name == "model":
-            deltas, targets = learned, {method: norm["total"] for method, norm in norms.items()}
+            deltas, targets, trained_lrs = learned, {method: norm["total"] for method, norm in norms.items()}, lrs
         scores[name] = score(
             recorded, labels, weights, config.methods, seed,
             eps=eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
@@ -129,14 +129,15 @@ def fit_methods(
     config: CompareConfig,
     parameters: Sequence[str],
     subject: str,
-    targets: dict[str, float],
+    trained: tuple[dict[str, float], dict[str, float]],
     progress: bool = False,
 ) -> tuple[dict[str, Delta], dict[str, float]]:
     """Each method's delta on `subject`'s `model` and the lr it trained with: the config's lr; where the config
     matches update sizes (`CompareConfig.matched`) the lr whose ‖ΔW‖ equals the target within 2 %: the trained
-    model's update of that method for a baseline (`targets`), GD's for the trained model's LCGD; for a baseline with
-    `baseline_lr="searched"`, the lr its own held-out search chooses (`core.lr_search`). GD trains first."""
-    deltas, lrs = {}, {}
+    model's update of that method for a baseline (`trained`: the trained model's update norms and lrs per method),
+    GD's for the trained model's LCGD; for a baseline with `baseline_lr="searched"`, the lr its own held-out search
+    chooses (`core.lr_search`). GD trains first."""
+    (targets, trained_lrs), deltas, lrs = trained, {}, {}
     for method in sorted(config.methods, key=lambda m: m != "gd"):
         context = method_context(config, method, parameters, progress)
         if subject != "model" and config.baseline_lr == "searched":
@@ -148,8 +149,17 @@ def fit_methods(
         target = targets[method] if subject != "model" else _gd_norm(model, episode, config, parameters, deltas)
         fit = partial(_run_at, method, model, episode, context)
         label = f"{subject}'s {method}" if subject != "model" else "the trained model's LCGD (matched to GD)"
-        lrs[method], deltas[method] = matched_lr(fit, model.cfg.n_layers, target, context.lr, label)
+        start = _start_lr(method, context.lr, lrs, trained_lrs)
+        lrs[method], deltas[method] = matched_lr(fit, model.cfg.n_layers, target, start, label)
     return {m: deltas[m] for m in config.methods}, {m: lrs[m] for m in config.methods}
+
+
+def _start_lr(method: str, lr: float, lrs: dict[str, float], trained_lrs: dict[str, float]) -> float:
+    """Where a matched search starts: for a baseline's other methods, its matched GD lr scaled as the trained model's
+    lrs are (the same ratio of update sizes is likely; each fit of LCGD costs a read-out per layer), else `lr`."""
+    if method != "gd" and "gd" in lrs and method in trained_lrs and "gd" in trained_lrs:
+        return lrs["gd"] * trained_lrs[method] / trained_lrs["gd"]
+    return lr
 
 
 def searched_lr(model: LensModel, task: Task, config: CompareConfig, method: str, subject: str) -> float:
