@@ -69,7 +69,8 @@ def run_compare(args: argparse.Namespace) -> None:
     print(
         f"{recorded['model']} on {recorded['task']}: k={recorded['k']} (effective {recorded['effective_k']}, GD "
         f"{recorded['gd_k']}), seed {recorded['seed']}, permutation {recorded['permutation']}, lr {recorded['lr']} "
-        f"(LCGD {recorded['lr_lcgd']}), {recorded['n_eval']} queries, {recorded['dtype']}, {seconds:.1f} s"
+        f"(LCGD {recorded['lr_lcgd']:.4g}, {recorded['lr_lcgd_rule']}; baselines' lr {recorded['baseline_lr']}), "
+        f"{recorded['n_eval']} queries, {recorded['dtype']}, {seconds:.1f} s"
     )
     print(
         f"preset {config.preset}: " + ", ".join(f"{name} {value!r}" for name, value in config.choices.to_dict().items())

@@ -125,8 +125,9 @@ class Result:
             else:
                 acc = scores.accuracy
                 values |= {"acc_zs": acc["zs"], "acc_icl": acc["icl"], "acc_ft": acc[method]}
+                values |= self._update_size(scores, method)
             table[column] = values
-        order = [*METRICS, "n"] if subset else [*METRICS, "acc_zs", "acc_icl", "acc_ft"]
+        order = [*METRICS, "n"] if subset else [*METRICS, "acc_zs", "acc_icl", "acc_ft", "lr", "norm_ratio"]
         present = {name for values in table.values() for name in values}
         frame = Summary(pd.DataFrame(table).reindex([name for name in order if name in present]))
         noted = [*self.scores.items(), *((f"{kind} labels", c.scores["model"]) for kind, c in self.controls.items())]
@@ -137,6 +138,15 @@ class Result:
             if subset is None or f"{subset} subset" in note
         ]
         return frame
+
+    def _update_size(self, scores: Scores, method: str) -> dict[str, float]:
+        """The column's learning rate and its update's ‖ΔW‖ over the trained model's for the same method (1: the
+        same size); absent for results written before they were recorded."""
+        out = {"lr": scores.lr[method]} if method in scores.lr else {}
+        own, trained = scores.update_norm.get(method), self.scores["model"].update_norm.get(method)
+        if own and trained:
+            out["norm_ratio"] = own["total"] / trained["total"] if trained["total"] else float("nan")
+        return out
 
     def per_layer(self, metric: str) -> pd.DataFrame:
         """Layer x (method, and method on each baseline)."""
@@ -307,6 +317,12 @@ def unpack_scores(
     return scores.permute(0, 2, 3, 1).contiguous()
 
 
+def _number(value: float) -> str:
+    """Three decimals, or three significant digits below 0.01 (a learning rate, a tiny cosine), never a bare 0.000
+    for a nonzero value."""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 or value != value else f"{value:.3g}"
+
+
 class Summary(pd.DataFrame):
     """`Result.summary()`'s table: a DataFrame that prints every column, followed by its notes."""
 
@@ -318,7 +334,7 @@ class Summary(pd.DataFrame):
 
     def _table(self) -> str:
         with pd.option_context(
-            "display.max_columns", None, "display.width", 0, "display.float_format", "{:.3f}".format
+            "display.max_columns", None, "display.width", 0, "display.float_format", _number
         ):
             return pd.DataFrame.__repr__(self)
 
@@ -326,7 +342,7 @@ class Summary(pd.DataFrame):
         return "\n".join([self._table(), *(f"note: {note}" for note in getattr(self, "notes", []))])
 
     def _repr_html_(self) -> str:
-        with pd.option_context("display.max_columns", None, "display.float_format", "{:.3f}".format):
+        with pd.option_context("display.max_columns", None, "display.float_format", _number):
             html = pd.DataFrame._repr_html_(self)
         items = "".join(f"<li>{escape(note)}</li>" for note in getattr(self, "notes", []))
         return html + (f"<ul>{items}</ul>" if items else "")
