@@ -333,9 +333,7 @@ class Summary(pd.DataFrame):
         return Summary
 
     def _table(self) -> str:
-        with pd.option_context(
-            "display.max_columns", None, "display.width", 0, "display.float_format", _number
-        ):
+        with pd.option_context("display.max_columns", None, "display.width", 0, "display.float_format", _number):
             return pd.DataFrame.__repr__(self)
 
     def __repr__(self) -> str:
