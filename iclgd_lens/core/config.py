@@ -132,8 +132,8 @@ class CompareConfig:
         return method == "lcgd" and self.lr_lcgd == "matched"
 
     def to_json(self) -> dict[str, Any]:
-        """The options as result.json's config records them: lists for tuples, LCGD's lr resolved, and the
-        resolved choices in place of the overrides."""
+        """The options as result.json's config records them: lists for tuples and the resolved choices in place of
+        the overrides (`compare` replaces `lr_lcgd` by the number LCGD trained with and adds `lr_lcgd_rule`)."""
         data = {name: getattr(self, name) for name in self.option_names() if name not in CHOICE_NAMES}
         data = {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
         return data | self.choices.to_dict()
