@@ -53,7 +53,9 @@ class PairCounts:
 def load_pairs(results: Path, sweeps: list[str] | None = None) -> list[PairCounts]:
     """Every (sweep, task) of the sweep folders under `results` (those named in `sweeps`, in that order; default:
     every folder with a sweep.json, summary.csv and verdicts.csv, by name) whose sweep trains K/V without a label
-    control: the main design. Label-control and MLP-input sweeps are read by their own sections."""
+    control: the main design. Label-control and MLP-input sweeps are read by their own sections. A (model, task)
+    measured the same way (GD's lr rule, baselines' lr rule) by several sweeps counts once, from the sweep with the
+    most runs (a longer sweep that holds a shorter one's runs supersedes it)."""
     names = sweeps or sorted(p.name for p in results.iterdir() if _is_sweep(p))
     pairs = []
     for name in names:
@@ -67,7 +69,17 @@ def load_pairs(results: Path, sweeps: list[str] | None = None) -> list[PairCount
         summary, verdicts = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "verdicts.csv")
         for task in dict.fromkeys(summary.task):
             pairs.append(pair_counts(name, config, summary[summary.task == task], verdicts[verdicts.task == task]))
-    return pairs
+    return _most_runs(pairs)
+
+
+def _most_runs(pairs: list[PairCounts]) -> list[PairCounts]:
+    """Each (model, task, lr rule, baselines' lr rule) once: the pair with the most runs, in first-seen order."""
+    best: dict[tuple, PairCounts] = {}
+    for pair in pairs:
+        key = (pair.model, pair.task, pair.lr, pair.baseline_lr)
+        if key not in best or pair.runs > best[key].runs:
+            best[key] = pair
+    return [pair for pair in pairs if best[(pair.model, pair.task, pair.lr, pair.baseline_lr)] is pair]
 
 
 def _is_sweep(folder: Path) -> bool:

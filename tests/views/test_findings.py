@@ -36,7 +36,10 @@ def test_counts_equal_hand_counts_on_the_smollm2_sweep():
 
 
 def test_label_control_and_mlp_input_sweeps_are_not_main_pairs():
-    names = {p.sweep for p in load_pairs(RESULTS)}
+    pairs = load_pairs(RESULTS)
+    names = {p.sweep for p in pairs}
+    keys = [(p.model, p.task, p.lr, p.baseline_lr) for p in pairs]
+    assert len(keys) == len(set(keys))  # a pair measured the same way counts once
     assert "smollm2-rt-mlpin-shuffled-paper5" not in names and "gemma3-subj-mlpin-shuffled-paper5" not in names
     assert all(not math.isnan(p.gd_norm_ratio) for p in load_pairs(RESULTS))
 
@@ -49,3 +52,13 @@ def test_the_pages_quote_the_generator_exactly(page):
     found = script.BLOCK.search(text)
     assert found, f"{page} has no <!-- findings --> block"
     assert found.group(0) == made, f"{page}'s findings block differs from `python analyses/findings.py`: rerun it"
+
+
+def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
+    from dataclasses import replace
+
+    from iclgd_lens.analysis.findings import _most_runs
+
+    [rt] = [p for p in load_pairs(RESULTS, ["smollm2-paper5"]) if p.task == "rt-snippets"]
+    longer, other_design = replace(rt, sweep="ten", runs=10), replace(rt, sweep="matched", baseline_lr="matched")
+    assert _most_runs([rt, longer, other_design]) == [longer, other_design]
