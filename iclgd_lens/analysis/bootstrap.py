@@ -34,7 +34,7 @@ from scipy.stats import norm, t
 from torch import Tensor
 
 from iclgd_lens.core.results import Result
-from iclgd_lens.core.scoring import alpha_values, similarities
+from iclgd_lens.core.scoring import alpha_values, excluded_layers, similarities
 
 DRAWS = 4000  # enough draws for the expanded tails at 5 runs (α'/2 ≈ 0.001: 4 draws beyond each end)
 LEVEL = 0.95
@@ -62,10 +62,11 @@ def query_values(result: Result, model: str = "model", method: str = "gd") -> di
     zs, icl, ft = (result.records[prefix + s] for s in ("zs", "icl", method))
     eps = 1e-20 if result.config.get("arithmetic") == "reference" else None
     dtype = getattr(torch, result.config.get("dtype", "float32"))  # the recording's, for the rounding-level layers
-    values = similarities(zs, icl, ft, result.config["seed"], eps, dtype)
+    values = similarities(zs, icl, ft, result.config["seed"], eps, excluded_layers(zs, (icl, ft), eps, dtype))
     out = {name: per_query(values[name]) for name in SIMILARITIES}
     if method == "lcgd" and prefix + "gd" in result.records:
-        out["alpha"] = per_query(alpha_values(zs, ft, result.records[prefix + "gd"], eps, dtype))
+        gd = result.records[prefix + "gd"]
+        out["alpha"] = per_query(alpha_values(zs, ft, gd, eps, excluded_layers(zs, (ft, gd), eps, dtype)))
     return out
 
 

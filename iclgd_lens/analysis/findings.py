@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from iclgd_lens.analysis import bootstrap
 from iclgd_lens.analysis.multiplicity import PRIMARY
 
 GD_METRICS = ("simaou_norm", "simaou", "simam_delta")  # GD's similarities to ICL set against each baseline
-VERDICTS = ("above", "below", "no difference shown", "borderline")
+VERDICTS = (bootstrap.ABOVE, bootstrap.BELOW, bootstrap.NO_DIFFERENCE, bootstrap.BORDERLINE)
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,18 @@ class PairCounts:
     baseline_lr: str  # "matched" or "paper"
     lcgd_lr: str  # "matched", "gd", "search" or a number
     runs: int
+    bootstrap: str  # "crossed" or "nested" (summary.csv's column; tables from before it: nested, the only scheme)
     zs: float  # accuracy, mean over runs
     icl: float
     gd_norm_ratio: float  # the largest baseline ‖ΔW‖ / trained ‖ΔW‖ for GD, means over runs
     gd: dict[str, int] = field(default_factory=dict)  # verdict -> count over GD_METRICS x baselines
     alpha: dict[str, int] = field(default_factory=dict)  # verdict -> count over baselines
     primary: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> Holm-adjusted verdict -> count
+
+    @property
+    def design(self) -> tuple[str, str, str, str]:
+        """What makes two sweeps' rows the same measurement: model, task, GD's lr rule, the baselines' lr rule."""
+        return self.model, self.task, self.lr, self.baseline_lr
 
     @property
     def gd_total(self) -> int:
@@ -76,10 +83,9 @@ def _most_runs(pairs: list[PairCounts]) -> list[PairCounts]:
     """Each (model, task, lr rule, baselines' lr rule) once: the pair with the most runs, in first-seen order."""
     best: dict[tuple, PairCounts] = {}
     for pair in pairs:
-        key = (pair.model, pair.task, pair.lr, pair.baseline_lr)
-        if key not in best or pair.runs > best[key].runs:
-            best[key] = pair
-    return [pair for pair in pairs if best[(pair.model, pair.task, pair.lr, pair.baseline_lr)] is pair]
+        if pair.design not in best or pair.runs > best[pair.design].runs:
+            best[pair.design] = pair
+    return [pair for pair in pairs if best[pair.design] is pair]
 
 
 def _is_sweep(folder: Path) -> bool:
@@ -103,7 +109,8 @@ def pair_counts(sweep: str, config: dict, summary: pd.DataFrame, verdicts: pd.Da
     return PairCounts(
         sweep=sweep, model=config["model"], task=summary.task.iloc[0], lr=str(config["lr"]),
         baseline_lr=compare.get("baseline_lr", "paper"), lcgd_lr=str(config.get("lr_lcgd", "gd")),
-        runs=int(summary.runs.max()), zs=float(trained[("gd", "acc_zs")]), icl=float(trained[("gd", "acc_icl")]),
+        runs=int(summary.runs.max()), bootstrap=str(summary.bootstrap.iloc[0]) if "bootstrap" in summary else "nested",
+        zs=float(trained[("gd", "acc_zs")]), icl=float(trained[("gd", "acc_icl")]),
         gd_norm_ratio=max(ratios) if ratios else math.nan, gd=_counts(gd.verdict), alpha=_counts(alpha.verdict),
         primary=primary,
     )  # fmt: skip
@@ -111,7 +118,7 @@ def pair_counts(sweep: str, config: dict, summary: pd.DataFrame, verdicts: pd.Da
 
 def _counts(verdicts: pd.Series) -> dict[str, int]:
     counted = verdicts.value_counts()
-    return {verdict: int(counted.get(verdict, 0)) for verdict in (*VERDICTS, "too few runs") if counted.get(verdict)}
+    return {verdict: int(counted[verdict]) for verdict in (*VERDICTS, bootstrap.TOO_FEW_RUNS) if counted.get(verdict)}
 
 
 def totals(pairs: list[PairCounts]) -> dict[str, int]:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from iclgd_lens.analysis import bootstrap
+from iclgd_lens.core.presets import BASELINES
 
 FAMILY_LEVEL = 0.05
 PRIMARY_METRIC = "simaou_norm"
@@ -62,12 +63,7 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
 
 def is_primary(row: pd.Series) -> bool:
     """A trained-model contrast of GD or LCGD against an untrained baseline on the primary metric."""
-    return (
-        row["metric"] == PRIMARY_METRIC
-        and row["method"] in PRIMARY_METHODS
-        and row["baseline"] not in PRIMARY_METHODS
-        and not str(row["baseline"]).startswith("trained [")
-    )
+    return row["metric"] == PRIMARY_METRIC and row["method"] in PRIMARY_METHODS and row["baseline"] in BASELINES
 
 
 def adjust(verdicts: pd.DataFrame) -> pd.DataFrame:

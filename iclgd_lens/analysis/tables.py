@@ -27,6 +27,7 @@ from iclgd_lens.analysis.sweep import lr_file, run_folder
 from iclgd_lens.core.results import Result
 
 TRAINED = "trained"
+BASELINE_LR_SOURCES = {"matched": "matched", "searched": "searched", "paper": "trained model's"}  # lr.csv's source
 SIMILARITIES = (*bootstrap.SIMILARITIES, "alpha")
 
 
@@ -72,11 +73,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The long table (task, model, method, metric, mean, std, runs, ci_low, ci_high) and the paired comparisons
     (`verdicts_table`). Every interval is the two-level bootstrap's (`bootstrap`): runs and queries resampled."""
-    rows, draws = [], {}
+    rows, draws, designs = [], {}, {}
     for task, runs in results.items():
         first = runs[0]
         # One resampling per task, shared by every model, method and metric: comparisons are paired.
         resampling = bootstrap.Resampling.draw(len(runs), len(first.labels), crossed=same_queries(runs))
+        designs[task] = resampling.design
         for label, pick, model in _subjects(first):
             for method in first.methods:
                 per_run = [bootstrap.query_values(pick(r), model, method) for r in runs]
@@ -99,7 +101,7 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
     table = with_norm_ratios(pd.DataFrame(rows, columns=columns))
-    table["bootstrap"] = table["task"].map({task: _design(runs) for task, runs in results.items()})
+    table["bootstrap"] = table["task"].map(designs)
     verdicts = pd.concat([verdicts_table(table, draws), methods_table(table, draws)], ignore_index=True)
     return table, multiplicity.adjust(verdicts)
 
@@ -107,10 +109,6 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
 def same_queries(runs: list[Result]) -> bool:
     """Every run scored the same evaluation queries (a crossed design: `bootstrap.Resampling`)."""
     return len({tuple(r.episode.query_rows) for r in runs}) == 1
-
-
-def _design(runs: list[Result]) -> str:
-    return "crossed" if same_queries(runs) else "nested"
 
 
 def with_norm_ratios(summary: pd.DataFrame) -> pd.DataFrame:
@@ -198,8 +196,8 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
 
 def lr_table(out: Path, plan: list[Run], results: dict[str, list[Result]]) -> pd.DataFrame:
     """task, run, paper (one of the papers' own runs), subject ("trained" or a baseline), method, lr, source
-    ("given", "search", "GD's" for an LCGD run at GD's lr, "matched" for an lr found to match the update size, or
-    "trained model's" for a baseline at the papers' lr), and for a searched lr its held-out accuracy and whether the
+    ("given", "search", "GD's" for an LCGD run at GD's lr, "matched" for an lr found to match the update size,
+    "searched" for a baseline's own held-out search, or "trained model's" for a baseline at the papers' lr), and for a searched lr its held-out accuracy and whether the
     method answered one class."""
     finished = {(r.config["task"], r.config["seed"], r.config["permutation"]): r for rs in results.values() for r in rs}
     rows = []
@@ -219,7 +217,7 @@ def _lr_row(out: Path, run: Run, result: Result | None, subject: str, method: st
     if search:
         source = "search"
     elif subject != "model":
-        source = "matched" if result.config.get("baseline_lr") == "matched" else "trained model's"
+        source = BASELINE_LR_SOURCES[result.config.get("baseline_lr", "paper")]
     elif method == "gd":
         source = "given"
     elif method == "lcgd" and result.config.get("lr_lcgd_rule") == "matched":

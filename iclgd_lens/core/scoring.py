@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -92,36 +93,36 @@ def score(
     )
     for method in methods:
         ft = records[method]
-        values = similarities(zs, icl, ft, seed, eps, dtype)
+        rounding = excluded_layers(zs, (icl, ft), eps, dtype)
+        values = similarities(zs, icl, ft, seed, eps, rounding)
         out.metrics[method] = reduced(values, zs, icl, ft, labels)
-        out.metrics[method]["simam_delta"]["rounding_layers"] = excluded_layers(zs, (icl, ft), eps, dtype)
+        out.metrics[method]["simam_delta"]["rounding_layers"] = rounding
         per_head_values = head_similarities(zs, icl, ft, W_O["model"], W_O.get(method, W_O["model"]), eps) | {
             name: values[name] for name in ("simam_before", "simam", "simam_delta")
         }
         out.per_head[method] = {name: M.per_head(v) for name, v in per_head_values.items()}
     if "gd" in methods and "lcgd" in methods:
-        values = alpha_values(zs, records["lcgd"], records["gd"], eps, dtype)
-        out.metrics["alpha"] = M.reduce(values) | {
-            "rounding_layers": excluded_layers(zs, (records["lcgd"], records["gd"]), eps, dtype)
-        }
+        rounding = excluded_layers(zs, (records["lcgd"], records["gd"]), eps, dtype)
+        values = alpha_values(zs, records["lcgd"], records["gd"], eps, rounding)
+        out.metrics["alpha"] = M.reduce(values) | {"rounding_layers": rounding}
         out.per_head["alpha"] = M.per_head(values)
     for subset in subsets:
         out.subsets[subset] = {}
         for method in methods:
             rows = M.f2t(zs.pred, records[method].pred, icl.pred, labels)
             part = [records[s].select(rows) for s in ("zs", "icl", method)]
-            metrics = reduced(similarities(*part, seed, eps, dtype), *part, labels[rows])
+            rounding = excluded_layers(part[0], tuple(part[1:]), eps, dtype)
+            metrics = reduced(similarities(*part, seed, eps, rounding), *part, labels[rows])
             out.subsets[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
     out.notes = notes(out, methods, class_names)
     return out
 
 
 def similarities(
-    zs: Record, icl: Record, ft: Record, seed: int, eps: float | None, dtype: torch.dtype | None = None
+    zs: Record, icl: Record, ft: Record, seed: int, eps: float | None, rounding: Sequence[int] = ()
 ) -> dict[str, Tensor]:
     """Every similarity of one method, per example: [n, layer] for attention outputs, [n, layer, head] for scores.
-    With the recording's `dtype` (exact arithmetic), SimAM∆ is NaN in its rounding-level layers
-    (`excluded_layers`)."""
+    SimAM∆ is NaN in the `rounding` layers (`excluded_layers(zs, (icl, ft), ...)`)."""
     simam_delta = M.simam_delta(icl.scores, zs.scores, ft.scores, zs.query_len, eps=eps)
     return {
         "simaou": M.simaou(icl.attn_out, zs.attn_out, ft.attn_out, eps=eps),
@@ -129,16 +130,15 @@ def similarities(
         "random_simaou": M.random_simaou(icl.attn_out, zs.attn_out, seed=seed, eps=eps),
         "simam_before": M.simam_before(icl.scores, zs.scores, zs.query_len, eps=eps),
         "simam": M.simam(icl.scores, ft.scores, zs.query_len, eps=eps),
-        "simam_delta": without_layers(simam_delta, excluded_layers(zs, (icl, ft), eps, dtype)),
+        "simam_delta": without_layers(simam_delta, rounding),
     }
 
 
 def alpha_values(
-    zs: Record, lcgd: Record, gd: Record, eps: float | None, dtype: torch.dtype | None = None
+    zs: Record, lcgd: Record, gd: Record, eps: float | None, rounding: Sequence[int] = ()
 ) -> Float[Tensor, "n layer head"]:
-    """Revisited's α per example and head, NaN in its rounding-level layers (`excluded_layers`)."""
-    values = M.alpha(lcgd.scores, gd.scores, zs.scores, zs.query_len, eps)
-    return without_layers(values, excluded_layers(zs, (lcgd, gd), eps, dtype))
+    """Revisited's α per example and head, NaN in the `rounding` layers (`excluded_layers(zs, (lcgd, gd), ...)`)."""
+    return without_layers(M.alpha(lcgd.scores, gd.scores, zs.scores, zs.query_len, eps), rounding)
 
 
 def excluded_layers(zs: Record, updated: tuple[Record, ...], eps: float | None, dtype: torch.dtype | None) -> list[int]:
@@ -153,12 +153,12 @@ def excluded_layers(zs: Record, updated: tuple[Record, ...], eps: float | None, 
     ]
 
 
-def without_layers(values: Tensor, layers: list[int]) -> Tensor:
+def without_layers(values: Tensor, layers: Sequence[int]) -> Tensor:
     """`values` ([n, layer, ...]) with `layers` set to NaN (undefined: left out of every mean, counted in `defined`)."""
     if not layers:
         return values
     values = values.clone()
-    values[:, layers] = math.nan
+    values[:, list(layers)] = math.nan
     return values
 
 

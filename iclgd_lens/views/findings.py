@@ -1,6 +1,6 @@
 """The findings' tables and summary sentences in Markdown, from `analysis.findings`' counts: the only source of the
 numbers in the README's findings section and docs/findings.md's summary (`analyses/findings.py` writes them
-between `<!-- findings:NAME -->` markers; tests/views/test_findings.py checks the committed pages)."""
+between `<!-- findings -->` and `<!-- /findings -->`; tests/views/test_findings.py checks the committed pages)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from iclgd_lens.views.markdown import markdown_table
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
 DESIGNS = {
     "matched": "at matched update size (every baseline's and LCGD's update as large as the trained model's GD, "
-    "within 2 %), crossed bootstrap, Holm within the primary families",
-    "paper": "at the papers' learning rates (every subject at the trained model's lr, LCGD at GD's), former nested "
-    "bootstrap, verdicts unadjusted",
+    "within 2 %)",
+    "paper": "at the papers' learning rates (every subject at the trained model's lr, LCGD at GD's)",
 }
 
 
@@ -42,7 +41,7 @@ def summary_sentence(pairs: list[PairCounts]) -> str:
 
 
 def findings_table(pairs: list[PairCounts]) -> str:
-    header = ["model", "task", "runs", "GD's lr", "largest baseline ‖ΔW‖ / trained (GD)", "ZS → ICL (%)",
+    header = ["model", "task", "runs", "bootstrap", "GD's lr", "largest baseline ‖ΔW‖ / trained (GD)", "ZS → ICL (%)",
               "GD against the baselines: above / below / not shown / borderline", "LCGD's α below a baseline",
               "primary (SimAOU_norm), Holm: GD; LCGD"]  # fmt: skip
     rows = [
@@ -50,6 +49,7 @@ def findings_table(pairs: list[PairCounts]) -> str:
             MODEL_NAMES.get(p.model, p.model),
             p.task,
             str(p.runs),
+            p.bootstrap,
             p.lr,
             _ratio(p.gd_norm_ratio),
             f"{100 * p.zs:.0f} → {100 * p.icl:.0f}",

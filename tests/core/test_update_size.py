@@ -98,7 +98,7 @@ def test_a_method_with_a_fixed_lr_cannot_be_matched(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_searched_baselines_take_their_own_held_out_search(tiny):
+def test_searched_baselines_take_their_own_held_out_search(tiny, tmp_path):
     """`baseline_lr="searched"`: each baseline's lr is the one its own held-out search chooses (the same search run
     independently on the same seeded copy), not the trained model's."""
     from iclgd_lens.core.baselines import untrained_copy
@@ -112,5 +112,10 @@ def test_searched_baselines_take_their_own_held_out_search(tiny):
         chosen = search_lr(copy, task, grid, 8, 0, 0, n_heldout=16, method=method)["chosen"]
         assert result.scores["no_training"].lr[method] == chosen
     assert result.config["baseline_lr"] == "searched" and result.config["lr_grid"] == list(grid)
+    from iclgd_lens.analysis.protocol import Run
+    from iclgd_lens.analysis.tables import lr_table
+
+    lrs = lr_table(tmp_path, [Run("synth-sst2", 0, 0, 0.3)], {"synth-sst2": [result]})
+    assert set(lrs[lrs.subject == "no_training"].source) == {"searched"}
     with pytest.raises(ValueError, match="--lr-grid"):
         compare(tiny, task, baseline_lr="searched", lr_grid=(), progress=False)

@@ -30,6 +30,7 @@ def test_counts_equal_hand_counts_on_the_smollm2_sweep():
     assert pairs["synth-subj"].gd == {"below": 3, "no difference shown": 6}
     assert pairs["synth-sst2"].alpha == {"above": 2, "no difference shown": 1}
     assert (rt.zs, rt.runs, rt.baseline_lr, rt.primary) == (pytest.approx(0.640625), 5, "paper", {})
+    assert rt.bootstrap == "nested"  # tables written before the crossed scheme have no `bootstrap` column
     assert rt.gd_norm_ratio == pytest.approx(6.21, abs=0.01)
     t = totals(list(pairs.values()))
     assert (t["gd_verdicts"], t["gd_above"], t["gd_below"], t["alpha_below_all"]) == (36, 8, 3, 3)
