@@ -62,6 +62,24 @@ def holds_marker(folder: Path, marker: str, format_name: str) -> bool:
         return False
 
 
+def check_format(folder: Path, marker: str, formats: tuple[str | None, ...], kind: str, verb: str) -> dict:
+    """`folder/marker`'s JSON object, if its "format" is one of `formats`; else a one-line error that says whether
+    the file is missing, unreadable, or written by another version of the toolkit (and what to run instead)."""
+    try:
+        data = json.loads((folder / marker).read_text())
+    except OSError:
+        raise ValueError(f"{str(folder)!r} is not a {kind} folder (no {marker}); run iclgd-lens {verb}") from None
+    except ValueError as error:
+        raise ValueError(f"{str(folder)!r} holds a corrupt or incomplete {kind} ({marker} is not valid JSON: {error}); "
+                         f"run iclgd-lens {verb} to write it again") from None  # fmt: skip
+    written = data.get("format") if isinstance(data, dict) else None
+    if written not in formats:
+        raise ValueError(f"{str(folder)!r} holds a {kind} of format {written!r}, which this iclgd-lens does not read "
+                         f"(it reads {list(formats)}): run iclgd-lens {verb} again with this version, or read it with "
+                         "the version that wrote it")  # fmt: skip
+    return data
+
+
 @contextmanager
 def replaced_atomically(path: Path, folder: bool = False, keep_first: bool = False) -> Iterator[Path]:
     """A temporary sibling of `path` (a file, or a folder with `folder=True`) to write into. On success it takes

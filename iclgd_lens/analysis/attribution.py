@@ -47,6 +47,7 @@ from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import frozen_parameters
 from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.presets import VERIFY_TOP
 from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.recording import record
@@ -59,7 +60,6 @@ MIN_ICL_EFFECT = 0.1  # nats of mean label log-odds: below it `patch_restored` i
 DRAWS, LEVEL, SEED = 1000, 0.95, 0  # the bootstrap interval of `patch_restored` over queries
 ESTIMATES = ("atp+verify", "atp", "exact")
 VERIFY = "atp+verify"
-VERIFY_TOP = 20  # heads per method (and for ICL patching) that atp+verify runs exactly
 ATP = "_atp"  # the suffix of a first-order estimate's column
 CHANGES = ("logodds_change", "abs_logodds_change", "majority_share_change", "acc_change")
 ATP_CHANGES = tuple(name + ATP for name in CHANGES)

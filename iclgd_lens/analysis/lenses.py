@@ -24,6 +24,7 @@ import pandas as pd
 from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentile_interval, statistic, verdict
 from iclgd_lens.analysis.implicit_update import implicit_values, path_values
 from iclgd_lens.analysis.lens_runs import subject_runs
+from iclgd_lens.analysis.tables import check_poolable
 from iclgd_lens.analysis.task_vectors import task_vector_values
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.results import Result
@@ -57,16 +58,15 @@ def lens_values(
     return values
 
 
-def check_same_design(results: Sequence[Result]) -> None:
-    """Runs pooled by the lenses must be runs of one design: model, task, queries, methods, baselines."""
-    keys = ("model", "task", "n_eval", "methods", "baselines", "groups")
-    first = results[0].config
-    for result in results[1:]:
-        differ = [key for key in keys if result.config.get(key) != first.get(key)]
-        differ += ["queries"] if result.episode.query_rows != results[0].episode.query_rows else []
-        if differ:
-            raise ValueError(f"the results differ in {differ}: the lenses pool runs of one model, task and design "
-                             "only (give one task's runs)")  # fmt: skip
+def check_same_design(named: Sequence[tuple[str, Result]]) -> None:
+    """Runs pooled by the lenses: one model and task, one design, the same queries, each run once
+    (`tables.check_poolable`). `named`: (folder, result) pairs."""
+    tasks = list(dict.fromkeys(result.config["task"] for _, result in named))
+    if len(tasks) > 1:
+        raise ValueError(
+            f"the results are of tasks {tasks}: the lenses pool the runs of one task; give one task's runs"
+        )
+    check_poolable(named, queries=True)
 
 
 def per_layer_table(runs: Sequence[RunValues]) -> pd.DataFrame:

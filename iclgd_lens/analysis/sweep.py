@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from iclgd_lens.analysis.protocol import Run, plan_runs
-from iclgd_lens.core.presets import DAI_LR_GRID
+from iclgd_lens.core.presets import DAI_LR_GRID, METHODS
 from iclgd_lens.files import check_output, write_text_atomic
 
 SWEEP_FORMAT = "iclgd-lens sweep 1"
@@ -69,6 +69,20 @@ class SweepConfig:
                 raise ValueError(f"--lr-grid values must be positive finite numbers, got {bad}")
         if self.n_heldout < 1:
             raise ValueError(f"n_heldout must be >= 1, got {self.n_heldout}")
+
+    def check_given(self, given: list[str]) -> None:
+        """Refuse a sweep option given where it does nothing: LCGD's lr without LCGD, a grid with nothing searched."""
+        methods = self.compare.get("methods", METHODS)
+        if "lr_lcgd" in given and "lcgd" not in methods:
+            raise ValueError(f"--lr-lcgd sets LCGD's learning rate, and LCGD is not run (methods {list(methods)}): "
+                             "leave it out")  # fmt: skip
+        searched = "search" in (self.lr, self.lr_lcgd) or self.compare.get("baseline_lr") == "searched"
+        for name in ("lr_grid", "n_heldout"):
+            if name in given and not searched:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} applies to a learning-rate search (--lr search, "
+                    "--lr-lcgd search or --baseline-lr searched), and nothing is searched: leave it out"
+                )
 
     def plan(self) -> list[Run]:
         return plan_runs(list(self.tasks), self.runs, self.lr)
@@ -154,6 +168,8 @@ def is_finished(job: RunJob) -> bool:
         expected_lcgd = expected_lr if rule == "gd" else None  # matched: found by the run itself
     else:
         expected_lcgd = float(rule)
+    if "lcgd" not in config.get("methods", METHODS):
+        rule, expected_lcgd = "not run", None  # LCGD's lr is neither used nor recorded
     same_rule = rule != "matched" or config.get("lr_lcgd_rule") == "matched"
     same_baselines = config.get("baseline_lr", "paper") == job.config.compare.get("baseline_lr", "matched")
     same_run = (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
@@ -202,16 +218,16 @@ def execute(job: RunJob) -> str:
     config, run = job.config, job.run
     model, task = _model(config.model, job.device, config.dtype), _task(run.task)
     lr = run.lr if run.lr is not None else searched_lr(job, model, task, "gd")
-    if "lcgd" not in config.compare.get("methods", ("lcgd",)):
-        lr_lcgd = "gd"
-    elif config.lr_lcgd == "search":
-        lr_lcgd = searched_lr(job, model, task, "lcgd")
-    else:
-        lr_lcgd = config.lr_lcgd if config.lr_lcgd in ("gd", "matched") else float(config.lr_lcgd)
-    compare(
-        model, task, seed=run.seed, permutation=run.permutation, lr=lr, lr_lcgd=lr_lcgd, **config.compare,
-        lr_grid=config.lr_grid, n_heldout=config.n_heldout, out=job.folder, overwrite=True, progress=False,
-    )  # fmt: skip
+    options = dict(config.compare)  # only what the comparison uses (`CompareConfig.unused` refuses the rest)
+    if "lcgd" in config.compare.get("methods", ("lcgd",)):
+        if config.lr_lcgd == "search":
+            options["lr_lcgd"] = searched_lr(job, model, task, "lcgd")
+        else:
+            options["lr_lcgd"] = config.lr_lcgd if config.lr_lcgd in ("gd", "matched") else float(config.lr_lcgd)
+    if config.compare.get("baseline_lr") == "searched":
+        options |= {"lr_grid": config.lr_grid, "n_heldout": config.n_heldout}
+    compare(model, task, seed=run.seed, permutation=run.permutation, lr=lr, **options, out=job.folder, overwrite=True,
+            progress=False)  # fmt: skip
     return job.folder
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +39,36 @@ def load_results(out: Path, plan: list[Run]) -> dict[str, list[Result]]:
         if (folder / "result.json").is_file():
             results.setdefault(run.task, []).append(Result.load(folder))
     return results
+
+
+# What the runs pooled into one interval must share: one design, measured the same way on the same subjects.
+POOLED_DESIGN = ("model", "task", "k", "n_eval", "methods", "baselines", "groups", "baseline_lr", "lr_lcgd_rule",
+                 "demonstration_labels", "position")  # fmt: skip
+
+
+def check_poolable(named: Sequence[tuple[str, Result]], queries: bool = False) -> None:
+    """Refuse, with the folders and what differs, runs that would be pooled wrongly: one run given twice (it would
+    count as two independent runs), or runs of one task that differ in design or label controls (`queries`: also
+    in their evaluation queries, for a crossed bootstrap). `named`: (folder, result) pairs."""
+    seen: dict[tuple, str] = {}
+    first_of_task: dict[str, tuple[str, Result]] = {}
+    for name, result in named:
+        config = result.config
+        first_name, first = first_of_task.setdefault(config["task"], (name, result))
+        differ = [f"{key} {config.get(key)!r} against {first.config.get(key)!r}" for key in POOLED_DESIGN
+                  if config.get(key) != first.config.get(key)]  # fmt: skip
+        if sorted(result.controls) != sorted(first.controls):
+            differ.append(f"label controls {sorted(result.controls)} against {sorted(first.controls)}")
+        if queries and result.episode.query_rows != first.episode.query_rows:
+            differ.append("evaluation queries")
+        if differ:
+            raise ValueError(f"{name!r} and {first_name!r} are runs of one task that differ in {'; '.join(differ)}: "
+                             "only runs of one design are pooled; give runs of one design (or compare them apart)")  # fmt: skip
+        run = (config["task"], config["seed"], config["permutation"])
+        if run in seen:
+            raise ValueError(f"{seen[run]!r} and {name!r} are the same run (task {run[0]}, seed {run[1]}, permutation "
+                             f"{run[2]}): pooled twice it would count as two independent runs; give each run once")  # fmt: skip
+        seen[run] = name
 
 
 def _subjects(result: Result) -> list[tuple[str, Callable[[Result], Result], str]]:

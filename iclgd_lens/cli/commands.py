@@ -15,11 +15,13 @@ from iclgd_lens.analysis.kendall import kendall_table
 from iclgd_lens.analysis.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
+from iclgd_lens.analysis.tables import check_poolable
 from iclgd_lens.cli.parser import parse_data_files
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
 from iclgd_lens.core.config import CompareConfig, check_backend
 from iclgd_lens.core.episodes import check_k
+from iclgd_lens.core.presets import VERIFY_TOP
 from iclgd_lens.core.results import Result, check_output_folder
 from iclgd_lens.files import write_text_atomic
 from iclgd_lens.sources import check_model_source, load_model, load_task, model_source
@@ -66,11 +68,13 @@ def run_compare(args: argparse.Namespace) -> None:
     result = compare(model, task, config, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     seconds = time.perf_counter() - started
     recorded = result.config
+    lrs = [f"LCGD {recorded['lr_lcgd']:.4g}, {recorded['lr_lcgd_rule']}"] if "lcgd" in config.methods else []
+    lrs += [f"baselines' lr {recorded['baseline_lr']}"] if config.baselines else []  # only what was used
     print(
         f"{recorded['model']} on {recorded['task']}: k={recorded['k']} (effective {recorded['effective_k']}, GD "
-        f"{recorded['gd_k']}), seed {recorded['seed']}, permutation {recorded['permutation']}, lr {recorded['lr']} "
-        f"(LCGD {recorded['lr_lcgd']:.4g}, {recorded['lr_lcgd_rule']}; baselines' lr {recorded['baseline_lr']}), "
-        f"{recorded['n_eval']} queries, {recorded['dtype']}, {seconds:.1f} s"
+        f"{recorded['gd_k']}), seed {recorded['seed']}, permutation {recorded['permutation']}, lr {recorded['lr']}"
+        f"{' (' + '; '.join(lrs) + ')' if lrs else ''}, {recorded['n_eval']} queries, {recorded['dtype']}, "
+        f"{seconds:.1f} s"
     )
     print(
         f"preset {config.preset}: " + ", ".join(f"{name} {value!r}" for name, value in config.choices.to_dict().items())
@@ -93,8 +97,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd", "lr_grid", "n_heldout"))
     lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
-    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd,
-                         tuple(float(v) for v in args.lr_grid), args.n_heldout, options, args.dtype)  # fmt: skip
+    search = {name: getattr(args, name) for name in ("lr_grid", "n_heldout") if getattr(args, name) is not None}
+    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd, compare=options,
+                         dtype=args.dtype, **search)  # fmt: skip
+    config.check_given([name for name in ("lr_lcgd", *search) if getattr(args, name) is not None])
     plan = config.plan()
     # Everything that can be checked before a run starts is checked now: options, every run's seed and
     # permutation, the folder, the model's source and every task's data.
@@ -157,10 +163,23 @@ def run_attribute(args: argparse.Namespace) -> None:
         raise ValueError(
             f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
         )
-    check_estimate(args.estimate, args.verify_top)
+    if args.verify_top is not None and args.estimate != "atp+verify":
+        raise ValueError(f"--verify-top sets how many heads atp+verify runs exactly, and --estimate is "
+                         f"{args.estimate}: leave it out")  # fmt: skip
+    verify_top = VERIFY_TOP if args.verify_top is None else args.verify_top
+    check_estimate(args.estimate, verify_top)
     if args.kendall_queries < 0:
         raise ValueError(f"--kendall-queries must be >= 0, got {args.kendall_queries}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.kendall_method is not None and not args.kendall_queries:
+        raise ValueError("--kendall-method sets the finetuning Kendall compares with, and --kendall-queries 0 leaves "
+                         "Kendall out: leave one of them out")  # fmt: skip
+    kendall_method = args.kendall_method or "gd"
     if args.kendall_queries:
+        if kendall_method not in result.methods:
+            raise ValueError(f"--kendall-method {kendall_method}: the result ran {result.methods} only; choose one "
+                             "of those")  # fmt: skip
         check_same_draws(result.config, result.config.get("baselines", []))  # Kendall refits every baseline
     model = results_model(args, result.config)
     check_attributable(result, model)
@@ -168,11 +187,13 @@ def run_attribute(args: argparse.Namespace) -> None:
     if bad:
         raise ValueError(f"--layers {bad} out of range: the model has {model.cfg.n_layers} layers")
     started = time.perf_counter()
-    heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, args.verify_top)
-    kendall = kendall_table(model, result, args.kendall_method, args.kendall_queries) if args.kendall_queries else None
+    heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, verify_top)
+    kendall = kendall_table(model, result, kendall_method, args.kendall_queries) if args.kendall_queries else None
     about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
-             "layers": args.layers, "estimate": args.estimate, "verify_top": args.verify_top,
-             "kendall_method": args.kendall_method, "kendall_queries": args.kendall_queries}  # fmt: skip
+             "layers": args.layers, "estimate": args.estimate,
+             "verify_top": verify_top if args.estimate == "atp+verify" else None,
+             "kendall_method": kendall_method if args.kendall_queries else None,
+             "kendall_queries": args.kendall_queries}  # fmt: skip
     write_attribution(out, heads, totals, kendall, about)
     print((out / "heads.md").read_text())
     if kendall is not None:
@@ -187,7 +208,7 @@ def run_lenses(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     results = [Result.load(folder) for folder in args.runs]
-    check_same_design(results)
+    check_same_design(list(zip(args.runs, results)))
     for result in results:
         check_same_draws(
             result.config, result.config.get("baselines", []) if args.baselines is None else args.baselines
@@ -217,6 +238,7 @@ def run_report(args: argparse.Namespace) -> None:
     html = Path(args.html)
     check_report_file(html, args.overwrite)
     results = [(Path(folder).name if Path(folder).name else folder, Result.load(folder)) for folder in args.runs]
+    check_poolable([(folder, result) for folder, (_, result) in zip(args.runs, results)])  # per task, in the curves
     for folder in args.attribution:
         attribution_section(Path(folder))  # a folder without tables fails now, not after the views
     for folder in args.lenses:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import NoReturn
 
 from iclgd_lens.analysis.sweep import EXECUTORS
 from iclgd_lens.core.config import CompareConfig
@@ -16,13 +17,13 @@ from iclgd_lens.core.presets import (
     BASELINES,
     BIASES,
     CHOICES,
-    DAI_LR_GRID,
     LABEL_CONTROLS,
     LCGD_EXITS,
     METHODS,
     PARAMETER_GROUP_NAMES,
     PRESETS,
     SUBSETS,
+    VERIFY_TOP,
     Choices,
     separator_text,
 )
@@ -47,6 +48,13 @@ def _choice_help() -> dict[str, str]:
 
 
 CHOICE_HELP = _choice_help()
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose errors are one line, as every other bad input is (the usage is on --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} ({self.prog} --help shows the usage)\n")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -96,18 +104,20 @@ def add_compare_options(c: argparse.ArgumentParser) -> None:
                 "update rules (packages add theirs: docs/methods.md)")  # fmt: skip
     list_option(c, "--baselines", BASELINES, list(DEFAULTS["baselines"]), "untrained baselines (none: empty)",
                 empty=True)  # fmt: skip
-    c.add_argument("--baseline-lr", default=DEFAULTS["baseline_lr"], choices=BASELINE_LRS,
+    # Options that apply only to some comparisons default to None, so that one given where it does nothing is
+    # refused (`CompareConfig.unused`); their help states the default.
+    c.add_argument("--baseline-lr", default=None, choices=BASELINE_LRS,
                    help="each untrained baseline's learning rate: 'matched' (per method, the lr at which its update "
                    "is as large as the trained model's, within 2 %%), 'paper' (the trained model's lr, as the "
                    "papers do) or 'searched' (its own search over --lr-grid on held-out train rows; docs/science.md, "
-                   "\"Update size\")")  # fmt: skip
-    list_option(c, "--lr-grid", None, list(DAI_LR_GRID), "learning rates a search tries (reproduce's --lr search, "
-                "--lr-lcgd search, --baseline-lr searched)")  # fmt: skip
-    c.add_argument("--n-heldout", type=int, default=DEFAULTS["n_heldout"],
-                   help="held-out train rows that score each lr of a search")  # fmt: skip
+                   f"\"Update size\") [default: {DEFAULTS['baseline_lr']}]")  # fmt: skip
+    list_option(c, "--lr-grid", None, None, "learning rates a search tries (reproduce's --lr search, --lr-lcgd "
+                "search, --baseline-lr searched) [default: Dai et al.'s 36 values, 1e-4 to 0.9]")  # fmt: skip
+    c.add_argument("--n-heldout", type=int, default=None, help="held-out train rows that score each lr of a search "
+                   f"[default: {DEFAULTS['n_heldout']}]")  # fmt: skip
     list_option(c, "--groups", PARAMETER_GROUP_NAMES, list(DEFAULTS["groups"]), "trained weights")
-    c.add_argument("--lcgd-exit", default=DEFAULTS["lcgd_exit"], choices=LCGD_EXITS,
-                   help="LCGD read-out: after the block or attention")  # fmt: skip
+    c.add_argument("--lcgd-exit", default=None, choices=LCGD_EXITS,
+                   help=f"LCGD read-out: after the block or attention [default: {DEFAULTS['lcgd_exit']}]")  # fmt: skip
     c.add_argument("--biases", default=DEFAULTS["biases"], choices=BIASES, help="biases GD trains: those the checkpoint "
                    "has, or all (absent ones from zero, as the papers' fairseq model has every bias)")  # fmt: skip
     list_option(c, "--subset", SUBSETS, list(DEFAULTS["subsets"]), "also score these query subsets", empty=True,
@@ -143,7 +153,7 @@ def add_result_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iclgd-lens", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="iclgd-lens", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     c = commands.add_parser(
         "compare",
@@ -171,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--permutation", type=int, default=DEFAULTS["permutation"],
                    help="order of the demonstrations; 0 keeps the shuffle")  # fmt: skip
     c.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate for GD on the trained model")
-    c.add_argument("--lr-lcgd", default=DEFAULTS["lr_lcgd"], help="LCGD's learning rate: 'matched' (the lr at which "
-                   "its update is as large as GD's, within 2 %%), 'gd' (GD's lr, as the papers do) or a number")  # fmt: skip
+    c.add_argument("--lr-lcgd", default=None, help="LCGD's learning rate: 'matched' (the lr at which its update is as "
+                   "large as GD's, within 2 %%), 'gd' (GD's lr, as the papers do) or a number [default: "
+                   f"{DEFAULTS['lr_lcgd']}]")  # fmt: skip
     add_compare_options(c)
     c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--out", required=True, help="result folder (new, empty, or a previous result with --overwrite)")
@@ -226,11 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         "every head exact (exact: one batched forward per layer and subject)",
     )
     a.add_argument(
-        "--verify-top", type=int, default=20, help="heads per method, and for ICL, that atp+verify runs exactly"
+        "--verify-top",
+        type=int,
+        default=None,
+        help=f"heads per method, and for ICL, that atp+verify runs exactly [default: {VERIFY_TOP}]",
     )
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
-    a.add_argument("--kendall-method", default="gd", choices=METHODS,
-                   help="the finetuning Kendall compares with (it reads each SGD step's queries: gd or lcgd)")  # fmt: skip
+    a.add_argument("--kendall-method", default=None, choices=METHODS, help="the finetuning Kendall compares with (it "
+                   "reads each SGD step's queries: gd or lcgd) [default: gd]")  # fmt: skip
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     add_result_model_options(a)
 

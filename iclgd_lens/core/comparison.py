@@ -23,7 +23,7 @@ from iclgd_lens.core.lr_search import search_lr
 from iclgd_lens.core.methods import MethodContext, method_options, run_method
 from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record, output_weights
-from iclgd_lens.core.results import Result, check_output_folder
+from iclgd_lens.core.results import ARCHITECTURE, Result, check_output_folder
 from iclgd_lens.core.scoring import score
 from iclgd_lens.core.update_size import matched_lr
 from iclgd_lens.sources.task import Task
@@ -214,10 +214,12 @@ def check_matchable(config: CompareConfig) -> None:
 
 
 def _lcgd_lr_record(config: CompareConfig, lrs: dict[str, float]) -> dict:
-    """result.json's LCGD lr (the number it trained with on the trained model; GD's where LCGD was not run) and how
-    it was chosen."""
+    """result.json's LCGD lr (the number it trained with on the trained model) and how it was chosen; None and "not
+    run" where LCGD was not run, so that nothing reports an lr that trained nothing."""
+    if "lcgd" not in config.methods:
+        return {"lr_lcgd": None, "lr_lcgd_rule": "not run"}
     rule = config.lr_lcgd if isinstance(config.lr_lcgd, str) else "given"
-    return {"lr_lcgd": lrs.get("lcgd", config.method_lr("lcgd")), "lr_lcgd_rule": rule}
+    return {"lr_lcgd": lrs["lcgd"], "lr_lcgd_rule": rule}
 
 
 def method_context(config: CompareConfig, method: str, parameters: Sequence[str], progress: bool) -> MethodContext:
@@ -247,6 +249,7 @@ def describe(model: LensModel, task: Task, episode: Episode, config: CompareConf
         | {
             "trained_parameters": list(parameters),
             "method_options": {method: method_options(method) for method in config.methods},
+            "architecture": {name: getattr(model.cfg, name, None) for name in ARCHITECTURE},
             "dtype": str(model.cfg.dtype).removeprefix("torch."),
             "device": str(model.cfg.device),
             "versions": versions,

@@ -5,10 +5,11 @@ config all derive from this one dataclass."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from iclgd_lens.core.methods import available_methods
+from iclgd_lens.core.methods import available_methods, check_methods
 from iclgd_lens.core.presets import (
     BASELINE_LRS,
     BASELINES,
@@ -92,6 +93,7 @@ class CompareConfig:
         check_choices("subset", self.subsets, SUBSETS, allow_empty=True)
         check_groups(self.groups)
         check_choice("LCGD exit", self.lcgd_exit, LCGD_EXITS)
+        check_methods(self)
         if self.label_control is not None:
             check_choice("label control", self.label_control, LABEL_CONTROLS)
         check_permutation(self.permutation, choices.order)
@@ -111,14 +113,34 @@ class CompareConfig:
     @classmethod
     def build(cls, config: CompareConfig | None = None, **options: Any) -> CompareConfig:
         """`config` with `options` replaced (or a new config from `options`); an unknown option name is an error
-        that names the closest field."""
+        that names the closest field, and so is an option given that the comparison would not use (`unused`)."""
         names = cls.option_names()
         for name in options:
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; the options are {list(names)}"
                 raise TypeError(f"unknown comparison option {name!r}{hint}")
-        return replace(config, **options) if config is not None else cls(**options)
+        built = replace(config, **options) if config is not None else cls(**options)
+        unused = built.unused(options)
+        if unused:
+            raise ValueError(unused[0])
+        return built
+
+    def unused(self, given: Iterable[str]) -> list[str]:
+        """Why each of the `given` options does nothing in this comparison (empty where every one applies): an
+        option that would be recorded as if it had been used."""
+        lcgd = [m for m in self.methods if m.startswith("lcgd")]
+        searched = self.baseline_lr == "searched"
+        reasons = {
+            "lr_lcgd": None if "lcgd" in self.methods else "sets LCGD's learning rate, and LCGD is not run",
+            "lcgd_exit": None if lcgd else "sets LCGD's read-out, and no LCGD method is run",
+            "baseline_lr": None if self.baselines else "sets the baselines' learning rate, and no baseline is run",
+            "lr_grid": None if searched else "is what a search tries, and nothing is searched",
+            "n_heldout": None if searched else "scores a search's learning rates, and nothing is searched",
+        }
+        return [f"--{name.replace('_', '-')} {reasons[name]} (methods {list(self.methods)}, baselines "
+                f"{list(self.baselines)}, --baseline-lr {self.baseline_lr}): leave it out"
+                for name in given if reasons.get(name)]  # fmt: skip
 
     def method_lr(self, method: str) -> float:
         """The learning rate `method` starts from on the trained model: LCGD's own where given as a number, else
@@ -146,6 +168,8 @@ class CompareConfig:
         options = {name: tuple(v) if isinstance(v, list) else v for name, v in data.items() if name in names}
         if data.get("lr_lcgd_rule") in LCGD_LRS:
             options["lr_lcgd"] = data["lr_lcgd_rule"]
+        elif data.get("lr_lcgd_rule") == "not run":
+            del options["lr_lcgd"]  # recorded as None: no LCGD lr was used
         return cls(**{"baseline_lr": "paper"} | options)
 
 
@@ -158,9 +182,10 @@ def _lcgd_lr(value: float | str | None) -> float | str:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"lr_lcgd takes {' or '.join(repr(v) for v in LCGD_LRS)} or a number, got {value!r}") from None
+        raise ValueError(f"--lr-lcgd (lr_lcgd) takes {' or '.join(repr(v) for v in LCGD_LRS)} or a number, got "
+                         f"{value!r}") from None  # fmt: skip
     if not 0 < number < float("inf"):
-        raise ValueError(f"lr_lcgd must be a positive finite number, got {value!r}")
+        raise ValueError(f"--lr-lcgd (lr_lcgd) must be a positive finite number, got {value!r}")
     return number
 
 

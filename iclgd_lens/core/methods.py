@@ -13,6 +13,8 @@ several epochs). This module imports nothing heavy: the command line lists the m
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
@@ -39,6 +41,9 @@ class MethodContext:
 
 
 Method = Callable[["LensModel", "Episode", MethodContext], "Delta"]
+# What a method checks of a comparison (a `CompareConfig`: untyped here, as config imports this module) before
+# anything loads, with its registered options; it raises ValueError for what it cannot train.
+MethodCheck = Callable[[Any, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -46,19 +51,59 @@ class Registered:
     fn: Method
     options: dict[str, Any]
     description: str
+    check: MethodCheck | None = None
 
 
 _REGISTRY: dict[str, Registered] = {}
 
 
-def register_method(name: str, fn: Method, options: dict[str, Any] | None = None, description: str = "") -> None:
+def register_method(
+    name: str,
+    fn: Method,
+    options: dict[str, Any] | None = None,
+    description: str = "",
+    check: MethodCheck | None = None,
+) -> None:
     """Make `fn` the method `name` (replacing an earlier registration of that name). `options` (JSON values) are
-    passed to it as `context.options` and recorded in result.json; an "lr" option replaces the comparison's lr."""
+    passed to it as `context.options` and recorded in result.json; an "lr" option replaces the comparison's lr.
+    `check(config, options)`, if given, refuses (ValueError) the comparisons the method cannot run, when their
+    `CompareConfig` is built: before any model loads."""
     if not name or "/" in name or " " in name or name in ("zs", "icl"):
         raise ValueError(f"a method's name must be a word without '/' or spaces, other than zs and icl; got {name!r}")
     if not callable(fn):
         raise ValueError(f"method {name!r}: expected a function (model, episode, context) -> Delta, got {fn!r}")
-    _REGISTRY[name] = Registered(fn, dict(options or {}), description)
+    options = dict(options or {})
+    check_options(name, options)
+    _REGISTRY[name] = Registered(fn, options, description, check)
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """A method's options must be what result.json can record (JSON: strings, finite numbers, booleans, None, lists
+    and objects of them), and an "lr" option a positive finite number."""
+    for option, value in options.items():
+        if not isinstance(option, str):
+            raise ValueError(f"method {name!r}: option names must be strings, got {option!r}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"method {name!r}: option {option!r} = {value!r} is not a JSON value (a string, a finite "
+                             "number, a boolean, None, or a list or dict of them), so result.json could not record "
+                             "it") from None  # fmt: skip
+    lr = options.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf):
+        raise ValueError(f"method {name!r}: option 'lr' must be a positive finite number, got {lr!r}")
+
+
+def check_methods(config: Any) -> None:
+    """Each method's own check of the comparison (`register_method`'s `check`), its error prefixed with its name."""
+    for name in config.methods:
+        method = registered(name)
+        if method.check is not None:
+            try:
+                method.check(config, method.options)
+            except ValueError as error:
+                message = str(error)
+                raise ValueError(message if message.startswith(f"method {name!r}") else f"method {name!r}: {message}")
 
 
 def unregister_method(name: str) -> None:
@@ -118,6 +163,34 @@ def check_delta(name: str, model: LensModel, delta: Delta, parameters: Sequence[
         raise FloatingPointError(f"method {name!r} returned a non-finite delta; lower its learning rate")
 
 
+FIT_OPTIONS = {"sgd": ("lr",), "layer-normalised": ("lr",), "adam": ("lr", "epochs", "betas")}
+
+
+def _fit_check(method: str, step: str) -> MethodCheck:
+    """What the built-in fits cannot do, refused before anything loads."""
+
+    def check(config: Any, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(FIT_OPTIONS[step]))
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r} (this method takes {list(FIT_OPTIONS[step])})")
+        epochs = options.get("epochs", 1)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise ValueError(f"option 'epochs' must be an integer >= 1, got {epochs!r}")
+        betas = options.get("betas", (0.9, 0.999))
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+            raise ValueError(f"option 'betas' must be two numbers in [0, 1), got {betas!r}")
+        if config.choices.precision == "fp16-mixed" and step != "sgd":
+            raise ValueError(f"precision fp16-mixed reproduces the reference's SGD only; the {step} step needs "
+                             "--precision native (or leave this method out)")  # fmt: skip
+        untrainable = sorted({"mlp", "mlp_in"} & set(config.groups))
+        if method == "lcgd" and config.lcgd_exit == "attn" and untrainable:
+            raise ValueError(f"with --lcgd-exit attn each layer is read out after its attention, so the MLP weights "
+                             f"(--groups {' '.join(untrainable)}) get no gradient: use --lcgd-exit block or train "
+                             "attention weights only")  # fmt: skip
+
+    return check
+
+
 def _fit(method: str, step: str = "sgd") -> Method:
     def fn(model: LensModel, episode: Episode, context: MethodContext) -> Delta:
         from iclgd_lens.core.finetuning import fit
@@ -129,9 +202,13 @@ def _fit(method: str, step: str = "sgd") -> Method:
     return fn
 
 
-register_method("gd", _fit("gd"), description="SGD on the causal-LM loss, one epoch, batch size 1")
-register_method("lcgd", _fit("lcgd"), description="layer-causal GD: each layer trained on its own read-out")
+register_method("gd", _fit("gd"), description="SGD on the causal-LM loss, one epoch, batch size 1",
+                check=_fit_check("gd", "sgd"))  # fmt: skip
+register_method("lcgd", _fit("lcgd"), description="layer-causal GD: each layer trained on its own read-out",
+                check=_fit_check("lcgd", "sgd"))  # fmt: skip
 register_method("lcgd-normalised", _fit("lcgd", "layer-normalised"),
-                description="LCGD, each layer's step lr · g_l / ‖g_l‖ (a per-layer step size)")  # fmt: skip
+                description="LCGD, each layer's step lr · g_l / ‖g_l‖ (a per-layer step size)",
+                check=_fit_check("lcgd", "layer-normalised"))  # fmt: skip
 register_method("gd-adam", _fit("gd", "adam"), options={"epochs": 3, "betas": [0.9, 0.999]},
-                description="GD with Adam (no weight decay), batch size 1, three epochs")  # fmt: skip
+                description="GD with Adam (no weight decay), batch size 1, three epochs",
+                check=_fit_check("gd", "adam"))  # fmt: skip

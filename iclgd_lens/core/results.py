@@ -29,11 +29,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from iclgd_lens.backend import LensModel, stacked_output_weights
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.recording import Record, attention_output
 from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, Scores, check_metric
-from iclgd_lens.files import check_output, replaced_atomically
+from iclgd_lens.files import check_format, check_output, replaced_atomically
 
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
 RESULT_FILES = (*REQUIRED_FILES, "deltas.safetensors")  # the trained model's GD/LCGD deltas (older results: none)
@@ -42,6 +43,11 @@ READABLE_FORMATS = ("iclgd-lens result 1", RESULT_FORMAT)  # 1: attn_out and pad
 ALIASES = "aliases"  # records.safetensors metadata: JSON {name: the stored name of an equal tensor}
 DERIVED = "derived"  # records.safetensors metadata: JSON [settings whose attn_out is rebuilt from z, W_O and b_O]
 PACKED = "packed"  # records.safetensors metadata: JSON [settings whose scores hold each query's own keys only]
+# The largest |ΔW_O| / max |W_O| at which a model still counts as the result's: fp16 rounding is 5e-4, another
+# checkpoint of the same shape differs by O(1).
+MODEL_MATCH_TOLERANCE = 1e-2
+# The model's shape as result.json's config records it ("architecture"), read the same on either backend.
+ARCHITECTURE = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab")
 CONTROL_PREFIX = "control-"  # a label control's own result folder inside the result's: control-shuffled/
 
 
@@ -83,13 +89,29 @@ class Result:
         options = self.config.get("method_options", {}).get(method, {})
         if "lr" in options:
             return float(options["lr"])
-        return self.config.get("lr_lcgd", self.config["lr"]) if method == "lcgd" else self.config["lr"]
+        lcgd = self.config.get("lr_lcgd") if method == "lcgd" else None
+        return self.config["lr"] if lcgd is None else lcgd
 
-    def check_model(self, model) -> None:
-        """Refuse a model (a HookedTransformer) whose layers and heads are not those this result was computed on."""
-        if model.cfg.n_layers != self.W_O["model"].shape[0] or model.cfg.n_heads != self.W_O["model"].shape[1]:
-            raise ValueError(f"the model ({model.cfg.model_name}) is not the one this result was computed on "
-                             f"({self.config['model']})")  # fmt: skip
+    def check_model(self, model: LensModel) -> None:
+        """Refuse a model that is not the one this result was computed on: its architecture (as result.json records
+        it; results before that: the saved W_O's shape) and its weights, fingerprinted by the attention output
+        weights W_O the result saved (equal up to the result's precision: fp16-mixed rounds them)."""
+        where = (
+            f"the model ({model.cfg.model_name}) is not the one this result was computed on ({self.config['model']})"
+        )
+        recorded = self.config.get("architecture", {})
+        differ = [f"{name} {getattr(model.cfg, name, None)} (the result's {value})"
+                  for name, value in recorded.items() if getattr(model.cfg, name, None) != value]  # fmt: skip
+        saved = self.W_O["model"]
+        W_O, _ = stacked_output_weights(model)
+        if differ or W_O.shape != saved.shape:
+            shown = differ or [f"W_O {tuple(W_O.shape)} (the result's {tuple(saved.shape)})"]
+            raise ValueError(f"{where}: it has {', '.join(shown)}; give the result's model with --model")
+        gap = float((W_O - saved).abs().max() / saved.abs().max().clamp_min(1e-30))
+        if gap > MODEL_MATCH_TOLERANCE:
+            raise ValueError(f"{where}: same shapes, other weights (its attention output weights W_O differ from the "
+                             f"saved ones by up to {gap:.2g} of their largest value); give the result's model with "
+                             "--model")  # fmt: skip
 
     @property
     def trained_parameters(self) -> tuple[str, ...]:
@@ -233,8 +255,8 @@ class Result:
         missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
         if missing:
             raise ValueError(f"{str(folder)!r} is not a complete result folder: {missing} missing; re-run compare")
+        data = check_format(folder, "result.json", (*READABLE_FORMATS, None), "result", "compare")
         try:
-            data = json.loads((folder / "result.json").read_text())
             tensors, derived, packed = read_records(folder / "records.safetensors")
             episode = Episode.from_json(json.loads((folder / "episode.json").read_text()))
             W_O = {k.removesuffix("/W_O"): v for k, v in tensors.items() if k.endswith("/W_O")}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -15,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.core.results import Result
-from iclgd_lens.files import check_output
+from iclgd_lens.files import check_format, check_output
+from iclgd_lens.views.attribution import ATTRIBUTION_FORMAT
+from iclgd_lens.views.attribution import MARKER as ATTRIBUTION_MARKER
 from iclgd_lens.views.html import circuitsvis_script, heading
-from iclgd_lens.views.lenses import MARKER, is_lenses_folder, meaning
+from iclgd_lens.views.lenses import LENSES_FORMAT, MARKER, meaning
 
 REPORT_METRICS = ("simaou_norm", "simaou", "simam", "simam_delta")
 GENERATOR = '<meta name="generator" content="iclgd-lens report">'  # marks a file this toolkit wrote
@@ -101,6 +102,7 @@ def build_report(
 
 def attribution_section(folder: Path) -> str:
     """The tables an attribution folder holds (heads.csv, kendall.csv), and its heatmaps."""
+    check_format(folder, ATTRIBUTION_MARKER, (ATTRIBUTION_FORMAT,), "attribution", "attribute")
     parts = [heading(f"Attribution: {folder.name}", 2)]
     for name in ("heads.csv", "kendall.csv"):
         path = folder / name
@@ -118,9 +120,7 @@ def attribution_section(folder: Path) -> str:
 
 def lenses_section(folder: Path) -> str:
     """A lenses folder: its notes, the paired verdicts, the headline measures per layer, and its figure."""
-    if not is_lenses_folder(folder):
-        raise ValueError(f"{str(folder)!r} is not a lenses folder (no lenses.json); run iclgd-lens lenses")
-    about = json.loads((folder / MARKER).read_text())
+    about = check_format(folder, MARKER, (LENSES_FORMAT,), "lenses", "lenses")
     notes = "".join(f'<li class="note">{escape(n)}</li>' for n in about["notes"])
     per_layer = pd.read_csv(folder / "per_layer.csv")
     headline = [m for m in dict.fromkeys(per_layer.measure) if m.startswith(("implicit_cos_", "shift_cos_"))]

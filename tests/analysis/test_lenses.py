@@ -230,7 +230,8 @@ def test_lenses_refuse_what_they_cannot_read(tiny, two_runs, tmp_path, capsys):
     other = tmp_path / "other"
     compare(tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=4, baselines=(), out=other, progress=False)
     assert main(["lenses", str(two_runs / "run0"), str(other), "--out", str(tmp_path / "x")]) == 2
-    assert "the results differ in" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "are runs of one task that differ in n_eval 4 against" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     first_option = compare(tiny, load_task("synth-sst2"), k=6, n_eval=4, baselines=(), position="first_option",
                            lr=0.3, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="the lenses read the prediction position"):
