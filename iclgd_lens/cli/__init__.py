@@ -16,6 +16,8 @@ from iclgd_lens.cli.parser import build_parser
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None and args.threads < 1:  # every verb sets torch's threads
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         from iclgd_lens.cli import commands  # torch and the pipeline load once the arguments parse
 
         if args.command == "compare":

@@ -51,8 +51,6 @@ def checked_tasks(args: argparse.Namespace, load_tasks: Callable[[], list[Task]]
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     # Everything that can be checked without the model is checked before it loads.
     config = CompareConfig.build(**compare_options(args))
     check_backend(config)
@@ -93,8 +91,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     threads = args.threads or max(1, available_threads() // args.jobs)
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
     options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd", "lr_grid", "n_heldout"))
     lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
     search = {name: getattr(args, name) for name in ("lr_grid", "n_heldout") if getattr(args, name) is not None}
