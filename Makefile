@@ -85,7 +85,8 @@ BENCH_OUT ?= runs/bench.json
 BENCH_ATTRIBUTION_OUT ?= runs/bench-attribution.json
 bench: install
 	$(BIN)/python -m benchmarks --n-queries 872 --out $(BENCH_OUT)
-	$(BIN)/python -m benchmarks.attribution --out $(BENCH_ATTRIBUTION_OUT)
+	test -f $(RUN_OUT)/result.json || $(MAKE) run
+	$(BIN)/python -m benchmarks.attribution --command-result $(RUN_OUT) --out $(BENCH_ATTRIBUTION_OUT)
 
 evaluate-model: install
 	$(BIN)/python analyses/evaluate_icl.py

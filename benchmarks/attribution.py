@@ -3,6 +3,11 @@
     python -m benchmarks.attribution --out runs/bench-attribution.json
     python -m benchmarks.attribution --models tiny-icl --out /tmp/attribution.json
 
+With `--command-result DIR` (`make bench` gives it `make run`'s SmolLM2 result, three baselines): the command
+`iclgd-lens attribute DIR --out OUT` with its defaults, timed whole (run in this process: the interpreter's start and
+imports aside) and where its time goes (the per-head part, Kendall per subject, and the rest: loading the result
+and the model, the checks, writing).
+
 Per model, on a fresh comparison (GD and LCGD, no baselines):
 - the whole model's attribution as `iclgd-lens attribute` runs it: `atp+verify` (the default), `atp` and, on the
   `--spearman-queries` first queries, `exact` for every head;
@@ -15,10 +20,14 @@ Per model, on a fresh comparison (GD and LCGD, no baselines):
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +38,7 @@ from benchmarks.report import BENCH_FORMAT, is_bench_file, write_json
 from iclgd_lens import compare, load_model, load_task
 from iclgd_lens.analysis.attribution import ATP, attribution_table, estimate_agreement, with_queries
 from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.cli import main as cli
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.results import Result
 from iclgd_lens.sources.devices import available_threads
@@ -40,7 +50,7 @@ SETTINGS = {
     "smollm2-135m": dict(task="rt-snippets", k=16, lr=3e-3, separator="\n"),
     "gemma3-270m": dict(task="rt-snippets", k=16, lr=3e-3, separator="\n"),
 }
-TARGET_S = 300  # the whole-model atp+verify target on SmolLM2 (2 CPU cores)
+TARGET_S = 300  # the command's target on make run's SmolLM2 result (2 CPU cores), Kendall and its controls included
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -52,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 "threads": args.threads, "device": args.device, "torch": torch.__version__,
                                 "others_cores_before": load}, "models": {}}  # fmt: skip
     with Monitor() as monitor:
+        if args.command_result is not None:
+            report["command"] = bench_command(args.command_result, args.threads, monitor)
         for name in args.models:
             report["models"][name] = bench_model(name, args, monitor)
     report["machine"]["others_cores_max"] = max([load, *monitor.others_cores])
@@ -59,6 +71,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print_attribution(report)
     print(f"bench: wrote {args.out}")
     return report
+
+
+def bench_command(result: Path, threads: int, monitor: Monitor) -> dict:
+    """`iclgd-lens attribute RESULT --out OUT` with its defaults: its seconds, and the part of them each stage took
+    (attribution.json's `seconds`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "attribution"
+        argv = ["attribute", str(result), "--out", str(out), "--threads", str(threads)]
+        with monitor.stage(f"iclgd-lens {' '.join(argv)}") as stage, redirect_stdout(io.StringIO()):
+            if cli(argv) != 0:
+                raise RuntimeError(f"iclgd-lens {' '.join(argv)} failed")
+        about = json.loads((out / "attribution.json").read_text())
+    kendall = about["seconds"].get("kendall", {})
+    rest = stage["seconds"] - about["seconds"]["heads"] - sum(kendall.values())
+    return {"result": str(result), "model": about["model"], "task": about["task"], "seconds": stage["seconds"],
+            "peak_rss_bytes": stage["peak_rss_bytes"], "heads": about["seconds"]["heads"], "kendall": kendall,
+            "load_checks_and_writing": rest, "estimate": about["estimate"], "verify_top": about["verify_top"],
+            "kendall_queries": about["kendall_queries"]}  # fmt: skip
 
 
 def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
@@ -138,6 +168,16 @@ def print_attribution(report: dict) -> None:
     machine = report["machine"]
     print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch threads, "
           f"{machine['device']}; other processes used up to {machine['others_cores_max']:.1f} cores")  # fmt: skip
+    if "command" in report:
+        run = report["command"]
+        kendall = ", ".join(f"{subject} {s:.0f}" for subject, s in run["kendall"].items()) or "not run"
+        print(f"\nThe command with its defaults (--estimate {run['estimate']}, --verify-top {run['verify_top']}, "
+              f"--kendall-queries {run['kendall_queries']}) on {run['result']} ({run['model']}, {run['task']}):\n\n"
+              + markdown_table(["total s", "target s", "per-head s", "Kendall s (per subject)", "loading, checks, writing s",
+                                "peak memory"],
+                               [[f"{run['seconds']:.0f}", str(TARGET_S), f"{run['heads']:.0f}",
+                                 f"{sum(run['kendall'].values()):.0f} ({kendall})", f"{run['load_checks_and_writing']:.0f}",
+                                 gib(run["peak_rss_bytes"])]]))  # fmt: skip
     rows = []
     for name, run in report["models"].items():
         agreement = run["atp+verify"]["agreement"]
@@ -171,6 +211,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
+    p.add_argument("--command-result", type=Path, default=None, help="a result folder to time `iclgd-lens attribute` "
+                   "on, with its defaults (make bench: make run's)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="JSON file to write (replaced atomically)")
     args = p.parse_args(argv)
     for name in ("n_queries", "batch_size", "threads"):
@@ -178,6 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.spearman_queries < 0:
         p.error("--spearman-queries must be >= 0")
+    if args.command_result is not None and not (args.command_result / "result.json").is_file():
+        p.error(f"--command-result {args.command_result} holds no result.json; give a result folder (make run writes "
+                "one)")  # fmt: skip
     if args.out.exists() and not is_bench_file(args.out):
         p.error(f"{args.out} exists and was not written by this benchmark; choose another --out")
     return args

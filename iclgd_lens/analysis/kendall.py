@@ -22,6 +22,8 @@ of the result, refitted on its re-initialised copy (its own ICL scores, its own 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
@@ -33,7 +35,7 @@ from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import fit
 from iclgd_lens.core.hooks import hook_name
-from iclgd_lens.core.recording import record_offset
+from iclgd_lens.core.recording import PREFIX_SCORES, read_points
 from iclgd_lens.core.results import Result
 
 RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
@@ -73,58 +75,39 @@ def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, 
     return out
 
 
-def _recorded_tokens(episode: Episode, i: int, position: str) -> tuple[list[int], int]:
-    """Query i's tokens up to the recorded position (its first label token too at `first_option`), and the
-    recorded position's offset within them."""
-    query = list(episode.queries[i])
-    offset = record_offset(query, episode.label_tokens, position)
-    return (query + list(episode.label_tokens[0]))[: offset + 1], offset
-
-
-@torch.no_grad()
-def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, position: str) -> np.ndarray:
+def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, position: str,
+                batch_size: int) -> np.ndarray:  # fmt: skip
     """[n, layer, kept tokens]: ICL's pre-softmax scores from the recorded position to the prefix tokens `keep`,
-    summed over heads."""
-    prefix = list(episode.icl_prefix)
-    keys = torch.as_tensor(keep, device=model.cfg.device)
-    out = np.zeros((n, model.cfg.n_layers, len(keep)))
-    for i in range(n):
-        tokens, offset = _recorded_tokens(episode, i, position)
-        found = {}
-
-        def grab(scores: torch.Tensor, hook) -> None:
-            found[hook.layer()] = scores[0, :, len(prefix) + offset, keys].sum(0).double().cpu().numpy()
-
-        hooks = [(hook_name("attn_scores", l), grab) for l in range(model.cfg.n_layers)]
-        with model.hooks(hooks):
-            final_residual(model, torch.tensor([prefix + tokens], device=model.cfg.device))
-        out[i] = np.stack([found[l] for l in range(model.cfg.n_layers)])
-    return out
+    summed over heads; the prefix run once and shared by the query rows (`read_points`)."""
+    read = read_points(model, episode.queries[:n], episode.label_tokens, episode.icl_prefix, (PREFIX_SCORES,), position,
+                       batch_size=batch_size)  # fmt: skip
+    return read[PREFIX_SCORES][..., torch.as_tensor(keep)].sum(2).double().numpy()
 
 
 @torch.no_grad()
-def _queries_at(model: LensModel, hooks: list, prompts: list[list[int]], at: list[slice | int]) -> list:
-    """Per prompt: hook_q of every layer at positions `at` ([layer, *positions, head * d_head], float64, CPU)."""
+def _base_queries(model: LensModel, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """Per prompt: hook_q of every layer at every position but the first ([layer, pos - 1, head * d_head], float64,
+    CPU), one forward per prompt as each training step runs it (a batched forward would round some q' apart in
+    the last bit, enough to reorder near-ties in tau)."""
     out = []
-    for tokens, where in zip(prompts, at):
+    for tokens in prompts:
         found = {}
 
         def grab(q: torch.Tensor, hook) -> None:
-            found[hook.layer()] = q[0, where].flatten(-2).double().cpu()
+            found[hook.layer()] = q[0, 1:].flatten(-2).double().cpu()
 
-        grabs = [(hook_name("q", l), grab) for l in range(model.cfg.n_layers)]
-        with model.hooks(hooks + grabs):
+        with model.hooks([(hook_name("q", l), grab) for l in range(model.cfg.n_layers)]):
             final_residual(model, torch.tensor([tokens], device=model.cfg.device))
         out.append(torch.stack([found[l] for l in range(model.cfg.n_layers)]))
     return out
 
 
-def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, n: int,
-                       position: str) -> torch.Tensor:  # fmt: skip
+def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, n: int, position: str,
+                       batch_size: int) -> torch.Tensor:  # fmt: skip
     """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt."""
-    prompts, offsets = zip(*(_recorded_tokens(episode, i, position) for i in range(n)))
-    hooks = delta.hooks(model) if delta is not None else []
-    return torch.stack(_queries_at(model, hooks, [[episode.bos, *p] for p in prompts], [1 + o for o in offsets]))
+    read = read_points(model, episode.queries[:n], episode.label_tokens, [episode.bos], ("q",), position, delta,
+                       batch_size)  # fmt: skip
+    return read["q"].flatten(-2).double()
 
 
 def _fit_with_queries(model: LensModel, result: Result, method: str,
@@ -178,12 +161,14 @@ def ft_scores(q: torch.Tensor, q_train: torch.Tensor, attn_scale: torch.Tensor) 
     return (torch.einsum("nld,ltd->nlt", q, q_train) / attn_scale[None, :, None] ** 2).numpy()
 
 
-def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetune: bool,
-                   check_refit: bool = False, subject: str = "model") -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetune: bool, check_refit: bool = False,
+                   subject: str = "model", icl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """The two sides Kendall's tau ranks, before the softmax: ICL's scores and FT's [n, layer, tokens] (float32),
     and each token's demonstration [tokens]. `finetune`: refit `method` on `model` (`check_refit`: against the
-    saved delta; at `subject`'s own lr); otherwise every q and q' comes from `model` itself."""
+    saved delta; at `subject`'s own lr); otherwise every q and q' comes from `model` itself. `icl`: ICL's side
+    when it is already known (the same model's: it does not depend on the finetuning)."""
     episode, position = result.episode, result.config.get("position", "prediction")
+    batch_size = result.config.get("batch_size", 8)
     keep, groups, ft_index = _alignment(episode)
     if finetune:
         delta, training_queries = _fit_with_queries(model, result, method, subject)
@@ -191,25 +176,24 @@ def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetu
             _check_refit(delta, result, method)
     else:  # no finetuning: every demonstration's q' from the base model
         delta = None
-        training_queries = _queries_at(model, [], [[episode.bos, *d] for d in episode.train_demos],
-                                       [slice(1, None)] * len(episode.train_demos))  # fmt: skip
-    icl = _icl_scores(model, episode, n, np.array(keep), position)
-    q = _finetuned_queries(model, episode, delta, n, position)  # [n, layer, d]
+        training_queries = _base_queries(model, [[episode.bos, *d] for d in episode.train_demos])
+    if icl is None:
+        icl = _icl_scores(model, episode, n, np.array(keep), position, batch_size).astype(np.float32)
+    q = _finetuned_queries(model, episode, delta, n, position, batch_size)  # [n, layer, d]
     q_train = torch.stack([training_queries[s][:, t] for s, t in ft_index], 1)  # [layer, tokens, d]
     attn_scale = torch.tensor([attention_scale(model, layer) for layer in range(model.cfg.n_layers)],
                               dtype=torch.float64)  # fmt: skip
     # Rounded to float32, the resolution of the activations they come from: a repeated token in the same context has
     # the same score, which float64 reduction order would otherwise split by ~1e-16 and let tau rank by that noise.
-    return icl.astype(np.float32), ft_scores(q, q_train, attn_scale).astype(np.float32), np.array(groups)
+    return icl, ft_scores(q, q_train, attn_scale).astype(np.float32), np.array(groups)
 
 
-def _subject_rows(subject: str, model: LensModel, result: Result, method: str, n: int,
-                  finetune: bool) -> list[dict]:  # fmt: skip
-    lr_subject = subject if subject in result.scores else "model"  # the zero-delta control refits nothing
-    icl, ft, groups_array = kendall_scores(model, result, method, n, finetune, subject == "model", lr_subject)
+def _subject_rows(subject: str, sides: tuple[np.ndarray, np.ndarray, np.ndarray], n: int) -> list[dict]:
+    """kendall.csv's rows of one subject from its two sides (`kendall_scores`)."""
+    icl, ft, groups_array = sides
     rng = np.random.default_rng(RANDOM_SEED)
     rows = []
-    for layer in range(model.cfg.n_layers):
+    for layer in range(icl.shape[1]):
         per_query = [measures(icl[i, layer], ft[i, layer], groups_array, rng) for i in range(n)]
         for level in ("token", "demonstration"):
             values = pd.DataFrame([m[level] for m in per_query])
@@ -227,17 +211,26 @@ def kendall_table(model: LensModel, result: Result, method: str = "gd", n_querie
                   controls: bool = True) -> pd.DataFrame:  # fmt: skip
     """kendall.csv: per subject (`model`, and with `controls` `zero_delta` and each untrained baseline), layer and
     level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries
-    whose tau is defined), queries."""
+    whose tau is defined), queries. `table.attrs["seconds"]`: each subject's time."""
     check_same_draws(result.config, result.config.get("baselines", []) if controls else [])
     n = min(n_queries, len(result.episode.queries))
     if result.config.get("precision") == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)  # as compare ran it: the refit must be the saved fp16 delta
-    rows = _subject_rows("model", model, result, method, n, finetune=True)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    trained = kendall_scores(model, result, method, n, finetune=True, check_refit=True)
+    rows = _subject_rows("model", trained, n)
+    seconds["model"] = time.perf_counter() - started
     if controls:
-        rows += _subject_rows(ZERO_DELTA, model, result, method, n, finetune=False)
+        # the zero-delta control: the same model, so the same ICL side
+        rows += _subject_rows(ZERO_DELTA, kendall_scores(model, result, method, n, False, icl=trained[0]), n)
+        seconds[ZERO_DELTA] = time.perf_counter() - started - sum(seconds.values())
         config = result.config
         for baseline in config.get("baselines", []):
             copy = untrained_copy(model, baseline, config["seed"], config.get("init", "transformer_lens"))
-            rows += _subject_rows(baseline, copy, result, method, n, finetune=True)
+            rows += _subject_rows(baseline, kendall_scores(copy, result, method, n, True, subject=baseline), n)
+            seconds[baseline] = time.perf_counter() - started - sum(seconds.values())
             del copy
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table.attrs["seconds"] = seconds
+    return table

@@ -184,17 +184,23 @@ def run_attribute(args: argparse.Namespace) -> None:
         raise ValueError(f"--layers {bad} out of range: the model has {model.cfg.n_layers} layers")
     started = time.perf_counter()
     heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, verify_top)
+    seconds = {"heads": time.perf_counter() - started}
     kendall = kendall_table(model, result, kendall_method, args.kendall_queries) if args.kendall_queries else None
+    if kendall is not None:
+        seconds["kendall"] = kendall.attrs["seconds"]
     about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
              "layers": args.layers, "estimate": args.estimate,
              "verify_top": verify_top if args.estimate == "atp+verify" else None,
              "kendall_method": kendall_method if args.kendall_queries else None,
-             "kendall_queries": args.kendall_queries}  # fmt: skip
+             "kendall_queries": args.kendall_queries, "seconds": seconds}  # fmt: skip
     write_attribution(out, heads, totals, kendall, about)
     print((out / "heads.md").read_text())
     if kendall is not None:
         print("Kendall (mean over queries):\n" + (out / "kendall.md").read_text())
-    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    spent = [f"heads {seconds['heads']:.0f} s"] + [
+        f"Kendall {s} {t:.0f} s" for s, t in seconds.get("kendall", {}).items()
+    ]
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s: {', '.join(spent)})")
 
 
 def run_lenses(args: argparse.Namespace) -> None:

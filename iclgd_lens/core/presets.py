@@ -28,7 +28,7 @@ LABEL_CONTROLS = ("shuffled", "reversed")
 BASELINE_LRS = ("matched", "paper", "searched")
 # LCGD's lr, besides a number: its update as large as GD's, or GD's lr as the papers do.
 LCGD_LRS = ("matched", "gd")
-VERIFY_TOP = 20  # attribution: heads per method (and for ICL patching) that atp+verify runs exactly
+VERIFY_TOP = 10  # attribution: heads per method (and for ICL patching) that atp+verify runs exactly
 # Dai et al.'s learning-rate grid: {1..9} x {1e-1, 1e-2, 1e-3, 1e-4}
 DAI_LR_GRID: tuple[float, ...] = tuple(
     float(f"{digit}e-{exponent}") for exponent in (1, 2, 3, 4) for digit in range(1, 10)

@@ -5,12 +5,14 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import kendalltau
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from iclgd_lens import Delta, Result, compare, load_model, load_task
+from iclgd_lens.analysis import kendall
 from iclgd_lens.analysis.attribution import (
     attribution_table,
     change_against,
@@ -21,6 +23,7 @@ from iclgd_lens.analysis.attribution import (
 )
 from iclgd_lens.analysis.kendall import COLUMNS, ft_scores, kendall_table, measures, softmax, top_k_recall
 from iclgd_lens.cli import main
+from iclgd_lens.core.recording import record_offset
 from tests.helpers import make_tokenizer, toy_task
 
 
@@ -250,6 +253,49 @@ def test_kendall_refits_the_saved_delta_with_controls(tiny, saved):
     assert table.tau.dropna().between(-1, 1).all() and table.defined.le(5).all()
     finetuned = table[table.subject == "model"].tau.to_numpy()
     assert not np.allclose(finetuned, table[table.subject == "zero_delta"].tau.to_numpy())  # GD changed something
+
+
+def full_prompt_icl_scores(model, episode, n, keep, position, batch_size):
+    """Kendall's ICL side as it was computed before the shared prefix: one forward of each whole prompt."""
+    out = np.zeros((n, model.cfg.n_layers, len(keep)))
+    for i in range(n):
+        offset = record_offset(episode.queries[i], episode.label_tokens, position)
+        tokens = [*episode.icl_prefix, *(list(episode.queries[i]) + list(episode.label_tokens[0]))[: offset + 1]]
+        _, cache = model.run_with_cache(torch.tensor([tokens]))
+        at = len(episode.icl_prefix) + offset
+        for layer in range(model.cfg.n_layers):
+            scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, at, torch.as_tensor(keep)]
+            out[i, layer] = scores.sum(0).double().numpy()
+    return out
+
+
+def full_prompt_queries(model, episode, delta, n, position, batch_size):
+    """The finetuned model's query at each ZS prompt's recorded position, one forward per prompt."""
+    out = []
+    with model.hooks(delta.hooks(model) if delta is not None else []):
+        for i in range(n):
+            offset = record_offset(episode.queries[i], episode.label_tokens, position)
+            tokens = [episode.bos, *(list(episode.queries[i]) + list(episode.label_tokens[0]))[: offset + 1]]
+            _, cache = model.run_with_cache(torch.tensor([tokens]))
+            out.append(torch.stack([cache[f"blocks.{l}.attn.hook_q"][0, -1].flatten() for l in
+                                    range(model.cfg.n_layers)]))  # fmt: skip
+    return torch.stack(out).double()
+
+
+@pytest.mark.parametrize("preset", ["toolkit", "reference"])
+def test_kendall_on_batched_shared_prefix_runs_equals_whole_prompt_forwards(tiny, saved, preset, monkeypatch):
+    """kendall.csv from the batched runs (the ICL prefix once, shared by the query rows) against the former path,
+    one forward per whole prompt: the same table in float32. The reference preset (first_option position, the
+    refit on a float16 copy) agrees to fp16 rounding: scores that differ in the last fp16 digit swap a few ranks, so
+    a query's tau moves by about 1e-3."""
+    result = Result.load(saved) if preset == "toolkit" else compare(
+        tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=6, baselines=("no_training",), preset=preset,
+        progress=False)  # fmt: skip
+    batched = kendall_table(tiny, result, "gd", n_queries=6)
+    monkeypatch.setattr(kendall, "_icl_scores", full_prompt_icl_scores)
+    monkeypatch.setattr(kendall, "_finetuned_queries", full_prompt_queries)
+    whole = kendall_table(tiny, result, "gd", n_queries=6)
+    pd.testing.assert_frame_equal(batched, whole, check_exact=False, rtol=0, atol=1e-9 if preset == "toolkit" else 5e-3)
 
 
 def test_kendall_measures_dais_own_setting(tiny):

@@ -87,14 +87,22 @@ def test_an_out_file_it_did_not_write_is_refused(tmp_path):
 
 def test_the_attribution_benchmark_writes_its_json_and_tables(tmp_path, capsys):
     from benchmarks import attribution
+    from iclgd_lens import compare, load_model, load_task
 
+    result = tmp_path / "result"
+    compare(load_model("tiny-icl"), load_task("synth-sst2"), k=4, lr=0.3, n_eval=6, baselines=("no_training",),
+            out=result, progress=False)  # fmt: skip
     out = tmp_path / "attribution.json"
     report = attribution.main(["--models", "tiny-icl", "--n-queries", "8", "--spearman-queries", "4", "--threads",
-                               "1", "--allow-busy", "--out", str(out)])  # fmt: skip
+                               "1", "--allow-busy", "--command-result", str(result), "--out", str(out)])  # fmt: skip
+    command = report["command"]
+    assert list(command["kendall"]) == ["model", "zero_delta", "no_training"] and command["verify_top"] == 10
+    assert command["seconds"] >= command["heads"] + sum(command["kendall"].values()) > 0
     run = report["models"]["tiny-icl"]
     assert run["one_layer"]["largest_difference_batched"] < 1e-5 and run["one_layer"]["speedup_batched"] > 0
     assert run["one_layer"]["at_prediction"] == 0  # ALiBi: the prediction position cannot run alone
     assert set(run["exact_every_head"]["spearman"]) == {"gd", "lcgd", "icl"}
     assert {entry["heads"] for entry in run["atp+verify"]["agreement"].values()} == {8}  # 2 x 4 heads, all verified
     assert json.loads(out.read_text())["section"] == "attribution"
-    assert "Spearman, every head" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Spearman, every head" in printed and "The command with its defaults" in printed
