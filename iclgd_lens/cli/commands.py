@@ -177,11 +177,12 @@ def run_attribute(args: argparse.Namespace) -> None:
             raise ValueError(f"--kendall-method {kendall_method}: the result ran {result.methods} only; choose one "
                              "of those")  # fmt: skip
         check_same_draws(result.config, result.config.get("baselines", []))  # Kendall refits every baseline
+    n_layers = result.W_O["model"].shape[0]
+    bad = [layer for layer in args.layers or [] if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"--layers {bad} out of range: the result's model has {n_layers} layers")
     model = results_model(args, result.config)
     check_attributable(result, model)
-    bad = [layer for layer in args.layers or [] if not 0 <= layer < model.cfg.n_layers]
-    if bad:
-        raise ValueError(f"--layers {bad} out of range: the model has {model.cfg.n_layers} layers")
     started = time.perf_counter()
     heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, verify_top)
     seconds = {"heads": time.perf_counter() - started}
@@ -246,6 +247,8 @@ def run_report(args: argparse.Namespace) -> None:
     for folder in args.lenses:
         lenses_section(Path(folder))
     model = None if args.no_views else results_model(args, results[0][1].config)
+    if model is not None:
+        results[0][1].check_model(model)  # the views re-record the first result's queries on it
     write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution],
                                          lenses=[Path(f) for f in args.lenses]))  # fmt: skip
     print(f"wrote {args.html}")

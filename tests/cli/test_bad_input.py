@@ -138,6 +138,9 @@ def test_a_model_that_is_not_the_results_is_refused(folders, capsys, model, mess
     for verb, out in (("attribute", folders / "bad-attribution"), ("lenses", folders / "bad-lenses")):
         argv = [verb, str(folders / "run0"), "--out", str(out), "--model", str(folders / model), "--threads", "1"]
         refused(capsys, argv, message, folders, out)
+    html = folders / "bad.html"
+    refused(capsys, ["report", str(folders / "run0"), "--html", str(html), "--model", str(folders / model)], message,
+            folders, html)  # fmt: skip
 
 
 def test_attribute_refuses_options_that_do_nothing(folders, capsys):
@@ -147,6 +150,8 @@ def test_attribute_refuses_options_that_do_nothing(folders, capsys):
             folders, out)  # fmt: skip
     refused(capsys, [*attribute, "--kendall-queries", "0", "--kendall-method", "lcgd"],
             "--kendall-method sets the finetuning Kendall compares with", folders, out)  # fmt: skip
+    refused(capsys, [*attribute, "--layers", "0", "2"], r"--layers \[2\] out of range: the result's model has 2 layers",
+            folders, out)  # fmt: skip
     gd_only = ["attribute", str(folders / "gd-only"), "--out", str(out), "--kendall-method", "lcgd"]
     refused(capsys, gd_only, r"--kendall-method lcgd: the result ran \['gd'\] only", folders, out)
 
