@@ -1,13 +1,18 @@
 """Dai et al.'s Kendall measure: does ICL attend to the demonstration tokens that GD's training "attends" to?
 
-Per eval query and layer, as Dai et al.'s `compute_training_example_attn.py` with fairseq's attention computes it:
+Per eval query and layer, as Dai et al.'s `compute_training_example_attn.py` with fairseq's attention computes it,
+both sides in one geometry (below):
 - ICL side: the pre-softmax scores from the recorded position to every demonstration token of the ICL prompt,
-  summed over heads (BOS and separator tokens left out). TransformerLens' scores are q·k / attn_scale, as
-  fairseq's (its q is multiplied by `scaling` = 1/√d_head before the product).
+  summed over heads (BOS and separator tokens left out): Σ_h q_h · k_h / s, s = attn_scale (fairseq multiplies its
+  q by `scaling` = 1/√d_head before the product).
 - FT side: for every demonstration token, the attention query q' recorded at that token during its own training
   step (BOS left out), dotted over all of d_model (every head's q concatenated) with the finetuned model's query q at
-  the recorded position. fairseq records both q and q' already scaled, so m_FT = Σ_h (q_h / s) · (q'_h / s) with
-  s = attn_scale (√d_head for every model the papers use). TransformerLens' hook_q: before any rotary embedding.
+  the recorded position. fairseq records both q and q' already scaled, so m_FT = Σ_h (q_h / s) · (q'_h / s).
+One geometry: every q and k is the vector the model's attention products are made of before any position enters
+them: after qk-norm where the model has one (Gemma 3), before rotary angles, without ALiBi's biases (or soft-capping).
+Dai's model had absolute positions, already inside q and k, so there both sides are the model's own scores; on a
+rotary model the ICL side read from the attention scores carried the relative angle of each demonstration token to
+the query while the FT side, whose q and q' sit in two different prompts, has no relative position to rotate by.
 Both are softmaxed; Kendall's tau (scipy.stats.kendalltau) between them at token level and at demonstration level
 (the softmaxed scores summed per demonstration). Top-k recall: the share of FT's k most-attended items that are
 among ICL's k most-attended, at the reference's k per level (100 tokens, 5 demonstrations; capped at the number of
@@ -27,15 +32,17 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 from scipy.stats import kendalltau
+from torch import Tensor
 
-from iclgd_lens.backend import LensModel, attention_scale, final_residual
+from iclgd_lens.backend import BRIDGE, LensModel, attention_scale, final_residual, require_hooked_transformer
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import fit
 from iclgd_lens.core.hooks import hook_name
-from iclgd_lens.core.recording import PREFIX_SCORES, read_points
+from iclgd_lens.core.recording import read_points
 from iclgd_lens.core.results import Result
 
 RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
@@ -75,13 +82,58 @@ def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, 
     return out
 
 
+def check_geometry(model: LensModel) -> None:
+    """Refuse a model whose query-key normalisation `content` does not reproduce, before anything runs."""
+    cfg = model.cfg
+    if cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"):
+        raise NotImplementedError("Kendall applies per-head qk-norm only; OLMo's norm over the whole projection is not "
+                                  "reproduced (give --kendall-queries 0)")  # fmt: skip
+    if BRIDGE and getattr(cfg, "use_qk_norm", False):
+        require_hooked_transformer("Kendall on a model with qk-norm (its norm applied to hook_q and hook_k)")
+
+
+@torch.no_grad()
+def content(model: LensModel, layer: int, x: Float[Tensor, "... pos head d_head"], kind: str) -> Tensor:
+    """hook_q or hook_k (`kind`) of `layer` as the attention's products use it before positions enter: the model's
+    own qk-norm applied where it has one (TransformerLens applies it after those hooks), no rotary angles."""
+    if not getattr(model.cfg, "use_qk_norm", False):
+        return x
+    attn = model.blocks[layer].attn
+    rows = x.reshape(-1, 1, *x.shape[-2:])  # [rows, pos 1, head, d_head]: the shape TransformerLens' norm takes
+    return attn._apply_qk_norm(rows, attn.q_norm if kind == "q" else attn.k_norm).reshape(x.shape)
+
+
+@torch.no_grad()
+def _prefix_keys(model: LensModel, prefix: list[int]) -> list[Float[Tensor, "pos head d_head"]]:
+    """Every layer's keys of the ICL prefix, in `content` geometry and one per query head (grouped-query attention's
+    key-value heads repeated), from one forward of the prefix: a causal model's prefix keys do not depend on the
+    query that follows."""
+    found = {}
+
+    def grab(k: Tensor, hook) -> None:
+        layer = hook.layer()
+        keys = content(model, layer, k[0], "k").double().cpu()
+        found[layer] = keys.repeat_interleave(model.cfg.n_heads // keys.shape[1], dim=1)
+
+    with model.hooks([(hook_name("k", l), grab) for l in range(model.cfg.n_layers)]):
+        final_residual(model, torch.tensor([prefix], device=model.cfg.device))
+    return [found[l] for l in range(model.cfg.n_layers)]
+
+
 def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, position: str,
                 batch_size: int) -> np.ndarray:  # fmt: skip
     """[n, layer, kept tokens]: ICL's pre-softmax scores from the recorded position to the prefix tokens `keep`,
-    summed over heads; the prefix run once and shared by the query rows (`read_points`)."""
-    read = read_points(model, episode.queries[:n], episode.label_tokens, episode.icl_prefix, (PREFIX_SCORES,), position,
-                       batch_size=batch_size)  # fmt: skip
-    return read[PREFIX_SCORES][..., torch.as_tensor(keep)].sum(2).double().numpy()
+    summed over heads, in `content` geometry: Σ_h q_h · k_h / attn_scale, q at the recorded position of each ICL
+    prompt (the prefix run once and shared by the query rows, `read_points`), k the prefix's."""
+    read = read_points(model, episode.queries[:n], episode.label_tokens, episode.icl_prefix, ("q",), position,
+                       batch_size=batch_size)["q"]  # [n, layer, head, d_head]  # fmt: skip
+    keys = _prefix_keys(model, list(episode.icl_prefix))
+    out = np.zeros((n, model.cfg.n_layers, len(keep)))
+    for layer in range(model.cfg.n_layers):
+        q = content(model, layer, read[:, layer].to(model.cfg.device, model.cfg.dtype), "q").double().cpu()
+        scores = torch.einsum("nhd,thd->nt", q, keys[layer][torch.as_tensor(keep)])
+        out[:, layer] = (scores / attention_scale(model, layer)).numpy()
+    return out
 
 
 @torch.no_grad()
@@ -94,7 +146,7 @@ def _base_queries(model: LensModel, prompts: list[list[int]]) -> list[torch.Tens
         found = {}
 
         def grab(q: torch.Tensor, hook) -> None:
-            found[hook.layer()] = q[0, 1:].flatten(-2).double().cpu()
+            found[hook.layer()] = content(model, hook.layer(), q[0, 1:], "q").flatten(-2).double().cpu()
 
         with model.hooks([(hook_name("q", l), grab) for l in range(model.cfg.n_layers)]):
             final_residual(model, torch.tensor([tokens], device=model.cfg.device))
@@ -104,10 +156,13 @@ def _base_queries(model: LensModel, prompts: list[list[int]]) -> list[torch.Tens
 
 def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, n: int, position: str,
                        batch_size: int) -> torch.Tensor:  # fmt: skip
-    """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt."""
+    """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt, in
+    `content` geometry."""
     read = read_points(model, episode.queries[:n], episode.label_tokens, [episode.bos], ("q",), position, delta,
-                       batch_size)  # fmt: skip
-    return read["q"].flatten(-2).double()
+                       batch_size)["q"]  # fmt: skip
+    device, dtype = model.cfg.device, model.cfg.dtype
+    return torch.stack([content(model, layer, read[:, layer].to(device, dtype), "q").cpu()
+                        for layer in range(model.cfg.n_layers)], 1).flatten(-2).double()  # fmt: skip
 
 
 def _fit_with_queries(model: LensModel, result: Result, method: str,
@@ -121,7 +176,7 @@ def _fit_with_queries(model: LensModel, result: Result, method: str,
     def keep_q(q: torch.Tensor, hook) -> None:
         if hook.layer() == 0:  # the first layer opens a step's forward
             steps.append({})
-        steps[-1][hook.layer()] = q[0, 1:].detach().float().cpu()
+        steps[-1][hook.layer()] = content(model, hook.layer(), q[0, 1:].detach(), "q").float().cpu()
 
     observers = [(hook_name("q", l), keep_q) for l in range(n_layers)]
     delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method, subject), result.trained_parameters,
@@ -213,6 +268,7 @@ def kendall_table(model: LensModel, result: Result, method: str = "gd", n_querie
     level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries
     whose tau is defined), queries. `table.attrs["seconds"]`: each subject's time."""
     check_same_draws(result.config, result.config.get("baselines", []) if controls else [])
+    check_geometry(model)
     n = min(n_queries, len(result.episode.queries))
     if result.config.get("precision") == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)  # as compare ran it: the refit must be the saved fp16 delta

@@ -144,18 +144,15 @@ def read_points(
     batch_size: int = 8,
     pad_token: int = 0,
 ) -> dict[str, Float[Tensor, "n layer ..."]]:
-    """Every layer's activation at each hook point of `points` (`hooks.HOOK_POINTS` roles, e.g. "resid_pre", or
-    `PREFIX_SCORES`) at the position `record` records, from the same runs (the prefix once, its keys and values
-    shared), float32 on the CPU; also "label_logprobs" and "position" as in `Record`."""
+    """Every layer's activation at each hook point of `points` (`hooks.HOOK_POINTS` roles, e.g. "resid_pre") at the
+    position `record` records, from the same runs (the prefix once, its keys and values shared), float32 on the
+    CPU; also "label_logprobs" and "position" as in `Record`."""
     merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, None,
                           tuple(points))  # fmt: skip
     return {key: merged[key] for key in (*points, "label_logprobs", "position")}
 
 
 RECORDED_POINTS = ("attn_out", "z", "attn_scores")  # what a Record holds per layer
-# A point `read_points` also reads: the pre-softmax scores from the recorded position to every prefix token
-# [n, layer, head, prefix] (Kendall's ICL side), read from the same runs as the rest.
-PREFIX_SCORES = "prefix_scores"
 
 
 def _run_queries(
@@ -264,12 +261,7 @@ def _record_batch(
         s = t[query_rows, :, at_hooked][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
         found["attn_scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
 
-    def read_prefix_scores(t: Float[Tensor, "row head pos key"], hook) -> None:
-        found[PREFIX_SCORES].append(t[query_rows, :, at_hooked][:, :, :prefix_len])  # the prefix's keys come first
-
-    readers = {"attn_scores": read_scores, PREFIX_SCORES: read_prefix_scores}
-    record_hooks = [(hook_filter("attn_scores" if p == PREFIX_SCORES else p), readers.get(p) or read_at(p))
-                    for p in points]  # fmt: skip
+    record_hooks = [(hook_filter(p), read_scores if p == "attn_scores" else read_at(p)) for p in points]
     reset_alibi(model)
     with model.hooks(record_hooks):
         if cached:

@@ -215,34 +215,77 @@ def test_ft_scores_are_fairseqs_scaled_queries_dotted():
     assert got[i, layer, token] == pytest.approx(by_hand)
 
 
-def test_zero_delta_control_equals_the_base_models_tau_by_hand(tiny, saved):
-    """One query, every layer, recomputed with run_with_cache on full prompts: ICL's scores summed over heads from
-    the last query token to the demonstration tokens; FT's side the base model's q there and q' of each training
-    demonstration from its own forward, dotted and divided by d_head (TransformerLens' attn_scale is √d_head), both
-    sides at float32 resolution."""
-    result = Result.load(saved)
-    table = kendall_table(tiny, result, "gd", n_queries=1)
-    zero = table[table.subject == "zero_delta"].set_index(["layer", "level"])
-    episode = result.episode
-    assert all(float(block.attn.attn_scale) == tiny.cfg.d_head**0.5 for block in tiny.blocks)
-    _, icl_cache = tiny.run_with_cache(torch.tensor([[*episode.icl_prefix, *episode.queries[0]]]))
-    _, zs_cache = tiny.run_with_cache(torch.tensor([[episode.bos, *episode.queries[0]]]))
+def normed_by_hand(model, layer: int, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """hook_q / hook_k ([pos, head, d_head]) with the model's qk-norm written out (RMS over d_head, times its
+    weight), where it has one."""
+    if not model.cfg.use_qk_norm:
+        return x
+    norm = getattr(model.blocks[layer].attn, f"{kind}_norm")
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.w
+
+
+def kendall_sides_by_hand(model, episode, query: int = 0):
+    """Kendall's two sides for the base model (no finetuning) and one query, every layer, from run_with_cache on
+    whole prompts: ICL's Σ_h q_h · k_h / attn_scale from the last query token to the demonstration tokens, FT's
+    Σ_h q_h · q'_h / attn_scale² with q' from each training demonstration's own forward; q and k as hook_q and
+    hook_k give them (before rotary; no ALiBi bias), qk-norm applied by hand, key-value heads repeated."""
+    _, icl_cache = model.run_with_cache(torch.tensor([[*episode.icl_prefix, *episode.queries[query]]]))
+    _, zs_cache = model.run_with_cache(torch.tensor([[episode.bos, *episode.queries[query]]]))
     position, positions, q_demo = 1, [], {}
     for row, demo in zip(episode.demo_rows, episode.demos):
         step = episode.train_rows.index(row)
-        _, demo_cache = tiny.run_with_cache(torch.tensor([[episode.bos, *episode.train_demos[step]]]))
-        for layer in range(tiny.cfg.n_layers):
-            q_demo.setdefault(layer, []).append(demo_cache[f"blocks.{layer}.attn.hook_q"][0, 1:].flatten(-2))
+        _, demo_cache = model.run_with_cache(torch.tensor([[episode.bos, *episode.train_demos[step]]]))
+        for layer in range(model.cfg.n_layers):
+            q = normed_by_hand(model, layer, demo_cache[f"blocks.{layer}.attn.hook_q"][0, 1:], "q")
+            q_demo.setdefault(layer, []).append(q.flatten(-2))
         positions += range(position, position + len(demo))
         position += len(demo) + len(episode.separator)
-    for layer in range(tiny.cfg.n_layers):
-        icl = icl_cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, -1, positions].sum(0).double().detach().numpy()
-        q = zs_cache[f"blocks.{layer}.attn.hook_q"][0, -1].flatten()
+    icl, ft = [], []
+    for layer in range(model.cfg.n_layers):
+        scale = float(model.blocks[layer].attn.attn_scale)
+        q = normed_by_hand(model, layer, icl_cache[f"blocks.{layer}.attn.hook_q"][0, -1:], "q")[0].double()
+        k = normed_by_hand(model, layer, icl_cache[f"blocks.{layer}.attn.hook_k"][0, positions], "k").double()
+        k = k.repeat_interleave(model.cfg.n_heads // k.shape[1], dim=1)
+        icl.append((torch.einsum("hd,thd->t", q, k) / scale).detach().numpy())
+        q = normed_by_hand(model, layer, zs_cache[f"blocks.{layer}.attn.hook_q"][0, -1:], "q")[0].flatten()
         # float64 products, then float32, as the definition rounds them: a float32 matrix-vector product may give two
         # equal rows (a token repeated at the same position) results one ulp apart, and tau would rank that noise
-        ft = (torch.cat(q_demo[layer]).double() @ q.double() / tiny.cfg.d_head).detach().numpy()
-        icl, ft = (side.astype(np.float32).astype(np.float64) for side in (icl, ft))
-        assert zero.loc[(layer, "token"), "tau"] == pytest.approx(kendalltau(softmax(icl), softmax(ft)).statistic)
+        ft.append((torch.cat(q_demo[layer]).double() @ q.double() / scale**2).detach().numpy())
+    return [side.astype(np.float32).astype(np.float64) for side in (np.stack(icl), np.stack(ft))]
+
+
+def test_zero_delta_control_equals_the_base_models_tau_by_hand(tiny, saved):
+    result = Result.load(saved)
+    table = kendall_table(tiny, result, "gd", n_queries=1)
+    zero = table[table.subject == "zero_delta"].set_index(["layer", "level"])
+    assert all(float(block.attn.attn_scale) == tiny.cfg.d_head**0.5 for block in tiny.blocks)
+    icl, ft = kendall_sides_by_hand(tiny, result.episode)
+    for layer in range(tiny.cfg.n_layers):
+        assert zero.loc[(layer, "token"), "tau"] == pytest.approx(
+            kendalltau(softmax(icl[layer]), softmax(ft[layer])).statistic
+        )
+
+
+@pytest.mark.parametrize("shape", ["llama-gqa", "gemma3"])
+def test_kendall_sides_are_in_one_geometry_on_rotary_and_qk_norm_models(shape):
+    """Rotary positions with grouped-query attention (a Llama-shaped model) and qk-norm (a Gemma-3-shaped one): both
+    sides equal the by-hand q·k and q·q' without rotary angles, and the ICL side is not the model's rotary attention
+    scores, which the former definition read."""
+    from tests.helpers import GEMMA3_LIKE, tiny_model
+
+    llama_like = dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2)
+    model = tiny_model(**(GEMMA3_LIKE if shape == "gemma3" else llama_like))
+    assert model.cfg.positional_embedding_type == "rotary" and (shape != "gemma3" or model.cfg.use_qk_norm)
+    result = compare(model, toy_task(), k=6, n_eval=2, lr=0.05, baselines=(), progress=False)
+    icl, ft, _ = kendall.kendall_scores(model, result, "gd", 1, finetune=False)
+    icl_hand, ft_hand = kendall_sides_by_hand(model, result.episode)
+    np.testing.assert_allclose(icl[0], icl_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ft[0], ft_hand, rtol=1e-5, atol=1e-6)
+    _, cache = model.run_with_cache(torch.tensor([[*result.episode.icl_prefix, *result.episode.queries[0]]]))
+    keep, _, _ = kendall._alignment(result.episode)
+    rotary = np.stack([cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, -1, keep].sum(0).detach().numpy()
+                       for l in range(model.cfg.n_layers)])  # fmt: skip
+    assert np.abs(rotary - icl_hand).max() > 1e-3
 
 
 def test_kendall_refits_the_saved_delta_with_controls(tiny, saved):
@@ -256,7 +299,9 @@ def test_kendall_refits_the_saved_delta_with_controls(tiny, saved):
 
 
 def full_prompt_icl_scores(model, episode, n, keep, position, batch_size):
-    """Kendall's ICL side as it was computed before the shared prefix: one forward of each whole prompt."""
+    """Kendall's ICL side one whole-prompt forward per query (the path before the shared prefix): hook_q at the
+    recorded position dotted with hook_k at the kept prefix tokens, over heads, / attn_scale (tiny-icl: no qk-norm,
+    one key-value head per head)."""
     out = np.zeros((n, model.cfg.n_layers, len(keep)))
     for i in range(n):
         offset = record_offset(episode.queries[i], episode.label_tokens, position)
@@ -264,8 +309,9 @@ def full_prompt_icl_scores(model, episode, n, keep, position, batch_size):
         _, cache = model.run_with_cache(torch.tensor([tokens]))
         at = len(episode.icl_prefix) + offset
         for layer in range(model.cfg.n_layers):
-            scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, at, torch.as_tensor(keep)]
-            out[i, layer] = scores.sum(0).double().numpy()
+            q = cache[f"blocks.{layer}.attn.hook_q"][0, at].double()
+            k = cache[f"blocks.{layer}.attn.hook_k"][0, torch.as_tensor(keep)].double()
+            out[i, layer] = (torch.einsum("hd,thd->t", q, k) / float(model.blocks[layer].attn.attn_scale)).numpy()
     return out
 
 
