@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
-from iclgd_lens.analysis.kendall import kendall_table
+from iclgd_lens.analysis.kendall import check_geometry, kendall_table
 from iclgd_lens.analysis.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
@@ -183,6 +183,8 @@ def run_attribute(args: argparse.Namespace) -> None:
         raise ValueError(f"--layers {bad} out of range: the result's model has {n_layers} layers")
     model = results_model(args, result.config)
     check_attributable(result, model)
+    if args.kendall_queries:
+        check_geometry(model)  # before the per-head part, not after it
     started = time.perf_counter()
     heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, verify_top)
     seconds = {"heads": time.perf_counter() - started}
