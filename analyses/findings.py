@@ -2,7 +2,10 @@
 
     python analyses/findings.py                    # print the block
     python analyses/findings.py --write README.md docs/findings.md   # replace their <!-- findings --> blocks
+    python analyses/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
 
+`--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side (the
+tables of docs/findings.md that set the papers' way beside matched update size).
 Every number of the README's findings section and of docs/findings.md's summary comes from here
 (iclgd_lens/analysis/findings.py counts, iclgd_lens/views/findings.py lays out); tests/views/test_findings.py
 fails when a committed page differs from what this prints.
@@ -14,8 +17,8 @@ import argparse
 import re
 from pathlib import Path
 
-from iclgd_lens.analysis.findings import load_pairs
-from iclgd_lens.views.findings import findings_block
+from iclgd_lens.analysis.findings import beside, load_pairs
+from iclgd_lens.views.findings import beside_table, findings_block
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 BLOCK = re.compile(r"<!-- findings -->\n.*?<!-- /findings -->", re.S)
@@ -29,7 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the committed sweeps' tables")
     parser.add_argument("--write", type=Path, nargs="*", default=[], help="pages whose findings block to replace")
+    parser.add_argument("--beside", nargs=3, metavar=("FIRST", "SECOND", "TASK"),
+                        help="two sweeps under --results (the papers' way, then matched) and a task of both")  # fmt: skip
     args = parser.parse_args()
+    if args.beside:
+        first, second, task = args.beside
+        print(beside_table(beside(args.results / first, args.results / second, task), "papers' way", "matched"))
+        return
     made = block(args.results)
     print(made)
     for page in args.write:

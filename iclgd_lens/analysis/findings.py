@@ -131,3 +131,27 @@ def totals(pairs: list[PairCounts]) -> dict[str, int]:
         "alpha_below_all": sum(1 for p in pairs if p.alpha_total and p.alpha.get("below", 0) == p.alpha_total),
         "icl_above_zs": sum(1 for p in pairs if p.icl > p.zs),
     }
+
+
+def beside(first: Path, second: Path, task: str) -> pd.DataFrame:
+    """Every verdict of `task` in two sweeps of the same runs (for example the papers' way and matched update size),
+    row by row: per (method, metric, against) each sweep's difference, interval, verdict and `ratio`, the `against`
+    subject's mean ‖ΔW‖ over the first side's (the trained model's for the method; LCGD's against GD), from each
+    sweep's summary.csv."""
+    frames = []
+    for label, folder in (("first", first), ("second", second)):
+        verdicts = pd.read_csv(folder / "verdicts.csv")
+        verdicts = verdicts[verdicts["task"] == task].copy()
+        norms = _update_norms(pd.read_csv(folder / "summary.csv"), task)
+        verdicts["ratio"] = [norms.get(("trained", "gd") if against == "gd" else (against, method), math.nan)
+                             / norms.get(("trained", method), math.nan)
+                             for method, against in zip(verdicts["method"], verdicts["baseline"])]  # fmt: skip
+        keep = verdicts[["method", "metric", "baseline", "difference", "diff_low", "diff_high", "verdict", "ratio"]]
+        frames.append(keep.set_index(["method", "metric", "baseline"]).add_prefix(f"{label}_"))
+    return frames[0].join(frames[1], how="inner").reset_index()
+
+
+def _update_norms(summary: pd.DataFrame, task: str) -> dict[tuple[str, str], float]:
+    """(model, method) -> mean ‖ΔW‖ over runs, for `task`."""
+    rows = summary[(summary["task"] == task) & (summary["metric"] == "update_norm")]
+    return {(model, method): value for model, method, value in zip(rows["model"], rows["method"], rows["mean"])}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 from iclgd_lens.analysis.findings import PairCounts, totals
 from iclgd_lens.views.markdown import markdown_table
 
@@ -88,3 +90,22 @@ def _primary(pair: PairCounts) -> str:
         counts = pair.primary.get(method, {})
         parts.append(", ".join(f"{n} {verdict}" for verdict, n in counts.items()) or "–")
     return "; ".join(parts)
+
+
+METRIC_NAMES = {"simaou_norm": "SimAOU_norm", "simaou": "SimAOU", "simam_delta": "SimAM∆", "alpha": "α"}
+
+
+def beside_table(frame: pd.DataFrame, first: str, second: str) -> str:
+    """`analysis.findings.beside` in Markdown: a row per verdict, each sweep's cell "difference [interval]: verdict
+    (‖ΔW‖ ×ratio)"; `first` and `second` head the two columns."""
+
+    def cell(row, side: str) -> str:
+        r = {name: row[f"{side}_{name}"] for name in ("difference", "diff_low", "diff_high", "verdict", "ratio")}
+        return (f"{r['difference']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]: {r['verdict']} "
+                f"(×{_ratio(r['ratio'])})")  # fmt: skip
+
+    rows = [[row["method"].upper(), METRIC_NAMES.get(row["metric"], row["metric"]), row["baseline"],
+             cell(row, "first"), cell(row, "second")] for _, row in frame.iterrows()]  # fmt: skip
+    header = ["method", "metric", "against", f"{first}: difference [interval]: verdict (‖ΔW‖ ×r)",
+              f"{second}: difference [interval]: verdict (‖ΔW‖ ×r)"]  # fmt: skip
+    return markdown_table(header, rows)

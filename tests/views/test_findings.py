@@ -63,3 +63,21 @@ def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
     [rt] = [p for p in load_pairs(RESULTS, ["smollm2-paper5"]) if p.task == "rt-snippets"]
     longer, other_design = replace(rt, sweep="ten", runs=10), replace(rt, sweep="matched", baseline_lr="matched")
     assert _most_runs([rt, longer, other_design]) == [longer, other_design]
+
+
+# The side-by-side tables of docs/findings.md: (papers' way, matched, task), each quoted whole on the page.
+BESIDE = [("smollm2-paper5", "smollm2-rt-matched-paper5", "rt-snippets")]
+
+
+@pytest.mark.parametrize("first, second, task", BESIDE)
+def test_the_side_by_side_tables_are_the_generators(first, second, task):
+    """Each papers'-way-beside-matched table on docs/findings.md is `analyses/findings.py --beside`'s output; its
+    ratios come from the two summary.csv files (hand-checked: GD against trained_embeddings the papers' way is
+    ‖ΔW‖ ×6.21, the findings table's largest baseline ratio of the same sweep)."""
+    from iclgd_lens.analysis.findings import beside
+    from iclgd_lens.views.findings import beside_table
+
+    frame = beside(RESULTS / first, RESULTS / second, task)
+    row = frame[(frame.method == "gd") & (frame.metric == "simaou_norm") & (frame.baseline == "trained_embeddings")]
+    assert row["first_ratio"].item() == pytest.approx(6.21, abs=0.005)
+    assert beside_table(frame, "papers' way", "matched") in (ROOT / "docs" / "findings.md").read_text()
