@@ -8,6 +8,7 @@ through hooks), and on the ICL prompt ([BOS] + demonstrations + query) when it i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
