@@ -71,6 +71,7 @@ def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
 BESIDE = [
     ("smollm2-paper5", "smollm2-rt-matched-paper5", "rt-snippets", 6.21),
     ("smollm2-paper5", "smollm2-subj-matched-paper5", "synth-subj", 5.21),
+    ("smollm2-paper5", "smollm2-mr-matched-paper5", "synth-mr", 4.51),
 ]
 
 
