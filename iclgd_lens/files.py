@@ -63,8 +63,9 @@ def holds_marker(folder: Path, marker: str, format_name: str) -> bool:
 
 
 def check_format(folder: Path, marker: str, formats: tuple[str | None, ...], kind: str, verb: str) -> dict:
-    """`folder/marker`'s JSON object, if its "format" is one of `formats`; else a one-line error that says whether
-    the file is missing, unreadable, or written by another version of the toolkit (and what to run instead)."""
+    """`folder/marker`'s JSON object, if its "format" is one of `formats` (None: a file written before formats were
+    named); else a one-line error that says whether the file is missing, unreadable, or written by another version
+    of the toolkit (and what to run instead)."""
     try:
         data = json.loads((folder / marker).read_text())
     except OSError:
@@ -75,8 +76,8 @@ def check_format(folder: Path, marker: str, formats: tuple[str | None, ...], kin
     written = data.get("format") if isinstance(data, dict) else None
     if written not in formats:
         raise ValueError(f"{str(folder)!r} holds a {kind} of format {written!r}, which this iclgd-lens does not read "
-                         f"(it reads {list(formats)}): run iclgd-lens {verb} again with this version, or read it with "
-                         "the version that wrote it")  # fmt: skip
+                         f"(it reads {[f for f in formats if f]}): run iclgd-lens {verb} again with this version, or "
+                         "read it with the version that wrote it")  # fmt: skip
     return data
 
 

@@ -28,6 +28,7 @@ of the result, refitted on its re-initialised copy (its own ICL scores, its own 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -124,16 +125,25 @@ def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, po
                 batch_size: int) -> np.ndarray:  # fmt: skip
     """[n, layer, kept tokens]: ICL's pre-softmax scores from the recorded position to the prefix tokens `keep`,
     summed over heads, in `content` geometry: Σ_h q_h · k_h / attn_scale, q at the recorded position of each ICL
-    prompt (the prefix run once and shared by the query rows, `read_points`), k the prefix's."""
-    read = read_points(model, episode.queries[:n], episode.label_tokens, episode.icl_prefix, ("q",), position,
-                       batch_size=batch_size)["q"]  # [n, layer, head, d_head]  # fmt: skip
+    prompt, k the prefix's."""
+    q = _queries_at_position(model, episode, n, episode.icl_prefix, position, None, batch_size)
     keys = _prefix_keys(model, list(episode.icl_prefix))
     out = np.zeros((n, model.cfg.n_layers, len(keep)))
     for layer in range(model.cfg.n_layers):
-        q = content(model, layer, read[:, layer].to(model.cfg.device, model.cfg.dtype), "q").double().cpu()
-        scores = torch.einsum("nhd,thd->nt", q, keys[layer][torch.as_tensor(keep)])
+        scores = torch.einsum("nhd,thd->nt", q[:, layer], keys[layer][torch.as_tensor(keep)])
         out[:, layer] = (scores / attention_scale(model, layer)).numpy()
     return out
+
+
+def _queries_at_position(model: LensModel, episode: Episode, n: int, prefix: Sequence[int], position: str,
+                         delta: Delta | None, batch_size: int) -> Float[Tensor, "n layer head d_head"]:  # fmt: skip
+    """Every layer's query at the recorded position of the first `n` queries after `prefix` (under `delta`), in
+    `content` geometry, float64 on the CPU: the prefix run once and shared by the query rows (`read_points`)."""
+    read = read_points(model, episode.queries[:n], episode.label_tokens, prefix, ("q",), position, delta,
+                       batch_size)["q"]  # fmt: skip
+    device, dtype = model.cfg.device, model.cfg.dtype
+    return torch.stack([content(model, layer, read[:, layer].to(device, dtype), "q").cpu()
+                        for layer in range(model.cfg.n_layers)], 1).double()  # fmt: skip
 
 
 @torch.no_grad()
@@ -158,11 +168,7 @@ def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, 
                        batch_size: int) -> torch.Tensor:  # fmt: skip
     """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt, in
     `content` geometry."""
-    read = read_points(model, episode.queries[:n], episode.label_tokens, [episode.bos], ("q",), position, delta,
-                       batch_size)["q"]  # fmt: skip
-    device, dtype = model.cfg.device, model.cfg.dtype
-    return torch.stack([content(model, layer, read[:, layer].to(device, dtype), "q").cpu()
-                        for layer in range(model.cfg.n_layers)], 1).flatten(-2).double()  # fmt: skip
+    return _queries_at_position(model, episode, n, [episode.bos], position, delta, batch_size).flatten(-2)
 
 
 def _fit_with_queries(model: LensModel, result: Result, method: str,
