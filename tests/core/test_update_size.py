@@ -46,6 +46,45 @@ def test_the_search_lands_within_tolerance(curve, target, start):
     assert curve.fits <= 12
 
 
+class Norms:
+    """A fake fit whose update norm is `norm_of(lr)`; counts its fits."""
+
+    def __init__(self, norm_of):
+        self.norm_of, self.fits = norm_of, 0
+
+    def __call__(self, lr: float) -> Delta:
+        self.fits += 1
+        return Delta({"blocks.0.attn.W_K": torch.full((1,), self.norm_of(lr), dtype=torch.float64)})
+
+
+def steps(levels: list[tuple[float, float]]):
+    """A norm that is a step function of lr, `levels` [(from_lr, norm), ...] in rising lr (slightly rising within
+    a step): SGD's ‖ΔW‖ past its stability edge, which jumps and can fall as lr rises."""
+    return lambda lr: [n for start, n in levels if lr >= start][-1] * (1 + 1e-3 * lr)
+
+
+def test_a_curved_bracket_is_bisected_not_crept_along():
+    """log ‖ΔW‖ convex in log lr (slope 1, then a wall: lr · e^(1000 lr)): a secant alone creeps from the bracket's
+    low end (regula falsi); every second step on one side bisects instead."""
+    curve = Norms(lambda lr: lr * math.exp(min(1000 * lr, 300)))
+    lr, delta = matched_lr(curve, 1, 0.02, 1.0, "subject")  # from above the wall: the secant alone took 13 fits
+    assert abs(delta.norms(1)["total"] / 0.02 - 1) <= TOLERANCE and curve.fits <= 10
+
+
+def test_a_jump_over_the_target_is_one_error_showing_the_jump():
+    """Past the stability edge (Gemma's trained_norms baseline: 0.83 at lr 9.6e-6, 0.43 at 9.7e-6) the bracket closes
+    on a jump: one error naming the subject, the two sides and the fall in ‖ΔW‖, in far fewer fits than the cap."""
+    curve = Norms(steps([(0.0, 0.3), (1e-2, 0.1), (2e-2, 0.9)]))  # falls at 0.01, jumps over 0.5 at 0.02
+    with pytest.raises(ValueError, match="trained_norms's gd: ‖ΔW‖ jumps over") as error:
+        matched_lr(curve, 1, 0.5, 5e-3, "trained_norms's gd")
+    message = str(error.value)
+    assert "\n" not in message and "fell as lr rose" in message and "--baseline-lr paper" in message
+    assert curve.fits < 25
+    with pytest.raises(ValueError, match="jumps over") as error:
+        matched_lr(Norms(steps([(0.0, 0.1), (1e-2, 0.8)])), 1, 0.45, 1e-3, "x")  # a clean jump: no fall to report
+    assert "fell" not in str(error.value)
+
+
 def test_an_unreachable_target_is_one_error_naming_the_subject():
     with pytest.raises(ValueError, match="no_training's gd: no learning rate in") as error:
         matched_lr(Curve(1.0, ceiling=0.5), 1, 2.0, 1e-3, "no_training's gd")
