@@ -19,6 +19,7 @@ from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import setting_inputs
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.methods import MethodContext, run_method
 from iclgd_lens.core.metrics import accuracy
 from iclgd_lens.core.recording import read_points
@@ -45,7 +46,15 @@ def check_lens_result(result: Result, model: LensModel) -> None:
                          "token (position 'first_option'): run compare with --position prediction")  # fmt: skip
     if not result.deltas:
         raise ValueError("the result holds no saved deltas (written before deltas.safetensors): re-run compare")
+    check_dummies(result.episode)
     result.check_model(model)
+
+
+def check_dummies(episode: Episode) -> None:
+    """Hendel's task vectors need the episode's dummy queries."""
+    if not episode.dummy_queries:
+        raise ValueError("the result's episode holds no dummy queries for Hendel's task vectors (written before "
+                         "they were recorded): re-run compare")  # fmt: skip
 
 
 def subject_runs(model: LensModel, result: Result, baselines: Sequence[str] | None = None) -> Iterator[SubjectRuns]:

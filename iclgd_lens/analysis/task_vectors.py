@@ -1,11 +1,18 @@
-"""Task vectors (Hendel et al. 2023) and the residual shift that ICL and each method give the prediction position.
+"""Task vectors (Hendel et al. 2023), ICL's own stream patched into its zero-shot run, and the residual shift that
+ICL and each method give the prediction position.
 
 Stream point l (0 ≤ l ≤ L, L layers) is the residual stream entering layer l, and l = L the stream after the last
 layer (before the final norm). For each l:
 
-- `tv_correct`, `tv_logodds`: the ZS prompt (the query without demonstrations) run with its stream at point l and the
-  prediction position replaced by ICL's, then on through the layers above; whether the patched run answers correctly
-  and its label log-odds (first label tokens, as attribution reads them). l = L gives ICL's answer, no patch ZS's.
+- `tv_correct`, `tv_logodds` (Hendel's task vector): θ_l is the stream at point l and the last position of ICL
+  prompts [demonstrations; dummy query], averaged over the episode's dummy queries (undemonstrated train rows,
+  `episodes.DUMMIES_PER_CLASS` of each class, so that no one dummy's answer survives the mean). θ_l depends on the
+  demonstrations and not on the evaluation query; the ZS prompt of every evaluation query runs with its stream at
+  point l and the prediction position replaced by θ_l, then on through the layers above: whether it answers
+  correctly and its label log-odds (first label tokens, as attribution reads them).
+- `own_stream_correct`, `own_stream_logodds`: the same with ICL's stream *of the same query* patched in (what this
+  lens called a task vector before): it can carry the query's answer as well as the task, so it bounds what a
+  patch at point l can do rather than measuring the task. l = L gives ICL's answer, no patch ZS's.
 - `shift_cos_m`: cos(ICL − ZS, m − ZS) of the stream at point l and the prediction position, m a finetuned setting
   (the ZS prompt through m's delta): whether GD moves the prediction's residual stream the way the demonstrations
   do; `shift_norm_ratio_m`: ‖m − ZS‖ / ‖ICL − ZS‖. NaN where either shift is zero (nothing to point).
@@ -19,10 +26,11 @@ from torch import Tensor
 
 from iclgd_lens.analysis.attribution import logodds
 from iclgd_lens.analysis.head_runs import ZSBatch
-from iclgd_lens.analysis.lens_runs import SubjectRuns
+from iclgd_lens.analysis.lens_runs import SubjectRuns, check_dummies
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.readout import Readout
+from iclgd_lens.core.recording import read_points
 
 
 def stream_points(reading: dict[str, Tensor]) -> Float[Tensor, "n point d_model"]:
@@ -30,13 +38,22 @@ def stream_points(reading: dict[str, Tensor]) -> Float[Tensor, "n point d_model"
     return torch.cat([reading["resid_pre"], reading["resid_post"][:, -1:]], 1).double()
 
 
+def task_vector(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> Float[Tensor, "point d_model"]:
+    """Hendel's θ at every stream point (float64): the mean over `episode`'s dummy queries of ICL's stream at the
+    last position of [demonstrations; dummy]."""
+    check_dummies(episode)
+    reading = read_points(subject.model, episode.dummy_queries, episode.label_tokens, episode.icl_prefix,
+                          ("resid_pre", "resid_post"), "prediction", None, batch_size, episode.bos)  # fmt: skip
+    return stream_points(reading).mean(0)
+
+
 @torch.no_grad()
 def patched_runs(
-    subject: SubjectRuns, episode: Episode, batch_size: int = 8
+    subject: SubjectRuns, episode: Episode, source: Float[Tensor, "n point d_model"], batch_size: int = 8
 ) -> tuple[Float[Tensor, "n point class"], Float[Tensor, "n class"]]:
-    """First-token label log-probs of the ZS prompts with ICL's stream patched in at each point, and unpatched."""
+    """First-token label log-probs of the ZS prompts with `source[query, point]` patched in at each point (the
+    prediction position), and unpatched."""
     model, n_layers = subject.model, subject.model.cfg.n_layers
-    source = stream_points(subject.readings["icl"])
     readout = Readout(model)
     patched, plain = [], []
     for start in range(0, len(episode.queries), batch_size):
@@ -59,17 +76,27 @@ def patched_runs(
     return torch.cat(patched).double(), torch.cat(plain).double()
 
 
-def task_vector_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
-    """The lens's measures on one subject, float64 [n, point] (module docstring); `zs_correct` [n, 1] too."""
+def patch_values(
+    subject: SubjectRuns, episode: Episode, source: Float[Tensor, "n point d_model"], name: str, batch_size: int = 8
+) -> dict[str, Tensor]:
+    """`{name}_correct` and `{name}_logodds` [n, point] of the ZS prompts with `source` patched in, and
+    `zs_correct` [n, 1]."""
     labels = torch.tensor(episode.labels)
-    patched, plain = patched_runs(subject, episode, batch_size)
+    patched, plain = patched_runs(subject, episode, source, batch_size)
     n, points, _ = patched.shape
-    flat_labels = labels.repeat_interleave(points)
-    values = {
-        "tv_correct": (patched.argmax(-1) == labels[:, None]).double(),
-        "tv_logodds": logodds(patched.reshape(n * points, -1), flat_labels).view(n, points),
+    return {
+        f"{name}_correct": (patched.argmax(-1) == labels[:, None]).double(),
+        f"{name}_logodds": logodds(patched.reshape(n * points, -1), labels.repeat_interleave(points)).view(n, points),
         "zs_correct": (plain.argmax(-1) == labels).double()[:, None],
     }
+
+
+def task_vector_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
+    """The lens's measures on one subject, float64 [n, point] (module docstring); `zs_correct` [n, 1] too."""
+    n = len(episode.queries)
+    theta = task_vector(subject, episode, batch_size)
+    values = patch_values(subject, episode, theta.expand(n, *theta.shape), "tv", batch_size)
+    values |= patch_values(subject, episode, stream_points(subject.readings["icl"]), "own_stream", batch_size)
     zs = stream_points(subject.readings["zs"])
     icl_shift = stream_points(subject.readings["icl"]) - zs
     icl_norm = icl_shift.norm(dim=-1)

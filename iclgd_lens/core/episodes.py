@@ -29,6 +29,9 @@ Tokens = tuple[int, ...]
 EVAL_SHUFFLE_SEED = 1  # docs/science.md: the evaluation set is shuffled with seed 1
 LABEL_SHUFFLE_STREAM = 7  # the shuffled label control's permutation: numpy Generator seeded with [seed, 7]
 DEFAULT_N_EVAL = 2000
+# Hendel et al.'s dummy queries: this many undemonstrated train rows of each class, so that θ, their ICL streams'
+# mean, carries no one dummy's answer (docs/science.md, "Task vectors").
+DUMMIES_PER_CLASS = 4
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Episode:
     demo_labels: tuple[int, ...] = ()  # the class each kept demonstration shows (its own, unless a label control)
     train_labels: tuple[int, ...] = ()  # likewise for GD's demonstrations
     label_control: str | None = None  # None (true labels), "shuffled" or "reversed"
+    dummy_queries: tuple[Tokens, ...] = ()  # Hendel's dummy queries: undemonstrated train rows' prompts (no BOS)
+    dummy_rows: tuple[int, ...] = ()  # train-split row of each
+    dummy_labels: tuple[int, ...] = ()  # the class of each (they balance the classes; no prompt shows it)
 
     @property
     def effective_k(self) -> int:
@@ -73,11 +79,13 @@ class Episode:
         # Results written before GD had its own demonstration list trained on ICL's.
         data = {"train_demos": data["demos"], "train_rows": data["demo_rows"]} | data
         fields = {f: data[f] for f in cls.__dataclass_fields__ if f in data}  # older results: no shown labels
-        for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels", "demo_labels", "train_labels"):
+        for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels", "demo_labels", "train_labels",
+                     "dummy_rows", "dummy_labels"):  # fmt: skip
             if name in fields:
                 fields[name] = tuple(fields[name])
-        for name in ("label_tokens", "demos", "train_demos", "queries"):
-            fields[name] = tuple(tuple(t) for t in fields[name])
+        for name in ("label_tokens", "demos", "train_demos", "queries", "dummy_queries"):
+            if name in fields:
+                fields[name] = tuple(tuple(t) for t in fields[name])
         return cls(**fields)
 
     def save(self, path: Path, record_positions: dict[str, list[int]] | None = None) -> None:
@@ -157,6 +165,17 @@ def demonstration_rows(n_train: int, k: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(n_train)[:k]]
 
 
+def dummy_rows(task: Task, k: int, seed: int, fits: Callable[[int], bool]) -> list[int]:
+    """Hendel's dummy queries for a run with this seed: in the seeded shuffle's order past the k demonstrated rows,
+    the first `DUMMIES_PER_CLASS` rows of each class whose prompt `fits` the context after the demonstrations."""
+    taken: dict[int, list[int]] = {}
+    for row in (int(i) for i in np.random.default_rng(seed).permutation(len(task.train))[k:]):
+        label = task.train[row]["label"]
+        if len(taken.setdefault(label, [])) < DUMMIES_PER_CLASS and fits(row):
+            taken[label].append(row)
+    return [row for label in sorted(taken) for row in taken[label]]
+
+
 def shown_labels(labels: list[int], n_classes: int, seed: int, control: str | None) -> list[int]:
     """The labels the demonstrations show, in draw order: their own (`None`); a permutation of them seeded by the
     run's seed (`shuffled`: the label counts stay, each demonstration's pairing is broken); or class c named by the
@@ -231,6 +250,8 @@ def build_episode(
         return encode(task.prompt(task.train[row], raw)) + label_tokens[shown[row]]
 
     icl_demos = [demonstration(row) for row in icl_rows]
+    longest_query = max(len(q) for q in queries)  # the prefix's budget leaves room for it, and for no longer dummy
+    dummies = dummy_rows(task, k, seed, lambda row: len(encode(task.prompt(task.train[row], raw))) <= longest_query)
     # Every query must fit after the prefix: the budget leaves room for the longest query row.
     kept = keep_demonstrations(
         [len(d) + len(separator) for d in icl_demos], n_ctx - longest_row + 1, choices.truncation
@@ -260,4 +281,7 @@ def build_episode(
         demo_labels=tuple(shown[icl_rows[i]] for i in kept),
         train_labels=tuple(shown[row] for row in gd_rows),
         label_control=label_control,
+        dummy_queries=tuple(encode(task.prompt(task.train[row], raw)) for row in dummies),
+        dummy_rows=tuple(dummies),
+        dummy_labels=tuple(task.train[row]["label"] for row in dummies),
     )

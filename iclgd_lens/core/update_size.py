@@ -99,6 +99,7 @@ def _jump_message(subject: str, target: float, tolerance: float, tried, below, a
         "rate instead (--baseline-lr paper, or --lr-lcgd gd for LCGD), or leave this subject out"
     )
 
+
 def _fit_norm(fit: Callable[[float], Delta], lr: float, n_layers: int) -> tuple[Delta | None, float]:
     try:
         delta = fit(lr)

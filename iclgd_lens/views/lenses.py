@@ -14,7 +14,7 @@ from iclgd_lens.files import check_output, holds_marker, replaced_atomically
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import MODEL_STYLES, save_figure
 
-LENSES_FORMAT = "iclgd-lens lenses 1"
+LENSES_FORMAT = "iclgd-lens lenses 2"  # 2: tv_* is Hendel's task vector; own_stream_* the same-query patch
 MARKER = "lenses.json"
 MAX_EXACT_ERROR = 1e-3  # relative: above it the implicit update does not reproduce ICL's block output
 MEANINGS = {
@@ -26,8 +26,12 @@ MEANINGS = {
     "mlp_change_norm": "‖MLP output with context − without‖ (what ΔW carries)",
     "residual_term_norm": "‖Δr‖: the context's change of the stream beside the MLP (what ΔW leaves to Δr)",
     "exact_error": "‖ZS block under (ΔW, Δr) − ICL block‖ / ‖ICL block‖ at the prediction position",
-    "tv_correct": "accuracy of the ZS prompt with ICL's residual stream patched in at the point (task vector)",
+    "tv_correct": "accuracy of the ZS prompt with Hendel's task vector θ (ICL's stream at dummy queries, averaged) "
+    "patched in at the point",
     "tv_logodds": "label log-odds of that patched run",
+    "own_stream_correct": "accuracy of the ZS prompt with ICL's stream of the same query patched in at the point "
+    "(can carry the answer, not only the task)",
+    "own_stream_logodds": "label log-odds of that patched run",
     "zs_correct": "accuracy of the unpatched ZS prompt (first label tokens)",
     "shift_cos": "cos(ICL − ZS, method − ZS) of the residual stream at the prediction position, per query",
     "shift_norm_ratio": "‖method − ZS‖ / ‖ICL − ZS‖ of that stream",
@@ -42,7 +46,8 @@ MEANINGS = {
 def _rank(measure: str) -> int:
     """Headline measures first: the cosines, the task vectors, then the sizes and the exactness check."""
     stems = list(MEANINGS)
-    order = ["implicit_cos", "implicit_mean_cos", "shift_cos", "tv_correct", "tv_logodds", "zs_correct", "path_cos",
+    order = ["implicit_cos", "implicit_mean_cos", "shift_cos", "tv_correct", "tv_logodds", "own_stream_correct",
+             "zs_correct", "path_cos",
              "path_change", "implicit_norm_ratio", "shift_norm_ratio", *stems]  # fmt: skip
     return next(i for i, stem in enumerate(order) if measure == stem or measure.startswith(stem + "_"))
 
@@ -122,7 +127,11 @@ def lenses_figure(per_layer: pd.DataFrame, methods: list[str]):
     """Per-layer curves of the headline measures, one line per subject; the band is the model's interval."""
     from matplotlib.figure import Figure
 
-    panels = [f"implicit_cos_{m}" for m in methods] + [f"shift_cos_{m}" for m in methods] + ["tv_correct"]
+    panels = (
+        [f"implicit_cos_{m}" for m in methods]
+        + [f"shift_cos_{m}" for m in methods]
+        + ["tv_correct", "own_stream_correct"]
+    )
     panels += [f"path_cos_{m}" for m in methods if f"path_cos_{m}" in set(per_layer.measure)]
     fig = Figure(figsize=(3.6 * len(panels), 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]

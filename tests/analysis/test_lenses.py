@@ -3,6 +3,7 @@ against a GD delta built to equal it, task vectors against the recorder's own ZS
 against hand-computed means."""
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ from iclgd_lens.analysis.implicit_update import (
 )
 from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
 from iclgd_lens.analysis.lenses import _mean_and_interval, paired_table, per_layer_table
-from iclgd_lens.analysis.task_vectors import patched_runs, task_vector_values
+from iclgd_lens.analysis.task_vectors import patch_values, patched_runs, stream_points, task_vector, task_vector_values
 from iclgd_lens.cli import main
 from iclgd_lens.core.hooks import hook_name, parameter_name
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
@@ -143,7 +144,7 @@ def test_task_vectors_patch_nothing_then_everything(arch):
     positions the stream entering layer 0 is the same token's embedding in both prompts, so patching it is ZS."""
     subject, result = lens_subject(arch)
     episode = result.episode
-    patched, plain = patched_runs(subject, episode, batch_size=2)
+    patched, plain = patched_runs(subject, episode, stream_points(subject.readings["icl"]), batch_size=2)
     zs = _first_token_record(subject.model, episode, episode.zs_prefix, 3).double()
     icl = _first_token_record(subject.model, episode, episode.icl_prefix, 3).double()
     # up to a per-row constant (full-vocabulary log-probs): compare the class log-odds
@@ -153,12 +154,80 @@ def test_task_vectors_patch_nothing_then_everything(arch):
     if arch == "llama-like":
         torch.testing.assert_close(centred(patched[:, 0]), centred(zs), atol=1e-6, rtol=0)
     values = task_vector_values(subject, episode, batch_size=2)
-    assert values["tv_correct"].shape == (5, subject.model.cfg.n_layers + 1)
+    assert values["tv_correct"].shape == values["own_stream_correct"].shape == (5, subject.model.cfg.n_layers + 1)
     # the shift cosine by hand at the last point
     icl_shift = (subject.readings["icl"]["resid_post"][:, -1] - subject.readings["zs"]["resid_post"][:, -1]).double()
     gd_shift = (subject.readings["gd"]["resid_post"][:, -1] - subject.readings["zs"]["resid_post"][:, -1]).double()
     by_hand = torch.nn.functional.cosine_similarity(icl_shift, gd_shift, dim=-1)
     torch.testing.assert_close(values["shift_cos_gd"][:, -1], by_hand)
+
+
+def test_hendels_task_vector_is_the_mean_dummy_stream_and_not_the_querys():
+    """θ by hand: full forwards of [demonstrations; dummy] (run_with_cache, no shared prefix), the stream at the last
+    position averaged over the dummies; the same θ whatever the evaluation queries; patched, every query gets it."""
+    subject, result = lens_subject("llama-like")
+    episode, model = result.episode, subject.model
+    assert len(episode.dummy_queries) == 8 and sorted(set(episode.dummy_labels)) == [0, 1]
+    assert not set(episode.dummy_rows) & set(episode.demo_rows)
+    by_hand = []
+    for dummy in episode.dummy_queries:
+        _, cache = model.run_with_cache(torch.tensor([[*episode.icl_prefix, *dummy]]))
+        streams = [cache[hook_name("resid_pre", layer)][0, -1] for layer in range(model.cfg.n_layers)]
+        by_hand.append(torch.stack([*streams, cache[hook_name("resid_post", model.cfg.n_layers - 1)][0, -1]]))
+    theta = task_vector(subject, episode, batch_size=3)
+    torch.testing.assert_close(theta, torch.stack(by_hand).mean(0).double(), atol=1e-6, rtol=0)
+    others = dataclasses.replace(episode, queries=episode.queries[::-1], labels=episode.labels[::-1])
+    assert torch.equal(task_vector(subject, others, batch_size=3), theta)
+    n = len(episode.queries)
+    values = patch_values(subject, episode, theta.expand(n, *theta.shape), "tv", batch_size=2)
+    assert torch.equal(values["tv_correct"], task_vector_values(subject, episode, batch_size=2)["tv_correct"])
+
+
+def test_a_task_vector_without_demonstrations_changes_nothing():
+    """θ from a zero-shot prompt (no demonstrations) of the query itself is the query's own ZS stream: patching it
+    into the query's ZS run leaves every point's answer as it was (the patch machinery adds nothing of its own)."""
+    subject, result = lens_subject("gemma3-like")
+    first = result.episode.queries[0]
+    episode = dataclasses.replace(result.episode, demos=(), queries=(first,), labels=result.episode.labels[:1],
+                                  dummy_queries=(first,))  # fmt: skip
+    theta = task_vector(subject, episode)
+    patched, plain = patched_runs(subject, episode, theta[None])
+    # the recorded streams are float32: the patched value is the float64 stream rounded to float32
+    torch.testing.assert_close(patched, plain[:, None].expand_as(patched), atol=1e-6, rtol=0)
+
+
+def one_answer_task(label: int):
+    """synth-sst2 with every row of class `label` (but one train row, which a Task needs of each class and no
+    demonstration here is): the task is to answer that class."""
+    task = load_task("synth-sst2")
+    relabel = lambda rows: [dict(row, label=label) for row in rows]  # noqa: E731
+    train = [*relabel(task.train[:-1]), dict(task.train[-1], label=1 - label)]
+    return dataclasses.replace(task, name=f"always-{label}", train=train, eval=relabel(task.eval))
+
+
+def test_on_tiny_icl_a_task_vector_carries_its_task_and_another_tasks_does_not(tiny):
+    """tiny-icl's ZS prefers one label word; on the task "always answer the other" its ICL mostly answers it, and θ
+    patched entering its last layer (the one middle point of two layers) moves the answer toward it; θ of the task
+    "always answer the preferred one" moves it away. (On tiny-icl θ lifts the log-odds, 0.46 nats, more than the
+    accuracy: 0.125 to 0.25.)"""
+    runs = {}
+    for label in (0, 1):
+        result = compare(tiny, one_answer_task(label), k=16, n_eval=24, baselines=(), methods=("gd",), progress=False)
+        [subject] = subject_runs(tiny, result)
+        runs[label] = (subject, result)
+    target = min(runs, key=lambda label: runs[label][1].scores["model"].accuracy["zs"])  # the class ZS does not say
+    (subject, result), (other_subject, other_result) = runs[target], runs[1 - target]
+    assert set(result.episode.demo_labels) == {target}
+    assert result.scores["model"].accuracy["zs"] < 0.5 and result.scores["model"].accuracy["icl"] > 0.6
+    n, middle = len(result.episode.queries), tiny.cfg.n_layers - 1
+
+    def patched_logodds(theta: torch.Tensor) -> torch.Tensor:
+        return patch_values(subject, result.episode, theta.expand(n, *theta.shape), "tv")["tv_logodds"].mean(0)
+
+    own = patched_logodds(task_vector(subject, result.episode))
+    crossed = patched_logodds(task_vector(other_subject, other_result.episode))
+    zs = own[0]  # entering layer 0 the stream is the last token's embedding: the same in every prompt
+    assert own[middle] > zs + 0.3 and crossed[middle] < zs - 0.3
 
 
 def test_statistics_against_hand_computed_means():
