@@ -20,14 +20,16 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
+from torch import Tensor
 
 from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentile_interval, statistic, verdict
 from iclgd_lens.analysis.implicit_update import implicit_values, path_values
-from iclgd_lens.analysis.lens_runs import subject_runs
+from iclgd_lens.analysis.lens_runs import SubjectRuns, subject_runs
 from iclgd_lens.analysis.tables import check_poolable
-from iclgd_lens.analysis.task_vectors import task_vector_values
+from iclgd_lens.analysis.task_vectors import shift_values, task_vector_values
 from iclgd_lens.backend import LensModel
-from iclgd_lens.core.results import Result
+from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.results import Result, cross_pair_name
 
 RunValues = dict[str, dict[str, np.ndarray]]  # subject -> measure -> [n or 1, layer or point]
 QUERY_DRAWS, QUERY_SEED = 4000, 0
@@ -43,19 +45,45 @@ def lens_values(
     path: bool = False,
 ) -> RunValues:
     """Every lens measure on the model and each baseline of `result`, and on the model under each of its label
-    controls ("model [shuffled]", compared like a baseline): subject -> measure -> values. `path`: also the path
-    over demonstrations (`implicit_update.path_values`: k more ICL runs and k trainings per method and subject)."""
+    controls ("model [shuffled]", compared like a baseline) and their cross pairs ("model [ICL true, FT shuffled]":
+    the measures that set ICL against a method, `cross_pair_values`): subject -> measure -> values. `path`: also
+    the path over demonstrations (`implicit_update.path_values`: k more ICL runs and k trainings per method and
+    subject)."""
     batch_size = batch_size or result.config.get("batch_size", 8)
     values: RunValues = {}
-    sources = [(result, baselines, "")] + [(control, [], f" [{kind}]") for kind, control in result.controls.items()]
-    for source, names, suffix in sources:
+    trained: dict[str, SubjectRuns] = {}  # labels ("true" or a control's kind) -> the trained model's runs
+    sources = [(result, baselines, "true")] + [(control, [], kind) for kind, control in result.controls.items()]
+    for source, names, labels in sources:
         for subject in subject_runs(model, source, names):
             measures = implicit_values(subject, source.episode, batch_size)
             measures |= task_vector_values(subject, source.episode, batch_size)
             if path:
                 measures |= path_values(subject, source.episode, batch_size)
+            suffix = "" if labels == "true" else f" [{labels}]"
             values[subject.name + suffix] = {name: value.numpy() for name, value in measures.items()}
+            if subject.name == "model":
+                trained[labels] = subject
+    for kind, control in result.controls.items():
+        for icl in ("true", kind):
+            episode = (result if icl == "true" else control).episode
+            measures = cross_pair_values(trained, kind, icl, episode, batch_size)
+            values[f"model [{cross_pair_name(kind, icl)}]"] = {name: v.numpy() for name, v in measures.items()}
     return values
+
+
+def cross_pair_values(
+    trained: dict[str, SubjectRuns], kind: str, icl: str, episode: Episode, batch_size: int
+) -> dict[str, Tensor]:
+    """The measures that set ICL against a method (the implicit update's cosines and norm ratio, the residual
+    shift's), with ICL's side on `icl`'s labels ("true" or `kind`) and the methods on the other's (`Result.crossed`
+    for the similarity metrics). `trained`: the trained model's runs per labels; `episode`: ICL's side's."""
+    icl_side, method_side = (trained["true"], trained[kind]) if icl == "true" else (trained[kind], trained["true"])
+    readings = {setting: icl_side.readings[setting] for setting in ("zs", "icl")}
+    readings |= {method: method_side.readings[method] for method in method_side.deltas}
+    crossed = SubjectRuns(f"model [{cross_pair_name(kind, icl)}]", icl_side.model, method_side.deltas, readings,
+                          method_side.contexts)  # fmt: skip
+    measures = implicit_values(crossed, episode, batch_size, exact=False) | shift_values(crossed)
+    return {name: value for name, value in measures.items() if any(name.endswith(f"_{m}") for m in crossed.deltas)}
 
 
 def check_same_design(named: Sequence[tuple[str, Result]]) -> None:
@@ -90,7 +118,7 @@ def paired_table(runs: Sequence[RunValues], methods: Sequence[str]) -> pd.DataFr
     measures = [m.format(m=method) for m in VERDICT_MEASURES for method in methods if "{m}" in m]
     measures += [m for m in VERDICT_MEASURES if "{m}" not in m]
     for baseline in [s for s in runs[0] if s != "model"]:
-        for measure in measures:
+        for measure in [m for m in measures if m in runs[0][baseline]]:  # a cross pair has no task vector
             difference = [run["model"][measure] - run[baseline][measure] for run in runs]
             # both sides on the (query, layer) pairs defined in both, so that model − baseline is the difference
             model = [np.where(np.isnan(d), np.nan, run["model"][measure]) for d, run in zip(difference, runs)]

@@ -24,7 +24,7 @@ import pandas as pd
 from iclgd_lens.analysis import bootstrap, multiplicity
 from iclgd_lens.analysis.protocol import Run
 from iclgd_lens.analysis.sweep import lr_file, run_folder
-from iclgd_lens.core.results import Result
+from iclgd_lens.core.results import Result, cross_pair_name
 
 TRAINED = "trained"
 BASELINE_LR_SOURCES = {"matched": "matched", "searched": "searched", "paper": "trained model's"}  # lr.csv's source
@@ -76,12 +76,20 @@ def _subjects(result: Result) -> list[tuple[str, Callable[[Result], Result], str
     trained model under each label control ("trained [shuffled]": compared like a baseline, paired by run and
     query)."""
     subjects = [(TRAINED if m == "model" else m, _itself, m) for m in ["model", *result.config["baselines"]]]
-    subjects += [(control_label(kind), partial(_control, kind=kind), "model") for kind in result.controls]
+    for kind in result.controls:
+        subjects.append((control_label(kind), partial(_control, kind=kind), "model"))
+        subjects += [(cross_label(kind, icl), partial(Result.crossed, kind=kind, icl=icl), "model")
+                     for icl in ("true", kind)]  # fmt: skip
     return subjects
 
 
 def control_label(kind: str) -> str:
     return f"{TRAINED} [{kind}]"
+
+
+def cross_label(kind: str, icl: str) -> str:
+    """A cross pair's column (`Result.crossed`): "trained [ICL true, FT shuffled]"."""
+    return f"{TRAINED} [{cross_pair_name(kind, icl)}]"
 
 
 def _itself(result: Result) -> Result:
@@ -110,9 +118,10 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
         resampling = bootstrap.Resampling.draw(len(runs), len(first.labels), crossed=same_queries(runs))
         designs[task] = resampling.design
         for label, pick, model in _subjects(first):
+            picked = [pick(r) for r in runs]  # once: a cross pair is scored when picked
             for method in first.methods:
-                per_run = [bootstrap.query_values(pick(r), model, method) for r in runs]
-                metrics = [pick(r).scores[model].metrics for r in runs]
+                per_run = [bootstrap.query_values(r, model, method) for r in picked]
+                metrics = [r.scores[model].metrics for r in picked]
                 for metric in SIMILARITIES:
                     if metric == "alpha" and (method != "lcgd" or "alpha" not in metrics[0]):
                         continue
@@ -123,10 +132,10 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     rows.append((task, label, method, metric, *_mean_std(means), len(runs), low, high))
                 rows.append((task, label, method, "rec2ftp", *_mean_std([m[method]["rec2ftp"] for m in metrics]),
                              len(runs), math.nan, math.nan))  # fmt: skip
-                norms = [pick(r).scores[model].update_norm.get(method, {}).get("total", math.nan) for r in runs]
+                norms = [r.scores[model].update_norm.get(method, {}).get("total", math.nan) for r in picked]
                 rows.append((task, label, method, "update_norm", *_mean_std(norms), len(runs), math.nan, math.nan))
                 for setting in ("zs", "icl", method):
-                    accuracies = [pick(r).scores[model].accuracy[setting] for r in runs]
+                    accuracies = [r.scores[model].accuracy[setting] for r in picked]
                     name = f"acc_{'ft' if setting == method else setting}"
                     rows.append((task, label, method, name, *_mean_std(accuracies), len(runs), math.nan, math.nan))
     columns = ["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
@@ -210,8 +219,8 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
     rows = []
     for task, runs in results.items():
         for label, pick, model in _subjects(runs[0]):
+            metrics = [pick(r).scores[model].metrics for r in runs]  # once: a cross pair is scored when picked
             for method in runs[0].methods:
-                metrics = [pick(r).scores[model].metrics for r in runs]
                 for metric in SIMILARITIES:
                     if metric == "alpha":
                         if method != "lcgd" or "alpha" not in metrics[0]:

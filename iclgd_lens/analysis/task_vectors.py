@@ -97,6 +97,12 @@ def task_vector_values(subject: SubjectRuns, episode: Episode, batch_size: int =
     theta = task_vector(subject, episode, batch_size)
     values = patch_values(subject, episode, theta.expand(n, *theta.shape), "tv", batch_size)
     values |= patch_values(subject, episode, stream_points(subject.readings["icl"]), "own_stream", batch_size)
+    return values | shift_values(subject)
+
+
+def shift_values(subject: SubjectRuns) -> dict[str, Tensor]:
+    """`shift_cos_m` and `shift_norm_ratio_m` [n, point] for each method m of `subject` (module docstring)."""
+    values = {}
     zs = stream_points(subject.readings["zs"])
     icl_shift = stream_points(subject.readings["icl"]) - zs
     icl_norm = icl_shift.norm(dim=-1)

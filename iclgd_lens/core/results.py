@@ -32,8 +32,9 @@ from torch import Tensor
 from iclgd_lens.backend import LensModel, stacked_output_weights
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta
 from iclgd_lens.core.episodes import Episode
+from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record, attention_output
-from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, Scores, check_metric
+from iclgd_lens.core.scoring import METRICS, PER_HEAD_METRICS, Scores, check_metric, score
 from iclgd_lens.files import check_format, check_output, replaced_atomically
 
 REQUIRED_FILES = ("result.json", "records.safetensors", "episode.json")
@@ -113,6 +114,32 @@ class Result:
                              f"saved ones by up to {gap:.2g} of their largest value); give the result's model with "
                              "--model")  # fmt: skip
 
+    def crossed(self, kind: str, icl: str) -> Result:
+        """A cross-paired label control on the trained model: ICL and the methods on different demonstration labels.
+        `icl="true"`: ICL with the true labels against every method trained on label control `kind`'s; `icl=kind`:
+        ICL on `kind`'s labels against the methods trained on the true ones. The matched control (both on `kind`'s
+        labels) cannot say whose use of the labels moved a similarity; the cross pairs can (docs/science.md, "Label
+        controls"). ZS sees no demonstration: the same run on both sides. Scored like compare's own comparison;
+        the model only, no baselines; the methods' update norms and lrs are their side's."""
+        if kind not in self.controls or icl not in ("true", kind):
+            raise ValueError(f"no cross pair ({kind!r}, ICL {icl!r}): this result's label controls are "
+                             f"{sorted(self.controls)}, and ICL's side is 'true' or the control's kind")  # fmt: skip
+        control = self.controls[kind]
+        icl_side, method_side = (self, control) if icl == "true" else (control, self)
+        records = {"zs": self.records["zs"], "icl": icl_side.records["icl"]}
+        records |= {method: method_side.records[method] for method in self.methods}
+        W_O = {"model": self.W_O["model"]} | {m: method_side.W_O[m] for m in self.methods if m in method_side.W_O}
+        eps = REFERENCE_EPS if self.config.get("arithmetic") == "reference" else None
+        scores = score(records, self.labels, W_O, tuple(self.methods), self.config["seed"], eps=eps,
+                       dtype=getattr(torch, self.config.get("dtype", "float32")))  # fmt: skip
+        own = method_side.scores["model"]
+        scores.update_norm, scores.lr = own.update_norm, own.lr
+        config = self.config | {"baselines": [], "cross_pair": {"label_control": kind, "icl": icl}}
+        b_O = {key: value for key, value in self.b_O.items() if key == "model"}
+        b_O |= {m: method_side.b_O[m] for m in self.methods if m in method_side.b_O}
+        return Result(config, {"model": scores}, records, W_O, self.labels, icl_side.episode, method_side.deltas,
+                      b_O=b_O)  # fmt: skip
+
     @property
     def trained_parameters(self) -> tuple[str, ...]:
         """The per-block parameters GD trained (results before `trained_parameters`: every weight and bias of the
@@ -123,11 +150,14 @@ class Result:
 
     def _columns(self) -> list[tuple[str, Scores, str]]:
         """(column label, scores, method) for every method on the trained model, each baseline, and the trained model
-        under each label control ("gd [shuffled]")."""
+        under each label control ("gd [shuffled]") and its cross pairs ("gd [ICL true, FT shuffled]")."""
         columns = [(method if model == "model" else f"{model}/{method}", scores, method)
                    for model, scores in self.scores.items() for method in self.methods]  # fmt: skip
-        columns += [(f"{method} [{kind}]", control.scores["model"], method)
-                    for kind, control in self.controls.items() for method in self.methods]  # fmt: skip
+        for kind, control in self.controls.items():
+            columns += [(f"{method} [{kind}]", control.scores["model"], method) for method in self.methods]
+            for icl in ("true", kind):
+                crossed = self.crossed(kind, icl).scores["model"]
+                columns += [(f"{method} [{cross_pair_name(kind, icl)}]", crossed, method) for method in self.methods]
         return columns
 
     def summary(self, subset: str | None = None) -> Summary:
@@ -283,6 +313,12 @@ class Result:
                 f"{str(folder)!r} holds a corrupt or incomplete result ({type(error).__name__}: {error}); "
                 "re-run compare to write it again"
             ) from None
+
+
+def cross_pair_name(kind: str, icl: str) -> str:
+    """A cross pair's name (`Result.crossed`): "ICL true, FT shuffled" (the methods on the control's labels) or
+    "ICL shuffled, FT true"."""
+    return f"ICL {icl}, FT {kind if icl == 'true' else 'true'}"
 
 
 def setting_output_weights(

@@ -118,8 +118,9 @@ def lenses_markdown(per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) 
     for measure, rows in sorted(per_layer.groupby("measure", sort=False), key=lambda item: _rank(item[0])):
         lines += [f"### `{measure}`: {meaning(measure)}", ""]
         table = rows.assign(cell=rows.apply(_cell, axis=1)).pivot(index="layer", columns="subject", values="cell")
-        lines += [markdown_table(["layer", *subjects], [[str(layer), *table.loc[layer, subjects]]
-                                                         for layer in table.index]), ""]  # fmt: skip
+        shown = [s for s in subjects if s in table.columns]  # a cross pair has only the measures of a method
+        lines += [markdown_table(["layer", *shown], [[str(layer), *table.loc[layer, shown]]
+                                                      for layer in table.index]), ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -23,8 +23,15 @@ from iclgd_lens.analysis.implicit_update import (
     path_values,
 )
 from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
-from iclgd_lens.analysis.lenses import _mean_and_interval, paired_table, per_layer_table
-from iclgd_lens.analysis.task_vectors import patch_values, patched_runs, stream_points, task_vector, task_vector_values
+from iclgd_lens.analysis.lenses import _mean_and_interval, cross_pair_values, paired_table, per_layer_table
+from iclgd_lens.analysis.task_vectors import (
+    patch_values,
+    patched_runs,
+    shift_values,
+    stream_points,
+    task_vector,
+    task_vector_values,
+)
 from iclgd_lens.cli import main
 from iclgd_lens.core.hooks import hook_name, parameter_name
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
@@ -230,6 +237,31 @@ def test_on_tiny_icl_a_task_vector_carries_its_task_and_another_tasks_does_not(t
     assert own[middle] > zs + 0.3 and crossed[middle] < zs - 0.3
 
 
+def test_lens_cross_pairs_say_whose_labels_moved_a_lens():
+    """Constructed as for the metrics' cross pairs: ICL ignores the labels (the control's ICL runs are the true
+    ones), GD follows them. ICL on the shuffled labels against GD on the true ones gives the true pair's measures
+    exactly; ICL on the true labels against GD on the shuffled ones gives the residual-shift cosine by hand."""
+    subject, result = lens_subject("llama-like", label_control="shuffled", seed=2)  # seed 2 moves two labels
+    [control] = subject_runs(subject.model, result.controls["shuffled"], [])
+    control.readings["icl"] = subject.readings["icl"]  # ICL ignores the labels
+    trained = {"true": subject, "shuffled": control}
+    same = cross_pair_values(trained, "shuffled", "shuffled", result.controls["shuffled"].episode, 2)
+    own = implicit_values(subject, result.episode, exact=False) | shift_values(subject)
+    assert set(same) == {
+        f"{m}_{method}"
+        for m in ("implicit_cos", "implicit_mean_cos", "implicit_norm_ratio", "shift_cos", "shift_norm_ratio")
+        for method in ("gd", "lcgd")
+    }
+    for name, value in same.items():
+        torch.testing.assert_close(value, own[name], rtol=0, atol=0, equal_nan=True)
+    moved = cross_pair_values(trained, "shuffled", "true", result.episode, 2)
+    last = lambda setting, who: (who.readings[setting]["resid_post"][:, -1]).double()  # noqa: E731
+    by_hand = torch.nn.functional.cosine_similarity(last("icl", subject) - last("zs", subject),
+                                                    last("gd", control) - last("zs", subject), dim=-1)  # fmt: skip
+    torch.testing.assert_close(moved["shift_cos_gd"][:, -1], by_hand)
+    assert not torch.allclose(moved["shift_cos_gd"][:, -1], own["shift_cos_gd"][:, -1])
+
+
 def test_statistics_against_hand_computed_means():
     one = np.array([[1.0, np.nan], [3.0, 4.0]])  # 2 queries, 2 layers
     mean, (low, high), covers = _mean_and_interval([one])
@@ -266,14 +298,17 @@ def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys)
     for name in ("per_layer.csv", "paired.csv", "lenses.md", "lenses.png", "lenses.json"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "per_layer.csv")
-    assert set(table.subject) == {"model", "no_training", "model [shuffled]"} and set(table.covers) <= {"runs and queries",
-                                                                                    "none (one value per run: give several runs)"}  # fmt: skip
+    controls = {"model [shuffled]", "model [ICL true, FT shuffled]", "model [ICL shuffled, FT true]"}
+    assert set(table.subject) == {"model", "no_training", *controls}
+    assert set(table.covers) <= {"runs and queries", "none (one value per run: give several runs)"}
     assert {"path_cos_gd", "path_change"} <= set(table.measure)
     errors = table[table.measure == "exact_error"]["mean"]
     assert errors.max() < 1e-4  # float32 model
     paired = pd.read_csv(out / "paired.csv")
     assert set(paired.verdict) == {"too few runs"} and "implicit_cos_gd" in set(paired.measure)
-    assert set(paired.baseline) == {"no_training", "model [shuffled]"}  # the label control, paired like a baseline
+    assert set(paired.baseline) == {"no_training", *controls}  # the label control and its cross pairs, paired
+    crossed = paired[paired.baseline == "model [ICL true, FT shuffled]"]
+    assert set(crossed.measure) == {"implicit_cos_gd", "implicit_cos_lcgd", "shift_cos_gd", "shift_cos_lcgd"}
     about = json.loads((out / "lenses.json").read_text())
     assert about["runs"] == 2 and any("too few runs" in note for note in about["notes"])
     # the report's lenses section
@@ -287,7 +322,7 @@ def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys)
     assert "is not a lenses folder" in capsys.readouterr().err and not (two_runs / "r2.html").exists()
     # an earlier lenses folder is replaced; a folder of anyone else's is refused untouched
     assert main(["lenses", runs[0], "--out", str(out), "--baselines"]) == 0
-    assert set(pd.read_csv(out / "per_layer.csv").subject) == {"model", "model [shuffled]"}
+    assert set(pd.read_csv(out / "per_layer.csv").subject) == {"model", *controls}
     (two_runs / "mine").mkdir()
     (two_runs / "mine" / "notes.txt").write_text("keep")
     capsys.readouterr()

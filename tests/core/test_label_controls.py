@@ -4,7 +4,7 @@ second time on it, is saved beside the normal one, and stands beside every metri
 import pytest
 
 from iclgd_lens import Result, compare
-from iclgd_lens.analysis.tables import control_label, summary_table
+from iclgd_lens.analysis.tables import control_label, cross_label, summary_table
 from iclgd_lens.core.episodes import build_episode, shown_labels
 from iclgd_lens.views.reproduction import accuracy_table, others
 from tests.helpers import make_tokenizer, tiny_model, toy_task
@@ -65,7 +65,9 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     assert control.accuracy["zs"] == result.accuracy["zs"]  # the queries are the same; ZS sees no demonstration
     assert control.records["icl"].attn_out.ne(result.records["icl"].attn_out).any()  # ICL saw other labels
     summary = result.summary()
-    assert {"gd [shuffled]", "lcgd [shuffled]"} <= set(summary.columns)
+    assert {"gd [shuffled]", "lcgd [shuffled]", "gd [ICL true, FT shuffled]", "gd [ICL shuffled, FT true]"} <= set(
+        summary.columns
+    )
     assert summary.loc["acc_icl", "gd [shuffled]"] == control.accuracy["icl"]
     loaded = Result.load(tmp_path / "run")
     assert list(loaded.controls) == ["shuffled"]
@@ -88,7 +90,47 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     accuracies = accuracy_table(table)
     # a baseline whose name starts with "trained" is no control: no accuracy row, listed before the control
     assert "| toy [shuffled] |" in accuracies and "norms" not in accuracies
-    assert others(table) == ["trained_norms", label]
+    crosses = [cross_label("shuffled", "true"), cross_label("shuffled", "shuffled")]
+    assert crosses == ["trained [ICL true, FT shuffled]", "trained [ICL shuffled, FT true]"]
+    assert others(table) == ["trained_norms", *sorted([label, *crosses])]
+    assert set(crosses) <= set(verdicts.baseline)  # the cross pairs too, paired by run and query
+    crossed = table[(table.model == crosses[0]) & (table.method == "gd")].set_index("metric")["mean"]
+    assert (crossed["acc_icl"], crossed["acc_ft"]) == (result.accuracy["icl"], control.accuracy["gd"])
+
+
+def layer_mean(values):
+    """A metric's mean as the toolkit reduces it: per-layer means over defined queries, then over layers."""
+    per_layer = values.nanmean(0)
+    return float(per_layer[~per_layer.isnan()].mean())
+
+
+def test_cross_pairs_say_whose_labels_moved_a_similarity():
+    """Constructed: ICL ignores the labels (its shuffled-label records are its true-label ones) while GD follows
+    them. The matched control moves every similarity and cannot say whose labels did it; the cross pairs can: ICL
+    on the shuffled labels against GD on the true ones is the true pair exactly, ICL on the true labels against GD
+    on the shuffled ones carries the whole change. Each cross pair's SimAOU against the metric by hand."""
+    import torch
+
+    from iclgd_lens.core import metrics as M
+
+    result = compare(tiny_model(), toy_task(), k=10, seed=3, n_eval=6, baselines=(), lr=0.1,
+                     label_control="shuffled", progress=False)  # fmt: skip
+    control = result.controls["shuffled"]
+    control.records["icl"] = result.records["icl"]  # ICL ignores the labels
+    zs, icl = result.records["zs"], result.records["icl"]
+    assert not torch.equal(control.records["gd"].attn_out, result.records["gd"].attn_out)  # GD follows them
+    icl_moved = result.crossed("shuffled", icl="shuffled")
+    gd_moved = result.crossed("shuffled", icl="true")
+    for method in result.methods:
+        for metric in ("simaou", "simaou_norm", "simam_delta"):
+            assert icl_moved.metrics[method][metric]["mean"] == result.metrics[method][metric]["mean"]
+        by_hand = layer_mean(M.simaou(icl.attn_out, zs.attn_out, control.records[method].attn_out))
+        assert gd_moved.metrics[method]["simaou"]["mean"] == pytest.approx(by_hand, abs=1e-6)
+        assert abs(by_hand - result.metrics[method]["simaou"]["mean"]) > 1e-3
+    assert gd_moved.scores["model"].update_norm == control.scores["model"].update_norm
+    assert gd_moved.accuracy["icl"] == result.accuracy["icl"] and gd_moved.accuracy["gd"] == control.accuracy["gd"]
+    with pytest.raises(ValueError, match="no cross pair"):
+        result.crossed("reversed", icl="true")
 
 
 def test_a_sweep_with_a_label_control_resumes_without_rerunning(tmp_path, capsys):
