@@ -172,7 +172,8 @@ def implicit_values(
     - `implicit_norm` ‖ΔW_i‖ (Frobenius over the input matrices), `implicit_mean_norm` ‖mean_i ΔW_i‖;
     - `mlp_change_norm` ‖MLP(u_C) − MLP(u)‖ (what ΔW carries), `residual_term_norm` ‖Δr‖ (what it leaves to the
       residual term), `exact_error` (see `exactness`);
-    - per method m that trained every input matrix: `implicit_cos_m` cos(ΔW_i, G_m), `implicit_mean_cos_m`
+    - per method m that trained every input matrix: `implicit_cos_m` cos(ΔW_i, G_m) (`implicit_abs_cos_m` its
+      absolute value: a mean of signed cosines over layers or queries can cancel), `implicit_mean_cos_m`
       cos(mean_i ΔW_i, G_m), `implicit_norm_ratio_m` ‖mean_i ΔW_i‖ / ‖G_m‖; NaN where either update is zero.
 
     `exact=False` leaves out `exact_error` (its block reruns): for a cross pair, whose ICL side is measured already.
@@ -197,7 +198,9 @@ def implicit_values(
             g_norm = torch.tensor(torch.nan) if update is None else sum(g.pow(2).sum() for g in update.values()).sqrt()
             g_norm = torch.where(g_norm > 0, g_norm, torch.nan)  # a zero update has no direction
             inner = torch.full_like(per_query, torch.nan) if update is None else inner_with(u, a, update)
-            put(f"implicit_cos_{method}", inner / (torch.where(per_query > 0, per_query, torch.nan) * g_norm))
+            cos = inner / (torch.where(per_query > 0, per_query, torch.nan) * g_norm)
+            put(f"implicit_cos_{method}", cos)
+            put(f"implicit_abs_cos_{method}", cos.abs())
             mean = torch.tensor(mean_norm if mean_norm > 0 else torch.nan, dtype=torch.float64)
             put(f"implicit_mean_cos_{method}", inner.mean() / (mean * g_norm))
             put(f"implicit_norm_ratio_{method}", mean / g_norm)

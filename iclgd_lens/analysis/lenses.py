@@ -24,6 +24,7 @@ from torch import Tensor
 
 from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentile_interval, statistic, verdict
 from iclgd_lens.analysis.implicit_update import implicit_values, path_values
+from iclgd_lens.analysis.lens_nulls import check_null_result, other_task_subject, random_scales
 from iclgd_lens.analysis.lens_runs import SubjectRuns, subject_runs
 from iclgd_lens.analysis.tables import check_poolable
 from iclgd_lens.analysis.task_vectors import shift_values, task_vector_values
@@ -34,7 +35,7 @@ from iclgd_lens.core.results import Result, cross_pair_name
 RunValues = dict[str, dict[str, np.ndarray]]  # subject -> measure -> [n or 1, layer or point]
 QUERY_DRAWS, QUERY_SEED = 4000, 0
 # The measures the paired verdicts compare (method-specific ones are named per method).
-VERDICT_MEASURES = ("implicit_cos_{m}", "shift_cos_{m}", "tv_correct")
+VERDICT_MEASURES = ("implicit_cos_{m}", "implicit_abs_cos_{m}", "shift_cos_{m}", "shift_abs_cos_{m}", "tv_correct")
 
 
 def lens_values(
@@ -43,13 +44,18 @@ def lens_values(
     baselines: Sequence[str] | None = None,
     batch_size: int | None = None,
     path: bool = False,
+    null: Result | None = None,
 ) -> RunValues:
     """Every lens measure on the model and each baseline of `result`, and on the model under each of its label
     controls ("model [shuffled]", compared like a baseline) and their cross pairs ("model [ICL true, FT shuffled]":
-    the measures that set ICL against a method, `cross_pair_values`): subject -> measure -> values. `path`: also
-    the path over demonstrations (`implicit_update.path_values`: k more ICL runs and k trainings per method and
-    subject)."""
+    the measures that set ICL against a method, `method_measures`): subject -> measure -> values. The model also
+    carries the random-direction scale of each cosine (`lens_nulls.random_scales`). `null`: a result of another
+    task on the same model, whose methods' updates make the structured null "model [FT on <task>]"
+    (`lens_nulls`). `path`: also the path over demonstrations (`implicit_update.path_values`: k more ICL runs and k
+    trainings per method and subject)."""
     batch_size = batch_size or result.config.get("batch_size", 8)
+    if null is not None:
+        check_null_result(result, null, model)
     values: RunValues = {}
     trained: dict[str, SubjectRuns] = {}  # labels ("true" or a control's kind) -> the trained model's runs
     sources = [(result, baselines, "true")] + [(control, [], kind) for kind, control in result.controls.items()]
@@ -63,27 +69,32 @@ def lens_values(
             values[subject.name + suffix] = {name: value.numpy() for name, value in measures.items()}
             if subject.name == "model":
                 trained[labels] = subject
-    for kind, control in result.controls.items():
-        for icl in ("true", kind):
-            episode = (result if icl == "true" else control).episode
-            measures = cross_pair_values(trained, kind, icl, episode, batch_size)
-            values[f"model [{cross_pair_name(kind, icl)}]"] = {name: v.numpy() for name, v in measures.items()}
+    values["model"] |= random_scales(model)
+    constructed = [(cross_pair(trained, kind, icl), (result if icl == "true" else control).episode)
+                   for kind, control in result.controls.items() for icl in ("true", kind)]  # fmt: skip
+    if null is not None:
+        constructed.append((other_task_subject(trained["true"], result, null, batch_size), result.episode))
+    for subject, episode in constructed:
+        values[subject.name] = {name: v.numpy() for name, v in method_measures(subject, episode, batch_size).items()}
     return values
 
 
-def cross_pair_values(
-    trained: dict[str, SubjectRuns], kind: str, icl: str, episode: Episode, batch_size: int
-) -> dict[str, Tensor]:
-    """The measures that set ICL against a method (the implicit update's cosines and norm ratio, the residual
-    shift's), with ICL's side on `icl`'s labels ("true" or `kind`) and the methods on the other's (`Result.crossed`
-    for the similarity metrics). `trained`: the trained model's runs per labels; `episode`: ICL's side's."""
+def cross_pair(trained: dict[str, SubjectRuns], kind: str, icl: str) -> SubjectRuns:
+    """The trained model with ICL's side on `icl`'s labels ("true" or `kind`) and the methods on the other's
+    (`Result.crossed` for the similarity metrics). `trained`: the trained model's runs per labels."""
     icl_side, method_side = (trained["true"], trained[kind]) if icl == "true" else (trained[kind], trained["true"])
     readings = {setting: icl_side.readings[setting] for setting in ("zs", "icl")}
     readings |= {method: method_side.readings[method] for method in method_side.deltas}
-    crossed = SubjectRuns(f"model [{cross_pair_name(kind, icl)}]", icl_side.model, method_side.deltas, readings,
-                          method_side.contexts)  # fmt: skip
-    measures = implicit_values(crossed, episode, batch_size, exact=False) | shift_values(crossed)
-    return {name: value for name, value in measures.items() if any(name.endswith(f"_{m}") for m in crossed.deltas)}
+    return SubjectRuns(f"model [{cross_pair_name(kind, icl)}]", icl_side.model, method_side.deltas, readings,
+                       method_side.contexts)  # fmt: skip
+
+
+def method_measures(subject: SubjectRuns, episode: Episode, batch_size: int) -> dict[str, Tensor]:
+    """The measures that set ICL against a method (the implicit update's cosines and norm ratio, the residual
+    shift's), for a subject whose ICL side is measured already (a cross pair, the structured null); `episode`: its
+    ICL side's."""
+    measures = implicit_values(subject, episode, batch_size, exact=False) | shift_values(subject)
+    return {name: value for name, value in measures.items() if any(name.endswith(f"_{m}") for m in subject.deltas)}
 
 
 def check_same_design(named: Sequence[tuple[str, Result]]) -> None:

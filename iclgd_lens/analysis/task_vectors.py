@@ -15,7 +15,8 @@ layer (before the final norm). For each l:
   patch at point l can do rather than measuring the task. l = L gives ICL's answer, no patch ZS's.
 - `shift_cos_m`: cos(ICL − ZS, m − ZS) of the stream at point l and the prediction position, m a finetuned setting
   (the ZS prompt through m's delta): whether GD moves the prediction's residual stream the way the demonstrations
-  do; `shift_norm_ratio_m`: ‖m − ZS‖ / ‖ICL − ZS‖. NaN where either shift is zero (nothing to point).
+  do (`shift_abs_cos_m`: its absolute value); `shift_norm_ratio_m`: ‖m − ZS‖ / ‖ICL − ZS‖. NaN where either
+  shift is zero (nothing to point).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def task_vector_values(subject: SubjectRuns, episode: Episode, batch_size: int =
 
 
 def shift_values(subject: SubjectRuns) -> dict[str, Tensor]:
-    """`shift_cos_m` and `shift_norm_ratio_m` [n, point] for each method m of `subject` (module docstring)."""
+    """`shift_cos_m`, `shift_abs_cos_m` and `shift_norm_ratio_m` [n, point] for each method m of `subject` (module
+    docstring)."""
     values = {}
     zs = stream_points(subject.readings["zs"])
     icl_shift = stream_points(subject.readings["icl"]) - zs
@@ -112,5 +114,6 @@ def shift_values(subject: SubjectRuns) -> dict[str, Tensor]:
         defined = (norm > 0) & (icl_norm > 0)
         cos = (shift * icl_shift).sum(-1) / (norm * icl_norm)
         values[f"shift_cos_{method}"] = torch.where(defined, cos, torch.nan)
+        values[f"shift_abs_cos_{method}"] = values[f"shift_cos_{method}"].abs()
         values[f"shift_norm_ratio_{method}"] = torch.where(icl_norm > 0, norm / icl_norm, torch.nan)
     return values

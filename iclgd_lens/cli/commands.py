@@ -12,6 +12,7 @@ import torch
 
 from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
 from iclgd_lens.analysis.kendall import check_geometry, kendall_table
+from iclgd_lens.analysis.lens_nulls import check_null_result
 from iclgd_lens.analysis.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
@@ -218,13 +219,18 @@ def run_lenses(args: argparse.Namespace) -> None:
         check_same_draws(
             result.config, result.config.get("baselines", []) if args.baselines is None else args.baselines
         )
+    nulls = [Result.load(folder) for folder in args.null_runs] if args.null_runs else [None] * len(results)
+    if len(nulls) != len(results):
+        raise ValueError(f"--null-runs gives {len(nulls)} results for {len(results)} runs: give one per run, in order")
     model = results_model(args, results[0].config)
-    for result in results:
+    for result, null in zip(results, nulls):
         check_lens_result(result, model)
+        if null is not None:
+            check_null_result(result, null, model)
     started = time.perf_counter()
     runs = []
-    for index, result in enumerate(results):
-        runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path))
+    for index, (result, null) in enumerate(zip(results, nulls)):
+        runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path, null))
         print(f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
     methods = results[0].methods

@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--baselines", nargs="*", default=None, choices=BASELINES,
                       help="baselines to read (default: every one the results have; none: the model only)")  # fmt: skip
     lens.add_argument("--batch-size", type=int, default=None, help="queries per forward pass (default: the result's)")
+    lens.add_argument("--null-runs", nargs="+", default=None, metavar="RUN_DIR",
+                      help="results of another task on the same model (same k, number of classes and methods), one "
+                      "per RUN_DIR in order: the structured null of every cosine lens (docs/science.md)")  # fmt: skip
     lens.add_argument("--path", action="store_true", help="also the path over demonstrations: ICL's implicit update "
                       "with the first j demonstrations against each method trained on j (k more runs per subject)")  # fmt: skip
     add_result_model_options(lens)

@@ -23,6 +23,9 @@ MEANINGS = {
     "implicit_norm_ratio": "‖mean implicit ΔW‖ / ‖the method's ΔW‖",
     "implicit_norm": "‖ICL's implicit ΔW‖ per query",
     "implicit_mean_norm": "‖mean over queries of ICL's implicit ΔW‖",
+    "implicit_abs_cos": "|cos(ICL's implicit ΔW, the method's ΔW)|, per query: a signed mean can cancel",
+    "random_abs_cos_implicit": "E|cos| against a random direction in a layer's MLP input weights (the null scale)",
+    "random_abs_cos_shift": "E|cos| against a random direction in the residual stream (d_model; the null scale)",
     "mlp_change_norm": "‖MLP output with context − without‖ (what ΔW carries)",
     "residual_term_norm": "‖Δr‖: the context's change of the stream beside the MLP (what ΔW leaves to Δr)",
     "exact_error": "‖ZS block under (ΔW, Δr) − ICL block‖ / ‖ICL block‖ at the prediction position",
@@ -34,6 +37,7 @@ MEANINGS = {
     "own_stream_logodds": "label log-odds of that patched run",
     "zs_correct": "accuracy of the unpatched ZS prompt (first label tokens)",
     "shift_cos": "cos(ICL − ZS, method − ZS) of the residual stream at the prediction position, per query",
+    "shift_abs_cos": "|cos(ICL − ZS, method − ZS)| of that stream, per query",
     "shift_norm_ratio": "‖method − ZS‖ / ‖ICL − ZS‖ of that stream",
     "path_cos": "cos(ICL's implicit ΔW with the first j demonstrations, the method's ΔW after training on j), every "
     "layer's MLP input weights as one vector; the row is j",
@@ -46,7 +50,8 @@ MEANINGS = {
 def _rank(measure: str) -> int:
     """Headline measures first: the cosines, the task vectors, then the sizes and the exactness check."""
     stems = list(MEANINGS)
-    order = ["implicit_cos", "implicit_mean_cos", "shift_cos", "tv_correct", "tv_logodds", "own_stream_correct",
+    order = ["implicit_cos", "implicit_abs_cos", "random_abs_cos_implicit", "implicit_mean_cos", "shift_cos",
+             "shift_abs_cos", "random_abs_cos_shift", "tv_correct", "tv_logodds", "own_stream_correct",
              "zs_correct", "path_cos",
              "path_change", "implicit_norm_ratio", "shift_norm_ratio", *stems]  # fmt: skip
     return next(i for i, stem in enumerate(order) if measure == stem or measure.startswith(stem + "_"))

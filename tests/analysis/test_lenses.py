@@ -5,6 +5,7 @@ against hand-computed means."""
 import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,9 @@ from iclgd_lens.analysis.implicit_update import (
     method_update,
     path_values,
 )
+from iclgd_lens.analysis.lens_nulls import check_null_result, other_task_subject, random_abs_cos, random_scales
 from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
-from iclgd_lens.analysis.lenses import _mean_and_interval, cross_pair_values, paired_table, per_layer_table
+from iclgd_lens.analysis.lenses import _mean_and_interval, cross_pair, method_measures, paired_table, per_layer_table
 from iclgd_lens.analysis.task_vectors import (
     patch_values,
     patched_runs,
@@ -34,7 +36,10 @@ from iclgd_lens.analysis.task_vectors import (
 )
 from iclgd_lens.cli import main
 from iclgd_lens.core.hooks import hook_name, parameter_name
-from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
+from iclgd_lens.core.methods import run_method
+from iclgd_lens.core.recording import read_points
+from iclgd_lens.sources.task import Task
+from tests.helpers import GEMMA3_LIKE, tiny_model, toy_rows, toy_task
 
 ARCHS = {
     "gpt2-like": dict(),
@@ -245,21 +250,83 @@ def test_lens_cross_pairs_say_whose_labels_moved_a_lens():
     [control] = subject_runs(subject.model, result.controls["shuffled"], [])
     control.readings["icl"] = subject.readings["icl"]  # ICL ignores the labels
     trained = {"true": subject, "shuffled": control}
-    same = cross_pair_values(trained, "shuffled", "shuffled", result.controls["shuffled"].episode, 2)
+    same = method_measures(cross_pair(trained, "shuffled", "shuffled"), result.controls["shuffled"].episode, 2)
     own = implicit_values(subject, result.episode, exact=False) | shift_values(subject)
     assert set(same) == {
         f"{m}_{method}"
-        for m in ("implicit_cos", "implicit_mean_cos", "implicit_norm_ratio", "shift_cos", "shift_norm_ratio")
+        for m in (
+            "implicit_cos",
+            "implicit_abs_cos",
+            "implicit_mean_cos",
+            "implicit_norm_ratio",
+            "shift_cos",
+            "shift_abs_cos",
+            "shift_norm_ratio",
+        )  # fmt: skip
         for method in ("gd", "lcgd")
     }
     for name, value in same.items():
         torch.testing.assert_close(value, own[name], rtol=0, atol=0, equal_nan=True)
-    moved = cross_pair_values(trained, "shuffled", "true", result.episode, 2)
+    moved = method_measures(cross_pair(trained, "shuffled", "true"), result.episode, 2)
     last = lambda setting, who: (who.readings[setting]["resid_post"][:, -1]).double()  # noqa: E731
     by_hand = torch.nn.functional.cosine_similarity(last("icl", subject) - last("zs", subject),
                                                     last("gd", control) - last("zs", subject), dim=-1)  # fmt: skip
     torch.testing.assert_close(moved["shift_cos_gd"][:, -1], by_hand)
     assert not torch.allclose(moved["shift_cos_gd"][:, -1], own["shift_cos_gd"][:, -1])
+
+
+def test_the_random_direction_scale_against_sampled_directions():
+    """E|cos| against a uniform direction: the formula against 20,000 sampled directions (3 standard errors), and
+    its large-D form √(2/(πD))."""
+    generator = torch.Generator().manual_seed(0)
+    for dimension in (3, 50):
+        directions = torch.randn(20_000, dimension, generator=generator, dtype=torch.float64)
+        sampled = (directions[:, 0] / directions.norm(dim=-1)).abs()
+        assert abs(sampled.mean().item() - random_abs_cos(dimension)) < 3 * sampled.std().item() / 20_000**0.5
+    assert random_abs_cos(2_000_000) == pytest.approx((2 / (math.pi * 2_000_000)) ** 0.5, rel=1e-6)
+    model = tiny_model(**ARCHS["llama-like"])
+    scales = random_scales(model)
+    assert scales["random_abs_cos_implicit"][0, 0] == random_abs_cos(2 * 32 * 64)  # gate and in: 2 × d_model × d_mlp
+    assert scales["random_abs_cos_shift"].shape == (1, 3) and scales["random_abs_cos_shift"][0, 0] == random_abs_cos(32)
+
+
+def other_toy_task() -> Task:
+    """Another two-class task of the same format and label words (other rows)."""
+    return Task("toy-b", "Sentence: {sentence} Label:", ("Negative", "Positive"), toy_rows(40, 5), toy_rows(12, 6))
+
+
+def test_the_structured_null_is_the_other_tasks_update_read_on_this_tasks_queries():
+    """The null subject's delta is GD refit on exactly the other task's demonstrations (its episode), and its
+    cosines are the lens's measures with that delta in place of this task's; a null of the same task, another k or
+    another number of classes is refused in one line."""
+    subject, result = lens_subject("llama-like")
+    null = compare(subject.model, other_toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1,
+                   progress=False)  # fmt: skip
+    other = other_task_subject(subject, result, null, batch_size=2)
+    refit = run_method("gd", subject.model, null.episode, subject.contexts["gd"])
+    for key, tensor in refit.tensors.items():
+        torch.testing.assert_close(other.deltas["gd"].tensors[key], tensor, rtol=0, atol=0)
+    by_hand = SubjectRuns("by hand", subject.model, {"gd": refit},
+                          {**subject.readings, "gd": other.readings["gd"]}, {})  # fmt: skip
+    measured = method_measures(other, result.episode, 2)
+    torch.testing.assert_close(
+        measured["implicit_cos_gd"], method_measures(by_hand, result.episode, 2)["implicit_cos_gd"]
+    )
+    assert not torch.allclose(measured["implicit_cos_gd"], implicit_values(subject, result.episode)["implicit_cos_gd"])
+    zs_through_null = read_points(subject.model, result.episode.queries, result.episode.label_tokens, (result.episode.bos,),
+                                  ("resid_post",), "prediction", refit, 2, result.episode.bos)  # fmt: skip
+    torch.testing.assert_close(other.readings["gd"]["resid_post"], zs_through_null["resid_post"])
+    check_null_result(result, null, subject.model)
+    with pytest.raises(ValueError, match="the same task"):
+        check_null_result(result, result, subject.model)
+    with pytest.raises(ValueError, match="k 6 .this run's 4."):
+        check_null_result(result, compare(subject.model, other_toy_task(), k=6, n_eval=5, groups=("mlp_in",),
+                                          baselines=(), lr=0.1, progress=False), subject.model)  # fmt: skip
+    three = Task("toy-c", "Sentence: {sentence} Label:", ("Negative", "Positive", "Neutral"),
+                 [dict(r, label=i % 3) for i, r in enumerate(toy_rows(40, 7))], toy_rows(12, 8))  # fmt: skip
+    with pytest.raises(ValueError, match="3 classes .this task's 2."):
+        check_null_result(result, compare(subject.model, three, k=4, n_eval=5, groups=("mlp_in",), baselines=(),
+                                          lr=0.1, progress=False), subject.model)  # fmt: skip
 
 
 def test_statistics_against_hand_computed_means():
@@ -308,7 +375,8 @@ def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys)
     assert set(paired.verdict) == {"too few runs"} and "implicit_cos_gd" in set(paired.measure)
     assert set(paired.baseline) == {"no_training", *controls}  # the label control and its cross pairs, paired
     crossed = paired[paired.baseline == "model [ICL true, FT shuffled]"]
-    assert set(crossed.measure) == {"implicit_cos_gd", "implicit_cos_lcgd", "shift_cos_gd", "shift_cos_lcgd"}
+    assert set(crossed.measure) == {f"{stem}_{method}" for stem in ("implicit_cos", "implicit_abs_cos", "shift_cos",
+                                                                     "shift_abs_cos") for method in ("gd", "lcgd")}  # fmt: skip
     about = json.loads((out / "lenses.json").read_text())
     assert about["runs"] == 2 and any("too few runs" in note for note in about["notes"])
     # the report's lenses section
@@ -340,3 +408,33 @@ def test_lenses_refuse_what_they_cannot_read(tiny, two_runs, tmp_path, capsys):
                            lr=0.3, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="the lenses read the prediction position"):
         check_lens_result(first_option, tiny)
+    capsys.readouterr()
+    runs = [str(two_runs / "run0"), str(two_runs / "run1")]
+    assert main(["lenses", *runs, "--out", str(tmp_path / "y"), "--null-runs", runs[0]]) == 2
+    assert "--null-runs gives 1 results for 2 runs" in capsys.readouterr().err
+    assert main(["lenses", runs[0], "--out", str(tmp_path / "y"), "--null-runs", runs[1]]) == 2
+    assert "the same task (the null needs another task's demonstrations)" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+
+
+def test_lenses_set_every_cosine_beside_the_other_tasks_null(tiny, two_runs, tmp_path):
+    """--null-runs: the subject "model [FT on synth-subj]" with the method measures, paired with the model per run
+    and query, and the random-direction scales on the model, per layer."""
+    nulls = []
+    for seed in (0, 1):
+        nulls.append(tmp_path / f"null{seed}")
+        compare(tiny, load_task("synth-subj"), k=6, seed=seed, lr=0.3, n_eval=6, groups=("k", "v", "mlp_in"),
+                baselines=(), out=nulls[-1], progress=False)  # fmt: skip
+    out = tmp_path / "lenses"
+    runs = [str(two_runs / "run0"), str(two_runs / "run1")]
+    assert main(["lenses", *runs, "--out", str(out), "--baselines", "--null-runs", *map(str, nulls)]) == 0
+    table = pd.read_csv(out / "per_layer.csv")
+    null = table[table.subject == "model [FT on synth-subj]"]
+    assert {"implicit_cos_gd", "implicit_abs_cos_gd", "shift_cos_gd", "shift_abs_cos_gd"} <= set(null.measure)
+    scale = table[(table.subject == "model") & (table.measure == "random_abs_cos_shift")]
+    assert len(scale) == tiny.cfg.n_layers + 1 and scale["mean"].iloc[0] == pytest.approx(
+        random_abs_cos(tiny.cfg.d_model)
+    )
+    paired = pd.read_csv(out / "paired.csv")
+    assert "model [FT on synth-subj]" in set(paired.baseline)
+    assert "lenses.md" in {p.name for p in out.iterdir()} and "random direction" in (out / "lenses.md").read_text()
