@@ -37,6 +37,7 @@ from jaxtyping import Float
 from scipy.stats import kendalltau
 from torch import Tensor
 
+from iclgd_lens.analysis.lenses import paired_table, per_layer_table
 from iclgd_lens.backend import BRIDGE, LensModel, attention_scale, final_residual, require_hooked_transformer
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
@@ -47,6 +48,7 @@ from iclgd_lens.core.recording import read_points
 from iclgd_lens.core.results import Result
 
 RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
+PER_QUERY = ("tau_token", "tau_demonstration", "recall_token", "recall_demonstration")  # kept per query and layer
 RANDOM_SEED = 0
 ZERO_DELTA = "zero_delta"
 
@@ -249,19 +251,23 @@ def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetu
     return icl, ft_scores(q, q_train, attn_scale).astype(np.float32), np.array(groups)
 
 
-def _subject_rows(subject: str, sides: tuple[np.ndarray, np.ndarray, np.ndarray], n: int) -> list[dict]:
-    """kendall.csv's rows of one subject from its two sides (`kendall_scores`)."""
+def _subject_rows(subject: str, sides: tuple[np.ndarray, np.ndarray, np.ndarray], n: int) -> tuple[list[dict], dict]:
+    """kendall.csv's rows of one subject from its two sides (`kendall_scores`), and its per-query values
+    (`PER_QUERY`, each [n, layer]: what the intervals resample)."""
     icl, ft, groups_array = sides
     rng = np.random.default_rng(RANDOM_SEED)
     rows = []
+    per_query = {name: np.full((n, icl.shape[1]), np.nan) for name in PER_QUERY}
     for layer in range(icl.shape[1]):
-        per_query = [measures(icl[i, layer], ft[i, layer], groups_array, rng) for i in range(n)]
+        computed = [measures(icl[i, layer], ft[i, layer], groups_array, rng) for i in range(n)]
         for level in ("token", "demonstration"):
-            values = pd.DataFrame([m[level] for m in per_query])
+            values = pd.DataFrame([m[level] for m in computed])
+            for name in ("tau", "recall"):
+                per_query[f"{name}_{level}"][:, layer] = values[name]
             # tau is undefined (NaN) where one side is constant: the mean skips those, `defined` counts the rest
             rows.append({"subject": subject, "layer": layer, "level": level, **values.mean().to_dict(),
                          "defined": int(values.tau.notna().sum()), "queries": n})  # fmt: skip
-    return rows
+    return rows, per_query
 
 
 COLUMNS = ["subject", "layer", "level", "tau", "tau_random", "recall", "recall_k", "recall_chance", "defined",
@@ -281,18 +287,55 @@ def kendall_table(model: LensModel, result: Result, method: str = "gd", n_querie
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     trained = kendall_scores(model, result, method, n, finetune=True, check_refit=True)
-    rows = _subject_rows("model", trained, n)
-    seconds["model"] = time.perf_counter() - started
+    rows, per_query = [], {}
+
+    def add(subject: str, sides: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        subject_rows, per_query[subject] = _subject_rows(subject, sides, n)
+        rows.extend(subject_rows)
+        seconds[subject] = time.perf_counter() - started - sum(seconds.values())
+
+    add("model", trained)
     if controls:
         # the zero-delta control: the same model, so the same ICL side
-        rows += _subject_rows(ZERO_DELTA, kendall_scores(model, result, method, n, False, icl=trained[0]), n)
-        seconds[ZERO_DELTA] = time.perf_counter() - started - sum(seconds.values())
+        add(ZERO_DELTA, kendall_scores(model, result, method, n, False, icl=trained[0]))
         config = result.config
         for baseline in config.get("baselines", []):
             copy = untrained_copy(model, baseline, config["seed"], config.get("init", "transformer_lens"))
-            rows += _subject_rows(baseline, kendall_scores(copy, result, method, n, True, subject=baseline), n)
-            seconds[baseline] = time.perf_counter() - started - sum(seconds.values())
+            add(baseline, kendall_scores(copy, result, method, n, True, subject=baseline))
             del copy
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs["seconds"] = seconds
+    table.attrs["seconds"], table.attrs["per_query"] = seconds, per_query
     return table
+
+
+def queries_table(per_query: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """kendall_queries.csv: one row per (subject, level, query, layer) with tau and recall, from
+    `kendall_table(...).attrs["per_query"]`."""
+    frames = []
+    for subject, values in per_query.items():
+        n, n_layers = values["tau_token"].shape
+        for level in ("token", "demonstration"):
+            frames.append(pd.DataFrame({
+                "subject": subject, "level": level, "query": np.repeat(np.arange(n), n_layers),
+                "layer": np.tile(np.arange(n_layers), n), "tau": values[f"tau_{level}"].reshape(-1),
+                "recall": values[f"recall_{level}"].reshape(-1),
+            }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_queries_table(table: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    """`queries_table`'s inverse: subject -> PER_QUERY measure -> [n, layer]."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for (subject, level), part in table.groupby(["subject", "level"], sort=False):
+        for name in ("tau", "recall"):
+            grid = part.pivot(index="query", columns="layer", values=name).sort_index().sort_index(axis=1)
+            out.setdefault(subject, {})[f"{name}_{level}"] = grid.to_numpy(dtype=np.float64)
+    return out
+
+
+def pooled_tables(runs: Sequence[dict[str, dict[str, np.ndarray]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Kendall over one or several runs of one task (per run: `read_queries_table`'s values): per subject, measure
+    and layer the mean with its interval (queries with one run; runs and queries with several, the crossed
+    resampling the lenses use), and the model against `zero_delta` and each baseline on the mean over layers,
+    paired by run and query, with a verdict (`too few runs` below five)."""
+    return per_layer_table(runs), paired_table(runs, ("tau_token", "tau_demonstration"))

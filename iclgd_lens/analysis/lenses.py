@@ -123,13 +123,18 @@ def per_layer_table(runs: Sequence[RunValues]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_table(runs: Sequence[RunValues], methods: Sequence[str]) -> pd.DataFrame:
-    """Model − baseline of each verdict measure's mean over layers, paired by run and query."""
-    rows = []
+def verdict_measures(methods: Sequence[str]) -> list[str]:
+    """The lenses' verdict measures (VERDICT_MEASURES) for these methods."""
     measures = [m.format(m=method) for m in VERDICT_MEASURES for method in methods if "{m}" in m]
-    measures += [m for m in VERDICT_MEASURES if "{m}" not in m]
+    return measures + [m for m in VERDICT_MEASURES if "{m}" not in m]
+
+
+def paired_table(runs: Sequence[RunValues], measures: Sequence[str]) -> pd.DataFrame:
+    """Model − every other subject of each of `measures`' mean over layers, paired by run and query (`measures`
+    a subject lacks are left out for it)."""
+    rows = []
     for baseline in [s for s in runs[0] if s != "model"]:
-        for measure in [m for m in measures if m in runs[0][baseline]]:  # a cross pair has no task vector
+        for measure in [m for m in measures if m in runs[0][baseline] and m in runs[0]["model"]]:
             difference = [run["model"][measure] - run[baseline][measure] for run in runs]
             # both sides on the (query, layer) pairs defined in both, so that model − baseline is the difference
             model = [np.where(np.isnan(d), np.nan, run["model"][measure]) for d, run in zip(difference, runs)]

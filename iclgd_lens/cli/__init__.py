@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
             commands.run_attribute(args)
         elif args.command == "lenses":
             commands.run_lenses(args)
+        elif args.command == "kendall":
+            commands.run_kendall(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             FloatingPointError, NotImplementedError) as error:  # fmt: skip
         if args.debug:

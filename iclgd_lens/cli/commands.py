@@ -11,10 +11,22 @@ from pathlib import Path
 import torch
 
 from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
-from iclgd_lens.analysis.kendall import check_geometry, kendall_table
+from iclgd_lens.analysis.kendall import (
+    check_geometry,
+    kendall_table,
+    pooled_tables,
+    queries_table,
+    read_queries_table,
+)
 from iclgd_lens.analysis.lens_nulls import check_null_result
 from iclgd_lens.analysis.lens_runs import check_lens_result
-from iclgd_lens.analysis.lenses import check_same_design, lens_values, paired_table, per_layer_table
+from iclgd_lens.analysis.lenses import (
+    check_same_design,
+    lens_values,
+    paired_table,
+    per_layer_table,
+    verdict_measures,
+)
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.tables import check_poolable
 from iclgd_lens.cli.parser import parse_data_files
@@ -29,7 +41,13 @@ from iclgd_lens.sources import check_model_source, load_model, load_task, model_
 from iclgd_lens.sources.devices import available_threads
 from iclgd_lens.sources.hub_tasks import HUB_TASKS
 from iclgd_lens.sources.task import Task
-from iclgd_lens.views.attribution import check_attribution_folder, write_attribution
+from iclgd_lens.views.attribution import (
+    check_attribution_folder,
+    check_kendall_folder,
+    read_kendall_queries,
+    write_attribution,
+    write_kendall_pool,
+)
 from iclgd_lens.views.lenses import check_lenses_folder, write_lenses
 from iclgd_lens.views.report import attribution_section, build_report, check_report_file, lenses_section
 from iclgd_lens.views.reproduction import write_tables
@@ -190,14 +208,19 @@ def run_attribute(args: argparse.Namespace) -> None:
     heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, verify_top)
     seconds = {"heads": time.perf_counter() - started}
     kendall = kendall_table(model, result, kendall_method, args.kendall_queries) if args.kendall_queries else None
+    intervals = None
     if kendall is not None:
         seconds["kendall"] = kendall.attrs["seconds"]
+        per_query = kendall.attrs["per_query"]
+        intervals = (queries_table(per_query), *pooled_tables([per_query]))
     about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
+             "seed": result.config["seed"], "permutation": result.config["permutation"],
+             "query_rows": list(result.episode.query_rows[: args.kendall_queries]),
              "layers": args.layers, "estimate": args.estimate,
              "verify_top": verify_top if args.estimate == "atp+verify" else None,
              "kendall_method": kendall_method if args.kendall_queries else None,
              "kendall_queries": args.kendall_queries, "seconds": seconds}  # fmt: skip
-    write_attribution(out, heads, totals, kendall, about)
+    write_attribution(out, heads, totals, kendall, about, intervals)
     print((out / "heads.md").read_text())
     if kendall is not None:
         print("Kendall (mean over queries):\n" + (out / "kendall.md").read_text())
@@ -234,7 +257,7 @@ def run_lenses(args: argparse.Namespace) -> None:
         print(f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
     methods = results[0].methods
-    per_layer, paired = per_layer_table(runs), paired_table(runs, methods)
+    per_layer, paired = per_layer_table(runs), paired_table(runs, verdict_measures(methods))
     config = results[0].config
     about = {"runs": len(runs), "run_dirs": [str(r) for r in args.runs], "model": config["model"],
              "task": config["task"], "methods": methods, "groups": config["groups"],
@@ -260,3 +283,31 @@ def run_report(args: argparse.Namespace) -> None:
     write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution],
                                          lenses=[Path(f) for f in args.lenses]))  # fmt: skip
     print(f"wrote {args.html}")
+
+
+POOLED_KENDALL_KEYS = ("model", "task", "kendall_method", "kendall_queries", "query_rows")  # what pooled runs share
+
+
+def run_kendall(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    check_kendall_folder(out)
+    read = [read_kendall_queries(Path(folder)) for folder in args.folders]
+    first = read[0][0]
+    for folder, (about, _) in zip(args.folders, read):
+        differ = [f"{key} {about.get(key)!r} against {first.get(key)!r}" for key in POOLED_KENDALL_KEYS
+                  if about.get(key) != first.get(key)]  # fmt: skip
+        if differ:
+            raise ValueError(f"{folder!r} and {args.folders[0]!r} differ in {'; '.join(differ)}: pool the Kendall "
+                             "values of one model, task, method and query set")  # fmt: skip
+    runs = [(about.get("seed"), about.get("permutation")) for about, _ in read]
+    if None in (seed for seed, _ in runs) or len(set(runs)) < len(runs):
+        raise ValueError("the folders are not distinct runs (a run given twice, or attribution written before it "
+                         "recorded its seed): give each run's attribution once, re-run attribute for older ones")  # fmt: skip
+    per_run = [read_queries_table(table) for _, table in read]
+    if len({tuple(values) for values in per_run}) > 1:
+        raise ValueError("the folders' Kendall subjects differ (baselines or controls): give runs of one design")
+    per_layer, paired = pooled_tables(per_run)
+    about = {key: first[key] for key in ("model", "task", "kendall_method", "kendall_queries")}
+    write_kendall_pool(out, per_layer, paired, about | {"runs": len(read), "folders": list(args.folders)})
+    print((out / "kendall.md").read_text())
+    print(f"wrote {args.out}")

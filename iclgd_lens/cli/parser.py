@@ -271,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
                       "with the first j demonstrations against each method trained on j (k more runs per subject)")  # fmt: skip
     add_result_model_options(lens)
 
+    kendall = commands.add_parser(
+        "kendall",
+        help="Kendall's tau pooled over several runs' attribution folders: intervals over runs and queries",
+        formatter_class=DefaultsHelpFormatter,
+        description="Pool the per-query Kendall values that attribute wrote for several runs of one model and task "
+        "(the same queries, method and number of queries): per subject, level and layer the mean with its interval "
+        "over runs and queries, and the model's tau against zero_delta's and each baseline's, paired by run and "
+        "query, with a verdict. Reads no model. Writes kendall_layers.csv, kendall_paired.csv, kendall.md and "
+        "kendall.json into --out.",
+    )
+    kendall.add_argument("folders", nargs="+", metavar="ATTRIBUTION_DIR", help="folders written by attribute")
+    kendall.add_argument("--out", required=True, help="Kendall folder: new, empty or an earlier Kendall folder")
+    kendall.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
     v = commands.add_parser(
         "report",
         help="one self-contained HTML file: tables, plots, attention views, attribution",

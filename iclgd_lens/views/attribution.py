@@ -18,6 +18,8 @@ from iclgd_lens.views.plots import save_figure
 
 ATTRIBUTION_FORMAT = "iclgd-lens attribution 1"
 MARKER = "attribution.json"
+KENDALL_FORMAT = "iclgd-lens kendall 1"  # a pooled Kendall folder (`iclgd-lens kendall`)
+KENDALL_MARKER = "kendall.json"
 TOP = 10  # rows per method in the Markdown ranking
 
 
@@ -144,15 +146,73 @@ def kendall_markdown(kendall: pd.DataFrame) -> str:
             + _markdown(frame))  # fmt: skip
 
 
-def write_attribution(out: Path, heads: pd.DataFrame, totals: dict, kendall: pd.DataFrame | None, about: dict) -> None:
+KENDALL_FILES = ("kendall.csv", "kendall.md", "kendall_queries.csv", "kendall_layers.csv", "kendall_paired.csv")
+
+
+def kendall_paired_markdown(paired: pd.DataFrame, per_layer: pd.DataFrame) -> str:
+    """The model's tau against each control's (mean over layers, paired), with what the interval covers."""
+    covers = per_layer.covers.iloc[0] if len(per_layer) else "-"
+    rows = [[r.measure, r.baseline, f"{r.model:.4f}", f"{r.baseline_value:.4f}",
+             f"{r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]", r.covers, r.verdict]
+            for r in paired.itertuples()]  # fmt: skip
+    header = ["measure", "against", "model", "control", "model − control [95 %]", "covers", "verdict"]
+    return (f"The model's tau against each control's, mean over layers, paired by query (and run); per-layer means "
+            f"with intervals in kendall_layers.csv (the intervals cover: {covers}).\n\n"
+            + markdown_table(header, rows))  # fmt: skip
+
+
+def write_attribution(
+    out: Path,
+    heads: pd.DataFrame,
+    totals: dict,
+    kendall: pd.DataFrame | None,
+    about: dict,
+    kendall_intervals: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
+) -> None:
+    """The attribution folder; with `kendall`, its tables and `kendall_intervals` (the per-query values, the
+    per-layer intervals and the paired table: `analysis.kendall.queries_table` and `pooled_tables`)."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "heads.csv", heads.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "heads.md", heads_markdown(heads, totals))
     save_figure(heads_heatmaps(heads), out / "heads.png")
-    if kendall is not None:
+    if kendall is not None and kendall_intervals is not None:
+        queries, per_layer, paired = kendall_intervals
         write_text_atomic(out / "kendall.csv", kendall.to_csv(index=False, float_format="%.6g"))
-        write_text_atomic(out / "kendall.md", kendall_markdown(kendall) + "\n")
+        write_text_atomic(out / "kendall_queries.csv", queries.to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(out / "kendall_layers.csv", per_layer.to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(out / "kendall_paired.csv", paired.to_csv(index=False, float_format="%.6g"))
+        text = kendall_markdown(kendall) + "\n\n" + kendall_paired_markdown(paired, per_layer)
+        write_text_atomic(out / "kendall.md", text + "\n")
     else:  # an earlier attribution's Kendall tables would be read as this one's
-        for name in ("kendall.csv", "kendall.md"):
+        for name in KENDALL_FILES:
             (out / name).unlink(missing_ok=True)
     write_text_atomic(out / MARKER, json.dumps({"format": ATTRIBUTION_FORMAT, **about, "totals": totals}, indent=1))
+
+
+def check_kendall_folder(out: Path) -> None:
+    """Refuse a folder that holds anything and no pooled Kendall written by iclgd-lens (an earlier one is
+    replaced)."""
+    check_output(out, "Kendall", lambda folder: holds_marker(folder, KENDALL_MARKER, KENDALL_FORMAT))
+
+
+def read_kendall_queries(folder: Path) -> tuple[dict, pd.DataFrame]:
+    """An attribution folder's about (attribution.json) and per-query Kendall values (kendall_queries.csv)."""
+    if not is_attribution_folder(folder):
+        raise ValueError(f"{str(folder)!r} is not an attribution folder written by iclgd-lens attribute")
+    about = json.loads((folder / MARKER).read_text())
+    if not (folder / "kendall_queries.csv").is_file():
+        raise ValueError(f"{str(folder)!r} holds no per-query Kendall values (attribute ran with --kendall-queries 0, "
+                         "or before they were written): re-run attribute")  # fmt: skip
+    return about, pd.read_csv(folder / "kendall_queries.csv")
+
+
+def write_kendall_pool(out: Path, per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) -> None:
+    """A pooled Kendall folder, written whole (an earlier one is replaced)."""
+    check_kendall_folder(out)
+    text = (f"# Kendall: {about['model']} on {about['task']}, {about['runs']} run(s), {about['kendall_queries']} "
+            f"queries, {about['kendall_method']}\n\n" + kendall_paired_markdown(paired, per_layer))  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "kendall_layers.csv", per_layer.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / "kendall_paired.csv", paired.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / "kendall.md", text + "\n")
+    write_text_atomic(out / KENDALL_MARKER, json.dumps({"format": KENDALL_FORMAT, **about}, indent=1))

@@ -21,7 +21,17 @@ from iclgd_lens.analysis.attribution import (
     patch_effects,
     with_queries,
 )
-from iclgd_lens.analysis.kendall import COLUMNS, ft_scores, kendall_table, measures, softmax, top_k_recall
+from iclgd_lens.analysis.kendall import (
+    COLUMNS,
+    ft_scores,
+    kendall_table,
+    measures,
+    pooled_tables,
+    queries_table,
+    read_queries_table,
+    softmax,
+    top_k_recall,
+)
 from iclgd_lens.cli import main
 from iclgd_lens.core.recording import record_offset
 from tests.helpers import make_tokenizer, toy_task
@@ -296,6 +306,30 @@ def test_kendall_refits_the_saved_delta_with_controls(tiny, saved):
     assert table.tau.dropna().between(-1, 1).all() and table.defined.le(5).all()
     finetuned = table[table.subject == "model"].tau.to_numpy()
     assert not np.allclose(finetuned, table[table.subject == "zero_delta"].tau.to_numpy())  # GD changed something
+    # the per-query values the intervals resample: their means over queries are the table's, and they survive the csv
+    per_query = table.attrs["per_query"]
+    for row in table.itertuples():
+        for name in ("tau", "recall"):
+            values = per_query[row.subject][f"{name}_{row.level}"][:, row.layer]
+            assert np.nanmean(values) == pytest.approx(getattr(row, name), nan_ok=True)
+    back = read_queries_table(queries_table(per_query))
+    for subject, values in per_query.items():
+        for name, array in values.items():
+            np.testing.assert_array_equal(back[subject][name], array)
+
+
+def test_pooled_kendall_against_hand_computed_means():
+    """Two runs, two queries, two layers: the per-layer mean and the paired difference of the mean over layers, by
+    hand; the verdict says too few runs."""
+    model = {"tau_token": np.array([[0.2, 0.4], [0.6, 0.8]]), "tau_demonstration": np.array([[1.0, 0.0], [0.0, 1.0]])}
+    zero = {"tau_token": np.zeros((2, 2)), "tau_demonstration": np.full((2, 2), 0.5)}
+    runs = [{"model": model, "zero_delta": zero}, {"model": {k: v + 0.1 for k, v in model.items()}, "zero_delta": zero}]
+    per_layer, paired = pooled_tables(runs)
+    row = per_layer[(per_layer.subject == "model") & (per_layer.measure == "tau_token") & (per_layer.layer == 1)]
+    assert row["mean"].iloc[0] == pytest.approx((0.6 + 0.7) / 2) and row.covers.iloc[0] == "runs and queries"
+    token = paired[(paired.measure == "tau_token") & (paired.baseline == "zero_delta")].iloc[0]
+    assert token.difference == pytest.approx((0.5 + 0.6) / 2) and token.verdict == "too few runs"
+    assert token.low <= token.difference <= token.high
 
 
 def full_prompt_icl_scores(model, episode, n, keep, position, batch_size):
@@ -353,7 +387,7 @@ def test_kendall_measures_dais_own_setting(tiny):
     assert list(table.subject.unique()) == ["model"] and table.tau.notna().any()
 
 
-def test_attribute_command_writes_its_tables(saved, tmp_path, capsys):
+def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
     import json
 
     import pandas as pd
@@ -375,6 +409,24 @@ def test_attribute_command_writes_its_tables(saved, tmp_path, capsys):
     assert (about["estimate"], about["verify_top"]) == ("atp+verify", 3)
     assert {entry["heads"] for entry in about["totals"]["agreement"].values()} == {3}
     assert "Spearman's rank correlation between estimate and exact" in (out / "heads.md").read_text()
+    paired = pd.read_csv(out / "kendall_paired.csv")
+    assert set(paired.baseline) == {"zero_delta", "no_training"} and set(paired.covers) == {"queries"}
+    assert "model − control [95 %]" in (out / "kendall.md").read_text() and (out / "kendall_queries.csv").is_file()
+    assert about["query_rows"] == list(Result.load(saved).episode.query_rows[:4])
+
+    # pooled over two runs by the kendall verb: intervals over runs and queries
+    second, other = tmp_path / "run1", tmp_path / "attribution1"
+    compare(tiny, load_task("synth-sst2"), k=6, seed=1, lr=0.3, n_eval=10, baselines=("no_training",), out=second,
+            progress=False)  # fmt: skip
+    assert main(["attribute", str(second), "--out", str(other), "--kendall-queries", "4", "--estimate", "exact"]) == 0
+    pooled = tmp_path / "kendall"
+    assert main(["kendall", str(out), str(other), "--out", str(pooled)]) == 0
+    paired = pd.read_csv(pooled / "kendall_paired.csv")
+    assert set(paired.covers) == {"runs and queries"} and set(paired.verdict) == {"too few runs"}
+    assert json.loads((pooled / "kendall.json").read_text())["runs"] == 2
+    capsys.readouterr()
+    assert main(["kendall", str(out), str(out), "--out", str(tmp_path / "k2")]) == 2
+    assert "not distinct runs" in capsys.readouterr().err and not (tmp_path / "k2").exists()
 
     assert main(["attribute", str(saved), "--out", str(out), "--kendall-queries", "0", "--estimate", "exact"]) == 0
     heads = pd.read_csv(out / "heads.csv")  # an earlier attribution is replaced

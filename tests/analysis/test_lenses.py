@@ -25,7 +25,14 @@ from iclgd_lens.analysis.implicit_update import (
 )
 from iclgd_lens.analysis.lens_nulls import check_null_result, other_task_subject, random_abs_cos, random_scales
 from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
-from iclgd_lens.analysis.lenses import _mean_and_interval, cross_pair, method_measures, paired_table, per_layer_table
+from iclgd_lens.analysis.lenses import (
+    _mean_and_interval,
+    cross_pair,
+    method_measures,
+    paired_table,
+    per_layer_table,
+    verdict_measures,
+)
 from iclgd_lens.analysis.task_vectors import (
     patch_values,
     patched_runs,
@@ -341,7 +348,7 @@ def test_statistics_against_hand_computed_means():
     table = per_layer_table(runs)
     row = table[(table.measure == "tv_correct") & (table.subject == "model") & (table.layer == 0)].iloc[0]
     assert row["mean"] == pytest.approx(2.0)
-    paired = paired_table(runs, ["gd"])
+    paired = paired_table(runs, verdict_measures(["gd"]))
     assert list(paired.measure) == ["implicit_cos_gd", "shift_cos_gd", "tv_correct"]
     # paired: on the (query, layer) pairs both define (query 0 of layer 1 is NaN on the model's side)
     first = paired.iloc[0]
