@@ -34,7 +34,7 @@ from iclgd_lens.core.hooks import hook_name, parameter_name
 INPUT_MATRICES = ("mlp.W_in", "mlp.W_gate")  # the MLP's input weights (W_gate only in gated MLPs)
 
 
-def _product_hook(model: LensModel, matrix: str) -> str:
+def product_hook(model: LensModel, matrix: str) -> str:
     """The hook point where u·W appears: a gated MLP's gate (W_gate) at mlp_pre and its linear branch (W_in) at
     mlp_pre_linear; a plain MLP's W_in at mlp_pre."""
     return "mlp_pre_linear" if model.cfg.gated_mlp and matrix == "mlp.W_in" else "mlp_pre"
@@ -157,7 +157,7 @@ def _updated_block(
         return out
 
     hooks = [(hook_name("resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid", layer), capture)]
-    hooks += [(hook_name(_product_hook(model, name), layer), add(name)) for name in change]
+    hooks += [(hook_name(product_hook(model, name), layer), add(name)) for name in change]
     hooks.append((hook_name("resid_post", layer), add_residual))
     with model.hooks(hooks):
         out = residual_after(model, batch.resid_pre[layer], layer, start_at_layer=layer)

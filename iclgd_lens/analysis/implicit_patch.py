@@ -1,0 +1,184 @@
+"""ICL as one weight update of the whole model: the chained implicit patch of a query.
+
+Goldwaser, Munn, Gonzalvo and Dherin (2025, arXiv 2511.17864) write the whole effect of a context on a query as
+weight patches of a model that sees no context, computed layer by layer: block l's patch is read from the zero-shot
+run *already patched below*, so that the patches compose. For the query's prediction position p, block l of the
+patched zero-shot run (stream x, attention output a, MLP input u, every position seeing the patches below, as weight
+changes act) is made to output ICL's block output there:
+
+- **input** (every input matrix W of the MLP: W_in, and a gated MLP's W_gate; TransformerLens layout [d_model,
+  d_mlp]): ΔW = u ⊗ ((u_C − u)·W) / ‖u‖², so u·(W + ΔW) = u_C·W and the MLP's hidden is ICL's, h_C. Parallel blocks
+  (GPT-NeoX) read u = ln2(x) = ln2(x_C) = u_C: no input patch.
+- **output**: the skip connection still carries x + a where ICL's carries x_C + a_C; the difference d = (x_C + a_C) −
+  (x + a) (= a_C − a: the stream entering the block is ICL's already, by induction) is written by the MLP:
+  - without a norm after the MLP (GPT-2, Llama, NeoX): ΔW_out = h_C ⊗ d / ‖h_C‖² ([d_mlp, d_model]): the MLP
+    writes m_C + d at p;
+  - with one (Gemma 3's post-MLP RMSNorm, which writes n·γ, n = m / rms(m)): the MLP still writes m_C, whose norm
+    output n_C·γ the patch Δγ = d / n_C (elementwise) of the norm's scale turns into n_C·γ + d: the "patch to the
+    RMSNorm scale" of the paper, exact where no coordinate of n_C is 0.
+
+The block then outputs ICL's block output at p exactly, so by induction the stream after the last block, and the
+logits at p, are ICL's. Every position of the prompt sees the patches (they are weight changes), which is why a
+layer's patch must be read from the run patched below: the unchained per-layer patches of `implicit_update` (each
+from the unpatched zero-shot run) reproduce each block alone but not the model. The patches are specific to the
+query (the paper: token-dependent); `LayerPatch.materialise` writes them as weight deltas, which `mean` averages
+over queries into one update of the whole model that other queries can be run through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from iclgd_lens.analysis.implicit_update import product_hook, matrix_names
+from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.core.hooks import hook_name
+
+
+@dataclass
+class LayerPatch:
+    """One layer's implicit patch of one query, in factored form (float64, on the model's device): the input
+    matrices' rank-1 changes u ⊗ a_W / ‖u‖², and the output's rank-1 change of W_out (h ⊗ d / ‖h‖²) or, after a
+    post-MLP norm, the change `gamma` of its scale."""
+
+    u: Float[Tensor, "d_model"]
+    a: dict[str, Float[Tensor, "d_mlp"]]  # input matrix -> (u_C − u)·W
+    d: Float[Tensor, "d_model"]  # what the output patch writes at the prediction position
+    h: Float[Tensor, "d_mlp"] | None  # the hidden it keys on (no post-MLP norm)
+    gamma: Float[Tensor, "d_model"] | None  # the post-MLP norm's scale change (post-norm models)
+
+    def materialise(self) -> dict[str, Tensor]:
+        """The patch as weight deltas: "mlp.W_in" / "mlp.W_gate" [d_model, d_mlp], "mlp.W_out" [d_mlp, d_model]
+        or "ln2_post.w" [d_model]."""
+        out = {name: torch.outer(self.u, a) / self.u.dot(self.u) for name, a in self.a.items()}
+        if self.h is not None:
+            out["mlp.W_out"] = torch.outer(self.h, self.d) / self.h.dot(self.h)
+        if self.gamma is not None:
+            out["ln2_post.w"] = self.gamma
+        return out
+
+
+def patch_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list[tuple[str, object]]:
+    """Hooks that run block `layer` as if `delta` (`LayerPatch.materialise`'s form, or a mean of such) were added to
+    its weights, at every position."""
+    hooks, captured = [], {}
+    norm = model.blocks[layer].ln2
+    point = "resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid"
+
+    def capture_input(stream: Tensor, hook) -> None:
+        captured["u"] = norm(stream).double()
+
+    hooks.append((hook_name(point, layer), capture_input))
+    for name in matrix_names(model):
+        if name in delta:
+
+            def add_input(pre: Tensor, hook, change: Tensor = delta[name]) -> Tensor:
+                return pre + (captured["u"] @ change).to(pre.dtype)
+
+            hooks.append((hook_name(product_hook(model, name), layer), add_input))
+    if "mlp.W_out" in delta:
+
+        def capture_hidden(post: Tensor, hook) -> None:
+            captured["h"] = post.double()
+
+        def add_output(out: Tensor, hook) -> Tensor:
+            return out + (captured["h"] @ delta["mlp.W_out"]).to(out.dtype)
+
+        hooks += [(hook_name("mlp_post", layer), capture_hidden), (hook_name("mlp_out", layer), add_output)]
+    if "ln2_post.w" in delta:
+
+        def capture_normalised(normalised: Tensor, hook) -> None:
+            captured["n"] = normalised.double()
+
+        def add_scale(out: Tensor, hook) -> Tensor:
+            return out + (captured["n"] * delta["ln2_post.w"]).to(out.dtype)
+
+        hooks += [(f"blocks.{layer}.ln2_post.hook_normalized", capture_normalised),
+                  (hook_name("mlp_out", layer), add_scale)]  # fmt: skip
+    return hooks
+
+
+@torch.no_grad()
+def icl_targets(model: LensModel, prompt: Sequence[int]) -> dict[str, Tensor]:
+    """What ICL computes at the prompt's last position, float64: per layer the skip x_C + a_C ("skip" [layer,
+    d_model]) and the MLP input u_C ("u"), and the logits."""
+    names = {hook_name(p, layer) for layer in range(model.cfg.n_layers) for p in ("resid_pre", "attn_out")}
+    logits, cache = model.run_with_cache(torch.tensor([list(prompt)], device=model.cfg.device),
+                                         names_filter=lambda name: name in names)  # fmt: skip
+    skip = torch.stack([cache[hook_name("resid_pre", l)][0, -1] + cache[hook_name("attn_out", l)][0, -1]
+                        for l in range(model.cfg.n_layers)])  # fmt: skip
+    u = torch.stack([_mlp_input(model, l, cache[hook_name("resid_pre", l)][0, -1], skip[l])
+                     for l in range(model.cfg.n_layers)])  # fmt: skip
+    return {"skip": skip.double(), "u": u.double(), "logits": logits[0, -1].double()}
+
+
+def _mlp_input(model: LensModel, layer: int, resid_pre: Tensor, skip: Tensor) -> Tensor:
+    stream = resid_pre if model.cfg.parallel_attn_mlp else skip
+    return model.blocks[layer].ln2(stream[None, None])[0, 0]
+
+
+@torch.no_grad()
+def chained_patch(
+    model: LensModel, icl_prompt: Sequence[int], zs_prompt: Sequence[int], chained: bool = True
+) -> tuple[list[LayerPatch], Float[Tensor, "vocab"]]:
+    """The query's implicit patch of every layer, and the logits at the zero-shot prompt's last position with all of
+    them applied (float64). `chained=False` reads every layer's patch from the unpatched zero-shot run instead
+    (`implicit_update`'s per-layer patches, here with the output written through the weights as well): exact for
+    each block alone, not for the model."""
+    require_hooked_transformer("the chained implicit patch")
+    targets = icl_targets(model, icl_prompt)
+    tokens = torch.tensor([list(zs_prompt)], device=model.cfg.device)
+    stream = model(tokens, stop_at_layer=0)  # the embedding: the stream entering layer 0
+    patches = []
+    for layer in range(model.cfg.n_layers):
+        patch, patched = _layer_patch(model, layer, stream, targets)
+        patches.append(patch)
+        stream = patched if chained else model.blocks[layer](stream)
+    if not chained:  # every patch at once, each read from the unpatched run
+        stream = model(tokens, stop_at_layer=0)
+        for layer, patch in enumerate(patches):
+            with model.hooks(patch_hooks(model, layer, patch.materialise())):
+                stream = model.blocks[layer](stream)
+    return patches, _logits(model, stream)[0, -1].double()
+
+
+def _layer_patch(
+    model: LensModel, layer: int, stream: Float[Tensor, "1 pos d_model"], targets: dict[str, Tensor]
+) -> tuple[LayerPatch, Tensor]:
+    """Block `layer`'s patch read from `stream` (the zero-shot run entering it), and the block's output under it."""
+    seen: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(value: Tensor, hook) -> None:
+            seen[name] = value[0, -1].double()
+
+        return hook
+
+    with model.hooks([(hook_name("attn_out", layer), keep("a"))]):
+        model.blocks[layer](stream)  # the block as it stands: its attention output at the prediction position
+    skip = stream[0, -1].double() + seen["a"]
+    u = _mlp_input(model, layer, stream[0, -1], skip.to(stream.dtype)).double()
+    weights = {name: getattr(model.blocks[layer].mlp, name.split(".")[1]).double() for name in matrix_names(model)}
+    a = {} if model.cfg.parallel_attn_mlp else {n: (targets["u"][layer] - u) @ W for n, W in weights.items()}
+    inputs_only = LayerPatch(u, a, torch.zeros_like(u), None, None)
+    hooks = patch_hooks(model, layer, inputs_only.materialise())
+    post_norm = model.cfg.use_normalization_before_and_after
+    hooks += [(hook_name("mlp_post", layer), keep("h"))]
+    if post_norm:
+        hooks += [(f"blocks.{layer}.ln2_post.hook_normalized", keep("n"))]
+    with model.hooks(hooks):
+        out = model.blocks[layer](stream)
+    d = targets["skip"][layer] - skip
+    patch = LayerPatch(u, a, d, None if post_norm else seen["h"], d / seen["n"] if post_norm else None)
+    output_only = {k: v for k, v in patch.materialise().items() if k in ("mlp.W_out", "ln2_post.w")}
+    with model.hooks(patch_hooks(model, layer, inputs_only.materialise() | output_only)):
+        out = model.blocks[layer](stream)
+    return patch, out
+
+
+def _logits(model: LensModel, stream: Tensor) -> Tensor:
+    return model.unembed(model.ln_final(stream))
