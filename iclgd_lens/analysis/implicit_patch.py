@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from iclgd_lens.analysis.implicit_update import product_hook, matrix_names
+from iclgd_lens.analysis.implicit_update import matrix_names, product_hook
 from iclgd_lens.backend import LensModel, require_hooked_transformer
 from iclgd_lens.core.hooks import hook_name
 
