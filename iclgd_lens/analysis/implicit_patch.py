@@ -21,8 +21,9 @@ The block then outputs ICL's block output at p exactly, so by induction the stre
 logits at p, are ICL's. Every position of the prompt sees the patches (they are weight changes), which is why a
 layer's patch must be read from the run patched below: the unchained per-layer patches of `implicit_update` (each
 from the unpatched zero-shot run) reproduce each block alone but not the model. The patches are specific to the
-query (the paper: token-dependent); `LayerPatch.materialise` writes them as weight deltas, which `mean` averages
-over queries into one update of the whole model that other queries can be run through.
+query (the paper: token-dependent); `LayerPatch.materialise` writes them as weight deltas (`as_delta`: a `Delta`, run
+through its hooks like any learned update), which averaged over queries make one update of the whole model that other
+queries can be run through.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from iclgd_lens.analysis.implicit_update import matrix_names, product_hook
+from iclgd_lens.analysis.implicit_update import matrix_names
 from iclgd_lens.backend import LensModel, require_hooked_transformer
-from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.deltas import POST_MLP_SCALE, Delta
+from iclgd_lens.core.hooks import hook_name, parameter_name
 
 
 @dataclass
@@ -52,54 +54,21 @@ class LayerPatch:
     gamma: Float[Tensor, "d_model"] | None  # the post-MLP norm's scale change (post-norm models)
 
     def materialise(self) -> dict[str, Tensor]:
-        """The patch as weight deltas: "mlp.W_in" / "mlp.W_gate" [d_model, d_mlp], "mlp.W_out" [d_mlp, d_model]
-        or "ln2_post.w" [d_model]."""
+        """The patch as weight deltas, float64: "mlp.W_in" / "mlp.W_gate" [d_model, d_mlp], "mlp.W_out" [d_mlp,
+        d_model] or "ln2_post.w" [d_model]."""
         out = {name: torch.outer(self.u, a) / self.u.dot(self.u) for name, a in self.a.items()}
         if self.h is not None:
             out["mlp.W_out"] = torch.outer(self.h, self.d) / self.h.dot(self.h)
         if self.gamma is not None:
-            out["ln2_post.w"] = self.gamma
+            out[POST_MLP_SCALE] = self.gamma
         return out
 
 
-def patch_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list[tuple[str, object]]:
-    """Hooks that run block `layer` as if `delta` (`LayerPatch.materialise`'s form, or a mean of such) were added to
-    its weights, at every position."""
-    hooks, captured = [], {}
-    norm = model.blocks[layer].ln2
-    point = "resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid"
-
-    def capture_input(stream: Tensor, hook) -> None:
-        captured["u"] = norm(stream).double()
-
-    hooks.append((hook_name(point, layer), capture_input))
-    for name in matrix_names(model):
-        if name in delta:
-
-            def add_input(pre: Tensor, hook, change: Tensor = delta[name]) -> Tensor:
-                return pre + (captured["u"] @ change).to(pre.dtype)
-
-            hooks.append((hook_name(product_hook(model, name), layer), add_input))
-    if "mlp.W_out" in delta:
-
-        def capture_hidden(post: Tensor, hook) -> None:
-            captured["h"] = post.double()
-
-        def add_output(out: Tensor, hook) -> Tensor:
-            return out + (captured["h"] @ delta["mlp.W_out"]).to(out.dtype)
-
-        hooks += [(hook_name("mlp_post", layer), capture_hidden), (hook_name("mlp_out", layer), add_output)]
-    if "ln2_post.w" in delta:
-
-        def capture_normalised(normalised: Tensor, hook) -> None:
-            captured["n"] = normalised.double()
-
-        def add_scale(out: Tensor, hook) -> Tensor:
-            return out + (captured["n"] * delta["ln2_post.w"]).to(out.dtype)
-
-        hooks += [(f"blocks.{layer}.ln2_post.hook_normalized", capture_normalised),
-                  (hook_name("mlp_out", layer), add_scale)]  # fmt: skip
-    return hooks
+def as_delta(model: LensModel, patches: dict[int, dict[str, Tensor]]) -> Delta:
+    """Layer -> materialised patch (`LayerPatch.materialise`, or a mean of such) as a `Delta` in the model's dtype:
+    its hooks run the model as if the weights were changed, at every position."""
+    return Delta({parameter_name(name, layer): change.to(model.cfg.dtype)
+                  for layer, changes in patches.items() for name, change in changes.items()})  # fmt: skip
 
 
 @torch.no_grad()
@@ -139,11 +108,9 @@ def chained_patch(
         patches.append(patch)
         stream = patched if chained else model.blocks[layer](stream)
     if not chained:  # every patch at once, each read from the unpatched run
-        stream = model(tokens, stop_at_layer=0)
-        for layer, patch in enumerate(patches):
-            with model.hooks(patch_hooks(model, layer, patch.materialise())):
-                stream = model.blocks[layer](stream)
-    return patches, _logits(model, stream)[0, -1].double()
+        with model.hooks(as_delta(model, {l: p.materialise() for l, p in enumerate(patches)}).hooks(model)):
+            return patches, model(tokens)[0, -1].double()
+    return patches, model.unembed(model.ln_final(stream))[0, -1].double()
 
 
 def _layer_patch(
@@ -164,21 +131,14 @@ def _layer_patch(
     u = _mlp_input(model, layer, stream[0, -1], skip.to(stream.dtype)).double()
     weights = {name: getattr(model.blocks[layer].mlp, name.split(".")[1]).double() for name in matrix_names(model)}
     a = {} if model.cfg.parallel_attn_mlp else {n: (targets["u"][layer] - u) @ W for n, W in weights.items()}
-    inputs_only = LayerPatch(u, a, torch.zeros_like(u), None, None)
-    hooks = patch_hooks(model, layer, inputs_only.materialise())
+    inputs_only = {layer: LayerPatch(u, a, torch.zeros_like(u), None, None).materialise()}
     post_norm = model.cfg.use_normalization_before_and_after
-    hooks += [(hook_name("mlp_post", layer), keep("h"))]
+    reads = [(hook_name("mlp_post", layer), keep("h"))]
     if post_norm:
-        hooks += [(f"blocks.{layer}.ln2_post.hook_normalized", keep("n"))]
-    with model.hooks(hooks):
-        out = model.blocks[layer](stream)
+        reads.append((f"blocks.{layer}.ln2_post.hook_normalized", keep("n")))
+    with model.hooks(as_delta(model, inputs_only).hooks(model) + reads):
+        model.blocks[layer](stream)  # the hidden (and the post-norm's input) at the prediction position: ICL's
     d = targets["skip"][layer] - skip
     patch = LayerPatch(u, a, d, None if post_norm else seen["h"], d / seen["n"] if post_norm else None)
-    output_only = {k: v for k, v in patch.materialise().items() if k in ("mlp.W_out", "ln2_post.w")}
-    with model.hooks(patch_hooks(model, layer, inputs_only.materialise() | output_only)):
-        out = model.blocks[layer](stream)
-    return patch, out
-
-
-def _logits(model: LensModel, stream: Tensor) -> Tensor:
-    return model.unembed(model.ln_final(stream))
+    with model.hooks(as_delta(model, {layer: patch.materialise()}).hooks(model)):
+        return patch, model.blocks[layer](stream)

@@ -31,6 +31,7 @@ PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
 
 Hook = tuple[str, Callable]
 POST_NORMED = ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")  # outputs a post-attention / post-MLP norm follows
+POST_MLP_SCALE = "ln2_post.w"  # the post-MLP norm's scale (Gemma 2/3): no group trains it; the implicit patch does
 
 
 def check_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
@@ -205,4 +206,7 @@ def _layer_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list
         hooks.append((hook_name("mlp_post", layer), capture("mlp_post")))
         term = linear("mlp_post", "b p m, m d -> b p d", "mlp.W_out", "mlp.b_out")
         hooks.append((hook_name("mlp_out", layer), add(term)))
+    if POST_MLP_SCALE in delta:  # the post-MLP norm writes n·w: a change of w adds n·Δw (hook_mlp_out follows it)
+        hooks.append((f"blocks.{layer}.ln2_post.hook_normalized", capture("mlp_normalized")))
+        hooks.append((hook_name("mlp_out", layer), add(lambda: inputs["mlp_normalized"] * delta[POST_MLP_SCALE])))
     return hooks

@@ -63,6 +63,22 @@ def test_hooks_equal_edited_weights(arch, groups):
         torch.testing.assert_close(hooked, expected, atol=1e-5, rtol=0)
 
 
+def test_a_post_mlp_norm_scale_change_through_hooks_equals_the_edited_scale():
+    """Gemma's post-MLP norm writes n·w; a change of w (the chained implicit patch's output there) through hooks
+    equals the edited weight, with an MLP input change beside it."""
+    model = tiny_model(**ARCHS["gemma3-like"])
+    generator = torch.Generator().manual_seed(1)
+    delta = Delta({"blocks.1.ln2_post.w": torch.randn(model.cfg.d_model, generator=generator),
+                   "blocks.0.mlp.W_in": 0.1 * torch.randn(model.cfg.d_model, model.cfg.d_mlp, generator=generator)})  # fmt: skip
+    _, batches = episode_tokens(model)
+    edited = edited_copy(model, delta)
+    for tokens in batches:
+        with model.hooks(delta.hooks(model)):
+            hooked = model(tokens)
+        assert (edited(tokens) - model(tokens)).abs().max() > 1e-3
+        torch.testing.assert_close(hooked, edited(tokens), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("arch", ARCHS, ids=list(ARCHS))
 def test_the_recorded_attention_output_is_the_edited_models(arch):
     """`record` derives attn_out from z, W_O + ΔW_O and b_O + Δb_O (except under Gemma's post-attention norm, where it
