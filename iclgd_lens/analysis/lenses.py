@@ -26,6 +26,7 @@ from iclgd_lens.analysis.bootstrap import LEVEL, Resampling, interval, percentil
 from iclgd_lens.analysis.implicit_update import implicit_values, path_values
 from iclgd_lens.analysis.lens_nulls import check_null_result, other_task_subject, random_scales
 from iclgd_lens.analysis.lens_runs import SubjectRuns, subject_runs
+from iclgd_lens.analysis.patch_transfer import check_sources, transfer_values
 from iclgd_lens.analysis.tables import check_poolable
 from iclgd_lens.analysis.task_vectors import shift_values, task_vector_values
 from iclgd_lens.backend import LensModel
@@ -35,7 +36,8 @@ from iclgd_lens.core.results import Result, cross_pair_name
 RunValues = dict[str, dict[str, np.ndarray]]  # subject -> measure -> [n or 1, layer or point]
 QUERY_DRAWS, QUERY_SEED = 4000, 0
 # The measures the paired verdicts compare (method-specific ones are named per method).
-VERDICT_MEASURES = ("implicit_cos_{m}", "implicit_abs_cos_{m}", "shift_cos_{m}", "shift_abs_cos_{m}", "tv_correct")
+VERDICT_MEASURES = ("implicit_cos_{m}", "implicit_abs_cos_{m}", "shift_cos_{m}", "shift_abs_cos_{m}", "tv_correct",
+                    "transfer_gain_patch_mean")  # fmt: skip
 
 
 def lens_values(
@@ -45,6 +47,7 @@ def lens_values(
     batch_size: int | None = None,
     path: bool = False,
     null: Result | None = None,
+    transfer: int | None = None,
 ) -> RunValues:
     """Every lens measure on the model and each baseline of `result`, and on the model under each of its label
     controls ("model [shuffled]", compared like a baseline) and their cross pairs ("model [ICL true, FT shuffled]":
@@ -52,10 +55,13 @@ def lens_values(
     carries the random-direction scale of each cosine (`lens_nulls.random_scales`). `null`: a result of another
     task on the same model, whose methods' updates make the structured null "model [FT on <task>]"
     (`lens_nulls`). `path`: also the path over demonstrations (`implicit_update.path_values`: k more ICL runs and k
-    trainings per method and subject)."""
+    trainings per method and subject). `transfer`: also the mean chained implicit patch of that many source queries
+    on the other queries, against each method's update (`patch_transfer`), on the model and each baseline."""
     batch_size = batch_size or result.config.get("batch_size", 8)
     if null is not None:
         check_null_result(result, null, model)
+    if transfer is not None:
+        check_sources(result.episode, transfer)
     values: RunValues = {}
     trained: dict[str, SubjectRuns] = {}  # labels ("true" or a control's kind) -> the trained model's runs
     sources = [(result, baselines, "true")] + [(control, [], kind) for kind, control in result.controls.items()]
@@ -65,6 +71,8 @@ def lens_values(
             measures |= task_vector_values(subject, source.episode, batch_size)
             if path:
                 measures |= path_values(subject, source.episode, batch_size)
+            if transfer is not None and labels == "true":
+                measures |= transfer_values(subject, source.episode, transfer, batch_size)
             suffix = "" if labels == "true" else f" [{labels}]"
             values[subject.name + suffix] = {name: value.numpy() for name, value in measures.items()}
             if subject.name == "model":

@@ -27,6 +27,7 @@ from iclgd_lens.analysis.lenses import (
     per_layer_table,
     verdict_measures,
 )
+from iclgd_lens.analysis.patch_transfer import check_sources
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.tables import check_poolable
 from iclgd_lens.cli.parser import parse_data_files
@@ -248,12 +249,14 @@ def run_lenses(args: argparse.Namespace) -> None:
     model = results_model(args, results[0].config)
     for result, null in zip(results, nulls):
         check_lens_result(result, model)
+        if args.transfer is not None:
+            check_sources(result.episode, args.transfer)
         if null is not None:
             check_null_result(result, null, model)
     started = time.perf_counter()
     runs = []
     for index, (result, null) in enumerate(zip(results, nulls)):
-        runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path, null))
+        runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path, null, args.transfer))
         print(f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
     methods = results[0].methods

@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--null-runs", nargs="+", default=None, metavar="RUN_DIR",
                       help="results of another task on the same model (same k, number of classes and methods), one "
                       "per RUN_DIR in order: the structured null of every cosine lens (docs/science.md)")  # fmt: skip
+    lens.add_argument("--transfer", type=int, default=None, metavar="N",
+                      help="also ICL as one weight update: the chained implicit patches of the first N queries, "
+                      "averaged, run on the other queries beside ZS, ICL and each method (docs/science.md)")  # fmt: skip
     lens.add_argument("--path", action="store_true", help="also the path over demonstrations: ICL's implicit update "
                       "with the first j demonstrations against each method trained on j (k more runs per subject)")  # fmt: skip
     add_result_model_options(lens)

@@ -39,6 +39,13 @@ MEANINGS = {
     "shift_cos": "cos(ICL − ZS, method − ZS) of the residual stream at the prediction position, per query",
     "shift_abs_cos": "|cos(ICL − ZS, method − ZS)| of that stream, per query",
     "shift_norm_ratio": "‖method − ZS‖ / ‖ICL − ZS‖ of that stream",
+    "transfer_correct": "accuracy on the target queries (those the patch was not read from) of the setting it names: "
+    "zs, icl, a learned update, patch_mean (the mean chained implicit patch), patch_n<n> (of the first n sources)",
+    "transfer_logodds": "label log-odds on the target queries of the setting it names",
+    "transfer_gain": "log-odds gain over ZS on the target queries of the setting it names, paired per query",
+    "patch_cos": "cos(mean chained implicit patch, the method's ΔW) per layer, on the matrices both changed",
+    "patch_norm_ratio": "‖mean chained implicit patch‖ / ‖the method's ΔW‖ per layer",
+    "random_abs_cos_patch": "E|cos| against a random direction at patch_cos's dimension (the null scale)",
     "path_cos": "cos(ICL's implicit ΔW with the first j demonstrations, the method's ΔW after training on j), every "
     "layer's MLP input weights as one vector; the row is j",
     "path_norm_ratio": "‖ICL's implicit ΔW with j demonstrations‖ / ‖the method's ΔW after j‖; the row is j",
@@ -52,7 +59,7 @@ def _rank(measure: str) -> int:
     stems = list(MEANINGS)
     order = ["implicit_cos", "implicit_abs_cos", "random_abs_cos_implicit", "implicit_mean_cos", "shift_cos",
              "shift_abs_cos", "random_abs_cos_shift", "tv_correct", "tv_logodds", "own_stream_correct",
-             "zs_correct", "path_cos",
+             "zs_correct", "transfer_gain", "transfer_correct", "patch_cos", "path_cos",
              "path_change", "implicit_norm_ratio", "shift_norm_ratio", *stems]  # fmt: skip
     return next(i for i, stem in enumerate(order) if measure == stem or measure.startswith(stem + "_"))
 
