@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
+from iclgd_lens.analysis.function_vectors import function_vector_tables
 from iclgd_lens.analysis.kendall import (
     check_geometry,
     kendall_table,
@@ -30,6 +31,7 @@ from iclgd_lens.analysis.lenses import (
 from iclgd_lens.analysis.patch_transfer import check_sources
 from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.tables import check_poolable
+from iclgd_lens.backend import require_hooked_transformer
 from iclgd_lens.cli.parser import parse_data_files
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
@@ -201,6 +203,8 @@ def run_attribute(args: argparse.Namespace) -> None:
     bad = [layer for layer in args.layers or [] if not 0 <= layer < n_layers]
     if bad:
         raise ValueError(f"--layers {bad} out of range: the result's model has {n_layers} layers")
+    if args.function_vectors:
+        require_hooked_transformer("--function-vectors")
     model = results_model(args, result.config)
     check_attributable(result, model)
     if args.kendall_queries:
@@ -208,6 +212,9 @@ def run_attribute(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     heads, totals = attribution_table(model, result, args.layers, args.batch_size, args.estimate, verify_top)
     seconds = {"heads": time.perf_counter() - started}
+    vectors = function_vector_tables(model, result, heads, args.batch_size) if args.function_vectors else None
+    if vectors is not None:
+        seconds["function_vectors"] = vectors.pop("seconds")
     kendall = kendall_table(model, result, kendall_method, args.kendall_queries) if args.kendall_queries else None
     intervals = None
     if kendall is not None:
@@ -221,7 +228,7 @@ def run_attribute(args: argparse.Namespace) -> None:
              "verify_top": verify_top if args.estimate == "atp+verify" else None,
              "kendall_method": kendall_method if args.kendall_queries else None,
              "kendall_queries": args.kendall_queries, "seconds": seconds}  # fmt: skip
-    write_attribution(out, heads, totals, kendall, about, intervals)
+    write_attribution(out, heads, totals, kendall, about, intervals, vectors)
     print((out / "heads.md").read_text())
     if kendall is not None:
         print("Kendall (mean over queries):\n" + (out / "kendall.md").read_text())

@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
     a.add_argument("--kendall-method", default=None, choices=METHODS, help="the finetuning Kendall compares with (it "
                    "reads each SGD step's queries: gd or lcgd) [default: gd]")  # fmt: skip
+    a.add_argument("--function-vectors", action="store_true", help="also Todd et al.'s function vectors: each "
+                   "head's indirect effect on shuffled-label prompts, the top heads' vector added to zero-shot runs "
+                   "per layer, and its heads beside the attribution's (TransformerLens 3)")  # fmt: skip
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     add_result_model_options(a)
 

@@ -146,6 +146,29 @@ def kendall_markdown(kendall: pd.DataFrame) -> str:
             + _markdown(frame))  # fmt: skip
 
 
+FV_FILES = ("fv_heads.csv", "fv_points.csv", "fv.md")
+
+
+def function_vector_markdown(vectors: dict) -> str:
+    """The function vector's heads, its accuracy per point beside ZS's and ICL's, and its heads beside the
+    attribution's."""
+    top = ", ".join(f"L{layer}H{head}" for layer, head in vectors["top"])
+    heads = vectors["heads"].head(TOP)
+    points = vectors["points"]
+    best = points.loc[points.fv_accuracy.idxmax()]
+    agreement = vectors["agreement"]
+    return "\n\n".join([
+        f"Function vector (Todd et al. 2024): the sum of the mean outputs of the {len(vectors['top'])} heads of "
+        f"highest average indirect effect on shuffled-label prompts ({top}), added to the zero-shot runs at the "
+        f"prediction position: best entering point {int(best.point)}, accuracy {best.fv_accuracy:.4f} (ZS "
+        f"{best.zs_accuracy:.4f}, ICL {best.icl_accuracy:.4f}; every point in fv_points.csv).",
+        "Heads by average indirect effect (change of p(correct class) among the label words):\n\n"
+        + _markdown(heads),
+        "The function vector's heads beside the attribution's (|Δ log-odds| per method): overlap of the top sets "
+        "(with its chance value) and Spearman's rank correlation over every head.\n\n" + _markdown(agreement),
+    ])  # fmt: skip
+
+
 KENDALL_FILES = ("kendall.csv", "kendall.md", "kendall_queries.csv", "kendall_layers.csv", "kendall_paired.csv")
 
 
@@ -168,9 +191,11 @@ def write_attribution(
     kendall: pd.DataFrame | None,
     about: dict,
     kendall_intervals: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
+    vectors: dict | None = None,
 ) -> None:
     """The attribution folder; with `kendall`, its tables and `kendall_intervals` (the per-query values, the
-    per-layer intervals and the paired table: `analysis.kendall.queries_table` and `pooled_tables`)."""
+    per-layer intervals and the paired table: `analysis.kendall.queries_table` and `pooled_tables`); with `vectors`
+    (`analysis.function_vectors.function_vector_tables`), the function vectors' tables."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "heads.csv", heads.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "heads.md", heads_markdown(heads, totals))
@@ -185,6 +210,13 @@ def write_attribution(
         write_text_atomic(out / "kendall.md", text + "\n")
     else:  # an earlier attribution's Kendall tables would be read as this one's
         for name in KENDALL_FILES:
+            (out / name).unlink(missing_ok=True)
+    if vectors is not None:
+        write_text_atomic(out / "fv_heads.csv", vectors["heads"].to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(out / "fv_points.csv", vectors["points"].to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(out / "fv.md", function_vector_markdown(vectors) + "\n")
+    else:
+        for name in FV_FILES:
             (out / name).unlink(missing_ok=True)
     write_text_atomic(out / MARKER, json.dumps({"format": ATTRIBUTION_FORMAT, **about, "totals": totals}, indent=1))
 

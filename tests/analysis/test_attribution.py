@@ -428,7 +428,12 @@ def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
     assert main(["kendall", str(out), str(out), "--out", str(tmp_path / "k2")]) == 2
     assert "not distinct runs" in capsys.readouterr().err and not (tmp_path / "k2").exists()
 
-    assert main(["attribute", str(saved), "--out", str(out), "--kendall-queries", "0", "--estimate", "exact"]) == 0
+    assert main(["attribute", str(saved), "--out", str(out), "--kendall-queries", "0", "--estimate", "exact",
+                 "--function-vectors"]) == 0  # fmt: skip
+    vectors = pd.read_csv(out / "fv_heads.csv")
+    assert len(vectors) == tiny.cfg.n_layers * tiny.cfg.n_heads and vectors.in_vector.sum() == min(10, len(vectors))
+    assert len(pd.read_csv(out / "fv_points.csv")) == tiny.cfg.n_layers + 1
+    assert "Spearman's rank correlation" in (out / "fv.md").read_text()
     heads = pd.read_csv(out / "heads.csv")  # an earlier attribution is replaced
     assert list(heads.columns) == ["layer", "head", "method", *changes, *patches] and heads[changes].notna().all().all()
     assert heads[heads["head"] != "all"][patches].notna().all().all()
