@@ -74,9 +74,9 @@ TRAIN_COMMON = --shared-probe-classes --n-layers 2 --pos alibi --lm-weight 0 --p
 	--batch-size 16 --short-demos 10 --max-demos 40 --lr 2e-3 --steps 20000 --eval-every 500 --threads 1
 STAGE1_OUT ?= runs/tiny-icl-stage1
 train-model: install
-	$(BIN)/python analyses/train_tiny_icl.py $(TRAIN_COMMON) --tasks synth-sst2 synth-mr synth-subj \
+	$(BIN)/python scripts/train_tiny_icl.py $(TRAIN_COMMON) --tasks synth-sst2 synth-mr synth-subj \
 		--p-long 0 --seed 1 --stop-at 3000 --out $(STAGE1_OUT)
-	$(BIN)/python analyses/train_tiny_icl.py $(TRAIN_COMMON) --init $(STAGE1_OUT) \
+	$(BIN)/python scripts/train_tiny_icl.py $(TRAIN_COMMON) --init $(STAGE1_OUT) \
 		--tasks synth-sst2 synth-sst5 synth-mr synth-subj synth-agnews --p-long 0.05 --warmup 50 --seed 2 --stop-at 3000
 
 # The toolkit's whole compare against a naive reference-style pipeline, scaling tables, SmolLM2 (docs/performance.md).
@@ -89,7 +89,7 @@ bench: install
 	$(BIN)/python -m benchmarks.attribution --command-result $(RUN_OUT) --out $(BENCH_ATTRIBUTION_OUT)
 
 evaluate-model: install
-	$(BIN)/python analyses/evaluate_icl.py
+	$(BIN)/python scripts/evaluate_icl.py
 
 clean:
 	rm -rf $(VENV) $(VENV_TL4) runs .pytest_cache

@@ -36,11 +36,11 @@ import torch
 from benchmarks.machine import Monitor, check_quiet, gib
 from benchmarks.report import BENCH_FORMAT, is_bench_file, write_json
 from iclgd_lens import compare, load_model, load_task
-from iclgd_lens.analysis.attribution import ATP, attribution_table, estimate_agreement, with_queries
-from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.analysis.heads.attribution import ATP, attribution_table, estimate_agreement, with_queries
 from iclgd_lens.cli import main as cli
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.results import Result
+from iclgd_lens.core.zs_batch import ZSBatch
 from iclgd_lens.sources.devices import available_threads
 from iclgd_lens.views.markdown import markdown_table
 

@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from tests.helpers import ANALYSES
+from tests.helpers import SCRIPTS
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,14 +41,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def analyses_script():
-    """Import a script of analyses/ by its file path (the scripts are not a package): `analyses_script("train_tiny_icl")`
+def script():
+    """Import a script of scripts/ by its file path (the scripts are not a package): `script("train_tiny_icl")`
     gives the module, imported once per session under the script's own name."""
     loaded: dict[str, ModuleType] = {}
 
     def load(name: str) -> ModuleType:
         if name not in loaded:
-            spec = importlib.util.spec_from_file_location(name, ANALYSES / f"{name}.py")
+            spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module  # as a plain import would: dataclasses and pickling look the module up
             try:

@@ -18,7 +18,7 @@ if not BRIDGE:  # the tiny TransformerLens 3 models (tests/bridge builds Hugging
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
-ANALYSES = ROOT / "analyses"
+SCRIPTS = ROOT / "scripts"
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "grim"]

@@ -10,27 +10,22 @@ from pathlib import Path
 
 import torch
 
-from iclgd_lens.analysis.attribution import attribution_table, check_attributable, check_estimate
-from iclgd_lens.analysis.function_vectors import function_vector_tables
-from iclgd_lens.analysis.kendall import (
+from iclgd_lens.analysis.heads.attribution import attribution_table, check_attributable, check_estimate
+from iclgd_lens.analysis.heads.function_vectors import function_vector_tables
+from iclgd_lens.analysis.heads.kendall import (
     check_geometry,
     kendall_table,
     pooled_tables,
     queries_table,
     read_queries_table,
 )
-from iclgd_lens.analysis.lens_nulls import check_null_result
-from iclgd_lens.analysis.lens_runs import check_lens_result
-from iclgd_lens.analysis.lenses import (
-    check_same_design,
-    lens_values,
-    paired_table,
-    per_layer_table,
-    verdict_measures,
-)
-from iclgd_lens.analysis.patch_transfer import check_sources
-from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder, run_sweep
-from iclgd_lens.analysis.tables import check_poolable
+from iclgd_lens.analysis.lenses.lens_nulls import check_null_result
+from iclgd_lens.analysis.lenses.lens_runs import check_lens_result
+from iclgd_lens.analysis.lenses.patch_transfer import check_sources
+from iclgd_lens.analysis.lenses.values import check_same_design, lens_values, verdict_measures
+from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
+from iclgd_lens.analysis.protocol.sweep import SweepConfig, check_sweep_folder, run_sweep
+from iclgd_lens.analysis.protocol.tables import check_poolable
 from iclgd_lens.backend import require_hooked_transformer
 from iclgd_lens.cli.parser import parse_data_files
 from iclgd_lens.core.baselines import check_same_draws

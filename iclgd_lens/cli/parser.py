@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Sequence
 from typing import NoReturn
 
-from iclgd_lens.analysis.sweep import EXECUTORS
+from iclgd_lens.analysis.protocol.sweep import EXECUTORS
 from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.methods import available_methods
 from iclgd_lens.core.presets import (

@@ -199,3 +199,11 @@ def below_resolution(
 ) -> Bool[Tensor, ...]:
     """True where |update| < relative · |reference|: an update too small to be told from float rounding."""
     return update.double().norm(dim=-1) < relative * reference.double().norm(dim=-1)
+
+
+def logodds(logprobs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> Float[Tensor, "n"]:
+    """log p(y) − log Σ_{c≠y} p(c) per query."""
+    logprobs = logprobs.double()
+    correct = logprobs.gather(1, labels[:, None])[:, 0]
+    others = logprobs.masked_fill(torch.nn.functional.one_hot(labels, logprobs.shape[1]).bool(), float("-inf"))
+    return correct - others.logsumexp(1)

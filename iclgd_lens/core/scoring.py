@@ -1,7 +1,7 @@
 """From Records to the numbers of result.json: accuracies, every metric per layer and mean, and per head.
 
 Pure: takes recorded tensors (and W_O for per-head attention outputs), never a model. The layout is the one
-`Result.save` writes and `analyses/recompute_metrics.py` checks independently. Besides the numbers it says what
+`Result.save` writes and `scripts/recompute_metrics.py` checks independently. Besides the numbers it says what
 could be misread: undefined values, updates below float resolution, a setting that answers one class.
 """
 

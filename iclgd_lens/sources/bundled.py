@@ -2,7 +2,7 @@
 
 A bundled model folder holds `config.json` (HookedTransformerConfig fields), `model.safetensors` (the
 TransformerLens state dict, no weight processing), `tokenizer.json` and `MODEL_CARD.md`. Loading never touches
-the network. Training: analyses/train_tiny_icl.py.
+the network. Training: scripts/train_tiny_icl.py.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def load_bundled(
     for needed in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (folder / needed).is_file():
             raise FileNotFoundError(
-                f"bundled model folder {str(folder)!r} has no {needed}; train one with analyses/train_tiny_icl.py"
+                f"bundled model folder {str(folder)!r} has no {needed}; train one with scripts/train_tiny_icl.py"
             )
     config = json.loads((folder / "config.json").read_text())
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

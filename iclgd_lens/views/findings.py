@@ -1,5 +1,5 @@
-"""The findings' tables and summary sentences in Markdown, from `analysis.findings`' counts: the only source of the
-numbers in the README's findings section and docs/findings.md's summary (`analyses/findings.py` writes them
+"""The findings' tables and summary sentences in Markdown, from `analysis.protocol.findings`' counts: the only source of the
+numbers in the README's findings section and docs/findings.md's summary (`scripts/findings.py` writes them
 between `<!-- findings -->` and `<!-- /findings -->`; tests/views/test_findings.py checks the committed pages)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from iclgd_lens.analysis.findings import PairCounts, totals
+from iclgd_lens.analysis.protocol.findings import PairCounts, totals
 from iclgd_lens.views.markdown import markdown_table
 
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
@@ -96,7 +96,7 @@ METRIC_NAMES = {"simaou_norm": "SimAOU_norm", "simaou": "SimAOU", "simam_delta":
 
 
 def beside_table(frame: pd.DataFrame, first: str, second: str) -> str:
-    """`analysis.findings.beside` in Markdown: a row per verdict, each sweep's cell "difference [interval]: verdict
+    """`analysis.protocol.findings.beside` in Markdown: a row per verdict, each sweep's cell "difference [interval]: verdict
     (‖ΔW‖ ×ratio)"; `first` and `second` head the two columns."""
 
     def cell(row, side: str) -> str:

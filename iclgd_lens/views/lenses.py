@@ -1,4 +1,4 @@
-"""A lenses folder: per_layer.csv and paired.csv (`analysis.lenses`), lenses.md (the verdicts, then each measure per
+"""A lenses folder: per_layer.csv and paired.csv (`analysis.lenses.values`), lenses.md (the verdicts, then each measure per
 layer and subject, with the flags a reader needs), lenses.png and lenses.json. Computes nothing."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis.bootstrap import MIN_RUNS
+from iclgd_lens.analysis.protocol.bootstrap import MIN_RUNS
 from iclgd_lens.files import check_output, holds_marker, replaced_atomically
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import MODEL_STYLES, save_figure

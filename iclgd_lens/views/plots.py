@@ -23,7 +23,7 @@ MODEL_STYLES = {"trained": "-", "no_training": "--", "trained_norms": ":", "trai
 def per_layer_figure(table: pd.DataFrame, metric: str):
     """Revisited Figure 3's form: one panel per task, a curve per (model, method): the colour is the method, the
     line style the model (trained solid, baselines dashed/dotted); the band is ± std over runs of the trained model.
-    `table` is `analysis.tables.per_layer_table`'s."""
+    `table` is `analysis.protocol.tables.per_layer_table`'s."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -60,7 +60,7 @@ def save_figure(fig, path: Path) -> None:
 
 
 def results_by_task(results: list) -> dict:
-    """Results grouped by their task, in the order given (the form `analysis.tables` takes)."""
+    """Results grouped by their task, in the order given (the form `analysis.protocol.tables` takes)."""
     grouped: dict = {}
     for result in results:
         grouped.setdefault(result.config["task"], []).append(result)
@@ -70,7 +70,7 @@ def results_by_task(results: list) -> dict:
 def per_layer_plot(results: list, metric: str):
     """Per-layer curves of `metric` for every method on the trained model and each baseline, mean ± std over the
     results of each task (several seeds / permutations of one task: Revisited's Figure 3)."""
-    from iclgd_lens.analysis.tables import per_layer_table
+    from iclgd_lens.analysis.protocol.tables import per_layer_table
 
     return per_layer_figure(per_layer_table(results_by_task(results)), metric)
 

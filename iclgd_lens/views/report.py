@@ -70,7 +70,7 @@ def build_report(
     """The report's HTML. `results`: (name, result) pairs. With `model` (the one the results were computed on),
     attention views of `view_queries` of the first result are recorded and drawn. `attribution`: folders written by
     `iclgd-lens attribute`, whose tables are included; `lenses`: folders written by `iclgd-lens lenses`."""
-    from iclgd_lens.analysis.patterns import record_patterns
+    from iclgd_lens.analysis.heads.patterns import record_patterns
     from iclgd_lens.views.attention import attention_view, score_change_view
     from iclgd_lens.views.plots import head_heatmaps, per_layer_plot
 

@@ -1,6 +1,6 @@
 """A sweep folder's tables: Markdown in the papers' layouts, CSV of every number, per-layer plots.
 
-Reads `analysis.tables`' DataFrames and lays them out; computes nothing. Every file is replaced atomically and
+Reads `analysis.protocol.tables`' DataFrames and lays them out; computes nothing. Every file is replaced atomically and
 written deterministically, so a resumed sweep ends with byte-identical files.
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis import bootstrap, multiplicity, tables
-from iclgd_lens.analysis.protocol import Run, paper_task
-from iclgd_lens.analysis.published import published
+from iclgd_lens.analysis.protocol import bootstrap, multiplicity, tables
+from iclgd_lens.analysis.protocol.plan import Run, paper_task
+from iclgd_lens.analysis.protocol.published import published
 from iclgd_lens.files import write_text_atomic
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import per_layer_figure, save_figure

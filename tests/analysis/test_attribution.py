@@ -12,8 +12,8 @@ from scipy.stats import kendalltau
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from iclgd_lens import Delta, Result, compare, load_model, load_task
-from iclgd_lens.analysis import kendall
-from iclgd_lens.analysis.attribution import (
+from iclgd_lens.analysis.heads import kendall
+from iclgd_lens.analysis.heads.attribution import (
     attribution_table,
     change_against,
     delta_effects,
@@ -21,7 +21,7 @@ from iclgd_lens.analysis.attribution import (
     patch_effects,
     with_queries,
 )
-from iclgd_lens.analysis.kendall import (
+from iclgd_lens.analysis.heads.kendall import (
     COLUMNS,
     ft_scores,
     kendall_table,
@@ -101,7 +101,7 @@ def test_change_against_by_hand():
 
 
 def test_patch_restored_is_nan_below_the_icl_effect_threshold(tiny, saved, monkeypatch):
-    from iclgd_lens.analysis import attribution
+    from iclgd_lens.analysis.heads import attribution
 
     result = Result.load(saved)
     table, totals = patch_effects(tiny, result, [1], batch_size=4)

@@ -7,8 +7,8 @@ import torch
 from scipy.stats import spearmanr
 
 from iclgd_lens import compare, load_task
-from iclgd_lens.analysis.attribution import attribution_table, delta_effects
-from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.analysis.heads.attribution import attribution_table, delta_effects
+from iclgd_lens.core.zs_batch import ZSBatch
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
 LLAMA_LIKE = dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2)

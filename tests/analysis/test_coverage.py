@@ -5,8 +5,8 @@ draws and seed), on simulated crossed data; the former nested resampling fails t
 
 import pytest
 
-from iclgd_lens.analysis import bootstrap
-from iclgd_lens.analysis.coverage import Effects, coverage
+from iclgd_lens.analysis.protocol import bootstrap
+from iclgd_lens.analysis.protocol.coverage import Effects, coverage
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from iclgd_lens.analysis.function_vectors import (
+from iclgd_lens.analysis.heads.function_vectors import (
     corrupted_demos,
     function_vector,
     function_vector_accuracy,

@@ -4,9 +4,9 @@ toolkit: compare, attribution, Kendall and the attention views; the groups it ca
 import pytest
 
 from iclgd_lens import compare
-from iclgd_lens.analysis.attribution import attribution_table
-from iclgd_lens.analysis.kendall import kendall_table
-from iclgd_lens.analysis.patterns import record_patterns
+from iclgd_lens.analysis.heads.attribution import attribution_table
+from iclgd_lens.analysis.heads.kendall import kendall_table
+from iclgd_lens.analysis.heads.patterns import record_patterns
 from iclgd_lens.views.attention import attention_view, score_change_view
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 

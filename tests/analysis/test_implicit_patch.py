@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from iclgd_lens import compare, load_task
-from iclgd_lens.analysis.implicit_patch import chained_patch, icl_targets
-from iclgd_lens.analysis.lens_runs import subject_runs
-from iclgd_lens.analysis.patch_transfer import transfer_values
+from iclgd_lens.analysis.lenses.implicit_patch import chained_patch, icl_targets
+from iclgd_lens.analysis.lenses.lens_runs import subject_runs
+from iclgd_lens.analysis.lenses.patch_transfer import transfer_values
 from iclgd_lens.core.episodes import build_episode
 from tests.analysis.test_lenses import ARCHS
 from tests.helpers import make_tokenizer, tiny_model, toy_task
@@ -60,6 +60,7 @@ def test_the_chained_patch_reproduces_icl_and_the_unchained_one_does_not(arch):
     assert all(not p.a for p in patches) == (arch == "neox-like")  # parallel blocks: u is ICL's already
 
 
+@pytest.mark.slow  # tiny-icl runs and the CLI: make test, not the edit loop
 def test_transfer_of_the_mean_patch_on_tiny_icl(tiny):
     """With the demonstrations' labels removed (a context that carries no task) the mean patch does not move the
     other queries' answers; with the real demonstrations it lifts their label log-odds, reported beside GD's on
@@ -83,6 +84,7 @@ def test_transfer_of_the_mean_patch_on_tiny_icl(tiny):
         transfer_values(subject, episode, n_sources=40)
 
 
+@pytest.mark.slow  # tiny-icl runs and the CLI: make test, not the edit loop
 def test_lenses_transfer_option(tiny, tmp_path, capsys):
     """`lenses --transfer N`: the transfer measures on the model and each baseline, the mean patch's gain paired
     with each baseline's; N that leaves no target is refused before the model runs."""

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from iclgd_lens import Delta, Result, compare, load_task
-from iclgd_lens.analysis.attribution import _first_token_record
-from iclgd_lens.analysis.implicit_update import (
+from iclgd_lens.analysis.heads.attribution import _first_token_record
+from iclgd_lens.analysis.lenses.implicit_update import (
     implicit_norms,
     implicit_parts,
     implicit_values,
@@ -23,17 +23,9 @@ from iclgd_lens.analysis.implicit_update import (
     method_update,
     path_values,
 )
-from iclgd_lens.analysis.lens_nulls import check_null_result, other_task_subject, random_abs_cos, random_scales
-from iclgd_lens.analysis.lens_runs import SubjectRuns, check_lens_result, subject_runs
-from iclgd_lens.analysis.lenses import (
-    _mean_and_interval,
-    cross_pair,
-    method_measures,
-    paired_table,
-    per_layer_table,
-    verdict_measures,
-)
-from iclgd_lens.analysis.task_vectors import (
+from iclgd_lens.analysis.lenses.lens_nulls import check_null_result, other_task_subject, random_abs_cos, random_scales
+from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns, check_lens_result, subject_runs
+from iclgd_lens.analysis.lenses.task_vectors import (
     patch_values,
     patched_runs,
     shift_values,
@@ -41,6 +33,8 @@ from iclgd_lens.analysis.task_vectors import (
     task_vector,
     task_vector_values,
 )
+from iclgd_lens.analysis.lenses.values import cross_pair, method_measures, verdict_measures
+from iclgd_lens.analysis.protocol.pooled import mean_and_interval, paired_table, per_layer_table
 from iclgd_lens.cli import main
 from iclgd_lens.core.hooks import hook_name, parameter_name
 from iclgd_lens.core.methods import run_method
@@ -338,10 +332,10 @@ def test_the_structured_null_is_the_other_tasks_update_read_on_this_tasks_querie
 
 def test_statistics_against_hand_computed_means():
     one = np.array([[1.0, np.nan], [3.0, 4.0]])  # 2 queries, 2 layers
-    mean, (low, high), covers = _mean_and_interval([one])
+    mean, (low, high), covers = mean_and_interval([one])
     assert mean == pytest.approx((2.0 + 4.0) / 2) and covers == "queries" and low <= mean <= high
     two = np.array([[0.0, 0.0], [2.0, 2.0]])
-    mean, _, covers = _mean_and_interval([one, two])
+    mean, _, covers = mean_and_interval([one, two])
     assert mean == pytest.approx((3.0 + 1.0) / 2) and covers == "runs and queries"
     measures = ("tv_correct", "implicit_cos_gd", "shift_cos_gd")
     runs = [{"model": dict.fromkeys(measures, one), "no_training": dict.fromkeys(measures, two)}]
@@ -424,6 +418,7 @@ def test_lenses_refuse_what_they_cannot_read(tiny, two_runs, tmp_path, capsys):
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow  # tiny-icl runs and the CLI: make test, not the edit loop
 def test_lenses_set_every_cosine_beside_the_other_tasks_null(tiny, two_runs, tmp_path):
     """--null-runs: the subject "model [FT on synth-subj]" with the method measures, paired with the model per run
     and query, and the random-direction scales on the model, per layer."""

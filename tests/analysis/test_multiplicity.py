@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iclgd_lens.analysis import bootstrap, multiplicity
-from iclgd_lens.analysis.tables import VERDICT_COLUMNS
+from iclgd_lens.analysis.protocol import bootstrap, multiplicity
+from iclgd_lens.analysis.protocol.tables import VERDICT_COLUMNS
 
 
 def test_holm_and_bh_on_hand_worked_p_values():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from iclgd_lens.analysis.published import PUBLISHED, TABLE1_TASKS, TASKS, published
+from iclgd_lens.analysis.protocol.published import PUBLISHED, TABLE1_TASKS, TASKS, published
 
 # Revisited (Deutch et al. 2024), as printed: Table 2 (GD | LCGD) and Table 1 (SST-2, SST-5, MR, Subj, CB)
 TABLE2 = {

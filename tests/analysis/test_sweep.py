@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from iclgd_lens.analysis.protocol import PAPER_SETTINGS, plan_runs
-from iclgd_lens.analysis.sweep import SweepConfig, check_sweep_folder
+from iclgd_lens.analysis.protocol.plan import PAPER_SETTINGS, plan_runs
+from iclgd_lens.analysis.protocol.sweep import SweepConfig, check_sweep_folder
 from iclgd_lens.cli import main
 from iclgd_lens.core.presets import DAI_LR_GRID
 from iclgd_lens.views.reproduction import TABLE_FILES

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from iclgd_lens.analysis import bootstrap
-from iclgd_lens.analysis.tables import methods_table, verdicts_table
+from iclgd_lens.analysis.protocol import bootstrap
+from iclgd_lens.analysis.protocol.tables import methods_table, verdicts_table
 from iclgd_lens.core.metrics import reduce
 
 

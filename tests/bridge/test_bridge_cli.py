@@ -99,13 +99,13 @@ def test_refused_in_one_line_before_anything_is_written(argv, what, tmp_path, ca
 
 
 def test_the_tour_notebooks_views(run_with_baselines):
-    """What analyses/notebooks/tour.ipynb shows (its model, the bundled tiny-icl, is TransformerLens 3 only), on a
+    """What scripts/notebooks/tour.ipynb shows (its model, the bundled tiny-icl, is TransformerLens 3 only), on a
     bridged model: the circuitsvis views and the plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     from iclgd_lens import Result, load_model
-    from iclgd_lens.analysis.patterns import record_patterns
+    from iclgd_lens.analysis.heads.patterns import record_patterns
     from iclgd_lens.views.attention import attention_view, score_change_view
     from iclgd_lens.views.plots import head_heatmaps, per_layer_plot
 

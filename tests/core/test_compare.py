@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from iclgd_lens import Result, compare, record
 from iclgd_lens.core.recording import attention_output
-from tests.helpers import ANALYSES, GEMMA3_LIKE, tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, SCRIPTS, tiny_model, toy_task
 
 METRIC_KEYS = {"simaou", "simaou_norm", "random_simaou", "simam_before", "simam", "simam_delta", "rec2ftp"}
 
@@ -194,7 +194,7 @@ def test_dataframe_views(saved):
 def test_recompute_script_agrees(saved):
     _, folder = saved
     run = subprocess.run(
-        [sys.executable, str(ANALYSES / "recompute_metrics.py"), str(folder)], capture_output=True, text=True
+        [sys.executable, str(SCRIPTS / "recompute_metrics.py"), str(folder)], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
     assert "all numbers recomputed" in run.stdout
@@ -210,7 +210,7 @@ def test_recompute_script_catches_a_tampered_number(saved, tmp_path):
     data["metrics"]["gd"]["simam_delta"]["per_layer"][1] += 0.01
     (copy / "result.json").write_text(json.dumps(data))
     run = subprocess.run(
-        [sys.executable, str(ANALYSES / "recompute_metrics.py"), str(copy)], capture_output=True, text=True
+        [sys.executable, str(SCRIPTS / "recompute_metrics.py"), str(copy)], capture_output=True, text=True
     )
     assert run.returncode == 1 and "simam_delta" in run.stderr
 
@@ -251,7 +251,7 @@ def test_first_option_position_and_o_group(tmp_path):
     assert int(result.records["zs"].position[0]) == 1 + len(episode.queries[0]) + len(episode.label_tokens[0]) - 1
     loaded = Result.load(tmp_path / "r")
     assert set(loaded.W_O) == set(result.W_O)
-    script = ANALYSES / "recompute_metrics.py"
+    script = SCRIPTS / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "r")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr  # per-head SimAOU with the trained W_O
 
@@ -261,7 +261,7 @@ def test_recompute_script_agrees_with_reference_arithmetic_and_f2t(tmp_path):
         tiny_model(), toy_task(), k=4, n_eval=8, lr=0.05, baselines=("trained_norms",), preset="reference",
         subsets=("f2t",), progress=False, out=tmp_path / "reference",
     )  # fmt: skip
-    script = ANALYSES / "recompute_metrics.py"
+    script = SCRIPTS / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "reference")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "f2t" in run.stdout and "all numbers recomputed" in run.stdout
@@ -289,7 +289,7 @@ def test_undefined_similarities_are_nan_counted_and_recomputed(tmp_path):
     assert any("simam_delta: 48 of 48 values undefined" in note for note in exact.scores["model"].notes)
     assert any(note.startswith("gd: up to 100% of attention-output updates are zero") for note in exact.summary().notes)
     assert "note: gd simaou" in repr(exact.summary())
-    script = ANALYSES / "recompute_metrics.py"
+    script = SCRIPTS / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "e")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 
@@ -355,7 +355,7 @@ def test_rounding_level_layers_are_left_out_of_the_score_update_means(tmp_path):
     positions are relative): that layer's SimAM∆ measures rounding and is NaN with its reason, out of the mean and
     of `defined`; α keeps it (LCGD's and GD's layer-0 updates are real); the bootstrap's per-query values and the
     independent script apply the same rule."""
-    from iclgd_lens.analysis.bootstrap import query_values
+    from iclgd_lens.analysis.protocol.bootstrap import query_values
 
     result = compare(tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False,
                      out=tmp_path / "r")  # fmt: skip
@@ -366,7 +366,7 @@ def test_rounding_level_layers_are_left_out_of_the_score_update_means(tmp_path):
     assert result.metrics["alpha"]["rounding_layers"] == [] and not math.isnan(result.metrics["alpha"]["per_layer"][0])
     assert any("simam_delta: layers [0] left out of the means" in note for note in result.scores["model"].notes)
     assert np.isnan(query_values(result)["simam_delta"][:, 0]).all()
-    run = subprocess.run([sys.executable, str(ANALYSES / "recompute_metrics.py"), str(tmp_path / "r")],
+    run = subprocess.run([sys.executable, str(SCRIPTS / "recompute_metrics.py"), str(tmp_path / "r")],
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     reference = compare(tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False,

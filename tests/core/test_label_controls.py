@@ -4,7 +4,7 @@ second time on it, is saved beside the normal one, and stands beside every metri
 import pytest
 
 from iclgd_lens import Result, compare
-from iclgd_lens.analysis.tables import control_label, cross_label, summary_table
+from iclgd_lens.analysis.protocol.tables import control_label, cross_label, summary_table
 from iclgd_lens.core.episodes import build_episode, shown_labels
 from iclgd_lens.views.reproduction import accuracy_table, others
 from tests.helpers import make_tokenizer, tiny_model, toy_task

@@ -151,8 +151,8 @@ def test_searched_baselines_take_their_own_held_out_search(tiny, tmp_path):
         chosen = search_lr(copy, task, grid, 8, 0, 0, n_heldout=16, method=method)["chosen"]
         assert result.scores["no_training"].lr[method] == chosen
     assert result.config["baseline_lr"] == "searched" and result.config["lr_grid"] == list(grid)
-    from iclgd_lens.analysis.protocol import Run
-    from iclgd_lens.analysis.tables import lr_table
+    from iclgd_lens.analysis.protocol.plan import Run
+    from iclgd_lens.analysis.protocol.tables import lr_table
 
     lrs = lr_table(tmp_path, [Run("synth-sst2", 0, 0, 0.3)], {"synth-sst2": [result]})
     assert set(lrs[lrs.subject == "no_training"].source) == {"searched"}

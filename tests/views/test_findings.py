@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from iclgd_lens.analysis.findings import load_pairs, totals
+from iclgd_lens.analysis.protocol.findings import load_pairs, totals
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("findings_script", ROOT / "analyses" / "findings.py")
+    spec = importlib.util.spec_from_file_location("findings_script", ROOT / "scripts" / "findings.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,13 +52,13 @@ def test_the_pages_quote_the_generator_exactly(page):
     text = (ROOT / page).read_text()
     found = script.BLOCK.search(text)
     assert found, f"{page} has no <!-- findings --> block"
-    assert found.group(0) == made, f"{page}'s findings block differs from `python analyses/findings.py`: rerun it"
+    assert found.group(0) == made, f"{page}'s findings block differs from `python scripts/findings.py`: rerun it"
 
 
 def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
     from dataclasses import replace
 
-    from iclgd_lens.analysis.findings import _most_runs
+    from iclgd_lens.analysis.protocol.findings import _most_runs
 
     [rt] = [p for p in load_pairs(RESULTS, ["smollm2-paper5"]) if p.task == "rt-snippets"]
     longer, other_design = replace(rt, sweep="ten", runs=10), replace(rt, sweep="matched", baseline_lr="matched")
@@ -77,9 +77,9 @@ BESIDE = [
 
 @pytest.mark.parametrize("first, second, task, embeddings_ratio", BESIDE)
 def test_the_side_by_side_tables_are_the_generators(first, second, task, embeddings_ratio):
-    """Each papers'-way-beside-matched table on docs/findings.md is `analyses/findings.py --beside`'s output; its
+    """Each papers'-way-beside-matched table on docs/findings.md is `scripts/findings.py --beside`'s output; its
     ratios come from the two summary.csv files (hand-checked against the findings table's largest baseline ratio)."""
-    from iclgd_lens.analysis.findings import beside
+    from iclgd_lens.analysis.protocol.findings import beside
     from iclgd_lens.views.findings import beside_table
 
     frame = beside(RESULTS / first, RESULTS / second, task)

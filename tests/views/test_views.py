@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iclgd_lens import Result
-from iclgd_lens.analysis.patterns import record_patterns
+from iclgd_lens.analysis.heads.patterns import record_patterns
 from iclgd_lens.views.attention import attention_view, score_change_view
 from iclgd_lens.views.plots import head_heatmaps, per_layer_plot, save_figure
 

@@ -1,4 +1,4 @@
-"""The training mixture of analyses/train_tiny_icl.py: few-shot sequences of the synthetic tasks with re-assigned
+"""The training mixture of scripts/train_tiny_icl.py: few-shot sequences of the synthetic tasks with re-assigned
 label words, their curricula, and the loss (the module docstring of train_tiny_icl.py explains each)."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ is  μ + a_run + b_query + c_run,query + e_run,query,layer  with independent run
 effects (normal, or skewed: centred exponentials of the same standard deviations). The estimand is μ, the mean over
 the population of runs and queries. `coverage` draws many such sweeps, takes each one's interval exactly as
 `tables` does (`bootstrap.Resampling`, same draws and seed, `bootstrap.interval`) and counts how often it covers μ,
-with the Monte Carlo standard error of that share. `analyses/coverage.py`'s table (docs/reproduction.md) and
+with the Monte Carlo standard error of that share. `scripts/coverage.py`'s table (docs/reproduction.md) and
 tests/analysis/test_coverage.py both run it at the sweeps' setting.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd_lens.analysis import bootstrap
+from iclgd_lens.analysis.protocol import bootstrap
 
 EFFECTS = ("normal", "skewed")
 

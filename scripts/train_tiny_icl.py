@@ -1,7 +1,7 @@
 """Train the bundled tiny ICL model from scratch on few-shot sequences of the six synthetic tasks.
 
     make train-model                                       # the shipped model: two stages, see the Makefile
-    python analyses/train_tiny_icl.py --tiny --steps 3 --out /tmp/tiny   # a seconds-long smoke run
+    python scripts/train_tiny_icl.py --tiny --steps 3 --out /tmp/tiny   # a seconds-long smoke run
 
 Every training sequence is one task: [BOS] + demo_1 + EOS + demo_2 + EOS + ..., demo = template.format(row) +
 " " + label word, with the task's real template and train split. The label words are re-assigned to the classes
@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     scores = evaluate(model, k=32, n_queries=args.final_queries)
     result = table(scores)
     print(result, flush=True)
-    command = "python analyses/train_tiny_icl.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/train_tiny_icl.py " + " ".join(argv if argv is not None else sys.argv[1:])
     card = model_card(args, n_params, train_time, command)
     save_bundled(model, tok, args.out, replace_card_table(card, result))
     print(f"saved {args.out} (training {train_time / 60:.1f} min)", flush=True)
@@ -277,7 +277,7 @@ ZS: [BOS] + query prompt. ICL: [BOS] + k = 32 demonstrations (first 32 train row
 those that would overflow the context dropped) + query. Prediction: the label word with the highest log-probability.
 Because the training mixture randomises which word names which class, zero-shot accuracy is expected near chance
 (1 / number of classes): the model knows the task's classes but not which label word is which without
-demonstrations. Recompute with `python analyses/evaluate_icl.py --write-card`.
+demonstrations. Recompute with `python scripts/evaluate_icl.py --write-card`.
 """
 
 

@@ -1,8 +1,8 @@
 """Zero-shot vs in-context accuracy of a model on tasks' eval sets (the model cards' tables).
 
-    python analyses/evaluate_icl.py                        # the shipped tiny-icl, synthetic tasks, k = 32
-    python analyses/evaluate_icl.py --n-queries 100 --write-card
-    python analyses/evaluate_icl.py --model smollm2-135m --separator '\n' --n-queries 100 \
+    python scripts/evaluate_icl.py                        # the shipped tiny-icl, synthetic tasks, k = 32
+    python scripts/evaluate_icl.py --n-queries 100 --write-card
+    python scripts/evaluate_icl.py --model smollm2-135m --separator '\n' --n-queries 100 \
         --tasks synth-sst2 rt-snippets --card docs/models.md
 
 ZS: [BOS] + query prompt. ICL: [BOS] + k demonstrations (prompt + " " + label word, each followed by the

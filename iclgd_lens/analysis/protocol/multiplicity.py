@@ -24,7 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from iclgd_lens.analysis import bootstrap
+from iclgd_lens.analysis.protocol import bootstrap
 from iclgd_lens.core.presets import BASELINES
 
 FAMILY_LEVEL = 0.05

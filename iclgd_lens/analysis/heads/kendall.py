@@ -37,7 +37,7 @@ from jaxtyping import Float
 from scipy.stats import kendalltau
 from torch import Tensor
 
-from iclgd_lens.analysis.lenses import paired_table, per_layer_table
+from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
 from iclgd_lens.backend import BRIDGE, LensModel, attention_scale, final_residual, require_hooked_transformer
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta

@@ -1,13 +1,13 @@
 """The findings' counts from the committed sweeps' tables, written into the pages that quote them.
 
-    python analyses/findings.py                    # print the block
-    python analyses/findings.py --write README.md docs/findings.md   # replace their <!-- findings --> blocks
-    python analyses/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
+    python scripts/findings.py                    # print the block
+    python scripts/findings.py --write README.md docs/findings.md   # replace their <!-- findings --> blocks
+    python scripts/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
 
 `--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side (the
 tables of docs/findings.md that set the papers' way beside matched update size).
 Every number of the README's findings section and of docs/findings.md's summary comes from here
-(iclgd_lens/analysis/findings.py counts, iclgd_lens/views/findings.py lays out); tests/views/test_findings.py
+(iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out); tests/views/test_findings.py
 fails when a committed page differs from what this prints.
 """
 
@@ -17,7 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
-from iclgd_lens.analysis.findings import beside, load_pairs
+from iclgd_lens.analysis.protocol.findings import beside, load_pairs
 from iclgd_lens.views.findings import beside_table, findings_block
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"

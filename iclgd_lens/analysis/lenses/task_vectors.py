@@ -25,13 +25,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from iclgd_lens.analysis.attribution import logodds
-from iclgd_lens.analysis.head_runs import ZSBatch
-from iclgd_lens.analysis.lens_runs import SubjectRuns, check_dummies
+from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns, check_dummies
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.metrics import logodds
 from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.zs_batch import ZSBatch
 
 
 def stream_points(reading: dict[str, Tensor]) -> Float[Tensor, "n point d_model"]:

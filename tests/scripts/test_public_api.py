@@ -1,10 +1,10 @@
-"""Scripts and the notebook in analyses/ use the public API only: iclgd_lens, iclgd_lens.sources, and the analysis
+"""Scripts and the notebook in scripts/ use the public API only: iclgd_lens, iclgd_lens.sources, and the analysis
 and view functions docs/views.md documents; never the pipeline's modules (iclgd_lens.core) or a source's module."""
 
 import ast
 import json
 
-from tests.helpers import ANALYSES
+from tests.helpers import SCRIPTS
 
 PUBLIC = ("iclgd_lens", "iclgd_lens.sources")
 USER_FACING = ("iclgd_lens.analysis.", "iclgd_lens.views.")
@@ -21,8 +21,8 @@ def imported_modules(source: str) -> list[str]:
 
 
 def sources() -> dict[str, str]:
-    scripts = {path.name: path.read_text() for path in ANALYSES.glob("*.py")}
-    for notebook in ANALYSES.glob("notebooks/*.ipynb"):
+    scripts = {path.name: path.read_text() for path in SCRIPTS.glob("*.py")}
+    for notebook in SCRIPTS.glob("notebooks/*.ipynb"):
         cells = json.loads(notebook.read_text())["cells"]
         code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
         scripts[notebook.name] = "\n".join(

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iclgd_lens.analysis import bootstrap, multiplicity
-from iclgd_lens.analysis.protocol import Run
-from iclgd_lens.analysis.sweep import lr_file, run_folder
+from iclgd_lens.analysis.protocol import bootstrap, multiplicity
+from iclgd_lens.analysis.protocol.plan import Run
+from iclgd_lens.analysis.protocol.sweep import lr_file, run_folder
 from iclgd_lens.core.results import Result, cross_pair_name
 
 TRAINED = "trained"

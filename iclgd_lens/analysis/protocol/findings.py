@@ -1,6 +1,6 @@
 """The findings' counts, computed from committed sweeps' tables (`summary.csv`, `verdicts.csv`, `sweep.json`), so
 that no number of the README's findings or of docs/findings.md's summary is typed by hand
-(`views.findings` lays them out; `analyses/findings.py` writes them into those pages; a test fails when a number
+(`views.findings` lays them out; `scripts/findings.py` writes them into those pages; a test fails when a number
 there is not the generator's).
 
 One `PairCounts` per (sweep, task): the trained model's accuracies, the update sizes the subjects were compared at,
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis import bootstrap
-from iclgd_lens.analysis.multiplicity import PRIMARY
+from iclgd_lens.analysis.protocol import bootstrap
+from iclgd_lens.analysis.protocol.multiplicity import PRIMARY
 
 GD_METRICS = ("simaou_norm", "simaou", "simam_delta")  # GD's similarities to ICL set against each baseline
 VERDICTS = (bootstrap.ABOVE, bootstrap.BELOW, bootstrap.NO_DIFFERENCE, bootstrap.BORDERLINE)

@@ -4,11 +4,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.helpers import ANALYSES
+from tests.helpers import SCRIPTS
 
 pytestmark = pytest.mark.slow  # make test-fast leaves this module out
 
-TOUR = ANALYSES / "notebooks" / "tour.ipynb"
+TOUR = SCRIPTS / "notebooks" / "tour.ipynb"
 
 
 def test_tour_notebook_executes(tmp_path):

@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from iclgd_lens.analysis.implicit_update import matrix_names
+from iclgd_lens.analysis.lenses.implicit_update import matrix_names
 from iclgd_lens.backend import LensModel, require_hooked_transformer
 from iclgd_lens.core.deltas import POST_MLP_SCALE, Delta
 from iclgd_lens.core.hooks import hook_name, parameter_name

@@ -1,4 +1,4 @@
-"""analyses/train_tiny_icl.py, which trains the bundled model: end to end on a tiny configuration, its curricula, and
+"""scripts/train_tiny_icl.py, which trains the bundled model: end to end on a tiny configuration, its curricula, and
 its loss against an independent computation from the cache."""
 
 import subprocess
@@ -10,15 +10,15 @@ import torch
 from iclgd_lens.sources.bundled import load_bundled
 from iclgd_lens.sources.synthetic_tasks import synthetic_task
 from iclgd_lens.sources.tokenizers import build_tokenizer
-from tests.helpers import ANALYSES, ROOT, bundled_random_model
+from tests.helpers import ROOT, SCRIPTS, bundled_random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def training(analyses_script):
-    """analyses/tiny_icl_training.py: the mixture, curricula and loss train_tiny_icl.py trains with."""
-    return analyses_script("tiny_icl_training")
+def training(script):
+    """scripts/tiny_icl_training.py: the mixture, curricula and loss train_tiny_icl.py trains with."""
+    return script("tiny_icl_training")
 
 
 def test_training_script_end_to_end(tmp_path):
@@ -26,7 +26,7 @@ def test_training_script_end_to_end(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(ANALYSES / "train_tiny_icl.py"),
+            str(SCRIPTS / "train_tiny_icl.py"),
             "--tiny",
             "--steps",
             "3",

@@ -1,7 +1,7 @@
 """Tune the GD learning rate per task, as the papers did: ZS, ICL and GD accuracy for each lr of a grid.
 
-    python analyses/lr_sweep.py                                # tiny-icl on the six synthetic tasks
-    python analyses/lr_sweep.py --model gpt2 --tasks sst2 --grid dai --n-eval 500
+    python scripts/lr_sweep.py                                # tiny-icl on the six synthetic tasks
+    python scripts/lr_sweep.py --model gpt2 --tasks sst2 --grid dai --n-eval 500
 
 ZS and ICL are recorded once per task; each lr fits GD on the same k demonstrations and records the finetuned ZS
 prompt. Like the papers, the lr is chosen on the evaluation queries themselves (Dai's grid: {1..9} x 10^{-1..-4}).

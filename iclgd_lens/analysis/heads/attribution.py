@@ -41,17 +41,18 @@ from jaxtyping import Float, Int
 from scipy.stats import spearmanr
 from torch import Tensor
 
-from iclgd_lens.analysis.bootstrap import percentile_interval
-from iclgd_lens.analysis.head_runs import ZSBatch
+from iclgd_lens.analysis.protocol.bootstrap import percentile_interval
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import frozen_parameters
 from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.metrics import logodds
 from iclgd_lens.core.presets import VERIFY_TOP
 from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.recording import record
 from iclgd_lens.core.results import Result
+from iclgd_lens.core.zs_batch import ZSBatch
 
 ALL = "all"  # the head of a whole-layer row; the layer and head of the whole delta's row
 POSITION = "all+position"  # the head of the patching row that patches every head and the positional embedding
@@ -76,14 +77,6 @@ def check_attributable(result: Result, model: LensModel) -> None:
     if len(set(firsts)) != len(firsts):
         raise ValueError("the label words share their first token, so first-token log-odds cannot tell them apart")
     result.check_model(model)
-
-
-def logodds(logprobs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> Float[Tensor, "n"]:
-    """log p(y) − log Σ_{c≠y} p(c) per query."""
-    logprobs = logprobs.double()
-    correct = logprobs.gather(1, labels[:, None])[:, 0]
-    others = logprobs.masked_fill(torch.nn.functional.one_hot(labels, logprobs.shape[1]).bool(), float("-inf"))
-    return correct - others.logsumexp(1)
 
 
 def with_queries(result: Result, rows: Sequence[int]) -> Result:

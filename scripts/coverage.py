@@ -1,11 +1,11 @@
 """The coverage of the sweeps' bootstrap intervals on simulated crossed sweeps, as a Markdown table.
 
-    python analyses/coverage.py                      # print the table
-    python analyses/coverage.py --write docs/reproduction.md   # replace its <!-- coverage-table --> block
+    python scripts/coverage.py                      # print the table
+    python scripts/coverage.py --write docs/reproduction.md   # replace its <!-- coverage-table --> block
 
 Every row: 1,000 simulated sweeps at the committed sweeps' setting (5 runs, 64 queries, the tables' 4,000 draws and
 seed), with run, query, interaction and layer effects of the mix's standard deviations, normal or skewed
-(iclgd_lens/analysis/coverage.py); the crossed interval (the tables') beside the former nested one.
+(iclgd_lens/analysis/protocol/coverage.py); the crossed interval (the tables') beside the former nested one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import re
 from pathlib import Path
 
-from iclgd_lens.analysis.coverage import Effects, coverage
+from iclgd_lens.analysis.protocol.coverage import Effects, coverage
 
 MIXES = {
     "queries dominate": dict(run=0.01, query=0.20, interaction=0.10),

@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from iclgd_lens.analysis.implicit_update import matrix_names
-from iclgd_lens.analysis.lens_runs import POINTS, SubjectRuns
+from iclgd_lens.analysis.lenses.implicit_update import matrix_names
+from iclgd_lens.analysis.lenses.lens_runs import POINTS, SubjectRuns
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.recording import read_points
 from iclgd_lens.core.results import Result

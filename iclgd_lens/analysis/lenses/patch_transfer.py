@@ -26,13 +26,13 @@ import math
 import torch
 from torch import Tensor
 
-from iclgd_lens.analysis.attribution import logodds
-from iclgd_lens.analysis.implicit_patch import as_delta, chained_patch
-from iclgd_lens.analysis.lens_nulls import random_abs_cos
-from iclgd_lens.analysis.lens_runs import SubjectRuns
+from iclgd_lens.analysis.lenses.implicit_patch import as_delta, chained_patch
+from iclgd_lens.analysis.lenses.lens_nulls import random_abs_cos
+from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import parameter_name
+from iclgd_lens.core.metrics import logodds
 from iclgd_lens.core.recording import read_points
 
 N_SOURCES = 16  # a quarter of the sweeps' 64 queries: enough to average, leaving 48 targets

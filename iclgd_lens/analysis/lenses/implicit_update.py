@@ -25,11 +25,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from iclgd_lens.analysis.head_runs import ZSBatch
-from iclgd_lens.analysis.lens_runs import SubjectRuns
+from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns
 from iclgd_lens.backend import LensModel, residual_after
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name, parameter_name
+from iclgd_lens.core.zs_batch import ZSBatch
 
 INPUT_MATRICES = ("mlp.W_in", "mlp.W_gate")  # the MLP's input weights (W_gate only in gated MLPs)
 

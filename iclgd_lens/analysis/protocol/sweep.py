@@ -22,7 +22,7 @@ from functools import cache, lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
-from iclgd_lens.analysis.protocol import Run, plan_runs
+from iclgd_lens.analysis.protocol.plan import Run, plan_runs
 from iclgd_lens.core.presets import DAI_LR_GRID, METHODS
 from iclgd_lens.files import check_output, write_text_atomic
 

@@ -1,17 +1,17 @@
 """The same comparison on TransformerLens 3 (HookedTransformer) and 4 (TransformerBridge), and how far apart they are.
 
-    python analyses/backend_agreement.py models tests/bridge/reference          # tiny checkpoints (once)
-    python analyses/backend_agreement.py run tests/bridge/reference/gpt2/model OUT   # compare, in this environment
-    python analyses/backend_agreement.py run smollm2-135m-q4_1 OUT --task rt-snippets --k 16 --n-eval 64 --lr 3e-3
-    python analyses/backend_agreement.py diff REFERENCE_RESULT OTHER_RESULT        # the table of differences
-    python analyses/backend_agreement.py kendall MODEL RESULT OUT.npz [--reference REFERENCE.npz]
-    python analyses/backend_agreement.py attribution MODEL RESULT OUT.csv [--reference REFERENCE.csv]
-    python analyses/backend_agreement.py lenses MODEL RESULT OUT.npz [--reference REFERENCE.npz]
+    python scripts/backend_agreement.py models tests/bridge/reference          # tiny checkpoints (once)
+    python scripts/backend_agreement.py run tests/bridge/reference/gpt2/model OUT   # compare, in this environment
+    python scripts/backend_agreement.py run smollm2-135m-q4_1 OUT --task rt-snippets --k 16 --n-eval 64 --lr 3e-3
+    python scripts/backend_agreement.py diff REFERENCE_RESULT OTHER_RESULT        # the table of differences
+    python scripts/backend_agreement.py kendall MODEL RESULT OUT.npz [--reference REFERENCE.npz]
+    python scripts/backend_agreement.py attribution MODEL RESULT OUT.csv [--reference REFERENCE.csv]
+    python scripts/backend_agreement.py lenses MODEL RESULT OUT.npz [--reference REFERENCE.npz]
 
 `run` is `compare` with the settings below (the toy task of the tests unless --task names one) and no baselines
 (their draws differ between the backends: they agree in distribution, not value).
 `kendall` saves the two sides Kendall's tau ranks (ICL's attention scores and the finetuning's q·q', before the
-softmax; analysis.kendall.kendall_scores) for GD's refit and for no finetuning, and with --reference prints how far
+softmax; analysis.heads.kendall.kendall_scores) for GD's refit and for no finetuning, and with --reference prints how far
 they are from another backend's. Tau itself is a rank statistic: items whose scores lie closer than the backends'
 difference can swap order, so tau is compared through its inputs.
 `attribution` saves the per-head attribution table (atp+verify, the 3 top heads verified exactly) and with --reference
@@ -114,7 +114,7 @@ def kendall(model: str | Path, result: Path, out: Path, n_queries: int = 12) -> 
     import numpy as np
 
     from iclgd_lens import Result, load_model
-    from iclgd_lens.analysis.kendall import kendall_scores
+    from iclgd_lens.analysis.heads.kendall import kendall_scores
 
     loaded, saved = load_model(model, device="cpu"), Result.load(result)
     arrays = {}
@@ -136,7 +136,7 @@ def kendall_difference(reference: Path, other: Path) -> tuple[str, float]:
 def attribution(model: str | Path, result: Path, out: Path) -> None:
     """The per-head attribution of `result` (atp+verify, 3 heads verified), saved as a csv."""
     from iclgd_lens import Result, load_model
-    from iclgd_lens.analysis.attribution import attribution_table
+    from iclgd_lens.analysis.heads.attribution import attribution_table
 
     table, _ = attribution_table(load_model(model, device="cpu"), Result.load(result), verify_top=3)
     table.to_csv(out, index=False)
@@ -168,7 +168,7 @@ def lenses(model: str | Path, result: Path, out: Path) -> None:
     import numpy as np
 
     from iclgd_lens import Result, load_model
-    from iclgd_lens.analysis.lenses import lens_values
+    from iclgd_lens.analysis.lenses.values import lens_values
 
     values = lens_values(load_model(model, device="cpu"), Result.load(result), baselines=[])
     np.savez(out, **values["model"])
