@@ -51,8 +51,14 @@ def scores_agreement(naive: dict, toolkit: dict, tolerance: float = AGREEMENT) -
             continue
         if abs(value - other) >= worst:
             worst, where = abs(value - other), path
-    return {"compared": len(theirs), "max_abs_diff": worst, "at": where, "nan_mismatch": nan_mismatch,
-            "tolerance": tolerance, "agree": worst <= tolerance and not nan_mismatch}  # fmt: skip
+    return {
+        "compared": len(theirs),
+        "max_abs_diff": worst,
+        "at": where,
+        "nan_mismatch": nan_mismatch,
+        "tolerance": tolerance,
+        "agree": worst <= tolerance and not nan_mismatch,
+    }
 
 
 def flatten(scores: dict | list, prefix: str = "") -> dict[str, float]:
@@ -88,8 +94,12 @@ def records_agreement(naive: dict[str, list[Row]], toolkit: dict[str, Record]) -
                 if relative >= worst:
                     worst, where = relative, f"{name}/query {i}"
         tolerance = RECORDS_AGREEMENT if setting in ("zs", "icl") else FIT_RECORDS_AGREEMENT
-        out["settings"][setting] = {"max_relative_diff": worst, "at": where, "tolerance": tolerance,
-                                    "agree": worst <= tolerance}  # fmt: skip
+        out["settings"][setting] = {
+            "max_relative_diff": worst,
+            "at": where,
+            "tolerance": tolerance,
+            "agree": worst <= tolerance,
+        }
     out["agree"] = all(v["agree"] for v in out["settings"].values())
     return out
 
@@ -99,7 +109,13 @@ def rows_of(record: Record) -> list[Row]:
     rows = []
     for i in range(len(record.pred)):
         n = int(record.query_len[i])
-        rows.append({"attn_out": list(record.attn_out[i].double()), "z": list(record.z[i].double()),
-                     "scores": list(record.scores[i, :, :, :n].double()),
-                     "label_logprobs": record.label_logprobs[i].tolist(), "pred": int(record.pred[i])})  # fmt: skip
+        rows.append(
+            {
+                "attn_out": list(record.attn_out[i].double()),
+                "z": list(record.z[i].double()),
+                "scores": list(record.scores[i, :, :, :n].double()),
+                "label_logprobs": record.label_logprobs[i].tolist(),
+                "pred": int(record.pred[i]),
+            }
+        )
     return rows

@@ -57,10 +57,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     load = check_quiet(args.allow_busy)
-    report: dict = {"format": BENCH_FORMAT, "section": "attribution",
-                    "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                "threads": args.threads, "device": args.device, "torch": torch.__version__,
-                                "others_cores_before": load}, "models": {}}  # fmt: skip
+    report: dict = {
+        "format": BENCH_FORMAT,
+        "section": "attribution",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "device": args.device,
+            "torch": torch.__version__,
+            "others_cores_before": load,
+        },
+        "models": {},
+    }
     with Monitor() as monitor:
         if args.command_result is not None:
             report["command"] = bench_command(args.command_result, args.threads, monitor)
@@ -85,10 +94,19 @@ def bench_command(result: Path, threads: int, monitor: Monitor) -> dict:
         about = json.loads((out / "attribution.json").read_text())
     kendall = about["seconds"].get("kendall", {})
     rest = stage["seconds"] - about["seconds"]["heads"] - sum(kendall.values())
-    return {"result": str(result), "model": about["model"], "task": about["task"], "seconds": stage["seconds"],
-            "peak_rss_bytes": stage["peak_rss_bytes"], "heads": about["seconds"]["heads"], "kendall": kendall,
-            "load_checks_and_writing": rest, "estimate": about["estimate"], "verify_top": about["verify_top"],
-            "kendall_queries": about["kendall_queries"]}  # fmt: skip
+    return {
+        "result": str(result),
+        "model": about["model"],
+        "task": about["task"],
+        "seconds": stage["seconds"],
+        "peak_rss_bytes": stage["peak_rss_bytes"],
+        "heads": about["seconds"]["heads"],
+        "kendall": kendall,
+        "load_checks_and_writing": rest,
+        "estimate": about["estimate"],
+        "verify_top": about["verify_top"],
+        "kendall_queries": about["kendall_queries"],
+    }
 
 
 def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
@@ -96,10 +114,24 @@ def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
     model = load_model(name, device=args.device)
     options = {"separator": setting["separator"]} if setting["separator"] else {}
     with monitor.stage(f"{name}: compare"):
-        result = compare(model, load_task(setting["task"]), k=setting["k"], seed=0, lr=setting["lr"],
-                         n_eval=args.n_queries, baselines=(), progress=False, **options)  # fmt: skip
-    out: dict = {"task": setting["task"], "k": setting["k"], "queries": args.n_queries,
-                 "layers": model.cfg.n_layers, "heads": model.cfg.n_heads}  # fmt: skip
+        result = compare(
+            model,
+            load_task(setting["task"]),
+            k=setting["k"],
+            seed=0,
+            lr=setting["lr"],
+            n_eval=args.n_queries,
+            baselines=(),
+            progress=False,
+            **options,
+        )
+    out: dict = {
+        "task": setting["task"],
+        "k": setting["k"],
+        "queries": args.n_queries,
+        "layers": model.cfg.n_layers,
+        "heads": model.cfg.n_heads,
+    }
     for estimate in ("atp+verify", "atp"):
         with monitor.stage(f"{name}: attribute --estimate {estimate}") as stage:
             _, totals = attribution_table(model, result, batch_size=args.batch_size, estimate=estimate)
@@ -110,8 +142,11 @@ def bench_model(name: str, args: argparse.Namespace, monitor: Monitor) -> dict:
         with monitor.stage(f"{name}: exact, every head, {len(few.labels)} queries") as stage:
             exact, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="exact")
         estimated, _ = attribution_table(model, few, batch_size=args.batch_size, estimate="atp")
-        out["exact_every_head"] = {"queries": len(few.labels), "seconds": stage["seconds"],
-                                   "spearman": every_head_spearman(exact, estimated)}  # fmt: skip
+        out["exact_every_head"] = {
+            "queries": len(few.labels),
+            "seconds": stage["seconds"],
+            "spearman": every_head_spearman(exact, estimated),
+        }
     out["one_layer"] = batched_against_loop(model, result, model.cfg.n_layers // 2, args.batch_size)
     return out
 
@@ -141,8 +176,9 @@ def batched_against_loop(model, result: Result, layer: int, batch_size: int) -> 
             batch.run_heads_at_prediction(layer, heads[:1], icl_z[rows, layer])  # fills the plain cache
             runs["at_prediction"] = lambda: batch.run_heads_at_prediction(layer, heads, icl_z[rows, layer])
         start = time.perf_counter()
-        looped = torch.stack([batch.run([(hook_name("z", layer), _one_head(source, head))], from_layer=layer)
-                              for head in heads])  # fmt: skip
+        looped = torch.stack(
+            [batch.run([(hook_name("z", layer), _one_head(source, head))], from_layer=layer) for head in heads]
+        )
         seconds["loop"] += time.perf_counter() - start
         for name, run in runs.items():
             start = time.perf_counter()
@@ -166,40 +202,112 @@ def _one_head(source: torch.Tensor, head: int):
 
 def print_attribution(report: dict) -> None:
     machine = report["machine"]
-    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch threads, "
-          f"{machine['device']}; other processes used up to {machine['others_cores_max']:.1f} cores")  # fmt: skip
+    print(
+        f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch threads, "
+        f"{machine['device']}; other processes used up to {machine['others_cores_max']:.1f} cores"
+    )
     if "command" in report:
         run = report["command"]
         kendall = ", ".join(f"{subject} {s:.0f}" for subject, s in run["kendall"].items()) or "not run"
-        print(f"\nThe command with its defaults (--estimate {run['estimate']}, --verify-top {run['verify_top']}, "
-              f"--kendall-queries {run['kendall_queries']}) on {run['result']} ({run['model']}, {run['task']}):\n\n"
-              + markdown_table(["total s", "target s", "per-head s", "Kendall s (per subject)", "loading, checks, writing s",
-                                "peak memory"],
-                               [[f"{run['seconds']:.0f}", str(TARGET_S), f"{run['heads']:.0f}",
-                                 f"{sum(run['kendall'].values()):.0f} ({kendall})", f"{run['load_checks_and_writing']:.0f}",
-                                 gib(run["peak_rss_bytes"])]]))  # fmt: skip
+        print(
+            f"\nThe command with its defaults (--estimate {run['estimate']}, --verify-top {run['verify_top']}, "
+            f"--kendall-queries {run['kendall_queries']}) on {run['result']} ({run['model']}, {run['task']}):\n\n"
+            + markdown_table(
+                [
+                    "total s",
+                    "target s",
+                    "per-head s",
+                    "Kendall s (per subject)",
+                    "loading, checks, writing s",
+                    "peak memory",
+                ],
+                [
+                    [
+                        f"{run['seconds']:.0f}",
+                        str(TARGET_S),
+                        f"{run['heads']:.0f}",
+                        f"{sum(run['kendall'].values()):.0f} ({kendall})",
+                        f"{run['load_checks_and_writing']:.0f}",
+                        gib(run["peak_rss_bytes"]),
+                    ]
+                ],
+            )
+        )
     rows = []
     for name, run in report["models"].items():
         agreement = run["atp+verify"]["agreement"]
         every = run.get("exact_every_head", {"seconds": float("nan"), "queries": 0, "spearman": {}})
-        rows.append([name, f"{run['layers']} x {run['heads']}", str(run["queries"]),
-                     f"{run['atp+verify']['seconds']:.0f}", f"{run['atp']['seconds']:.0f}",
-                     gib(run["atp+verify"]["peak_rss_bytes"]),
-                     ", ".join(f"{m} {e['spearman']:.2f}" for m, e in agreement.items()),
-                     f"{every['seconds']:.0f} ({every['queries']} q)",
-                     ", ".join(f"{m} {e['spearman']:.2f}" for m, e in every["spearman"].items())])  # fmt: skip
-    print("\n" + markdown_table(["model", "layers x heads", "queries", "atp+verify s", "atp s", "peak memory",
-                                 "Spearman, verified heads", "exact every head s", "Spearman, every head"], rows))  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{run['layers']} x {run['heads']}",
+                str(run["queries"]),
+                f"{run['atp+verify']['seconds']:.0f}",
+                f"{run['atp']['seconds']:.0f}",
+                gib(run["atp+verify"]["peak_rss_bytes"]),
+                ", ".join(f"{m} {e['spearman']:.2f}" for m, e in agreement.items()),
+                f"{every['seconds']:.0f} ({every['queries']} q)",
+                ", ".join(f"{m} {e['spearman']:.2f}" for m, e in every["spearman"].items()),
+            ]
+        )
+    print(
+        "\n"
+        + markdown_table(
+            [
+                "model",
+                "layers x heads",
+                "queries",
+                "atp+verify s",
+                "atp s",
+                "peak memory",
+                "Spearman, verified heads",
+                "exact every head s",
+                "Spearman, every head",
+            ],
+            rows,
+        )
+    )
     layer_rows = []
     for name, run in report["models"].items():
         one = run["one_layer"]
-        at = (f"{one['at_prediction']:.2f}", f"{one['speedup_at_prediction']:.1f}",
-              f"{one['largest_difference_at_prediction']:.1e}") if one["at_prediction"] else ("not possible",) * 3  # fmt: skip
-        layer_rows.append([name, str(one["layer"]), f"{one['loop']:.2f}", f"{one['batched']:.2f}",
-                           f"{one['speedup_batched']:.2f}", f"{one['largest_difference_batched']:.1e}", *at])  # fmt: skip
-    print("\nOne layer's exact heads (ICL patching): one forward per head, all heads batched, and the prediction "
-          "position alone:\n\n" + markdown_table(["model", "layer", "loop s", "batched s", "speedup",
-          "largest difference", "at prediction s", "speedup", "largest difference"], layer_rows))  # fmt: skip
+        at = (
+            (
+                f"{one['at_prediction']:.2f}",
+                f"{one['speedup_at_prediction']:.1f}",
+                f"{one['largest_difference_at_prediction']:.1e}",
+            )
+            if one["at_prediction"]
+            else ("not possible",) * 3
+        )
+        layer_rows.append(
+            [
+                name,
+                str(one["layer"]),
+                f"{one['loop']:.2f}",
+                f"{one['batched']:.2f}",
+                f"{one['speedup_batched']:.2f}",
+                f"{one['largest_difference_batched']:.1e}",
+                *at,
+            ]
+        )
+    print(
+        "\nOne layer's exact heads (ICL patching): one forward per head, all heads batched, and the prediction "
+        "position alone:\n\n"
+        + markdown_table(
+            [
+                "model",
+                "layer",
+                "loop s",
+                "batched s",
+                "speedup",
+                "largest difference",
+                "at prediction s",
+                "speedup",
+                "largest difference",
+            ],
+            layer_rows,
+        )
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -211,8 +319,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
-    p.add_argument("--command-result", type=Path, default=None, help="a result folder to time `iclgd-lens attribute` "
-                   "on, with its defaults (make bench: make run's)")  # fmt: skip
+    p.add_argument(
+        "--command-result",
+        type=Path,
+        default=None,
+        help="a result folder to time `iclgd-lens attribute` on, with its defaults (make bench: make run's)",
+    )
     p.add_argument("--out", type=Path, required=True, help="JSON file to write (replaced atomically)")
     args = p.parse_args(argv)
     for name in ("n_queries", "batch_size", "threads"):
@@ -221,8 +333,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.spearman_queries < 0:
         p.error("--spearman-queries must be >= 0")
     if args.command_result is not None and not (args.command_result / "result.json").is_file():
-        p.error(f"--command-result {args.command_result} holds no result.json; give a result folder (make run writes "
-                "one)")  # fmt: skip
+        p.error(
+            f"--command-result {args.command_result} holds no result.json; give a result folder (make run writes one)"
+        )
     if args.out.exists() and not is_bench_file(args.out):
         p.error(f"{args.out} exists and was not written by this benchmark; choose another --out")
     return args

@@ -37,14 +37,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = gpt2_small_shaped(tokenizer, args.device, dtype, args)
     report: dict = {
         "format": BENCH_FORMAT,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": args.threads, "device": args.device, "dtype": args.dtype,
-                    "torch": torch.__version__, "others_cores_before": load},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "device": args.device,
+            "dtype": args.dtype,
+            "torch": torch.__version__,
+            "others_cores_before": load,
+        },
         "model_bytes": parameter_bytes(model),
-    }  # fmt: skip
+    }
     args.matmul_rate = report["machine"]["matmul_flops_per_s"] = matmul_rate(args.device, dtype)
-    print(f"bench: {args.threads} threads, {args.device} {args.dtype}; other processes used {load:.2f} cores before; "
-          f"matmul rate {args.matmul_rate / 1e9:.0f} GFLOP/s")  # fmt: skip
+    print(
+        f"bench: {args.threads} threads, {args.device} {args.dtype}; other processes used {load:.2f} cores before; "
+        f"matmul rate {args.matmul_rate / 1e9:.0f} GFLOP/s"
+    )
     runs: Runs = {}
     with Monitor() as monitor:
         report["gpt2_small"] = head_to_head(model, task, args, monitor, args.lr, runs)
@@ -58,8 +66,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             report["smollm2"] = smollm2_run(smollm2_folder, task, args, monitor)
     report["machine"]["others_cores_max"] = max([load, *monitor.others_cores])
     busy = report["machine"]["others_cores_max"] > BUSY_CORES
-    report["warning"] = (f"other processes used up to {report['machine']['others_cores_max']:.1f} cores while "
-                         "timing: these numbers measure them too") if busy else None  # fmt: skip
+    report["warning"] = (
+        (
+            f"other processes used up to {report['machine']['others_cores_max']:.1f} cores while "
+            "timing: these numbers measure them too"
+        )
+        if busy
+        else None
+    )
     print_report(report)
     write_json(args.out, report)
     print(f"bench: wrote {args.out}")

@@ -30,7 +30,7 @@ KV_BIASES = ("attn.b_K", "attn.b_V")  # trained only where the checkpoint has th
 class Row(TypedDict):
     """One query's recording, float64 on the CPU, per layer where a list."""
 
-    attn_out: list[Float[Tensor, "d_model"]]
+    attn_out: list[Float[Tensor, " d_model"]]
     z: list[Float[Tensor, "head d_head"]]
     scores: list[Float[Tensor, "head query_len"]]  # to the query's own tokens, up to the recorded position
     label_logprobs: list[float]  # per class: mean log-prob of its label's tokens
@@ -108,17 +108,19 @@ def naive_record(model: HookedTransformer, episode: Episode, prefix: Sequence[in
             {
                 "attn_out": [cache[f"blocks.{l}.hook_attn_out"][0, at].double().cpu() for l in layers],
                 "z": [cache[f"blocks.{l}.attn.hook_z"][0, at].double().cpu() for l in layers],
-                "scores": [cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, at, len(prefix) : at + 1].double().cpu()
-                           for l in layers],
+                "scores": [
+                    cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, at, len(prefix) : at + 1].double().cpu()
+                    for l in layers
+                ],
                 "label_logprobs": label_logprobs,
                 "pred": max(range(len(label_logprobs)), key=label_logprobs.__getitem__),
             }
-        )  # fmt: skip
+        )
         del cache
     return rows
 
 
-def cos(a: Float[Tensor, "d"], b: Float[Tensor, "d"]) -> float:
+def cos(a: Float[Tensor, " d"], b: Float[Tensor, " d"]) -> float:
     """Exact cosine; NaN when either vector is zero (the toolkit's arithmetic)."""
     na, nb = float(a.norm()), float(b.norm())
     return float((a / na) @ (b / nb)) if na > 0 and nb > 0 else math.nan
@@ -151,8 +153,9 @@ def naive_scores(
         """fn(i, l, h) -> value: the papers' reduction (heads, examples, layers) and the per-head means."""
         values = [[[fn(i, l, h) for h in range(n_heads)] for l in range(n_layers)] for i in range(n)]
         per_layer = [mean_defined([mean_defined(values[i][l]) for i in range(n)]) for l in range(n_layers)]
-        per_head = [[mean_defined([values[i][l][h] for i in range(n)]) for h in range(n_heads)]
-                    for l in range(n_layers)]  # fmt: skip
+        per_head = [
+            [mean_defined([values[i][l][h] for i in range(n)]) for h in range(n_heads)] for l in range(n_layers)
+        ]
         return {"mean": mean_defined(per_layer), "per_layer": per_layer, "per_head": per_head}
 
     def layers_only(fn) -> dict:
@@ -162,24 +165,41 @@ def naive_scores(
     def against(ft: list[Row]) -> tuple[dict, dict]:
         """A finetuned setting's metrics {name: {mean, per_layer, per_head}} and per-head-only values."""
         metrics = {
-            "simaou": layers_only(lambda i, l: cos(icl[i]["attn_out"][l] - zs[i]["attn_out"][l],
-                                                   ft[i]["attn_out"][l] - zs[i]["attn_out"][l])),
-            "simaou_norm": layers_only(lambda i, l: cos(unit(icl[i]["attn_out"][l]) - unit(zs[i]["attn_out"][l]),
-                                                        unit(ft[i]["attn_out"][l]) - unit(zs[i]["attn_out"][l]))),
-            "random_simaou": layers_only(lambda i, l: cos(unit(icl[i]["attn_out"][l]) - unit(zs[i]["attn_out"][l]),
-                                                          random_update[i, l])),
+            "simaou": layers_only(
+                lambda i, l: cos(
+                    icl[i]["attn_out"][l] - zs[i]["attn_out"][l], ft[i]["attn_out"][l] - zs[i]["attn_out"][l]
+                )
+            ),
+            "simaou_norm": layers_only(
+                lambda i, l: cos(
+                    unit(icl[i]["attn_out"][l]) - unit(zs[i]["attn_out"][l]),
+                    unit(ft[i]["attn_out"][l]) - unit(zs[i]["attn_out"][l]),
+                )
+            ),
+            "random_simaou": layers_only(
+                lambda i, l: cos(unit(icl[i]["attn_out"][l]) - unit(zs[i]["attn_out"][l]), random_update[i, l])
+            ),
             "simam_before": layer_heads(lambda i, l, h: cos(icl[i]["scores"][l][h], zs[i]["scores"][l][h])),
             "simam": layer_heads(lambda i, l, h: cos(icl[i]["scores"][l][h], ft[i]["scores"][l][h])),
-            "simam_delta": layer_heads(lambda i, l, h: cos(icl[i]["scores"][l][h] - zs[i]["scores"][l][h],
-                                                           ft[i]["scores"][l][h] - zs[i]["scores"][l][h])),
-        }  # fmt: skip
+            "simam_delta": layer_heads(
+                lambda i, l, h: cos(
+                    icl[i]["scores"][l][h] - zs[i]["scores"][l][h], ft[i]["scores"][l][h] - zs[i]["scores"][l][h]
+                )
+            ),
+        }
         per_head = {
-            "simaou": layer_heads(lambda i, l, h: cos(head_out(icl[i], l, h) - head_out(zs[i], l, h),
-                                                      head_out(ft[i], l, h) - head_out(zs[i], l, h))),
+            "simaou": layer_heads(
+                lambda i, l, h: cos(
+                    head_out(icl[i], l, h) - head_out(zs[i], l, h), head_out(ft[i], l, h) - head_out(zs[i], l, h)
+                )
+            ),
             "simaou_norm": layer_heads(
-                lambda i, l, h: cos(unit(head_out(icl[i], l, h)) - unit(head_out(zs[i], l, h)),
-                                    unit(head_out(ft[i], l, h)) - unit(head_out(zs[i], l, h)))),
-        }  # fmt: skip
+                lambda i, l, h: cos(
+                    unit(head_out(icl[i], l, h)) - unit(head_out(zs[i], l, h)),
+                    unit(head_out(ft[i], l, h)) - unit(head_out(zs[i], l, h)),
+                )
+            ),
+        }
         return metrics, per_head
 
     accuracy = {s: sum(r["pred"] == y for r, y in zip(rows, labels)) / n for s, rows in records.items()}
@@ -196,8 +216,11 @@ def naive_scores(
         }
     if "gd" in records and "lcgd" in records:
         lcgd, gd = records["lcgd"], records["gd"]
-        alpha = layer_heads(lambda i, l, h: cos(lcgd[i]["scores"][l][h] - zs[i]["scores"][l][h],
-                                                gd[i]["scores"][l][h] - zs[i]["scores"][l][h]))  # fmt: skip
+        alpha = layer_heads(
+            lambda i, l, h: cos(
+                lcgd[i]["scores"][l][h] - zs[i]["scores"][l][h], gd[i]["scores"][l][h] - zs[i]["scores"][l][h]
+            )
+        )
         out["metrics"]["alpha"] = {"mean": alpha["mean"], "per_layer": alpha["per_layer"]}
         out["per_head"]["alpha"] = alpha["per_head"]
     return out

@@ -40,8 +40,9 @@ def head_to_head(
     n, n_naive = args.n_queries, min(args.naive_queries, args.n_queries)
     # The toolkit first: its peak memory is measured before the naive pipeline's model copies and full caches.
     for queries in dict.fromkeys((n, n_naive)):  # once each, in this order
-        runs[args.k, queries] = toolkit_compare(model, task, args.k, queries, lr, args.batch_size, monitor,
-                                                keep_result=queries == n_naive)  # fmt: skip
+        runs[args.k, queries] = toolkit_compare(
+            model, task, args.k, queries, lr, args.batch_size, monitor, keep_result=queries == n_naive
+        )
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=n_naive)
     naive = naive_compare(model, episode, lr, 0, monitor)
     agree = all_agreements(naive, runs[args.k, n_naive].pop("result"), strict)
@@ -84,11 +85,16 @@ def toolkit_compare(
 ) -> dict:
     with monitor.stage(f"toolkit compare k={k} n={n}") as stage:
         # LCGD at GD's lr, as the naive pipeline trains it (the papers' way): the same numbers on both sides
-        result = compare(model, task, k=k, seed=0, lr=lr, lr_lcgd="gd", baselines=(), n_eval=n, batch_size=batch_size,
-                         progress=False)  # fmt: skip
-    out = stage | {"k": k, "n_queries": n, "effective_k": result.config["effective_k"],
-                   "prefix_tokens": len(result.episode.icl_prefix),
-                   "query_tokens": sum(map(len, result.episode.queries)) / n}  # fmt: skip
+        result = compare(
+            model, task, k=k, seed=0, lr=lr, lr_lcgd="gd", baselines=(), n_eval=n, batch_size=batch_size, progress=False
+        )
+    out = stage | {
+        "k": k,
+        "n_queries": n,
+        "effective_k": result.config["effective_k"],
+        "prefix_tokens": len(result.episode.icl_prefix),
+        "query_tokens": sum(map(len, result.episode.queries)) / n,
+    }
     if keep_result:  # for the agreement checks; the caller drops it before later timings
         out["result"] = result
     return out
@@ -125,8 +131,14 @@ def recording_cost(
         row = {"k": k, "prefix_tokens": len(episode.icl_prefix), "n_queries": n, "naive_n_queries": n_naive}
         for name, prefix in (("zs", episode.zs_prefix), ("icl", episode.icl_prefix)):
             with monitor.stage(f"toolkit record {name} k={k}") as stage:
-                record(model, episode.queries, episode.label_tokens, prefix, batch_size=args.batch_size,
-                       pad_token=episode.bos)  # fmt: skip
+                record(
+                    model,
+                    episode.queries,
+                    episode.label_tokens,
+                    prefix,
+                    batch_size=args.batch_size,
+                    pad_token=episode.bos,
+                )
             row[f"toolkit_{name}_s_per_query"] = stage["seconds"] / n
         few = dataclasses.replace(episode, queries=episode.queries[:n_naive])
         with monitor.stage(f"naive record icl k={k}") as stage:

@@ -71,13 +71,17 @@ def check_format(folder: Path, marker: str, formats: tuple[str | None, ...], kin
     except OSError:
         raise ValueError(f"{str(folder)!r} is not a {kind} folder (no {marker}); run iclgd-lens {verb}") from None
     except ValueError as error:
-        raise ValueError(f"{str(folder)!r} holds a corrupt or incomplete {kind} ({marker} is not valid JSON: {error}); "
-                         f"run iclgd-lens {verb} to write it again") from None  # fmt: skip
+        raise ValueError(
+            f"{str(folder)!r} holds a corrupt or incomplete {kind} ({marker} is not valid JSON: {error}); "
+            f"run iclgd-lens {verb} to write it again"
+        ) from None
     written = data.get("format") if isinstance(data, dict) else None
     if written not in formats:
-        raise ValueError(f"{str(folder)!r} holds a {kind} of format {written!r}, which this iclgd-lens does not read "
-                         f"(it reads {[f for f in formats if f]}): run iclgd-lens {verb} again with this version, or "
-                         "read it with the version that wrote it")  # fmt: skip
+        raise ValueError(
+            f"{str(folder)!r} holds a {kind} of format {written!r}, which this iclgd-lens does not read "
+            f"(it reads {[f for f in formats if f]}): run iclgd-lens {verb} again with this version, or "
+            "read it with the version that wrote it"
+        )
     return data
 
 

@@ -11,7 +11,8 @@
 `run` is `compare` with the settings below (the toy task of the tests unless --task names one) and no baselines
 (their draws differ between the backends: they agree in distribution, not value).
 `kendall` saves the two sides Kendall's tau ranks (ICL's attention scores and the finetuning's q·q', before the
-softmax; analysis.heads.kendall.kendall_scores) for GD's refit and for no finetuning, and with --reference prints how far
+softmax; analysis.heads.kendall.kendall_scores) for GD's refit and for no finetuning, and with --reference prints
+how far
 they are from another backend's. Tau itself is a rank statistic: items whose scores lie closer than the backends'
 difference can swap order, so tau is compared through its inputs.
 `attribution` saves the per-head attribution table (atp+verify, the 3 top heads verified exactly) and with --reference
@@ -26,7 +27,8 @@ Numbers that measure rounding are left out and counted: a similarity of updates 
 result flags them as below float resolution (result.json "resolution": ICL's score updates in layer 0 of a rotary
 model are zero in exact arithmetic, since a query's own tokens sit at the same relative positions with or without
 the demonstrations), and result.json's "resolution" shares themselves, which count values at rounding level. It
-exits non-zero when a difference is above the tolerances the toolkit promises (TOLERANCES). docs/architecture.md, "Backends",
+exits non-zero when a difference is above the tolerances the toolkit promises (TOLERANCES). docs/architecture.md,
+"Backends",
 holds the measured table; tests/bridge checks it on every run of `make test-tl4`.
 """
 
@@ -129,8 +131,10 @@ def kendall_difference(reference: Path, other: Path) -> tuple[str, float]:
     import numpy as np
 
     a, b = np.load(reference), np.load(other)
-    return max(((name, _relative(torch.from_numpy(a[name]), torch.from_numpy(b[name]))) for name in a.files),
-               key=lambda pair: pair[1])  # fmt: skip
+    return max(
+        ((name, _relative(torch.from_numpy(a[name]), torch.from_numpy(b[name]))) for name in a.files),
+        key=lambda pair: pair[1],
+    )
 
 
 def attribution(model: str | Path, result: Path, out: Path) -> None:

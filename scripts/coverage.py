@@ -25,15 +25,19 @@ BLOCK = re.compile(r"<!-- coverage-table -->.*?(<!-- /coverage-table -->|$)", re
 
 
 def table() -> str:
-    lines = ["| effects | sd run / query / run×query | crossed (the tables') | nested (former) | widths crossed / nested |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| effects | sd run / query / run×query | crossed (the tables') | nested (former) | widths crossed / nested |",
+        "|---|---|---|---|---|",
+    ]
     for shape in ("normal", "skewed"):
         for mix, sds in MIXES.items():
             effects = Effects(**sds, shape=shape)
             crossed, nested = coverage(effects), coverage(effects, crossed=False)
-            lines.append(f"| {shape}, {mix} | {sds['run']} / {sds['query']} / {sds['interaction']} | "
-                         f"{crossed.share:.1%} [{crossed.mc_error:.1%}] | {nested.share:.1%} [{nested.mc_error:.1%}] | "
-                         f"{crossed.width:.3f} / {nested.width:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {shape}, {mix} | {sds['run']} / {sds['query']} / {sds['interaction']} | "
+                f"{crossed.share:.1%} [{crossed.mc_error:.1%}] | {nested.share:.1%} [{nested.mc_error:.1%}] | "
+                f"{crossed.width:.3f} / {nested.width:.3f} |"
+            )
     return "\n".join(lines)
 
 

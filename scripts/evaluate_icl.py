@@ -6,7 +6,8 @@
         --tasks synth-sst2 rt-snippets --card docs/models.md
 
 ZS: [BOS] + query prompt. ICL: [BOS] + k demonstrations (prompt + " " + label word, each followed by the
-separator: EOS unless --separator) + query prompt. The toolkit's own protocol (iclgd_lens.build_episode / record): demonstrations are the first k of a
+separator: EOS unless --separator) + query prompt. The toolkit's own protocol (iclgd_lens.build_episode / record):
+demonstrations are the first k of a
 seeded shuffle of train, those that would overflow the context are dropped, the eval set is shuffled with seed 1
 and capped at --n-queries. Prediction: the label word with the highest log-probability after the prompt.
 
@@ -68,8 +69,15 @@ def evaluate_task(
     scores = []
     choices = (config or CompareConfig()).choices
     for words in (task.label_words, task.label_words[::-1]):
-        episode = build_episode(replace(task, label_words=words), model.tokenizer, model.cfg.n_ctx, k=k, seed=seed,
-                                n_eval=n_queries or len(task.eval), choices=choices)  # fmt: skip
+        episode = build_episode(
+            replace(task, label_words=words),
+            model.tokenizer,
+            model.cfg.n_ctx,
+            k=k,
+            seed=seed,
+            n_eval=n_queries or len(task.eval),
+            choices=choices,
+        )
         accuracy = episode_accuracy(model, episode, position=choices.position, batch_size=batch_size)
         scores += [accuracy["zs"], accuracy["icl"]]
     return TaskScore(task.name, episode.effective_k, len(episode.queries), *scores)
@@ -90,7 +98,8 @@ def gd_zs_accuracy(
 
 def table(scores: list[TaskScore]) -> str:
     lines = [
-        "| task | k (effective) | eval queries | ZS acc | ICL acc | ICL - ZS | ZS, reversed words | ICL, reversed words |",
+        "| task | k (effective) | eval queries | ZS acc | ICL acc | ICL - ZS | ZS, reversed words "
+        "| ICL, reversed words |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = [(s.task, s.k, s.n, s.zs, s.icl, s.zs_reversed, s.icl_reversed) for s in scores]

@@ -32,8 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the committed sweeps' tables")
     parser.add_argument("--write", type=Path, nargs="*", default=[], help="pages whose findings block to replace")
-    parser.add_argument("--beside", nargs=3, metavar=("FIRST", "SECOND", "TASK"),
-                        help="two sweeps under --results (the papers' way, then matched) and a task of both")  # fmt: skip
+    parser.add_argument(
+        "--beside",
+        nargs=3,
+        metavar=("FIRST", "SECOND", "TASK"),
+        help="two sweeps under --results (the papers' way, then matched) and a task of both",
+    )
     args = parser.parse_args()
     if args.beside:
         first, second, task = args.beside

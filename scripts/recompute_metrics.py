@@ -150,7 +150,8 @@ def compare_numbers(saved: dict, recomputed: dict, where: str, tolerance: float)
         for name, value in numbers.items():
             stored = np.asarray(saved["per_head"][method][name])
             print(
-                f"{where:>20} {method:>5} {name + ' /head':>13}: max |saved - recomputed| {np.nanmax(np.abs(stored - value)):.1e}"
+                f"{where:>20} {method:>5} {name + ' /head':>13}: max |saved - recomputed| "
+                f"{np.nanmax(np.abs(stored - value)):.1e}"
             )
             if not close(stored, value, tolerance):
                 problems.append(

@@ -16,7 +16,8 @@ of the batches [--min-demos, --max-demos], cut to the context),
 and the loss is the cross-entropy of every demonstration's label token (the prediction after "Label:" etc.),
 so one sequence trains every k from 0 to its length, plus (--lm-weight) the next-token loss on all tokens.
 Two curricula: --p-cues cuts a share of the sequences' demonstrations to one or two class-specific words
-(tiny_icl_training.class_cues), and --p-repeat lets a demonstration repeat an earlier row, which exact-match induction solves first.
+(tiny_icl_training.class_cues), and --p-repeat lets a demonstration repeat an earlier row, which exact-match
+induction solves first.
 A training aid, --class-probe (on by default): a linear probe on the residual stream entering the last block, at
 each demonstration's label token, is trained to predict that demonstration's class. It asks for the key feature
 that matching a query to its demonstrations needs. Without it the label loss stayed at chance for thousands of
@@ -244,7 +245,8 @@ synthetic train row + " " + label word; per batch, with probability {args.p_long
 {args.max_demos} demonstrations per sequence (uniform, cut to the context), otherwise {args.min_demos} to
 {
         args.short_demos
-    } (short batches: many cheap updates). To make the demonstrations necessary, the label words are re-assigned to the classes in every
+    } (short batches: many cheap updates). To make the demonstrations necessary, the label words are re-assigned to
+    the classes in every
 sequence: with probability {args.p_real}, the task's own label words in a random order (its usual mapping is just one
 of the permutations); with probability {
         args.p_fixed

@@ -32,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
             commands.run_lenses(args)
         elif args.command == "kendall":
             commands.run_kendall(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            FloatingPointError, NotImplementedError) as error:  # fmt: skip
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        FloatingPointError,
+        NotImplementedError,
+    ) as error:
         if args.debug:
             raise
         message = " ".join(str(error).split())  # one line, whatever the library wrote

@@ -75,8 +75,9 @@ def run_compare(args: argparse.Namespace) -> None:
     data_files = parse_data_files(args.data_files)
     if args.task in HUB_TASKS and data_files is None and (args.template or args.labels):
         raise ValueError("--template/--labels define a custom task from --data-files; they need --data-files")
-    [task] = checked_tasks(args, lambda: [load_task(args.task, data_files, template=args.template,
-                                                     label_words=args.labels)])  # fmt: skip
+    [task] = checked_tasks(
+        args, lambda: [load_task(args.task, data_files, template=args.template, label_words=args.labels)]
+    )
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     started = time.perf_counter()
@@ -111,8 +112,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd", "lr_grid", "n_heldout"))
     lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
     search = {name: getattr(args, name) for name in ("lr_grid", "n_heldout") if getattr(args, name) is not None}
-    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd, compare=options,
-                         dtype=args.dtype, **search)  # fmt: skip
+    config = SweepConfig(
+        args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd, compare=options, dtype=args.dtype, **search
+    )
     config.check_given([name for name in ("lr_lcgd", *search) if getattr(args, name) is not None])
     plan = config.plan()
     # Everything that can be checked before a run starts is checked now: options, every run's seed and
@@ -142,16 +144,27 @@ def run_reproduce(args: argparse.Namespace) -> int:
     slurm = {"timeout_min": args.slurm_time, "cpus_per_task": args.slurm_cpus, "gpus_per_node": args.slurm_gpus}
     if args.slurm_partition:
         slurm["slurm_partition"] = args.slurm_partition
-    outcome = run_sweep(config, out, jobs=args.jobs, executor=args.executor, threads=threads, device=args.device,
-                        slurm=slurm, on_start=starting, on_run=report)  # fmt: skip
+    outcome = run_sweep(
+        config,
+        out,
+        jobs=args.jobs,
+        executor=args.executor,
+        threads=threads,
+        device=args.device,
+        slurm=slurm,
+        on_start=starting,
+        on_run=report,
+    )
     missing = write_tables(out, plan, args.model)
     if (out / "tables.md").is_file():
         print((out / "tables.md").read_text())
     print(f"tables and plots in {args.out} ({time.perf_counter() - started:.0f} s)")
     if outcome.failed or missing:
         failed = [f"{name} ({error})" for name, error in outcome.failed.items()]
-        print(f"iclgd-lens: error: {len(missing)} of {total} runs did not finish: " + "; ".join(failed or missing),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"iclgd-lens: error: {len(missing)} of {total} runs did not finish: " + "; ".join(failed or missing),
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -177,8 +190,9 @@ def run_attribute(args: argparse.Namespace) -> None:
             f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
         )
     if args.verify_top is not None and args.estimate != "atp+verify":
-        raise ValueError(f"--verify-top sets how many heads atp+verify runs exactly, and --estimate is "
-                         f"{args.estimate}: leave it out")  # fmt: skip
+        raise ValueError(
+            f"--verify-top sets how many heads atp+verify runs exactly, and --estimate is {args.estimate}: leave it out"
+        )
     verify_top = VERIFY_TOP if args.verify_top is None else args.verify_top
     check_estimate(args.estimate, verify_top)
     if args.kendall_queries < 0:
@@ -186,13 +200,16 @@ def run_attribute(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.kendall_method is not None and not args.kendall_queries:
-        raise ValueError("--kendall-method sets the finetuning Kendall compares with, and --kendall-queries 0 leaves "
-                         "Kendall out: leave one of them out")  # fmt: skip
+        raise ValueError(
+            "--kendall-method sets the finetuning Kendall compares with, and --kendall-queries 0 leaves "
+            "Kendall out: leave one of them out"
+        )
     kendall_method = args.kendall_method or "gd"
     if args.kendall_queries:
         if kendall_method not in result.methods:
-            raise ValueError(f"--kendall-method {kendall_method}: the result ran {result.methods} only; choose one "
-                             "of those")  # fmt: skip
+            raise ValueError(
+                f"--kendall-method {kendall_method}: the result ran {result.methods} only; choose one of those"
+            )
         check_same_draws(result.config, result.config.get("baselines", []))  # Kendall refits every baseline
     n_layers = result.W_O["model"].shape[0]
     bad = [layer for layer in args.layers or [] if not 0 <= layer < n_layers]
@@ -216,13 +233,20 @@ def run_attribute(args: argparse.Namespace) -> None:
         seconds["kendall"] = kendall.attrs["seconds"]
         per_query = kendall.attrs["per_query"]
         intervals = (queries_table(per_query), *pooled_tables([per_query]))
-    about = {"run": str(args.run), "model": result.config["model"], "task": result.config["task"],
-             "seed": result.config["seed"], "permutation": result.config["permutation"],
-             "query_rows": list(result.episode.query_rows[: args.kendall_queries]),
-             "layers": args.layers, "estimate": args.estimate,
-             "verify_top": verify_top if args.estimate == "atp+verify" else None,
-             "kendall_method": kendall_method if args.kendall_queries else None,
-             "kendall_queries": args.kendall_queries, "seconds": seconds}  # fmt: skip
+    about = {
+        "run": str(args.run),
+        "model": result.config["model"],
+        "task": result.config["task"],
+        "seed": result.config["seed"],
+        "permutation": result.config["permutation"],
+        "query_rows": list(result.episode.query_rows[: args.kendall_queries]),
+        "layers": args.layers,
+        "estimate": args.estimate,
+        "verify_top": verify_top if args.estimate == "atp+verify" else None,
+        "kendall_method": kendall_method if args.kendall_queries else None,
+        "kendall_queries": args.kendall_queries,
+        "seconds": seconds,
+    }
     write_attribution(out, heads, totals, kendall, about, intervals, vectors)
     print((out / "heads.md").read_text())
     if kendall is not None:
@@ -259,14 +283,22 @@ def run_lenses(args: argparse.Namespace) -> None:
     runs = []
     for index, (result, null) in enumerate(zip(results, nulls)):
         runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path, null, args.transfer))
-        print(f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)",
-              flush=True)  # fmt: skip
+        print(
+            f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)", flush=True
+        )
     methods = results[0].methods
     per_layer, paired = per_layer_table(runs), paired_table(runs, verdict_measures(methods))
     config = results[0].config
-    about = {"runs": len(runs), "run_dirs": [str(r) for r in args.runs], "model": config["model"],
-             "task": config["task"], "methods": methods, "groups": config["groups"],
-             "subjects": list(runs[0]), "path": args.path}  # fmt: skip
+    about = {
+        "runs": len(runs),
+        "run_dirs": [str(r) for r in args.runs],
+        "model": config["model"],
+        "task": config["task"],
+        "methods": methods,
+        "groups": config["groups"],
+        "subjects": list(runs[0]),
+        "path": args.path,
+    }
     write_lenses(out, per_layer, paired, about)
     print((out / "lenses.md").read_text().split("## Per layer")[0])
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
@@ -285,8 +317,12 @@ def run_report(args: argparse.Namespace) -> None:
     model = None if args.no_views else results_model(args, results[0][1].config)
     if model is not None:
         results[0][1].check_model(model)  # the views re-record the first result's queries on it
-    write_text_atomic(html, build_report(results, model, args.queries, [Path(a) for a in args.attribution],
-                                         lenses=[Path(f) for f in args.lenses]))  # fmt: skip
+    write_text_atomic(
+        html,
+        build_report(
+            results, model, args.queries, [Path(a) for a in args.attribution], lenses=[Path(f) for f in args.lenses]
+        ),
+    )
     print(f"wrote {args.html}")
 
 
@@ -299,15 +335,22 @@ def run_kendall(args: argparse.Namespace) -> None:
     read = [read_kendall_queries(Path(folder)) for folder in args.folders]
     first = read[0][0]
     for folder, (about, _) in zip(args.folders, read):
-        differ = [f"{key} {about.get(key)!r} against {first.get(key)!r}" for key in POOLED_KENDALL_KEYS
-                  if about.get(key) != first.get(key)]  # fmt: skip
+        differ = [
+            f"{key} {about.get(key)!r} against {first.get(key)!r}"
+            for key in POOLED_KENDALL_KEYS
+            if about.get(key) != first.get(key)
+        ]
         if differ:
-            raise ValueError(f"{folder!r} and {args.folders[0]!r} differ in {'; '.join(differ)}: pool the Kendall "
-                             "values of one model, task, method and query set")  # fmt: skip
+            raise ValueError(
+                f"{folder!r} and {args.folders[0]!r} differ in {'; '.join(differ)}: pool the Kendall "
+                "values of one model, task, method and query set"
+            )
     runs = [(about.get("seed"), about.get("permutation")) for about, _ in read]
     if None in (seed for seed, _ in runs) or len(set(runs)) < len(runs):
-        raise ValueError("the folders are not distinct runs (a run given twice, or attribution written before it "
-                         "recorded its seed): give each run's attribution once, re-run attribute for older ones")  # fmt: skip
+        raise ValueError(
+            "the folders are not distinct runs (a run given twice, or attribution written before it "
+            "recorded its seed): give each run's attribution once, re-run attribute for older ones"
+        )
     per_run = [read_queries_table(table) for _, table in read]
     if len({tuple(values) for values in per_run}) > 1:
         raise ValueError("the folders' Kendall subjects differ (baselines or controls): give runs of one design")

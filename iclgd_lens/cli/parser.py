@@ -89,50 +89,97 @@ def list_option(
     group, flag: str, valid: Sequence[str] | None, default, help: str, empty: bool = False, dest: str | None = None
 ) -> None:
     group.add_argument(
-        flag, nargs="*" if empty else "+", action=ListAction, valid=valid, default=default, dest=dest,
-        metavar=flag.lstrip("-").upper().rstrip("S") if valid is None else None, help=help,
-    )  # fmt: skip
+        flag,
+        nargs="*" if empty else "+",
+        action=ListAction,
+        valid=valid,
+        default=default,
+        dest=dest,
+        metavar=flag.lstrip("-").upper().rstrip("S") if valid is None else None,
+        help=help,
+    )
 
 
 def add_compare_options(c: argparse.ArgumentParser) -> None:
     """What every comparison takes besides task, seed, permutation, lr and output (shared by compare and
     reproduce, so that every compare option passes through a sweep)."""
-    c.add_argument("--model", required=True, help="TransformerLens name (needs the hub), local HF folder, tiny-icl, "
-                   "or a packaged model: smollm2-135m, gemma3-270m (offline; docs/models.md)")  # fmt: skip
+    c.add_argument(
+        "--model",
+        required=True,
+        help="TransformerLens name (needs the hub), local HF folder, tiny-icl, "
+        "or a packaged model: smollm2-135m, gemma3-270m (offline; docs/models.md)",
+    )
     c.add_argument("--k", type=int, default=DEFAULTS["k"], help="demonstrations")
-    list_option(c, "--methods", available_methods(), list(DEFAULTS["methods"]),
-                "update rules (packages add theirs: docs/methods.md)")  # fmt: skip
-    list_option(c, "--baselines", BASELINES, list(DEFAULTS["baselines"]), "untrained baselines (none: empty)",
-                empty=True)  # fmt: skip
+    list_option(
+        c,
+        "--methods",
+        available_methods(),
+        list(DEFAULTS["methods"]),
+        "update rules (packages add theirs: docs/methods.md)",
+    )
+    list_option(
+        c, "--baselines", BASELINES, list(DEFAULTS["baselines"]), "untrained baselines (none: empty)", empty=True
+    )
     # Options that apply only to some comparisons default to None, so that one given where it does nothing is
     # refused (`CompareConfig.unused`); their help states the default.
-    c.add_argument("--baseline-lr", default=None, choices=BASELINE_LRS,
-                   help="each untrained baseline's learning rate: 'matched' (per method, the lr at which its update "
-                   "is as large as the trained model's, within 2 %%), 'paper' (the trained model's lr, as the "
-                   "papers do) or 'searched' (its own search over --lr-grid on held-out train rows; docs/science.md, "
-                   f"\"Update size\") [default: {DEFAULTS['baseline_lr']}]")  # fmt: skip
-    list_option(c, "--lr-grid", None, None, "learning rates a search tries (reproduce's --lr search, --lr-lcgd "
-                "search, --baseline-lr searched) [default: Dai et al.'s 36 values, 1e-4 to 0.9]")  # fmt: skip
-    c.add_argument("--n-heldout", type=int, default=None, help="held-out train rows that score each lr of a search "
-                   f"[default: {DEFAULTS['n_heldout']}]")  # fmt: skip
+    c.add_argument(
+        "--baseline-lr",
+        default=None,
+        choices=BASELINE_LRS,
+        help="each untrained baseline's learning rate: 'matched' (per method, the lr at which its update "
+        "is as large as the trained model's, within 2 %%), 'paper' (the trained model's lr, as the "
+        "papers do) or 'searched' (its own search over --lr-grid on held-out train rows; docs/science.md, "
+        f'"Update size") [default: {DEFAULTS["baseline_lr"]}]',
+    )
+    list_option(
+        c,
+        "--lr-grid",
+        None,
+        None,
+        "learning rates a search tries (reproduce's --lr search, --lr-lcgd "
+        "search, --baseline-lr searched) [default: Dai et al.'s 36 values, 1e-4 to 0.9]",
+    )
+    c.add_argument(
+        "--n-heldout",
+        type=int,
+        default=None,
+        help=f"held-out train rows that score each lr of a search [default: {DEFAULTS['n_heldout']}]",
+    )
     list_option(c, "--groups", PARAMETER_GROUP_NAMES, list(DEFAULTS["groups"]), "trained weights")
-    c.add_argument("--lcgd-exit", default=None, choices=LCGD_EXITS,
-                   help=f"LCGD read-out: after the block or attention [default: {DEFAULTS['lcgd_exit']}]")  # fmt: skip
-    c.add_argument("--biases", default=DEFAULTS["biases"], choices=BIASES, help="biases GD trains: those the checkpoint "
-                   "has, or all (absent ones from zero, as the papers' fairseq model has every bias)")  # fmt: skip
-    list_option(c, "--subset", SUBSETS, list(DEFAULTS["subsets"]), "also score these query subsets", empty=True,
-                dest="subsets")  # fmt: skip
-    c.add_argument("--label-control", default=None, choices=LABEL_CONTROLS,
-                   help="also run the whole comparison with the demonstrations' labels shuffled (a seeded "
-                   "permutation) or their label words reversed, saved beside it in control-<kind>/")  # fmt: skip
+    c.add_argument(
+        "--lcgd-exit",
+        default=None,
+        choices=LCGD_EXITS,
+        help=f"LCGD read-out: after the block or attention [default: {DEFAULTS['lcgd_exit']}]",
+    )
+    c.add_argument(
+        "--biases",
+        default=DEFAULTS["biases"],
+        choices=BIASES,
+        help="biases GD trains: those the checkpoint "
+        "has, or all (absent ones from zero, as the papers' fairseq model has every bias)",
+    )
+    list_option(
+        c, "--subset", SUBSETS, list(DEFAULTS["subsets"]), "also score these query subsets", empty=True, dest="subsets"
+    )
+    c.add_argument(
+        "--label-control",
+        default=None,
+        choices=LABEL_CONTROLS,
+        help="also run the whole comparison with the demonstrations' labels shuffled (a seeded "
+        "permutation) or their label words reversed, saved beside it in control-<kind>/",
+    )
     presets = c.add_argument_group(
         "preset and its choices", "each choice defaults to the preset's; docs/reference/presets.md explains every one"
     )
-    presets.add_argument("--preset", default=DEFAULTS["preset"], choices=list(PRESETS),
-                         help="the toolkit's or the reference's")  # fmt: skip
-    presets.add_argument("--separator", type=separator_text,
-                         help=CHOICE_HELP["separator"] + " (\\n and \\t are read as newline and tab) [toolkit: eos, "
-                         "reference: eos]")  # fmt: skip
+    presets.add_argument(
+        "--preset", default=DEFAULTS["preset"], choices=list(PRESETS), help="the toolkit's or the reference's"
+    )
+    presets.add_argument(
+        "--separator",
+        type=separator_text,
+        help=CHOICE_HELP["separator"] + " (\\n and \\t are read as newline and tab) [toolkit: eos, reference: eos]",
+    )
     for name, valid in CHOICES.items():
         defaults = ", ".join(f"{p}: {getattr(choices, name)}" for p, choices in PRESETS.items())
         presets.add_argument(f"--{name.replace('_', '-')}", choices=valid, help=f"{CHOICE_HELP[name]} [{defaults}]")
@@ -176,14 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--template", help="custom task: prompt template with {field} placeholders")
     c.add_argument("--labels", nargs="+", help="custom task: label words, class 0 first")
-    c.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="demonstration shuffle, baselines' init, "
-                   "random baseline")  # fmt: skip
-    c.add_argument("--permutation", type=int, default=DEFAULTS["permutation"],
-                   help="order of the demonstrations; 0 keeps the shuffle")  # fmt: skip
+    c.add_argument(
+        "--seed", type=int, default=DEFAULTS["seed"], help="demonstration shuffle, baselines' init, random baseline"
+    )
+    c.add_argument(
+        "--permutation",
+        type=int,
+        default=DEFAULTS["permutation"],
+        help="order of the demonstrations; 0 keeps the shuffle",
+    )
     c.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate for GD on the trained model")
-    c.add_argument("--lr-lcgd", default=None, help="LCGD's learning rate: 'matched' (the lr at which its update is as "
-                   "large as GD's, within 2 %%), 'gd' (GD's lr, as the papers do) or a number [default: "
-                   f"{DEFAULTS['lr_lcgd']}]")  # fmt: skip
+    c.add_argument(
+        "--lr-lcgd",
+        default=None,
+        help="LCGD's learning rate: 'matched' (the lr at which its update is as "
+        "large as GD's, within 2 %%), 'gd' (GD's lr, as the papers do) or a number [default: "
+        f"{DEFAULTS['lr_lcgd']}]",
+    )
     add_compare_options(c)
     c.add_argument("--threads", type=int, default=available_threads(), help="torch CPU threads")
     c.add_argument("--out", required=True, help="result folder (new, empty, or a previous result with --overwrite)")
@@ -198,18 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
         "into DIR. docs/reproduction.md explains every table.",
     )
     list_option(r, "--tasks", None, None, "tasks (space- or comma-separated), any that compare --task takes by name")
-    r.add_argument("--runs", default="paper", help="'paper' (each task's paper seeds, permutations 0-2), 'paper:N' (N "
-                   "runs continuing the papers' seeds; the first 3 are theirs) or a number N (seeds 0..N-1 with "
-                   "permutations 0..N-1)")  # fmt: skip
-    r.add_argument("--lr", default="paper", help="'paper' (the papers' per-task lr), 'search' (Dai's grid, scored on "
-                   "held-out train rows) or a number")  # fmt: skip
-    r.add_argument("--lr-lcgd", default=None, help="LCGD's lr: 'matched' (its update as large as GD's), 'gd' (GD's "
-                   "lr, as the papers do), 'search' (its own search) or a number [default: search with --lr search, "
-                   "else matched]")  # fmt: skip
+    r.add_argument(
+        "--runs",
+        default="paper",
+        help="'paper' (each task's paper seeds, permutations 0-2), 'paper:N' (N "
+        "runs continuing the papers' seeds; the first 3 are theirs) or a number N (seeds 0..N-1 with "
+        "permutations 0..N-1)",
+    )
+    r.add_argument(
+        "--lr",
+        default="paper",
+        help="'paper' (the papers' per-task lr), 'search' (Dai's grid, scored on held-out train rows) or a number",
+    )
+    r.add_argument(
+        "--lr-lcgd",
+        default=None,
+        help="LCGD's lr: 'matched' (its update as large as GD's), 'gd' (GD's "
+        "lr, as the papers do), 'search' (its own search) or a number [default: search with --lr search, "
+        "else matched]",
+    )
     add_compare_options(r)
     r.add_argument("--jobs", type=int, default=1, help="runs at once (local processes, or the Slurm array's limit)")
-    r.add_argument("--executor", default="local", choices=EXECUTORS,
-                   help="local processes; slurm through submitit; submitit-local: submitit on this machine")  # fmt: skip
+    r.add_argument(
+        "--executor",
+        default="local",
+        choices=EXECUTORS,
+        help="local processes; slurm through submitit; submitit-local: submitit on this machine",
+    )
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: cores / jobs)")
     r.add_argument("--slurm-partition", default=None, help="Slurm partition")
     r.add_argument("--slurm-time", type=int, default=60, help="Slurm time limit per run, minutes")
@@ -243,11 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"heads per method, and for ICL, that atp+verify runs exactly [default: {VERIFY_TOP}]",
     )
     a.add_argument("--kendall-queries", type=int, default=100, help="eval queries for Kendall (0: no Kendall)")
-    a.add_argument("--kendall-method", default=None, choices=METHODS, help="the finetuning Kendall compares with (it "
-                   "reads each SGD step's queries: gd or lcgd) [default: gd]")  # fmt: skip
-    a.add_argument("--function-vectors", action="store_true", help="also Todd et al.'s function vectors: each "
-                   "head's indirect effect on shuffled-label prompts, the top heads' vector added to zero-shot runs "
-                   "per layer, and its heads beside the attribution's (TransformerLens 3)")  # fmt: skip
+    a.add_argument(
+        "--kendall-method",
+        default=None,
+        choices=METHODS,
+        help="the finetuning Kendall compares with (it reads each SGD step's queries: gd or lcgd) [default: gd]",
+    )
+    a.add_argument(
+        "--function-vectors",
+        action="store_true",
+        help="also Todd et al.'s function vectors: each "
+        "head's indirect effect on shuffled-label prompts, the top heads' vector added to zero-shot runs "
+        "per layer, and its heads beside the attribution's (TransformerLens 3)",
+    )
     a.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     add_result_model_options(a)
 
@@ -264,17 +343,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lens.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result folders of one model and task")
     lens.add_argument("--out", required=True, help="lenses folder: new, empty or an earlier lenses folder")
-    lens.add_argument("--baselines", nargs="*", default=None, choices=BASELINES,
-                      help="baselines to read (default: every one the results have; none: the model only)")  # fmt: skip
+    lens.add_argument(
+        "--baselines",
+        nargs="*",
+        default=None,
+        choices=BASELINES,
+        help="baselines to read (default: every one the results have; none: the model only)",
+    )
     lens.add_argument("--batch-size", type=int, default=None, help="queries per forward pass (default: the result's)")
-    lens.add_argument("--null-runs", nargs="+", default=None, metavar="RUN_DIR",
-                      help="results of another task on the same model (same k, number of classes and methods), one "
-                      "per RUN_DIR in order: the structured null of every cosine lens (docs/science.md)")  # fmt: skip
-    lens.add_argument("--transfer", type=int, default=None, metavar="N",
-                      help="also ICL as one weight update: the chained implicit patches of the first N queries, "
-                      "averaged, run on the other queries beside ZS, ICL and each method (docs/science.md)")  # fmt: skip
-    lens.add_argument("--path", action="store_true", help="also the path over demonstrations: ICL's implicit update "
-                      "with the first j demonstrations against each method trained on j (k more runs per subject)")  # fmt: skip
+    lens.add_argument(
+        "--null-runs",
+        nargs="+",
+        default=None,
+        metavar="RUN_DIR",
+        help="results of another task on the same model (same k, number of classes and methods), one "
+        "per RUN_DIR in order: the structured null of every cosine lens (docs/science.md)",
+    )
+    lens.add_argument(
+        "--transfer",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also ICL as one weight update: the chained implicit patches of the first N queries, "
+        "averaged, run on the other queries beside ZS, ICL and each method (docs/science.md)",
+    )
+    lens.add_argument(
+        "--path",
+        action="store_true",
+        help="also the path over demonstrations: ICL's implicit update "
+        "with the first j demonstrations against each method trained on j (k more runs per subject)",
+    )
     add_result_model_options(lens)
 
     kendall = commands.add_parser(

@@ -52,7 +52,7 @@ def record_settings(
             batch_size,
             pad_token=episode.bos,
             desc=f"record {name}" if progress else None,
-        )  # fmt: skip
+        )
         for name, (prefix, delta) in setting_inputs(episode, deltas, prompts).items()
     }
 

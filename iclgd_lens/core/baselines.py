@@ -17,10 +17,20 @@ from iclgd_lens.core.presets import BASELINES, CHOICES, check_choice
 # 0.8/sqrt(d_model) for every other (transformer_lens/loading_from_pretrained.py, 3.9). The bridge's config carries the
 # checkpoint's value everywhere, so the bridge's baselines apply 3.x's rule: both backends draw at the same scale.
 CHECKPOINT_INIT_RANGE = (
-    "QWenLMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM",
-    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration",
-    "OlmoForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "OlmoeForCausalLM",
-)  # fmt: skip
+    "QWenLMHeadModel",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "PhiForCausalLM",
+    "Phi3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",
+    "OlmoForCausalLM",
+    "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM",
+    "OlmoeForCausalLM",
+)
 
 
 def half_copy(model: LensModel) -> LensModel:
@@ -40,8 +50,13 @@ def half_copy(model: LensModel) -> LensModel:
     half.load_state_dict({name: tensor.half() for name, tensor in model.state_dict().items()})
     ids = check_prompt_ids(model.tokenizer).to(model.cfg.device)
     with torch.no_grad():
-        check_logits(half(ids), model(ids), torch.float16, f"the float16 copy of {model.cfg.model_name}",
-                     type(model.original_model).__name__)  # fmt: skip
+        check_logits(
+            half(ids),
+            model(ids),
+            torch.float16,
+            f"the float16 copy of {model.cfg.model_name}",
+            type(model.original_model).__name__,
+        )
     return half.eval()
 
 

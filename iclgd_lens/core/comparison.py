@@ -75,11 +75,23 @@ def compare(
     parameters = trained_parameters(model, config.groups, config.biases)  # the trained model's, for every subject
     result = compare_episode(model, task, episode, config, parameters, progress)
     if config.label_control is not None:
-        control = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, config.permutation, config.n_eval,
-                                choices, config.label_control)  # fmt: skip
+        control = build_episode(
+            task,
+            model.tokenizer,
+            model.cfg.n_ctx,
+            k,
+            seed,
+            config.permutation,
+            config.n_eval,
+            choices,
+            config.label_control,
+        )
         if control.demo_labels == episode.demo_labels:
-            print(f"iclgd-lens: warning: the {config.label_control} label control shows every demonstration's own "
-                  "label (all of one class?): its comparison repeats the normal one", file=sys.stderr)  # fmt: skip
+            print(
+                f"iclgd-lens: warning: the {config.label_control} label control shows every demonstration's own "
+                "label (all of one class?): its comparison repeats the normal one",
+                file=sys.stderr,
+            )
         result.controls[config.label_control] = compare_episode(model, task, control, config, parameters, progress)
     if out is not None:
         result.save(out, overwrite=overwrite)
@@ -109,9 +121,16 @@ def compare_episode(
         if name == "model":
             deltas, targets, trained_lrs = learned, {method: norm["total"] for method, norm in norms.items()}, lrs
         scores[name] = score(
-            recorded, labels, weights, config.methods, seed,
-            eps=eps, dtype=model.cfg.dtype, subsets=config.subsets, class_names=task.label_words,
-        )  # fmt: skip
+            recorded,
+            labels,
+            weights,
+            config.methods,
+            seed,
+            eps=eps,
+            dtype=model.cfg.dtype,
+            subsets=config.subsets,
+            class_names=task.label_words,
+        )
         scores[name].update_norm, scores[name].lr = norms, lrs
         prefix = "" if name == "model" else f"{name}/"
         records |= {prefix + s: r for s, r in recorded.items()}
@@ -165,16 +184,28 @@ def _start_lr(method: str, lr: float, lrs: dict[str, float], trained_lrs: dict[s
 def searched_lr(model: LensModel, task: Task, config: CompareConfig, method: str, subject: str) -> float:
     """`method`'s lr on `subject`'s model from its own search over `config.lr_grid`, scored on held-out train rows
     (never the evaluation split)."""
-    search = search_lr(model, task, config.lr_grid, config.k, config.seed, config.permutation, choices=config.choices,
-                       n_heldout=config.n_heldout, batch_size=config.batch_size, groups=config.groups,
-                       biases=config.biases, method=method)  # fmt: skip
+    search = search_lr(
+        model,
+        task,
+        config.lr_grid,
+        config.k,
+        config.seed,
+        config.permutation,
+        choices=config.choices,
+        n_heldout=config.n_heldout,
+        batch_size=config.batch_size,
+        groups=config.groups,
+        biases=config.biases,
+        method=method,
+    )
     if search["chosen"] is None:
         raise FloatingPointError(f"{subject}'s {method} diverged at every learning rate of --lr-grid; lower the grid")
     return search["chosen"]
 
 
-def _gd_norm(model: LensModel, episode: Episode, config: CompareConfig, parameters: Sequence[str],
-             deltas: dict[str, Delta]) -> float:  # fmt: skip
+def _gd_norm(
+    model: LensModel, episode: Episode, config: CompareConfig, parameters: Sequence[str], deltas: dict[str, Delta]
+) -> float:
     """‖ΔW‖ of GD on `model` at the config's lr: the run's GD, or (GD not being compared) a fit for the target."""
     gd = deltas.get("gd") or run_method("gd", model, episode, method_context(config, "gd", parameters, False))
     return gd.norms(model.cfg.n_layers)["total"]
@@ -209,8 +240,10 @@ def check_matchable(config: CompareConfig) -> None:
     for method in config.methods:
         fixed = "lr" in method_options(method)
         if fixed and any(config.matched(method, s) for s in ("model", *config.baselines)):
-            raise ValueError(f"method {method!r} fixes its learning rate (its registered 'lr' option), so its update "
-                             "size cannot be matched; give --baseline-lr paper (and --lr-lcgd gd)")  # fmt: skip
+            raise ValueError(
+                f"method {method!r} fixes its learning rate (its registered 'lr' option), so its update "
+                "size cannot be matched; give --baseline-lr paper (and --lr-lcgd gd)"
+            )
 
 
 def _lcgd_lr_record(config: CompareConfig, lrs: dict[str, float]) -> dict:
@@ -224,8 +257,9 @@ def _lcgd_lr_record(config: CompareConfig, lrs: dict[str, float]) -> dict:
 
 def method_context(config: CompareConfig, method: str, parameters: Sequence[str], progress: bool) -> MethodContext:
     """What `compare` gives each method: its lr, the parameters to train, LCGD's exit and the precision."""
-    return MethodContext(config.method_lr(method), tuple(parameters), config.lcgd_exit, config.choices.precision,
-                         progress)  # fmt: skip
+    return MethodContext(
+        config.method_lr(method), tuple(parameters), config.lcgd_exit, config.choices.precision, progress
+    )
 
 
 def describe(model: LensModel, task: Task, episode: Episode, config: CompareConfig, parameters: Sequence[str]) -> dict:
@@ -240,8 +274,12 @@ def describe(model: LensModel, task: Task, episode: Episode, config: CompareConf
         except metadata.PackageNotFoundError:
             versions[package] = None
     run = {"model": model.cfg.model_name, "task": task.name, "eval_split": task.eval_split}
-    measured = {"effective_k": episode.effective_k, "gd_k": len(episode.train_demos), "n_eval": len(episode.queries),
-                "demonstration_labels": episode.label_control or "true"}  # fmt: skip
+    measured = {
+        "effective_k": episode.effective_k,
+        "gd_k": len(episode.train_demos),
+        "n_eval": len(episode.queries),
+        "demonstration_labels": episode.label_control or "true",
+    }
     return (
         run
         | config.to_json()

@@ -36,7 +36,8 @@ CHOICE_NAMES = ("separator", *CHOICES)  # the preset's choices, each a field tha
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Every choice of one comparison (docs/reference/cli.md lists each, docs/reference/presets.md explains the choices).
+    """Every choice of one comparison (docs/reference/cli.md lists each, docs/reference/presets.md explains the
+    choices).
 
     The nine choice fields (position, separator, truncation, text, gd_demos, order, precision, arithmetic, init)
     override the preset's where given; `choices` holds the resolved set."""
@@ -138,9 +139,12 @@ class CompareConfig:
             "lr_grid": None if searched else "is what a search tries, and nothing is searched",
             "n_heldout": None if searched else "scores a search's learning rates, and nothing is searched",
         }
-        return [f"--{name.replace('_', '-')} {reasons[name]} (methods {list(self.methods)}, baselines "
-                f"{list(self.baselines)}, --baseline-lr {self.baseline_lr}): leave it out"
-                for name in given if reasons.get(name)]  # fmt: skip
+        return [
+            f"--{name.replace('_', '-')} {reasons[name]} (methods {list(self.methods)}, baselines "
+            f"{list(self.baselines)}, --baseline-lr {self.baseline_lr}): leave it out"
+            for name in given
+            if reasons.get(name)
+        ]
 
     def method_lr(self, method: str) -> float:
         """The learning rate `method` starts from on the trained model: LCGD's own where given as a number, else
@@ -182,8 +186,9 @@ def _lcgd_lr(value: float | str | None) -> float | str:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"--lr-lcgd (lr_lcgd) takes {' or '.join(repr(v) for v in LCGD_LRS)} or a number, got "
-                         f"{value!r}") from None  # fmt: skip
+        raise ValueError(
+            f"--lr-lcgd (lr_lcgd) takes {' or '.join(repr(v) for v in LCGD_LRS)} or a number, got {value!r}"
+        ) from None
     if not 0 < number < float("inf"):
         raise ValueError(f"--lr-lcgd (lr_lcgd) must be a positive finite number, got {value!r}")
     return number
@@ -195,5 +200,7 @@ def check_backend(config: CompareConfig) -> None:
     from iclgd_lens.backend import require_hooked_transformer  # here: the command line's --help imports no torch
 
     if config.baselines and config.choices.init != "transformer_lens":
-        require_hooked_transformer(f"the {config.choices.init} initialisation of the baselines (--init transformer_lens "
-                                   "draws them on either backend)")  # fmt: skip
+        require_hooked_transformer(
+            f"the {config.choices.init} initialisation of the baselines (--init transformer_lens "
+            "draws them on either backend)"
+        )

@@ -79,8 +79,17 @@ class Episode:
         # Results written before GD had its own demonstration list trained on ICL's.
         data = {"train_demos": data["demos"], "train_rows": data["demo_rows"]} | data
         fields = {f: data[f] for f in cls.__dataclass_fields__ if f in data}  # older results: no shown labels
-        for name in ("separator", "demo_rows", "train_rows", "query_rows", "labels", "demo_labels", "train_labels",
-                     "dummy_rows", "dummy_labels"):  # fmt: skip
+        for name in (
+            "separator",
+            "demo_rows",
+            "train_rows",
+            "query_rows",
+            "labels",
+            "demo_labels",
+            "train_labels",
+            "dummy_rows",
+            "dummy_labels",
+        ):
             if name in fields:
                 fields[name] = tuple(fields[name])
         for name in ("label_tokens", "demos", "train_demos", "queries", "dummy_queries"):
@@ -228,8 +237,12 @@ def build_episode(
         raise ValueError(f"label words {list(task.label_words)} tokenise identically; choose distinct label words")
 
     shuffled = demonstration_rows(len(task.train), k, seed)
-    shown = dict(zip(shuffled, shown_labels([task.train[row]["label"] for row in shuffled], len(task.label_words),
-                                            seed, label_control)))  # fmt: skip
+    shown = dict(
+        zip(
+            shuffled,
+            shown_labels([task.train[row]["label"] for row in shuffled], len(task.label_words), seed, label_control),
+        )
+    )
     icl_rows, gd_rows = demonstration_orders(shuffled, seed, permutation, choices.order)
     eval_rows = [int(i) for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(task.eval))[:n_eval]]
 

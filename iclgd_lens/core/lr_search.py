@@ -63,8 +63,9 @@ def search_lr(
     choices = choices or resolve("toolkit")
     if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)
-    episode = build_episode(heldout_task(task, k, seed), model.tokenizer, model.cfg.n_ctx, k, seed, permutation,
-                            n_heldout, choices)  # fmt: skip
+    episode = build_episode(
+        heldout_task(task, k, seed), model.tokenizer, model.cfg.n_ctx, k, seed, permutation, n_heldout, choices
+    )
     labels = torch.tensor(episode.labels)
     parameters = trained_parameters(model, groups, biases)
     candidates = []
@@ -72,15 +73,32 @@ def search_lr(
         try:
             delta = fit(model, episode.train_demos, episode.bos, method, lr, parameters, precision=choices.precision)
         except FloatingPointError:
-            candidates.append({"lr": lr, "accuracy": float("nan"), "majority_class": None, "majority_share": None,
-                               "one_class": False, "diverged": True})  # fmt: skip
+            candidates.append(
+                {
+                    "lr": lr,
+                    "accuracy": float("nan"),
+                    "majority_class": None,
+                    "majority_share": None,
+                    "one_class": False,
+                    "diverged": True,
+                }
+            )
             continue
-        settings = record_settings(model, episode, {method: delta}, prompts=(), position=choices.position,
-                                   batch_size=batch_size)  # fmt: skip
+        settings = record_settings(
+            model, episode, {method: delta}, prompts=(), position=choices.position, batch_size=batch_size
+        )
         recorded = settings[method]
         top = majority(recorded.pred)
-        candidates.append({"lr": lr, "accuracy": accuracy(recorded.pred, labels), "majority_class": top["class"],
-                           "majority_share": top["share"], "one_class": top["share"] == 1.0, "diverged": False})  # fmt: skip
+        candidates.append(
+            {
+                "lr": lr,
+                "accuracy": accuracy(recorded.pred, labels),
+                "majority_class": top["class"],
+                "majority_share": top["share"],
+                "one_class": top["share"] == 1.0,
+                "diverged": False,
+            }
+        )
     chosen = choose_lr(candidates)
     return {
         "chosen": chosen["lr"] if chosen else None,

@@ -86,9 +86,11 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
-            raise ValueError(f"method {name!r}: option {option!r} = {value!r} is not a JSON value (a string, a finite "
-                             "number, a boolean, None, or a list or dict of them), so result.json could not record "
-                             "it") from None  # fmt: skip
+            raise ValueError(
+                f"method {name!r}: option {option!r} = {value!r} is not a JSON value (a string, a finite "
+                "number, a boolean, None, or a list or dict of them), so result.json could not record "
+                "it"
+            ) from None
     lr = options.get("lr")
     if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf):
         raise ValueError(f"method {name!r}: option 'lr' must be a positive finite number, got {lr!r}")
@@ -126,8 +128,10 @@ def registered(name: str) -> Registered:
     if name not in _REGISTRY:
         points = [point for point in entry_points(group=ENTRY_POINT_GROUP) if point.name == name]
         if not points:
-            raise ValueError(f"unknown method {name!r}; choose from {list(available_methods())} or register one "
-                             "(iclgd_lens.register_method, docs/methods.md)")  # fmt: skip
+            raise ValueError(
+                f"unknown method {name!r}; choose from {list(available_methods())} or register one "
+                "(iclgd_lens.register_method, docs/methods.md)"
+            )
         register_method(name, points[0].load(), description=f"entry point {points[0].value}")
     return _REGISTRY[name]
 
@@ -151,14 +155,18 @@ def check_delta(name: str, model: LensModel, delta: Delta, parameters: Sequence[
     expected = DeltaType.zeros(model, parameters).tensors
     missing, unknown = sorted(set(expected) - set(delta.tensors)), sorted(set(delta.tensors) - set(expected))
     if missing or unknown:
-        raise ValueError(f"method {name!r} returned a Delta of other parameters than it was asked to train: "
-                         f"missing {missing[:3]}, unexpected {unknown[:3]} (train {list(parameters)})")  # fmt: skip
-    wrong = [(n, tuple(t.shape), tuple(expected[n].shape)) for n, t in delta.tensors.items()
-             if t.shape != expected[n].shape]  # fmt: skip
+        raise ValueError(
+            f"method {name!r} returned a Delta of other parameters than it was asked to train: "
+            f"missing {missing[:3]}, unexpected {unknown[:3]} (train {list(parameters)})"
+        )
+    wrong = [
+        (n, tuple(t.shape), tuple(expected[n].shape)) for n, t in delta.tensors.items() if t.shape != expected[n].shape
+    ]
     if wrong:
         parameter, got, want = wrong[0]
-        raise ValueError(f"method {name!r} returned a Delta of the wrong shape: {parameter} is {got}, the parameter "
-                         f"is {want}")  # fmt: skip
+        raise ValueError(
+            f"method {name!r} returned a Delta of the wrong shape: {parameter} is {got}, the parameter is {want}"
+        )
     if not delta.is_finite():
         raise FloatingPointError(f"method {name!r} returned a non-finite delta; lower its learning rate")
 
@@ -180,13 +188,17 @@ def _fit_check(method: str, step: str) -> MethodCheck:
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             raise ValueError(f"option 'betas' must be two numbers in [0, 1), got {betas!r}")
         if config.choices.precision == "fp16-mixed" and step != "sgd":
-            raise ValueError(f"precision fp16-mixed reproduces the reference's SGD only; the {step} step needs "
-                             "--precision native (or leave this method out)")  # fmt: skip
+            raise ValueError(
+                f"precision fp16-mixed reproduces the reference's SGD only; the {step} step needs "
+                "--precision native (or leave this method out)"
+            )
         untrainable = sorted({"mlp", "mlp_in"} & set(config.groups))
         if method == "lcgd" and config.lcgd_exit == "attn" and untrainable:
-            raise ValueError(f"with --lcgd-exit attn each layer is read out after its attention, so the MLP weights "
-                             f"(--groups {' '.join(untrainable)}) get no gradient: use --lcgd-exit block or train "
-                             "attention weights only")  # fmt: skip
+            raise ValueError(
+                f"with --lcgd-exit attn each layer is read out after its attention, so the MLP weights "
+                f"(--groups {' '.join(untrainable)}) get no gradient: use --lcgd-exit block or train "
+                "attention weights only"
+            )
 
     return check
 
@@ -195,20 +207,43 @@ def _fit(method: str, step: str = "sgd") -> Method:
     def fn(model: LensModel, episode: Episode, context: MethodContext) -> Delta:
         from iclgd_lens.core.finetuning import fit
 
-        return fit(model, episode.train_demos, episode.bos, method, context.lr, context.parameters, context.lcgd_exit,
-                   context.progress, context.precision, step=step, epochs=int(context.options.get("epochs", 1)),
-                   betas=tuple(context.options.get("betas", (0.9, 0.999))))  # fmt: skip
+        return fit(
+            model,
+            episode.train_demos,
+            episode.bos,
+            method,
+            context.lr,
+            context.parameters,
+            context.lcgd_exit,
+            context.progress,
+            context.precision,
+            step=step,
+            epochs=int(context.options.get("epochs", 1)),
+            betas=tuple(context.options.get("betas", (0.9, 0.999))),
+        )
 
     return fn
 
 
-register_method("gd", _fit("gd"), description="SGD on the causal-LM loss, one epoch, batch size 1",
-                check=_fit_check("gd", "sgd"))  # fmt: skip
-register_method("lcgd", _fit("lcgd"), description="layer-causal GD: each layer trained on its own read-out",
-                check=_fit_check("lcgd", "sgd"))  # fmt: skip
-register_method("lcgd-normalised", _fit("lcgd", "layer-normalised"),
-                description="LCGD, each layer's step lr · g_l / ‖g_l‖ (a per-layer step size)",
-                check=_fit_check("lcgd", "layer-normalised"))  # fmt: skip
-register_method("gd-adam", _fit("gd", "adam"), options={"epochs": 3, "betas": [0.9, 0.999]},
-                description="GD with Adam (no weight decay), batch size 1, three epochs",
-                check=_fit_check("gd", "adam"))  # fmt: skip
+register_method(
+    "gd", _fit("gd"), description="SGD on the causal-LM loss, one epoch, batch size 1", check=_fit_check("gd", "sgd")
+)
+register_method(
+    "lcgd",
+    _fit("lcgd"),
+    description="layer-causal GD: each layer trained on its own read-out",
+    check=_fit_check("lcgd", "sgd"),
+)
+register_method(
+    "lcgd-normalised",
+    _fit("lcgd", "layer-normalised"),
+    description="LCGD, each layer's step lr · g_l / ‖g_l‖ (a per-layer step size)",
+    check=_fit_check("lcgd", "layer-normalised"),
+)
+register_method(
+    "gd-adam",
+    _fit("gd", "adam"),
+    options={"epochs": 3, "betas": [0.9, 0.999]},
+    description="GD with Adam (no weight decay), batch size 1, three epochs",
+    check=_fit_check("gd", "adam"),
+)

@@ -79,7 +79,7 @@ def random_simaou(
     return cosine(icl - zs, r, eps)
 
 
-def key_mask(query_len: Int[Tensor, "n"], n_keys: int) -> Bool[Tensor, "n 1 1 key"]:
+def key_mask(query_len: Int[Tensor, " n"], n_keys: int) -> Bool[Tensor, "n 1 1 key"]:
     """True on each example's first query_len keys (its own tokens up to the recorded position)."""
     return (torch.arange(n_keys)[None, :] < query_len[:, None])[:, None, None, :]
 
@@ -87,7 +87,7 @@ def key_mask(query_len: Int[Tensor, "n"], n_keys: int) -> Bool[Tensor, "n 1 1 ke
 def masked_cosine(
     a: Float[Tensor, "n layer head key"],
     b: Float[Tensor, "n layer head key"],
-    query_len: Int[Tensor, "n"],
+    query_len: Int[Tensor, " n"],
     eps: float | None = None,
 ) -> Float[Tensor, "n layer head"]:
     """Cosine over each example's first query_len keys (padding beyond is ignored, whatever it holds)."""
@@ -98,7 +98,7 @@ def masked_cosine(
 def simam(
     icl: Float[Tensor, "n layer head key"],
     other: Float[Tensor, "n layer head key"],
-    query_len: Int[Tensor, "n"],
+    query_len: Int[Tensor, " n"],
     eps: float | None = None,
 ) -> Float[Tensor, "n layer head"]:
     """SimAM (Dai): cos(m_ICL, m_X) of pre-softmax scores to the query's own tokens. `simam_before` passes
@@ -114,7 +114,7 @@ def simam_delta(
     icl: Float[Tensor, "n layer head key"],
     zs: Float[Tensor, "n layer head key"],
     ft: Float[Tensor, "n layer head key"],
-    query_len: Int[Tensor, "n"],
+    query_len: Int[Tensor, " n"],
     eps: float | None = None,
 ) -> Float[Tensor, "n layer head"]:
     """SimAM∆ (Revisited): cos(m_ICL − m_ZS, m_FT − m_ZS)."""
@@ -126,7 +126,7 @@ def alpha(
     lcgd: Float[Tensor, "n layer head key"],
     gd: Float[Tensor, "n layer head key"],
     zs: Float[Tensor, "n layer head key"],
-    query_len: Int[Tensor, "n"],
+    query_len: Int[Tensor, " n"],
     eps: float | None = None,
 ) -> Float[Tensor, "n layer head"]:
     """α (Revisited App. B.1): SimAM∆ between the LCGD and GD updates, cos(m_LCGD − m_ZS, m_GD − m_ZS)."""
@@ -140,12 +140,12 @@ def head_outputs(
     return torch.einsum("nlhe,lhed->nlhd", z.double(), W_O.double())
 
 
-def accuracy(pred: Int[Tensor, "n"], labels: Int[Tensor, "n"]) -> float:
+def accuracy(pred: Int[Tensor, " n"], labels: Int[Tensor, " n"]) -> float:
     return float((pred == labels).double().mean())
 
 
 def rec2ftp(
-    zs_pred: Int[Tensor, "n"], ft_pred: Int[Tensor, "n"], icl_pred: Int[Tensor, "n"], labels: Int[Tensor, "n"]
+    zs_pred: Int[Tensor, " n"], ft_pred: Int[Tensor, " n"], icl_pred: Int[Tensor, " n"], labels: Int[Tensor, " n"]
 ) -> float:
     """Rec2FTP (Dai): among queries FT gets right and ZS gets wrong, the percentage ICL also gets right
     (NaN when there is no such query)."""
@@ -156,8 +156,8 @@ def rec2ftp(
 
 
 def f2t(
-    zs_pred: Int[Tensor, "n"], ft_pred: Int[Tensor, "n"], icl_pred: Int[Tensor, "n"], labels: Int[Tensor, "n"]
-) -> Bool[Tensor, "n"]:
+    zs_pred: Int[Tensor, " n"], ft_pred: Int[Tensor, " n"], icl_pred: Int[Tensor, " n"], labels: Int[Tensor, " n"]
+) -> Bool[Tensor, " n"]:
     """The reference code's f2t subset: queries ZS gets wrong while both FT and ICL get them right."""
     return (zs_pred != labels) & (ft_pred == labels) & (icl_pred == labels)
 
@@ -201,7 +201,7 @@ def below_resolution(
     return update.double().norm(dim=-1) < relative * reference.double().norm(dim=-1)
 
 
-def logodds(logprobs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> Float[Tensor, "n"]:
+def logodds(logprobs: Float[Tensor, "n class"], labels: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
     """log p(y) − log Σ_{c≠y} p(c) per query."""
     logprobs = logprobs.double()
     correct = logprobs.gather(1, labels[:, None])[:, 0]

@@ -172,6 +172,7 @@ def resolve(preset: str = "toolkit", **overrides: str | None) -> Choices:
 
 
 def separator_text(value: str) -> str:
-    """`--separator '\\n'`: a shell passes backslash + n; the separator meant is a newline (\\t a tab, \\\\ a backslash)."""
+    """`--separator '\\n'`: a shell passes backslash + n; the separator meant is a newline (\\t a tab, \\\\ a
+    backslash)."""
     escapes = {"n": "\n", "t": "\t", "\\": "\\"}
     return re.sub(r"\\([nt\\])", lambda match: escapes[match.group(1)], value)

@@ -40,18 +40,18 @@ class Record:
     attn_out: Float[Tensor, "n layer d_model"]  # attention output before the residual add (`attention_output`)
     z: Float[Tensor, "n layer head d_head"]  # per-head mixed values; head h's output is z[:, :, h] @ W_O[l, h]
     scores: Float[Tensor, "n layer head max_query_len"]  # pre-softmax q·k/sqrt(d_head) to the query's own tokens
-    query_len: Int[Tensor, "n"]  # number of the query's own keys, from its first token to the recorded position
+    query_len: Int[Tensor, " n"]  # number of the query's own keys, from its first token to the recorded position
     label_logprobs: Float[Tensor, "n class"]  # mean log-prob of each label's tokens after the prompt
-    position: Int[Tensor, "n"]  # recorded position within the full prompt (prefix included)
+    position: Int[Tensor, " n"]  # recorded position within the full prompt (prefix included)
 
     @property
-    def pred(self) -> Int[Tensor, "n"]:
+    def pred(self) -> Int[Tensor, " n"]:
         return self.label_logprobs.argmax(-1)
 
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"pred": self.pred}
 
-    def select(self, rows: Bool[Tensor, "n"]) -> Record:
+    def select(self, rows: Bool[Tensor, " n"]) -> Record:
         """The recording of the queries in `rows` only."""
         return Record(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
@@ -94,9 +94,13 @@ def record(
         )
     attn_out = attention_output(merged["z"], *output_weights(model, delta)) if derived else merged["attn_out"]
     return Record(
-        attn_out=attn_out, z=merged["z"], scores=merged["attn_scores"], query_len=merged["query_len"],
-        label_logprobs=merged["label_logprobs"], position=merged["position"],
-    )  # fmt: skip
+        attn_out=attn_out,
+        z=merged["z"],
+        scores=merged["attn_scores"],
+        query_len=merged["query_len"],
+        label_logprobs=merged["label_logprobs"],
+        position=merged["position"],
+    )
 
 
 def derives_attn_out(model: LensModel) -> bool:
@@ -147,8 +151,9 @@ def read_points(
     """Every layer's activation at each hook point of `points` (`hooks.HOOK_POINTS` roles, e.g. "resid_pre") at the
     position `record` records, from the same runs (the prefix once, its keys and values shared), float32 on the
     CPU; also "label_logprobs" and "position" as in `Record`."""
-    merged = _run_queries(model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, None,
-                          tuple(points))  # fmt: skip
+    merged = _run_queries(
+        model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, None, tuple(points)
+    )
     return {key: merged[key] for key in (*points, "label_logprobs", "position")}
 
 

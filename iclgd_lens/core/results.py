@@ -101,8 +101,11 @@ class Result:
             f"the model ({model.cfg.model_name}) is not the one this result was computed on ({self.config['model']})"
         )
         recorded = self.config.get("architecture", {})
-        differ = [f"{name} {getattr(model.cfg, name, None)} (the result's {value})"
-                  for name, value in recorded.items() if getattr(model.cfg, name, None) != value]  # fmt: skip
+        differ = [
+            f"{name} {getattr(model.cfg, name, None)} (the result's {value})"
+            for name, value in recorded.items()
+            if getattr(model.cfg, name, None) != value
+        ]
         saved = self.W_O["model"]
         W_O, _ = stacked_output_weights(model)
         if differ or W_O.shape != saved.shape:
@@ -110,9 +113,11 @@ class Result:
             raise ValueError(f"{where}: it has {', '.join(shown)}; give the result's model with --model")
         gap = float((W_O - saved).abs().max() / saved.abs().max().clamp_min(1e-30))
         if gap > MODEL_MATCH_TOLERANCE:
-            raise ValueError(f"{where}: same shapes, other weights (its attention output weights W_O differ from the "
-                             f"saved ones by up to {gap:.2g} of their largest value); give the result's model with "
-                             "--model")  # fmt: skip
+            raise ValueError(
+                f"{where}: same shapes, other weights (its attention output weights W_O differ from the "
+                f"saved ones by up to {gap:.2g} of their largest value); give the result's model with "
+                "--model"
+            )
 
     def crossed(self, kind: str, icl: str) -> Result:
         """A cross-paired label control on the trained model: ICL and the methods on different demonstration labels.
@@ -122,23 +127,33 @@ class Result:
         controls"). ZS sees no demonstration: the same run on both sides. Scored like compare's own comparison;
         the model only, no baselines; the methods' update norms and lrs are their side's."""
         if kind not in self.controls or icl not in ("true", kind):
-            raise ValueError(f"no cross pair ({kind!r}, ICL {icl!r}): this result's label controls are "
-                             f"{sorted(self.controls)}, and ICL's side is 'true' or the control's kind")  # fmt: skip
+            raise ValueError(
+                f"no cross pair ({kind!r}, ICL {icl!r}): this result's label controls are "
+                f"{sorted(self.controls)}, and ICL's side is 'true' or the control's kind"
+            )
         control = self.controls[kind]
         icl_side, method_side = (self, control) if icl == "true" else (control, self)
         records = {"zs": self.records["zs"], "icl": icl_side.records["icl"]}
         records |= {method: method_side.records[method] for method in self.methods}
         W_O = {"model": self.W_O["model"]} | {m: method_side.W_O[m] for m in self.methods if m in method_side.W_O}
         eps = REFERENCE_EPS if self.config.get("arithmetic") == "reference" else None
-        scores = score(records, self.labels, W_O, tuple(self.methods), self.config["seed"], eps=eps,
-                       dtype=getattr(torch, self.config.get("dtype", "float32")))  # fmt: skip
+        scores = score(
+            records,
+            self.labels,
+            W_O,
+            tuple(self.methods),
+            self.config["seed"],
+            eps=eps,
+            dtype=getattr(torch, self.config.get("dtype", "float32")),
+        )
         own = method_side.scores["model"]
         scores.update_norm, scores.lr = own.update_norm, own.lr
         config = self.config | {"baselines": [], "cross_pair": {"label_control": kind, "icl": icl}}
         b_O = {key: value for key, value in self.b_O.items() if key == "model"}
         b_O |= {m: method_side.b_O[m] for m in self.methods if m in method_side.b_O}
-        return Result(config, {"model": scores}, records, W_O, self.labels, icl_side.episode, method_side.deltas,
-                      b_O=b_O)  # fmt: skip
+        return Result(
+            config, {"model": scores}, records, W_O, self.labels, icl_side.episode, method_side.deltas, b_O=b_O
+        )
 
     @property
     def trained_parameters(self) -> tuple[str, ...]:
@@ -151,8 +166,11 @@ class Result:
     def _columns(self) -> list[tuple[str, Scores, str]]:
         """(column label, scores, method) for every method on the trained model, each baseline, and the trained model
         under each label control ("gd [shuffled]") and its cross pairs ("gd [ICL true, FT shuffled]")."""
-        columns = [(method if model == "model" else f"{model}/{method}", scores, method)
-                   for model, scores in self.scores.items() for method in self.methods]  # fmt: skip
+        columns = [
+            (method if model == "model" else f"{model}/{method}", scores, method)
+            for model, scores in self.scores.items()
+            for method in self.methods
+        ]
         for kind, control in self.controls.items():
             columns += [(f"{method} [{kind}]", control.scores["model"], method) for method in self.methods]
             for icl in ("true", kind):
@@ -267,8 +285,11 @@ class Result:
         weights |= {f"{setting}/b_O": b for setting, b in self.b_O.items()}
         weights, aliases = stored_once(weights)
         metadata = {ALIASES: json.dumps(aliases), DERIVED: json.dumps(derived), PACKED: json.dumps(packed)}
-        save_file({k: v.contiguous().cpu() for k, v in (tensors | weights).items()}, staging / "records.safetensors",
-                  metadata=metadata)  # fmt: skip
+        save_file(
+            {k: v.contiguous().cpu() for k, v in (tensors | weights).items()},
+            staging / "records.safetensors",
+            metadata=metadata,
+        )
         if self.deltas:
             changes = {f"{m}/{name}": t for m, d in self.deltas.items() for name, t in d.tensors.items()}
             save_file({k: v.detach().contiguous().cpu() for k, v in changes.items()}, staging / "deltas.safetensors")
@@ -305,8 +326,11 @@ class Result:
                 for key, tensor in load_file(folder / "deltas.safetensors").items():
                     method, name = key.split("/", 1)
                     deltas.setdefault(method, Delta({})).tensors[name] = tensor
-            controls = {sub.name.removeprefix(CONTROL_PREFIX): cls.load(sub)
-                        for sub in sorted(folder.glob(f"{CONTROL_PREFIX}*")) if sub.is_dir()}  # fmt: skip
+            controls = {
+                sub.name.removeprefix(CONTROL_PREFIX): cls.load(sub)
+                for sub in sorted(folder.glob(f"{CONTROL_PREFIX}*"))
+                if sub.is_dir()
+            }
             return cls(data["config"], scores, records, W_O, tensors["labels"], episode, deltas, controls, b_O)
         except (ValueError, KeyError, TypeError, OSError, SafetensorError) as error:
             raise ValueError(
@@ -357,7 +381,7 @@ def read_records(path: Path) -> tuple[dict[str, Tensor], list[str], list[str]]:
 
 
 def pack_scores(
-    scores: Float[Tensor, "n layer head max_query_len"], query_len: Int[Tensor, "n"]
+    scores: Float[Tensor, "n layer head max_query_len"], query_len: Int[Tensor, " n"]
 ) -> Float[Tensor, "keys layer head"]:
     """Each query's scores to its own keys only (query i's first query_len[i] columns), queries one after another."""
     own = torch.arange(scores.shape[-1])[None, :] < query_len[:, None]  # [n, max_query_len]
@@ -365,7 +389,7 @@ def pack_scores(
 
 
 def unpack_scores(
-    packed: Float[Tensor, "keys layer head"], query_len: Int[Tensor, "n"]
+    packed: Float[Tensor, "keys layer head"], query_len: Int[Tensor, " n"]
 ) -> Float[Tensor, "n layer head max_query_len"]:
     """`pack_scores` undone: zero beyond each query's own keys, as the recording pads them."""
     width = int(query_len.max()) if len(query_len) else 0

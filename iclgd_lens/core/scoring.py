@@ -55,9 +55,12 @@ class Scores:
         """Also an older result's scores, which may lack predictions, resolution, notes, update norms or lrs."""
         optional = ("predictions", "resolution", "notes", "update_norm", "lr")
         return cls(
-            data["accuracy"], data["metrics"], data["per_head"], **{k: data[k] for k in optional if k in data},
+            data["accuracy"],
+            data["metrics"],
+            data["per_head"],
+            **{k: data[k] for k in optional if k in data},
             subsets={subset: data[subset] for subset in SUBSETS if subset in data},
-        )  # fmt: skip
+        )
 
 
 def check_metric(metric: str, allowed: tuple[str, ...] = METRICS) -> str:
@@ -68,7 +71,7 @@ def check_metric(metric: str, allowed: tuple[str, ...] = METRICS) -> str:
 
 def score(
     records: dict[str, Record],
-    labels: Int[Tensor, "n"],
+    labels: Int[Tensor, " n"],
     W_O: dict[str, Tensor],
     methods: tuple[str, ...],
     seed: int,
@@ -197,7 +200,7 @@ def reduced(values: dict[str, Tensor], zs: Record, icl: Record, ft: Record, labe
     }
 
 
-def majority(pred: Int[Tensor, "n"]) -> dict:
+def majority(pred: Int[Tensor, " n"]) -> dict:
     """The most frequent predicted class and its share of the queries (1.0: the setting answers one class)."""
     label, count = Counter(pred.tolist()).most_common(1)[0]
     return {"class": int(label), "share": count / len(pred)}
@@ -236,9 +239,9 @@ def notes(scores: Scores, methods: tuple[str, ...], class_names: tuple[str, ...]
             if worst > RESOLUTION_WARNING_SHARE:
                 layers = [layer for layer, share in enumerate(shares) if share > RESOLUTION_WARNING_SHARE]
                 lines.append(
-                    f"{setting}: up to {worst:.0%} of {label} updates are zero or below {resolution['dtype']} resolution "
-                    f"({resolution['relative']:g} of the ZS vector) in layers {layers}: their similarities measure "
-                    "rounding"
+                    f"{setting}: up to {worst:.0%} of {label} updates are zero or below {resolution['dtype']} "
+                    f"resolution ({resolution['relative']:g} of the ZS vector) in layers {layers}: their similarities "
+                    "measure rounding"
                 )
     for method, metrics in scores.metrics.items():
         for name, value in metrics.items() if method != "alpha" else [("alpha", metrics)]:

@@ -54,7 +54,7 @@ def shared_prefix_supported(model: HookedTransformer) -> bool:
                 cfg.use_dynamic_ntk_rope,
                 cfg.clip_qkv is not None,
             )
-        )  # fmt: skip
+        )
         and cfg.original_architecture not in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
     )
 

@@ -47,8 +47,10 @@ def matched_lr(
     from `start`. `subject` names the subject and method in the error raised when no lr in `lr_range` reaches the
     target (or the search does not settle in `max_fits` fits)."""
     if not (target > 0 and math.isfinite(target)):
-        raise ValueError(f"{subject}: the target update size is {target:g}; a matched learning rate needs a nonzero "
-                         "finite target (did the trained model's update vanish?)")  # fmt: skip
+        raise ValueError(
+            f"{subject}: the target update size is {target:g}; a matched learning rate needs a nonzero "
+            "finite target (did the trained model's update vanish?)"
+        )
     low, high = lr_range
     below: tuple[float, float] | None = None  # (log lr, log norm − log target) with a norm under the target
     above: tuple[float, float] | None = None
@@ -89,9 +91,12 @@ def _jump_message(subject: str, target: float, tolerance: float, tried, below, a
     low_lr, high_lr = math.exp(below[0]), math.exp(above[0])
     ordered = sorted((lr, n) for lr, n in tried if math.isfinite(n))
     falls = [(a, b) for a, b in zip(ordered, ordered[1:]) if b[1] < a[1]]
-    fall = (f"; ‖ΔW‖ also fell as lr rose (lr {falls[0][0][0]:.6g} gave {falls[0][0][1]:.4g}, lr "
-            f"{falls[0][1][0]:.6g} gave {falls[0][1][1]:.4g}), so training is past its stability edge here"
-            if falls else "")  # fmt: skip
+    fall = (
+        f"; ‖ΔW‖ also fell as lr rose (lr {falls[0][0][0]:.6g} gave {falls[0][0][1]:.4g}, lr "
+        f"{falls[0][1][0]:.6g} gave {falls[0][1][1]:.4g}), so training is past its stability edge here"
+        if falls
+        else ""
+    )
     return (
         f"{subject}: ‖ΔW‖ jumps over the trained model's update size ({target:.4g} ± {tolerance:.0%}) instead of "
         f"crossing it: lr {low_lr:.6g} gives {norm_at[low_lr]:.4g} and lr {high_lr:.6g} gives {norm_at[high_lr]:.4g} "

@@ -52,8 +52,9 @@ class ZSBatch:
         width = 1 + max(len(q) for q in queries)
         device = model.cfg.device
         self.model, self.rows, self.readout = model, list(rows), readout or Readout(model)
-        self.tokens = torch.tensor([[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries],
-                                   device=device)  # fmt: skip
+        self.tokens = torch.tensor(
+            [[episode.bos, *q] + [episode.bos] * (width - 1 - len(q)) for q in queries], device=device
+        )
         self.positions = torch.tensor([len(q) for q in queries], device=device)
         self.firsts = torch.tensor([t[0] for t in episode.label_tokens], device=device)
         self.resid_pre: dict[int, Float[Tensor, "batch pos d_model"]] = {}
@@ -81,8 +82,10 @@ class ZSBatch:
             class_logits = logits[:, self.firsts]
             if gradients:
                 n_classes = len(self.firsts)
-                per_class = [torch.autograd.grad(class_logits[:, c].sum(), list(shifts.values()),
-                                                 retain_graph=c < n_classes - 1) for c in range(n_classes)]  # fmt: skip
+                per_class = [
+                    torch.autograd.grad(class_logits[:, c].sum(), list(shifts.values()), retain_graph=c < n_classes - 1)
+                    for c in range(n_classes)
+                ]
                 self.grads = {layer: torch.stack([grads[i] for grads in per_class]) for i, layer in enumerate(shifts)}
         self.class_logits: Float[Tensor, "batch class"] = class_logits.detach().double().cpu()
 
@@ -156,8 +159,12 @@ class ZSBatch:
         model = self.model
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=len(self.rows))
         with torch.no_grad():
-            model(self.tokens, past_kv_cache=cache, attention_mask=torch.ones_like(self.tokens),
-                  stop_at_layer=model.cfg.n_layers)  # fmt: skip
+            model(
+                self.tokens,
+                past_kv_cache=cache,
+                attention_mask=torch.ones_like(self.tokens),
+                stop_at_layer=model.cfg.n_layers,
+            )
         return cache
 
     @torch.no_grad()
@@ -171,9 +178,12 @@ class ZSBatch:
         width = self.tokens.shape[1]
         before = torch.arange(width, device=self.tokens.device)[None, :] < self.positions[:, None]  # [batch, width]
         mask = torch.cat([before, torch.ones_like(before[:, :1])], 1).long().repeat(n, 1)
-        entries = [TransformerLensKeyValueCacheEntry(entry.past_keys.repeat(n, 1, 1, 1),
-                                                     entry.past_values.repeat(n, 1, 1, 1), frozen=True)
-                   for entry in self._plain_cache.entries]  # fmt: skip
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                entry.past_keys.repeat(n, 1, 1, 1), entry.past_values.repeat(n, 1, 1, 1), frozen=True
+            )
+            for entry in self._plain_cache.entries
+        ]
         cache = TransformerLensKeyValueCache(entries, mask[:, :-1], frozen=True)
         index = torch.tensor(list(heads), device=replacement.device)
 
@@ -184,8 +194,13 @@ class ZSBatch:
 
         start = self.resid_pre[layer][torch.arange(size, device=self.positions.device), self.positions][:, None]
         with model.hooks([(hook_name("z", layer), replace)]):
-            resid = model(start.repeat(n, 1, 1), start_at_layer=layer, past_kv_cache=cache, attention_mask=mask,
-                          stop_at_layer=model.cfg.n_layers)  # fmt: skip
+            resid = model(
+                start.repeat(n, 1, 1),
+                start_at_layer=layer,
+                past_kv_cache=cache,
+                attention_mask=mask,
+                stop_at_layer=model.cfg.n_layers,
+            )
         return self.readout(resid[:, 0]).float().log_softmax(-1)[:, self.firsts].cpu().view(n, size, -1)
 
     def estimate(self, layer: int, source: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "head batch class"]:

@@ -56,8 +56,9 @@ def wrap_checked(hf_model, tokenizer, label: str, source: str) -> LensModel:
     ids = check_prompt_ids(tokenizer).to(device)
     with torch.no_grad():
         reference = hf_model(ids).logits
-    model = TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, device=str(device),
-                                                dtype=dtype)  # fmt: skip
+    model = TransformerBridge.boot_transformers(
+        label, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype
+    )
     with torch.no_grad():
         check_logits(model(ids), reference, dtype, source, type(hf_model).__name__)
     return model.eval()

@@ -103,9 +103,11 @@ def load_bundled(
     """Rebuild `HookedTransformer(cfg, tokenizer)` from a bundled folder, offline, with no weight processing."""
     from safetensors.torch import load_file
 
-    require_hooked_transformer(f"the bundled-format model {str(folder)!r} (a TransformerLens 3 checkpoint; tiny-icl's "
-                               "ALiBi positions have no place in TransformerLens 4's native models, which take "
-                               "standard and rotary positions only)")  # fmt: skip
+    require_hooked_transformer(
+        f"the bundled-format model {str(folder)!r} (a TransformerLens 3 checkpoint; tiny-icl's "
+        "ALiBi positions have no place in TransformerLens 4's native models, which take "
+        "standard and rotary positions only)"
+    )
 
     folder = Path(folder)
     for needed in ("config.json", "model.safetensors", "tokenizer.json"):

@@ -23,15 +23,29 @@ def attention_view(patterns: Patterns) -> Html:
             f"{len(patterns.tokens)} columns are too many to draw ({MAX_COLUMNS} at most); record the patterns with "
             "collapse=True (one column per demonstration)"
         )
-    parts = [heading(f"Attention of query {patterns.query}: " + ("demonstrations collapsed, one column each"
-                                                                 if patterns.collapsed else "every token"))]  # fmt: skip
+    parts = [
+        heading(
+            f"Attention of query {patterns.query}: "
+            + ("demonstrations collapsed, one column each" if patterns.collapsed else "every token")
+        )
+    ]
     for i, layer in enumerate(patterns.layers):
         cells = []
         for setting, attention in patterns.attention.items():
             heads = attention[i]
             names = [f"L{layer}H{h}" for h in range(heads.shape[0])]
-            cells.append((SETTING_NAMES.get(setting, setting), component("AttentionHeads", attention=heads, tokens=patterns.tokens,
-                                                            attentionHeadNames=names, maskUpperTri=True)))  # fmt: skip
+            cells.append(
+                (
+                    SETTING_NAMES.get(setting, setting),
+                    component(
+                        "AttentionHeads",
+                        attention=heads,
+                        tokens=patterns.tokens,
+                        attentionHeadNames=names,
+                        maskUpperTri=True,
+                    ),
+                )
+            )
         parts.append(heading(f"layer {layer}", 4) + grid(cells, len(cells)))
     return Html("".join(parts))
 
@@ -59,7 +73,11 @@ def score_change_view(result: Result, query: int = 0, layers: Sequence[int] | No
         for setting in settings:
             change = result.records[setting].scores[query, layer, :, :length] - zs.scores[query, layer, :, :length]
             labels = [f"H{h}" for h in range(change.shape[0])]
-            cells.append((f"{SETTING_NAMES.get(setting, setting)} − ZS", component("ColoredTokensMulti", tokens=tokens,
-                          values=change.T.contiguous(), labels=labels)))  # fmt: skip
+            cells.append(
+                (
+                    f"{SETTING_NAMES.get(setting, setting)} − ZS",
+                    component("ColoredTokensMulti", tokens=tokens, values=change.T.contiguous(), labels=labels),
+                )
+            )
         parts.append(heading(f"layer {layer}", 4) + grid(cells, len(cells)))
     return Html("".join(parts))

@@ -46,14 +46,20 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def _totals_line(totals: dict) -> str:
-    line = (f"Label log-odds at the prediction position, mean over queries: ZS {totals['zs']:.4f}, ICL "
-            f"{totals['icl']:.4f} (ICL effect {totals['icl_effect']:.4f}); every head patched from ICL: "
-            f"{totals['all_heads']:.4f} (restored {totals['all_heads_restored']:.4f})")  # fmt: skip
+    line = (
+        f"Label log-odds at the prediction position, mean over queries: ZS {totals['zs']:.4f}, ICL "
+        f"{totals['icl']:.4f} (ICL effect {totals['icl_effect']:.4f}); every head patched from ICL: "
+        f"{totals['all_heads']:.4f} (restored {totals['all_heads_restored']:.4f})"
+    )
     if "all_heads_position" in totals:
-        line += (f"; every head and the positional embedding (learned absolute positions): "
-                 f"{totals['all_heads_position']:.4f} (restored {totals['all_heads_position_restored']:.4f})")  # fmt: skip
-    line += (f". `patch_restored` is NaN where the ICL effect is below {totals['min_icl_effect']}; its interval: 95 % "
-             "bootstrap over queries.")  # fmt: skip
+        line += (
+            f"; every head and the positional embedding (learned absolute positions): "
+            f"{totals['all_heads_position']:.4f} (restored {totals['all_heads_position_restored']:.4f})"
+        )
+    line += (
+        f". `patch_restored` is NaN where the ICL effect is below {totals['min_icl_effect']}; its interval: 95 % "
+        "bootstrap over queries."
+    )
     return line + (f" **{totals['note']}.**" if "note" in totals else "") + "\n\n" + _estimate_line(totals)
 
 
@@ -61,15 +67,20 @@ def _estimate_line(totals: dict) -> str:
     estimate = totals.get("estimate", "exact")
     if estimate == "exact":
         return "Every value is exact (each head's replacement run through the model; a layer's heads batched together)."
-    line = ("Columns ending in `_atp` are first-order estimates (attribution patching: the gradient of each label's "
-            "logit times the change of the head's output); the others are exact, and NaN on heads not run exactly. "
-            "The whole-delta and every-head rows are exact; the whole-layer rows are estimates (the sum of the "
-            "layer's heads)")  # fmt: skip
+    line = (
+        "Columns ending in `_atp` are first-order estimates (attribution patching: the gradient of each label's "
+        "logit times the change of the head's output); the others are exact, and NaN on heads not run exactly. "
+        "The whole-delta and every-head rows are exact; the whole-layer rows are estimates (the sum of the "
+        "layer's heads)"
+    )
     if estimate == "atp":
         return line + "."
     agreement = "; ".join(
-        f"{name}: {entry['spearman']:.3f} over {entry['heads']} heads" if math.isfinite(entry["spearman"])
-        else f"{name}: NaN ({entry['note']})" for name, entry in totals["agreement"].items())  # fmt: skip
+        f"{name}: {entry['spearman']:.3f} over {entry['heads']} heads"
+        if math.isfinite(entry["spearman"])
+        else f"{name}: NaN ({entry['note']})"
+        for name, entry in totals["agreement"].items()
+    )
     return (
         f"{line}. The {totals['verify_top']} heads with the largest estimated effect per method and for ICL's "
         f"patching were run exactly; Spearman's rank correlation between estimate and exact on them "
@@ -89,17 +100,23 @@ def heads_markdown(heads: pd.DataFrame, totals: dict) -> str:
         whole = rows[rows.layer == "all"]
         parts.append(f"## {method.upper()}: the whole delta (every layer, every head)\n\n" + _markdown(whole[changes]))
         single = rows[rows["head"] != "all"].head(TOP)
-        parts.append(f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most (mean absolute "
-                     "change)\n\n" + _markdown(single[["layer", "head", *changes]]))  # fmt: skip
+        parts.append(
+            f"## {method.upper()}: the {len(single)} heads whose delta moves the log-odds most (mean absolute "
+            "change)\n\n" + _markdown(single[["layer", "head", *changes]])
+        )
         layers = rows[(rows["head"] == "all") & (rows.layer != "all")]
-        parts.append(f"## {method.upper()}: whole layers\n\n"
-                     + _markdown(layers.sort_values("layer", key=lambda l: l.astype(int))[["layer", *changes]]))  # fmt: skip
+        parts.append(
+            f"## {method.upper()}: whole layers\n\n"
+            + _markdown(layers.sort_values("layer", key=lambda l: l.astype(int))[["layer", *changes]])
+        )
     patches = heads[(heads.layer != "all") & (heads["head"] != "all")].drop_duplicates(["layer", "head"])
     ranking = "patch_logodds_change" + (ATP if "patch_logodds_change" + ATP in heads.columns else "")
     patches = patches.sort_values(ranking, key=lambda v: v.abs(), ascending=False, kind="stable")
     columns = ["layer", "head", *_paired(heads, ["patch_logodds_change", "patch_restored"]), "patch_low", "patch_high"]
-    parts.append(f"## ICL: the {min(TOP, len(patches))} heads whose ICL output moves the log-odds most (absolute "
-                 "change; `patch_restored`: its share of the ICL effect)\n\n" + _markdown(patches[columns].head(TOP)))  # fmt: skip
+    parts.append(
+        f"## ICL: the {min(TOP, len(patches))} heads whose ICL output moves the log-odds most (absolute "
+        "change; `patch_restored`: its share of the ICL effect)\n\n" + _markdown(patches[columns].head(TOP))
+    )
     return "\n\n".join(parts) + "\n"
 
 
@@ -112,10 +129,13 @@ def heads_heatmaps(heads: pd.DataFrame):
     single = heads[(heads.layer != "all") & (heads["head"] != "all")].astype({"layer": int, "head": int})
     estimated = "abs_logodds_change" + ATP in heads.columns
     suffix, note = (ATP, " (estimate)") if estimated else ("", "")
-    panels = [(f"{m}: |Δ log-odds|{note}", rows, "abs_logodds_change" + suffix)
-              for m, rows in single.groupby("method", sort=False)]  # fmt: skip
-    panels.append((f"ICL patching: restored share{note}", single.drop_duplicates(["layer", "head"]),
-                   "patch_restored" + suffix))  # fmt: skip
+    panels = [
+        (f"{m}: |Δ log-odds|{note}", rows, "abs_logodds_change" + suffix)
+        for m, rows in single.groupby("method", sort=False)
+    ]
+    panels.append(
+        (f"ICL patching: restored share{note}", single.drop_duplicates(["layer", "head"]), "patch_restored" + suffix)
+    )
     fig = Figure(figsize=(3.6 * len(panels) + 1, 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, rows, column) in zip(axes[0], panels):
@@ -135,15 +155,25 @@ def kendall_markdown(kendall: pd.DataFrame) -> str:
     rows = []
     for (subject, level), part in kendall.groupby(["subject", "level"], sort=False):
         best = part.loc[part.tau.idxmax()] if part.tau.notna().any() else None
-        rows.append([subject, level, part.tau.mean(), part.tau_random.mean(),
-                     "NaN" if best is None else f"{best.tau:.4f} (layer {int(best.layer)})",
-                     f"{part.recall.mean():.4f} at k = {int(part.recall_k.iloc[0])} (chance "
-                     f"{part.recall_chance.mean():.4f})"])  # fmt: skip
-    frame = pd.DataFrame(rows, columns=["subject", "level", "tau (mean over layers)", "tau_random", "highest tau",
-                                        "recall"])  # fmt: skip
-    return ("Kendall's tau between ICL's attention to the demonstrations and the finetuning's (Dai et al.); "
-            "`zero_delta`: the same measure without finetuning, the baselines: on the untrained models.\n\n"
-            + _markdown(frame))  # fmt: skip
+        rows.append(
+            [
+                subject,
+                level,
+                part.tau.mean(),
+                part.tau_random.mean(),
+                "NaN" if best is None else f"{best.tau:.4f} (layer {int(best.layer)})",
+                f"{part.recall.mean():.4f} at k = {int(part.recall_k.iloc[0])} (chance "
+                f"{part.recall_chance.mean():.4f})",
+            ]
+        )
+    frame = pd.DataFrame(
+        rows, columns=["subject", "level", "tau (mean over layers)", "tau_random", "highest tau", "recall"]
+    )
+    return (
+        "Kendall's tau between ICL's attention to the demonstrations and the finetuning's (Dai et al.); "
+        "`zero_delta`: the same measure without finetuning, the baselines: on the untrained models.\n\n"
+        + _markdown(frame)
+    )
 
 
 FV_FILES = ("fv_heads.csv", "fv_points.csv", "fv.md")
@@ -157,16 +187,18 @@ def function_vector_markdown(vectors: dict) -> str:
     points = vectors["points"]
     best = points.loc[points.fv_accuracy.idxmax()]
     agreement = vectors["agreement"]
-    return "\n\n".join([
-        f"Function vector (Todd et al. 2024): the sum of the mean outputs of the {len(vectors['top'])} heads of "
-        f"highest average indirect effect on shuffled-label prompts ({top}), added to the zero-shot runs at the "
-        f"prediction position: best entering point {int(best.point)}, accuracy {best.fv_accuracy:.4f} (ZS "
-        f"{best.zs_accuracy:.4f}, ICL {best.icl_accuracy:.4f}; every point in fv_points.csv).",
-        "Heads by average indirect effect (change of p(correct class) among the label words):\n\n"
-        + _markdown(heads),
-        "The function vector's heads beside the attribution's (|Δ log-odds| per method): overlap of the top sets "
-        "(with its chance value) and Spearman's rank correlation over every head.\n\n" + _markdown(agreement),
-    ])  # fmt: skip
+    return "\n\n".join(
+        [
+            f"Function vector (Todd et al. 2024): the sum of the mean outputs of the {len(vectors['top'])} heads of "
+            f"highest average indirect effect on shuffled-label prompts ({top}), added to the zero-shot runs at the "
+            f"prediction position: best entering point {int(best.point)}, accuracy {best.fv_accuracy:.4f} (ZS "
+            f"{best.zs_accuracy:.4f}, ICL {best.icl_accuracy:.4f}; every point in fv_points.csv).",
+            "Heads by average indirect effect (change of p(correct class) among the label words):\n\n"
+            + _markdown(heads),
+            "The function vector's heads beside the attribution's (|Δ log-odds| per method): overlap of the top sets "
+            "(with its chance value) and Spearman's rank correlation over every head.\n\n" + _markdown(agreement),
+        ]
+    )
 
 
 KENDALL_FILES = ("kendall.csv", "kendall.md", "kendall_queries.csv", "kendall_layers.csv", "kendall_paired.csv")
@@ -175,13 +207,23 @@ KENDALL_FILES = ("kendall.csv", "kendall.md", "kendall_queries.csv", "kendall_la
 def kendall_paired_markdown(paired: pd.DataFrame, per_layer: pd.DataFrame) -> str:
     """The model's tau against each control's (mean over layers, paired), with what the interval covers."""
     covers = per_layer.covers.iloc[0] if len(per_layer) else "-"
-    rows = [[r.measure, r.baseline, f"{r.model:.4f}", f"{r.baseline_value:.4f}",
-             f"{r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]", r.covers, r.verdict]
-            for r in paired.itertuples()]  # fmt: skip
+    rows = [
+        [
+            r.measure,
+            r.baseline,
+            f"{r.model:.4f}",
+            f"{r.baseline_value:.4f}",
+            f"{r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]",
+            r.covers,
+            r.verdict,
+        ]
+        for r in paired.itertuples()
+    ]
     header = ["measure", "against", "model", "control", "model − control [95 %]", "covers", "verdict"]
-    return (f"The model's tau against each control's, mean over layers, paired by query (and run); per-layer means "
-            f"with intervals in kendall_layers.csv (the intervals cover: {covers}).\n\n"
-            + markdown_table(header, rows))  # fmt: skip
+    return (
+        f"The model's tau against each control's, mean over layers, paired by query (and run); per-layer means "
+        f"with intervals in kendall_layers.csv (the intervals cover: {covers}).\n\n" + markdown_table(header, rows)
+    )
 
 
 def write_attribution(
@@ -194,7 +236,8 @@ def write_attribution(
     vectors: dict | None = None,
 ) -> None:
     """The attribution folder; with `kendall`, its tables and `kendall_intervals` (the per-query values, the
-    per-layer intervals and the paired table: `analysis.heads.kendall.queries_table` and `pooled_tables`); with `vectors`
+    per-layer intervals and the paired table: `analysis.heads.kendall.queries_table` and `pooled_tables`); with
+    `vectors`
     (`analysis.heads.function_vectors.function_vector_tables`), the function vectors' tables."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "heads.csv", heads.to_csv(index=False, float_format="%.6g"))
@@ -233,16 +276,20 @@ def read_kendall_queries(folder: Path) -> tuple[dict, pd.DataFrame]:
         raise ValueError(f"{str(folder)!r} is not an attribution folder written by iclgd-lens attribute")
     about = json.loads((folder / MARKER).read_text())
     if not (folder / "kendall_queries.csv").is_file():
-        raise ValueError(f"{str(folder)!r} holds no per-query Kendall values (attribute ran with --kendall-queries 0, "
-                         "or before they were written): re-run attribute")  # fmt: skip
+        raise ValueError(
+            f"{str(folder)!r} holds no per-query Kendall values (attribute ran with --kendall-queries 0, "
+            "or before they were written): re-run attribute"
+        )
     return about, pd.read_csv(folder / "kendall_queries.csv")
 
 
 def write_kendall_pool(out: Path, per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) -> None:
     """A pooled Kendall folder, written whole (an earlier one is replaced)."""
     check_kendall_folder(out)
-    text = (f"# Kendall: {about['model']} on {about['task']}, {about['runs']} run(s), {about['kendall_queries']} "
-            f"queries, {about['kendall_method']}\n\n" + kendall_paired_markdown(paired, per_layer))  # fmt: skip
+    text = (
+        f"# Kendall: {about['model']} on {about['task']}, {about['runs']} run(s), {about['kendall_queries']} "
+        f"queries, {about['kendall_method']}\n\n" + kendall_paired_markdown(paired, per_layer)
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "kendall_layers.csv", per_layer.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "kendall_paired.csv", paired.to_csv(index=False, float_format="%.6g"))

@@ -1,4 +1,5 @@
-"""The findings' tables and summary sentences in Markdown, from `analysis.protocol.findings`' counts: the only source of the
+"""The findings' tables and summary sentences in Markdown, from `analysis.protocol.findings`' counts: the only
+source of the
 numbers in the README's findings section and docs/findings.md's summary (`scripts/findings.py` writes them
 between `<!-- findings -->` and `<!-- /findings -->`; tests/views/test_findings.py checks the committed pages)."""
 
@@ -43,9 +44,18 @@ def summary_sentence(pairs: list[PairCounts]) -> str:
 
 
 def findings_table(pairs: list[PairCounts]) -> str:
-    header = ["model", "task", "runs", "bootstrap", "GD's lr", "largest baseline ‖ΔW‖ / trained (GD)", "ZS → ICL (%)",
-              "GD against the baselines: above / below / not shown / borderline", "LCGD's α below a baseline",
-              "primary (SimAOU_norm), Holm: GD; LCGD"]  # fmt: skip
+    header = [
+        "model",
+        "task",
+        "runs",
+        "bootstrap",
+        "GD's lr",
+        "largest baseline ‖ΔW‖ / trained (GD)",
+        "ZS → ICL (%)",
+        "GD against the baselines: above / below / not shown / borderline",
+        "LCGD's α below a baseline",
+        "primary (SimAOU_norm), Holm: GD; LCGD",
+    ]
     rows = [
         [
             MODEL_NAMES.get(p.model, p.model),
@@ -58,7 +68,7 @@ def findings_table(pairs: list[PairCounts]) -> str:
             _verdicts(p.gd, p.gd_total),
             _alpha(p),
             _primary(p),
-        ]  # fmt: skip
+        ]
         for p in pairs
     ]
     return markdown_table(header, rows)
@@ -96,16 +106,32 @@ METRIC_NAMES = {"simaou_norm": "SimAOU_norm", "simaou": "SimAOU", "simam_delta":
 
 
 def beside_table(frame: pd.DataFrame, first: str, second: str) -> str:
-    """`analysis.protocol.findings.beside` in Markdown: a row per verdict, each sweep's cell "difference [interval]: verdict
+    """`analysis.protocol.findings.beside` in Markdown: a row per verdict, each sweep's cell "difference [interval]:
+    verdict
     (‖ΔW‖ ×ratio)"; `first` and `second` head the two columns."""
 
     def cell(row, side: str) -> str:
         r = {name: row[f"{side}_{name}"] for name in ("difference", "diff_low", "diff_high", "verdict", "ratio")}
-        return (f"{r['difference']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]: {r['verdict']} "
-                f"(×{_ratio(r['ratio'])})")  # fmt: skip
+        return (
+            f"{r['difference']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]: {r['verdict']} "
+            f"(×{_ratio(r['ratio'])})"
+        )
 
-    rows = [[row["method"].upper(), METRIC_NAMES.get(row["metric"], row["metric"]), row["baseline"],
-             cell(row, "first"), cell(row, "second")] for _, row in frame.iterrows()]  # fmt: skip
-    header = ["method", "metric", "against", f"{first}: difference [interval]: verdict (‖ΔW‖ ×r)",
-              f"{second}: difference [interval]: verdict (‖ΔW‖ ×r)"]  # fmt: skip
+    rows = [
+        [
+            row["method"].upper(),
+            METRIC_NAMES.get(row["metric"], row["metric"]),
+            row["baseline"],
+            cell(row, "first"),
+            cell(row, "second"),
+        ]
+        for _, row in frame.iterrows()
+    ]
+    header = [
+        "method",
+        "metric",
+        "against",
+        f"{first}: difference [interval]: verdict (‖ΔW‖ ×r)",
+        f"{second}: difference [interval]: verdict (‖ΔW‖ ×r)",
+    ]
     return markdown_table(header, rows)

@@ -63,4 +63,5 @@ def grid(cells: list[tuple[str, str]], columns: int) -> str:
         f'<div style="min-width: 0;"><div style="font-weight: 600;">{escape(title)}</div>{html}</div>'
         for title, html in cells
     )
-    return f'<div style="display: grid; grid-template-columns: repeat({columns}, minmax(0, 1fr)); gap: 12px;">{items}</div>'
+    grid = f"display: grid; grid-template-columns: repeat({columns}, minmax(0, 1fr)); gap: 12px;"
+    return f'<div style="{grid}">{items}</div>'

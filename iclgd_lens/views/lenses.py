@@ -1,4 +1,5 @@
-"""A lenses folder: per_layer.csv and paired.csv (`analysis.lenses.values`), lenses.md (the verdicts, then each measure per
+"""A lenses folder: per_layer.csv and paired.csv (`analysis.lenses.values`), lenses.md (the verdicts, then each
+measure per
 layer and subject, with the flags a reader needs), lenses.png and lenses.json. Computes nothing."""
 
 from __future__ import annotations
@@ -57,10 +58,27 @@ MEANINGS = {
 def _rank(measure: str) -> int:
     """Headline measures first: the cosines, the task vectors, then the sizes and the exactness check."""
     stems = list(MEANINGS)
-    order = ["implicit_cos", "implicit_abs_cos", "random_abs_cos_implicit", "implicit_mean_cos", "shift_cos",
-             "shift_abs_cos", "random_abs_cos_shift", "tv_correct", "tv_logodds", "own_stream_correct",
-             "zs_correct", "transfer_gain", "transfer_correct", "patch_cos", "path_cos",
-             "path_change", "implicit_norm_ratio", "shift_norm_ratio", *stems]  # fmt: skip
+    order = [
+        "implicit_cos",
+        "implicit_abs_cos",
+        "random_abs_cos_implicit",
+        "implicit_mean_cos",
+        "shift_cos",
+        "shift_abs_cos",
+        "random_abs_cos_shift",
+        "tv_correct",
+        "tv_logodds",
+        "own_stream_correct",
+        "zs_correct",
+        "transfer_gain",
+        "transfer_correct",
+        "patch_cos",
+        "path_cos",
+        "path_change",
+        "implicit_norm_ratio",
+        "shift_norm_ratio",
+        *stems,
+    ]
     return next(i for i, stem in enumerate(order) if measure == stem or measure.startswith(stem + "_"))
 
 
@@ -86,21 +104,29 @@ def notes(per_layer: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     said = []
     errors = per_layer[(per_layer.measure == "exact_error") & (per_layer["mean"] > MAX_EXACT_ERROR)]
     if len(errors):
-        said.append(f"the implicit update does not reproduce ICL's block output at {len(errors)} (subject, layer) "
-                     f"pairs (relative error above {MAX_EXACT_ERROR}): its cosines there do not describe ICL")  # fmt: skip
+        said.append(
+            f"the implicit update does not reproduce ICL's block output at {len(errors)} (subject, layer) "
+            f"pairs (relative error above {MAX_EXACT_ERROR}): its cosines there do not describe ICL"
+        )
     cosines = per_layer[per_layer.measure.str.startswith("implicit_cos_")]
     if len(cosines) and cosines["mean"].isna().all():
-        said.append("the methods did not train the MLP input weights, so the implicit update has nothing to be set "
-                    "against: run compare with --groups mlp_in (beside any other groups)")  # fmt: skip
+        said.append(
+            "the methods did not train the MLP input weights, so the implicit update has nothing to be set "
+            "against: run compare with --groups mlp_in (beside any other groups)"
+        )
     else:
         undefined = sorted(set(cosines[(cosines.subject == "model") & cosines["mean"].isna()].layer))
         if undefined:
-            said.append(f"implicit cosines are undefined (NaN) at layers {undefined} of the model: the context does "
-                        "not change the MLP's input there, or the method did not change its weights")  # fmt: skip
+            said.append(
+                f"implicit cosines are undefined (NaN) at layers {undefined} of the model: the context does "
+                "not change the MLP's input there, or the method did not change its weights"
+            )
     runs = int(per_layer.runs.iloc[0]) if len(per_layer) else 0
     if runs < MIN_RUNS:
-        said.append(f"{runs} run(s): the verdicts need {MIN_RUNS} (\"too few runs\"); intervals with one run cover "
-                    "the queries only")  # fmt: skip
+        said.append(
+            f'{runs} run(s): the verdicts need {MIN_RUNS} ("too few runs"); intervals with one run cover '
+            "the queries only"
+        )
     return said
 
 
@@ -118,21 +144,35 @@ def lenses_markdown(per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) 
     lines += [f"- {note}" for note in about["notes"]] + [""]
     lines += ["## Model against each untrained baseline (mean over layers, paired by run and query)", ""]
     header = ["measure", "baseline", "model", "baseline value", "difference [95 %]", "covers", "verdict"]
-    body = [[r.measure, r.baseline, f"{r.model:.3g}", f"{r.baseline_value:.3g}",
-             f"{r.difference:.3g} [{r.low:.3g}, {r.high:.3g}]", r.covers, r.verdict]
-            for r in paired.itertuples()]  # fmt: skip
+    body = [
+        [
+            r.measure,
+            r.baseline,
+            f"{r.model:.3g}",
+            f"{r.baseline_value:.3g}",
+            f"{r.difference:.3g} [{r.low:.3g}, {r.high:.3g}]",
+            r.covers,
+            r.verdict,
+        ]
+        for r in paired.itertuples()
+    ]
     lines += [markdown_table(header, body), ""]
-    lines += [f"## Per layer (mean [95 % interval]; the interval covers: {covers})", "",
-              "Stream point L is the residual stream after the last layer; layer l of a task-vector or shift measure "
-              "is the stream entering layer l; the row of a path measure is the number of demonstrations j.",
-              ""]  # fmt: skip
+    lines += [
+        f"## Per layer (mean [95 % interval]; the interval covers: {covers})",
+        "",
+        "Stream point L is the residual stream after the last layer; layer l of a task-vector or shift measure "
+        "is the stream entering layer l; the row of a path measure is the number of demonstrations j.",
+        "",
+    ]
     subjects = list(dict.fromkeys(per_layer.subject))
     for measure, rows in sorted(per_layer.groupby("measure", sort=False), key=lambda item: _rank(item[0])):
         lines += [f"### `{measure}`: {meaning(measure)}", ""]
         table = rows.assign(cell=rows.apply(_cell, axis=1)).pivot(index="layer", columns="subject", values="cell")
         shown = [s for s in subjects if s in table.columns]  # a cross pair has only the measures of a method
-        lines += [markdown_table(["layer", *shown], [[str(layer), *table.loc[layer, shown]]
-                                                      for layer in table.index]), ""]  # fmt: skip
+        lines += [
+            markdown_table(["layer", *shown], [[str(layer), *table.loc[layer, shown]] for layer in table.index]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -151,14 +191,25 @@ def lenses_figure(per_layer: pd.DataFrame, methods: list[str]):
     for ax, measure in zip(axes, panels):
         for subject, curve in per_layer[per_layer.measure == measure].groupby("subject", sort=False):
             style = MODEL_STYLES.get("trained" if subject == "model" else subject, ":")
-            ax.plot(curve.layer, curve["mean"], style, color="black", label=subject,
-                    linewidth=1.6 if subject == "model" else 1.0)  # fmt: skip
+            ax.plot(
+                curve.layer,
+                curve["mean"],
+                style,
+                color="black",
+                label=subject,
+                linewidth=1.6 if subject == "model" else 1.0,
+            )
             if subject == "model":
                 ax.fill_between(curve.layer, curve.low, curve.high, color="tab:blue", alpha=0.2, linewidth=0)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(measure, fontsize=9)
-        ax.set_xlabel("demonstrations" if measure.startswith("path") else
-                      "layer (stream point)" if not measure.startswith("implicit") else "layer")  # fmt: skip
+        ax.set_xlabel(
+            "demonstrations"
+            if measure.startswith("path")
+            else "layer (stream point)"
+            if not measure.startswith("implicit")
+            else "layer"
+        )
     axes[-1].legend(fontsize=7)
     return fig
 

@@ -37,12 +37,19 @@ def per_layer_figure(table: pd.DataFrame, metric: str):
             trained = model == "trained"
             label = method.upper() if trained else f"{method.upper()} ({model})"
             color = METHOD_COLORS.get(method)
-            ax.plot(curve.layer, curve["mean"], MODEL_STYLES.get(model, ":"), color=color, label=label,
-                    linewidth=1.6 if trained else 1.0)  # fmt: skip
+            ax.plot(
+                curve.layer,
+                curve["mean"],
+                MODEL_STYLES.get(model, ":"),
+                color=color,
+                label=label,
+                linewidth=1.6 if trained else 1.0,
+            )
             if trained:  # bands on the trained model only: four overlapping bands would hide the curves
                 spread = curve["std"].fillna(0)
-                ax.fill_between(curve.layer, curve["mean"] - spread, curve["mean"] + spread, color=color, alpha=0.18,
-                                linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    curve.layer, curve["mean"] - spread, curve["mean"] + spread, color=color, alpha=0.18, linewidth=0
+                )
         ax.set_title(task)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

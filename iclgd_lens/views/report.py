@@ -47,9 +47,11 @@ def _table(frame: pd.DataFrame) -> str:
 
 def result_section(name: str, result: Result) -> str:
     config = result.config
-    facts = (f"{config['model']} on {config['task']}: k={config['k']} (effective {config['effective_k']}), seed "
-             f"{config['seed']}, permutation {config['permutation']}, lr {config['lr']}, {config['n_eval']} queries, "
-             f"preset {config['preset']}, {config['dtype']}")  # fmt: skip
+    facts = (
+        f"{config['model']} on {config['task']}: k={config['k']} (effective {config['effective_k']}), seed "
+        f"{config['seed']}, permutation {config['permutation']}, lr {config['lr']}, {config['n_eval']} queries, "
+        f"preset {config['preset']}, {config['dtype']}"
+    )
     summary = result.summary()
     notes = "".join(f'<li class="note">{escape(n)}</li>' for n in summary.notes)
     layers = "".join(heading(metric, 4) + _table(result.per_layer(metric)) for metric in REPORT_METRICS)
@@ -83,8 +85,10 @@ def build_report(
     first_name, first = results[0]
     baselines = tuple(f"{b}/{m}" for b in first.config["baselines"][:1] for m in first.methods)
     heads = figure_tag(head_heatmaps(first, methods=(*first.methods, *baselines)))
-    parts.append(f"<section>{heading('Per-layer curves (mean ± std over results of a task)', 2)}{plots}"
-                 f"{heading(f'Per head: {first_name}', 2)}{heads}</section>")  # fmt: skip
+    parts.append(
+        f"<section>{heading('Per-layer curves (mean ± std over results of a task)', 2)}{plots}"
+        f"{heading(f'Per head: {first_name}', 2)}{heads}</section>"
+    )
     if model is not None:
         views = "".join(attention_view(record_patterns(model, first, q)).body for q in view_queries)
         changes = "".join(score_change_view(first, q, tokenizer=model.tokenizer).body for q in view_queries)
@@ -132,9 +136,11 @@ def lenses_section(folder: Path) -> str:
             tables += heading(f"{measure}: {meaning(measure)}", 4) + _table(wide)
     image = base64.b64encode((folder / "lenses.png").read_bytes()).decode()
     title = f"Lenses: {folder.name} ({about['model']} on {about['task']}, {about['runs']} runs)"
-    return (f"<section>{heading(title, 2)}<ul>{notes}</ul>{heading('Model against each baseline and control', 3)}"
-            f"{_table(pd.read_csv(folder / 'paired.csv'))}{heading('Per layer (means; intervals in per_layer.csv)', 3)}"
-            f'{tables}<img alt="lenses.png" src="data:image/png;base64,{image}"></section>')  # fmt: skip
+    return (
+        f"<section>{heading(title, 2)}<ul>{notes}</ul>{heading('Model against each baseline and control', 3)}"
+        f"{_table(pd.read_csv(folder / 'paired.csv'))}{heading('Per layer (means; intervals in per_layer.csv)', 3)}"
+        f'{tables}<img alt="lenses.png" src="data:image/png;base64,{image}"></section>'
+    )
 
 
 def check_report_file(path: Path, overwrite: bool) -> None:

@@ -95,8 +95,9 @@ def _verdict_cell(row) -> str:
     return cell if math.isnan(ratio) else f"{cell} (‖ΔW‖ ×{ratio:.3g})"
 
 
-def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tuple[str, ...],
-                      methods: tuple[str, ...]) -> str:  # fmt: skip
+def _beside_baselines(
+    summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tuple[str, ...], methods: tuple[str, ...]
+) -> str:
     """One table per metric: rows task x method, columns the trained model, each baseline, the paired difference
     and verdict against each baseline (compared metrics only), and the published 1.3B numbers of the task's paper
     task (trained model, then each baseline the papers report)."""
@@ -112,15 +113,31 @@ def _beside_baselines(summary: pd.DataFrame, verdicts: pd.DataFrame, metrics: tu
                 key = (task, TRAINED, method, metric)
                 if key not in index.index:
                     continue
-                cells = [index.loc[(task, m, method, metric)] if (task, m, method, metric) in index.index else None
-                         for m in models]  # fmt: skip
-                versus = [compared.loc[(task, method, metric, b)] if (task, method, metric, b) in compared.index
-                          else None for b in baselines]  # fmt: skip
-                rows.append([task, method, *[_cell(c) for c in cells], *[_verdict_cell(v) for v in versus],
-                             _published(task, models, method, metric)])  # fmt: skip
+                cells = [
+                    index.loc[(task, m, method, metric)] if (task, m, method, metric) in index.index else None
+                    for m in models
+                ]
+                versus = [
+                    compared.loc[(task, method, metric, b)] if (task, method, metric, b) in compared.index else None
+                    for b in baselines
+                ]
+                rows.append(
+                    [
+                        task,
+                        method,
+                        *[_cell(c) for c in cells],
+                        *[_verdict_cell(v) for v in versus],
+                        _published(task, models, method, metric),
+                    ]
+                )
         if rows:
-            header = ["task", "method", *models, *[f"trained − {b}" for b in baselines],
-                      "published 1.3B (trained, then the baselines)"]  # fmt: skip
+            header = [
+                "task",
+                "method",
+                *models,
+                *[f"trained − {b}" for b in baselines],
+                "published 1.3B (trained, then the baselines)",
+            ]
             parts.append(f"**{METRIC_NAMES[metric]}**\n\n" + markdown_table(header, rows))
     return "\n\n".join(parts)
 
@@ -142,8 +159,9 @@ def dai_table(summary: pd.DataFrame) -> str:
     rows = []
     for task in dict.fromkeys(summary.task):
         for method in dict.fromkeys(summary[summary.task == task].method):
-            cells = [_cell(trained.loc[(task, method, m)]) if (task, method, m) in trained.index else ""
-                     for m in DAI_METRICS]  # fmt: skip
+            cells = [
+                _cell(trained.loc[(task, method, m)]) if (task, method, m) in trained.index else "" for m in DAI_METRICS
+            ]
             paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in DAI_METRICS)
             rows.append([task, method, *cells, paper if method == "gd" else ""])
     return markdown_table(["task", "method", *DAI_METRICS, "published 1.3B (same metrics, GD)"], rows)
@@ -161,8 +179,11 @@ def accuracy_table(summary: pd.DataFrame) -> str:
             if part.empty:
                 continue
             cells = [_cell(part.loc[(methods[0], "acc_zs")]), _cell(part.loc[(methods[0], "acc_icl")])]
-            paper = " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–"
-                               for m in ("acc_zs", "acc_icl", "acc_ft")) if label == TRAINED else ""  # fmt: skip
+            paper = (
+                " / ".join(_published(task, [TRAINED], "gd", m, "dai") or "–" for m in ("acc_zs", "acc_icl", "acc_ft"))
+                if label == TRAINED
+                else ""
+            )
             name = task if label == TRAINED else f"{task} {label.removeprefix(TRAINED).strip()}"
             rows.append([name, *cells, *[_cell(part.loc[(m, "acc_ft")]) for m in methods], paper])
     return markdown_table(["task", "ZS", "ICL", *[m.upper() for m in methods], "published 1.3B ZS / ICL / GD"], rows)
@@ -170,8 +191,10 @@ def accuracy_table(summary: pd.DataFrame) -> str:
 
 def lcgd_against_gd_table(verdicts: pd.DataFrame) -> str:
     """Rows task x metric: LCGD's and GD's means on the trained model, the paired difference and its verdict."""
-    rows = [[r.task, METRIC_NAMES[r.metric], f"{r.trained:.3f}", f"{r.baseline_mean:.3f}", _verdict_cell(r._asdict())]
-            for r in verdicts[verdicts.baseline == "gd"].itertuples()]  # fmt: skip
+    rows = [
+        [r.task, METRIC_NAMES[r.metric], f"{r.trained:.3f}", f"{r.baseline_mean:.3f}", _verdict_cell(r._asdict())]
+        for r in verdicts[verdicts.baseline == "gd"].itertuples()
+    ]
     return markdown_table(["task", "metric", "LCGD", "GD", "LCGD − GD"], rows)
 
 
@@ -197,8 +220,9 @@ def update_norm_table(summary: pd.DataFrame) -> str:
     return markdown_table(["task", "method", *models], rows)
 
 
-def markdown_report(summary: pd.DataFrame, verdicts: pd.DataFrame, lrs: pd.DataFrame, model: str,
-                    missing: list[str]) -> str:  # fmt: skip
+def markdown_report(
+    summary: pd.DataFrame, verdicts: pd.DataFrame, lrs: pd.DataFrame, model: str, missing: list[str]
+) -> str:
     methods = tuple(dict.fromkeys(summary.method))
     runs = sorted(set(summary.runs.astype(int)))
     sections = [
@@ -243,8 +267,10 @@ def _designs(summary: pd.DataFrame) -> str:
     """How the queries were resampled, per design present: crossed (shared by a draw's runs) or nested."""
     if "bootstrap" not in summary:
         return "within each drawn run"
-    said = {"crossed": "every run scores the same queries, so one query resample is shared by the runs of a draw",
-            "nested": "runs score different queries, so the queries are resampled within each drawn run"}  # fmt: skip
+    said = {
+        "crossed": "every run scores the same queries, so one query resample is shared by the runs of a draw",
+        "nested": "runs score different queries, so the queries are resampled within each drawn run",
+    }
     designs = summary.groupby("bootstrap").task.unique()
     return "; ".join(f"{said[d]}: {', '.join(tasks)}" for d, tasks in designs.items())
 

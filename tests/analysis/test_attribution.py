@@ -40,8 +40,17 @@ from tests.helpers import make_tokenizer, toy_task
 @pytest.fixture(scope="module")
 def saved(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("attribution") / "run"
-    compare(tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=10, baselines=("no_training",), out=folder,
-            progress=False)  # fmt: skip
+    compare(
+        tiny,
+        load_task("synth-sst2"),
+        k=6,
+        seed=0,
+        lr=0.3,
+        n_eval=10,
+        baselines=("no_training",),
+        out=folder,
+        progress=False,
+    )
     return folder
 
 
@@ -49,8 +58,9 @@ def test_a_delta_on_one_head_is_found_there_alone(tiny, saved):
     result = Result.load(saved)
     planted = Delta.zeros(tiny, ("attn.W_V",))
     generator = torch.Generator().manual_seed(0)
-    planted.tensors["blocks.1.attn.W_V"][2] = 2.0 * torch.randn(planted.tensors["blocks.1.attn.W_V"][2].shape,
-                                                                generator=generator)  # fmt: skip
+    planted.tensors["blocks.1.attn.W_V"][2] = 2.0 * torch.randn(
+        planted.tensors["blocks.1.attn.W_V"][2].shape, generator=generator
+    )
     result.deltas = {"gd": planted}
     table = delta_effects(tiny, result, "gd", batch_size=4)
     heads = table[table["head"] != "all"].assign(size=lambda t: t.logodds_change.abs()).sort_values("size")
@@ -220,8 +230,11 @@ def test_ft_scores_are_fairseqs_scaled_queries_dotted():
     scale = np.array([2.0, 3.0])
     got = ft_scores(torch.from_numpy(q), torch.from_numpy(q_train), torch.from_numpy(scale))
     i, layer, token = 1, 1, 3
-    by_hand = sum((q[i, layer, h * d_head:(h + 1) * d_head] / scale[layer])
-                  @ (q_train[layer, token, h * d_head:(h + 1) * d_head] / scale[layer]) for h in range(n_heads))  # fmt: skip
+    by_hand = sum(
+        (q[i, layer, h * d_head : (h + 1) * d_head] / scale[layer])
+        @ (q_train[layer, token, h * d_head : (h + 1) * d_head] / scale[layer])
+        for h in range(n_heads)
+    )
     assert got[i, layer, token] == pytest.approx(by_hand)
 
 
@@ -293,8 +306,12 @@ def test_kendall_sides_are_in_one_geometry_on_rotary_and_qk_norm_models(shape):
     np.testing.assert_allclose(ft[0], ft_hand, rtol=1e-5, atol=1e-6)
     _, cache = model.run_with_cache(torch.tensor([[*result.episode.icl_prefix, *result.episode.queries[0]]]))
     keep, _, _ = kendall._alignment(result.episode)
-    rotary = np.stack([cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, -1, keep].sum(0).detach().numpy()
-                       for l in range(model.cfg.n_layers)])  # fmt: skip
+    rotary = np.stack(
+        [
+            cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, -1, keep].sum(0).detach().numpy()
+            for l in range(model.cfg.n_layers)
+        ]
+    )
     assert np.abs(rotary - icl_hand).max() > 1e-3
 
 
@@ -357,8 +374,9 @@ def full_prompt_queries(model, episode, delta, n, position, batch_size):
             offset = record_offset(episode.queries[i], episode.label_tokens, position)
             tokens = [episode.bos, *(list(episode.queries[i]) + list(episode.label_tokens[0]))[: offset + 1]]
             _, cache = model.run_with_cache(torch.tensor([tokens]))
-            out.append(torch.stack([cache[f"blocks.{l}.attn.hook_q"][0, -1].flatten() for l in
-                                    range(model.cfg.n_layers)]))  # fmt: skip
+            out.append(
+                torch.stack([cache[f"blocks.{l}.attn.hook_q"][0, -1].flatten() for l in range(model.cfg.n_layers)])
+            )
     return torch.stack(out).double()
 
 
@@ -368,9 +386,21 @@ def test_kendall_on_batched_shared_prefix_runs_equals_whole_prompt_forwards(tiny
     one forward per whole prompt: the same table in float32. The reference preset (first_option position, the
     refit on a float16 copy) agrees to fp16 rounding: scores that differ in the last fp16 digit swap a few ranks, so
     a query's tau moves by about 1e-3."""
-    result = Result.load(saved) if preset == "toolkit" else compare(
-        tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=6, baselines=("no_training",), preset=preset,
-        progress=False)  # fmt: skip
+    result = (
+        Result.load(saved)
+        if preset == "toolkit"
+        else compare(
+            tiny,
+            load_task("synth-sst2"),
+            k=6,
+            seed=0,
+            lr=0.3,
+            n_eval=6,
+            baselines=("no_training",),
+            preset=preset,
+            progress=False,
+        )
+    )
     batched = kendall_table(tiny, result, "gd", n_queries=6)
     monkeypatch.setattr(kendall, "_icl_scores", full_prompt_icl_scores)
     monkeypatch.setattr(kendall, "_finetuned_queries", full_prompt_queries)
@@ -380,8 +410,9 @@ def test_kendall_on_batched_shared_prefix_runs_equals_whole_prompt_forwards(tiny
 
 def test_kendall_measures_dais_own_setting(tiny):
     """The reference preset: first_option position and fp16-mixed finetuning (on a float16 copy)."""
-    result = compare(tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=4, baselines=(), preset="reference",
-                     progress=False)  # fmt: skip
+    result = compare(
+        tiny, load_task("synth-sst2"), k=6, seed=0, lr=0.3, n_eval=4, baselines=(), preset="reference", progress=False
+    )
     assert (result.config["position"], result.config["precision"]) == ("first_option", "fp16-mixed")
     table = kendall_table(tiny, result, "gd", n_queries=3, controls=False)
     assert list(table.subject.unique()) == ["model"] and table.tau.notna().any()
@@ -393,15 +424,38 @@ def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
     import pandas as pd
 
     out = tmp_path / "attribution"
-    assert main(["attribute", str(saved), "--out", str(out), "--kendall-queries", "4", "--threads", "1",
-                 "--verify-top", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "attribute",
+                str(saved),
+                "--out",
+                str(out),
+                "--kendall-queries",
+                "4",
+                "--threads",
+                "1",
+                "--verify-top",
+                "3",
+            ]
+        )
+        == 0
+    )
     for name in ("heads.csv", "heads.md", "heads.png", "kendall.csv", "kendall.md", "attribution.json"):
         assert (out / name).is_file(), name
     changes = ["logodds_change", "abs_logodds_change", "majority_share_change", "acc_change"]
     patches = ["patch_logodds_change", "patch_restored", "patch_low", "patch_high"]
     heads = pd.read_csv(out / "heads.csv")
-    assert list(heads.columns) == ["layer", "head", "method", *changes, *(c + "_atp" for c in changes), *patches,
-                                   "patch_logodds_change_atp", "patch_restored_atp"]  # fmt: skip
+    assert list(heads.columns) == [
+        "layer",
+        "head",
+        "method",
+        *changes,
+        *(c + "_atp" for c in changes),
+        *patches,
+        "patch_logodds_change_atp",
+        "patch_restored_atp",
+    ]
     assert set(heads.method) == {"gd", "lcgd"} and len(heads) == 2 * (2 * 4 + 2 + 1)
     single = heads[heads["head"] != "all"]
     assert single.logodds_change_atp.notna().all() and (single.groupby("method").logodds_change.count() == 3).all()
@@ -416,8 +470,17 @@ def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
 
     # pooled over two runs by the kendall verb: intervals over runs and queries
     second, other = tmp_path / "run1", tmp_path / "attribution1"
-    compare(tiny, load_task("synth-sst2"), k=6, seed=1, lr=0.3, n_eval=10, baselines=("no_training",), out=second,
-            progress=False)  # fmt: skip
+    compare(
+        tiny,
+        load_task("synth-sst2"),
+        k=6,
+        seed=1,
+        lr=0.3,
+        n_eval=10,
+        baselines=("no_training",),
+        out=second,
+        progress=False,
+    )
     assert main(["attribute", str(second), "--out", str(other), "--kendall-queries", "4", "--estimate", "exact"]) == 0
     pooled = tmp_path / "kendall"
     assert main(["kendall", str(out), str(other), "--out", str(pooled)]) == 0
@@ -428,8 +491,22 @@ def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
     assert main(["kendall", str(out), str(out), "--out", str(tmp_path / "k2")]) == 2
     assert "not distinct runs" in capsys.readouterr().err and not (tmp_path / "k2").exists()
 
-    assert main(["attribute", str(saved), "--out", str(out), "--kendall-queries", "0", "--estimate", "exact",
-                 "--function-vectors"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "attribute",
+                str(saved),
+                "--out",
+                str(out),
+                "--kendall-queries",
+                "0",
+                "--estimate",
+                "exact",
+                "--function-vectors",
+            ]
+        )
+        == 0
+    )
     vectors = pd.read_csv(out / "fv_heads.csv")
     assert len(vectors) == tiny.cfg.n_layers * tiny.cfg.n_heads and vectors.in_vector.sum() == min(10, len(vectors))
     assert len(pd.read_csv(out / "fv_points.csv")) == tiny.cfg.n_layers + 1

@@ -29,8 +29,11 @@ def test_batched_heads_equal_one_forward_per_head(tiny, tiny_result, shape):
     """Every head of a layer in one batched forward equals, head by head, a plain TransformerLens forward of each
     unpadded ZS prompt with that head's z replaced."""
     model = {"tiny-icl": tiny, "llama": tiny_model(**LLAMA_LIKE), "gemma3": tiny_model(**GEMMA3_LIKE)}[shape]
-    episode = tiny_result.episode if shape == "tiny-icl" else compare(
-        model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode  # fmt: skip
+    episode = (
+        tiny_result.episode
+        if shape == "tiny-icl"
+        else compare(model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode
+    )
     rows, layer = [0, 1, 2], model.cfg.n_layers - 1 if shape != "gemma3" else 0  # Gemma's layer 0 is local
     batch = ZSBatch(model, episode, rows)
     source = torch.randn_like(batch.z[layer])
@@ -53,12 +56,19 @@ def test_a_change_at_the_prediction_position_runs_through_that_position_alone(ti
     """ICL's patching changes z at the prediction position only: running that position alone against the plain
     run's cached keys and values equals the whole prompts' batched run. ALiBi (tiny-icl) and a local window
     narrower than the prompts (Gemma-shaped, window 4) cannot run that way and say so."""
-    models = {"gpt2": lambda: tiny_model(), "llama": lambda: tiny_model(**LLAMA_LIKE), "tiny-icl": lambda: tiny,
-              "gemma3": lambda: tiny_model(**GEMMA3_LIKE),
-              "gemma3-wide-window": lambda: tiny_model(**(GEMMA3_LIKE | {"window_size": 64}))}  # fmt: skip
+    models = {
+        "gpt2": lambda: tiny_model(),
+        "llama": lambda: tiny_model(**LLAMA_LIKE),
+        "tiny-icl": lambda: tiny,
+        "gemma3": lambda: tiny_model(**GEMMA3_LIKE),
+        "gemma3-wide-window": lambda: tiny_model(**(GEMMA3_LIKE | {"window_size": 64})),
+    }
     model = models[shape]()
-    episode = tiny_result.episode if shape == "tiny-icl" else compare(
-        model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode  # fmt: skip
+    episode = (
+        tiny_result.episode
+        if shape == "tiny-icl"
+        else compare(model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode
+    )
     batch = ZSBatch(model, episode, [0, 1, 2, 4])
     assert batch.continues_at_prediction() == (shape not in ("tiny-icl", "gemma3"))
     if not batch.continues_at_prediction():
@@ -99,16 +109,21 @@ def test_the_estimate_is_the_derivative_of_the_exact_run(tiny, tiny_result, shap
     """Central differences of the exact batched run along (source − z), per head and class contrast, equal the
     first-order terms: the gradient reaches each head's z through every layer above it."""
     model = tiny if shape == "tiny-icl" else tiny_model(**GEMMA3_LIKE)
-    episode = tiny_result.episode if shape == "tiny-icl" else compare(
-        model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode  # fmt: skip
+    episode = (
+        tiny_result.episode
+        if shape == "tiny-icl"
+        else compare(model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode
+    )
     batch = ZSBatch(model, episode, [0, 1, 2, 3], gradients=True)
     generator = torch.Generator().manual_seed(0)
     for layer in range(model.cfg.n_layers):
         source = batch.z[layer] + torch.randn(batch.z[layer].shape, generator=generator)
         terms = batch.estimate(layer, source)  # [head, batch, class]
         step = 1e-2
-        up, down = (batch.run_heads(layer, range(model.cfg.n_heads), batch.z[layer] + s * (source - batch.z[layer]))
-                    for s in (step, -step))  # fmt: skip
+        up, down = (
+            batch.run_heads(layer, range(model.cfg.n_heads), batch.z[layer] + s * (source - batch.z[layer]))
+            for s in (step, -step)
+        )
         slope = ((up - down) / (2 * step)).double()
         contrast = lambda v: v[..., 1:] - v[..., :1]  # noqa: E731  (log-probs and logits differ by a per-row constant)
         scale = contrast(terms).abs().max()

@@ -28,9 +28,20 @@ def constructed_model() -> HookedTransformer:
     (#Positive − #Negative) / position along unembed(Positive) − unembed(Negative); head 1 writes nothing."""
     tokenizer = make_tokenizer()
     vocab = len(tokenizer)
-    cfg = HookedTransformerConfig(n_layers=1, d_model=vocab, n_heads=2, d_head=2, d_vocab=vocab, n_ctx=256,
-                                  attn_only=True, normalization_type=None, positional_embedding_type="standard",
-                                  act_fn="relu", dtype=torch.float64, device="cpu")  # fmt: skip
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=vocab,
+        n_heads=2,
+        d_head=2,
+        d_vocab=vocab,
+        n_ctx=256,
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        act_fn="relu",
+        dtype=torch.float64,
+        device="cpu",
+    )
     model = HookedTransformer(cfg, tokenizer)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -80,8 +91,14 @@ def test_the_shuffled_corruption_permutes_the_shown_labels():
 
 def test_ranking_agreement_by_hand():
     effects = torch.tensor([[0.9, 0.1], [0.5, 0.0]], dtype=torch.float64)
-    heads = pd.DataFrame({"layer": [0, 0, 1, 1, 0], "head": ["0", "1", "0", "1", "all"], "method": ["gd"] * 5,
-                          "abs_logodds_change": [0.2, 0.9, 0.8, 0.1, 5.0]})  # fmt: skip
+    heads = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1, 0],
+            "head": ["0", "1", "0", "1", "all"],
+            "method": ["gd"] * 5,
+            "abs_logodds_change": [0.2, 0.9, 0.8, 0.1, 5.0],
+        }
+    )
     row = ranking_agreement(effects, heads, top=2).iloc[0]
     assert row.overlap == 1 and row.chance_overlap == pytest.approx(1.0)  # {(0,0),(1,0)} against {(0,1),(1,0)}
     # ranks (1 = lowest) 4, 2, 3, 1 against 2, 4, 3, 1: Σd² = 8, rho = 1 − 6·8 / (4·15) = 0.2

@@ -93,8 +93,17 @@ def test_lenses_transfer_option(tiny, tmp_path, capsys):
     from iclgd_lens.cli import main
 
     run = tmp_path / "run"
-    compare(tiny, load_task("synth-sst2"), k=6, n_eval=6, lr=0.3, groups=("k", "v", "mlp_in"),
-            baselines=("no_training",), out=run, progress=False)  # fmt: skip
+    compare(
+        tiny,
+        load_task("synth-sst2"),
+        k=6,
+        n_eval=6,
+        lr=0.3,
+        groups=("k", "v", "mlp_in"),
+        baselines=("no_training",),
+        out=run,
+        progress=False,
+    )
     assert main(["lenses", str(run), "--out", str(tmp_path / "lenses"), "--transfer", "3", "--threads", "1"]) == 0
     table = pd.read_csv(tmp_path / "lenses" / "per_layer.csv")
     gains = table[table.measure == "transfer_gain_patch_mean"]

@@ -46,7 +46,7 @@ ARCHS = {
     "gpt2-like": dict(),
     "llama-like": dict(
         normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2
-    ),  # fmt: skip
+    ),
     "neox-like": dict(positional="rotary", parallel_attn_mlp=True),
     "gemma3-like": GEMMA3_LIKE,
 }
@@ -54,8 +54,9 @@ ARCHS = {
 
 def lens_subject(arch: str, **options) -> tuple[SubjectRuns, Result]:
     model = tiny_model(dtype=torch.float64, **ARCHS[arch])
-    result = compare(model, toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False,
-                     **options)  # fmt: skip
+    result = compare(
+        model, toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False, **options
+    )
     [subject] = subject_runs(model, result)
     return subject, result
 
@@ -96,8 +97,10 @@ def test_the_zs_block_under_the_implicit_update_is_the_icl_block(arch):
 def test_implicit_norms_against_materialised_updates():
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(4, 6, generator=generator, dtype=torch.float64)
-    a = {"W_in": torch.randn(4, 5, generator=generator, dtype=torch.float64),
-         "W_gate": torch.randn(4, 5, generator=generator, dtype=torch.float64)}  # fmt: skip
+    a = {
+        "W_in": torch.randn(4, 5, generator=generator, dtype=torch.float64),
+        "W_gate": torch.randn(4, 5, generator=generator, dtype=torch.float64),
+    }
     full = [torch.cat([torch.outer(u[i], a[k][i]) for k in a], 1) / u[i].dot(u[i]) for i in range(4)]
     per_query, mean = implicit_norms(u, a)
     torch.testing.assert_close(per_query, torch.stack([m.norm() for m in full]))
@@ -201,8 +204,9 @@ def test_a_task_vector_without_demonstrations_changes_nothing():
     into the query's ZS run leaves every point's answer as it was (the patch machinery adds nothing of its own)."""
     subject, result = lens_subject("gemma3-like")
     first = result.episode.queries[0]
-    episode = dataclasses.replace(result.episode, demos=(), queries=(first,), labels=result.episode.labels[:1],
-                                  dummy_queries=(first,))  # fmt: skip
+    episode = dataclasses.replace(
+        result.episode, demos=(), queries=(first,), labels=result.episode.labels[:1], dummy_queries=(first,)
+    )
     theta = task_vector(subject, episode)
     patched, plain = patched_runs(subject, episode, theta[None])
     # the recorded streams are float32: the patched value is the float64 stream rounded to float32
@@ -263,15 +267,16 @@ def test_lens_cross_pairs_say_whose_labels_moved_a_lens():
             "shift_cos",
             "shift_abs_cos",
             "shift_norm_ratio",
-        )  # fmt: skip
+        )
         for method in ("gd", "lcgd")
     }
     for name, value in same.items():
         torch.testing.assert_close(value, own[name], rtol=0, atol=0, equal_nan=True)
     moved = method_measures(cross_pair(trained, "shuffled", "true"), result.episode, 2)
     last = lambda setting, who: (who.readings[setting]["resid_post"][:, -1]).double()  # noqa: E731
-    by_hand = torch.nn.functional.cosine_similarity(last("icl", subject) - last("zs", subject),
-                                                    last("gd", control) - last("zs", subject), dim=-1)  # fmt: skip
+    by_hand = torch.nn.functional.cosine_similarity(
+        last("icl", subject) - last("zs", subject), last("gd", control) - last("zs", subject), dim=-1
+    )
     torch.testing.assert_close(moved["shift_cos_gd"][:, -1], by_hand)
     assert not torch.allclose(moved["shift_cos_gd"][:, -1], own["shift_cos_gd"][:, -1])
 
@@ -301,33 +306,55 @@ def test_the_structured_null_is_the_other_tasks_update_read_on_this_tasks_querie
     cosines are the lens's measures with that delta in place of this task's; a null of the same task, another k or
     another number of classes is refused in one line."""
     subject, result = lens_subject("llama-like")
-    null = compare(subject.model, other_toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1,
-                   progress=False)  # fmt: skip
+    null = compare(
+        subject.model, other_toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False
+    )
     other = other_task_subject(subject, result, null, batch_size=2)
     refit = run_method("gd", subject.model, null.episode, subject.contexts["gd"])
     for key, tensor in refit.tensors.items():
         torch.testing.assert_close(other.deltas["gd"].tensors[key], tensor, rtol=0, atol=0)
-    by_hand = SubjectRuns("by hand", subject.model, {"gd": refit},
-                          {**subject.readings, "gd": other.readings["gd"]}, {})  # fmt: skip
+    by_hand = SubjectRuns("by hand", subject.model, {"gd": refit}, {**subject.readings, "gd": other.readings["gd"]}, {})
     measured = method_measures(other, result.episode, 2)
     torch.testing.assert_close(
         measured["implicit_cos_gd"], method_measures(by_hand, result.episode, 2)["implicit_cos_gd"]
     )
     assert not torch.allclose(measured["implicit_cos_gd"], implicit_values(subject, result.episode)["implicit_cos_gd"])
-    zs_through_null = read_points(subject.model, result.episode.queries, result.episode.label_tokens, (result.episode.bos,),
-                                  ("resid_post",), "prediction", refit, 2, result.episode.bos)  # fmt: skip
+    zs_through_null = read_points(
+        subject.model,
+        result.episode.queries,
+        result.episode.label_tokens,
+        (result.episode.bos,),
+        ("resid_post",),
+        "prediction",
+        refit,
+        2,
+        result.episode.bos,
+    )
     torch.testing.assert_close(other.readings["gd"]["resid_post"], zs_through_null["resid_post"])
     check_null_result(result, null, subject.model)
     with pytest.raises(ValueError, match="the same task"):
         check_null_result(result, result, subject.model)
     with pytest.raises(ValueError, match="k 6 .this run's 4."):
-        check_null_result(result, compare(subject.model, other_toy_task(), k=6, n_eval=5, groups=("mlp_in",),
-                                          baselines=(), lr=0.1, progress=False), subject.model)  # fmt: skip
-    three = Task("toy-c", "Sentence: {sentence} Label:", ("Negative", "Positive", "Neutral"),
-                 [dict(r, label=i % 3) for i, r in enumerate(toy_rows(40, 7))], toy_rows(12, 8))  # fmt: skip
+        check_null_result(
+            result,
+            compare(
+                subject.model, other_toy_task(), k=6, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False
+            ),
+            subject.model,
+        )
+    three = Task(
+        "toy-c",
+        "Sentence: {sentence} Label:",
+        ("Negative", "Positive", "Neutral"),
+        [dict(r, label=i % 3) for i, r in enumerate(toy_rows(40, 7))],
+        toy_rows(12, 8),
+    )
     with pytest.raises(ValueError, match="3 classes .this task's 2."):
-        check_null_result(result, compare(subject.model, three, k=4, n_eval=5, groups=("mlp_in",), baselines=(),
-                                          lr=0.1, progress=False), subject.model)  # fmt: skip
+        check_null_result(
+            result,
+            compare(subject.model, three, k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False),
+            subject.model,
+        )
 
 
 def test_statistics_against_hand_computed_means():
@@ -354,8 +381,19 @@ def test_statistics_against_hand_computed_means():
 def two_runs(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("lenses")
     for seed in (0, 1):
-        compare(tiny, load_task("synth-sst2"), k=6, seed=seed, lr=0.3, n_eval=6, groups=("k", "v", "mlp_in"),
-                baselines=("no_training",), label_control="shuffled", out=root / f"run{seed}", progress=False)  # fmt: skip
+        compare(
+            tiny,
+            load_task("synth-sst2"),
+            k=6,
+            seed=seed,
+            lr=0.3,
+            n_eval=6,
+            groups=("k", "v", "mlp_in"),
+            baselines=("no_training",),
+            label_control="shuffled",
+            out=root / f"run{seed}",
+            progress=False,
+        )
     return root
 
 
@@ -376,8 +414,11 @@ def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys)
     assert set(paired.verdict) == {"too few runs"} and "implicit_cos_gd" in set(paired.measure)
     assert set(paired.baseline) == {"no_training", *controls}  # the label control and its cross pairs, paired
     crossed = paired[paired.baseline == "model [ICL true, FT shuffled]"]
-    assert set(crossed.measure) == {f"{stem}_{method}" for stem in ("implicit_cos", "implicit_abs_cos", "shift_cos",
-                                                                     "shift_abs_cos") for method in ("gd", "lcgd")}  # fmt: skip
+    assert set(crossed.measure) == {
+        f"{stem}_{method}"
+        for stem in ("implicit_cos", "implicit_abs_cos", "shift_cos", "shift_abs_cos")
+        for method in ("gd", "lcgd")
+    }
     about = json.loads((out / "lenses.json").read_text())
     assert about["runs"] == 2 and any("too few runs" in note for note in about["notes"])
     # the report's lenses section
@@ -405,8 +446,9 @@ def test_lenses_refuse_what_they_cannot_read(tiny, two_runs, tmp_path, capsys):
     assert main(["lenses", str(two_runs / "run0"), str(other), "--out", str(tmp_path / "x")]) == 2
     assert "are runs of one task that differ in n_eval 4 against" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    first_option = compare(tiny, load_task("synth-sst2"), k=6, n_eval=4, baselines=(), position="first_option",
-                           lr=0.3, progress=False)  # fmt: skip
+    first_option = compare(
+        tiny, load_task("synth-sst2"), k=6, n_eval=4, baselines=(), position="first_option", lr=0.3, progress=False
+    )
     with pytest.raises(ValueError, match="the lenses read the prediction position"):
         check_lens_result(first_option, tiny)
     capsys.readouterr()
@@ -425,8 +467,18 @@ def test_lenses_set_every_cosine_beside_the_other_tasks_null(tiny, two_runs, tmp
     nulls = []
     for seed in (0, 1):
         nulls.append(tmp_path / f"null{seed}")
-        compare(tiny, load_task("synth-subj"), k=6, seed=seed, lr=0.3, n_eval=6, groups=("k", "v", "mlp_in"),
-                baselines=(), out=nulls[-1], progress=False)  # fmt: skip
+        compare(
+            tiny,
+            load_task("synth-subj"),
+            k=6,
+            seed=seed,
+            lr=0.3,
+            n_eval=6,
+            groups=("k", "v", "mlp_in"),
+            baselines=(),
+            out=nulls[-1],
+            progress=False,
+        )
     out = tmp_path / "lenses"
     runs = [str(two_runs / "run0"), str(two_runs / "run1")]
     assert main(["lenses", *runs, "--out", str(out), "--baselines", "--null-runs", *map(str, nulls)]) == 0

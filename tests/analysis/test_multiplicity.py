@@ -87,13 +87,23 @@ def test_adjust_holms_each_primary_family_and_labels_the_rest_exploratory():
     adjusted = multiplicity.adjust(pd.DataFrame(rows, columns=VERDICT_COLUMNS))
     assert list(adjusted.family) == ["primary"] * 6 + ["exploratory"] * 2
     assert adjusted.adjusted_p[:3].tolist() == pytest.approx([0.012, 0.04, 0.04])
-    assert list(adjusted.adjusted_verdict) == ["above", "above", "below", "no difference shown", "borderline",
-                                               "no difference shown", "", ""]  # fmt: skip
+    assert list(adjusted.adjusted_verdict) == [
+        "above",
+        "above",
+        "below",
+        "no difference shown",
+        "borderline",
+        "no difference shown",
+        "",
+        "",
+    ]
     assert math.isnan(adjusted.adjusted_p[6])
 
 
 def test_adjust_says_too_few_runs_where_holm_cannot_be_met():
-    rows = [_row("t", "gd", "simaou_norm", b, "above", bootstrap.smallest_p(5), runs=5)
-            for b in ("no_training", "trained_norms", "trained_embeddings")]  # fmt: skip
+    rows = [
+        _row("t", "gd", "simaou_norm", b, "above", bootstrap.smallest_p(5), runs=5)
+        for b in ("no_training", "trained_norms", "trained_embeddings")
+    ]
     adjusted = multiplicity.adjust(pd.DataFrame(rows, columns=VERDICT_COLUMNS))
     assert set(adjusted.adjusted_verdict) == {"too few runs"}

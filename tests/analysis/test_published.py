@@ -11,12 +11,17 @@ TABLE2 = {
     "simam": (".59 .40 .49 .45 .48 .20", ".58 .39 .30 .27 .12 .04"),
     "simam_delta": (".15 .31 .14 .25 .50 .25", ".30 .33 .26 .32 .43 .38"),
 }
-TABLE1_SIMAOU = {"trained": ".05 .04 .17 .06 .11", "trained_embeddings": ".11 .06 .24 .20 .01",
-                 "trained_norms": ".09 .07 .18 .17 .04"}  # fmt: skip
+TABLE1_SIMAOU = {
+    "trained": ".05 .04 .17 .06 .11",
+    "trained_embeddings": ".11 .06 .24 .20 .01",
+    "trained_norms": ".09 .07 .18 .17 .04",
+}
 # The reference's committed baseline logs (GiilDe/ft-vs-icl 1952ce3), 3-run means of
 # "overall updates sim (icl-zs)&(ftzs-zs)", printed by code that normalises (Dai's SimAOU)
-BASELINE_LOG_MEANS = {"trained_norms": (0.0915, 0.0730, 0.1765, 0.1652, 0.0444),
-                      "trained_embeddings": (0.1140, 0.0620, 0.2464, 0.2019, 0.0117)}  # fmt: skip
+BASELINE_LOG_MEANS = {
+    "trained_norms": (0.0915, 0.0730, 0.1765, 0.1652, 0.0444),
+    "trained_embeddings": (0.1140, 0.0620, 0.2464, 0.2019, 0.0117),
+}
 
 
 def values(text: str) -> list[float]:

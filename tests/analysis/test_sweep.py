@@ -18,8 +18,26 @@ from iclgd_lens.cli import main
 from iclgd_lens.core.presets import DAI_LR_GRID
 from iclgd_lens.views.reproduction import TABLE_FILES
 
-SWEEP = ["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2,synth-mr", "--runs", "2", "--lr", "0.3",
-         "--k", "6", "--n-eval", "12", "--baselines", "no_training", "--threads", "1", "--quiet"]  # fmt: skip
+SWEEP = [
+    "reproduce",
+    "--model",
+    "tiny-icl",
+    "--tasks",
+    "synth-sst2,synth-mr",
+    "--runs",
+    "2",
+    "--lr",
+    "0.3",
+    "--k",
+    "6",
+    "--n-eval",
+    "12",
+    "--baselines",
+    "no_training",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def table_bytes(folder: Path) -> dict[str, bytes]:
@@ -63,12 +81,18 @@ def test_summary_recomputes_from_result_files(reference_sweep):
     summary = pd.read_csv(reference_sweep / "summary.csv")
     values = [
         json.loads((reference_sweep / "runs" / "synth-mr" / run / "result.json").read_text())["metrics"]["lcgd"][
-            "simaou"]["mean"] for run in ("seed0-perm0", "seed1-perm1")
-    ]  # fmt: skip
+            "simaou"
+        ]["mean"]
+        for run in ("seed0-perm0", "seed1-perm1")
+    ]
     mean = sum(values) / 2
     std = (sum((v - mean) ** 2 for v in values) / (2 - 1)) ** 0.5
-    row = summary[(summary.task == "synth-mr") & (summary.model == "trained") & (summary.method == "lcgd")
-                  & (summary.metric == "simaou")].iloc[0]  # fmt: skip
+    row = summary[
+        (summary.task == "synth-mr")
+        & (summary.model == "trained")
+        & (summary.method == "lcgd")
+        & (summary.metric == "simaou")
+    ].iloc[0]
     assert row["mean"] == pytest.approx(mean, rel=1e-5) and row["std"] == pytest.approx(std, rel=1e-5)
     assert row.ci_low <= row["mean"] <= row.ci_high and row.runs == 2
     verdicts = pd.read_csv(reference_sweep / "verdicts.csv")
@@ -76,8 +100,12 @@ def test_summary_recomputes_from_result_files(reference_sweep):
     assert list(versus.baseline) == ["no_training", "gd"] and set(versus.verdict) == {"too few runs"}
     # the csv holds 6 significant digits: baseline_mean ~0.1 is rounded by up to 5e-8
     assert versus.difference.iloc[0] == pytest.approx(mean - versus.baseline_mean.iloc[0], abs=2e-7)
-    gd = summary[(summary.task == "synth-mr") & (summary.model == "trained") & (summary.method == "gd")
-                 & (summary.metric == "simaou")].iloc[0]  # fmt: skip
+    gd = summary[
+        (summary.task == "synth-mr")
+        & (summary.model == "trained")
+        & (summary.method == "gd")
+        & (summary.metric == "simaou")
+    ].iloc[0]
     assert versus.baseline_mean.iloc[1] == pytest.approx(gd["mean"], rel=1e-5)  # LCGD − GD on the trained model
     assert "simam" not in set(verdicts.metric)  # SimAM after FT measures no update
 
@@ -147,8 +175,11 @@ def test_bad_sweep_options_fail_before_any_run(tmp_path, capsys):
 
 def test_paper_plan_uses_the_papers_seeds_and_learning_rates():
     plan = plan_runs(["sst2", "synth-cb", "rt-snippets"], "paper", "paper")
-    assert [(r.task, r.seed, r.permutation, r.lr) for r in plan[:3]] == [("sst2", 2, 0, 5e-4), ("sst2", 3, 1, 5e-4),
-                                                                          ("sst2", 4, 2, 5e-4)]  # fmt: skip
+    assert [(r.task, r.seed, r.permutation, r.lr) for r in plan[:3]] == [
+        ("sst2", 2, 0, 5e-4),
+        ("sst2", 3, 1, 5e-4),
+        ("sst2", 4, 2, 5e-4),
+    ]
     assert {(r.seed, r.lr) for r in plan if r.task == "synth-cb"} == {(3, 0.08), (4, 0.08), (5, 0.08)}
     assert {r.lr for r in plan if r.task == "rt-snippets"} == {PAPER_SETTINGS["mr"][1]}
     assert [r.lr for r in plan_runs(["trec"], "2", "search")] == [None, None]

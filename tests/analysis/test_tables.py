@@ -56,8 +56,10 @@ def test_a_draw_is_the_mean_over_its_drawn_runs_of_each_runs_resampled_statistic
     resampling = bootstrap.Resampling.draw(3, 6, draws=20, seed=4)
     statistics = resampling.statistics(runs)
     draw = int(np.argmax([len(set(r)) < 3 for r in resampling.runs]))  # a draw that repeats a run
-    by_hand = [reduce(torch.from_numpy(np.repeat(runs[run], resampling.counts[draw, slot].astype(int), axis=0)))["mean"]
-               for slot, run in enumerate(resampling.runs[draw])]  # fmt: skip
+    by_hand = [
+        reduce(torch.from_numpy(np.repeat(runs[run], resampling.counts[draw, slot].astype(int), axis=0)))["mean"]
+        for slot, run in enumerate(resampling.runs[draw])
+    ]
     assert len(set(resampling.runs[draw])) < 3
     assert statistics[draw] == pytest.approx(np.mean(by_hand), abs=1e-12)
 
@@ -75,8 +77,13 @@ def test_resampling_is_seeded_and_checks_its_runs():
 def _within_run_interval(runs: list[np.ndarray], draws: int, rng) -> tuple[float, float]:
     """The toolkit's former interval: each run's queries resampled on their own, the mean over runs, plain 2.5-97.5
     percentiles; the runs themselves are never resampled."""
-    statistics = np.mean([bootstrap.statistic(v, rng.multinomial(len(v), np.full(len(v), 1 / len(v)), size=draws)
-                                              .astype(float)) for v in runs], axis=0)  # fmt: skip
+    statistics = np.mean(
+        [
+            bootstrap.statistic(v, rng.multinomial(len(v), np.full(len(v), 1 / len(v)), size=draws).astype(float))
+            for v in runs
+        ],
+        axis=0,
+    )
     return tuple(np.percentile(statistics, [2.5, 97.5]))
 
 
@@ -135,8 +142,9 @@ def test_verdicts_table_compares_only_update_similarities_against_each_baseline(
             summary_rows.append(("t", model, "gd", metric, shift, 0.01, 5, math.nan, math.nan))
             spread = np.linspace(-0.01, 0.01, 4001)  # trained_norms' draws move against the trained model's
             draws[("t", model, "gd", metric)] = shift + (-spread if model == "trained_norms" else spread)
-    summary = pd.DataFrame(summary_rows, columns=["task", "model", "method", "metric", "mean", "std", "runs",
-                                                  "ci_low", "ci_high"])  # fmt: skip
+    summary = pd.DataFrame(
+        summary_rows, columns=["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
+    )
     verdicts = verdicts_table(summary, draws).set_index("baseline")
     assert set(verdicts.metric) == {"simaou"}  # SimAM after and before FT measure no update
     assert verdicts.loc["no_training", "verdict"] == "above"
@@ -155,8 +163,9 @@ def test_lcgd_is_set_against_gd_on_the_trained_model_paired():
             draws[("t", "trained", method, metric)] = mean + sign * spread  # wide, but the same draws on both sides
     summary_rows.append(("t", "trained", "lcgd", "alpha", 0.4, 0.1, 5, math.nan, math.nan))
     draws[("t", "trained", "lcgd", "alpha")] = 0.4 + spread
-    summary = pd.DataFrame(summary_rows, columns=["task", "model", "method", "metric", "mean", "std", "runs",
-                                                  "ci_low", "ci_high"])  # fmt: skip
+    summary = pd.DataFrame(
+        summary_rows, columns=["task", "model", "method", "metric", "mean", "std", "runs", "ci_low", "ci_high"]
+    )
     rows = methods_table(summary, draws)
     assert list(rows.metric) == ["simaou"]  # SimAM after FT measures no update; alpha has no GD counterpart
     row = rows.iloc[0]

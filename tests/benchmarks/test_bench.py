@@ -32,8 +32,15 @@ def test_naive_pipeline_agrees_with_compare_and_the_json_says_so(tmp_path):
     assert run["naive"]["seconds"] > run["naive"]["seconds_measured"] > 0
     assert written["speedup"] == pytest.approx(run["naive"]["seconds"] / run["toolkit"]["seconds"])
     assert 0 < run["toolkit"]["flop_floor_s"] and run["toolkit"]["peak_rss_bytes"] > written["model_bytes"]
-    assert set(run["naive"]["stages"]) == {"record zs", "record icl", "fit gd", "record gd", "fit lcgd",
-                                           "record lcgd", "metrics"}  # fmt: skip
+    assert set(run["naive"]["stages"]) == {
+        "record zs",
+        "record icl",
+        "fit gd",
+        "record gd",
+        "fit lcgd",
+        "record lcgd",
+        "metrics",
+    }
     assert run["fits"]["lcgd_over_gd"] == pytest.approx(run["fits"]["lcgd"]["seconds"] / run["fits"]["gd"]["seconds"])
 
 
@@ -90,11 +97,34 @@ def test_the_attribution_benchmark_writes_its_json_and_tables(tmp_path, capsys):
     from iclgd_lens import compare, load_model, load_task
 
     result = tmp_path / "result"
-    compare(load_model("tiny-icl"), load_task("synth-sst2"), k=4, lr=0.3, n_eval=6, baselines=("no_training",),
-            out=result, progress=False)  # fmt: skip
+    compare(
+        load_model("tiny-icl"),
+        load_task("synth-sst2"),
+        k=4,
+        lr=0.3,
+        n_eval=6,
+        baselines=("no_training",),
+        out=result,
+        progress=False,
+    )
     out = tmp_path / "attribution.json"
-    report = attribution.main(["--models", "tiny-icl", "--n-queries", "8", "--spearman-queries", "4", "--threads",
-                               "1", "--allow-busy", "--command-result", str(result), "--out", str(out)])  # fmt: skip
+    report = attribution.main(
+        [
+            "--models",
+            "tiny-icl",
+            "--n-queries",
+            "8",
+            "--spearman-queries",
+            "4",
+            "--threads",
+            "1",
+            "--allow-busy",
+            "--command-result",
+            str(result),
+            "--out",
+            str(out),
+        ]
+    )
     command = report["command"]
     assert list(command["kendall"]) == ["model", "zero_delta", "no_training"] and command["verify_top"] == 10
     assert command["seconds"] >= command["heads"] + sum(command["kendall"].values()) > 0

@@ -195,13 +195,22 @@ def test_every_hook_point_the_toolkit_names_fires_with_its_shape(folder):
     heads, kv_heads = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads
     pos = 7
     shapes = {
-        "resid_pre": (1, pos, cfg.d_model), "resid_mid": (1, pos, cfg.d_model), "resid_post": (1, pos, cfg.d_model),
-        "attn_out": (1, pos, cfg.d_model), "mlp_out": (1, pos, cfg.d_model),
-        "q": (1, pos, heads, cfg.d_head), "k": (1, pos, kv_heads, cfg.d_head), "v": (1, pos, kv_heads, cfg.d_head),
-        "z": (1, pos, heads, cfg.d_head), "attn_scores": (1, heads, pos, pos), "pattern": (1, heads, pos, pos),
-        "mlp_pre": (1, pos, cfg.d_mlp), "mlp_pre_linear": (1, pos, cfg.d_mlp), "mlp_post": (1, pos, cfg.d_mlp),
+        "resid_pre": (1, pos, cfg.d_model),
+        "resid_mid": (1, pos, cfg.d_model),
+        "resid_post": (1, pos, cfg.d_model),
+        "attn_out": (1, pos, cfg.d_model),
+        "mlp_out": (1, pos, cfg.d_model),
+        "q": (1, pos, heads, cfg.d_head),
+        "k": (1, pos, kv_heads, cfg.d_head),
+        "v": (1, pos, kv_heads, cfg.d_head),
+        "z": (1, pos, heads, cfg.d_head),
+        "attn_scores": (1, heads, pos, pos),
+        "pattern": (1, heads, pos, pos),
+        "mlp_pre": (1, pos, cfg.d_mlp),
+        "mlp_pre_linear": (1, pos, cfg.d_mlp),
+        "mlp_post": (1, pos, cfg.d_mlp),
         "pos_embed": (1, pos, cfg.d_model),
-    }  # fmt: skip
+    }
     absent = {"mlp_pre_linear"} if not cfg.gated_mlp else set()
     absent |= {"resid_mid"} if cfg.parallel_attn_mlp else set()
     absent |= {"pos_embed"} if cfg.positional_embedding_type != "standard" else set()

@@ -35,8 +35,9 @@ def test_keeps_what_hooked_transformer_keeps_and_redraws_the_rest(model, baselin
 
     trained = tl_parameters(model)
     fresh = tl_parameters(untrained_copy(model, baseline, seed=3))
-    keeps = {"no_training": lambda name: False, "trained_norms": _is_norm,
-             "trained_embeddings": _is_embedding_or_norm}[baseline]  # fmt: skip
+    keeps = {"no_training": lambda name: False, "trained_norms": _is_norm, "trained_embeddings": _is_embedding_or_norm}[
+        baseline
+    ]
     scale = 0.8 / math.sqrt(model.cfg.d_model)  # HookedTransformer's default for GPT-2, Llama and GPT-NeoX configs
     assert set(fresh) == set(trained)
     for name, tensor in fresh.items():

@@ -1,6 +1,8 @@
 """The command line on TransformerLens 4: compare (with its untrained baselines), reproduce, report, attribute (with
-Kendall) and lenses run, and the reference preset trains in fp16; what the bridge backend does not do (the baselines' fairseq
-initialisation) and baselines another backend drew are refused in one line before anything is written (`make test-tl4`)."""
+Kendall) and lenses run, and the reference preset trains in fp16; what the bridge backend does not do (the
+baselines' fairseq
+initialisation) and baselines another backend drew are refused in one line before anything is written (`make
+test-tl4`)."""
 
 from __future__ import annotations
 
@@ -36,8 +38,18 @@ def test_compare_with_baselines_then_report(run_with_baselines, tmp_path):
 
 def test_attribute_with_kendall_and_lenses_run(run_with_baselines, tmp_path):
     heads, lenses = tmp_path / "heads", tmp_path / "lenses"
-    argv = ["attribute", str(run_with_baselines), "--out", str(heads), "--model", MODEL, "--verify-top", "2",
-            "--kendall-queries", "4"]  # fmt: skip
+    argv = [
+        "attribute",
+        str(run_with_baselines),
+        "--out",
+        str(heads),
+        "--model",
+        MODEL,
+        "--verify-top",
+        "2",
+        "--kendall-queries",
+        "4",
+    ]
     assert main(argv) == 0
     kendall = (heads / "kendall.csv").read_text()
     assert all(subject in kendall for subject in ("model", "zero_delta", "no_training", "trained_embeddings"))
@@ -52,8 +64,10 @@ def test_baselines_drawn_under_transformer_lens_3_are_refused(run_with_baselines
     result = json.loads((copy / "result.json").read_text())
     result["config"]["versions"]["transformer-lens"] = "3.9.0"
     (copy / "result.json").write_text(json.dumps(result))
-    for argv in (["lenses", str(copy), "--out", str(tmp_path / "lenses")],
-                 ["attribute", str(copy), "--out", str(tmp_path / "heads")]):  # fmt: skip
+    for argv in (
+        ["lenses", str(copy), "--out", str(tmp_path / "lenses")],
+        ["attribute", str(copy), "--out", str(tmp_path / "heads")],
+    ):
         assert main([*argv, "--model", MODEL]) == 2
         error = capsys.readouterr().err.strip()
         assert "drawn under transformer-lens 3.9.0" in error and "\n" not in error
@@ -64,8 +78,28 @@ def test_baselines_drawn_under_transformer_lens_3_are_refused(run_with_baselines
 
 def test_reproduce_without_baselines(tmp_path):
     out = tmp_path / "sweep"
-    argv = ["reproduce", "--model", MODEL, "--tasks", "synth-sst2", "--runs", "5", "--lr", "0.05", "--k", "8",
-            "--n-eval", "8", "--baselines", "--out", str(out), "--jobs", "1", "--threads", "1"]  # fmt: skip
+    argv = [
+        "reproduce",
+        "--model",
+        MODEL,
+        "--tasks",
+        "synth-sst2",
+        "--runs",
+        "5",
+        "--lr",
+        "0.05",
+        "--k",
+        "8",
+        "--n-eval",
+        "8",
+        "--baselines",
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert main(argv) == 0
     tables = (out / "tables.md").read_text()
     assert "Revisited Table 2" in tables and "synth-sst2" in tables
@@ -75,8 +109,25 @@ def test_reference_preset_trains_in_float16(tmp_path):
     """fp16-mixed training (the reference preset's) on the bridge's float16 copy; its baselines' fairseq
     initialisation is HookedTransformer's only, so they are left out here."""
     out = tmp_path / "run"
-    argv = ["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8", "--n-eval", "8", "--lr", "0.05", "--quiet",
-            "--preset", "reference", "--baselines", "--out", str(out)]  # fmt: skip
+    argv = [
+        "compare",
+        "--model",
+        MODEL,
+        "--task",
+        "synth-sst2",
+        "--k",
+        "8",
+        "--n-eval",
+        "8",
+        "--lr",
+        "0.05",
+        "--quiet",
+        "--preset",
+        "reference",
+        "--baselines",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     config = json.loads((out / "result.json").read_text())["config"]
     assert (config["precision"], config["dtype"]) == ("fp16-mixed", "float16")
@@ -85,12 +136,16 @@ def test_reference_preset_trains_in_float16(tmp_path):
 @pytest.mark.parametrize(
     "argv, what",
     [
-        (["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8", "--init", "fairseq"],
-         "fairseq initialisation"),
-        (["reproduce", "--model", MODEL, "--tasks", "synth-sst2", "--k", "8", "--init", "fairseq"],
-         "fairseq initialisation"),
+        (
+            ["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8", "--init", "fairseq"],
+            "fairseq initialisation",
+        ),
+        (
+            ["reproduce", "--model", MODEL, "--tasks", "synth-sst2", "--k", "8", "--init", "fairseq"],
+            "fairseq initialisation",
+        ),
     ],
-)  # fmt: skip
+)
 def test_refused_in_one_line_before_anything_is_written(argv, what, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip()

@@ -16,8 +16,21 @@ from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.methods import available_methods, register_method, registered, unregister_method
 from iclgd_lens.sources.bundled import TINY_ICL_DIR
 
-RUN = ["--model", "tiny-icl", "--task", "synth-sst2", "--k", "4", "--lr", "0.3", "--n-eval", "4", "--threads", "1",
-       "--quiet"]  # fmt: skip
+RUN = [
+    "--model",
+    "tiny-icl",
+    "--task",
+    "synth-sst2",
+    "--k",
+    "4",
+    "--lr",
+    "0.3",
+    "--n-eval",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +104,7 @@ def refused(capsys, argv, message, root, out=None):
         "grid-unused",
         "heldout-unused",
         "lr-lcgd-range",
-    ],  # fmt: skip
+    ],
 )
 def test_compare_refuses_what_its_methods_cannot_use(folders, capsys, extra, message):
     out = folders / "bad"
@@ -100,8 +113,20 @@ def test_compare_refuses_what_its_methods_cannot_use(folders, capsys, extra, mes
 
 def test_reproduce_refuses_options_that_do_nothing(folders, capsys):
     out = folders / "bad-sweep"
-    sweep = ["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2", "--runs", "1", "--lr", "0.3", "--out",
-             str(out), "--quiet"]  # fmt: skip
+    sweep = [
+        "reproduce",
+        "--model",
+        "tiny-icl",
+        "--tasks",
+        "synth-sst2",
+        "--runs",
+        "1",
+        "--lr",
+        "0.3",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     refused(capsys, [*sweep, "--methods", "gd", "--lr-lcgd", "gd"], "--lr-lcgd sets LCGD's learning rate", folders, out)
     refused(capsys, [*sweep, "--lr-grid", "0.1"], "--lr-grid applies to a learning-rate search", folders, out)
 
@@ -139,19 +164,35 @@ def test_a_model_that_is_not_the_results_is_refused(folders, capsys, model, mess
         argv = [verb, str(folders / "run0"), "--out", str(out), "--model", str(folders / model), "--threads", "1"]
         refused(capsys, argv, message, folders, out)
     html = folders / "bad.html"
-    refused(capsys, ["report", str(folders / "run0"), "--html", str(html), "--model", str(folders / model)], message,
-            folders, html)  # fmt: skip
+    refused(
+        capsys,
+        ["report", str(folders / "run0"), "--html", str(html), "--model", str(folders / model)],
+        message,
+        folders,
+        html,
+    )
 
 
 def test_attribute_refuses_options_that_do_nothing(folders, capsys):
     out = folders / "bad-attribution"
     attribute = ["attribute", str(folders / "run0"), "--out", str(out), "--threads", "1"]
-    refused(capsys, [*attribute, "--estimate", "atp", "--verify-top", "5"], "--verify-top sets how many heads",
-            folders, out)  # fmt: skip
-    refused(capsys, [*attribute, "--kendall-queries", "0", "--kendall-method", "lcgd"],
-            "--kendall-method sets the finetuning Kendall compares with", folders, out)  # fmt: skip
-    refused(capsys, [*attribute, "--layers", "0", "2"], r"--layers \[2\] out of range: the result's model has 2 layers",
-            folders, out)  # fmt: skip
+    refused(
+        capsys, [*attribute, "--estimate", "atp", "--verify-top", "5"], "--verify-top sets how many heads", folders, out
+    )
+    refused(
+        capsys,
+        [*attribute, "--kendall-queries", "0", "--kendall-method", "lcgd"],
+        "--kendall-method sets the finetuning Kendall compares with",
+        folders,
+        out,
+    )
+    refused(
+        capsys,
+        [*attribute, "--layers", "0", "2"],
+        r"--layers \[2\] out of range: the result's model has 2 layers",
+        folders,
+        out,
+    )
     gd_only = ["attribute", str(folders / "gd-only"), "--out", str(out), "--kendall-method", "lcgd"]
     refused(capsys, gd_only, r"--kendall-method lcgd: the result ran \['gd'\] only", folders, out)
 
@@ -207,8 +248,7 @@ def test_registered_methods_options_are_checked_when_registered_and_when_a_compa
     ids=["not-a-number", "unknown-choice", "attribute-choice", "missing", "verb"],
 )
 def test_parser_errors_are_one_line(argv, message, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "iclgd_lens.cli", *argv], capture_output=True, text=True,
-                         cwd=tmp_path)  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "iclgd_lens.cli", *argv], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 2 and run.stdout == ""
     assert len(run.stderr.strip().splitlines()) == 1 and "usage:" not in run.stderr, run.stderr
     assert re.search(message, run.stderr) and "--help shows the usage" in run.stderr

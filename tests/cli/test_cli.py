@@ -222,10 +222,15 @@ def test_hub_names_offline_are_one_line_errors(workspace, tmp_path, argv, messag
 
 def test_help_lists_defaults_and_tasks_without_importing_torch():
     run = subprocess.run(
-        [sys.executable, "-c", "import sys; from iclgd_lens.cli import build_parser; build_parser(); "
-         "print(sorted(m for m in ('torch', 'transformer_lens', 'datasets', 'pandas') if m in sys.modules))"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from iclgd_lens.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformer_lens', 'datasets', 'pandas') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.stdout.strip() == "[]", run.stdout
     text = run_cli("compare", "--help").stdout
     assert "(default: 32)" in text and "synth-sst2" in text and "--preset {toolkit,reference}" in text
@@ -235,8 +240,11 @@ def test_help_lists_defaults_and_tasks_without_importing_torch():
 def test_dropped_demonstrations_warn_and_files_repeat(workspace, capsys):
     argv = args(workspace, "--baselines", "--methods", "gd", "--quiet", out="warned")
     argv[argv.index("--data-files") : argv.index("--data-files") + 3] = [
-        "--data-files", f"train={workspace / 'train.jsonl'}", "--data-files", f"validation={workspace / 'eval.jsonl'}"
-    ]  # fmt: skip
+        "--data-files",
+        f"train={workspace / 'train.jsonl'}",
+        "--data-files",
+        f"validation={workspace / 'eval.jsonl'}",
+    ]
     argv[argv.index("--k") + 1] = "30"  # 30 demonstrations of about 8 tokens overflow the 128-token context
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -247,8 +255,22 @@ def test_dropped_demonstrations_warn_and_files_repeat(workspace, capsys):
 
 
 def test_reference_preset_end_to_end(workspace, capsys):
-    assert main(args(workspace, "--preset", "reference", "--subset", "f2t", "--baselines", "trained_norms",
-                     "--quiet", out="reference")) == 0  # fmt: skip
+    assert (
+        main(
+            args(
+                workspace,
+                "--preset",
+                "reference",
+                "--subset",
+                "f2t",
+                "--baselines",
+                "trained_norms",
+                "--quiet",
+                out="reference",
+            )
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "preset reference: position 'first_option', separator 'eos', truncation 'reference'" in printed
     assert "f2t subset" in printed and "trained_norms/gd" in printed and "float16" in printed

@@ -155,8 +155,15 @@ def test_saved_deltas_reproduce_the_finetuned_records(saved):
     model, episode = tiny_model(), loaded.episode
     for method in ("gd", "lcgd"):
         assert loaded.deltas[method].tensors.keys() == result.deltas[method].tensors.keys()
-        again = record(model, episode.queries, episode.label_tokens, episode.zs_prefix, delta=loaded.deltas[method],
-                       batch_size=4, pad_token=episode.bos)  # fmt: skip
+        again = record(
+            model,
+            episode.queries,
+            episode.label_tokens,
+            episode.zs_prefix,
+            delta=loaded.deltas[method],
+            batch_size=4,
+            pad_token=episode.bos,
+        )
         torch.testing.assert_close(again.attn_out, result.records[method].attn_out, rtol=0, atol=1e-6)
         torch.testing.assert_close(again.scores, result.records[method].scores, rtol=0, atol=1e-6)
 
@@ -258,9 +265,17 @@ def test_first_option_position_and_o_group(tmp_path):
 
 def test_recompute_script_agrees_with_reference_arithmetic_and_f2t(tmp_path):
     compare(
-        tiny_model(), toy_task(), k=4, n_eval=8, lr=0.05, baselines=("trained_norms",), preset="reference",
-        subsets=("f2t",), progress=False, out=tmp_path / "reference",
-    )  # fmt: skip
+        tiny_model(),
+        toy_task(),
+        k=4,
+        n_eval=8,
+        lr=0.05,
+        baselines=("trained_norms",),
+        preset="reference",
+        subsets=("f2t",),
+        progress=False,
+        out=tmp_path / "reference",
+    )
     script = SCRIPTS / "recompute_metrics.py"
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "reference")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -314,8 +329,9 @@ def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
     from iclgd_lens.core.finetuning import fit
 
     model, task = tiny_model(), toy_task()
-    result = compare(model, task, k=4, seed=1, lr=0.05, lr_lcgd=0.2, n_eval=4, baselines=("no_training",),
-                     progress=False)  # fmt: skip
+    result = compare(
+        model, task, k=4, seed=1, lr=0.05, lr_lcgd=0.2, n_eval=4, baselines=("no_training",), progress=False
+    )
     assert (result.config["lr"], result.config["lr_lcgd"]) == (0.05, 0.2)
     assert (result.lr_of("gd"), result.lr_of("lcgd")) == (0.05, 0.2)
     episode = result.episode
@@ -335,8 +351,19 @@ def test_a_gemma_shaped_result_keeps_its_attention_output(tmp_path):
     """Gemma 3 normalises the attention output before the residual add, so attn_out is not W_O·z + b_O: the recording
     reads it at hook_attn_out and the folder stores it; the scores are still packed, and all loads back exactly."""
     model = tiny_model(**GEMMA3_LIKE)
-    result = compare(model, toy_task(), k=4, seed=1, lr=0.05, n_eval=6, batch_size=4, baselines=("no_training",),
-                     groups=("q", "k", "v"), out=tmp_path / "gemma", progress=False)  # fmt: skip
+    result = compare(
+        model,
+        toy_task(),
+        k=4,
+        seed=1,
+        lr=0.05,
+        n_eval=6,
+        batch_size=4,
+        baselines=("no_training",),
+        groups=("q", "k", "v"),
+        out=tmp_path / "gemma",
+        progress=False,
+    )
     with safe_open(tmp_path / "gemma" / "records.safetensors", "pt") as file:
         assert json.loads(file.metadata()["derived"]) == []
         assert set(json.loads(file.metadata()["packed"])) == set(result.records)
@@ -357,8 +384,9 @@ def test_rounding_level_layers_are_left_out_of_the_score_update_means(tmp_path):
     independent script apply the same rule."""
     from iclgd_lens.analysis.protocol.bootstrap import query_values
 
-    result = compare(tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False,
-                     out=tmp_path / "r")  # fmt: skip
+    result = compare(
+        tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False, out=tmp_path / "r"
+    )
     assert result.scores["model"].resolution["icl"]["scores"][0] > 0.5  # the premise: layer 0 is rounding
     delta = result.metrics["gd"]["simam_delta"]
     assert delta["rounding_layers"] == [0] and math.isnan(delta["per_layer"][0])
@@ -366,9 +394,11 @@ def test_rounding_level_layers_are_left_out_of_the_score_update_means(tmp_path):
     assert result.metrics["alpha"]["rounding_layers"] == [] and not math.isnan(result.metrics["alpha"]["per_layer"][0])
     assert any("simam_delta: layers [0] left out of the means" in note for note in result.scores["model"].notes)
     assert np.isnan(query_values(result)["simam_delta"][:, 0]).all()
-    run = subprocess.run([sys.executable, str(SCRIPTS / "recompute_metrics.py"), str(tmp_path / "r")],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(SCRIPTS / "recompute_metrics.py"), str(tmp_path / "r")], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
-    reference = compare(tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False,
-                        arithmetic="reference")  # fmt: skip
+    reference = compare(
+        tiny_model(positional="rotary"), toy_task(), k=4, n_eval=6, baselines=(), progress=False, arithmetic="reference"
+    )
     assert reference.metrics["gd"]["simam_delta"]["rounding_layers"] == []  # the reference averages every value in

@@ -34,7 +34,10 @@ def test_build_replaces_fields_of_a_given_config():
 
 
 def test_config_importing_no_torch():
-    code = "import sys; from iclgd_lens.core.config import CompareConfig; CompareConfig(k=4); print('torch' in sys.modules)"
+    code = (
+        "import sys; from iclgd_lens.core.config import CompareConfig; CompareConfig(k=4); "
+        "print('torch' in sys.modules)"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"

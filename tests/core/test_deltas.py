@@ -68,8 +68,12 @@ def test_a_post_mlp_norm_scale_change_through_hooks_equals_the_edited_scale():
     equals the edited weight, with an MLP input change beside it."""
     model = tiny_model(**ARCHS["gemma3-like"])
     generator = torch.Generator().manual_seed(1)
-    delta = Delta({"blocks.1.ln2_post.w": torch.randn(model.cfg.d_model, generator=generator),
-                   "blocks.0.mlp.W_in": 0.1 * torch.randn(model.cfg.d_model, model.cfg.d_mlp, generator=generator)})  # fmt: skip
+    delta = Delta(
+        {
+            "blocks.1.ln2_post.w": torch.randn(model.cfg.d_model, generator=generator),
+            "blocks.0.mlp.W_in": 0.1 * torch.randn(model.cfg.d_model, model.cfg.d_mlp, generator=generator),
+        }
+    )
     _, batches = episode_tokens(model)
     edited = edited_copy(model, delta)
     for tokens in batches:
@@ -88,8 +92,9 @@ def test_the_recorded_attention_output_is_the_edited_models(arch):
     assert derives_attn_out(model) is not post_normed
     delta = random_delta(model, ("q", "k", "v") if post_normed else tuple(PARAMETER_GROUPS))
     episode, _ = episode_tokens(model)
-    recorded = record(model, episode.queries, episode.label_tokens, episode.icl_prefix, delta=delta,
-                      pad_token=episode.bos)  # fmt: skip
+    recorded = record(
+        model, episode.queries, episode.label_tokens, episode.icl_prefix, delta=delta, pad_token=episode.bos
+    )
     edited = edited_copy(model, delta)
     for i, query in enumerate(episode.queries):
         _, cache = edited.run_with_cache(torch.tensor([[*episode.icl_prefix, *query]]))

@@ -11,8 +11,7 @@ from tests.helpers import make_tokenizer, tiny_model, toy_task
 
 
 def episode(control=None, seed=3, task=None):
-    return build_episode(task or toy_task(), make_tokenizer(), 256, k=10, seed=seed, n_eval=6,
-                         label_control=control)  # fmt: skip
+    return build_episode(task or toy_task(), make_tokenizer(), 256, k=10, seed=seed, n_eval=6, label_control=control)
 
 
 def strip_label(demo, label_tokens, label):
@@ -57,8 +56,18 @@ def test_shown_labels_by_hand():
 
 def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     model = tiny_model()
-    result = compare(model, toy_task(), k=10, seed=3, n_eval=6, baselines=("trained_norms",), lr=0.1,
-                     label_control="shuffled", out=tmp_path / "run", progress=False)  # fmt: skip
+    result = compare(
+        model,
+        toy_task(),
+        k=10,
+        seed=3,
+        n_eval=6,
+        baselines=("trained_norms",),
+        lr=0.1,
+        label_control="shuffled",
+        out=tmp_path / "run",
+        progress=False,
+    )
     control = result.controls["shuffled"]
     assert control.config["demonstration_labels"] == "shuffled" and result.config["demonstration_labels"] == "true"
     assert result.config["label_control"] == "shuffled"
@@ -113,8 +122,9 @@ def test_cross_pairs_say_whose_labels_moved_a_similarity():
 
     from iclgd_lens.core import metrics as M
 
-    result = compare(tiny_model(), toy_task(), k=10, seed=3, n_eval=6, baselines=(), lr=0.1,
-                     label_control="shuffled", progress=False)  # fmt: skip
+    result = compare(
+        tiny_model(), toy_task(), k=10, seed=3, n_eval=6, baselines=(), lr=0.1, label_control="shuffled", progress=False
+    )
     control = result.controls["shuffled"]
     control.records["icl"] = result.records["icl"]  # ICL ignores the labels
     zs, icl = result.records["zs"], result.records["icl"]
@@ -136,9 +146,29 @@ def test_cross_pairs_say_whose_labels_moved_a_similarity():
 def test_a_sweep_with_a_label_control_resumes_without_rerunning(tmp_path, capsys):
     from iclgd_lens.cli import main
 
-    sweep = ["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2", "--runs", "1", "--lr", "0.3", "--k", "6",
-             "--n-eval", "6", "--baselines", "--label-control", "reversed", "--threads", "1", "--quiet", "--out",
-             str(tmp_path / "sweep")]  # fmt: skip
+    sweep = [
+        "reproduce",
+        "--model",
+        "tiny-icl",
+        "--tasks",
+        "synth-sst2",
+        "--runs",
+        "1",
+        "--lr",
+        "0.3",
+        "--k",
+        "6",
+        "--n-eval",
+        "6",
+        "--baselines",
+        "--label-control",
+        "reversed",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "sweep"),
+    ]
     assert main(sweep) == 0
     capsys.readouterr()
     assert main(sweep) == 0

@@ -35,8 +35,13 @@ def test_heldout_rows_are_train_rows_that_are_not_demonstrations():
 
 def test_search_never_reads_the_eval_set(tiny):
     task = load_task("synth-sst2")
-    flipped = Task(task.name, task.template, task.label_words, task.train,
-                   [{**row, "label": 1 - row["label"]} for row in task.eval])  # fmt: skip
+    flipped = Task(
+        task.name,
+        task.template,
+        task.label_words,
+        task.train,
+        [{**row, "label": 1 - row["label"]} for row in task.eval],
+    )
     grid = (0.03, 0.3, 3.0)
     first = search_lr(tiny, task, grid, k=8, seed=0, n_heldout=24)
     second = search_lr(tiny, flipped, grid, k=8, seed=0, n_heldout=24)

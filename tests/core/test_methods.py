@@ -33,8 +33,17 @@ def registered():
 
 def test_a_registered_method_runs_through_compare_and_records_its_options(registered, tmp_path):
     model = tiny_model()
-    result = compare(model, toy_task(), k=4, n_eval=6, lr=0.1, methods=("gd", registered), baselines=("no_training",),
-                     out=tmp_path / "run", progress=False)  # fmt: skip
+    result = compare(
+        model,
+        toy_task(),
+        k=4,
+        n_eval=6,
+        lr=0.1,
+        methods=("gd", registered),
+        baselines=("no_training",),
+        out=tmp_path / "run",
+        progress=False,
+    )
     assert result.config["method_options"] == {"gd": {}, registered: {"scale": 0.5}}
     for name, gd in result.deltas["gd"].tensors.items():
         torch.testing.assert_close(result.deltas[registered].tensors[name], 0.5 * gd)
@@ -44,9 +53,35 @@ def test_a_registered_method_runs_through_compare_and_records_its_options(regist
 
 def test_a_registered_method_runs_through_reproduce_and_its_tables(registered, tmp_path):
     out = tmp_path / "sweep"
-    assert main(["reproduce", "--model", "tiny-icl", "--tasks", "synth-sst2", "--runs", "1", "--lr", "0.3", "--k", "6",
-                 "--n-eval", "8", "--baselines", "--methods", "gd", registered, "--threads", "1", "--quiet",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "reproduce",
+                "--model",
+                "tiny-icl",
+                "--tasks",
+                "synth-sst2",
+                "--runs",
+                "1",
+                "--lr",
+                "0.3",
+                "--k",
+                "6",
+                "--n-eval",
+                "8",
+                "--baselines",
+                "--methods",
+                "gd",
+                registered,
+                "--threads",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = pd.read_csv(out / "summary.csv")
     assert registered in set(summary.method)
     assert registered in (out / "tables.md").read_text()
@@ -66,8 +101,16 @@ def test_a_delta_of_the_wrong_shape_or_parameters_is_refused_before_anything_is_
         register_method("broken", fn)
         try:
             with pytest.raises(ValueError, match=message):
-                compare(tiny_model(), toy_task(), k=4, n_eval=4, methods=("broken",), baselines=(),
-                        out=tmp_path / "x", progress=False)  # fmt: skip
+                compare(
+                    tiny_model(),
+                    toy_task(),
+                    k=4,
+                    n_eval=4,
+                    methods=("broken",),
+                    baselines=(),
+                    out=tmp_path / "x",
+                    progress=False,
+                )
         finally:
             unregister_method("broken")
         assert not (tmp_path / "x").exists()
@@ -119,8 +162,17 @@ def test_the_adam_step_is_adams_first_step_and_epochs_repeat_the_demonstrations(
 
 def test_the_built_in_variants_are_registered_with_their_options(tmp_path):
     assert {"gd", "lcgd", "lcgd-normalised", "gd-adam"} <= set(available_methods())
-    result = compare(tiny_model(), toy_task(), k=4, n_eval=4, lr=0.01, methods=("lcgd-normalised", "gd-adam"),
-                     baselines=(), out=tmp_path / "run", progress=False)  # fmt: skip
+    result = compare(
+        tiny_model(),
+        toy_task(),
+        k=4,
+        n_eval=4,
+        lr=0.01,
+        methods=("lcgd-normalised", "gd-adam"),
+        baselines=(),
+        out=tmp_path / "run",
+        progress=False,
+    )
     options = json.loads((tmp_path / "run" / "result.json").read_text())["config"]["method_options"]
     assert options == {"lcgd-normalised": {}, "gd-adam": {"epochs": 3, "betas": [0.9, 0.999]}}
     norms = result.scores["model"].update_norm["lcgd-normalised"]["per_layer"]

@@ -192,9 +192,17 @@ def test_fp16_mixed_fit_matches_an_explicit_fairseq_style_loop():
 
 def test_reference_preset_records_every_resolved_choice(tmp_path):
     result = compare(
-        tiny_model(), toy_task(), k=4, lr=0.05, n_eval=4, baselines=("trained_norms",), preset="reference",
-        position="prediction", subsets=("f2t",), progress=False,
-    )  # fmt: skip
+        tiny_model(),
+        toy_task(),
+        k=4,
+        lr=0.05,
+        n_eval=4,
+        baselines=("trained_norms",),
+        preset="reference",
+        position="prediction",
+        subsets=("f2t",),
+        progress=False,
+    )
     config = result.config
     expected = PRESETS["reference"].to_dict() | {"position": "prediction"}
     assert {name: config[name] for name in expected} == expected

@@ -117,8 +117,17 @@ def test_compare_matches_every_baseline_on_a_small_random_llama():
 
 
 def test_the_papers_way_is_one_option_away(tiny):
-    result = compare(tiny, load_task("synth-sst2"), k=8, n_eval=8, lr=0.3, baseline_lr="paper", lr_lcgd="gd",
-                     baselines=("no_training",), progress=False)  # fmt: skip
+    result = compare(
+        tiny,
+        load_task("synth-sst2"),
+        k=8,
+        n_eval=8,
+        lr=0.3,
+        baseline_lr="paper",
+        lr_lcgd="gd",
+        baselines=("no_training",),
+        progress=False,
+    )
     assert result.scores["no_training"].lr == {"gd": 0.3, "lcgd": 0.3} == result.scores["model"].lr
     assert result.config["lr_lcgd_rule"] == "gd" and result.config["baseline_lr"] == "paper"
 
@@ -144,8 +153,18 @@ def test_searched_baselines_take_their_own_held_out_search(tiny, tmp_path):
     from iclgd_lens.core.lr_search import search_lr
 
     task, grid = load_task("synth-sst2"), (0.003, 0.03, 0.3, 3.0)
-    result = compare(tiny, task, k=8, n_eval=8, lr=0.3, baselines=("no_training",), baseline_lr="searched",
-                     lr_grid=grid, n_heldout=16, progress=False)  # fmt: skip
+    result = compare(
+        tiny,
+        task,
+        k=8,
+        n_eval=8,
+        lr=0.3,
+        baselines=("no_training",),
+        baseline_lr="searched",
+        lr_grid=grid,
+        n_heldout=16,
+        progress=False,
+    )
     copy = untrained_copy(tiny, "no_training", 0, "transformer_lens")
     for method in ("gd", "lcgd"):
         chosen = search_lr(copy, task, grid, 8, 0, 0, n_heldout=16, method=method)["chosen"]

@@ -176,9 +176,15 @@ def test_an_architecture_transformer_lens_cannot_build_from_a_folder_is_one_line
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = Gemma3TextConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
-        intermediate_size=64, vocab_size=VOCAB, sliding_window=4,
-    )  # fmt: skip
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        sliding_window=4,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     make_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(

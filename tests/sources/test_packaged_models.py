@@ -142,8 +142,15 @@ def test_with_the_hub_the_original_checkpoint_is_loaded(tmp_path, monkeypatch):
     import huggingface_hub
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, max_position_embeddings=64, vocab_size=len(make_tokenizer()))  # fmt: skip
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        vocab_size=len(make_tokenizer()),
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "snapshot")
     make_tokenizer().save_pretrained(tmp_path / "snapshot")
     asked = []

@@ -11,6 +11,15 @@ def saved(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("views")
     task = load_task("synth-sst2")
     for seed in (0, 1):
-        compare(tiny, task, k=6, seed=seed, lr=0.3, n_eval=8, baselines=("no_training",), out=root / f"s{seed}",
-                progress=False)  # fmt: skip
+        compare(
+            tiny,
+            task,
+            k=6,
+            seed=seed,
+            lr=0.3,
+            n_eval=8,
+            baselines=("no_training",),
+            out=root / f"s{seed}",
+            progress=False,
+        )
     return root

@@ -20,16 +20,29 @@ def test_report_renders_offline_in_chromium(saved, tmp_path):
     text = html.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)  # no remote script, style or image
     assert "<link" not in text and text.count("var CircuitsVis=") == 1
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=8000",
+    ]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     rendered = re.sub(r"<script.*?</script>", "", dom.stdout, flags=re.S)  # the bundle's own text left out
     assert "Head Selector" in rendered  # circuitsvis rendered its component into the page
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)[..., :3]

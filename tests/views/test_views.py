@@ -48,8 +48,10 @@ def test_views_from_a_saved_folder(tiny, saved):
 
 def test_plots_from_saved_folders(saved, tmp_path):
     results = [Result.load(saved / f"s{seed}") for seed in (0, 1)]
-    for name, fig in (("curves.svg", per_layer_plot(results, "simam_delta")),
-                      ("heads.png", head_heatmaps(results[0], methods=("gd", "lcgd", "no_training/gd")))):  # fmt: skip
+    for name, fig in (
+        ("curves.svg", per_layer_plot(results, "simam_delta")),
+        ("heads.png", head_heatmaps(results[0], methods=("gd", "lcgd", "no_training/gd"))),
+    ):
         save_figure(fig, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 5000
     svg = (tmp_path / "curves.svg").read_text()

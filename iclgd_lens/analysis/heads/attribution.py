@@ -84,12 +84,23 @@ def with_queries(result: Result, rows: Sequence[int]) -> Result:
     the whole result's: read no summary from it)."""
     keep = torch.zeros(len(result.labels), dtype=torch.bool)
     keep[list(rows)] = True
-    episode = replace(result.episode, queries=tuple(result.episode.queries[i] for i in rows),
-                      query_rows=tuple(result.episode.query_rows[i] for i in rows),
-                      labels=tuple(result.episode.labels[i] for i in rows))  # fmt: skip
+    episode = replace(
+        result.episode,
+        queries=tuple(result.episode.queries[i] for i in rows),
+        query_rows=tuple(result.episode.query_rows[i] for i in rows),
+        labels=tuple(result.episode.labels[i] for i in rows),
+    )
     records = {name: record.select(keep) for name, record in result.records.items()}
-    return Result(result.config, result.scores, records, result.W_O, result.labels[list(rows)], episode, result.deltas,
-                  b_O=result.b_O)  # fmt: skip
+    return Result(
+        result.config,
+        result.scores,
+        records,
+        result.W_O,
+        result.labels[list(rows)],
+        episode,
+        result.deltas,
+        b_O=result.b_O,
+    )
 
 
 def _layers(model: LensModel, layers: Sequence[int] | None) -> list[int]:
@@ -111,12 +122,12 @@ def _first_token_record(model, episode: Episode, prefix, batch_size: int) -> Ten
     return record(model, episode.queries, firsts, prefix, "prediction", None, batch_size, episode.bos).label_logprobs
 
 
-def majority_share(predicted: Int[Tensor, "n"], n_classes: int) -> float:
+def majority_share(predicted: Int[Tensor, " n"], n_classes: int) -> float:
     """The share of queries answered with the most-answered class."""
     return float(torch.bincount(predicted, minlength=n_classes).max() / len(predicted))
 
 
-def change_against(logprobs: Float[Tensor, "n class"], zs: Float[Tensor, "n class"], labels: Int[Tensor, "n"]) -> dict:
+def change_against(logprobs: Float[Tensor, "n class"], zs: Float[Tensor, "n class"], labels: Int[Tensor, " n"]) -> dict:
     """logodds_change (signed mean), abs_logodds_change, majority_share_change, acc_change: `logprobs` against ZS."""
     odds, zs_odds = logodds(logprobs, labels), logodds(zs, labels)
     predicted, zs_predicted = logprobs.argmax(1), zs.argmax(1)
@@ -241,8 +252,11 @@ def _delta_frame(method: str, subject: _Subject, zs: Tensor, zs_logits: Tensor, 
         exact, approx = subject.exact.get(key), subject.approx.get(key)
         row |= dict.fromkeys(CHANGES, float("nan")) if exact is None else change_against(exact, zs, labels)
         if subject.approx:  # an estimate was asked for
-            row |= dict.fromkeys(ATP_CHANGES, float("nan")) if approx is None else {
-                name + ATP: value for name, value in change_against(approx, zs_logits, labels).items()}  # fmt: skip
+            row |= (
+                dict.fromkeys(ATP_CHANGES, float("nan"))
+                if approx is None
+                else {name + ATP: value for name, value in change_against(approx, zs_logits, labels).items()}
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -352,13 +366,22 @@ def _patch_frame(
         if key in subject.exact:
             odds = logodds(subject.exact[key], labels)
             low, high = percentile_interval(restored_share(odds, zs, icl, counts).numpy(), (1 - LEVEL) / 2)
-            row |= {"patch_logodds_change": float(odds.mean() - zs.mean()),
-                    "patch_restored": float(restored_share(odds, zs, icl)), "patch_low": low, "patch_high": high}  # fmt: skip
+            row |= {
+                "patch_logodds_change": float(odds.mean() - zs.mean()),
+                "patch_restored": float(restored_share(odds, zs, icl)),
+                "patch_low": low,
+                "patch_high": high,
+            }
         if subject.approx:  # an estimate was asked for
             odds = logodds(subject.approx[key], labels) if key in subject.approx else None
-            row |= {f"patch_logodds_change{ATP}": float("nan"), f"patch_restored{ATP}": float("nan")} if odds is None \
-                else {f"patch_logodds_change{ATP}": float(odds.mean() - zs_approx.mean()),
-                      f"patch_restored{ATP}": float(restored_share(odds, zs_approx, icl))}  # fmt: skip
+            row |= (
+                {f"patch_logodds_change{ATP}": float("nan"), f"patch_restored{ATP}": float("nan")}
+                if odds is None
+                else {
+                    f"patch_logodds_change{ATP}": float(odds.mean() - zs_approx.mean()),
+                    f"patch_restored{ATP}": float(restored_share(odds, zs_approx, icl)),
+                }
+            )
         rows.append(row)
     effect = float(icl.mean() - zs.mean())
     totals = {"zs": float(zs.mean()), "icl": float(icl.mean()), "icl_effect": effect, "min_icl_effect": MIN_ICL_EFFECT}
@@ -367,12 +390,14 @@ def _patch_frame(
             odds = logodds(subject.exact[key], labels)
             totals |= {name: float(odds.mean()), f"{name}_restored": float(restored_share(odds, zs, icl))}
     if abs(effect) < MIN_ICL_EFFECT:
-        totals["note"] = (f"the ICL effect on the mean label log-odds is {effect:.3g}, below {MIN_ICL_EFFECT}: no "
-                          "restored share is computed (NaN)")  # fmt: skip
+        totals["note"] = (
+            f"the ICL effect on the mean label log-odds is {effect:.3g}, below {MIN_ICL_EFFECT}: no "
+            "restored share is computed (NaN)"
+        )
     return pd.DataFrame(rows), totals
 
 
-def _icl_logodds(model: LensModel, result: Result, batch_size: int) -> Float[Tensor, "n"]:
+def _icl_logodds(model: LensModel, result: Result, batch_size: int) -> Float[Tensor, " n"]:
     return logodds(_first_token_record(model, result.episode, result.episode.icl_prefix, batch_size), result.labels)
 
 
@@ -423,8 +448,9 @@ def attribution_table(
     patching = _patch_subject(model, result)
     deltas = {method: _delta_subject(model, result, method, layers, estimate) for method in methods}
     with frozen_parameters(model), projections_laid_out_once():  # gradients are taken with respect to z only
-        zs, zs_logits = _per_head(model, result.episode, layers, batch_size, estimate, verify_top,
-                                  [patching, *deltas.values()])  # fmt: skip
+        zs, zs_logits = _per_head(
+            model, result.episode, layers, batch_size, estimate, verify_top, [patching, *deltas.values()]
+        )
         icl_logodds = _icl_logodds(model, result, batch_size)
     patches, totals = _patch_frame(patching, zs, zs_logits, result.labels, icl_logodds)
     frames = [_delta_frame(method, subject, zs, zs_logits, result.labels) for method, subject in deltas.items()]

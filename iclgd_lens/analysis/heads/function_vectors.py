@@ -119,7 +119,7 @@ def indirect_effects(
 
 def function_vector(
     model: LensModel, effects: Float[Tensor, "layer head"], mean_z: Tensor, n_heads: int = N_HEADS
-) -> tuple[Float[Tensor, "d_model"], list[tuple[int, int]]]:
+) -> tuple[Float[Tensor, " d_model"], list[tuple[int, int]]]:
     """v = Σ ā_lh over the `n_heads` heads of highest AIE (ā = z̄·W_O of that head), and those heads."""
     order = torch.argsort(effects.flatten(), descending=True)[:n_heads]
     heads = [(int(i) // model.cfg.n_heads, int(i) % model.cfg.n_heads) for i in order]
@@ -130,7 +130,7 @@ def function_vector(
 
 @torch.no_grad()
 def function_vector_accuracy(
-    model: LensModel, episode: Episode, vector: Float[Tensor, "d_model"], batch_size: int = 8
+    model: LensModel, episode: Episode, vector: Float[Tensor, " d_model"], batch_size: int = 8
 ) -> Float[Tensor, "n point"]:
     """Whether each zero-shot prompt answers correctly with `vector` added at the prediction position entering
     layer l (point l), or after the last layer (point L)."""
@@ -166,8 +166,15 @@ def ranking_agreement(effects: Float[Tensor, "layer head"], heads: pd.DataFrame,
         attributed = score.to_numpy(dtype=np.float64)
         fv_top = {keys[i] for i in np.argsort(-aie, kind="stable")[:top]}
         attr_top = {keys[i] for i in np.argsort(-attributed, kind="stable")[:top]}
-        rows.append({"method": method, "top": top, "overlap": len(fv_top & attr_top),
-                     "chance_overlap": top * top / len(keys), "spearman": spearmanr(aie, attributed).statistic})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "top": top,
+                "overlap": len(fv_top & attr_top),
+                "chance_overlap": top * top / len(keys),
+                "spearman": spearmanr(aie, attributed).statistic,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -181,10 +188,25 @@ def function_vector_tables(model: LensModel, result: Result, heads: pd.DataFrame
     vector, top = function_vector(model, effects, mean_z)
     correct = function_vector_accuracy(model, episode, vector, batch_size)
     accuracy = result.scores["model"].accuracy
-    per_head = pd.DataFrame([{"layer": layer, "head": head, "aie": float(effects[layer, head]),
-                              "in_vector": (layer, head) in top}
-                             for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)])  # fmt: skip
-    points = pd.DataFrame({"point": range(correct.shape[1]), "fv_accuracy": correct.mean(0).numpy(),
-                           "zs_accuracy": accuracy["zs"], "icl_accuracy": accuracy["icl"]})  # fmt: skip
-    return {"heads": per_head.sort_values("aie", ascending=False), "points": points, "top": top,
-            "agreement": ranking_agreement(effects, heads), "seconds": time.perf_counter() - started}  # fmt: skip
+    per_head = pd.DataFrame(
+        [
+            {"layer": layer, "head": head, "aie": float(effects[layer, head]), "in_vector": (layer, head) in top}
+            for layer in range(model.cfg.n_layers)
+            for head in range(model.cfg.n_heads)
+        ]
+    )
+    points = pd.DataFrame(
+        {
+            "point": range(correct.shape[1]),
+            "fv_accuracy": correct.mean(0).numpy(),
+            "zs_accuracy": accuracy["zs"],
+            "icl_accuracy": accuracy["icl"],
+        }
+    )
+    return {
+        "heads": per_head.sort_values("aie", ascending=False),
+        "points": points,
+        "top": top,
+        "agreement": ranking_agreement(effects, heads),
+        "seconds": time.perf_counter() - started,
+    }

@@ -89,8 +89,10 @@ def check_geometry(model: LensModel) -> None:
     """Refuse a model whose query-key normalisation `content` does not reproduce, before anything runs."""
     cfg = model.cfg
     if cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"):
-        raise NotImplementedError("Kendall applies per-head qk-norm only; OLMo's norm over the whole projection is not "
-                                  "reproduced (give --kendall-queries 0)")  # fmt: skip
+        raise NotImplementedError(
+            "Kendall applies per-head qk-norm only; OLMo's norm over the whole projection is not "
+            "reproduced (give --kendall-queries 0)"
+        )
     if BRIDGE and getattr(cfg, "use_qk_norm", False):
         require_hooked_transformer("Kendall on a model with qk-norm (its norm applied to hook_q and hook_k)")
 
@@ -123,8 +125,9 @@ def _prefix_keys(model: LensModel, prefix: list[int]) -> list[Float[Tensor, "pos
     return [found[l] for l in range(model.cfg.n_layers)]
 
 
-def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, position: str,
-                batch_size: int) -> np.ndarray:  # fmt: skip
+def _icl_scores(
+    model: LensModel, episode: Episode, n: int, keep: np.ndarray, position: str, batch_size: int
+) -> np.ndarray:
     """[n, layer, kept tokens]: ICL's pre-softmax scores from the recorded position to the prefix tokens `keep`,
     summed over heads, in `content` geometry: Σ_h q_h · k_h / attn_scale, q at the recorded position of each ICL
     prompt, k the prefix's."""
@@ -137,15 +140,24 @@ def _icl_scores(model: LensModel, episode: Episode, n: int, keep: np.ndarray, po
     return out
 
 
-def _queries_at_position(model: LensModel, episode: Episode, n: int, prefix: Sequence[int], position: str,
-                         delta: Delta | None, batch_size: int) -> Float[Tensor, "n layer head d_head"]:  # fmt: skip
+def _queries_at_position(
+    model: LensModel,
+    episode: Episode,
+    n: int,
+    prefix: Sequence[int],
+    position: str,
+    delta: Delta | None,
+    batch_size: int,
+) -> Float[Tensor, "n layer head d_head"]:
     """Every layer's query at the recorded position of the first `n` queries after `prefix` (under `delta`), in
     `content` geometry, float64 on the CPU: the prefix run once and shared by the query rows (`read_points`)."""
-    read = read_points(model, episode.queries[:n], episode.label_tokens, prefix, ("q",), position, delta,
-                       batch_size)["q"]  # fmt: skip
+    read = read_points(model, episode.queries[:n], episode.label_tokens, prefix, ("q",), position, delta, batch_size)[
+        "q"
+    ]
     device, dtype = model.cfg.device, model.cfg.dtype
-    return torch.stack([content(model, layer, read[:, layer].to(device, dtype), "q").cpu()
-                        for layer in range(model.cfg.n_layers)], 1).double()  # fmt: skip
+    return torch.stack(
+        [content(model, layer, read[:, layer].to(device, dtype), "q").cpu() for layer in range(model.cfg.n_layers)], 1
+    ).double()
 
 
 @torch.no_grad()
@@ -166,15 +178,17 @@ def _base_queries(model: LensModel, prompts: list[list[int]]) -> list[torch.Tens
     return out
 
 
-def _finetuned_queries(model: LensModel, episode: Episode, delta: Delta | None, n: int, position: str,
-                       batch_size: int) -> torch.Tensor:  # fmt: skip
+def _finetuned_queries(
+    model: LensModel, episode: Episode, delta: Delta | None, n: int, position: str, batch_size: int
+) -> torch.Tensor:
     """[n, layer, head * d_head]: the (finetuned) model's query at the recorded position of each ZS prompt, in
     `content` geometry."""
     return _queries_at_position(model, episode, n, [episode.bos], position, delta, batch_size).flatten(-2)
 
 
-def _fit_with_queries(model: LensModel, result: Result, method: str,
-                      subject: str = "model") -> tuple[Delta, list[torch.Tensor]]:  # fmt: skip
+def _fit_with_queries(
+    model: LensModel, result: Result, method: str, subject: str = "model"
+) -> tuple[Delta, list[torch.Tensor]]:
     """Refit `method` on `model` recording every step's queries at every demonstration token (BOS excluded) as that
     step's forward computed them: [layer, token, head * d_head] per step."""
     config, episode = result.config, result.episode
@@ -187,8 +201,17 @@ def _fit_with_queries(model: LensModel, result: Result, method: str,
         steps[-1][hook.layer()] = content(model, hook.layer(), q[0, 1:].detach(), "q").float().cpu()
 
     observers = [(hook_name("q", l), keep_q) for l in range(n_layers)]
-    delta = fit(model, episode.train_demos, episode.bos, method, result.lr_of(method, subject), result.trained_parameters,
-                config["lcgd_exit"], precision=config.get("precision", "native"), observers=observers)  # fmt: skip
+    delta = fit(
+        model,
+        episode.train_demos,
+        episode.bos,
+        method,
+        result.lr_of(method, subject),
+        result.trained_parameters,
+        config["lcgd_exit"],
+        precision=config.get("precision", "native"),
+        observers=observers,
+    )
     return delta, [torch.stack([step[l] for l in range(n_layers)]).flatten(-2).double() for step in steps]
 
 
@@ -198,8 +221,10 @@ def _check_refit(delta: Delta, result: Result, method: str) -> None:
         return
     for name, saved in result.deltas[method].tensors.items():
         if not torch.allclose(delta.tensors[name].cpu().float(), saved.float(), atol=1e-5, rtol=1e-4):
-            raise ValueError(f"the refitted {method} delta differs from the saved one at {name}: is this the model "
-                             "the result was computed on?")  # fmt: skip
+            raise ValueError(
+                f"the refitted {method} delta differs from the saved one at {name}: is this the model "
+                "the result was computed on?"
+            )
 
 
 def _alignment(episode: Episode) -> tuple[list[int], list[int], list[tuple[int, int]]]:
@@ -224,8 +249,16 @@ def ft_scores(q: torch.Tensor, q_train: torch.Tensor, attn_scale: torch.Tensor) 
     return (torch.einsum("nld,ltd->nlt", q, q_train) / attn_scale[None, :, None] ** 2).numpy()
 
 
-def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetune: bool, check_refit: bool = False,
-                   subject: str = "model", icl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def kendall_scores(
+    model: LensModel,
+    result: Result,
+    method: str,
+    n: int,
+    finetune: bool,
+    check_refit: bool = False,
+    subject: str = "model",
+    icl: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two sides Kendall's tau ranks, before the softmax: ICL's scores and FT's [n, layer, tokens] (float32),
     and each token's demonstration [tokens]. `finetune`: refit `method` on `model` (`check_refit`: against the
     saved delta; at `subject`'s own lr); otherwise every q and q' comes from `model` itself. `icl`: ICL's side
@@ -244,8 +277,9 @@ def kendall_scores(model: LensModel, result: Result, method: str, n: int, finetu
         icl = _icl_scores(model, episode, n, np.array(keep), position, batch_size).astype(np.float32)
     q = _finetuned_queries(model, episode, delta, n, position, batch_size)  # [n, layer, d]
     q_train = torch.stack([training_queries[s][:, t] for s, t in ft_index], 1)  # [layer, tokens, d]
-    attn_scale = torch.tensor([attention_scale(model, layer) for layer in range(model.cfg.n_layers)],
-                              dtype=torch.float64)  # fmt: skip
+    attn_scale = torch.tensor(
+        [attention_scale(model, layer) for layer in range(model.cfg.n_layers)], dtype=torch.float64
+    )
     # Rounded to float32, the resolution of the activations they come from: a repeated token in the same context has
     # the same score, which float64 reduction order would otherwise split by ~1e-16 and let tau rank by that noise.
     return icl, ft_scores(q, q_train, attn_scale).astype(np.float32), np.array(groups)
@@ -265,17 +299,36 @@ def _subject_rows(subject: str, sides: tuple[np.ndarray, np.ndarray, np.ndarray]
             for name in ("tau", "recall"):
                 per_query[f"{name}_{level}"][:, layer] = values[name]
             # tau is undefined (NaN) where one side is constant: the mean skips those, `defined` counts the rest
-            rows.append({"subject": subject, "layer": layer, "level": level, **values.mean().to_dict(),
-                         "defined": int(values.tau.notna().sum()), "queries": n})  # fmt: skip
+            rows.append(
+                {
+                    "subject": subject,
+                    "layer": layer,
+                    "level": level,
+                    **values.mean().to_dict(),
+                    "defined": int(values.tau.notna().sum()),
+                    "queries": n,
+                }
+            )
     return rows, per_query
 
 
-COLUMNS = ["subject", "layer", "level", "tau", "tau_random", "recall", "recall_k", "recall_chance", "defined",
-           "queries"]  # fmt: skip
+COLUMNS = [
+    "subject",
+    "layer",
+    "level",
+    "tau",
+    "tau_random",
+    "recall",
+    "recall_k",
+    "recall_chance",
+    "defined",
+    "queries",
+]
 
 
-def kendall_table(model: LensModel, result: Result, method: str = "gd", n_queries: int = 100,
-                  controls: bool = True) -> pd.DataFrame:  # fmt: skip
+def kendall_table(
+    model: LensModel, result: Result, method: str = "gd", n_queries: int = 100, controls: bool = True
+) -> pd.DataFrame:
     """kendall.csv: per subject (`model`, and with `controls` `zero_delta` and each untrained baseline), layer and
     level: tau, tau_random, recall (at recall_k) and its chance value (means over queries), defined (the queries
     whose tau is defined), queries. `table.attrs["seconds"]`: each subject's time."""
@@ -315,11 +368,18 @@ def queries_table(per_query: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     for subject, values in per_query.items():
         n, n_layers = values["tau_token"].shape
         for level in ("token", "demonstration"):
-            frames.append(pd.DataFrame({
-                "subject": subject, "level": level, "query": np.repeat(np.arange(n), n_layers),
-                "layer": np.tile(np.arange(n_layers), n), "tau": values[f"tau_{level}"].reshape(-1),
-                "recall": values[f"recall_{level}"].reshape(-1),
-            }))  # fmt: skip
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "subject": subject,
+                        "level": level,
+                        "query": np.repeat(np.arange(n), n_layers),
+                        "layer": np.tile(np.arange(n_layers), n),
+                        "tau": values[f"tau_{level}"].reshape(-1),
+                        "recall": values[f"recall_{level}"].reshape(-1),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 

@@ -66,8 +66,9 @@ def _check(result: Result, model: LensModel, query: int, layers: Sequence[int], 
             "views exist, for the methods it ran); re-run compare, or leave those settings out"
         )
     if model.cfg.d_model != result.W_O["model"].shape[-1] or model.cfg.n_layers != result.W_O["model"].shape[0]:
-        raise ValueError(f"the model ({model.cfg.model_name}) is not the one this result was computed on "
-                         f"({result.config['model']})")  # fmt: skip
+        raise ValueError(
+            f"the model ({model.cfg.model_name}) is not the one this result was computed on ({result.config['model']})"
+        )
 
 
 @torch.no_grad()

@@ -47,11 +47,11 @@ class LayerPatch:
     matrices' rank-1 changes u ⊗ a_W / ‖u‖², and the output's rank-1 change of W_out (h ⊗ d / ‖h‖²) or, after a
     post-MLP norm, the change `gamma` of its scale."""
 
-    u: Float[Tensor, "d_model"]
-    a: dict[str, Float[Tensor, "d_mlp"]]  # input matrix -> (u_C − u)·W
-    d: Float[Tensor, "d_model"]  # what the output patch writes at the prediction position
-    h: Float[Tensor, "d_mlp"] | None  # the hidden it keys on (no post-MLP norm)
-    gamma: Float[Tensor, "d_model"] | None  # the post-MLP norm's scale change (post-norm models)
+    u: Float[Tensor, " d_model"]
+    a: dict[str, Float[Tensor, " d_mlp"]]  # input matrix -> (u_C − u)·W
+    d: Float[Tensor, " d_model"]  # what the output patch writes at the prediction position
+    h: Float[Tensor, " d_mlp"] | None  # the hidden it keys on (no post-MLP norm)
+    gamma: Float[Tensor, " d_model"] | None  # the post-MLP norm's scale change (post-norm models)
 
     def materialise(self) -> dict[str, Tensor]:
         """The patch as weight deltas, float64: "mlp.W_in" / "mlp.W_gate" [d_model, d_mlp], "mlp.W_out" [d_mlp,
@@ -67,8 +67,13 @@ class LayerPatch:
 def as_delta(model: LensModel, patches: dict[int, dict[str, Tensor]]) -> Delta:
     """Layer -> materialised patch (`LayerPatch.materialise`, or a mean of such) as a `Delta` in the model's dtype:
     its hooks run the model as if the weights were changed, at every position."""
-    return Delta({parameter_name(name, layer): change.to(model.cfg.dtype)
-                  for layer, changes in patches.items() for name, change in changes.items()})  # fmt: skip
+    return Delta(
+        {
+            parameter_name(name, layer): change.to(model.cfg.dtype)
+            for layer, changes in patches.items()
+            for name, change in changes.items()
+        }
+    )
 
 
 @torch.no_grad()
@@ -76,12 +81,18 @@ def icl_targets(model: LensModel, prompt: Sequence[int]) -> dict[str, Tensor]:
     """What ICL computes at the prompt's last position, float64: per layer the skip x_C + a_C ("skip" [layer,
     d_model]) and the MLP input u_C ("u"), and the logits."""
     names = {hook_name(p, layer) for layer in range(model.cfg.n_layers) for p in ("resid_pre", "attn_out")}
-    logits, cache = model.run_with_cache(torch.tensor([list(prompt)], device=model.cfg.device),
-                                         names_filter=lambda name: name in names)  # fmt: skip
-    skip = torch.stack([cache[hook_name("resid_pre", l)][0, -1] + cache[hook_name("attn_out", l)][0, -1]
-                        for l in range(model.cfg.n_layers)])  # fmt: skip
-    u = torch.stack([_mlp_input(model, l, cache[hook_name("resid_pre", l)][0, -1], skip[l])
-                     for l in range(model.cfg.n_layers)])  # fmt: skip
+    logits, cache = model.run_with_cache(
+        torch.tensor([list(prompt)], device=model.cfg.device), names_filter=lambda name: name in names
+    )
+    skip = torch.stack(
+        [
+            cache[hook_name("resid_pre", l)][0, -1] + cache[hook_name("attn_out", l)][0, -1]
+            for l in range(model.cfg.n_layers)
+        ]
+    )
+    u = torch.stack(
+        [_mlp_input(model, l, cache[hook_name("resid_pre", l)][0, -1], skip[l]) for l in range(model.cfg.n_layers)]
+    )
     return {"skip": skip.double(), "u": u.double(), "logits": logits[0, -1].double()}
 
 
@@ -93,7 +104,7 @@ def _mlp_input(model: LensModel, layer: int, resid_pre: Tensor, skip: Tensor) ->
 @torch.no_grad()
 def chained_patch(
     model: LensModel, icl_prompt: Sequence[int], zs_prompt: Sequence[int], chained: bool = True
-) -> tuple[list[LayerPatch], Float[Tensor, "vocab"]]:
+) -> tuple[list[LayerPatch], Float[Tensor, " vocab"]]:
     """The query's implicit patch of every layer, and the logits at the zero-shot prompt's last position with all of
     them applied (float64). `chained=False` reads every layer's patch from the unpatched zero-shot run instead
     (`implicit_update`'s per-layer patches, here with the output written through the weights as well): exact for

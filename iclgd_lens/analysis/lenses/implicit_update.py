@@ -74,7 +74,7 @@ def implicit_parts(
     return u, a, residual(icl) - residual(zs)
 
 
-def implicit_norms(u: Tensor, a: dict[str, Tensor]) -> tuple[Float[Tensor, "n"], float]:
+def implicit_norms(u: Tensor, a: dict[str, Tensor]) -> tuple[Float[Tensor, " n"], float]:
     """(‖ΔW_i‖ per query, ‖mean over queries of ΔW_i‖)."""
     u_sq = (u * u).sum(-1)
     a_gram = sum(x @ x.T for x in a.values())
@@ -83,7 +83,7 @@ def implicit_norms(u: Tensor, a: dict[str, Tensor]) -> tuple[Float[Tensor, "n"],
     return per_query, float(mean_sq.clamp(min=0).sqrt())
 
 
-def inner_with(u: Tensor, a: dict[str, Tensor], update: dict[str, Tensor]) -> Float[Tensor, "n"]:
+def inner_with(u: Tensor, a: dict[str, Tensor], update: dict[str, Tensor]) -> Float[Tensor, " n"]:
     """⟨ΔW_i, G⟩ per query (Frobenius, over every input matrix): G = `update` (matrix -> [d_model, d_mlp])."""
     total = sum(((u @ update[name]) * a[name]).sum(-1) for name in a)
     return total / (u * u).sum(-1)
@@ -236,16 +236,32 @@ def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
     previous = None
     for j in range(1, k + 1):
         prefix = replace(episode, demos=episode.demos[:j]).icl_prefix
-        icl = read_points(model, episode.queries, episode.label_tokens, prefix, ("resid_pre", "attn_out"),
-                          "prediction", None, batch_size, episode.bos)  # fmt: skip
-        a = [{name: (mlp_input(model, layer, icl["resid_pre"][:, layer], icl["attn_out"][:, layer]) - u[layer]) @ W
-              for name, W in weights[layer].items()} for layer in range(n_layers)]  # fmt: skip
+        icl = read_points(
+            model,
+            episode.queries,
+            episode.label_tokens,
+            prefix,
+            ("resid_pre", "attn_out"),
+            "prediction",
+            None,
+            batch_size,
+            episode.bos,
+        )
+        a = [
+            {
+                name: (mlp_input(model, layer, icl["resid_pre"][:, layer], icl["attn_out"][:, layer]) - u[layer]) @ W
+                for name, W in weights[layer].items()
+            }
+            for layer in range(n_layers)
+        ]
         norm_sq = sum(sum((x * x).sum(-1) for x in a[layer].values()) / u_sq[layer] for layer in range(n_layers))
         if previous is None:
             values["path_change"][:, j] = 1.0
         else:
-            change_sq = sum(sum(((a[layer][w] - previous[layer][w]) ** 2).sum(-1) for w in a[layer]) / u_sq[layer]
-                            for layer in range(n_layers))  # fmt: skip
+            change_sq = sum(
+                sum(((a[layer][w] - previous[layer][w]) ** 2).sum(-1) for w in a[layer]) / u_sq[layer]
+                for layer in range(n_layers)
+            )
             values["path_change"][:, j] = (change_sq / norm_sq).sqrt()
         previous = a
         for method, context in subject.contexts.items():

@@ -56,8 +56,10 @@ def check_null_result(result: Result, null: Result, model: LensModel) -> None:
     if missing:
         differ.append(f"no saved delta of {missing}")
     if differ:
-        raise ValueError(f"{where} has {'; '.join(differ)}: give a result of another task with the same model, k, "
-                         "number of classes and methods")  # fmt: skip
+        raise ValueError(
+            f"{where} has {'; '.join(differ)}: give a result of another task with the same model, k, "
+            "number of classes and methods"
+        )
     null.check_model(model)
 
 
@@ -78,7 +80,7 @@ def other_task_subject(trained: SubjectRuns, result: Result, null: Result, batch
             delta,
             batch_size,
             episode.bos,
-        )  # fmt: skip
+        )
         for method, delta in deltas.items()
     }
     return SubjectRuns(f"model [FT on {null.config['task']}]", model, deltas, readings, {})

@@ -42,8 +42,10 @@ class SubjectRuns:
 def check_lens_result(result: Result, model: LensModel) -> None:
     """What every lens needs, checked before anything runs."""
     if result.config.get("position", "prediction") != "prediction":
-        raise ValueError("the lenses read the prediction position; this result recorded at the first option's label "
-                         "token (position 'first_option'): run compare with --position prediction")  # fmt: skip
+        raise ValueError(
+            "the lenses read the prediction position; this result recorded at the first option's label "
+            "token (position 'first_option'): run compare with --position prediction"
+        )
     if not result.deltas:
         raise ValueError("the result holds no saved deltas (written before deltas.safetensors): re-run compare")
     check_dummies(result.episode)
@@ -53,8 +55,10 @@ def check_lens_result(result: Result, model: LensModel) -> None:
 def check_dummies(episode: Episode) -> None:
     """Hendel's task vectors need the episode's dummy queries."""
     if not episode.dummy_queries:
-        raise ValueError("the result's episode holds no dummy queries for Hendel's task vectors (written before "
-                         "they were recorded): re-run compare")  # fmt: skip
+        raise ValueError(
+            "the result's episode holds no dummy queries for Hendel's task vectors (written before "
+            "they were recorded): re-run compare"
+        )
 
 
 def subject_runs(model: LensModel, result: Result, baselines: Sequence[str] | None = None) -> Iterator[SubjectRuns]:
@@ -84,8 +88,12 @@ def _context(result: Result, method: str, subject: str) -> MethodContext:
     """What compare gave the method on `subject` (`run_method` applies its registered options on top), so that a
     baseline's delta refit on its seeded copy is the one compare computed (at its matched lr, where matched)."""
     config = result.config
-    return MethodContext(result.lr_of(method, subject), result.trained_parameters, config.get("lcgd_exit", "block"),
-                         config.get("precision", "native"))  # fmt: skip
+    return MethodContext(
+        result.lr_of(method, subject),
+        result.trained_parameters,
+        config.get("lcgd_exit", "block"),
+        config.get("precision", "native"),
+    )
 
 
 def _read(subject: LensModel, result: Result, deltas: dict[str, Delta]) -> dict[str, dict[str, Tensor]]:
@@ -94,7 +102,7 @@ def _read(subject: LensModel, result: Result, deltas: dict[str, Delta]) -> dict[
     return {
         name: read_points(
             subject, episode.queries, episode.label_tokens, prefix, POINTS, "prediction", delta, batch_size, episode.bos
-        )  # fmt: skip
+        )
         for name, (prefix, delta) in setting_inputs(episode, deltas).items()
     }
 

@@ -41,8 +41,10 @@ SOURCE_SIZES = (1, 2, 4, 8, 16, 32)  # the curve's n
 
 def check_sources(episode: Episode, n_sources: int) -> None:
     if not 1 <= n_sources < len(episode.queries):
-        raise ValueError(f"the transfer needs 1 to {len(episode.queries) - 1} source queries (the rest are its "
-                         f"targets), got {n_sources}")  # fmt: skip
+        raise ValueError(
+            f"the transfer needs 1 to {len(episode.queries) - 1} source queries (the rest are its "
+            f"targets), got {n_sources}"
+        )
 
 
 def transfer_values(
@@ -55,8 +57,9 @@ def transfer_values(
     values: dict[str, Tensor] = {}
 
     def score(setting: str, prefix, delta: Delta | None) -> None:
-        read = read_points(model, targets, episode.label_tokens, prefix, (), "prediction", delta,
-                           batch_size, episode.bos)["label_logprobs"].double()  # fmt: skip
+        read = read_points(
+            model, targets, episode.label_tokens, prefix, (), "prediction", delta, batch_size, episode.bos
+        )["label_logprobs"].double()
         values[f"transfer_correct_{setting}"] = (read.argmax(-1) == labels).double()[:, None]
         values[f"transfer_logodds_{setting}"] = logodds(read, labels)[:, None]
 
@@ -66,8 +69,9 @@ def transfer_values(
         score(method, episode.zs_prefix, delta)
     total: dict[int, dict[str, Tensor]] = {}
     for count, row in enumerate(range(n_sources), start=1):
-        patches, _ = chained_patch(model, [*episode.icl_prefix, *episode.queries[row]],
-                                   [episode.bos, *episode.queries[row]])  # fmt: skip
+        patches, _ = chained_patch(
+            model, [*episode.icl_prefix, *episode.queries[row]], [episode.bos, *episode.queries[row]]
+        )
         for layer, patch in enumerate(patches):
             layer_total = total.setdefault(layer, {})
             for name, change in patch.materialise().items():

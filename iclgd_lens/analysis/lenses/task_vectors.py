@@ -43,8 +43,17 @@ def task_vector(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
     """Hendel's θ at every stream point (float64): the mean over `episode`'s dummy queries of ICL's stream at the
     last position of [demonstrations; dummy]."""
     check_dummies(episode)
-    reading = read_points(subject.model, episode.dummy_queries, episode.label_tokens, episode.icl_prefix,
-                          ("resid_pre", "resid_post"), "prediction", None, batch_size, episode.bos)  # fmt: skip
+    reading = read_points(
+        subject.model,
+        episode.dummy_queries,
+        episode.label_tokens,
+        episode.icl_prefix,
+        ("resid_pre", "resid_post"),
+        "prediction",
+        None,
+        batch_size,
+        episode.bos,
+    )
     return stream_points(reading).mean(0)
 
 

@@ -20,8 +20,14 @@ from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.results import Result, cross_pair_name
 
 # The measures the paired verdicts compare (method-specific ones are named per method).
-VERDICT_MEASURES = ("implicit_cos_{m}", "implicit_abs_cos_{m}", "shift_cos_{m}", "shift_abs_cos_{m}", "tv_correct",
-                    "transfer_gain_patch_mean")  # fmt: skip
+VERDICT_MEASURES = (
+    "implicit_cos_{m}",
+    "implicit_abs_cos_{m}",
+    "shift_cos_{m}",
+    "shift_abs_cos_{m}",
+    "tv_correct",
+    "transfer_gain_patch_mean",
+)
 
 
 def lens_values(
@@ -62,8 +68,11 @@ def lens_values(
             if subject.name == "model":
                 trained[labels] = subject
     values["model"] |= random_scales(model)
-    constructed = [(cross_pair(trained, kind, icl), (result if icl == "true" else control).episode)
-                   for kind, control in result.controls.items() for icl in ("true", kind)]  # fmt: skip
+    constructed = [
+        (cross_pair(trained, kind, icl), (result if icl == "true" else control).episode)
+        for kind, control in result.controls.items()
+        for icl in ("true", kind)
+    ]
     if null is not None:
         constructed.append((other_task_subject(trained["true"], result, null, batch_size), result.episode))
     for subject, episode in constructed:
@@ -77,8 +86,9 @@ def cross_pair(trained: dict[str, SubjectRuns], kind: str, icl: str) -> SubjectR
     icl_side, method_side = (trained["true"], trained[kind]) if icl == "true" else (trained[kind], trained["true"])
     readings = {setting: icl_side.readings[setting] for setting in ("zs", "icl")}
     readings |= {method: method_side.readings[method] for method in method_side.deltas}
-    return SubjectRuns(f"model [{cross_pair_name(kind, icl)}]", icl_side.model, method_side.deltas, readings,
-                       method_side.contexts)  # fmt: skip
+    return SubjectRuns(
+        f"model [{cross_pair_name(kind, icl)}]", icl_side.model, method_side.deltas, readings, method_side.contexts
+    )
 
 
 def method_measures(subject: SubjectRuns, episode: Episode, batch_size: int) -> dict[str, Tensor]:

@@ -40,8 +40,9 @@ class Effects:
         raise ValueError(f"unknown effect shape {self.shape!r}; choose from {list(EFFECTS)}")
 
 
-def simulate(effects: Effects, sweeps: int, n_runs: int, n_queries: int, n_layers: int, mean: float,
-             seed: int) -> list[np.ndarray]:  # fmt: skip
+def simulate(
+    effects: Effects, sweeps: int, n_runs: int, n_queries: int, n_layers: int, mean: float, seed: int
+) -> list[np.ndarray]:
     """Per run, the [sweeps, n_queries, n_layers] values of `sweeps` independent simulated sweeps."""
     rng = np.random.default_rng(seed)
     runs = effects.draw(rng, effects.run, (sweeps, n_runs, 1, 1))
@@ -81,5 +82,6 @@ def coverage(
     intervals = np.array([bootstrap.interval(row, n_runs) for row in statistics])
     covered = (intervals[:, 0] <= mean) & (mean <= intervals[:, 1])
     share = float(covered.mean())
-    return Coverage(share, math.sqrt(share * (1 - share) / sweeps), float(np.mean(intervals[:, 1] - intervals[:, 0])),
-                    sweeps)  # fmt: skip
+    return Coverage(
+        share, math.sqrt(share * (1 - share) / sweeps), float(np.mean(intervals[:, 1] - intervals[:, 0])), sweeps
+    )

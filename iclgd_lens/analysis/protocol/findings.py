@@ -107,13 +107,21 @@ def pair_counts(sweep: str, config: dict, summary: pd.DataFrame, verdicts: pd.Da
         for method, rows in against[against.family == PRIMARY].groupby("method", sort=False):
             primary[method] = _counts(rows.adjusted_verdict)
     return PairCounts(
-        sweep=sweep, model=config["model"], task=summary.task.iloc[0], lr=str(config["lr"]),
-        baseline_lr=compare.get("baseline_lr", "paper"), lcgd_lr=str(config.get("lr_lcgd", "gd")),
-        runs=int(summary.runs.max()), bootstrap=str(summary.bootstrap.iloc[0]) if "bootstrap" in summary else "nested",
-        zs=float(trained[("gd", "acc_zs")]), icl=float(trained[("gd", "acc_icl")]),
-        gd_norm_ratio=max(ratios) if ratios else math.nan, gd=_counts(gd.verdict), alpha=_counts(alpha.verdict),
+        sweep=sweep,
+        model=config["model"],
+        task=summary.task.iloc[0],
+        lr=str(config["lr"]),
+        baseline_lr=compare.get("baseline_lr", "paper"),
+        lcgd_lr=str(config.get("lr_lcgd", "gd")),
+        runs=int(summary.runs.max()),
+        bootstrap=str(summary.bootstrap.iloc[0]) if "bootstrap" in summary else "nested",
+        zs=float(trained[("gd", "acc_zs")]),
+        icl=float(trained[("gd", "acc_icl")]),
+        gd_norm_ratio=max(ratios) if ratios else math.nan,
+        gd=_counts(gd.verdict),
+        alpha=_counts(alpha.verdict),
         primary=primary,
-    )  # fmt: skip
+    )
 
 
 def _counts(verdicts: pd.Series) -> dict[str, int]:
@@ -143,9 +151,11 @@ def beside(first: Path, second: Path, task: str) -> pd.DataFrame:
         verdicts = pd.read_csv(folder / "verdicts.csv")
         verdicts = verdicts[verdicts["task"] == task].copy()
         norms = _update_norms(pd.read_csv(folder / "summary.csv"), task)
-        verdicts["ratio"] = [norms.get(("trained", "gd") if against == "gd" else (against, method), math.nan)
-                             / norms.get(("trained", method), math.nan)
-                             for method, against in zip(verdicts["method"], verdicts["baseline"])]  # fmt: skip
+        verdicts["ratio"] = [
+            norms.get(("trained", "gd") if against == "gd" else (against, method), math.nan)
+            / norms.get(("trained", method), math.nan)
+            for method, against in zip(verdicts["method"], verdicts["baseline"])
+        ]
         keep = verdicts[["method", "metric", "baseline", "difference", "diff_low", "diff_high", "verdict", "ratio"]]
         frames.append(keep.set_index(["method", "metric", "baseline"]).add_prefix(f"{label}_"))
     return frames[0].join(frames[1], how="inner").reset_index()

@@ -35,8 +35,18 @@ def per_layer_table(runs: Sequence[RunValues]) -> pd.DataFrame:
             for layer in range(per_run[0].shape[1]):
                 column = [values[:, [layer]] for values in per_run]
                 mean, (low, high), covers = mean_and_interval(column)
-                rows.append({"measure": measure, "subject": subject, "layer": layer, "mean": mean, "low": low,
-                             "high": high, "covers": covers, "runs": len(runs)})  # fmt: skip
+                rows.append(
+                    {
+                        "measure": measure,
+                        "subject": subject,
+                        "layer": layer,
+                        "mean": mean,
+                        "low": low,
+                        "high": high,
+                        "covers": covers,
+                        "runs": len(runs),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -51,10 +61,20 @@ def paired_table(runs: Sequence[RunValues], measures: Sequence[str]) -> pd.DataF
             model = [np.where(np.isnan(d), np.nan, run["model"][measure]) for d, run in zip(difference, runs)]
             base = [np.where(np.isnan(d), np.nan, run[baseline][measure]) for d, run in zip(difference, runs)]
             diff_mean, diff_interval, covers = mean_and_interval(difference)
-            rows.append({"measure": measure, "baseline": baseline, "model": _mean(model),
-                         "baseline_value": _mean(base), "difference": diff_mean,
-                         "low": diff_interval[0], "high": diff_interval[1], "covers": covers,
-                         "verdict": verdict(diff_interval, len(runs)), "runs": len(runs)})  # fmt: skip
+            rows.append(
+                {
+                    "measure": measure,
+                    "baseline": baseline,
+                    "model": _mean(model),
+                    "baseline_value": _mean(base),
+                    "difference": diff_mean,
+                    "low": diff_interval[0],
+                    "high": diff_interval[1],
+                    "covers": covers,
+                    "verdict": verdict(diff_interval, len(runs)),
+                    "runs": len(runs),
+                }
+            )
     return pd.DataFrame(rows)
 
 

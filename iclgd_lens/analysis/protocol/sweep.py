@@ -74,8 +74,9 @@ class SweepConfig:
         """Refuse a sweep option given where it does nothing: LCGD's lr without LCGD, a grid with nothing searched."""
         methods = self.compare.get("methods", METHODS)
         if "lr_lcgd" in given and "lcgd" not in methods:
-            raise ValueError(f"--lr-lcgd sets LCGD's learning rate, and LCGD is not run (methods {list(methods)}): "
-                             "leave it out")  # fmt: skip
+            raise ValueError(
+                f"--lr-lcgd sets LCGD's learning rate, and LCGD is not run (methods {list(methods)}): leave it out"
+            )
         searched = "search" in (self.lr, self.lr_lcgd) or self.compare.get("baseline_lr") == "searched"
         for name in ("lr_grid", "n_heldout"):
             if name in given and not searched:
@@ -172,8 +173,11 @@ def is_finished(job: RunJob) -> bool:
         rule, expected_lcgd = "not run", None  # LCGD's lr is neither used nor recorded
     same_rule = rule != "matched" or config.get("lr_lcgd_rule") == "matched"
     same_baselines = config.get("baseline_lr", "paper") == job.config.compare.get("baseline_lr", "matched")
-    same_run = (config["task"], config["seed"], config["permutation"]) == (job.run.task, job.run.seed,
-                                                                           job.run.permutation)  # fmt: skip
+    same_run = (config["task"], config["seed"], config["permutation"]) == (
+        job.run.task,
+        job.run.seed,
+        job.run.permutation,
+    )
     control = job.config.compare.get("label_control")
     return (
         same_run
@@ -226,8 +230,17 @@ def execute(job: RunJob) -> str:
             options["lr_lcgd"] = config.lr_lcgd if config.lr_lcgd in ("gd", "matched") else float(config.lr_lcgd)
     if config.compare.get("baseline_lr") == "searched":
         options |= {"lr_grid": config.lr_grid, "n_heldout": config.n_heldout}
-    compare(model, task, seed=run.seed, permutation=run.permutation, lr=lr, **options, out=job.folder, overwrite=True,
-            progress=False)  # fmt: skip
+    compare(
+        model,
+        task,
+        seed=run.seed,
+        permutation=run.permutation,
+        lr=lr,
+        **options,
+        out=job.folder,
+        overwrite=True,
+        progress=False,
+    )
     return job.folder
 
 
@@ -243,12 +256,23 @@ def searched_lr(job: RunJob, model, task, method: str) -> float:
     options = job.config.compare
     choices = resolve(options.get("preset", "toolkit"), **{n: options.get(n) for n in ("separator", *CHOICES)})
     search = search_lr(
-        model, task, job.config.lr_grid, options.get("k", 32), job.run.seed, job.run.permutation, choices=choices,
-        n_heldout=job.config.n_heldout, batch_size=options.get("batch_size", 8),
-        groups=options.get("groups", ("k", "v")), biases=options.get("biases", "checkpoint"), method=method,
-    )  # fmt: skip
-    write_json_atomic(path, search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation,
-                                      "method": method})  # fmt: skip
+        model,
+        task,
+        job.config.lr_grid,
+        options.get("k", 32),
+        job.run.seed,
+        job.run.permutation,
+        choices=choices,
+        n_heldout=job.config.n_heldout,
+        batch_size=options.get("batch_size", 8),
+        groups=options.get("groups", ("k", "v")),
+        biases=options.get("biases", "checkpoint"),
+        method=method,
+    )
+    write_json_atomic(
+        path,
+        search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation, "method": method},
+    )
     if search["chosen"] is None:
         raise FloatingPointError(
             f"{job.run.name}: {method} diverged at every learning rate of the grid; lower the grid"

@@ -6,7 +6,8 @@ two-level bootstrap interval (runs, then queries within runs; `bootstrap`). `ver
 similarity of an update beside the same number on every untrained baseline as a paired difference with its interval
 and a verdict, and LCGD's beside GD's on the trained model (baseline "gd"). `views.reproduction` lays them out in
 the papers' tables. A run with a label control adds the trained model under it as one more column ("trained
-[shuffled]"), compared with the trained model like a baseline. Deterministic (plan order, seeded bootstrap): the same result folders always give the same
+[shuffled]"), compared with the trained model like a baseline. Deterministic (plan order, seeded bootstrap): the
+same result folders always give the same
 numbers.
 """
 
@@ -42,8 +43,19 @@ def load_results(out: Path, plan: list[Run]) -> dict[str, list[Result]]:
 
 
 # What the runs pooled into one interval must share: one design, measured the same way on the same subjects.
-POOLED_DESIGN = ("model", "task", "k", "n_eval", "methods", "baselines", "groups", "baseline_lr", "lr_lcgd_rule",
-                 "demonstration_labels", "position")  # fmt: skip
+POOLED_DESIGN = (
+    "model",
+    "task",
+    "k",
+    "n_eval",
+    "methods",
+    "baselines",
+    "groups",
+    "baseline_lr",
+    "lr_lcgd_rule",
+    "demonstration_labels",
+    "position",
+)
 
 
 def check_poolable(named: Sequence[tuple[str, Result]], queries: bool = False) -> None:
@@ -55,19 +67,26 @@ def check_poolable(named: Sequence[tuple[str, Result]], queries: bool = False) -
     for name, result in named:
         config = result.config
         first_name, first = first_of_task.setdefault(config["task"], (name, result))
-        differ = [f"{key} {config.get(key)!r} against {first.config.get(key)!r}" for key in POOLED_DESIGN
-                  if config.get(key) != first.config.get(key)]  # fmt: skip
+        differ = [
+            f"{key} {config.get(key)!r} against {first.config.get(key)!r}"
+            for key in POOLED_DESIGN
+            if config.get(key) != first.config.get(key)
+        ]
         if sorted(result.controls) != sorted(first.controls):
             differ.append(f"label controls {sorted(result.controls)} against {sorted(first.controls)}")
         if queries and result.episode.query_rows != first.episode.query_rows:
             differ.append("evaluation queries")
         if differ:
-            raise ValueError(f"{name!r} and {first_name!r} are runs of one task that differ in {'; '.join(differ)}: "
-                             "only runs of one design are pooled; give runs of one design (or compare them apart)")  # fmt: skip
+            raise ValueError(
+                f"{name!r} and {first_name!r} are runs of one task that differ in {'; '.join(differ)}: "
+                "only runs of one design are pooled; give runs of one design (or compare them apart)"
+            )
         run = (config["task"], config["seed"], config["permutation"])
         if run in seen:
-            raise ValueError(f"{seen[run]!r} and {name!r} are the same run (task {run[0]}, seed {run[1]}, permutation "
-                             f"{run[2]}): pooled twice it would count as two independent runs; give each run once")  # fmt: skip
+            raise ValueError(
+                f"{seen[run]!r} and {name!r} are the same run (task {run[0]}, seed {run[1]}, permutation "
+                f"{run[2]}): pooled twice it would count as two independent runs; give each run once"
+            )
         seen[run] = name
 
 
@@ -78,8 +97,9 @@ def _subjects(result: Result) -> list[tuple[str, Callable[[Result], Result], str
     subjects = [(TRAINED if m == "model" else m, _itself, m) for m in ["model", *result.config["baselines"]]]
     for kind in result.controls:
         subjects.append((control_label(kind), partial(_control, kind=kind), "model"))
-        subjects += [(cross_label(kind, icl), partial(Result.crossed, kind=kind, icl=icl), "model")
-                     for icl in ("true", kind)]  # fmt: skip
+        subjects += [
+            (cross_label(kind, icl), partial(Result.crossed, kind=kind, icl=icl), "model") for icl in ("true", kind)
+        ]
     return subjects
 
 
@@ -130,8 +150,18 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
                     draws[(task, label, method, metric)] = statistics
                     low, high = bootstrap.interval(statistics, len(runs))
                     rows.append((task, label, method, metric, *_mean_std(means), len(runs), low, high))
-                rows.append((task, label, method, "rec2ftp", *_mean_std([m[method]["rec2ftp"] for m in metrics]),
-                             len(runs), math.nan, math.nan))  # fmt: skip
+                rows.append(
+                    (
+                        task,
+                        label,
+                        method,
+                        "rec2ftp",
+                        *_mean_std([m[method]["rec2ftp"] for m in metrics]),
+                        len(runs),
+                        math.nan,
+                        math.nan,
+                    )
+                )
                 norms = [r.scores[model].update_norm.get(method, {}).get("total", math.nan) for r in picked]
                 rows.append((task, label, method, "update_norm", *_mean_std(norms), len(runs), math.nan, math.nan))
                 for setting in ("zs", "icl", method):
@@ -156,18 +186,41 @@ def with_norm_ratios(summary: pd.DataFrame) -> pd.DataFrame:
     each cell says at what update size it was measured."""
     norms = summary[summary["metric"] == "update_norm"].set_index(["task", "model", "method"])["mean"]
     trained = {(task, method): value for (task, model, method), value in norms.items() if model == TRAINED}
-    ratio = [norms.get((task, model, method), math.nan) / trained.get((task, method), math.nan)
-             for task, model, method in zip(summary["task"], summary["model"], summary["method"])]  # fmt: skip
+    ratio = [
+        norms.get((task, model, method), math.nan) / trained.get((task, method), math.nan)
+        for task, model, method in zip(summary["task"], summary["model"], summary["method"])
+    ]
     return summary.assign(norm_ratio=ratio)
 
 
 COMPARED = ("simaou_norm", "simaou", "simam_delta", "alpha")  # similarities of an update (not SimAM after/before FT)
-VERDICT_COLUMNS = ["task", "method", "metric", "baseline", "trained", "baseline_mean", "difference", "diff_low",
-                   "diff_high", "runs", "verdict", "p_value", "norm_ratio"]  # fmt: skip
+VERDICT_COLUMNS = [
+    "task",
+    "method",
+    "metric",
+    "baseline",
+    "trained",
+    "baseline_mean",
+    "difference",
+    "diff_low",
+    "diff_high",
+    "runs",
+    "verdict",
+    "p_value",
+    "norm_ratio",
+]
 
 
-def _paired_row(index: pd.DataFrame, draws: dict, task: str, method: str, metric: str, mine: tuple[str, str],
-                theirs: tuple[str, str], baseline: str) -> dict:  # fmt: skip
+def _paired_row(
+    index: pd.DataFrame,
+    draws: dict,
+    task: str,
+    method: str,
+    metric: str,
+    mine: tuple[str, str],
+    theirs: tuple[str, str],
+    baseline: str,
+) -> dict:
     """A verdict row: the (model, method) `mine` against `theirs` on one task and metric, the paired difference
     (mean over runs of the per-run differences), its two-level bootstrap interval from the same draws on both sides,
     `bootstrap.verdict` (borderline where the Monte Carlo error reaches 0), the p-value that agrees with the
@@ -178,13 +231,20 @@ def _paired_row(index: pd.DataFrame, draws: dict, task: str, method: str, metric
     difference = bootstrap.interval(paired, n_runs)
     borderline = bootstrap.is_borderline(paired, n_runs)
     return {
-        "task": task, "method": method, "metric": metric, "baseline": baseline,
-        "trained": ours["mean"], "baseline_mean": other["mean"],
-        "difference": ours["mean"] - other["mean"], "diff_low": difference[0], "diff_high": difference[1],
-        "runs": n_runs, "verdict": bootstrap.verdict(difference, n_runs, borderline),
+        "task": task,
+        "method": method,
+        "metric": metric,
+        "baseline": baseline,
+        "trained": ours["mean"],
+        "baseline_mean": other["mean"],
+        "difference": ours["mean"] - other["mean"],
+        "diff_low": difference[0],
+        "diff_high": difference[1],
+        "runs": n_runs,
+        "verdict": bootstrap.verdict(difference, n_runs, borderline),
         "p_value": bootstrap.p_value(paired, n_runs),
         "norm_ratio": _norm(index, task, theirs) / _norm(index, task, mine),
-    }  # fmt: skip
+    }
 
 
 def _norm(index: pd.DataFrame, task: str, subject: tuple[str, str]) -> float:
@@ -196,9 +256,11 @@ def _norm(index: pd.DataFrame, task: str, subject: tuple[str, str]) -> float:
 def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
     """Per task, method, compared metric (COMPARED) and untrained baseline: trained − baseline (`_paired_row`)."""
     index = summary.set_index(["task", "model", "method", "metric"])
-    rows = [_paired_row(index, draws, task, method, metric, (TRAINED, method), (model, method), model)
-            for task, model, method, metric in draws
-            if model != TRAINED and metric in COMPARED and (task, TRAINED, method, metric) in draws]  # fmt: skip
+    rows = [
+        _paired_row(index, draws, task, method, metric, (TRAINED, method), (model, method), model)
+        for task, model, method, metric in draws
+        if model != TRAINED and metric in COMPARED and (task, TRAINED, method, metric) in draws
+    ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -236,7 +298,8 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
 def lr_table(out: Path, plan: list[Run], results: dict[str, list[Result]]) -> pd.DataFrame:
     """task, run, paper (one of the papers' own runs), subject ("trained" or a baseline), method, lr, source
     ("given", "search", "GD's" for an LCGD run at GD's lr, "matched" for an lr found to match the update size,
-    "searched" for a baseline's own held-out search, or "trained model's" for a baseline at the papers' lr), and for a searched lr its held-out accuracy and whether the
+    "searched" for a baseline's own held-out search, or "trained model's" for a baseline at the papers' lr), and for
+    a searched lr its held-out accuracy and whether the
     method answered one class."""
     finished = {(r.config["task"], r.config["seed"], r.config["permutation"]): r for rs in results.values() for r in rs}
     rows = []
