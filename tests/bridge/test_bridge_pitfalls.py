@@ -1,0 +1,103 @@
+"""TransformerLens 4's known pitfalls, pinned where they touch what the toolkit measures (`make test-tl4`):
+
+- position ids under padding (TransformerLens #1609: the bridge once took positions from the token index, not the
+  attention mask, so a left-padded row rotated by the wrong angles): the toolkit right-pads; both a right-padded row
+  and, on the installed version, a left-padded row with its mask give the unpadded forward's logits;
+- compatibility-mode hook aliases on post-norm blocks (#1317: an alias could fire on the tensor before the post-norm):
+  on a Gemma-3-shaped checkpoint `hook_attn_out` and `hook_mlp_out`, the names the recording and the lenses read, are
+  exactly what each block adds to the residual stream;
+- gradients of z (the review of #1750: `retain_grad` on `hook_z`'s tensor does nothing on the bridge): attribution
+  patching never relies on it: it differentiates with respect to a zero added to z in the forward hook, and those
+  gradients equal central differences of the bridge's own runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from iclgd_lens.backend import BRIDGE
+from tests.bridge.test_cross_backend import REFERENCE
+
+pytestmark = pytest.mark.skipif(not BRIDGE, reason="TransformerLens 4 only: make test-tl4")
+LLAMA = REFERENCE / "llama-gqa" / "model"  # rotary positions: a wrong position id changes the logits
+
+
+def test_padding_keeps_each_rows_positions():
+    from iclgd_lens import load_model
+
+    model = load_model(LLAMA, device="cpu")
+    long, short = [1, 4, 9, 12, 3, 7, 20], [1, 5, 8, 2]
+    pad = [0] * (len(long) - len(short))
+    with torch.no_grad():
+        alone = model(torch.tensor([short]))[0, -1]
+        right = model(torch.tensor([long, short + pad]))[1, len(short) - 1]  # the toolkit's batching
+        mask = torch.tensor([[1] * len(long), [0] * len(pad) + [1] * len(short)])
+        left = model(torch.tensor([long, pad + short]), attention_mask=mask)[1, -1]
+        shifted = model(torch.tensor([pad + short]))[0, -1]  # left padding without a mask: other positions
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
+    assert (shifted - alone).abs().max() > 1e-3  # the positions matter on this model, so the checks above can fail
+
+
+@pytest.fixture(scope="module")
+def gemma3_folder(tmp_path_factory):
+    """A tiny Gemma 3 checkpoint (pre- and post-norms with non-trivial scales, qk-norm, one key-value head, a
+    4-token sliding window) written by the installed transformers, with the Llama reference's tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
+                              sliding_window=4, layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(0, 0.5)
+    folder = tmp_path_factory.mktemp("gemma3")
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LLAMA / name, folder)
+    return folder
+
+
+def test_the_hook_names_the_toolkit_reads_are_what_each_block_adds_after_its_post_norms(gemma3_folder):
+    from iclgd_lens import load_model
+    from iclgd_lens.core.hooks import hook_name
+
+    model = load_model(gemma3_folder, device="cpu")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([[1, 4, 9, 12, 3, 7, 20, 5]]))
+    for layer in range(model.cfg.n_layers):
+        pre, mid, post = (cache[hook_name(f"resid_{p}", layer)] for p in ("pre", "mid", "post"))
+        torch.testing.assert_close(cache[hook_name("attn_out", layer)], mid - pre, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[hook_name("mlp_out", layer)], post - mid, atol=1e-5, rtol=0)
+        # the post-norm changes the output: reading before it would differ
+        assert (cache[f"blocks.{layer}.ln1_post.hook_in"] - (mid - pre)).abs().max() > 1e-3
+
+
+def test_attribution_gradients_of_z_equal_central_differences_on_the_bridge():
+    from iclgd_lens import compare, load_model
+    from iclgd_lens.core.zs_batch import ZSBatch
+    from tests.helpers import toy_task
+
+    model = load_model(LLAMA, device="cpu")
+    episode = compare(model, toy_task(), k=4, n_eval=4, baselines=(), methods=("gd",), progress=False).episode
+    batch = ZSBatch(model, episode, [0, 1, 2, 3], gradients=True)
+    generator = torch.Generator().manual_seed(0)
+    for layer in range(model.cfg.n_layers):
+        source = batch.z[layer] + torch.randn(batch.z[layer].shape, generator=generator, dtype=batch.z[layer].dtype)
+        terms = batch.estimate(layer, source)  # [head, batch, class]
+        step = 1e-2
+        up, down = (
+            batch.run_heads(layer, range(model.cfg.n_heads), batch.z[layer] + s * (source - batch.z[layer]))
+            for s in (step, -step)
+        )
+        slope = ((up - down) / (2 * step)).double()
+        contrast = lambda v: v[..., 1:] - v[..., :1]  # noqa: E731  (log-probs and logits differ by a constant per row)
+        scale = float(contrast(terms).abs().max())
+        torch.testing.assert_close(contrast(slope), contrast(terms).double(), rtol=0, atol=1e-2 * scale)
+        assert scale > 1e-3
