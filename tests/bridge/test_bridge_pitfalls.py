@@ -101,3 +101,44 @@ def test_attribution_gradients_of_z_equal_central_differences_on_the_bridge():
         scale = float(contrast(terms).abs().max())
         torch.testing.assert_close(contrast(slope), contrast(terms).double(), rtol=0, atol=1e-2 * scale)
         assert scale > 1e-3
+
+
+def test_attribution_patching_agrees_with_transformer_lens_node_scores():
+    """Where both apply (one head's z replaced by another prompt's of the same length, the metric a class-logit
+    contrast at the prediction position), the toolkit's first-order estimate per head is TransformerLens 4's
+    node-level attribution patching (`attn_head_out` nodes, summed over positions): both are (z_clean − z_corrupt)
+    · ∂metric/∂z on the corrupt run."""
+    import dataclasses
+
+    from transformer_lens.tools.analysis.attribution_patching import Node, attribution_patch
+
+    from iclgd_lens import load_model
+    from iclgd_lens.core.episodes import build_episode
+    from iclgd_lens.core.hooks import hook_name
+    from iclgd_lens.core.zs_batch import ZSBatch
+    from tests.helpers import toy_task
+
+    model = load_model(LLAMA, device="cpu")
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=2, n_eval=2)
+    clean, corrupt = (3, 9, 14, 22, 6), (3, 11, 17, 25, 6)  # same length: positions align
+    episode = dataclasses.replace(episode, queries=(corrupt,), labels=(0,))
+    firsts = [tokens[0] for tokens in episode.label_tokens]
+    batch = ZSBatch(model, episode, [0], gradients=True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([[episode.bos, *clean]]))
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        last = logits.reshape(-1, logits.shape[-2], logits.shape[-1])[0, -1]
+        return last[firsts[1]] - last[firsts[0]]
+
+    scores = attribution_patch(model, torch.tensor([[episode.bos, *clean]]), torch.tensor([[episode.bos, *corrupt]]),
+                               metric).node_scores  # fmt: skip
+    for layer in range(model.cfg.n_layers):
+        terms = batch.estimate(layer, cache[hook_name("z", layer)].to(batch.z[layer].dtype))  # [head, batch, class]
+        ours = (terms[..., 1] - terms[..., 0])[:, 0]
+        theirs = torch.tensor([sum(score for node, score in scores.items()
+                                   if node.kind == "attn_head_out" and node.layer == layer and node.head == head)
+                               for head in range(model.cfg.n_heads)])  # fmt: skip
+        assert Node("attn_head_out", 1, layer, 0) in scores
+        torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-4 * float(theirs.abs().max()), rtol=0)
+        assert theirs.abs().max() > 1e-4
