@@ -30,6 +30,15 @@ def findings_block(pairs: list[PairCounts]) -> str:
     return "\n\n".join(parts)
 
 
+def findings_summary(pairs: list[PairCounts]) -> str:
+    """The front door's paragraph: each design's summary sentence, without the tables."""
+    return "\n\n".join(
+        f"**{_capital(DESIGNS[design])}.** {summary_sentence([p for p in pairs if p.baseline_lr == design])}"
+        for design in ("matched", "paper")
+        if any(p.baseline_lr == design for p in pairs)
+    )
+
+
 def summary_sentence(pairs: list[PairCounts]) -> str:
     """What the counts over `pairs` say, every number from `totals`."""
     t = totals(pairs)

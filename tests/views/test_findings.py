@@ -45,14 +45,18 @@ def test_label_control_and_mlp_input_sweeps_are_not_main_pairs():
     assert all(not math.isnan(p.gd_norm_ratio) for p in load_pairs(RESULTS))
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/findings.md"])
-def test_the_pages_quote_the_generator_exactly(page):
+@pytest.mark.parametrize("page, name", [("README.md", "findings-summary"), ("docs/findings.md", "findings")])
+def test_the_pages_quote_the_generator_exactly(page, name):
+    """The README's findings paragraph and docs/findings.md's summary are the generator's output: an edited number
+    fails."""
     script = _script()
-    made = script.block()
+    made = script.block(name=name)
     text = (ROOT / page).read_text()
-    found = script.BLOCK.search(text)
-    assert found, f"{page} has no <!-- findings --> block"
-    assert found.group(0) == made, f"{page}'s findings block differs from `python scripts/findings.py`: rerun it"
+    found = script.pattern(name).search(text)
+    assert found, f"{page} has no <!-- {name} --> block"
+    assert found.group(0) == made, f"{page}'s {name} block differs from `python scripts/findings.py`: rerun it"
+    edited = text.replace(found.group(0), found.group(0).replace(" of ", " of 1", 1))
+    assert script.pattern(name).search(edited).group(0) != made  # the check can fail
 
 
 def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
