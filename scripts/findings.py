@@ -7,9 +7,9 @@
 `--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side (the
 tables of docs/findings.md that set the papers' way beside matched update size).
 Every number of the README's findings paragraph (the <!-- findings-summary --> block: each design's summary
-sentence) and of docs/findings.md's summary (the <!-- findings --> block: the sentences and their tables) comes from here
-(iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out); tests/views/test_findings.py
-fails when a committed page differs from what this prints.
+sentence) and of docs/findings.md's summary (the <!-- findings --> block: the sentences and their tables) comes
+from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out);
+tests/views/test_findings.py fails when a committed page differs from what this prints.
 """
 
 from __future__ import annotations
