@@ -30,6 +30,10 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; }
 section { margin-bottom: 32px; }
 .note { color: #8a4b00; font-size: 13px; }
+details { margin: 4px 0 12px; }
+summary { cursor: pointer; color: #8a4b00; font-size: 13px; }
+.accuracy { font-size: 15px; }
+td.above { background: #dff3e0; } td.below { background: #f8dede; } td.borderline { background: #fff4d6; }
 img { max-width: 100%; }
 """
 
@@ -45,20 +49,46 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(float_format=lambda v: f"{v:.3f}", na_rep="NaN", border=0)
 
 
+def folded_notes(notes: Sequence[str]) -> str:
+    """The notes grouped by the subject they name ("no_training: ..."; the trained model's have no prefix), each
+    group folded under a line that says how many it holds."""
+    groups: dict[str, list[str]] = {}
+    for note in notes:
+        subject, _, rest = note.partition(": ")
+        key = subject if rest and " " not in subject else "the trained model"
+        groups.setdefault(key, []).append(rest if key == subject else note)
+    return "".join(
+        f"<details><summary>{len(group)} note{'s' * (len(group) > 1)} on {escape(key)}: what a reader could "
+        f"misread</summary><ul>{''.join(f'<li class=note>{escape(n)}</li>' for n in group)}</ul></details>"
+        for key, group in groups.items()
+    )
+
+
 def result_section(name: str, result: Result) -> str:
+    """A result: its settings, then what a reader comes for (the trained model's accuracies, the summary table),
+    the notes folded, and the per-layer tables."""
     config = result.config
     facts = (
         f"{config['model']} on {config['task']}: k={config['k']} (effective {config['effective_k']}), seed "
         f"{config['seed']}, permutation {config['permutation']}, lr {config['lr']}, {config['n_eval']} queries, "
         f"preset {config['preset']}, {config['dtype']}"
     )
+    accuracy = ", ".join(f"{setting.upper()} {value:.3f}" for setting, value in result.accuracy.items())
     summary = result.summary()
-    notes = "".join(f'<li class="note">{escape(n)}</li>' for n in summary.notes)
     layers = "".join(heading(metric, 4) + _table(result.per_layer(metric)) for metric in REPORT_METRICS)
     return (
-        f"<section>{heading(name, 2)}<p>{escape(facts)}</p>{heading('Summary', 3)}{_table(pd.DataFrame(summary))}"
-        f"<ul>{notes}</ul>{heading('Per layer', 3)}{layers}</section>"
+        f"<section>{heading(name, 2)}<p class=accuracy>Accuracy of the trained model: {escape(accuracy)}</p>"
+        f"<p>{escape(facts)}</p>{heading('Summary', 3)}{_table(pd.DataFrame(summary))}"
+        f"{folded_notes(summary.notes)}{heading('Per layer', 3)}{layers}</section>"
     )
+
+
+def verdict_table(frame: pd.DataFrame) -> str:
+    """A table with a `verdict` column, each verdict cell coloured by what it says."""
+    html = _table(frame)
+    for verdict in ("above", "below", "borderline"):
+        html = html.replace(f"<td>{verdict}</td>", f'<td class="{verdict}">{verdict}</td>')
+    return html
 
 
 def build_report(
@@ -125,7 +155,6 @@ def attribution_section(folder: Path) -> str:
 def lenses_section(folder: Path) -> str:
     """A lenses folder: its notes, the paired verdicts, the headline measures per layer, and its figure."""
     about = check_format(folder, MARKER, (LENSES_FORMAT,), "lenses", "lenses")
-    notes = "".join(f'<li class="note">{escape(n)}</li>' for n in about["notes"])
     per_layer = pd.read_csv(folder / "per_layer.csv")
     headline = [m for m in dict.fromkeys(per_layer.measure) if m.startswith(("implicit_cos_", "shift_cos_"))]
     tables = ""
@@ -137,8 +166,9 @@ def lenses_section(folder: Path) -> str:
     image = base64.b64encode((folder / "lenses.png").read_bytes()).decode()
     title = f"Lenses: {folder.name} ({about['model']} on {about['task']}, {about['runs']} runs)"
     return (
-        f"<section>{heading(title, 2)}<ul>{notes}</ul>{heading('Model against each baseline and control', 3)}"
-        f"{_table(pd.read_csv(folder / 'paired.csv'))}{heading('Per layer (means; intervals in per_layer.csv)', 3)}"
+        f"<section>{heading(title, 2)}{heading('Model against each baseline and control', 3)}"
+        f"{verdict_table(pd.read_csv(folder / 'paired.csv'))}{folded_notes(about['notes'])}"
+        f"{heading('Per layer (means; intervals in per_layer.csv)', 3)}"
         f'{tables}<img alt="lenses.png" src="data:image/png;base64,{image}"></section>'
     )
 

@@ -53,3 +53,17 @@ def test_report_renders_offline_in_chromium(saved, tmp_path):
     foreign.write_text("<html>mine</html>")
     assert main(["report", str(saved / "s0"), "--html", str(foreign), "--no-views", "--overwrite"]) == 2
     assert foreign.read_text() == "<html>mine</html>"
+
+
+def test_notes_are_grouped_by_subject_and_folded_and_verdicts_coloured():
+    import pandas as pd
+
+    from iclgd_lens.views.report import folded_notes, verdict_table
+
+    html = folded_notes(["ICL answers one class", "no_training: gd: a zero update", "no_training: lcgd: another"])
+    assert html.count("<details>") == 2
+    assert "1 note on the trained model" in html and "2 notes on no_training" in html
+    assert "<li class=note>gd: a zero update</li>" in html
+    table = verdict_table(pd.DataFrame({"measure": ["a", "b", "c"], "verdict": ["above", "below", "too few runs"]}))
+    assert '<td class="above">above</td>' in table and '<td class="below">below</td>' in table
+    assert "<td>too few runs</td>" in table
