@@ -77,6 +77,7 @@ BESIDE = [
     ("smollm2-paper5", "smollm2-subj-matched-paper5", "synth-subj", 5.21),
     ("smollm2-paper5", "smollm2-mr-matched-paper5", "synth-mr", 4.51),
     ("smollm2-paper5", "smollm2-sst2-matched-paper5", "synth-sst2", 3.55),
+    ("smollm2-sst5-paper5", "smollm2-sst5-matched-paper5", "synth-sst5", 3.87),
 ]
 
 
