@@ -397,6 +397,7 @@ def two_runs(tiny, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a subprocess or a whole CLI run: make test, not the edit loop
 def test_lenses_command_pools_runs_and_guards_its_folder(tiny, two_runs, capsys):
     out = two_runs / "lenses"
     runs = [str(two_runs / "run0"), str(two_runs / "run1")]

@@ -71,6 +71,7 @@ def test_compare_end_to_end(workspace, capsys):
     assert set(result["baselines"]) == {"no_training"}
 
 
+@pytest.mark.slow  # a subprocess or a whole CLI run: make test, not the edit loop
 def test_console_script_runs_as_a_module(workspace):
     run = subprocess.run(
         [sys.executable, "-m", "iclgd_lens.cli", *args(workspace, "--baselines", "--methods", "gd", out="module")],
@@ -202,6 +203,7 @@ def run_cli(*argv, env=None):
     return subprocess.run([sys.executable, "-m", "iclgd_lens.cli", *argv], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # a subprocess or a whole CLI run: make test, not the edit loop
 @pytest.mark.parametrize(
     "argv, message",
     [

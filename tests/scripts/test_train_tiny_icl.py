@@ -21,6 +21,7 @@ def training(script):
     return script("tiny_icl_training")
 
 
+@pytest.mark.slow  # a subprocess or a whole CLI run: make test, not the edit loop
 def test_training_script_end_to_end(tmp_path):
     out = tmp_path / "tiny"
     result = subprocess.run(
