@@ -113,3 +113,22 @@ GEMMA3_LIKE = dict(
     rotary_base=1000000,
     rotary_base_local=10000,
 )
+
+
+def check_estimate_is_the_derivative(model, episode, rows=(0, 1, 2, 3), step: float = 1e-2) -> None:
+    """Attribution patching's first-order terms (`ZSBatch.estimate`, gradients of a zero added to z) equal central
+    differences of the exact batched run along (source − z), per head and class contrast, in every layer."""
+    from iclgd_lens.core.zs_batch import ZSBatch
+
+    batch = ZSBatch(model, episode, list(rows), gradients=True)
+    generator = torch.Generator().manual_seed(0)
+    contrast = lambda v: v[..., 1:] - v[..., :1]  # noqa: E731  (log-probs and logits differ by a per-row constant)
+    for layer in range(model.cfg.n_layers):
+        z = batch.z[layer]
+        source = z + torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        terms = batch.estimate(layer, source)  # [head, batch, class]
+        up, down = (batch.run_heads(layer, range(model.cfg.n_heads), z + s * (source - z)) for s in (step, -step))
+        slope = ((up - down) / (2 * step)).double()
+        scale = float(contrast(terms).abs().max())
+        torch.testing.assert_close(contrast(slope), contrast(terms).double(), rtol=0, atol=1e-2 * scale)
+        assert scale > 1e-3

@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
         description="Per layer, on the model and its untrained baselines: ICL's implicit rank-1 update of the MLP "
         "input weights (Dherin et al. 2025; exact, checked by running each block) set against each method's update "
-        "of the same weights (compare --groups mlp_in), ICL's residual stream patched into the ZS run (task "
-        "vectors), and the cosine between ICL's and each method's shift of the residual stream. Several runs of "
+        "of the same weights (compare --groups mlp_in), Hendel's task vectors (ICL's stream at dummy queries, "
+        "averaged) and ICL's own stream of the query patched into the ZS run, and the cosine between ICL's and each "
+        "method's shift of the residual stream, each cosine beside its nulls. Several runs of "
         "one task pool into intervals over runs and queries and paired verdicts against the baselines. Writes "
         "per_layer.csv, paired.csv, lenses.md, lenses.png and lenses.json into --out.",
     )

@@ -119,6 +119,13 @@ class Result:
                 "--model"
             )
 
+    @property
+    def scoring_arithmetic(self) -> tuple[float | None, torch.dtype]:
+        """What scoring this result's records again needs: the metric arithmetic's eps (the reference's, or None:
+        exact) and the recording's dtype (for the rounding-level layers)."""
+        eps = REFERENCE_EPS if self.config.get("arithmetic") == "reference" else None
+        return eps, getattr(torch, self.config.get("dtype", "float32"))
+
     def crossed(self, kind: str, icl: str) -> Result:
         """A cross-paired label control on the trained model: ICL and the methods on different demonstration labels.
         `icl="true"`: ICL with the true labels against every method trained on label control `kind`'s; `icl=kind`:
@@ -136,16 +143,8 @@ class Result:
         records = {"zs": self.records["zs"], "icl": icl_side.records["icl"]}
         records |= {method: method_side.records[method] for method in self.methods}
         W_O = {"model": self.W_O["model"]} | {m: method_side.W_O[m] for m in self.methods if m in method_side.W_O}
-        eps = REFERENCE_EPS if self.config.get("arithmetic") == "reference" else None
-        scores = score(
-            records,
-            self.labels,
-            W_O,
-            tuple(self.methods),
-            self.config["seed"],
-            eps=eps,
-            dtype=getattr(torch, self.config.get("dtype", "float32")),
-        )
+        eps, dtype = self.scoring_arithmetic
+        scores = score(records, self.labels, W_O, tuple(self.methods), self.config["seed"], eps=eps, dtype=dtype)
         own = method_side.scores["model"]
         scores.update_norm, scores.lr = own.update_norm, own.lr
         config = self.config | {"baselines": [], "cross_pair": {"label_control": kind, "icl": icl}}

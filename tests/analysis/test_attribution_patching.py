@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from iclgd_lens import compare, load_task
 from iclgd_lens.analysis.heads.attribution import attribution_table, delta_effects
 from iclgd_lens.core.zs_batch import ZSBatch
-from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, check_estimate_is_the_derivative, tiny_model, toy_task
 
 LLAMA_LIKE = dict(normalization_type="RMS", positional="rotary", gated_mlp=True, act_fn="silu", n_key_value_heads=2)
 SINGLE = ["layer", "head", "method"]
@@ -114,21 +114,7 @@ def test_the_estimate_is_the_derivative_of_the_exact_run(tiny, tiny_result, shap
         if shape == "tiny-icl"
         else compare(model, toy_task(), k=4, n_eval=5, baselines=(), methods=("gd",), progress=False).episode
     )
-    batch = ZSBatch(model, episode, [0, 1, 2, 3], gradients=True)
-    generator = torch.Generator().manual_seed(0)
-    for layer in range(model.cfg.n_layers):
-        source = batch.z[layer] + torch.randn(batch.z[layer].shape, generator=generator)
-        terms = batch.estimate(layer, source)  # [head, batch, class]
-        step = 1e-2
-        up, down = (
-            batch.run_heads(layer, range(model.cfg.n_heads), batch.z[layer] + s * (source - batch.z[layer]))
-            for s in (step, -step)
-        )
-        slope = ((up - down) / (2 * step)).double()
-        contrast = lambda v: v[..., 1:] - v[..., :1]  # noqa: E731  (log-probs and logits differ by a per-row constant)
-        scale = contrast(terms).abs().max()
-        torch.testing.assert_close(contrast(slope), contrast(terms), rtol=0, atol=1e-2 * float(scale))
-        assert scale > 1e-3
+    check_estimate_is_the_derivative(model, episode)
 
 
 def test_atp_verify_runs_the_top_estimated_heads_exactly(tiny, tiny_result):

@@ -160,7 +160,8 @@ def test_task_vectors_patch_nothing_then_everything(arch):
     positions the stream entering layer 0 is the same token's embedding in both prompts, so patching it is ZS."""
     subject, result = lens_subject(arch)
     episode = result.episode
-    patched, plain = patched_runs(subject, episode, stream_points(subject.readings["icl"]), batch_size=2)
+    patched, plain = patched_runs(subject, episode, {"own": stream_points(subject.readings["icl"])}, batch_size=2)
+    patched = patched["own"]
     zs = _first_token_record(subject.model, episode, episode.zs_prefix, 3).double()
     icl = _first_token_record(subject.model, episode, episode.icl_prefix, 3).double()
     # up to a per-row constant (full-vocabulary log-probs): compare the class log-odds
@@ -195,7 +196,7 @@ def test_hendels_task_vector_is_the_mean_dummy_stream_and_not_the_querys():
     others = dataclasses.replace(episode, queries=episode.queries[::-1], labels=episode.labels[::-1])
     assert torch.equal(task_vector(subject, others, batch_size=3), theta)
     n = len(episode.queries)
-    values = patch_values(subject, episode, theta.expand(n, *theta.shape), "tv", batch_size=2)
+    values = patch_values(subject, episode, {"tv": theta.expand(n, *theta.shape)}, batch_size=2)
     assert torch.equal(values["tv_correct"], task_vector_values(subject, episode, batch_size=2)["tv_correct"])
 
 
@@ -208,7 +209,8 @@ def test_a_task_vector_without_demonstrations_changes_nothing():
         result.episode, demos=(), queries=(first,), labels=result.episode.labels[:1], dummy_queries=(first,)
     )
     theta = task_vector(subject, episode)
-    patched, plain = patched_runs(subject, episode, theta[None])
+    patched, plain = patched_runs(subject, episode, {"tv": theta[None]})
+    patched = patched["tv"]
     # the recorded streams are float32: the patched value is the float64 stream rounded to float32
     torch.testing.assert_close(patched, plain[:, None].expand_as(patched), atol=1e-6, rtol=0)
 
@@ -239,7 +241,7 @@ def test_on_tiny_icl_a_task_vector_carries_its_task_and_another_tasks_does_not(t
     n, middle = len(result.episode.queries), tiny.cfg.n_layers - 1
 
     def patched_logodds(theta: torch.Tensor) -> torch.Tensor:
-        return patch_values(subject, result.episode, theta.expand(n, *theta.shape), "tv")["tv_logodds"].mean(0)
+        return patch_values(subject, result.episode, {"tv": theta.expand(n, *theta.shape)})["tv_logodds"].mean(0)
 
     own = patched_logodds(task_vector(subject, result.episode))
     crossed = patched_logodds(task_vector(other_subject, other_result.episode))

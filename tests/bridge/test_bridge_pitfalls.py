@@ -81,26 +81,11 @@ def test_the_hook_names_the_toolkit_reads_are_what_each_block_adds_after_its_pos
 
 def test_attribution_gradients_of_z_equal_central_differences_on_the_bridge():
     from iclgd_lens import compare, load_model
-    from iclgd_lens.core.zs_batch import ZSBatch
-    from tests.helpers import toy_task
+    from tests.helpers import check_estimate_is_the_derivative, toy_task
 
     model = load_model(LLAMA, device="cpu")
     episode = compare(model, toy_task(), k=4, n_eval=4, baselines=(), methods=("gd",), progress=False).episode
-    batch = ZSBatch(model, episode, [0, 1, 2, 3], gradients=True)
-    generator = torch.Generator().manual_seed(0)
-    for layer in range(model.cfg.n_layers):
-        source = batch.z[layer] + torch.randn(batch.z[layer].shape, generator=generator, dtype=batch.z[layer].dtype)
-        terms = batch.estimate(layer, source)  # [head, batch, class]
-        step = 1e-2
-        up, down = (
-            batch.run_heads(layer, range(model.cfg.n_heads), batch.z[layer] + s * (source - batch.z[layer]))
-            for s in (step, -step)
-        )
-        slope = ((up - down) / (2 * step)).double()
-        contrast = lambda v: v[..., 1:] - v[..., :1]  # noqa: E731  (log-probs and logits differ by a constant per row)
-        scale = float(contrast(terms).abs().max())
-        torch.testing.assert_close(contrast(slope), contrast(terms).double(), rtol=0, atol=1e-2 * scale)
-        assert scale > 1e-3
+    check_estimate_is_the_derivative(model, episode)
 
 
 def test_attribution_patching_agrees_with_transformer_lens_node_scores():

@@ -17,7 +17,7 @@ updates.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -44,13 +44,6 @@ def corrupted_demos(episode: Episode, seed: int, corruption: str = "shuffled") -
         prompt = demo[: len(demo) - len(episode.label_tokens[own])]
         out.append((*prompt, *episode.label_tokens[new]))
     return tuple(out)
-
-
-def icl_prefix(episode: Episode, demos: Sequence[Sequence[int]]) -> list[int]:
-    prefix = [episode.bos]
-    for demo in demos:
-        prefix += [*demo, *episode.separator]
-    return prefix
 
 
 @torch.no_grad()
@@ -92,10 +85,11 @@ def indirect_effects(
     prompts' last position it patches in."""
     require_hooked_transformer("function vectors")
     labels = torch.tensor(episode.labels)
-    clean = [icl_prefix(episode, episode.demos) + list(q) for q in episode.queries]
+    clean = [[*episode.icl_prefix, *q] for q in episode.queries]
     _, z = _last_position_run(model, clean, batch_size=batch_size)
     mean_z = torch.stack([z[layer].mean(0) for layer in range(model.cfg.n_layers)])  # [layer, head, d_head]
-    corrupted = [icl_prefix(episode, corrupted_demos(episode, seed, corruption)) + list(q) for q in episode.queries]
+    prefix = replace(episode, demos=corrupted_demos(episode, seed, corruption)).icl_prefix
+    corrupted = [[*prefix, *q] for q in episode.queries]
     base, _ = _last_position_run(model, corrupted, batch_size=batch_size)
     p_base = class_probabilities(base, episode).gather(1, labels[:, None])[:, 0]
     effects = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)

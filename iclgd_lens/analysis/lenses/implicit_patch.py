@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from iclgd_lens.analysis.lenses.implicit_update import matrix_names
+from iclgd_lens.analysis.lenses.implicit_update import matrix_names, mlp_input
 from iclgd_lens.backend import LensModel, require_hooked_transformer
 from iclgd_lens.core.deltas import POST_MLP_SCALE, Delta
 from iclgd_lens.core.hooks import hook_name, parameter_name
@@ -84,21 +84,12 @@ def icl_targets(model: LensModel, prompt: Sequence[int]) -> dict[str, Tensor]:
     logits, cache = model.run_with_cache(
         torch.tensor([list(prompt)], device=model.cfg.device), names_filter=lambda name: name in names
     )
-    skip = torch.stack(
-        [
-            cache[hook_name("resid_pre", l)][0, -1] + cache[hook_name("attn_out", l)][0, -1]
-            for l in range(model.cfg.n_layers)
-        ]
+    resid_pre, attn_out = (
+        [cache[hook_name(p, l)][0, -1:] for l in range(model.cfg.n_layers)] for p in ("resid_pre", "attn_out")
     )
-    u = torch.stack(
-        [_mlp_input(model, l, cache[hook_name("resid_pre", l)][0, -1], skip[l]) for l in range(model.cfg.n_layers)]
-    )
-    return {"skip": skip.double(), "u": u.double(), "logits": logits[0, -1].double()}
-
-
-def _mlp_input(model: LensModel, layer: int, resid_pre: Tensor, skip: Tensor) -> Tensor:
-    stream = resid_pre if model.cfg.parallel_attn_mlp else skip
-    return model.blocks[layer].ln2(stream[None, None])[0, 0]
+    skip = torch.cat([r + a for r, a in zip(resid_pre, attn_out)])
+    u = torch.cat([mlp_input(model, l, r, a) for l, (r, a) in enumerate(zip(resid_pre, attn_out))])
+    return {"skip": skip.double(), "u": u.to(model.cfg.device), "logits": logits[0, -1].double()}
 
 
 @torch.no_grad()
@@ -139,7 +130,7 @@ def _layer_patch(
     with model.hooks([(hook_name("attn_out", layer), keep("a"))]):
         model.blocks[layer](stream)  # the block as it stands: its attention output at the prediction position
     skip = stream[0, -1].double() + seen["a"]
-    u = _mlp_input(model, layer, stream[0, -1], skip.to(stream.dtype)).double()
+    u = mlp_input(model, layer, stream[0, -1:], seen["a"][None].to(stream.dtype))[0].to(model.cfg.device)
     weights = {name: getattr(model.blocks[layer].mlp, name.split(".")[1]).double() for name in matrix_names(model)}
     a = {} if model.cfg.parallel_attn_mlp else {n: (targets["u"][layer] - u) @ W for n, W in weights.items()}
     inputs_only = {layer: LayerPatch(u, a, torch.zeros_like(u), None, None).materialise()}

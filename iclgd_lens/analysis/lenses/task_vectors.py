@@ -59,55 +59,58 @@ def task_vector(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
 
 @torch.no_grad()
 def patched_runs(
-    subject: SubjectRuns, episode: Episode, source: Float[Tensor, "n point d_model"], batch_size: int = 8
-) -> tuple[Float[Tensor, "n point class"], Float[Tensor, "n class"]]:
-    """First-token label log-probs of the ZS prompts with `source[query, point]` patched in at each point (the
-    prediction position), and unpatched."""
+    subject: SubjectRuns, episode: Episode, sources: dict[str, Float[Tensor, "n point d_model"]], batch_size: int = 8
+) -> tuple[dict[str, Float[Tensor, "n point class"]], Float[Tensor, "n class"]]:
+    """First-token label log-probs of the ZS prompts with each source's `[query, point]` patched in at each point
+    (the prediction position), per source, and unpatched; each batch's plain run serves every source."""
     model, n_layers = subject.model, subject.model.cfg.n_layers
     readout = Readout(model)
-    patched, plain = [], []
+    patched: dict[str, list[Tensor]] = {name: [] for name in sources}
+    plain = []
     for start in range(0, len(episode.queries), batch_size):
         rows = list(range(start, min(start + batch_size, len(episode.queries))))
         batch = ZSBatch(model, episode, rows, readout)
         index = torch.arange(len(rows), device=batch.positions.device)
-        per_point = []
-        for point in range(n_layers + 1):
-            value = source[rows, point].to(model.cfg.device, model.cfg.dtype)
+        for name, source in sources.items():
+            per_point = []
+            for point in range(n_layers + 1):
+                value = source[rows, point].to(model.cfg.device, model.cfg.dtype)
 
-            def patch(resid: Tensor, hook, value: Tensor = value) -> Tensor:
-                resid = resid.clone()
-                resid[index, batch.positions] = value
-                return resid
+                def patch(resid: Tensor, hook, value: Tensor = value) -> Tensor:
+                    resid = resid.clone()
+                    resid[index, batch.positions] = value
+                    return resid
 
-            name = hook_name("resid_pre", point) if point < n_layers else hook_name("resid_post", n_layers - 1)
-            per_point.append(batch.run([(name, patch)], from_layer=min(point, n_layers - 1)))
-        patched.append(torch.stack(per_point, 1))
+                hook = hook_name("resid_pre", point) if point < n_layers else hook_name("resid_post", n_layers - 1)
+                per_point.append(batch.run([(hook, patch)], from_layer=min(point, n_layers - 1)))
+            patched[name].append(torch.stack(per_point, 1))
         plain.append(batch.plain)
-    return torch.cat(patched).double(), torch.cat(plain).double()
+    return {name: torch.cat(runs).double() for name, runs in patched.items()}, torch.cat(plain).double()
 
 
 def patch_values(
-    subject: SubjectRuns, episode: Episode, source: Float[Tensor, "n point d_model"], name: str, batch_size: int = 8
+    subject: SubjectRuns, episode: Episode, sources: dict[str, Float[Tensor, "n point d_model"]], batch_size: int = 8
 ) -> dict[str, Tensor]:
-    """`{name}_correct` and `{name}_logodds` [n, point] of the ZS prompts with `source` patched in, and
+    """`{name}_correct` and `{name}_logodds` [n, point] of the ZS prompts with each source patched in, and
     `zs_correct` [n, 1]."""
     labels = torch.tensor(episode.labels)
-    patched, plain = patched_runs(subject, episode, source, batch_size)
-    n, points, _ = patched.shape
-    return {
-        f"{name}_correct": (patched.argmax(-1) == labels[:, None]).double(),
-        f"{name}_logodds": logodds(patched.reshape(n * points, -1), labels.repeat_interleave(points)).view(n, points),
-        "zs_correct": (plain.argmax(-1) == labels).double()[:, None],
-    }
+    patched, plain = patched_runs(subject, episode, sources, batch_size)
+    values = {"zs_correct": (plain.argmax(-1) == labels).double()[:, None]}
+    for name, runs in patched.items():
+        n, points, _ = runs.shape
+        values[f"{name}_correct"] = (runs.argmax(-1) == labels[:, None]).double()
+        values[f"{name}_logodds"] = logodds(runs.reshape(n * points, -1), labels.repeat_interleave(points)).view(
+            n, points
+        )
+    return values
 
 
 def task_vector_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
     """The lens's measures on one subject, float64 [n, point] (module docstring); `zs_correct` [n, 1] too."""
     n = len(episode.queries)
     theta = task_vector(subject, episode, batch_size)
-    values = patch_values(subject, episode, theta.expand(n, *theta.shape), "tv", batch_size)
-    values |= patch_values(subject, episode, stream_points(subject.readings["icl"]), "own_stream", batch_size)
-    return values | shift_values(subject)
+    sources = {"tv": theta.expand(n, *theta.shape), "own_stream": stream_points(subject.readings["icl"])}
+    return patch_values(subject, episode, sources, batch_size) | shift_values(subject)
 
 
 def shift_values(subject: SubjectRuns) -> dict[str, Tensor]:

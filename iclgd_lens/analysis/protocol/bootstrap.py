@@ -33,7 +33,6 @@ from jaxtyping import Float
 from scipy.stats import norm, t
 from torch import Tensor
 
-from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.results import Result
 from iclgd_lens.core.scoring import alpha_values, excluded_layers, similarities
 
@@ -61,8 +60,7 @@ def query_values(result: Result, model: str = "model", method: str = "gd") -> di
     recomputed from the saved records; "alpha" too for LCGD when GD was run."""
     prefix = "" if model == "model" else f"{model}/"
     zs, icl, ft = (result.records[prefix + s] for s in ("zs", "icl", method))
-    eps = REFERENCE_EPS if result.config.get("arithmetic") == "reference" else None
-    dtype = getattr(torch, result.config.get("dtype", "float32"))  # the recording's, for the rounding-level layers
+    eps, dtype = result.scoring_arithmetic
     values = similarities(zs, icl, ft, result.config["seed"], eps, excluded_layers(zs, (icl, ft), eps, dtype))
     out = {name: per_query(values[name]) for name in SIMILARITIES}
     if method == "lcgd" and prefix + "gd" in result.records:
