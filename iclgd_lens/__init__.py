@@ -10,6 +10,7 @@ _PUBLIC = {
     "Delta": "core.deltas",
     "Episode": "core.episodes",
     "MethodContext": "core.methods",
+    "Prompts": "core.recording",
     "Record": "core.recording",
     "Result": "core.results",
     "Task": "sources.task",

@@ -32,6 +32,7 @@ from transformer_lens import HookedTransformer  # noqa: E402
 
 from iclgd_lens import (  # noqa: E402
     CompareConfig,
+    MethodContext,
     build_episode,
     episode_accuracy,
     fit,
@@ -67,17 +68,10 @@ def evaluate_task(
     """ZS and ICL accuracy through the toolkit's own episode and recording (the papers' protocol), with the task's
     label words and with them reversed."""
     scores = []
-    choices = (config or CompareConfig()).choices
+    config = replace(config or CompareConfig(), k=k, seed=seed, n_eval=n_queries or len(task.eval))
+    choices = config.choices
     for words in (task.label_words, task.label_words[::-1]):
-        episode = build_episode(
-            replace(task, label_words=words),
-            model.tokenizer,
-            model.cfg.n_ctx,
-            k=k,
-            seed=seed,
-            n_eval=n_queries or len(task.eval),
-            choices=choices,
-        )
+        episode = build_episode(replace(task, label_words=words), model.tokenizer, model.cfg.n_ctx, config)
         accuracy = episode_accuracy(model, episode, position=choices.position, batch_size=batch_size)
         scores += [accuracy["zs"], accuracy["icl"]]
     return TaskScore(task.name, episode.effective_k, len(episode.queries), *scores)
@@ -92,7 +86,7 @@ def gd_zs_accuracy(
 ) -> float:
     """ZS accuracy after the papers' GD (plain SGD on every layer's K/V over the k demonstrations)."""
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_queries or len(task.eval))
-    delta = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
+    delta = fit(model, episode.train_demos, episode.bos, MethodContext(lr))
     return episode_accuracy(model, episode, {"gd": delta}, prompts=())["gd"]
 
 

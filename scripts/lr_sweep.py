@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from iclgd_lens import build_episode, episode_accuracy, fit, load_model, load_task
+from iclgd_lens import MethodContext, build_episode, episode_accuracy, fit, load_model, load_task
 from iclgd_lens.sources import SYNTHETIC_TASKS
 
 GRIDS = {
@@ -29,7 +29,7 @@ def sweep(model, task, k: int, seed: int, n_eval: int, lrs: list[float], batch_s
     row["gd"] = {}
     for lr in lrs:
         try:
-            delta = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
+            delta = fit(model, episode.train_demos, episode.bos, MethodContext(lr))
         except FloatingPointError:
             row["gd"][lr] = float("nan")
             continue

@@ -16,7 +16,7 @@ from iclgd_lens.backend import LensModel
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.metrics import accuracy
-from iclgd_lens.core.recording import Record, record
+from iclgd_lens.core.recording import Prompts, Record, record
 
 
 def setting_inputs(
@@ -43,15 +43,7 @@ def record_settings(
     delta), on the episode's queries."""
     return {
         name: record(
-            model,
-            episode.queries,
-            episode.label_tokens,
-            prefix,
-            position,
-            delta,
-            batch_size,
-            pad_token=episode.bos,
-            desc=f"record {name}" if progress else None,
+            model, Prompts.of(episode, prefix, position), delta, batch_size, desc=f"record {name}" if progress else None
         )
         for name, (prefix, delta) in setting_inputs(episode, deltas, prompts).items()
     }

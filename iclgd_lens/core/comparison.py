@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +24,7 @@ from iclgd_lens.core.methods import MethodContext, method_options, run_method
 from iclgd_lens.core.metrics import REFERENCE_EPS
 from iclgd_lens.core.recording import Record, output_weights
 from iclgd_lens.core.results import ARCHITECTURE, Result, check_output_folder
-from iclgd_lens.core.scoring import score
+from iclgd_lens.core.scoring import Scores, score
 from iclgd_lens.core.update_size import matched_lr
 from iclgd_lens.sources.task import Task
 
@@ -54,38 +54,20 @@ def compare(
     in the folder's control-<kind>/, and set beside every metric in `summary()` and the reproduction tables.
     """
     config = CompareConfig.build(config, **options)
-    choices = config.choices
     check_backend(config)
     check_matchable(config)
-    k, seed = config.k, config.seed
     if out is not None:
         check_output_folder(Path(out), overwrite)
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; load it with load_model or attach one (model.set_tokenizer)")
-    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, seed, config.permutation, config.n_eval, choices)
-    if episode.effective_k < k:
-        print(
-            f"iclgd-lens: warning: {k - episode.effective_k} of {k} demonstrations do not fit the {model.cfg.n_ctx}-"
-            f"token context and were dropped from the ICL prompt (effective k = {episode.effective_k}); GD trains "
-            f"on {len(episode.train_demos)}",
-            file=sys.stderr,
-        )
-    if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, replace(config, label_control=None))
+    _warn_dropped(episode, model.cfg.n_ctx)
+    if config.choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)
     parameters = trained_parameters(model, config.groups, config.biases)  # the trained model's, for every subject
     result = compare_episode(model, task, episode, config, parameters, progress)
     if config.label_control is not None:
-        control = build_episode(
-            task,
-            model.tokenizer,
-            model.cfg.n_ctx,
-            k,
-            seed,
-            config.permutation,
-            config.n_eval,
-            choices,
-            config.label_control,
-        )
+        control = build_episode(task, model.tokenizer, model.cfg.n_ctx, config)
         if control.demo_labels == episode.demo_labels:
             print(
                 f"iclgd-lens: warning: the {config.label_control} label control shows every demonstration's own "
@@ -96,6 +78,36 @@ def compare(
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
+
+
+def _warn_dropped(episode: Episode, n_ctx: int) -> None:
+    """Say when demonstrations did not fit the context (effective k below k)."""
+    k = episode.k
+    if episode.effective_k < k:
+        print(
+            f"iclgd-lens: warning: {k - episode.effective_k} of {k} demonstrations do not fit the {n_ctx}-token "
+            f"context and were dropped from the ICL prompt (effective k = {episode.effective_k}); GD trains on "
+            f"{len(episode.train_demos)}",
+            file=sys.stderr,
+        )
+
+
+@dataclass
+class SubjectRun:
+    """One subject's share of a comparison (the model, or an untrained baseline named `name`): its deltas and the
+    lr each method trained with, and per setting its recording and output weights, scored."""
+
+    name: str
+    deltas: dict[str, Delta]
+    scores: Scores
+    records: dict[str, Record]
+    W_O: dict[str, torch.Tensor]
+    b_O: dict[str, torch.Tensor]
+
+    def keyed(self, field: str) -> dict[str, Any]:
+        """`field`'s settings under the keys a `Result` holds: "gd" on the model, "no_training/gd" on a baseline."""
+        prefix = "" if self.name == "model" else f"{self.name}/"
+        return {prefix + setting: value for setting, value in getattr(self, field).items()}
 
 
 def compare_episode(
@@ -109,36 +121,51 @@ def compare_episode(
     """One comparison on one episode: every setting on the model and on each untrained baseline, scored. Each
     subject's methods train at the lr `config` gives them (`fit_methods`): a baseline's matched to the trained
     model's update size by default."""
-    choices, seed = config.choices, config.seed
-    labels = torch.tensor(episode.labels)
-    eps = REFERENCE_EPS if choices.arithmetic == "reference" else None  # the cosine's arithmetic
-    scores, records, W_O, b_O, deltas, targets, trained_lrs = {}, {}, {}, {}, {}, {}, {}
+    runs: dict[str, SubjectRun] = {}
     for name in tqdm(("model", *config.baselines), desc="models", disable=not progress or not config.baselines):
-        subject = model if name == "model" else untrained_copy(model, name, seed, choices.init)
-        learned, lrs = fit_methods(subject, task, episode, config, parameters, name, (targets, trained_lrs), progress)
-        recorded, weights, biases = record_subject(subject, episode, config, learned, progress)
-        norms = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}
-        if name == "model":
-            deltas, targets, trained_lrs = learned, {method: norm["total"] for method, norm in norms.items()}, lrs
-        scores[name] = score(
-            recorded,
-            labels,
-            weights,
-            config.methods,
-            seed,
-            eps=eps,
-            dtype=model.cfg.dtype,
-            subsets=config.subsets,
-            class_names=task.label_words,
-        )
-        scores[name].update_norm, scores[name].lr = norms, lrs
-        prefix = "" if name == "model" else f"{name}/"
-        records |= {prefix + s: r for s, r in recorded.items()}
-        W_O |= {prefix + s: w for s, w in weights.items()}
-        b_O |= {prefix + s: b for s, b in biases.items()}
+        subject = model if name == "model" else untrained_copy(model, name, config.seed, config.choices.init)
+        runs[name] = run_subject(subject, name, task, episode, config, parameters, runs.get("model"), progress)
         del subject
-    described = describe(model, task, episode, config, parameters) | _lcgd_lr_record(config, scores["model"].lr)
-    return Result(described, scores, records, W_O, labels, episode, deltas, b_O=b_O)
+    described = describe(model, task, episode, config, parameters) | _lcgd_lr_record(config, runs["model"].scores.lr)
+    return Result(
+        described,
+        {name: run.scores for name, run in runs.items()},
+        {key: value for run in runs.values() for key, value in run.keyed("records").items()},
+        {key: value for run in runs.values() for key, value in run.keyed("W_O").items()},
+        torch.tensor(episode.labels),
+        episode,
+        runs["model"].deltas,
+        b_O={key: value for run in runs.values() for key, value in run.keyed("b_O").items()},
+    )
+
+
+def run_subject(
+    model: LensModel,
+    name: str,
+    task: Task,
+    episode: Episode,
+    config: CompareConfig,
+    parameters: Sequence[str],
+    trained: SubjectRun | None,
+    progress: bool = False,
+) -> SubjectRun:
+    """Subject `name`'s methods fitted (at the lrs `fit_methods` gives it, matched to `trained`, the trained
+    model's run, where the config matches update sizes), every setting recorded, and scored."""
+    learned, lrs = fit_methods(model, task, episode, config, parameters, name, trained, progress)
+    recorded, weights, biases = record_subject(model, episode, config, learned, progress)
+    choices = config.choices
+    scores = score(
+        recorded,
+        torch.tensor(episode.labels),
+        weights,
+        config.seed,
+        eps=REFERENCE_EPS if choices.arithmetic == "reference" else None,  # the cosine's arithmetic
+        dtype=model.cfg.dtype,
+        subsets=config.subsets,
+        class_names=task.label_words,
+    )
+    scores.update_norm, scores.lr = {method: d.norms(model.cfg.n_layers) for method, d in learned.items()}, lrs
+    return SubjectRun(name, learned, scores, recorded, weights, biases)
 
 
 def fit_methods(
@@ -148,15 +175,17 @@ def fit_methods(
     config: CompareConfig,
     parameters: Sequence[str],
     subject: str,
-    trained: tuple[dict[str, float], dict[str, float]],
+    trained: SubjectRun | None,
     progress: bool = False,
 ) -> tuple[dict[str, Delta], dict[str, float]]:
     """Each method's delta on `subject`'s `model` and the lr it trained with: the config's lr; where the config
     matches update sizes (`CompareConfig.matched`) the lr whose ‖ΔW‖ equals the target within 2 %: the trained
-    model's update of that method for a baseline (`trained`: the trained model's update norms and lrs per method),
+    model's update of that method for a baseline (`trained`: the trained model's run; None for the model itself),
     GD's for the trained model's LCGD; for a baseline with `baseline_lr="searched"`, the lr its own held-out search
     chooses (`core.lr_search`). GD trains first."""
-    (targets, trained_lrs), deltas, lrs = trained, {}, {}
+    deltas, lrs = {}, {}
+    targets = {m: norm["total"] for m, norm in trained.scores.update_norm.items()} if trained else {}
+    trained_lrs = trained.scores.lr if trained else {}
     for method in sorted(config.methods, key=lambda m: m != "gd"):
         context = method_context(config, method, parameters, progress)
         if subject != "model" and config.baseline_lr == "searched":
@@ -184,20 +213,7 @@ def _start_lr(method: str, lr: float, lrs: dict[str, float], trained_lrs: dict[s
 def searched_lr(model: LensModel, task: Task, config: CompareConfig, method: str, subject: str) -> float:
     """`method`'s lr on `subject`'s model from its own search over `config.lr_grid`, scored on held-out train rows
     (never the evaluation split)."""
-    search = search_lr(
-        model,
-        task,
-        config.lr_grid,
-        config.k,
-        config.seed,
-        config.permutation,
-        choices=config.choices,
-        n_heldout=config.n_heldout,
-        batch_size=config.batch_size,
-        groups=config.groups,
-        biases=config.biases,
-        method=method,
-    )
+    search = search_lr(model, task, config, method)
     if search["chosen"] is None:
         raise FloatingPointError(f"{subject}'s {method} diverged at every learning rate of --lr-grid; lower the grid")
     return search["chosen"]

@@ -11,16 +11,15 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.presets import (
     LABEL_CONTROLS,
-    PRESETS,
     REFERENCE_PERMUTATIONS,
-    Choices,
     check_choice,
-    check_permutation,
 )
 from iclgd_lens.sources.task import Task
 from iclgd_lens.sources.tokenizers import special_tokens
@@ -199,55 +198,93 @@ def shown_labels(labels: list[int], n_classes: int, seed: int, control: str | No
     return [labels[i] for i in order]
 
 
-def build_episode(
-    task: Task,
-    tokenizer,
-    n_ctx: int,
-    k: int = 32,
-    seed: int = 0,
-    permutation: int = 0,
-    n_eval: int | None = None,
-    choices: Choices | None = None,
-    label_control: str | None = None,
-) -> Episode:
-    """Tokenise the demonstrations (first k of a seeded shuffle of train, reordered for permutation > 0) and the
-    queries (eval, shuffled with seed 1, capped at n_eval). Demonstrations that would overflow the context are
-    dropped from the ICL prompt (effective k) as `choices.truncation` says; GD trains on `choices.gd_demos`.
-    `label_control`: the demonstrations (ICL's and GD's alike) show `shown_labels` instead of their own; the queries
+def build_episode(task: Task, tokenizer, n_ctx: int, config: CompareConfig | None = None, **options: Any) -> Episode:
+    """Every token id of one comparison of `task` for a model with this tokenizer and context (`n_ctx` tokens), as
+    `config` says (a `CompareConfig`, or its fields by name: `build_episode(task, tok, 512, k=8, n_eval=10)`).
+
+    The demonstrations are the first k of a seeded shuffle of train (reordered for permutation > 0), the queries
+    eval shuffled with seed 1 and capped at n_eval. Demonstrations that would overflow the context are dropped from
+    the ICL prompt (effective k) as `choices.truncation` says; GD trains on `choices.gd_demos`. With a
+    `label_control` the demonstrations (ICL's and GD's alike) show `shown_labels` instead of their own; the queries
     and their labels are the same."""
-    choices = choices or PRESETS["toolkit"]
+    config = CompareConfig.build(config, **options) if options or config is None else config
+    choices, k, seed, label_control = config.choices, config.k, config.seed, config.label_control
     check_k(task, k)
-    check_permutation(permutation, choices.order)
-    n_eval = DEFAULT_N_EVAL if n_eval is None else n_eval
-    if n_eval < 1:
-        raise ValueError(f"n_eval must be >= 1, got {n_eval}")
     bos, eos = special_tokens(tokenizer)
     encode = text_encoder(tokenizer, choices.text == "raw", eos)
-    if choices.separator == "eos":
-        if eos is None:
-            raise ValueError("the tokenizer has no end-of-sequence token; pass a text separator such as '\\n'")
-        separator: Tokens = (eos,)
-    else:
-        separator = encode(choices.separator)
+    separator = _separator(choices.separator, encode, eos)
+    label_tokens = _label_tokens(task, encode)
+    raw = choices.text == "raw"
+
+    def prompt(row: dict) -> Tokens:
+        return encode(task.prompt(row, raw))
+
+    icl_rows, gd_rows, shown, eval_rows = _drawn_rows(task, config)
+    queries = tuple(prompt(task.eval[i]) for i in eval_rows)
+    longest_row = _check_queries(queries, eval_rows, label_tokens, n_ctx)
+
+    def demonstration(row: int) -> Tokens:
+        return prompt(task.train[row]) + label_tokens[shown[row]]
+
+    icl_demos = [demonstration(row) for row in icl_rows]
+    longest_query = max(len(q) for q in queries)  # the prefix's budget leaves room for it, and for no longer dummy
+    dummies = dummy_rows(task, k, seed, lambda row: len(prompt(task.train[row])) <= longest_query)
+    # Every query must fit after the prefix: the budget leaves room for the longest query row.
+    kept = keep_demonstrations(
+        [len(d) + len(separator) for d in icl_demos], n_ctx - longest_row + 1, choices.truncation
+    )
+    if choices.gd_demos == "kept":
+        gd_rows = [row for row in gd_rows if row in {icl_rows[i] for i in kept}]
+    train_demos = tuple(demonstration(row) for row in gd_rows)
+    _check_trainable(train_demos, gd_rows, n_ctx)
+    return Episode(
+        task=task.name,
+        bos=bos,
+        separator=separator,
+        label_tokens=label_tokens,
+        demos=tuple(icl_demos[i] for i in kept),
+        demo_rows=tuple(icl_rows[i] for i in kept),
+        train_demos=train_demos,
+        train_rows=tuple(gd_rows),
+        queries=queries,
+        query_rows=tuple(eval_rows),
+        labels=tuple(task.eval[i]["label"] for i in eval_rows),
+        k=k,
+        n_ctx=n_ctx,
+        demo_labels=tuple(shown[icl_rows[i]] for i in kept),
+        train_labels=tuple(shown[row] for row in gd_rows),
+        label_control=label_control,
+        dummy_queries=tuple(prompt(task.train[row]) for row in dummies),
+        dummy_rows=tuple(dummies),
+        dummy_labels=tuple(task.train[row]["label"] for row in dummies),
+    )
+
+
+def _separator(separator: str, encode: Callable[[str], Tokens], eos: int | None) -> Tokens:
+    """The tokens between demonstrations: the tokenizer's end-of-sequence token (`eos`) or the encoded text."""
+    if separator != "eos":
+        return encode(separator)
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-sequence token; pass a text separator such as '\\n'")
+    return (eos,)
+
+
+def _label_tokens(task: Task, encode: Callable[[str], Tokens]) -> tuple[Tokens, ...]:
+    """Per class, the tokens of " " + its label word; each nonempty and distinct."""
     label_tokens = tuple(encode(" " + word) for word in task.label_words)
     empty = [word for word, tokens in zip(task.label_words, label_tokens) if not tokens]
     if empty:
         raise ValueError(f"label words {empty} tokenise to nothing; choose label words the tokenizer can encode")
     if len(set(label_tokens)) != len(label_tokens):
         raise ValueError(f"label words {list(task.label_words)} tokenise identically; choose distinct label words")
+    return label_tokens
 
-    shuffled = demonstration_rows(len(task.train), k, seed)
-    shown = dict(
-        zip(
-            shuffled,
-            shown_labels([task.train[row]["label"] for row in shuffled], len(task.label_words), seed, label_control),
-        )
-    )
-    icl_rows, gd_rows = demonstration_orders(shuffled, seed, permutation, choices.order)
-    eval_rows = [int(i) for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(task.eval))[:n_eval]]
 
-    raw = choices.text == "raw"
-    queries = tuple(encode(task.prompt(task.eval[i], raw)) for i in eval_rows)
+def _check_queries(
+    queries: tuple[Tokens, ...], eval_rows: list[int], label_tokens: tuple[Tokens, ...], n_ctx: int
+) -> int:
+    """Refuse an empty query prompt and a query that cannot fit the context with BOS and its longest label; returns
+    the longest such row's length."""
     empty_queries = [eval_rows[i] for i, q in enumerate(queries) if not q]
     if empty_queries:
         raise ValueError(f"eval rows {empty_queries[:5]} give empty prompts; check the template and the data")
@@ -258,43 +295,26 @@ def build_episode(
             f"eval query (row {eval_rows[worst]}) needs {longest_row} tokens with BOS and label but the model "
             f"context is {n_ctx}; use a model with a longer context or drop long examples from the eval data"
         )
+    return longest_row
 
-    def demonstration(row: int) -> Tokens:
-        return encode(task.prompt(task.train[row], raw)) + label_tokens[shown[row]]
 
-    icl_demos = [demonstration(row) for row in icl_rows]
-    longest_query = max(len(q) for q in queries)  # the prefix's budget leaves room for it, and for no longer dummy
-    dummies = dummy_rows(task, k, seed, lambda row: len(encode(task.prompt(task.train[row], raw))) <= longest_query)
-    # Every query must fit after the prefix: the budget leaves room for the longest query row.
-    kept = keep_demonstrations(
-        [len(d) + len(separator) for d in icl_demos], n_ctx - longest_row + 1, choices.truncation
-    )
-    if choices.gd_demos == "kept":
-        gd_rows = [row for row in gd_rows if row in {icl_rows[i] for i in kept}]
-    too_long = [row for row in gd_rows if 1 + len(demonstration(row)) > n_ctx]
+def _check_trainable(train_demos: tuple[Tokens, ...], rows: list[int], n_ctx: int) -> None:
+    """Refuse a demonstration GD must train on that does not fit the context even alone, after BOS."""
+    too_long = [row for row, demo in zip(rows, train_demos) if 1 + len(demo) > n_ctx]
     if too_long:
         raise ValueError(
             f"train rows {too_long[:5]} do not fit the {n_ctx}-token context even alone, so GD cannot train on them; "
             "use gd_demos='kept' (--gd-demos kept) or drop long examples from the train data"
         )
-    return Episode(
-        task=task.name,
-        bos=bos,
-        separator=separator,
-        label_tokens=label_tokens,
-        demos=tuple(icl_demos[i] for i in kept),
-        demo_rows=tuple(icl_rows[i] for i in kept),
-        train_demos=tuple(demonstration(row) for row in gd_rows),
-        train_rows=tuple(gd_rows),
-        queries=queries,
-        query_rows=tuple(eval_rows),
-        labels=tuple(task.eval[i]["label"] for i in eval_rows),
-        k=k,
-        n_ctx=n_ctx,
-        demo_labels=tuple(shown[icl_rows[i]] for i in kept),
-        train_labels=tuple(shown[row] for row in gd_rows),
-        label_control=label_control,
-        dummy_queries=tuple(encode(task.prompt(task.train[row], raw)) for row in dummies),
-        dummy_rows=tuple(dummies),
-        dummy_labels=tuple(task.train[row]["label"] for row in dummies),
-    )
+
+
+def _drawn_rows(task: Task, config: CompareConfig) -> tuple[list[int], list[int], dict[int, int], list[int]]:
+    """The train rows ICL shows and GD trains on (each in its order), the class each demonstrated row shows, and
+    the evaluation rows."""
+    shuffled = demonstration_rows(len(task.train), config.k, config.seed)
+    labels = [task.train[row]["label"] for row in shuffled]
+    shown = dict(zip(shuffled, shown_labels(labels, len(task.label_words), config.seed, config.label_control)))
+    icl_rows, gd_rows = demonstration_orders(shuffled, config.seed, config.permutation, config.choices.order)
+    n_eval = DEFAULT_N_EVAL if config.n_eval is None else config.n_eval
+    eval_rows = [int(i) for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(task.eval))[:n_eval]]
+    return icl_rows, gd_rows, shown, eval_rows

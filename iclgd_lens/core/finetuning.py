@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from iclgd_lens.backend import LensModel, block_parameters, final_residual
 from iclgd_lens.core.deltas import Delta, Hook
 from iclgd_lens.core.hooks import hook_name, parameter_layer, reset_alibi
-from iclgd_lens.core.presets import LCGD_EXITS, METHODS, check_choice, check_lr
+from iclgd_lens.core.methods import MethodContext
+from iclgd_lens.core.presets import METHODS, check_choice
 from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
 
@@ -47,10 +48,10 @@ class LayerCausalReadout:
     norm + unembedding; the per-layer NLLs are summed. Hence layer l's weights move only with layer l's loss.
 
     Hook order matters: `input_hooks` go before a delta's hooks (its captures must see the detached input) and
-    `exit_hooks` after them (the exit must include the delta's own additions)."""
+    `exit_hooks` after them (the exit must include the delta's own additions). `exit` is checked where it enters
+    (`MethodContext`)."""
 
     def __init__(self, model: LensModel, exit: str = "block") -> None:
-        check_choice("LCGD exit", exit, LCGD_EXITS)
         self.n_layers, self.exit = model.cfg.n_layers, exit
         self.readout = Readout(model)  # W_U's transposed copy made once, not per step
         self.resid_pre: dict[int, Tensor] = {}
@@ -92,21 +93,19 @@ def fit(
     model: LensModel,
     demos: Sequence[Sequence[int]],
     bos: int,
+    context: MethodContext,
     method: str = "gd",
-    lr: float = 1e-3,
-    parameters: Sequence[str] | None = None,
-    lcgd_exit: str = "block",
-    progress: bool = False,
-    precision: str = "native",
-    observers: Sequence[Hook] = (),
     step: str = "sgd",
-    epochs: int = 1,
-    betas: tuple[float, float] = (0.9, 0.999),
+    observers: Sequence[Hook] = (),
 ) -> Delta:
-    """Plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1, the
-    demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per layer).
-    `parameters`: the per-block parameters trained (default `trained_parameters(model)`: K and V weights and the
-    biases the checkpoint has).
+    """The delta `method` ("gd" or "lcgd") trains on `demos` (token ids, each run after `bos`) with `step`, as
+    `context` says (its lr, trained parameters, LCGD's exit, precision and progress bar; the options "epochs" and,
+    for Adam, "betas"). Returns the `Delta`: the trained change of each parameter, applied through hooks.
+
+    The papers' fit: plain SGD (no momentum, no weight decay, no clipping), constant lr, one epoch, batch size 1,
+    the demonstrations in the given order; loss = causal-LM NLL over [BOS] + demonstration (LCGD: summed per
+    layer). `context.parameters`: the per-block parameters trained (None: `trained_parameters(model)`, K and V
+    weights and the biases the checkpoint has).
 
     precision `native`: the delta trains in the model's dtype. `fp16-mixed` (the reference's fairseq
     FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
@@ -122,28 +121,29 @@ def fit(
     (torch.optim.Adam with `betas`, no weight decay); `epochs` passes over the demonstrations, in the same order."""
     check_choice("method", method, METHODS)
     check_choice("step", step, STEPS)
-    check_lr(lr)
+    lr, epochs = context.lr, int(context.options.get("epochs", 1))
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if precision == "fp16-mixed" and step != "sgd":
+    if context.precision == "fp16-mixed" and step != "sgd":
         raise ValueError(f"precision fp16-mixed reproduces the reference's SGD only; the {step} step needs native")
     reset_alibi(model)  # the same demonstrations give the same delta, whatever ran on the model before
-    delta = Delta.zeros(model, parameters)  # what the hooks apply: the trained delta, or fp16-mixed's effective one
-    if precision == "fp16-mixed":
+    # What the hooks apply: the trained delta, or fp16-mixed's effective one.
+    delta = Delta.zeros(model, context.parameters)
+    if context.precision == "fp16-mixed":
         update = MixedFP16Step(model, delta, lr)
     elif step == "adam":
-        update = AdamStep(delta, lr, betas)
+        update = AdamStep(delta, lr, tuple(context.options.get("betas", (0.9, 0.999))))
     else:
         update = (LayerNormalisedStep if step == "layer-normalised" else NativeStep)(delta, lr)
     hooks = delta.hooks(model)
     if method == "lcgd":
-        readout = LayerCausalReadout(model, lcgd_exit)
+        readout = LayerCausalReadout(model, context.lcgd_exit)
         hooks = readout.input_hooks() + hooks + readout.exit_hooks()
     else:
         unembed = Readout(model)
     with frozen_parameters(model), projections_laid_out_once(), model.hooks([*hooks, *observers]):
         schedule = [demo for _ in range(epochs) for demo in demos]
-        for index, demo in enumerate(tqdm(schedule, desc=f"fit {method}", disable=not progress, leave=False)):
+        for index, demo in enumerate(tqdm(schedule, desc=f"fit {method}", disable=not context.progress, leave=False)):
             tokens = torch.tensor([[bos, *demo]], device=model.cfg.device)
             if method == "gd":
                 loss = causal_lm_loss(unembed(final_residual(model, tokens)), tokens)

@@ -9,22 +9,22 @@ loss diverges) is reported as such and chosen only when every candidate is; the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
+from torch import Tensor
 
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import record_settings
 from iclgd_lens.core.baselines import half_copy
+from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.deltas import trained_parameters
 from iclgd_lens.core.episodes import build_episode, demonstration_rows
 from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.metrics import accuracy
-from iclgd_lens.core.presets import DEFAULT_GROUPS, Choices, resolve
 from iclgd_lens.core.scoring import majority
 from iclgd_lens.sources.task import Task
-
-DEFAULT_HELDOUT = 128  # held-out train rows that score each candidate
 
 
 def heldout_task(task: Task, k: int, seed: int) -> Task:
@@ -39,72 +39,53 @@ def heldout_task(task: Task, k: int, seed: int) -> Task:
     return Task(task.name, task.template, task.label_words, task.train, heldout, eval_split="heldout-train")
 
 
-def search_lr(
-    model: LensModel,
-    task: Task,
-    grid: Sequence[float],
-    k: int = 32,
-    seed: int = 0,
-    permutation: int = 0,
-    *,
-    choices: Choices | None = None,
-    n_heldout: int = DEFAULT_HELDOUT,
-    batch_size: int = 8,
-    groups: Sequence[str] = DEFAULT_GROUPS,
-    biases: str = "checkpoint",
-    method: str = "gd",
-) -> dict:
-    """`method`'s accuracy (GD or LCGD) on held-out train rows for every lr of `grid`, and the chosen lr.
+def search_lr(model: LensModel, task: Task, config: CompareConfig, method: str = "gd") -> dict:
+    """`method`'s accuracy (GD or LCGD) for every lr of `config.lr_grid`, trained on the run's demonstrations (the
+    config's k, seed, permutation, choices, groups and biases) and scored on `config.n_heldout` held-out train rows;
+    and the chosen lr.
 
     Returns {"chosen", "chosen_one_class", "n_heldout", "candidates": [{lr, accuracy, majority_class,
     majority_share, one_class, diverged}]}."""
-    if not grid:
+    if not config.lr_grid:
         raise ValueError("the learning-rate grid is empty")
-    choices = choices or resolve("toolkit")
-    if choices.precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
+    precision = config.choices.precision
+    if precision == "fp16-mixed" and model.cfg.dtype != torch.float16:
         model = half_copy(model)
-    episode = build_episode(
-        heldout_task(task, k, seed), model.tokenizer, model.cfg.n_ctx, k, seed, permutation, n_heldout, choices
-    )
+    scored = replace(config, n_eval=config.n_heldout, label_control=None)
+    episode = build_episode(heldout_task(task, config.k, config.seed), model.tokenizer, model.cfg.n_ctx, scored)
     labels = torch.tensor(episode.labels)
-    parameters = trained_parameters(model, groups, biases)
+    parameters = trained_parameters(model, config.groups, config.biases)
     candidates = []
-    for lr in sorted(set(grid)):
+    for lr in sorted(set(config.lr_grid)):
         try:
-            delta = fit(model, episode.train_demos, episode.bos, method, lr, parameters, precision=choices.precision)
+            context = MethodContext(lr, parameters, precision=precision)
+            delta = fit(model, episode.train_demos, episode.bos, context, method)
         except FloatingPointError:
-            candidates.append(
-                {
-                    "lr": lr,
-                    "accuracy": float("nan"),
-                    "majority_class": None,
-                    "majority_share": None,
-                    "one_class": False,
-                    "diverged": True,
-                }
-            )
+            candidates.append(_candidate(lr, None, labels))
             continue
         settings = record_settings(
-            model, episode, {method: delta}, prompts=(), position=choices.position, batch_size=batch_size
+            model, episode, {method: delta}, prompts=(), position=config.choices.position, batch_size=config.batch_size
         )
-        recorded = settings[method]
-        top = majority(recorded.pred)
-        candidates.append(
-            {
-                "lr": lr,
-                "accuracy": accuracy(recorded.pred, labels),
-                "majority_class": top["class"],
-                "majority_share": top["share"],
-                "one_class": top["share"] == 1.0,
-                "diverged": False,
-            }
-        )
+        candidates.append(_candidate(lr, settings[method].pred, labels))
     chosen = choose_lr(candidates)
     return {
         "chosen": chosen["lr"] if chosen else None,
         "chosen_one_class": bool(chosen and chosen["one_class"]),
         "n_heldout": len(episode.queries),
         "candidates": candidates,
+    }
+
+
+def _candidate(lr: float, pred: Tensor | None, labels: Tensor) -> dict:
+    """One lr's row of the search: its accuracy and majority class (`pred` None: the fit diverged)."""
+    top = majority(pred) if pred is not None else {"class": None, "share": None}
+    return {
+        "lr": lr,
+        "accuracy": accuracy(pred, labels) if pred is not None else float("nan"),
+        "majority_class": top["class"],
+        "majority_share": top["share"],
+        "one_class": top["share"] == 1.0,
+        "diverged": pred is None,
     }
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from iclgd_lens.core.presets import CHOICES, LCGD_EXITS, check_choice, check_lr
+
 if TYPE_CHECKING:
     from iclgd_lens.backend import LensModel
     from iclgd_lens.core.deltas import Delta
@@ -33,11 +35,20 @@ class MethodContext:
     """What a method is given besides the model and the episode (whose `train_demos` and `bos` it trains on)."""
 
     lr: float  # the comparison's learning rate for this method (an "lr" option replaces it)
-    parameters: tuple[str, ...]  # per-block parameter names to train ('attn.W_K', ...): the delta must hold these
+    # Per-block parameter names to train ('attn.W_K', ...): the delta must hold these (None: the model's default,
+    # `deltas.trained_parameters`).
+    parameters: tuple[str, ...] | None = None
     lcgd_exit: str = "block"
     precision: str = "native"
     progress: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # the method's registered options
+
+    def __post_init__(self) -> None:
+        check_lr(self.lr)
+        check_choice("LCGD exit", self.lcgd_exit, LCGD_EXITS)
+        check_choice("precision", self.precision, CHOICES["precision"])
+        if self.parameters is not None:
+            object.__setattr__(self, "parameters", tuple(self.parameters))
 
 
 Method = Callable[["LensModel", "Episode", MethodContext], "Delta"]
@@ -207,20 +218,7 @@ def _fit(method: str, step: str = "sgd") -> Method:
     def fn(model: LensModel, episode: Episode, context: MethodContext) -> Delta:
         from iclgd_lens.core.finetuning import fit
 
-        return fit(
-            model,
-            episode.train_demos,
-            episode.bos,
-            method,
-            context.lr,
-            context.parameters,
-            context.lcgd_exit,
-            context.progress,
-            context.precision,
-            step=step,
-            epochs=int(context.options.get("epochs", 1)),
-            betas=tuple(context.options.get("betas", (0.9, 0.999))),
-        )
+        return fit(model, episode.train_demos, episode.bos, context, method, step)
 
     return fn
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from iclgd_lens.backend import BRIDGE, LensModel, final_residual, stacked_output_weights
 from iclgd_lens.core.deltas import Delta
+from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_filter, reset_alibi
 from iclgd_lens.core.presets import CHOICES, check_choice
 from iclgd_lens.core.projections import projections_laid_out_once
@@ -67,31 +68,48 @@ def record_offset(query: Sequence[int], label_tokens: Sequence[Sequence[int]], p
     return len(query) - 1 + (len(label_tokens[0]) if position == "first_option" else 0)
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """What a recording runs: the shared `prefix` + each query (+ label tokens), read at `position`; rows are
+    right-padded with `pad_token`. `Prompts.of(episode, prefix)` takes an episode's queries and label words."""
+
+    queries: Sequence[Sequence[int]]
+    label_tokens: Sequence[Sequence[int]]
+    prefix: Sequence[int]
+    position: str = "prediction"
+    pad_token: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("position", self.position, CHOICES["position"])
+
+    @classmethod
+    def of(
+        cls,
+        episode: Episode,
+        prefix: Sequence[int],
+        position: str = "prediction",
+        queries: Sequence[Sequence[int]] | None = None,
+    ) -> Prompts:
+        """`episode`'s queries (or `queries`) after `prefix`, scored on its label words, padded with its BOS."""
+        chosen = episode.queries if queries is None else queries
+        return cls(chosen, episode.label_tokens, prefix, position, episode.bos)
+
+
 @torch.no_grad()
 def record(
-    model: LensModel,
-    queries: Sequence[Sequence[int]],
-    label_tokens: Sequence[Sequence[int]],
-    prefix: Sequence[int],
-    position: str = "prediction",
-    delta: Delta | None = None,
-    batch_size: int = 8,
-    pad_token: int = 0,
-    desc: str | None = None,
+    model: LensModel, prompts: Prompts, delta: Delta | None = None, batch_size: int = 8, desc: str | None = None
 ) -> Record:
-    """Run prefix + each query (+ label tokens), through `delta`'s hooks if given, and record at `position`.
+    """Run `prompts` (through `delta`'s hooks if given) and record at their position.
 
     Row 0 of a query is query + first label (so `first_option` is inside it); a class whose label has several
     tokens gets its own row query + label to score its mean log-prob; single-token labels are read off row 0.
     A label's last token is left out of its row unless the record is at `first_option`: nothing reads the
-    prediction it makes.
+    prediction it makes. `desc` names a progress bar (None: no bar).
     """
     derived = derives_attn_out(model)
     points = tuple(p for p in RECORDED_POINTS if not (derived and p == "attn_out"))
     with projections_laid_out_once():
-        merged = _run_queries(
-            model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, desc, points
-        )
+        merged = _run_queries(model, prompts, delta, batch_size, desc, points)
     attn_out = attention_output(merged["z"], *output_weights(model, delta)) if derived else merged["attn_out"]
     return Record(
         attn_out=attn_out,
@@ -138,22 +156,12 @@ def attention_output(
 
 @torch.no_grad()
 def read_points(
-    model: LensModel,
-    queries: Sequence[Sequence[int]],
-    label_tokens: Sequence[Sequence[int]],
-    prefix: Sequence[int],
-    points: Sequence[str],
-    position: str = "prediction",
-    delta: Delta | None = None,
-    batch_size: int = 8,
-    pad_token: int = 0,
+    model: LensModel, prompts: Prompts, points: Sequence[str], delta: Delta | None = None, batch_size: int = 8
 ) -> dict[str, Float[Tensor, "n layer ..."]]:
     """Every layer's activation at each hook point of `points` (`hooks.HOOK_POINTS` roles, e.g. "resid_pre") at the
     position `record` records, from the same runs (the prefix once, its keys and values shared), float32 on the
     CPU; also "label_logprobs" and "position" as in `Record`."""
-    merged = _run_queries(
-        model, queries, label_tokens, prefix, position, delta, batch_size, pad_token, None, tuple(points)
-    )
+    merged = _run_queries(model, prompts, delta, batch_size, None, tuple(points))
     return {key: merged[key] for key in (*points, "label_logprobs", "position")}
 
 
@@ -162,19 +170,15 @@ RECORDED_POINTS = ("attn_out", "z", "attn_scores")  # what a Record holds per la
 
 def _run_queries(
     model: LensModel,
-    queries: Sequence[Sequence[int]],
-    label_tokens: Sequence[Sequence[int]],
-    prefix: Sequence[int],
-    position: str,
+    prompts: Prompts,
     delta: Delta | None,
     batch_size: int,
-    pad_token: int,
     desc: str | None,
     points: tuple[str, ...],
 ) -> dict[str, Tensor]:
-    check_choice("position", position, CHOICES["position"])
     delta_hooks = delta.hooks(model) if delta is not None else []
-    multi_token = [c for c, t in enumerate(label_tokens) if len(t) > 1]
+    queries, prefix = prompts.queries, prompts.prefix
+    multi_token = [c for c, t in enumerate(prompts.label_tokens) if len(t) > 1]
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))  # similar lengths batch together
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     parts: list[dict[str, Tensor]] = []
@@ -184,17 +188,7 @@ def _run_queries(
         prefix_run = list(prefix) if BRIDGE else _run_prefix(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
-                _record_batch(
-                    model,
-                    readout,
-                    prefix_run,
-                    [queries[i] for i in batch],
-                    label_tokens,
-                    multi_token,
-                    position,
-                    pad_token,
-                    points,
-                )
+                _record_batch(model, readout, prefix_run, [queries[i] for i in batch], prompts, multi_token, points)
             )
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
@@ -224,14 +218,13 @@ def _record_batch(
     readout: Readout,
     prefix_run: TransformerLensKeyValueCache | list[int],
     queries: list[Sequence[int]],
-    label_tokens: Sequence[Sequence[int]],
+    prompts: Prompts,
     multi_token: list[int],
-    position: str,
-    pad_token: int,
     points: tuple[str, ...],
 ) -> dict[str, Tensor]:
-    """One batch of queries. `prefix_run` is the prefix's cache (its rows hold the queries' tokens alone) or, on
-    TransformerLens 4, the prefix's tokens, which every row then starts with."""
+    """One batch of `prompts`' queries. `prefix_run` is the prefix's cache (its rows hold the queries' tokens alone)
+    or, on TransformerLens 4, the prefix's tokens, which every row then starts with."""
+    label_tokens, position = prompts.label_tokens, prompts.position
     device = model.cfg.device
     n = len(queries)
     # Rows: one per query with its first label, then one per (query, multi-token class).
@@ -245,7 +238,7 @@ def _record_batch(
     if not cached:
         sequences = [prefix_run + s for s in sequences]
     width = max(len(s) for s in sequences)
-    tokens = torch.tensor([s + [pad_token] * (width - len(s)) for s in sequences], device=device)
+    tokens = torch.tensor([s + [prompts.pad_token] * (width - len(s)) for s in sequences], device=device)
 
     at = torch.tensor([record_offset(q, label_tokens, position) for q in queries], device=device)
     at_hooked = at if cached else at + prefix_len  # where the hooks see each row's recorded token

@@ -144,7 +144,7 @@ class Result:
         records |= {method: method_side.records[method] for method in self.methods}
         W_O = {"model": self.W_O["model"]} | {m: method_side.W_O[m] for m in self.methods if m in method_side.W_O}
         eps, dtype = self.scoring_arithmetic
-        scores = score(records, self.labels, W_O, tuple(self.methods), self.config["seed"], eps=eps, dtype=dtype)
+        scores = score(records, self.labels, W_O, self.config["seed"], eps=eps, dtype=dtype)
         own = method_side.scores["model"]
         scores.update_norm, scores.lr = own.update_norm, own.lr
         config = self.config | {"baselines": [], "cross_pair": {"label_control": kind, "icl": icl}}

@@ -73,7 +73,6 @@ def score(
     records: dict[str, Record],
     labels: Int[Tensor, " n"],
     W_O: dict[str, Tensor],
-    methods: tuple[str, ...],
     seed: int,
     *,
     eps: float | None = None,
@@ -81,12 +80,16 @@ def score(
     subsets: tuple[str, ...] = (),
     class_names: tuple[str, ...] | None = None,
 ) -> Scores:
-    """`records` holds "zs", "icl" and one Record per method; `W_O["model"]` is the model's output weights and
-    `W_O[method]` a finetuned method's own where O was trained. `eps` selects the metric arithmetic (None: exact,
-    NaN-skipping; a number: the reference's); `dtype` is the recording's, for the resolution diagnostic.
+    """Every score of one subject's settings: `records` holds "zs", "icl" and one Record per method (the methods
+    scored, in their order); `labels` the queries' classes; `W_O["model"]` is the model's output weights and
+    `W_O[method]` a finetuned method's own where O was trained; `seed` draws the random baseline's directions.
+    `eps` selects the metric arithmetic (None: exact, NaN-skipping; a number: the reference's); `dtype` is the
+    recording's, for the resolution diagnostic; `subsets` also scores those query subsets ("f2t"); `class_names`
+    name the classes in the notes.
 
-    Every number but the update norms, which `compare` adds from the deltas."""
+    Returns the `Scores`: every number but the update norms and lrs, which `compare` adds from the deltas."""
     zs, icl = records["zs"], records["icl"]
+    methods = tuple(name for name in records if name not in ("zs", "icl"))
     out = Scores(
         accuracy={name: M.accuracy(r.pred, labels) for name, r in records.items()},
         metrics={},

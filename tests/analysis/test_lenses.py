@@ -38,7 +38,7 @@ from iclgd_lens.analysis.protocol.pooled import mean_and_interval, paired_table,
 from iclgd_lens.cli import main
 from iclgd_lens.core.hooks import hook_name, parameter_name
 from iclgd_lens.core.methods import run_method
-from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.sources.task import Task
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_rows, toy_task
 
@@ -321,17 +321,8 @@ def test_the_structured_null_is_the_other_tasks_update_read_on_this_tasks_querie
         measured["implicit_cos_gd"], method_measures(by_hand, result.episode, 2)["implicit_cos_gd"]
     )
     assert not torch.allclose(measured["implicit_cos_gd"], implicit_values(subject, result.episode)["implicit_cos_gd"])
-    zs_through_null = read_points(
-        subject.model,
-        result.episode.queries,
-        result.episode.label_tokens,
-        (result.episode.bos,),
-        ("resid_post",),
-        "prediction",
-        refit,
-        2,
-        result.episode.bos,
-    )
+    zs_prompts = Prompts.of(result.episode, (result.episode.bos,))
+    zs_through_null = read_points(subject.model, zs_prompts, ("resid_post",), refit, 2)
     torch.testing.assert_close(other.readings["gd"]["resid_post"], zs_through_null["resid_post"])
     check_null_result(result, null, subject.model)
     with pytest.raises(ValueError, match="the same task"):

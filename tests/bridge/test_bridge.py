@@ -73,13 +73,13 @@ def key_weight(hf, layer: int) -> torch.Tensor:
 def test_record_equals_whole_prompt_forwards(folder):
     """The recording (batched, right-padded, every row prefix + query) against one whole prompt per query: the
     bridge's own cache for activations, transformers' logits for the label log-probabilities."""
-    from iclgd_lens import build_episode, record
+    from iclgd_lens import Prompts, build_episode, record
 
     model, hf = bridge(folder), hf_model(folder)
     task = toy_task(labels=("Negative", "Positive Mixed"))
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=6, n_eval=5)
     prefix = list(episode.icl_prefix)
-    rec = record(model, episode.queries, episode.label_tokens, prefix, batch_size=2, pad_token=5)
+    rec = record(model, Prompts(episode.queries, episode.label_tokens, prefix, pad_token=5), batch_size=2)
     layers = range(model.cfg.n_layers)
     for i, query in enumerate(episode.queries):
         tokens = torch.tensor([prefix + list(query)])
@@ -161,12 +161,12 @@ def zero_query_gradient(hf, p: torch.nn.Parameter) -> None:
 
 def test_gd_equals_sgd_on_the_weights(folder):
     """GD's delta (through hooks) against torch SGD on transformers' K/V weights, one demonstration per step."""
-    from iclgd_lens import build_episode, fit
+    from iclgd_lens import MethodContext, build_episode, fit
 
     model = bridge(folder)
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=2)
     lr = 0.05
-    delta = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
+    delta = fit(model, episode.train_demos, episode.bos, MethodContext(lr))
     hf = hf_model(folder)
     trained = trained_weights(hf)
     for p in hf.parameters():

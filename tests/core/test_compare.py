@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from iclgd_lens import Result, compare, record
+from iclgd_lens import Prompts, Result, compare, record
 from iclgd_lens.core.recording import attention_output
 from tests.helpers import GEMMA3_LIKE, SCRIPTS, tiny_model, toy_task
 
@@ -155,15 +155,7 @@ def test_saved_deltas_reproduce_the_finetuned_records(saved):
     model, episode = tiny_model(), loaded.episode
     for method in ("gd", "lcgd"):
         assert loaded.deltas[method].tensors.keys() == result.deltas[method].tensors.keys()
-        again = record(
-            model,
-            episode.queries,
-            episode.label_tokens,
-            episode.zs_prefix,
-            delta=loaded.deltas[method],
-            batch_size=4,
-            pad_token=episode.bos,
-        )
+        again = record(model, Prompts.of(episode, episode.zs_prefix), loaded.deltas[method], batch_size=4)
         torch.testing.assert_close(again.attn_out, result.records[method].attn_out, rtol=0, atol=1e-6)
         torch.testing.assert_close(again.scores, result.records[method].scores, rtol=0, atol=1e-6)
 
@@ -327,6 +319,7 @@ def test_compare_in_half_precision_follows_the_float32_run(dtype):
 def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
     from iclgd_lens.core.deltas import trained_parameters
     from iclgd_lens.core.finetuning import fit
+    from iclgd_lens.core.methods import MethodContext
 
     model, task = tiny_model(), toy_task()
     result = compare(
@@ -335,7 +328,7 @@ def test_lcgd_trains_at_its_own_lr_and_the_update_norms_are_recorded():
     assert (result.config["lr"], result.config["lr_lcgd"]) == (0.05, 0.2)
     assert (result.lr_of("gd"), result.lr_of("lcgd")) == (0.05, 0.2)
     episode = result.episode
-    by_hand = fit(model, episode.train_demos, episode.bos, "lcgd", lr=0.2, parameters=trained_parameters(model))
+    by_hand = fit(model, episode.train_demos, episode.bos, MethodContext(0.2, trained_parameters(model)), "lcgd")
     for name, tensor in result.deltas["lcgd"].tensors.items():
         assert torch.allclose(tensor, by_hand.tensors[name], atol=1e-6), name
     norms = result.scores["model"].update_norm

@@ -8,7 +8,8 @@ import torch
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.finetuning import LayerCausalReadout, causal_lm_loss, fit
-from iclgd_lens.core.recording import derives_attn_out, record
+from iclgd_lens.core.methods import MethodContext
+from iclgd_lens.core.recording import Prompts, derives_attn_out, record
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
 ARCHS = {
@@ -92,9 +93,7 @@ def test_the_recorded_attention_output_is_the_edited_models(arch):
     assert derives_attn_out(model) is not post_normed
     delta = random_delta(model, ("q", "k", "v") if post_normed else tuple(PARAMETER_GROUPS))
     episode, _ = episode_tokens(model)
-    recorded = record(
-        model, episode.queries, episode.label_tokens, episode.icl_prefix, delta=delta, pad_token=episode.bos
-    )
+    recorded = record(model, Prompts.of(episode, episode.icl_prefix), delta)
     edited = edited_copy(model, delta)
     for i, query in enumerate(episode.queries):
         _, cache = edited.run_with_cache(torch.tensor([[*episode.icl_prefix, *query]]))
@@ -118,7 +117,7 @@ def test_gd_through_hooks_equals_plain_sgd(arch, biases):
     model = bias_free(tiny_model(**ARCHS[arch]))  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
     episode, batches = episode_tokens(model, n=4)
     lr = 0.05
-    delta = fit(model, episode.demos, episode.bos, "gd", lr=lr, parameters=trained_parameters(model, biases=biases))
+    delta = fit(model, episode.demos, episode.bos, MethodContext(lr, trained_parameters(model, biases=biases)))
 
     reference = copy.deepcopy(model)
     leaves = ("W_K", "W_V") if biases == "checkpoint" else ("W_K", "b_K", "W_V", "b_V")
@@ -254,8 +253,8 @@ def test_lcgd_gradients_equal_explicit_per_layer_losses(exit, groups, arch):
 def test_lcgd_fit_runs_one_step_per_demonstration_and_differs_from_gd():
     model = tiny_model()
     episode, _ = episode_tokens(model, n=3)
-    gd = fit(model, episode.demos, episode.bos, "gd", lr=0.05)
-    lcgd = fit(model, episode.demos, episode.bos, "lcgd", lr=0.05)
+    gd = fit(model, episode.demos, episode.bos, MethodContext(0.05))
+    lcgd = fit(model, episode.demos, episode.bos, MethodContext(0.05), "lcgd")
     assert set(gd.tensors) == set(lcgd.tensors)
     assert any((gd.tensors[n] - lcgd.tensors[n]).abs().max() > 1e-5 for n in gd.tensors)
 
@@ -265,7 +264,7 @@ def test_diverging_lr_stops_with_an_error_naming_it(method):
     model = tiny_model(normalization_type=None)  # no LayerNorm to tame the blow-up
     episode, _ = episode_tokens(model, n=6)
     with pytest.raises(FloatingPointError, match="lr=1e\\+30; lower the learning rate"):
-        fit(model, episode.demos, episode.bos, method, lr=1e30)
+        fit(model, episode.demos, episode.bos, MethodContext(1e30), method)
 
 
 def test_bad_groups_and_lr_are_refused():
@@ -275,6 +274,6 @@ def test_bad_groups_and_lr_are_refused():
     with pytest.raises(ValueError, match="unknown parameters \\['attn.W_k'\\]"):
         Delta.zeros(model, ["attn.W_k"])
     with pytest.raises(ValueError, match="positive"):
-        fit(model, [[1, 2]], 0, "gd", lr=0.0)
+        fit(model, [[1, 2]], 0, MethodContext(0.0))
     with pytest.raises(ValueError, match="unknown method"):
-        fit(model, [[1, 2]], 0, "sgd", lr=0.1)
+        fit(model, [[1, 2]], 0, MethodContext(0.1), "sgd")

@@ -3,7 +3,6 @@
 import pytest
 
 from iclgd_lens.core.episodes import build_episode
-from iclgd_lens.core.presets import resolve
 from tests.helpers import make_tokenizer, toy_task
 
 
@@ -25,7 +24,7 @@ def test_episode_is_seeded_and_fixes_every_token():
 
     assert a.label_tokens == (encode(" Negative"), encode(" Positive"))
     assert len(a.queries) == 10 and a.labels == tuple(task.eval[i]["label"] for i in a.query_rows)
-    newline = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10, choices=resolve(separator="."))
+    newline = build_episode(task, tokenizer, 512, k=8, seed=2, n_eval=10, separator=".")
     assert newline.separator == tuple(tokenizer(".", add_special_tokens=False)["input_ids"])
 
 

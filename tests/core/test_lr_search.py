@@ -3,7 +3,7 @@ chosen silently."""
 
 import pytest
 
-from iclgd_lens import load_task
+from iclgd_lens import CompareConfig, load_task
 from iclgd_lens.core.episodes import demonstration_rows
 from iclgd_lens.core.lr_search import choose_lr, heldout_task, search_lr
 from iclgd_lens.sources.task import Task
@@ -43,8 +43,9 @@ def test_search_never_reads_the_eval_set(tiny):
         [{**row, "label": 1 - row["label"]} for row in task.eval],
     )
     grid = (0.03, 0.3, 3.0)
-    first = search_lr(tiny, task, grid, k=8, seed=0, n_heldout=24)
-    second = search_lr(tiny, flipped, grid, k=8, seed=0, n_heldout=24)
+    config = CompareConfig(k=8, seed=0, lr_grid=grid, n_heldout=24)
+    first = search_lr(tiny, task, config)
+    second = search_lr(tiny, flipped, config)
     assert first == second  # eval labels that would change any eval-scored choice change nothing
     assert first["n_heldout"] == 24 and [c["lr"] for c in first["candidates"]] == list(grid)
     chosen = [c for c in first["candidates"] if c["lr"] == first["chosen"]][0]

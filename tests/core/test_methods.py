@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import iclgd_lens.core.methods as methods
-from iclgd_lens import Delta, Result, compare, fit, register_method
+from iclgd_lens import Delta, MethodContext, Result, compare, fit, register_method
 from iclgd_lens.cli import main
 from iclgd_lens.core.deltas import trained_parameters
 from iclgd_lens.core.hooks import parameter_layer
@@ -20,7 +20,7 @@ from tests.helpers import tiny_model, toy_task
 
 def halved_gd(model, episode, context):
     """A plug-in as a user writes one: GD's delta, scaled by the "scale" option."""
-    delta = fit(model, episode.train_demos, episode.bos, "gd", context.lr, context.parameters)
+    delta = fit(model, episode.train_demos, episode.bos, context)
     return Delta({name: context.options["scale"] * t for name, t in delta.tensors.items()})
 
 
@@ -132,8 +132,8 @@ def one_demo_step(step, **options):
     model = tiny_model()
     parameters = trained_parameters(model, ("k", "v"))
     demos = [[3, 4, 5, 6, 7]]
-    sgd = fit(model, demos, 0, "lcgd", 1.0, parameters)  # one step at lr 1: −g
-    other = fit(model, demos, 0, "lcgd", 0.01, parameters, step=step, **options)
+    sgd = fit(model, demos, 0, MethodContext(1.0, parameters), "lcgd")  # one step at lr 1: −g
+    other = fit(model, demos, 0, MethodContext(0.01, parameters, options=options), "lcgd", step)
     return sgd, other
 
 
@@ -154,8 +154,8 @@ def test_the_adam_step_is_adams_first_step_and_epochs_repeat_the_demonstrations(
     model = tiny_model()
     parameters = trained_parameters(model, ("k", "v"))
     demos = [[3, 4, 5], [6, 7, 8, 9]]
-    twice = fit(model, demos, 0, "gd", 0.1, parameters, epochs=2)
-    repeated = fit(model, demos + demos, 0, "gd", 0.1, parameters)
+    twice = fit(model, demos, 0, MethodContext(0.1, parameters, options={"epochs": 2}))
+    repeated = fit(model, demos + demos, 0, MethodContext(0.1, parameters))
     for name in twice.tensors:
         torch.testing.assert_close(twice.tensors[name], repeated.tensors[name])
 

@@ -11,8 +11,9 @@ from iclgd_lens.core.baselines import half_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.finetuning import _rounded_change, fit
+from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.presets import PRESETS, resolve
-from iclgd_lens.core.recording import record
+from iclgd_lens.core.recording import Prompts, record
 from iclgd_lens.sources.task import Task
 from tests.helpers import byte_tokenizer, make_tokenizer, tiny_model, toy_task
 
@@ -70,10 +71,10 @@ def test_reference_truncation_stops_at_the_first_overflow():
     position = shuffled.index(long_row)
     assert 0 < position < k - 1  # a later, shorter demonstration could fit after it
     n_ctx = 60
-    reference = build_episode(task, tokenizer, n_ctx, k=k, choices=resolve("reference", text="normalised"))
+    reference = build_episode(task, tokenizer, n_ctx, k=k, preset="reference", text="normalised")
     assert list(reference.demo_rows) == reference_truncation(tokenizer, task, shuffled, n_ctx)
     assert list(reference.demo_rows) == shuffled[: len(reference.demo_rows)] and long_row not in reference.demo_rows
-    fit_ = build_episode(task, tokenizer, n_ctx, k=k, choices=resolve("toolkit"))
+    fit_ = build_episode(task, tokenizer, n_ctx, k=k, preset="toolkit")
     assert long_row not in fit_.demo_rows and fit_.effective_k > reference.effective_k
     assert any(shuffled.index(r) > position for r in fit_.demo_rows)
 
@@ -82,7 +83,7 @@ def test_reference_truncation_stops_at_the_first_overflow():
 def test_reference_budget_is_the_strict_test_with_bos_counted_twice(n_ctx):
     task, tokenizer = toy_task(n_train=30, n_eval=4), make_tokenizer()
     shuffled = [int(i) for i in np.random.default_rng(0).permutation(30)][:12]
-    episode = build_episode(task, tokenizer, n_ctx, k=12, choices=resolve("reference", text="normalised"))
+    episode = build_episode(task, tokenizer, n_ctx, k=12, preset="reference", text="normalised")
     assert list(episode.demo_rows) == reference_truncation(tokenizer, task, shuffled, n_ctx)
     assert len(episode.icl_prefix) + max(map(len, episode.queries)) + 1 <= n_ctx - 2
 
@@ -94,26 +95,26 @@ def test_reference_permutations_are_the_legacy_numpy_draws(permutation):
     shuffled = np.random.default_rng(seed).permutation(40)[:k]
     np.random.seed(seed)  # each reference process; the finetuning one draws ICL's five first, then GD's five
     draws = [np.random.permutation(k) for _ in range(10)]
-    episode = build_episode(task, tokenizer, 512, k=k, seed=seed, permutation=permutation, choices=resolve("reference"))
+    episode = build_episode(task, tokenizer, 512, k=k, seed=seed, permutation=permutation, preset="reference")
     assert list(episode.demo_rows) == shuffled[draws[permutation]].tolist()
     assert list(episode.train_rows) == shuffled[draws[5 + permutation]].tolist()
     toolkit = build_episode(task, tokenizer, 512, k=k, seed=seed, permutation=permutation)
     assert toolkit.train_rows == toolkit.demo_rows and sorted(toolkit.demo_rows) == sorted(shuffled.tolist())
     with pytest.raises(ValueError, match="permutation 5 does not exist in the reference code"):
-        build_episode(task, tokenizer, 512, k=k, permutation=5, choices=resolve("reference"))
+        build_episode(task, tokenizer, 512, k=k, permutation=5, preset="reference")
 
 
 def test_permutation_zero_keeps_the_shuffle_in_both_presets():
     task, tokenizer = toy_task(n_train=40, n_eval=4), make_tokenizer()
     shuffled = np.random.default_rng(3).permutation(40)[:8].tolist()
     for preset in PRESETS:
-        episode = build_episode(task, tokenizer, 512, k=8, seed=3, choices=resolve(preset))
+        episode = build_episode(task, tokenizer, 512, k=8, seed=3, preset=preset)
         assert list(episode.demo_rows) == list(episode.train_rows) == shuffled
 
 
 def test_gd_trains_on_all_k_when_icl_truncates_under_the_reference():
     task, tokenizer = toy_task(n_train=40, n_eval=4), make_tokenizer()
-    reference = build_episode(task, tokenizer, 60, k=20, choices=resolve("reference", text="normalised"))
+    reference = build_episode(task, tokenizer, 60, k=20, preset="reference", text="normalised")
     toolkit = build_episode(task, tokenizer, 60, k=20)
     assert reference.effective_k < 20 and len(reference.train_demos) == 20
     assert len(toolkit.train_demos) == toolkit.effective_k < 20 and toolkit.train_demos == toolkit.demos
@@ -125,7 +126,7 @@ def test_raw_text_keeps_trailing_spaces_and_joins_lines_with_eos():
     tokenizer = byte_tokenizer()
     rows = [{"sentence": "a fine film ", "label": 1}, {"sentence": "first line\nsecond line", "label": 0}]
     task = Task("sst2-like", "Sentence: {sentence} Label:", ("Negative", "Positive"), rows, rows)
-    raw = build_episode(task, tokenizer, 512, k=2, choices=resolve("reference"))
+    raw = build_episode(task, tokenizer, 512, k=2, preset="reference")
     normalised = build_episode(task, tokenizer, 512, k=2)
     eos = tokenizer.eos_token_id
     by_row = dict(zip(raw.query_rows, raw.queries))
@@ -148,15 +149,15 @@ def test_sub_ulp_update_vanishes_under_the_reference_precision_only():
     model = tiny_model()
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=6)
     lr = 1e-9  # every update far below half an fp16 ulp of the weights
-    native = fit(model, episode.train_demos, episode.bos, "gd", lr=lr)
+    native = fit(model, episode.train_demos, episode.bos, MethodContext(lr))
     assert all(bool(t.abs().max() > 0) for t in native.tensors.values())
     half = half_copy(model)
-    mixed = fit(half, episode.train_demos, episode.bos, "gd", lr=lr, precision="fp16-mixed")
+    mixed = fit(half, episode.train_demos, episode.bos, MethodContext(lr, precision="fp16-mixed"))
     assert all(bool((t == 0).all()) for t in mixed.tensors.values())
-    common = dict(queries=episode.queries, label_tokens=episode.label_tokens, prefix=episode.zs_prefix)
-    zs, ft = record(half, **common), record(half, delta=mixed, **common)
+    prompts = Prompts.of(episode, episode.zs_prefix)
+    zs, ft = record(half, prompts), record(half, prompts, mixed)
     assert torch.equal(zs.attn_out, ft.attn_out) and torch.equal(zs.scores, ft.scores)
-    zs32, ft32 = record(model, **common), record(model, delta=native, **common)
+    zs32, ft32 = record(model, prompts), record(model, prompts, native)
     assert not torch.equal(zs32.attn_out, ft32.attn_out)
 
 
@@ -166,7 +167,7 @@ def test_fp16_mixed_fit_matches_an_explicit_fairseq_style_loop():
     model = half_copy(tiny_model(seed=2))
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=5, n_eval=2)
     lr = 0.5
-    ours = fit(model, episode.train_demos, episode.bos, "gd", lr=lr, precision="fp16-mixed")
+    ours = fit(model, episode.train_demos, episode.bos, MethodContext(lr, precision="fp16-mixed"))
 
     edited = copy.deepcopy(model)
     names = list(Delta.zeros(model).tensors)
@@ -219,4 +220,4 @@ def test_a_demonstration_longer_than_the_context_is_refused_for_gd_on_all_k():
     kept = build_episode(task, tokenizer, 30, k=3)
     assert kept.effective_k == len(kept.train_demos) == 2
     with pytest.raises(ValueError, match="do not fit the 30-token context even alone.*--gd-demos kept"):
-        build_episode(task, tokenizer, 30, k=3, choices=resolve("reference"))
+        build_episode(task, tokenizer, 30, k=3, preset="reference")

@@ -7,8 +7,9 @@ import torch
 from iclgd_lens.backend import BRIDGE
 from iclgd_lens.core import projections
 from iclgd_lens.core.finetuning import fit
+from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.projections import projections_laid_out_once
-from iclgd_lens.core.recording import record
+from iclgd_lens.core.recording import Prompts, record
 from tests.core.test_recording import ARCHS
 from tests.helpers import tiny_model
 
@@ -97,8 +98,8 @@ def test_recording_and_fits_run_through_the_laid_out_projections(monkeypatch):
 
     monkeypatch.setattr(projections, "_laid_out_attn_linear", counted)
     model = tiny_model()
-    record(model, [[5, 6, 7], [8, 9]], [[3], [4]], prefix=[1, 2], pad_token=0)
+    record(model, Prompts([[5, 6, 7], [8, 9]], [[3], [4]], prefix=[1, 2]))
     assert calls and all(calls)
     calls.clear()
-    fit(model, [[5, 6, 7, 3], [8, 9, 4]], bos=1, method="lcgd", lr=1e-2)
+    fit(model, [[5, 6, 7, 3], [8, 9, 4]], 1, MethodContext(1e-2), "lcgd")
     assert calls and all(calls)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iclgd_lens.core.episodes import build_episode
-from iclgd_lens.core.recording import record, record_offset
+from iclgd_lens.core.recording import Prompts, record, record_offset
 from iclgd_lens.core.shared_prefix import shared_prefix_supported
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
 
@@ -63,7 +63,7 @@ def test_cached_icl_equals_full_forward(position, arch):
     task = toy_task(labels=("Negative", "Positive Mixed"))
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=6, n_eval=7)
     for prefix in (episode.icl_prefix, episode.zs_prefix):
-        rec = record(model, episode.queries, episode.label_tokens, prefix, position, batch_size=3, pad_token=5)
+        rec = record(model, Prompts(episode.queries, episode.label_tokens, prefix, position, pad_token=5), batch_size=3)
         for i, query in enumerate(episode.queries):
             ref, logprobs, at = full_forward_reference(model, prefix, query, episode.label_tokens, position)
             n = int(rec.query_len[i])
@@ -79,8 +79,8 @@ def test_cached_icl_equals_full_forward(position, arch):
 def test_batching_and_order_do_not_change_records():
     model = tiny_model()
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=9)
-    one = record(model, episode.queries, episode.label_tokens, episode.icl_prefix, batch_size=1)
-    many = record(model, episode.queries, episode.label_tokens, episode.icl_prefix, batch_size=4)
+    one = record(model, Prompts.of(episode, episode.icl_prefix), batch_size=1)
+    many = record(model, Prompts.of(episode, episode.icl_prefix), batch_size=4)
     for name, tensor in one.tensors().items():
         torch.testing.assert_close(tensor, many.tensors()[name], atol=1e-5, rtol=0)
 
@@ -89,8 +89,8 @@ def test_icl_changes_what_is_recorded():
     """Guard against a prefix silently ignored: ICL and ZS records must differ."""
     model = tiny_model()
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=3)
-    zs = record(model, episode.queries, episode.label_tokens, episode.zs_prefix)
-    icl = record(model, episode.queries, episode.label_tokens, episode.icl_prefix)
+    zs = record(model, Prompts.of(episode, episode.zs_prefix))
+    icl = record(model, Prompts.of(episode, episode.icl_prefix))
     assert (zs.attn_out - icl.attn_out).abs().max() > 1e-3
 
 
@@ -110,7 +110,7 @@ def test_each_architecture_takes_the_path_it_is_tested_on(name, monkeypatch):
 
     monkeypatch.setattr(AbstractAttention, "forward", counted)
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=6)
-    record(model, episode.queries, episode.label_tokens, episode.icl_prefix, batch_size=3)
+    record(model, Prompts.of(episode, episode.icl_prefix), batch_size=3)
     batches = 2
     assert len(calls) == model.cfg.n_layers * (1 if name != "fallback" else 1 + batches)
     assert not any("forward" in vars(block.attn) for block in model.blocks)  # TransformerLens' forward restored

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from iclgd_lens.core.comparison import compare
+from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.update_size import matched_lr
 from iclgd_lens.sources import load_task
@@ -167,7 +168,7 @@ def test_searched_baselines_take_their_own_held_out_search(tiny, tmp_path):
     )
     copy = untrained_copy(tiny, "no_training", 0, "transformer_lens")
     for method in ("gd", "lcgd"):
-        chosen = search_lr(copy, task, grid, 8, 0, 0, n_heldout=16, method=method)["chosen"]
+        chosen = search_lr(copy, task, CompareConfig(k=8, lr_grid=grid, n_heldout=16), method)["chosen"]
         assert result.scores["no_training"].lr[method] == chosen
     assert result.config["baseline_lr"] == "searched" and result.config["lr_grid"] == list(grid)
     from iclgd_lens.analysis.protocol.plan import Run

@@ -9,8 +9,7 @@ import torch
 
 from iclgd_lens import load_model, load_task
 from iclgd_lens.core.episodes import build_episode
-from iclgd_lens.core.presets import resolve
-from iclgd_lens.core.recording import record
+from iclgd_lens.core.recording import Prompts, record
 from iclgd_lens.sources import packaged_models as P
 from tests.helpers import make_tokenizer
 
@@ -68,12 +67,11 @@ def test_second_load_reads_the_cache(smollm2, monkeypatch):
 def test_smollm2_learns_synth_subj_in_context(smollm2):
     """Measured (docs/models.md): on synth-subj with k = 32 and a newline separator, ICL far above ZS."""
     task = load_task("synth-subj")
-    choices = resolve("toolkit", separator="\n")
-    episode = build_episode(task, smollm2.tokenizer, smollm2.cfg.n_ctx, 32, 0, 0, 24, choices)
+    episode = build_episode(task, smollm2.tokenizer, smollm2.cfg.n_ctx, k=32, n_eval=24, separator="\n")
     labels = torch.tensor(episode.labels)
     accuracy = {}
     for setting, prefix in (("zs", episode.zs_prefix), ("icl", episode.icl_prefix)):
-        recorded = record(smollm2, episode.queries, episode.label_tokens, prefix, batch_size=12, pad_token=episode.bos)
+        recorded = record(smollm2, Prompts.of(episode, prefix), batch_size=12)
         accuracy[setting] = (recorded.pred == labels).float().mean().item()
     assert accuracy["icl"] >= 0.9 and accuracy["icl"] >= accuracy["zs"] + 0.2, accuracy
 

@@ -50,7 +50,7 @@ from iclgd_lens.core.metrics import logodds
 from iclgd_lens.core.presets import VERIFY_TOP
 from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
-from iclgd_lens.core.recording import record
+from iclgd_lens.core.recording import Prompts, record
 from iclgd_lens.core.results import Result
 from iclgd_lens.core.zs_batch import ZSBatch
 
@@ -119,7 +119,8 @@ def _batches(episode: Episode, size: int) -> tuple[list[list[int]], Tensor]:
 def _first_token_record(model, episode: Episode, prefix, batch_size: int) -> Tensor:
     """First-token label log-probs through the recorder (ICL: the cached demonstration prefix)."""
     firsts = [tokens[:1] for tokens in episode.label_tokens]
-    return record(model, episode.queries, firsts, prefix, "prediction", None, batch_size, episode.bos).label_logprobs
+    prompts = Prompts(episode.queries, firsts, prefix, pad_token=episode.bos)
+    return record(model, prompts, batch_size=batch_size).label_logprobs
 
 
 def majority_share(predicted: Int[Tensor, " n"], n_classes: int) -> float:

@@ -44,7 +44,8 @@ from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.finetuning import fit
 from iclgd_lens.core.hooks import hook_name
-from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.methods import MethodContext
+from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.core.results import Result
 
 RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
@@ -151,9 +152,8 @@ def _queries_at_position(
 ) -> Float[Tensor, "n layer head d_head"]:
     """Every layer's query at the recorded position of the first `n` queries after `prefix` (under `delta`), in
     `content` geometry, float64 on the CPU: the prefix run once and shared by the query rows (`read_points`)."""
-    read = read_points(model, episode.queries[:n], episode.label_tokens, prefix, ("q",), position, delta, batch_size)[
-        "q"
-    ]
+    prompts = Prompts.of(episode, prefix, position, queries=episode.queries[:n])
+    read = read_points(model, prompts, ("q",), delta, batch_size)["q"]
     device, dtype = model.cfg.device, model.cfg.dtype
     return torch.stack(
         [content(model, layer, read[:, layer].to(device, dtype), "q").cpu() for layer in range(model.cfg.n_layers)], 1
@@ -201,17 +201,13 @@ def _fit_with_queries(
         steps[-1][hook.layer()] = content(model, hook.layer(), q[0, 1:].detach(), "q").float().cpu()
 
     observers = [(hook_name("q", l), keep_q) for l in range(n_layers)]
-    delta = fit(
-        model,
-        episode.train_demos,
-        episode.bos,
-        method,
+    context = MethodContext(
         result.lr_of(method, subject),
-        result.trained_parameters,
+        tuple(result.trained_parameters),
         config["lcgd_exit"],
-        precision=config.get("precision", "native"),
-        observers=observers,
+        config.get("precision", "native"),
     )
+    delta = fit(model, episode.train_demos, episode.bos, context, method, observers=observers)
     return delta, [torch.stack([step[l] for l in range(n_layers)]).flatten(-2).double() for step in steps]
 
 

@@ -223,7 +223,7 @@ def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
     from dataclasses import replace
 
     from iclgd_lens.core.methods import run_method
-    from iclgd_lens.core.recording import read_points
+    from iclgd_lens.core.recording import Prompts, read_points
 
     model, n_layers = subject.model, subject.model.cfg.n_layers
     zs = subject.readings["zs"]
@@ -236,17 +236,7 @@ def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
     previous = None
     for j in range(1, k + 1):
         prefix = replace(episode, demos=episode.demos[:j]).icl_prefix
-        icl = read_points(
-            model,
-            episode.queries,
-            episode.label_tokens,
-            prefix,
-            ("resid_pre", "attn_out"),
-            "prediction",
-            None,
-            batch_size,
-            episode.bos,
-        )
+        icl = read_points(model, Prompts.of(episode, prefix), ("resid_pre", "attn_out"), batch_size=batch_size)
         a = [
             {
                 name: (mlp_input(model, layer, icl["resid_pre"][:, layer], icl["attn_out"][:, layer]) - u[layer]) @ W

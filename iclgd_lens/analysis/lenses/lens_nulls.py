@@ -20,7 +20,7 @@ import numpy as np
 from iclgd_lens.analysis.lenses.implicit_update import matrix_names
 from iclgd_lens.analysis.lenses.lens_runs import POINTS, SubjectRuns
 from iclgd_lens.backend import LensModel
-from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.core.results import Result
 
 
@@ -70,17 +70,7 @@ def other_task_subject(trained: SubjectRuns, result: Result, null: Result, batch
     deltas = {method: null.deltas[method].to(model.cfg.device, model.cfg.dtype) for method in result.methods}
     readings = {setting: trained.readings[setting] for setting in ("zs", "icl")}
     readings |= {
-        method: read_points(
-            model,
-            episode.queries,
-            episode.label_tokens,
-            episode.zs_prefix,
-            POINTS,
-            "prediction",
-            delta,
-            batch_size,
-            episode.bos,
-        )
+        method: read_points(model, Prompts.of(episode, episode.zs_prefix), POINTS, delta, batch_size)
         for method, delta in deltas.items()
     }
     return SubjectRuns(f"model [FT on {null.config['task']}]", model, deltas, readings, {})

@@ -22,7 +22,7 @@ from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.methods import MethodContext, run_method
 from iclgd_lens.core.metrics import accuracy
-from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.core.results import Result
 
 POINTS = ("resid_pre", "attn_out", "resid_post")  # per layer, at the prediction position
@@ -100,9 +100,7 @@ def _read(subject: LensModel, result: Result, deltas: dict[str, Delta]) -> dict[
     episode = result.episode
     batch_size = result.config.get("batch_size", 8)
     return {
-        name: read_points(
-            subject, episode.queries, episode.label_tokens, prefix, POINTS, "prediction", delta, batch_size, episode.bos
-        )
+        name: read_points(subject, Prompts.of(episode, prefix), POINTS, delta, batch_size)
         for name, (prefix, delta) in setting_inputs(episode, deltas).items()
     }
 

@@ -33,7 +33,7 @@ from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import parameter_name
 from iclgd_lens.core.metrics import logodds
-from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.recording import Prompts, read_points
 
 N_SOURCES = 16  # a quarter of the sweeps' 64 queries: enough to average, leaving 48 targets
 SOURCE_SIZES = (1, 2, 4, 8, 16, 32)  # the curve's n
@@ -57,9 +57,8 @@ def transfer_values(
     values: dict[str, Tensor] = {}
 
     def score(setting: str, prefix, delta: Delta | None) -> None:
-        read = read_points(
-            model, targets, episode.label_tokens, prefix, (), "prediction", delta, batch_size, episode.bos
-        )["label_logprobs"].double()
+        read = read_points(model, Prompts.of(episode, prefix, queries=targets), (), delta, batch_size)
+        read = read["label_logprobs"].double()
         values[f"transfer_correct_{setting}"] = (read.argmax(-1) == labels).double()[:, None]
         values[f"transfer_logodds_{setting}"] = logodds(read, labels)[:, None]
 

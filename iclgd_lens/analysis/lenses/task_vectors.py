@@ -30,7 +30,7 @@ from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.metrics import logodds
 from iclgd_lens.core.readout import Readout
-from iclgd_lens.core.recording import read_points
+from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.core.zs_batch import ZSBatch
 
 
@@ -43,17 +43,8 @@ def task_vector(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
     """Hendel's θ at every stream point (float64): the mean over `episode`'s dummy queries of ICL's stream at the
     last position of [demonstrations; dummy]."""
     check_dummies(episode)
-    reading = read_points(
-        subject.model,
-        episode.dummy_queries,
-        episode.label_tokens,
-        episode.icl_prefix,
-        ("resid_pre", "resid_post"),
-        "prediction",
-        None,
-        batch_size,
-        episode.bos,
-    )
+    dummies = Prompts.of(episode, episode.icl_prefix, queries=episode.dummy_queries)
+    reading = read_points(subject.model, dummies, ("resid_pre", "resid_post"), batch_size=batch_size)
     return stream_points(reading).mean(0)
 
 

@@ -246,29 +246,17 @@ def execute(job: RunJob) -> str:
 
 def searched_lr(job: RunJob, model, task, method: str) -> float:
     """The run's learning-rate search for `method`, read back when an earlier attempt finished it."""
+    from iclgd_lens.core.config import CompareConfig
     from iclgd_lens.core.lr_search import search_lr
-    from iclgd_lens.core.presets import CHOICES, resolve
 
     path = lr_file(Path(job.out), job.run, method)
     chosen = _searched_lr(path)
     if chosen is not None:
         return chosen
-    options = job.config.compare
-    choices = resolve(options.get("preset", "toolkit"), **{n: options.get(n) for n in ("separator", *CHOICES)})
-    search = search_lr(
-        model,
-        task,
-        job.config.lr_grid,
-        options.get("k", 32),
-        job.run.seed,
-        job.run.permutation,
-        choices=choices,
-        n_heldout=job.config.n_heldout,
-        batch_size=options.get("batch_size", 8),
-        groups=options.get("groups", ("k", "v")),
-        biases=options.get("biases", "checkpoint"),
-        method=method,
-    )
+    run, sweep = job.run, job.config
+    searched = {"lr_grid": sweep.lr_grid, "n_heldout": sweep.n_heldout}
+    config = CompareConfig(**sweep.compare, seed=run.seed, permutation=run.permutation, **searched)
+    search = search_lr(model, task, config, method)
     write_json_atomic(
         path,
         search | {"task": job.run.task, "seed": job.run.seed, "permutation": job.run.permutation, "method": method},
