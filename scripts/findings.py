@@ -1,15 +1,17 @@
 """The findings' counts from the committed sweeps' tables, written into the pages that quote them.
 
-    python scripts/findings.py                    # print the block
-    python scripts/findings.py --write README.md docs/findings.md   # replace their findings blocks
+    python scripts/findings.py                    # print the summary block
+    python scripts/findings.py --write            # rewrite every generated block of README.md and docs/findings*
+    python scripts/findings.py --write README.md docs/findings.md docs/findings/   # the same, pages named
     python scripts/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
 
-`--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side (the
-tables of docs/findings.md that set the papers' way beside matched update size).
 Every number of the README's findings paragraph (the <!-- findings-summary --> block: each design's summary
 sentence) and of docs/findings.md's summary (the <!-- findings --> block: the sentences and their tables) comes
-from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out);
-tests/views/test_findings.py fails when a committed page differs from what this prints.
+from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out).
+`--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side; a study
+page under docs/findings/ that sets the papers' way beside matched update size quotes it in a
+<!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments.
+tests/views/test_findings.py fails when any generated block of a committed page differs from what this prints.
 """
 
 from __future__ import annotations
@@ -21,24 +23,59 @@ from pathlib import Path
 from iclgd_lens.analysis.protocol.findings import beside, load_pairs
 from iclgd_lens.views.findings import beside_table, findings_block, findings_summary
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-BLOCKS = ("findings", "findings-summary")  # the full block (docs/findings.md), the paragraph (the README)
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+# The full block (docs/findings.md), the paragraph (the README), one task's two sweeps side by side (a study page).
+BLOCKS = {"findings": 0, "findings-summary": 0, "findings-beside": 3}  # name -> how many arguments its marker takes
+# What a bare `--write` rewrites: the README, the findings index and every study page under docs/findings/.
+PAGES = (ROOT / "README.md", ROOT / "docs" / "findings.md", ROOT / "docs" / "findings")
+# A generated block: `<!-- NAME ARG ... -->`, the generator's text, `<!-- /NAME -->`.
+MARKER = re.compile(r"<!-- (findings(?:-[a-z]+)?)((?: [\w.-]+)*) -->\n.*?<!-- /\1 -->", re.S)
 
 
 def pattern(name: str) -> re.Pattern:
+    """The block `name` (one without arguments) on a page."""
     return re.compile(rf"<!-- {name} -->\n.*?<!-- /{name} -->", re.S)
 
 
-def block(results: Path = RESULTS, name: str = "findings") -> str:
-    pairs = load_pairs(results)
-    body = findings_block(pairs) if name == "findings" else findings_summary(pairs)
-    return f"<!-- {name} -->\n{body}\n<!-- /{name} -->"
+def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...] = ()) -> str:
+    """The block `name` as the generator writes it, markers included; `args` are its marker's arguments."""
+    if BLOCKS.get(name) != len(args):
+        raise ValueError(f"<!-- {' '.join((name, *args))} -->: not a findings block (known: {', '.join(BLOCKS)})")
+    if name == "findings-beside":
+        first, second, task = args
+        body = beside_table(beside(results / first, results / second, task), "papers' way", "matched")
+    else:
+        pairs = load_pairs(results)
+        body = findings_block(pairs) if name == "findings" else findings_summary(pairs)
+    return f"<!-- {' '.join((name, *args))} -->\n{body}\n<!-- /{name} -->"
+
+
+def blocks(text: str) -> list[tuple[str, tuple[str, ...], str]]:
+    """Every generated block of a page's text: (name, arguments, the block as it stands)."""
+    return [(m.group(1), tuple(m.group(2).split()), m.group(0)) for m in MARKER.finditer(text)]
+
+
+def regenerate(text: str, results: Path = RESULTS) -> str:
+    """`text` with each of its generated blocks replaced by the generator's."""
+    return MARKER.sub(lambda m: block(results, m.group(1), tuple(m.group(2).split())), text)
+
+
+def pages(paths: list[Path]) -> list[Path]:
+    """The Markdown pages `paths` name: a file itself, a folder every *.md under it."""
+    return [page for path in paths for page in (sorted(path.rglob("*.md")) if path.is_dir() else [path])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the committed sweeps' tables")
-    parser.add_argument("--write", type=Path, nargs="*", default=[], help="pages whose findings block to replace")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        nargs="*",
+        help="pages (or folders of pages) whose generated blocks to rewrite; none named: README.md, docs/findings.md "
+        "and docs/findings/",
+    )
     parser.add_argument(
         "--beside",
         nargs=3,
@@ -47,19 +84,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.beside:
-        first, second, task = args.beside
-        print(beside_table(beside(args.results / first, args.results / second, task), "papers' way", "matched"))
+        print(block(args.results, "findings-beside", tuple(args.beside)).split("\n", 1)[1].rsplit("\n", 1)[0])
         return
     print(block(args.results))
-    for page in args.write:
+    if args.write is None:
+        return
+    named = [path for path in args.write if not path.is_dir()]
+    for page in pages(args.write or list(PAGES)):
         text = page.read_text()
-        found = [name for name in BLOCKS if pattern(name).search(text)]
-        if not found:
-            raise SystemExit(f"{page} has no <!-- findings --> or <!-- findings-summary --> block")
-        for name in found:
-            made = block(args.results, name)
-            text = pattern(name).sub(lambda _: made, text, count=1)
-        page.write_text(text)
+        if not blocks(text):
+            if page in named:
+                raise SystemExit(f"{page} has no generated findings block (<!-- findings ... -->)")
+            continue
+        made = regenerate(text, args.results)
+        if made != text:
+            page.write_text(made)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "threads", None) is not None and args.threads < 1:  # every verb sets torch's threads
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        from iclgd_lens.cli import commands  # torch and the pipeline load once the arguments parse
-
-        if args.command == "compare":
-            commands.run_compare(args)
-        elif args.command == "reproduce":
-            return commands.run_reproduce(args)
-        elif args.command == "report":
-            commands.run_report(args)
-        elif args.command == "attribute":
-            commands.run_attribute(args)
-        elif args.command == "lenses":
-            commands.run_lenses(args)
-        elif args.command == "kendall":
-            commands.run_kendall(args)
+        status = args.handler(args)  # the verb's function (`parser.command`): torch loads now
     except (
         ValueError,
         FileNotFoundError,
@@ -46,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the library wrote
         print(f"iclgd-lens: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -24,10 +25,9 @@ from iclgd_lens.analysis.lenses.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses.patch_transfer import check_sources
 from iclgd_lens.analysis.lenses.values import check_same_design, lens_values, verdict_measures
 from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
-from iclgd_lens.analysis.protocol.sweep import SweepConfig, check_sweep_folder, run_sweep
+from iclgd_lens.analysis.protocol.sweep import SweepConfig, SweepRuntime, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.protocol.tables import check_poolable
 from iclgd_lens.backend import require_hooked_transformer
-from iclgd_lens.cli.parser import parse_data_files
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
 from iclgd_lens.core.config import CompareConfig, check_backend
@@ -37,7 +37,7 @@ from iclgd_lens.core.results import Result, check_output_folder
 from iclgd_lens.files import write_text_atomic
 from iclgd_lens.sources import check_model_source, load_model, load_task, model_source
 from iclgd_lens.sources.devices import available_threads
-from iclgd_lens.sources.hub_tasks import HUB_TASKS
+from iclgd_lens.sources.hub_tasks import HUB_TASKS, SPLIT_ALIASES
 from iclgd_lens.sources.task import Task
 from iclgd_lens.views.attribution import (
     check_attribution_folder,
@@ -55,6 +55,20 @@ def compare_options(args: argparse.Namespace, *, exclude: tuple[str, ...] = ()) 
     """The `CompareConfig` fields the command line sets (choices left unset are left out, so the preset's apply)."""
     names = [name for name in CompareConfig.option_names() if name not in exclude]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def parse_data_files(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    files = {}
+    for item in items:
+        split, sep, path = item.partition("=")
+        if not sep or split not in SPLIT_ALIASES:
+            raise ValueError(f"--data-files takes SPLIT=PATH with SPLIT one of {list(SPLIT_ALIASES)}, got {item!r}")
+        if split in files:
+            raise ValueError(f"--data-files names the {split} split twice")
+        files[split] = path
+    return files
 
 
 def checked_tasks(args: argparse.Namespace, load_tasks: Callable[[], list[Task]]) -> list[Task]:
@@ -106,25 +120,25 @@ def run_compare(args: argparse.Namespace) -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     if not args.tasks:
         raise ValueError("give the tasks to run: --tasks T1 T2 ... (or T1,T2)")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    threads = args.threads or max(1, available_threads() // args.jobs)
-    options = compare_options(args, exclude=("seed", "permutation", "lr", "lr_lcgd", "lr_grid", "n_heldout"))
-    lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
+    runtime = SweepRuntime(**{f.name: getattr(args, f.name) for f in fields(SweepRuntime)})
+    runtime = replace(runtime, threads=runtime.threads or max(1, available_threads() // runtime.jobs))
     search = {name: getattr(args, name) for name in ("lr_grid", "n_heldout") if getattr(args, name) is not None}
-    config = SweepConfig(
-        args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd, compare=options, dtype=args.dtype, **search
-    )
+    options = compare_options(args, exclude=(*SweepConfig.PER_RUN, *search))
+    lr_lcgd = args.lr_lcgd or ("search" if args.lr == "search" else "matched")
+    # The grid is the sweep's as well as the baselines': the sweep refuses it where nothing searches.
+    compare_config = replace(CompareConfig.build(**options), **search)
+    config = SweepConfig(args.model, tuple(args.tasks), args.runs, args.lr, lr_lcgd, compare_config, args.dtype)
     config.check_given([name for name in ("lr_lcgd", *search) if getattr(args, name) is not None])
     plan = config.plan()
     # Everything that can be checked before a run starts is checked now: options, every run's seed and
     # permutation, the folder, the model's source and every task's data.
+    check_backend(compare_config)
     for run in plan:
-        check_backend(CompareConfig.build(**options, seed=run.seed, permutation=run.permutation, lr=run.lr or 1.0))
+        replace(compare_config, seed=run.seed, permutation=run.permutation)
     out = Path(args.out)
     check_sweep_folder(out, config)
     checked_tasks(args, lambda: [load_task(task) for task in config.tasks])
-    torch.set_num_threads(threads)
+    torch.set_num_threads(runtime.threads)
 
     started = time.perf_counter()
     total, ended = len(plan), 0  # runs ended so far, the finished ones included
@@ -141,20 +155,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         status = "failed: " + error if error else "done"
         print(f"[{ended}/{total}] {run.name} {status} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    slurm = {"timeout_min": args.slurm_time, "cpus_per_task": args.slurm_cpus, "gpus_per_node": args.slurm_gpus}
-    if args.slurm_partition:
-        slurm["slurm_partition"] = args.slurm_partition
-    outcome = run_sweep(
-        config,
-        out,
-        jobs=args.jobs,
-        executor=args.executor,
-        threads=threads,
-        device=args.device,
-        slurm=slurm,
-        on_start=starting,
-        on_run=report,
-    )
+    outcome = run_sweep(config, out, runtime, on_start=starting, on_run=report)
     missing = write_tables(out, plan, args.model)
     if (out / "tables.md").is_file():
         print((out / "tables.md").read_text())
@@ -180,15 +181,9 @@ def results_model(args: argparse.Namespace, config: dict):
     return load_model(name, device=args.device, dtype=config.get("dtype", "float32"))
 
 
-def run_attribute(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    check_attribution_folder(out)
-    result = Result.load(args.run)
-    if not result.deltas:
-        raise ValueError(
-            f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
-        )
+def check_attribute_options(args: argparse.Namespace, result: Result) -> tuple[int, str]:
+    """attribute's options checked against each other and the result, before any model loads; returns the number
+    of heads atp+verify runs exactly and Kendall's method."""
     if args.verify_top is not None and args.estimate != "atp+verify":
         raise ValueError(
             f"--verify-top sets how many heads atp+verify runs exactly, and --estimate is {args.estimate}: leave it out"
@@ -215,6 +210,39 @@ def run_attribute(args: argparse.Namespace) -> None:
     bad = [layer for layer in args.layers or [] if not 0 <= layer < n_layers]
     if bad:
         raise ValueError(f"--layers {bad} out of range: the result's model has {n_layers} layers")
+    return verify_top, kendall_method
+
+
+def attribution_about(
+    args: argparse.Namespace, result: Result, verify_top: int, kendall_method: str, seconds: dict
+) -> dict:
+    """attribution.json's account of what ran: the result's run, the options and the seconds each part took."""
+    return {
+        "run": str(args.run),
+        "model": result.config["model"],
+        "task": result.config["task"],
+        "seed": result.config["seed"],
+        "permutation": result.config["permutation"],
+        "query_rows": list(result.episode.query_rows[: args.kendall_queries]),
+        "layers": args.layers,
+        "estimate": args.estimate,
+        "verify_top": verify_top if args.estimate == "atp+verify" else None,
+        "kendall_method": kendall_method if args.kendall_queries else None,
+        "kendall_queries": args.kendall_queries,
+        "seconds": seconds,
+    }
+
+
+def run_attribute(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    check_attribution_folder(out)
+    result = Result.load(args.run)
+    if not result.deltas:
+        raise ValueError(
+            f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
+        )
+    verify_top, kendall_method = check_attribute_options(args, result)
     if args.function_vectors:
         require_hooked_transformer("--function-vectors")
     model = results_model(args, result.config)
@@ -233,20 +261,7 @@ def run_attribute(args: argparse.Namespace) -> None:
         seconds["kendall"] = kendall.attrs["seconds"]
         per_query = kendall.attrs["per_query"]
         intervals = (queries_table(per_query), *pooled_tables([per_query]))
-    about = {
-        "run": str(args.run),
-        "model": result.config["model"],
-        "task": result.config["task"],
-        "seed": result.config["seed"],
-        "permutation": result.config["permutation"],
-        "query_rows": list(result.episode.query_rows[: args.kendall_queries]),
-        "layers": args.layers,
-        "estimate": args.estimate,
-        "verify_top": verify_top if args.estimate == "atp+verify" else None,
-        "kendall_method": kendall_method if args.kendall_queries else None,
-        "kendall_queries": args.kendall_queries,
-        "seconds": seconds,
-    }
+    about = attribution_about(args, result, verify_top, kendall_method, seconds)
     write_attribution(out, heads, totals, kendall, about, intervals, vectors)
     print((out / "heads.md").read_text())
     if kendall is not None:

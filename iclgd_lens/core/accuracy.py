@@ -39,8 +39,9 @@ def record_settings(
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, Record]:
-    """The recording of each of `prompts` ("zs", "icl") and of each finetuned setting in `deltas` (name ->
-    delta), on the episode's queries."""
+    """Returns the `Record` of each of `prompts` ("zs", "icl") and of each finetuned setting in `deltas` (name ->
+    delta, applied through hooks on the ZS prompt), on the episode's queries, read at `position`, `batch_size`
+    queries per forward; `progress` shows a bar per setting."""
     return {
         name: record(
             model, Prompts.of(episode, prefix, position), delta, batch_size, desc=f"record {name}" if progress else None
@@ -52,8 +53,8 @@ def record_settings(
 def episode_accuracy(
     model: LensModel, episode: Episode, deltas: Mapping[str, Delta] | None = None, **options: Any
 ) -> dict[str, float]:
-    """The accuracy of each setting `record_settings` records with `options` (prompts, position, batch_size):
-    {"zs": ..., "icl": ..., <delta name>: ...}."""
+    """Returns the accuracy of each setting `record_settings` records of `model` on `episode` with `deltas` and
+    `options` (prompts, position, batch_size): {"zs": ..., "icl": ..., <delta name>: ...}."""
     labels = torch.tensor(episode.labels)
     recorded = record_settings(model, episode, deltas, **options)
     return {name: accuracy(r.pred, labels) for name, r in recorded.items()}

@@ -72,6 +72,7 @@ def untrained_copy(model: LensModel, baseline: str, seed: int, init: str = "tran
     `init`: `transformer_lens` (cfg.init_mode for matrices, biases 0, norm gains 1) or `fairseq` (the reference:
     Q/K/V xavier-uniform with gain 1/sqrt(2), W_O xavier-uniform with b_O = 0, MLP matrices and every other bias
     PyTorch's U(±1/sqrt(fan_in)), embeddings N(0, 1/d_model), the unembedding tied to W_E where the model ties it).
+    Returns the copy (with `model`'s tokenizer); `model` is left as it was.
     """
     check_choice("baseline", baseline, BASELINES)
     check_choice("init", init, CHOICES["init"])

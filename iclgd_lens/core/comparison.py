@@ -52,6 +52,8 @@ def compare(
     `label_control="shuffled"` or `"reversed"` also runs the whole comparison on the same queries with the
     demonstrations' labels (ICL's and GD's) shuffled or their label words reversed: `result.controls[kind]`, saved
     in the folder's control-<kind>/, and set beside every metric in `summary()` and the reproduction tables.
+    `out` saves the result there (`overwrite` replaces a result of this toolkit, nothing else); `progress` shows
+    progress bars. Returns the `Result`.
     """
     config = CompareConfig.build(config, **options)
     check_backend(config)

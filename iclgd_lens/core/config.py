@@ -21,6 +21,8 @@ from iclgd_lens.core.presets import (
     LCGD_EXITS,
     LCGD_LRS,
     METHODS,
+    PARAMETER_GROUP_NAMES,
+    PRESETS,
     SUBSETS,
     Choices,
     check_choice,
@@ -29,47 +31,100 @@ from iclgd_lens.core.presets import (
     check_lr,
     check_permutation,
     resolve,
+    separator_text,
 )
 
 CHOICE_NAMES = ("separator", *CHOICES)  # the preset's choices, each a field that overrides the preset
+CHOICE_HELP = {f.name: f.metadata["help"] for f in fields(Choices)}
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A config field and what its command-line option needs (`cli.options` generates the option from it): `help`,
+    and in `cli` any of `choices` (the names, or a function that lists them), `list` (a list option), `empty` (the
+    list may be empty), `flag` (where it is not --field-name), `type`, `group` ("preset": the preset's choices),
+    `default_text` (the help's words for the default) and `conditional` (the option defaults to None on the command
+    line, so that one given where it does nothing is refused by `CompareConfig.unused`; its help names the default).
+    Returns the dataclass field."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """Every choice of one comparison (docs/reference/cli.md lists each, docs/reference/presets.md explains the
-    choices).
+    choices). Each field's help and choices live here once; the command line's options are generated from them.
 
     The nine choice fields (position, separator, truncation, text, gd_demos, order, precision, arithmetic, init)
     override the preset's where given; `choices` holds the resolved set."""
 
-    k: int = 32  # demonstrations
-    seed: int = 0  # demonstration shuffle, baselines' init, random baseline
-    permutation: int = 0  # order of the demonstrations; 0 keeps the shuffle
-    lr: float = 1e-3  # GD's SGD learning rate on the trained model
-    lr_lcgd: float | str = "matched"  # LCGD's: "matched" (its update as large as GD's), "gd" (GD's lr) or a number
-    baseline_lr: str = "matched"  # each baseline's: "matched" (its update as large as the trained model's), "paper"
-    # (the trained model's lr) or "searched" (its own held-out search over lr_grid)
-    lr_grid: tuple[float, ...] = DAI_LR_GRID  # learning rates a search tries
-    n_heldout: int = 128  # held-out train rows that score each lr of a search
-    methods: tuple[str, ...] = METHODS
-    baselines: tuple[str, ...] = BASELINES
-    subsets: tuple[str, ...] = ()  # also score these query subsets ("f2t")
-    n_eval: int | None = None  # cap on evaluation queries (None: 2000)
-    batch_size: int = 8  # queries per forward pass
-    groups: tuple[str, ...] = DEFAULT_GROUPS  # trained weights
-    lcgd_exit: str = "block"  # LCGD's read-out: after the block, or after attention
-    biases: str = "checkpoint"  # train the biases the checkpoint has, or "all" (absent ones from zero)
-    label_control: str | None = None  # also run the comparison with the demonstrations' labels "shuffled"/"reversed"
-    preset: str = "toolkit"
-    position: str | None = None
-    separator: str | None = None
-    truncation: str | None = None
-    text: str | None = None
-    gd_demos: str | None = None
-    order: str | None = None
-    precision: str | None = None
-    arithmetic: str | None = None
-    init: str | None = None
+    k: int = option(32, "demonstrations")
+    seed: int = option(0, "demonstration shuffle, baselines' init, random baseline")
+    permutation: int = option(0, "order of the demonstrations; 0 keeps the shuffle")
+    lr: float = option(1e-3, "SGD learning rate for GD on the trained model")
+    lr_lcgd: float | str = option(
+        "matched",
+        "LCGD's learning rate: 'matched' (the lr at which its update is as large as GD's, within 2 %), 'gd' (GD's "
+        "lr, as the papers do) or a number",
+        conditional=True,
+        type=str,
+    )
+    baseline_lr: str = option(
+        "matched",
+        "each untrained baseline's learning rate: 'matched' (per method, the lr at which its update is as large as "
+        "the trained model's, within 2 %), 'paper' (the trained model's lr, as the papers do) or 'searched' (its "
+        'own search over --lr-grid on held-out train rows; docs/science.md, "Update size")',
+        choices=BASELINE_LRS,
+        conditional=True,
+    )
+    lr_grid: tuple[float, ...] = option(
+        DAI_LR_GRID,
+        "learning rates a search tries (reproduce's --lr search, --lr-lcgd search, --baseline-lr searched)",
+        list=True,
+        conditional=True,
+        default_text="Dai et al.'s 36 values, 1e-4 to 0.9",
+    )
+    n_heldout: int = option(128, "held-out train rows that score each lr of a search", conditional=True)
+    methods: tuple[str, ...] = option(
+        METHODS, "update rules (packages add theirs: docs/methods.md)", choices=available_methods, list=True
+    )
+    baselines: tuple[str, ...] = option(
+        BASELINES, "untrained baselines (none: empty)", choices=BASELINES, list=True, empty=True
+    )
+    subsets: tuple[str, ...] = option(
+        (), "also score these query subsets", choices=SUBSETS, list=True, empty=True, flag="--subset"
+    )
+    n_eval: int | None = option(None, "cap on evaluation queries", default_text="2000")
+    batch_size: int = option(8, "queries per forward pass")
+    groups: tuple[str, ...] = option(DEFAULT_GROUPS, "trained weights", choices=PARAMETER_GROUP_NAMES, list=True)
+    lcgd_exit: str = option(
+        "block", "LCGD read-out: after the block or attention", choices=LCGD_EXITS, conditional=True
+    )
+    biases: str = option(
+        "checkpoint",
+        "biases GD trains: those the checkpoint has, or all (absent ones from zero, as the papers' fairseq model has "
+        "every bias)",
+        choices=BIASES,
+    )
+    label_control: str | None = option(
+        None,
+        "also run the whole comparison with the demonstrations' labels shuffled (a seeded permutation) or their "
+        "label words reversed, saved beside it in control-<kind>/",
+        choices=LABEL_CONTROLS,
+    )
+    preset: str = option("toolkit", "the toolkit's or the reference's", choices=tuple(PRESETS), group="preset")
+    position: str | None = option(None, CHOICE_HELP["position"], choices=CHOICES["position"], group="preset")
+    separator: str | None = option(
+        None,
+        CHOICE_HELP["separator"] + " (\\n and \\t are read as newline and tab)",
+        type=separator_text,
+        group="preset",
+    )
+    truncation: str | None = option(None, CHOICE_HELP["truncation"], choices=CHOICES["truncation"], group="preset")
+    text: str | None = option(None, CHOICE_HELP["text"], choices=CHOICES["text"], group="preset")
+    gd_demos: str | None = option(None, CHOICE_HELP["gd_demos"], choices=CHOICES["gd_demos"], group="preset")
+    order: str | None = option(None, CHOICE_HELP["order"], choices=CHOICES["order"], group="preset")
+    precision: str | None = option(None, CHOICE_HELP["precision"], choices=CHOICES["precision"], group="preset")
+    arithmetic: str | None = option(None, CHOICE_HELP["arithmetic"], choices=CHOICES["arithmetic"], group="preset")
+    init: str | None = option(None, CHOICE_HELP["init"], choices=CHOICES["init"], group="preset")
     choices: Choices = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -148,8 +148,8 @@ def _stored_name(params: dict[str, Tensor], name: str) -> str | None:
     return None
 
 
-def _layer_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list[Hook]:
-    """Hooks for one block; `delta` keys look like 'attn.W_K'. Registration order matters: captures first."""
+def _check_hookable(model: LensModel, delta: dict[str, Tensor]) -> None:
+    """Refuse a change no hook point can apply: one of weights whose output a norm follows before the residual."""
     post_normed = [key for key in delta if key.startswith(POST_NORMED)]
     if model.cfg.use_normalization_before_and_after and post_normed:
         raise ValueError(
@@ -157,6 +157,11 @@ def _layer_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list
             f"point sits between those outputs and their norms, so a change of {post_normed[0]} "
             "cannot be applied through hooks; train the q, k and v groups (--groups q k v)"
         )
+
+
+def _layer_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list[Hook]:
+    """Hooks for one block; `delta` keys look like 'attn.W_K'. Registration order matters: captures first."""
+    _check_hookable(model, delta)
     block = model.blocks[layer]
     inputs: dict[str, Tensor] = {}
     hooks: list[Hook] = []

@@ -35,6 +35,10 @@ DUMMIES_PER_CLASS = 4
 
 @dataclass(frozen=True)
 class Episode:
+    """Every token id of one comparison (`build_episode` makes it): the demonstrations ICL shows and GD trains on,
+    the queries, the label words' tokens and the rows each came from, fixed once so that all settings see the same
+    inputs."""
+
     task: str
     bos: int
     separator: Tokens
@@ -206,7 +210,7 @@ def build_episode(task: Task, tokenizer, n_ctx: int, config: CompareConfig | Non
     eval shuffled with seed 1 and capped at n_eval. Demonstrations that would overflow the context are dropped from
     the ICL prompt (effective k) as `choices.truncation` says; GD trains on `choices.gd_demos`. With a
     `label_control` the demonstrations (ICL's and GD's alike) show `shown_labels` instead of their own; the queries
-    and their labels are the same."""
+    and their labels are the same. Returns the `Episode`."""
     config = CompareConfig.build(config, **options) if options or config is None else config
     choices, k, seed, label_control = config.choices, config.k, config.seed, config.label_control
     check_k(task, k)

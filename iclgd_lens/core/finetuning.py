@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +19,12 @@ from tqdm.auto import tqdm
 from iclgd_lens.backend import LensModel, block_parameters, final_residual
 from iclgd_lens.core.deltas import Delta, Hook
 from iclgd_lens.core.hooks import hook_name, parameter_layer, reset_alibi
-from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.presets import METHODS, check_choice
 from iclgd_lens.core.projections import projections_laid_out_once
 from iclgd_lens.core.readout import Readout
+
+if TYPE_CHECKING:  # methods runs fit
+    from iclgd_lens.core.methods import MethodContext
 
 
 @contextmanager
@@ -89,6 +92,9 @@ class LayerCausalReadout:
         return nll.view(self.n_layers, -1).mean(1).sum()
 
 
+LOWER = "lower the learning rate"
+
+
 def fit(
     model: LensModel,
     demos: Sequence[Sequence[int]],
@@ -107,18 +113,11 @@ def fit(
     layer). `context.parameters`: the per-block parameters trained (None: `trained_parameters(model)`, K and V
     weights and the biases the checkpoint has).
 
-    precision `native`: the delta trains in the model's dtype. `fp16-mixed` (the reference's fairseq
-    FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
-    through the effective delta round16(W + ΔW) − W, with the loss scaled (FP16_LOSS_SCALE; a step whose gradient
-    overflows is skipped and the scale halved). The returned delta is that effective fp16 delta, so an update
-    below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference.
-
     `observers`: hooks that run after the delta's own in every step's forward, seeing what that step computed
     (Kendall's capture of the attention queries); they must return None.
 
-    `step` (native precision only; the variants of `core.methods`): `sgd` (the papers'), `layer-normalised` (each
-    layer's step lr · g_l / ‖g_l‖, g_l the gradient of that layer's trained tensors together) or `adam`
-    (torch.optim.Adam with `betas`, no weight decay); `epochs` passes over the demonstrations, in the same order."""
+    `context.precision` and `step` choose the update rule (`update_rule`); the option "epochs" makes that many
+    passes over the demonstrations, in the same order."""
     check_choice("method", method, METHODS)
     check_choice("step", step, STEPS)
     lr, epochs = context.lr, int(context.options.get("epochs", 1))
@@ -129,12 +128,7 @@ def fit(
     reset_alibi(model)  # the same demonstrations give the same delta, whatever ran on the model before
     # What the hooks apply: the trained delta, or fp16-mixed's effective one.
     delta = Delta.zeros(model, context.parameters)
-    if context.precision == "fp16-mixed":
-        update = MixedFP16Step(model, delta, lr)
-    elif step == "adam":
-        update = AdamStep(delta, lr, tuple(context.options.get("betas", (0.9, 0.999))))
-    else:
-        update = (LayerNormalisedStep if step == "layer-normalised" else NativeStep)(delta, lr)
+    update = update_rule(model, delta, context, step)
     hooks = delta.hooks(model)
     if method == "lcgd":
         readout = LayerCausalReadout(model, context.lcgd_exit)
@@ -150,17 +144,32 @@ def fit(
             else:
                 loss = readout.loss(model, tokens)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{method} loss is {loss.item()} at demonstration {index} with lr={lr}; lower the learning rate"
-                )
+                raise FloatingPointError(f"{method} loss is {loss.item()} at demonstration {index}, lr={lr}; {LOWER}")
             update(loss, n_tokens=tokens.shape[1] - 1)
             if not update.is_finite():
-                raise FloatingPointError(
-                    f"{method} weights became non-finite at step {index} with lr={lr}; lower the learning rate"
-                )
+                raise FloatingPointError(f"{method} weights became non-finite at step {index} with lr={lr}; {LOWER}")
     for p in delta.tensors.values():
         p.requires_grad_(False)
     return delta
+
+
+def update_rule(model: LensModel, delta: Delta, context: MethodContext, step: str) -> NativeStep | MixedFP16Step:
+    """What one step does to `delta`: the precision's and `step`'s rule at the context's lr.
+
+    precision `native`: the delta trains in the model's dtype. `fp16-mixed` (the reference's fairseq
+    FP16Optimizer; the model must be float16): an fp32 master delta ΔW; each step runs forward and backward in fp16
+    through the effective delta round16(W + ΔW) − W, with the loss scaled (FP16_LOSS_SCALE; a step whose gradient
+    overflows is skipped and the scale halved). The delta `fit` returns is that effective fp16 delta, so an
+    update below half an fp16 ulp of W vanishes from the evaluated model, as it does in the reference.
+
+    `step` (native precision only; the variants of `core.methods`): `sgd` (the papers'), `layer-normalised` (each
+    layer's step lr · g_l / ‖g_l‖, g_l the gradient of that layer's trained tensors together) or `adam`
+    (torch.optim.Adam with the option "betas", no weight decay)."""
+    if context.precision == "fp16-mixed":
+        return MixedFP16Step(model, delta, context.lr)
+    if step == "adam":
+        return AdamStep(delta, context.lr, tuple(context.options.get("betas", (0.9, 0.999))))
+    return (LayerNormalisedStep if step == "layer-normalised" else NativeStep)(delta, context.lr)
 
 
 class NativeStep:

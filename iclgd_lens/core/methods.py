@@ -78,7 +78,7 @@ def register_method(
     """Make `fn` the method `name` (replacing an earlier registration of that name). `options` (JSON values) are
     passed to it as `context.options` and recorded in result.json; an "lr" option replaces the comparison's lr.
     `check(config, options)`, if given, refuses (ValueError) the comparisons the method cannot run, when their
-    `CompareConfig` is built: before any model loads."""
+    `CompareConfig` is built: before any model loads. Returns nothing; the method is usable at once."""
     if not name or "/" in name or " " in name or name in ("zs", "icl"):
         raise ValueError(f"a method's name must be a word without '/' or spaces, other than zs and icl; got {name!r}")
     if not callable(fn):
@@ -125,7 +125,7 @@ def unregister_method(name: str) -> None:
 
 
 def available_methods() -> tuple[str, ...]:
-    """Every method name: registered in this process, then those packages declare as entry points."""
+    """Returns every method name: those registered in this process, then those packages declare as entry points."""
     declared = [point.name for point in entry_points(group=ENTRY_POINT_GROUP) if point.name not in _REGISTRY]
     return (*_REGISTRY, *declared)
 

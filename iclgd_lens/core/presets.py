@@ -10,7 +10,7 @@ here before a model loads.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 # The valid values of every option, shared by the API and the command line.
 METHODS = ("gd", "lcgd")
@@ -91,35 +91,54 @@ def check_permutation(permutation: int, order: str) -> None:
 
 @dataclass(frozen=True)
 class Choices:
-    """Each choice where the toolkit and the reference code differ.
+    """Each choice where the toolkit and the reference code differ (each field's help says what it chooses)."""
 
-    position:   `prediction` (the last prompt token, which predicts the label) or `first_option` (the first label's
-                last token, appended to the prompt: where the reference records).
-    separator:  between demonstrations: `eos` (the end-of-sequence token) or any text such as "\\n".
-    truncation: `fit` drops each demonstration that would overflow the context and keeps later ones that fit;
-                `reference` stops at the first that would overflow, with the reference's budget (a strict
-                `< n_ctx` test that counts BOS twice: two tokens fewer).
-    text:       `normalised` collapses whitespace in the inputs; `raw` keeps it (SST-2's trailing space) and
-                encodes an input with newlines line by line, the lines joined by the end-of-sequence token.
-    gd_demos:   GD/LCGD train on `kept` (ICL's demonstrations) or on `all` k, even those ICL dropped.
-    order:      permutation p > 0: `toolkit` (numpy Generator seeded with [seed, p], GD in the prompt's order) or
-                `reference` (legacy np.random.seed(seed) draws: ICL uses draw p + 1, GD draw 6 + p).
-    precision:  `native` (the model's dtype throughout) or `fp16-mixed` (fairseq's FP16Optimizer: fp16
-                forward/backward with loss scaling, fp32 master delta, evaluated as round16(W + ΔW)).
-    arithmetic: `exact` (scale-invariant cosine, NaN for a zero vector, NaN skipped in the means) or `reference`
-                (dot / (|a||b| + 1e-20), zeros averaged in).
-    init:       baselines' re-initialisation: `transformer_lens` or `fairseq` (the reference's).
-    """
-
-    position: str
-    separator: str
-    truncation: str
-    text: str
-    gd_demos: str
-    order: str
-    precision: str
-    arithmetic: str
-    init: str
+    position: str = field(
+        metadata={
+            "help": "`prediction` (the last prompt token, which predicts the label) or `first_option` (the first "
+            "label's last token, appended to the prompt: where the reference records)."
+        }
+    )
+    separator: str = field(
+        metadata={"help": 'between demonstrations: `eos` (the end-of-sequence token) or any text such as "\\n".'}
+    )
+    truncation: str = field(
+        metadata={
+            "help": "`fit` drops each demonstration that would overflow the context and keeps later ones that fit; "
+            "`reference` stops at the first that would overflow, with the reference's budget (a strict `< n_ctx` "
+            "test that counts BOS twice: two tokens fewer)."
+        }
+    )
+    text: str = field(
+        metadata={
+            "help": "`normalised` collapses whitespace in the inputs; `raw` keeps it (SST-2's trailing space) and "
+            "encodes an input with newlines line by line, the lines joined by the end-of-sequence token."
+        }
+    )
+    gd_demos: str = field(
+        metadata={"help": "GD/LCGD train on `kept` (ICL's demonstrations) or on `all` k, even those ICL dropped."}
+    )
+    order: str = field(
+        metadata={
+            "help": "permutation p > 0: `toolkit` (numpy Generator seeded with [seed, p], GD in the prompt's "
+            "order) or `reference` (legacy np.random.seed(seed) draws: ICL uses draw p + 1, GD draw 6 + p)."
+        }
+    )
+    precision: str = field(
+        metadata={
+            "help": "`native` (the model's dtype throughout) or `fp16-mixed` (fairseq's FP16Optimizer: fp16 "
+            "forward/backward with loss scaling, fp32 master delta, evaluated as round16(W + ΔW))."
+        }
+    )
+    arithmetic: str = field(
+        metadata={
+            "help": "`exact` (scale-invariant cosine, NaN for a zero vector, NaN skipped in the means) or "
+            "`reference` (dot / (|a||b| + 1e-20), zeros averaged in)."
+        }
+    )
+    init: str = field(
+        metadata={"help": "baselines' re-initialisation: `transformer_lens` or `fairseq` (the reference's)."}
+    )
 
     def __post_init__(self) -> None:
         for name, valid in CHOICES.items():
@@ -172,7 +191,7 @@ def resolve(preset: str = "toolkit", **overrides: str | None) -> Choices:
 
 
 def separator_text(value: str) -> str:
-    """`--separator '\\n'`: a shell passes backslash + n; the separator meant is a newline (\\t a tab, \\\\ a
-    backslash)."""
+    """Returns `value` with its escapes read: `--separator '\\n'` reaches us as backslash + n, and the separator
+    meant is a newline (\\t a tab, \\\\ a backslash)."""
     escapes = {"n": "\n", "t": "\t", "\\": "\\"}
     return re.sub(r"\\([nt\\])", lambda match: escapes[match.group(1)], value)

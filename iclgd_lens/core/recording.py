@@ -104,7 +104,8 @@ def record(
     Row 0 of a query is query + first label (so `first_option` is inside it); a class whose label has several
     tokens gets its own row query + label to score its mean log-prob; single-token labels are read off row 0.
     A label's last token is left out of its row unless the record is at `first_option`: nothing reads the
-    prediction it makes. `desc` names a progress bar (None: no bar).
+    prediction it makes. `batch_size` queries run per forward; `desc` names a progress bar (None: no bar).
+    Returns the `Record`: per query and layer, what the metrics need.
     """
     derived = derives_attn_out(model)
     points = tuple(p for p in RECORDED_POINTS if not (derived and p == "attn_out"))

@@ -54,6 +54,10 @@ CONTROL_PREFIX = "control-"  # a label control's own result folder inside the re
 
 @dataclass
 class Result:
+    """One comparison (`compare` returns it; `Result.load` reads a saved one): its config, the scores of the model
+    and of each baseline, every setting's recording, the output weights, labels, the episode, the trained model's
+    deltas and any label control's own result. `summary()` and `per_layer()` lay the scores out."""
+
     config: dict
     scores: dict[str, Scores]  # "model" and each baseline
     records: dict[str, Record]  # "zs", "icl", "gd", ..., "no_training/zs", ...

@@ -37,6 +37,7 @@ def load_model(
 
     The model is in eval mode, with no weight processing, on CUDA when available unless `device` is given.
     `progress=False` silences every progress bar and message of a first conversion (a packaged GGUF).
+    Returns the model (a HookedTransformer, or a TransformerBridge on TransformerLens 4) with its tokenizer.
     """
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype)
@@ -108,6 +109,8 @@ def check_model_name(name: str) -> None:
 
 
 def available_tasks() -> list[str]:
+    """Returns every task name `load_task` takes without data files: the hub's, the packaged and the synthetic ones,
+    each group sorted."""
     return sorted(HUB_TASKS) + sorted(PACKAGED_TASKS) + sorted(SYNTHETIC_TASKS)
 
 
@@ -126,6 +129,8 @@ def load_task(
       docs/tasks.md);
     - `"synth-*"`: the bundled synthetic tasks (offline);
     - any other name with `data_files`, `template` and `label_words`: a custom task from local files.
+
+    Returns the `Task`: its train and evaluation rows, prompt template and label words.
     """
     if name in SYNTHETIC_TASKS and data_files is None:
         return synthetic_task(name)

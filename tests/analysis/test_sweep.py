@@ -15,6 +15,7 @@ import pytest
 from iclgd_lens.analysis.protocol.plan import PAPER_SETTINGS, plan_runs
 from iclgd_lens.analysis.protocol.sweep import SweepConfig, check_sweep_folder
 from iclgd_lens.cli import main
+from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.presets import DAI_LR_GRID
 from iclgd_lens.views.reproduction import TABLE_FILES
 
@@ -151,7 +152,7 @@ def test_sweep_folder_refuses_foreign_and_other_sweeps(tmp_path, reference_sweep
     before = table_bytes(reference_sweep)
     assert main([*other, "--out", str(reference_sweep)]) == 2
     error = capsys.readouterr().err
-    assert "holds another sweep" in error and "'k': 6" in error and "'k': 8" in error
+    assert "holds another sweep (k: 6 there, 8 now)" in error
     assert table_bytes(reference_sweep) == before
 
 
@@ -187,13 +188,21 @@ def test_paper_plan_uses_the_papers_seeds_and_learning_rates():
 
 
 def test_a_restart_may_change_how_but_not_what(tmp_path):
-    config = SweepConfig("tiny-icl", ("synth-sst2",), "1", "0.3", compare={"k": 6})
+    config = SweepConfig("tiny-icl", ("synth-sst2",), "1", "0.3", compare=CompareConfig(k=6))
     out = tmp_path / "s"
     out.mkdir()
     (out / "sweep.json").write_text(json.dumps({"format": "iclgd-lens sweep 1", "config": config.to_dict()}))
     check_sweep_folder(out, config)  # the same sweep: resumable
-    with pytest.raises(ValueError, match="holds another sweep.*compare"):
-        check_sweep_folder(out, SweepConfig("tiny-icl", ("synth-sst2",), "1", "0.3", compare={"k": 8}))
+    with pytest.raises(ValueError, match="holds another sweep \\(k: 6 there, 8 now\\)"):
+        check_sweep_folder(out, SweepConfig("tiny-icl", ("synth-sst2",), "1", "0.3", compare=CompareConfig(k=8)))
+    # An earlier version's sweep.json held only the options given: a default left out is the same sweep.
+    earlier = config.to_dict() | {"compare": {"k": 6, "methods": ["gd", "lcgd"]}}
+    (out / "sweep.json").write_text(json.dumps({"format": "iclgd-lens sweep 1", "config": earlier}))
+    check_sweep_folder(out, config)
+    with pytest.raises(ValueError, match="baseline_lr: 'matched' there, 'paper' now"):
+        check_sweep_folder(
+            out, SweepConfig("tiny-icl", ("synth-sst2",), "1", "0.3", compare=CompareConfig(k=6, baseline_lr="paper"))
+        )
 
 
 @pytest.mark.slow  # runs a sweep
@@ -229,10 +238,10 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkey
 
     real = iclgd_lens.core.comparison.compare
 
-    def diverging_on_mr(model, task, **kwargs):
+    def diverging_on_mr(model, task, *args, **kwargs):
         if task.name == "synth-mr":
             raise FloatingPointError("gd loss is nan at demonstration 3 with lr=0.3; lower the learning rate")
-        return real(model, task, **kwargs)
+        return real(model, task, *args, **kwargs)
 
     monkeypatch.setattr(iclgd_lens.core.comparison, "compare", diverging_on_mr)
     out = tmp_path / "diverges"

@@ -1,9 +1,12 @@
-"""The findings generator: its counts equal hand counts on a committed sweep, and the README's and
-docs/findings.md's findings blocks are exactly what it prints (so editing a number there fails this test)."""
+"""The findings generator: its counts equal hand counts on a committed sweep, and every generated block of the
+README, the findings index (docs/findings.md) and the study pages under docs/findings/ is exactly what it prints (so
+editing a number there fails this test). And every relative link of the README and of docs/ reaches its page and
+heading, so that a page moved or a heading renamed leaves no link behind."""
 
-import importlib.util
 import math
+import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -11,13 +14,7 @@ from iclgd_lens.analysis.protocol.findings import load_pairs, totals
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("findings_script", ROOT / "scripts" / "findings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # every page a generated block or a link may be on
 
 
 def test_counts_equal_hand_counts_on_the_smollm2_sweep():
@@ -45,18 +42,24 @@ def test_label_control_and_mlp_input_sweeps_are_not_main_pairs():
     assert all(not math.isnan(p.gd_norm_ratio) for p in load_pairs(RESULTS))
 
 
+def _edited(text: str) -> str:
+    """`text` with the first digit after its first line changed: one number of a block edited by hand."""
+    head, body = text.split("\n", 1)
+    at = re.search(r"\d", body).start()
+    return f"{head}\n{body[:at]}{(int(body[at]) + 1) % 10}{body[at + 1 :]}"
+
+
 @pytest.mark.parametrize("page, name", [("README.md", "findings-summary"), ("docs/findings.md", "findings")])
-def test_the_pages_quote_the_generator_exactly(page, name):
-    """The README's findings paragraph and docs/findings.md's summary are the generator's output: an edited number
+def test_the_pages_quote_the_generator_exactly(script, page, name):
+    """The README's findings paragraph and the findings index's summary are the generator's output: an edited number
     fails."""
-    script = _script()
-    made = script.block(name=name)
+    findings = script("findings")
+    made = findings.block(name=name)
     text = (ROOT / page).read_text()
-    found = script.pattern(name).search(text)
+    found = findings.pattern(name).search(text)
     assert found, f"{page} has no <!-- {name} --> block"
     assert found.group(0) == made, f"{page}'s {name} block differs from `python scripts/findings.py`: rerun it"
-    edited = text.replace(found.group(0), found.group(0).replace(" of ", " of 1", 1))
-    assert script.pattern(name).search(edited).group(0) != made  # the check can fail
+    assert findings.pattern(name).search(text.replace(made, _edited(made))).group(0) != made  # the check can fail
 
 
 def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
@@ -69,26 +72,153 @@ def test_a_longer_sweep_of_the_same_pair_supersedes_a_shorter_one():
     assert _most_runs([rt, longer, other_design]) == [longer, other_design]
 
 
-# The side-by-side tables of docs/findings.md: (papers' way, matched, task), each quoted whole on the page.
-# The last number: GD's trained_embeddings ratio the papers' way, the findings table's largest baseline ratio of the
-# same (sweep, task), read by hand from that table.
+# The side-by-side tables of the matched study pages: (papers' way, matched, task, the page that quotes it whole in
+# its <!-- findings-beside FIRST SECOND TASK --> block). The number: GD's trained_embeddings ratio the papers' way,
+# the findings table's largest baseline ratio of the same (sweep, task), read by hand from that table.
 BESIDE = [
-    ("smollm2-paper5", "smollm2-rt-matched-paper5", "rt-snippets", 6.21),
-    ("smollm2-paper5", "smollm2-subj-matched-paper5", "synth-subj", 5.21),
-    ("smollm2-paper5", "smollm2-mr-matched-paper5", "synth-mr", 4.51),
-    ("smollm2-paper5", "smollm2-sst2-matched-paper5", "synth-sst2", 3.55),
-    ("smollm2-sst5-paper5", "smollm2-sst5-matched-paper5", "synth-sst5", 3.87),
+    ("smollm2-paper5", "smollm2-rt-matched-paper5", "rt-snippets", "smollm2-rt-snippets-matched.md", 6.21),
+    ("smollm2-paper5", "smollm2-subj-matched-paper5", "synth-subj", "smollm2-synth-subj-matched.md", 5.21),
+    ("smollm2-paper5", "smollm2-mr-matched-paper5", "synth-mr", "smollm2-synth-mr-matched.md", 4.51),
+    ("smollm2-paper5", "smollm2-sst2-matched-paper5", "synth-sst2", "smollm2-synth-sst2-matched.md", 3.55),
+    ("smollm2-sst5-paper5", "smollm2-sst5-matched-paper5", "synth-sst5", "smollm2-synth-sst5-matched.md", 3.87),
 ]
 
 
-@pytest.mark.parametrize("first, second, task, embeddings_ratio", BESIDE)
-def test_the_side_by_side_tables_are_the_generators(first, second, task, embeddings_ratio):
-    """Each papers'-way-beside-matched table on docs/findings.md is `scripts/findings.py --beside`'s output; its
-    ratios come from the two summary.csv files (hand-checked against the findings table's largest baseline ratio)."""
+@pytest.mark.parametrize("first, second, task, page, embeddings_ratio", BESIDE)
+def test_the_side_by_side_tables_are_the_generators(script, first, second, task, page, embeddings_ratio):
+    """Each papers'-way-beside-matched table is `scripts/findings.py --beside`'s output, in a findings-beside block
+    of its study page; its ratios come from the two summary.csv files (hand-checked against the findings table's
+    largest baseline ratio)."""
     from iclgd_lens.analysis.protocol.findings import beside
     from iclgd_lens.views.findings import beside_table
 
     frame = beside(RESULTS / first, RESULTS / second, task)
     row = frame[(frame.method == "gd") & (frame.metric == "simaou_norm") & (frame.baseline == "trained_embeddings")]
     assert row["first_ratio"].item() == pytest.approx(embeddings_ratio, abs=0.005)
-    assert beside_table(frame, "papers' way", "matched") in (ROOT / "docs" / "findings.md").read_text()
+    blocks = script("findings").blocks((ROOT / "docs" / "findings" / page).read_text())
+    assert [(name, args) for name, args, _ in blocks] == [("findings-beside", (first, second, task))]
+    assert beside_table(frame, "papers' way", "matched") in blocks[0][2]
+
+
+def test_every_generated_block_of_every_page_is_the_generators(script):
+    """Wherever a generated block stands (the README, the index, a study page, or a page it moves to later), it is
+    what the generator writes from its marker's arguments; an edited number in any of them fails; each block is
+    found where the pages expect it, once."""
+    findings = script("findings")
+    where = []
+    for page in PAGES:
+        text = page.read_text()
+        for i, (name, args, found) in enumerate(findings.blocks(text)):
+            where.append((page.relative_to(ROOT).as_posix(), name, args))
+            made = findings.block(name=name, args=args)
+            assert found == made, f"{page}: <!-- {name} --> block differs from `python scripts/findings.py`: rerun it"
+            edited = text.replace(found, _edited(found))
+            assert findings.blocks(edited)[i][2] != made  # the check can fail
+            assert findings.regenerate(edited) == text  # and --write restores the edit
+    expected = [("README.md", "findings-summary", ()), ("docs/findings.md", "findings", ())]
+    expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
+    assert sorted(where) == sorted(expected)
+
+
+def test_write_rewrites_an_edited_block_and_refuses_a_page_without_one(script, tmp_path, monkeypatch):
+    """`--write PAGE` restores a block edited by hand on a page and leaves the rest of the page as it was; a folder
+    rewrites its pages that hold a block; a page named that holds none is refused; an unknown block is refused."""
+    findings = script("findings")
+    original = (ROOT / "docs" / "findings" / "smollm2-synth-mr-matched.md").read_text()
+    [(_, _, found)] = findings.blocks(original)
+    (tmp_path / "study.md").write_text(original.replace(found, _edited(found)))
+    (tmp_path / "plain.md").write_text("no block here\n")
+    monkeypatch.setattr("sys.argv", ["findings.py", "--write", str(tmp_path)])
+    findings.main()
+    assert (tmp_path / "study.md").read_text() == original
+    assert (tmp_path / "plain.md").read_text() == "no block here\n"
+    monkeypatch.setattr("sys.argv", ["findings.py", "--write", str(tmp_path / "plain.md")])
+    with pytest.raises(SystemExit, match="no generated findings block"):
+        findings.main()
+    with pytest.raises(ValueError, match="not a findings block"):
+        findings.regenerate("<!-- findings-beside smollm2-paper5 -->\n| x |\n<!-- /findings-beside -->\n")
+
+
+# Links: GitHub's rules for a heading's anchor (lowercase; every character but letters, digits, '_', '-' and spaces
+# dropped; spaces to '-'; a repeated anchor gets -1, -2, ...), applied to the README and every page under docs/.
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+HEADING = re.compile(r"^#{1,6}[ \t]+(.*?)[ \t#]*$", re.M)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading's text."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading anchors on its text
+    text = re.sub(r"<[^>]+>", "", text).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in HEADING.findall(FENCE.sub("", page.read_text())):
+        name = slug(heading)
+        found.add(f"{name}-{seen[name]}" if seen.get(name) else name)
+        seen[name] = seen.get(name, 0) + 1
+    return found | set(re.findall(r'<a\s+(?:name|id)="([^"]+)"', page.read_text()))
+
+
+def broken_links(page: Path) -> list[str]:
+    """The relative links of `page` (outside fenced code) that reach no file, or a Markdown page without the
+    heading their #anchor names."""
+    broken = []
+    for target in LINK.findall(FENCE.sub("", page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:: not checked here
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (page.parent / unquote(file)).resolve() if file else page
+        if not dest.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target}: no such heading in {dest.name}")
+    return broken
+
+
+@pytest.mark.parametrize(
+    "heading, anchor",
+    [
+        (
+            "The same at 10 runs: the primary contrasts after Holm's adjustment",
+            "the-same-at-10-runs-the-primary-contrasts-after-holms-adjustment",
+        ),
+        (
+            "Published numbers (1.3B model: SST2, SST5, MR, Subj, AGNews, CB)",
+            "published-numbers-13b-model-sst2-sst5-mr-subj-agnews-cb",
+        ),
+        ("The tables (`tables.md`, `summary.csv`, `verdicts.csv`)", "the-tables-tablesmd-summarycsv-verdictscsv"),
+        (
+            "Function vectors (Todd et al., ICLR 2024): `attribute --function-vectors`",
+            "function-vectors-todd-et-al-iclr-2024-attribute---function-vectors",
+        ),
+    ],
+)
+def test_slug_follows_githubs_rules(heading, anchor):
+    assert slug(heading) == anchor
+
+
+def test_the_link_check_finds_a_missing_page_and_a_missing_heading(tmp_path):
+    (tmp_path / "a.md").write_text("# A page\n\n## Two words\n\n## Two words\n")
+    (tmp_path / "b.md").write_text(
+        "[ok](a.md#two-words) [again](a.md#two-words-1) [self](#b) [web](https://x.org/#y)\n\n# B\n\n"
+        "```\n[in code](nowhere.md)\n```\n[gone](c.md) [no heading](a.md#three-words)\n"
+    )
+    assert broken_links(tmp_path / "b.md") == ["c.md: no such file", "a.md#three-words: no such heading in a.md"]
+
+
+def test_every_relative_link_reaches_its_page_and_heading():
+    """The README and every page under docs/ (the findings index, its study pages under docs/findings/, the sweeps'
+    tables): each relative link reaches a file, and its #anchor a heading of that page."""
+    broken = {page.relative_to(ROOT).as_posix(): found for page in PAGES if (found := broken_links(page))}
+    assert broken == {}
+
+
+def test_the_findings_index_links_every_study_page():
+    """Each page under docs/findings/ is a row (or the cross-model overview) of the index, and each row a page."""
+    index = (ROOT / "docs" / "findings.md").read_text()
+    linked = {Path(t.partition("#")[0]).name for t in LINK.findall(index) if t.startswith("findings/")}
+    assert linked == {p.name for p in (ROOT / "docs" / "findings").glob("*.md")}

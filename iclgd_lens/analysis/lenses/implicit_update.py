@@ -27,6 +27,7 @@ from torch import Tensor
 
 from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns
 from iclgd_lens.backend import LensModel, residual_after
+from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name, parameter_name
 from iclgd_lens.core.zs_batch import ZSBatch
@@ -210,6 +211,23 @@ def implicit_values(
     return out
 
 
+def _inner_with_update(
+    update: Delta, u: list[Tensor], u_sq: list[Tensor], a: list[dict[str, Tensor]]
+) -> tuple[Tensor | None, float]:
+    """Per query ⟨ΔW, G⟩ summed over layers (ΔW = a uᵀ / ‖u‖² per layer and weight) and ‖G‖² for a method's update
+    G of every layer's MLP input weights; (None, 0) where the update leaves one of them out."""
+    tensors = {key: t.detach().double().cpu() for key, t in update.tensors.items()}
+    inner, g_sq = torch.zeros(len(u[0]), dtype=torch.float64), 0.0
+    for layer, weights in enumerate(a):
+        for name in weights:
+            G = tensors.get(parameter_name(name, layer))
+            if G is None:
+                return None, 0.0
+            inner += ((u[layer] @ G) * weights[name]).sum(-1) / u_sq[layer]
+            g_sq += float(G.pow(2).sum())
+    return inner, g_sq
+
+
 def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> dict[str, Tensor]:
     """Dherin's path over demonstrations, set against each method's path over its training: for j = 1..k, ICL's
     implicit update ΔW_j with the first j demonstrations in the prompt (every layer's MLP input weights as one
@@ -256,17 +274,8 @@ def path_values(subject: SubjectRuns, episode: Episode, batch_size: int = 8) -> 
         previous = a
         for method, context in subject.contexts.items():
             update = run_method(method, model, replace(episode, train_demos=episode.train_demos[:j]), context)
-            tensors = {key: t.detach().double().cpu() for key, t in update.tensors.items()}
-            inner, g_sq, complete = torch.zeros(len(episode.queries), dtype=torch.float64), 0.0, True
-            for layer in range(n_layers):
-                for name in a[layer]:
-                    G = tensors.get(parameter_name(name, layer))
-                    if G is None:
-                        complete = False
-                        continue
-                    inner += ((u[layer] @ G) * a[layer][name]).sum(-1) / u_sq[layer]
-                    g_sq += float(G.pow(2).sum())
-            if not complete or g_sq == 0:
+            inner, g_sq = _inner_with_update(update, u, u_sq, a)
+            if inner is None or g_sq == 0:
                 continue  # the method does not train the MLP input weights: NaN
             values[f"path_cos_{method}"][:, j] = inner / (norm_sq.sqrt() * g_sq**0.5)
             values[f"path_norm_ratio_{method}"][:, j] = norm_sq.sqrt() / g_sq**0.5
