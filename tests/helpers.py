@@ -75,6 +75,15 @@ def tiny_model(
     return model.eval()
 
 
+def bias_free(model):
+    """The model with its attention biases zeroed, as TransformerLens fills them for a bias-free checkpoint."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".attn." in name and name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
+                p.zero_()
+    return model
+
+
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A GPT-2-style byte-level tokenizer without merges (one token per byte, a space is a token of its own);
     <|endoftext|> (id 256) is BOS and EOS, as in GPT-2."""

@@ -1,4 +1,5 @@
-"""Deltas through hooks equal edited weights; GD equals plain SGD; LCGD equals an explicit per-layer loss."""
+"""Deltas through hooks equal edited weights and the recorded attention output is the edited model's; update norms
+and trained parameters. (GD against plain SGD and LCGD against an explicit per-layer loss: test_finetuning.py.)"""
 
 import copy
 
@@ -7,10 +8,8 @@ import torch
 
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
 from iclgd_lens.core.episodes import build_episode
-from iclgd_lens.core.finetuning import LayerCausalReadout, causal_lm_loss, fit
-from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.recording import Prompts, derives_attn_out, record
-from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, bias_free, tiny_model, toy_task
 
 ARCHS = {
     "gpt2-like": dict(),
@@ -111,45 +110,6 @@ def test_delta_on_a_subset_of_layers():
     torch.testing.assert_close(hooked, edited_copy(model, delta)(tokens), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("biases", ["checkpoint", "all"])
-@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like", "gemma3-like"])
-def test_gd_through_hooks_equals_plain_sgd(arch, biases):
-    model = bias_free(tiny_model(**ARCHS[arch]))  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
-    episode, batches = episode_tokens(model, n=4)
-    lr = 0.05
-    delta = fit(model, episode.demos, episode.bos, MethodContext(lr, trained_parameters(model, biases=biases)))
-
-    reference = copy.deepcopy(model)
-    leaves = ("W_K", "W_V") if biases == "checkpoint" else ("W_K", "b_K", "W_V", "b_V")
-    trained = {n: p for n, p in reference.named_parameters() if n.rsplit(".", 1)[-1].lstrip("_") in leaves}
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    for p in trained.values():
-        p.requires_grad_(True)
-    before = {n: p.detach().clone() for n, p in trained.items()}
-    optimizer = torch.optim.SGD(trained.values(), lr=lr, momentum=0.0, weight_decay=0.0)
-    for tokens in batches:
-        optimizer.zero_grad()
-        reference(tokens, return_type="loss").backward()  # TransformerLens' own mean next-token NLL
-        optimizer.step()
-    assert set(delta.tensors) == set(trained)
-    for name, p in trained.items():
-        torch.testing.assert_close(delta.tensors[name], p.detach() - before[name], atol=1e-6, rtol=1e-4)
-    assert all(t.abs().max() > 0 for t in delta.tensors.values())
-    # The base model itself is untouched.
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p, dict(bias_free(tiny_model(**ARCHS[arch])).named_parameters())[name])
-
-
-def bias_free(model):
-    """The model with its attention biases zeroed, as TransformerLens fills them for a bias-free checkpoint."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".attn." in name and name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
-                p.zero_()
-    return model
-
-
 def test_trained_parameters_keep_the_checkpoints_biases_only():
     assert trained_parameters(tiny_model()) == ("attn.W_K", "attn.b_K", "attn.W_V", "attn.b_V")
     model = bias_free(tiny_model(**ARCHS["llama-like"]))
@@ -182,98 +142,9 @@ def test_update_norms_per_layer_and_parameter():
     assert norms["total"] == pytest.approx(float(all_values.norm()), rel=1e-12)
 
 
-def explicit_layer_loss(model, delta, tokens, layer, exit):
-    """Layer l's LCGD loss from an edited copy of block l alone, fed the (detached) input it gets in the
-    delta'd model; frozen ln_final + unembed read it out."""
-    with model.hooks(delta.hooks(model)):
-        _, cache = model.run_with_cache(tokens)
-    x = cache[f"blocks.{layer}.hook_resid_pre"].detach()
-    block = copy.deepcopy(model.blocks[layer])
-    local = {
-        n.removeprefix(f"blocks.{layer}."): t for n, t in delta.tensors.items() if n.startswith(f"blocks.{layer}.")
-    }
-    params = dict(block.named_parameters())
-    for p in block.parameters():
-        p.requires_grad_(False)
-    for name, change in local.items():
-        params[name].data += change
-        params[name].requires_grad_(True)
-    if exit == "block":
-        out = block(x)
-    else:
-        h = block.ln1(x)
-        attn_out = block.attn(query_input=h, key_input=h, value_input=h)
-        out = x + (block.ln1_post(attn_out) if model.cfg.use_normalization_before_and_after else attn_out)
-    loss = causal_lm_loss(model.unembed(model.ln_final(out)), tokens)
-    grads = torch.autograd.grad(loss, [params[n] for n in local], allow_unused=True)
-    return loss, {f"blocks.{layer}.{n}": _zero_if_unused(g, params[n]) for n, g in zip(local, grads)}
-
-
-def _zero_if_unused(grad, param):
-    return torch.zeros_like(param) if grad is None else grad
-
-
-@pytest.mark.parametrize("exit", ["block", "attn"])
-@pytest.mark.parametrize(
-    "groups, arch", [(("k", "v"), "gpt2-like"), (("q", "o", "mlp"), "gpt2-like"), (("q", "k", "v"), "gemma3-like")]
-)
-def test_lcgd_gradients_equal_explicit_per_layer_losses(exit, groups, arch):
-    three_layers = {"attn_types": ["local", "global", "local"]} if arch == "gemma3-like" else {}
-    model = tiny_model(n_layers=3, **ARCHS[arch] | three_layers)
-    delta = random_delta(model, groups, scale=0.02)
-    _, (tokens, *_) = episode_tokens(model)
-    params = list(delta.tensors.values())
-    for p in params:
-        p.requires_grad_(True)
-    readout = LayerCausalReadout(model, exit)
-    with model.hooks(readout.input_hooks() + delta.hooks(model) + readout.exit_hooks()):
-        loss = readout.loss(model, tokens)
-    raw = torch.autograd.grad(loss, params, allow_unused=True)
-    grads = {n: _zero_if_unused(g, p) for (n, p), g in zip(delta.tensors.items(), raw)}
-    for p in params:
-        p.requires_grad_(False)
-
-    total = 0.0
-    for layer in range(model.cfg.n_layers):
-        layer_loss, expected = explicit_layer_loss(model, delta, tokens, layer, exit)
-        total += layer_loss
-        for name, g in expected.items():
-            torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(loss, total, atol=1e-5, rtol=0)
-
-    # Sanity: plain GD's gradient differs (earlier layers also get later layers' losses).
-    for p in params:
-        p.requires_grad_(True)
-    with model.hooks(delta.hooks(model)):
-        gd_grads = torch.autograd.grad(causal_lm_loss(model(tokens), tokens), params, allow_unused=True)
-    gd_grads = [_zero_if_unused(g, p) for g, p in zip(gd_grads, params)]
-    assert any((a - b).abs().max() > 1e-4 for a, b in zip(grads.values(), gd_grads))
-
-
-def test_lcgd_fit_runs_one_step_per_demonstration_and_differs_from_gd():
-    model = tiny_model()
-    episode, _ = episode_tokens(model, n=3)
-    gd = fit(model, episode.demos, episode.bos, MethodContext(0.05))
-    lcgd = fit(model, episode.demos, episode.bos, MethodContext(0.05), "lcgd")
-    assert set(gd.tensors) == set(lcgd.tensors)
-    assert any((gd.tensors[n] - lcgd.tensors[n]).abs().max() > 1e-5 for n in gd.tensors)
-
-
-@pytest.mark.parametrize("method", ["gd", "lcgd"])
-def test_diverging_lr_stops_with_an_error_naming_it(method):
-    model = tiny_model(normalization_type=None)  # no LayerNorm to tame the blow-up
-    episode, _ = episode_tokens(model, n=6)
-    with pytest.raises(FloatingPointError, match="lr=1e\\+30; lower the learning rate"):
-        fit(model, episode.demos, episode.bos, MethodContext(1e30), method)
-
-
-def test_bad_groups_and_lr_are_refused():
+def test_bad_groups_and_parameters_are_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="unknown parameter groups \\['kv'\\]"):
         trained_parameters(model, ["kv"])
     with pytest.raises(ValueError, match="unknown parameters \\['attn.W_k'\\]"):
         Delta.zeros(model, ["attn.W_k"])
-    with pytest.raises(ValueError, match="positive"):
-        fit(model, [[1, 2]], 0, MethodContext(0.0))
-    with pytest.raises(ValueError, match="unknown method"):
-        fit(model, [[1, 2]], 0, MethodContext(0.1), "sgd")

@@ -1,6 +1,5 @@
 """Update rules as plug-ins: a registered method is a setting everywhere a method goes, a wrong Delta is refused, and
-the two built-in variants (a per-layer step size, Adam over epochs) take the steps they say, against hand-computed
-ones."""
+the built-in variants are registered with their options (their steps against hand-computed ones: test_finetuning.py)."""
 
 import json
 from importlib.metadata import EntryPoint
@@ -10,10 +9,8 @@ import pytest
 import torch
 
 import iclgd_lens.core.methods as methods
-from iclgd_lens import Delta, MethodContext, Result, compare, fit, register_method
+from iclgd_lens import Delta, Result, compare, fit, register_method
 from iclgd_lens.cli import main
-from iclgd_lens.core.deltas import trained_parameters
-from iclgd_lens.core.hooks import parameter_layer
 from iclgd_lens.core.methods import available_methods, unregister_method
 from tests.helpers import tiny_model, toy_task
 
@@ -126,38 +123,6 @@ def test_an_entry_point_method_is_found_by_name_and_loaded_when_it_runs(monkeypa
         assert methods.registered("from-a-package").fn is halved_gd
     finally:
         unregister_method("from-a-package")
-
-
-def one_demo_step(step, **options):
-    model = tiny_model()
-    parameters = trained_parameters(model, ("k", "v"))
-    demos = [[3, 4, 5, 6, 7]]
-    sgd = fit(model, demos, 0, MethodContext(1.0, parameters), "lcgd")  # one step at lr 1: −g
-    other = fit(model, demos, 0, MethodContext(0.01, parameters, options=options), "lcgd", step)
-    return sgd, other
-
-
-def test_the_layer_normalised_step_moves_each_layer_by_lr_along_its_gradient():
-    sgd, normalised = one_demo_step("layer-normalised")
-    for layer in (0, 1):
-        names = [n for n in sgd.tensors if parameter_layer(n) == layer]
-        norm = torch.sqrt(sum(sgd.tensors[n].double().pow(2).sum() for n in names))
-        for name in names:
-            torch.testing.assert_close(normalised.tensors[name].double(), 0.01 * sgd.tensors[name].double() / norm)
-
-
-def test_the_adam_step_is_adams_first_step_and_epochs_repeat_the_demonstrations():
-    sgd, adam = one_demo_step("adam", betas=(0.9, 0.999))
-    for name, minus_g in sgd.tensors.items():
-        g = -minus_g
-        torch.testing.assert_close(adam.tensors[name], -0.01 * g / (g.abs() + 1e-8))  # m̂ = g, v̂ = g²
-    model = tiny_model()
-    parameters = trained_parameters(model, ("k", "v"))
-    demos = [[3, 4, 5], [6, 7, 8, 9]]
-    twice = fit(model, demos, 0, MethodContext(0.1, parameters, options={"epochs": 2}))
-    repeated = fit(model, demos + demos, 0, MethodContext(0.1, parameters))
-    for name in twice.tensors:
-        torch.testing.assert_close(twice.tensors[name], repeated.tensors[name])
 
 
 def test_the_built_in_variants_are_registered_with_their_options(tmp_path):

@@ -1,19 +1,11 @@
 """Each reference choice against an expectation built by hand the way the reference code computes it."""
 
-import copy
-
 import numpy as np
 import pytest
-import torch
 
 from iclgd_lens import compare
-from iclgd_lens.core.baselines import half_copy
-from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import build_episode
-from iclgd_lens.core.finetuning import _rounded_change, fit
-from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.presets import PRESETS, resolve
-from iclgd_lens.core.recording import Prompts, record
 from iclgd_lens.sources.task import Task
 from tests.helpers import byte_tokenizer, make_tokenizer, tiny_model, toy_task
 
@@ -135,60 +127,6 @@ def test_raw_text_keeps_trailing_spaces_and_joins_lines_with_eos():
     normalised_by_row = dict(zip(normalised.query_rows, normalised.queries))
     assert normalised_by_row[0] == tuple(encode(tokenizer, "Sentence: a fine film Label:"))
     assert normalised_by_row[1] == tuple(encode(tokenizer, "Sentence: first line second line Label:"))
-
-
-def test_rounded_change_drops_updates_below_half_an_fp16_ulp():
-    weight = torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float16)
-    ulp = torch.tensor([2**-10, 2**-10, 2**-11, 0.0])
-    master = torch.tensor([0.4, 0.6, 0.6, 0.0]) * ulp + torch.tensor([0, 0, 0, 1e-3])
-    change = _rounded_change(weight, master).float()
-    assert change.tolist() == [0.0, 2**-10, 2**-11, float(torch.tensor(1e-3).half())]
-
-
-def test_sub_ulp_update_vanishes_under_the_reference_precision_only():
-    model = tiny_model()
-    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=4, n_eval=6)
-    lr = 1e-9  # every update far below half an fp16 ulp of the weights
-    native = fit(model, episode.train_demos, episode.bos, MethodContext(lr))
-    assert all(bool(t.abs().max() > 0) for t in native.tensors.values())
-    half = half_copy(model)
-    mixed = fit(half, episode.train_demos, episode.bos, MethodContext(lr, precision="fp16-mixed"))
-    assert all(bool((t == 0).all()) for t in mixed.tensors.values())
-    prompts = Prompts.of(episode, episode.zs_prefix)
-    zs, ft = record(half, prompts), record(half, prompts, mixed)
-    assert torch.equal(zs.attn_out, ft.attn_out) and torch.equal(zs.scores, ft.scores)
-    zs32, ft32 = record(model, prompts), record(model, prompts, native)
-    assert not torch.equal(zs32.attn_out, ft32.attn_out)
-
-
-def test_fp16_mixed_fit_matches_an_explicit_fairseq_style_loop():
-    """Independent: an fp16 copy whose K/V weights are physically set to round16(W + ΔW) each step, the summed
-    token NLL scaled by 4 and backpropagated in fp16, the fp32 master updated with grad / (4 · n_tokens)."""
-    model = half_copy(tiny_model(seed=2))
-    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=5, n_eval=2)
-    lr = 0.5
-    ours = fit(model, episode.train_demos, episode.bos, MethodContext(lr, precision="fp16-mixed"))
-
-    edited = copy.deepcopy(model)
-    names = list(Delta.zeros(model).tensors)
-    base = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
-    master = {n: torch.zeros_like(base[n], dtype=torch.float32) for n in names}
-    params = dict(edited.named_parameters())
-    for demo in episode.train_demos:
-        tokens = torch.tensor([[episode.bos, *demo]])
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_((base[n].float() + master[n]).half())
-        logits = edited(tokens).float()
-        nll = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
-        grads = torch.autograd.grad(nll * 4.0, [params[n] for n in names])
-        for n, g in zip(names, grads):
-            master[n] -= lr * g.float() / (4.0 * (tokens.shape[1] - 1))
-    expected = {n: ((base[n].float() + master[n]).half().float() - base[n].float()) for n in names}
-    for n in names:
-        assert ours.tensors[n].dtype == torch.float16
-        torch.testing.assert_close(ours.tensors[n].float(), expected[n], rtol=0.02, atol=3e-3)
-    assert max(float(expected[n].abs().max()) for n in names) > 0.05  # many ulps: a real update was compared
 
 
 def test_reference_preset_records_every_resolved_choice(tmp_path):
