@@ -30,7 +30,7 @@ from iclgd_lens.analysis.protocol.tables import check_poolable
 from iclgd_lens.backend import require_hooked_transformer
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
-from iclgd_lens.core.config import CompareConfig, check_backend
+from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.episodes import check_k
 from iclgd_lens.core.presets import VERIFY_TOP
 from iclgd_lens.core.results import Result, check_output_folder
@@ -84,7 +84,6 @@ def checked_tasks(args: argparse.Namespace, load_tasks: Callable[[], list[Task]]
 def run_compare(args: argparse.Namespace) -> None:
     # Everything that can be checked without the model is checked before it loads.
     config = CompareConfig.build(**compare_options(args))
-    check_backend(config)
     check_output_folder(Path(args.out), args.overwrite)
     data_files = parse_data_files(args.data_files)
     if args.task in HUB_TASKS and data_files is None and (args.template or args.labels):
@@ -132,7 +131,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
     plan = config.plan()
     # Everything that can be checked before a run starts is checked now: options, every run's seed and
     # permutation, the folder, the model's source and every task's data.
-    check_backend(compare_config)
     for run in plan:
         replace(compare_config, seed=run.seed, permutation=run.permutation)
     out = Path(args.out)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.accuracy import record_settings
 from iclgd_lens.core.baselines import half_copy, untrained_copy
-from iclgd_lens.core.config import CompareConfig, check_backend
+from iclgd_lens.core.config import CompareConfig
 from iclgd_lens.core.deltas import Delta, trained_parameters
 from iclgd_lens.core.episodes import Episode, build_episode
 from iclgd_lens.core.lr_search import search_lr
@@ -56,7 +56,6 @@ def compare(
     progress bars. Returns the `Result`.
     """
     config = CompareConfig.build(config, **options)
-    check_backend(config)
     check_matchable(config)
     if out is not None:
         check_output_folder(Path(out), overwrite)
