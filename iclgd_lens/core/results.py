@@ -438,7 +438,10 @@ def is_result_folder(folder: Path) -> bool:
         data = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         return False
-    ours = isinstance(data, dict) and (data.get("format") in READABLE_FORMATS or {"config", "metrics"} <= set(data))
+    # A result.json written before the format field has config and metrics and no format; one with another
+    # writer's format is not ours, whatever else it holds.
+    earlier = isinstance(data, dict) and "format" not in data and {"config", "metrics"} <= set(data)
+    ours = isinstance(data, dict) and (data.get("format") in READABLE_FORMATS or earlier)
     return ours and all(
         entry.name in RESULT_FILES
         or (entry.name.startswith(CONTROL_PREFIX) and entry.is_dir() and is_result_folder(entry))

@@ -119,6 +119,7 @@ def score(
             part = [records[s].select(rows) for s in ("zs", "icl", method)]
             rounding = excluded_layers(part[0], tuple(part[1:]), eps, dtype)
             metrics = reduced(similarities(*part, seed, eps, rounding), *part, labels[rows])
+            metrics["simam_delta"]["rounding_layers"] = rounding
             out.subsets[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
     out.notes = notes(out, methods, class_names)
     return out
@@ -247,25 +248,36 @@ def notes(scores: Scores, methods: tuple[str, ...], class_names: tuple[str, ...]
                     "measure rounding"
                 )
     for method, metrics in scores.metrics.items():
-        for name, value in metrics.items() if method != "alpha" else [("alpha", metrics)]:
-            if name != "rec2ftp" and value.get("rounding_layers"):
-                lines.append(
-                    f"{method} {name}: layers {value['rounding_layers']} left out of the means (more than "
-                    f"{ROUNDING_LAYER_SHARE:.0%} of a compared score update there is below {resolution['dtype']} "
-                    "resolution: its cosine measures rounding)"
-                )
-            if name == "rec2ftp":
-                if value != value:
-                    lines.append(f"{method} rec2ftp is undefined: {method} fixes no query that ZS gets wrong")
-                continue
-            n = value["total"]
-            if value["defined"] < n:
-                lines.append(
-                    f"{method} {name}: {n - value['defined']} of {n} values undefined (a zero update or zero "
-                    "vector), skipped in the means"
-                )
+        lines += metric_notes(method, metrics, resolution["dtype"])
     for subset, parts in scores.subsets.items():
         for method, part in parts.items():
             if part["n"] == 0:
                 lines.append(f"{subset} subset of {method} is empty: its metrics are undefined")
+            else:
+                lines += metric_notes(method, part["metrics"], resolution["dtype"], f"{subset} subset, ")
+    return lines
+
+
+def metric_notes(method: str, metrics: dict, dtype: str, where: str = "") -> list[str]:
+    """The notes of one method's metrics (`where` names a query subset): layers left out at rounding level,
+    undefined values, an undefined Rec2FTP."""
+    lines = []
+    for name, value in metrics.items() if method != "alpha" else [("alpha", metrics)]:
+        what = where + ("alpha" if method == "alpha" else f"{method} {name}")  # α is a metric of no one method
+        if name != "rec2ftp" and value.get("rounding_layers"):
+            lines.append(
+                f"{what}: layers {value['rounding_layers']} left out of the means (more than "
+                f"{ROUNDING_LAYER_SHARE:.0%} of a compared score update there is below {dtype} resolution: its "
+                "cosine measures rounding)"
+            )
+        if name == "rec2ftp":
+            if value != value:
+                lines.append(f"{where}{method} rec2ftp is undefined: {method} fixes no query that ZS gets wrong")
+            continue
+        n = value["total"]
+        if value["defined"] < n:
+            lines.append(
+                f"{what}: {n - value['defined']} of {n} values undefined (a zero update or zero vector), skipped in "
+                "the means"
+            )
     return lines

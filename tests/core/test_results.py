@@ -339,6 +339,8 @@ def test_an_output_folder_is_accepted_only_when_the_toolkit_wrote_it(tmp_path):
 
     refused = [
         write_folder(tmp_path / "other-writer", {"format": "someone else's result"}),
+        # another writer's result.json that also holds config and metrics: its format says whose it is
+        write_folder(tmp_path / "other-writer-same-keys", {"format": "another tool 1", "config": {}, "metrics": {}}),
         write_folder(tmp_path / "a-list", [RESULT_FORMAT]),
         write_folder(tmp_path / "not-json", "{result"),
         write_folder(tmp_path / "user-file", ours),

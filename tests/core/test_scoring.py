@@ -217,7 +217,7 @@ def test_a_zero_update_is_undefined_with_its_notes_and_zero_under_the_reference_
     alpha = own_keys_cos(records["lcgd"].scores.double() - m_zs, m_gd - m_zs)
     check(exact.metrics["alpha"], alpha)
     alpha_notes = [note for note in exact.notes if note.startswith("alpha")]
-    assert len(alpha_notes) == 1 and "1 of 60 values undefined" in alpha_notes[0]
+    assert alpha_notes == ["alpha: 1 of 60 values undefined (a zero update or zero vector), skipped in the means"]
     check(reference.metrics["gd"]["simaou"], simaou.nan_to_num(0.0))
     check(reference.metrics["gd"]["simam_delta"], simam_delta.nan_to_num(0.0))
     assert not any("undefined" in note for note in reference.notes)
@@ -260,6 +260,12 @@ def test_rounding_level_layers_follow_the_recording_dtype():
         "[0]: their similarities measure rounding" in half.notes
     )
     assert not any("left out of the means" in note for note in full.notes + reference.notes)
+    subset = scored(records, 0, dtype=torch.float16, subsets=("f2t",))
+    sizes = {method: part["n"] for method, part in subset.subsets["f2t"].items()}
+    assert all(n > 0 for n in sizes.values()), sizes  # a subset to leave the layer out of
+    for method in METHODS:
+        assert subset.subsets["f2t"][method]["metrics"]["simam_delta"]["rounding_layers"] == [0]
+        assert f"f2t subset, {method} simam_delta: layers [0] left out of the means" in " ".join(subset.notes)
 
 
 def test_one_class_notes_name_the_class_by_its_label_word():
