@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with Monitor() as monitor:
         report["gpt2_small"] = head_to_head(model, task, args, monitor, args.lr, runs)
         report["speedup"] = report["gpt2_small"]["speedup"]
-        episode = build_episode(task, tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=1)
+        episode = build_episode(task, tokenizer, model.cfg.n_ctx, k=args.k, n_eval=1)
         report["gpt2_small"]["fits"] = fit_times(model, episode, args.lr, monitor)
         if not args.no_scaling:
             report["scaling"] = scaling(model, task, args, monitor, runs)

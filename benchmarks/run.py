@@ -17,7 +17,7 @@ from benchmarks.flops import flop_floor
 from benchmarks.machine import Monitor
 from benchmarks.naive import naive_compare, naive_record
 from benchmarks.workload import SST2_EVAL_SIZE, parameter_bytes
-from iclgd_lens import Episode, Task, build_episode, compare, fit, load_model, record
+from iclgd_lens import Episode, MethodContext, Prompts, Task, build_episode, compare, fit, load_model, record
 
 SCALING_K = (8, 16, 32)
 SCALING_N = (64, 256, SST2_EVAL_SIZE)
@@ -43,7 +43,7 @@ def head_to_head(
         runs[args.k, queries] = toolkit_compare(
             model, task, args.k, queries, lr, args.batch_size, monitor, keep_result=queries == n_naive
         )
-    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=n_naive)
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=args.k, n_eval=n_naive)
     naive = naive_compare(model, episode, lr, 0, monitor)
     agree = all_agreements(naive, runs[args.k, n_naive].pop("result"), strict)
     stages = naive.pop("stages")
@@ -59,7 +59,7 @@ def head_to_head(
         "stages": stages,
     }
     toolkit = dict(runs[args.k, n])
-    full_episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=n)
+    full_episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=args.k, n_eval=n)
     toolkit["flops"] = flop_floor(model, full_episode)
     toolkit["flop_floor_s"] = toolkit["flops"]["total"] / args.matmul_rate
     return {
@@ -105,7 +105,7 @@ def fit_times(model: HookedTransformer, episode: Episode, lr: float, monitor: Mo
     out = {}
     for method in ("gd", "lcgd"):
         with monitor.stage(f"toolkit fit {method}") as out[method]:
-            fit(model, episode.train_demos, episode.bos, method, lr)
+            fit(model, episode.train_demos, episode.bos, MethodContext(lr), method)
         out[method]["per_step"] = out[method]["seconds"] / len(episode.train_demos)
     out["lcgd_over_gd"] = out["lcgd"]["seconds"] / out["gd"]["seconds"]
     return out
@@ -127,18 +127,11 @@ def recording_cost(
     prompt's length and what with the query's."""
     rows = []
     for k in SCALING_K:
-        episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k, 0, n_eval=n)
+        episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, n_eval=n)
         row = {"k": k, "prefix_tokens": len(episode.icl_prefix), "n_queries": n, "naive_n_queries": n_naive}
         for name, prefix in (("zs", episode.zs_prefix), ("icl", episode.icl_prefix)):
             with monitor.stage(f"toolkit record {name} k={k}") as stage:
-                record(
-                    model,
-                    episode.queries,
-                    episode.label_tokens,
-                    prefix,
-                    batch_size=args.batch_size,
-                    pad_token=episode.bos,
-                )
+                record(model, Prompts.of(episode, prefix), batch_size=args.batch_size)
             row[f"toolkit_{name}_s_per_query"] = stage["seconds"] / n
         few = dataclasses.replace(episode, queries=episode.queries[:n_naive])
         with monitor.stage(f"naive record icl k={k}") as stage:
@@ -154,6 +147,6 @@ def smollm2_run(folder: Path, task: Task, args: argparse.Namespace, monitor: Mon
     smaller = argparse.Namespace(**{**vars(args), "n_queries": min(args.naive_queries, args.n_queries)})
     out = head_to_head(model, task, smaller, monitor, SMOLLM2_LR, {}, strict=False)
     out["model_bytes"] = parameter_bytes(model)
-    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, args.k, 0, n_eval=1)
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=args.k, n_eval=1)
     out["fits"] = fit_times(model, episode, SMOLLM2_LR, monitor)
     return out

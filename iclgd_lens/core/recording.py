@@ -1,18 +1,20 @@
 """Record, for every query and layer, what the metrics need at one position, through hooks.
 
-The shared prefix ([BOS] for ZS/GD/LCGD, [BOS] + demonstrations for ICL) runs once; its keys/values are reused by
-every query batch, one copy for all rows (`shared_prefix`; where that module does not reproduce a model's attention,
-TransformerLens' forward copies the broadcast prefix per row). On TransformerLens 4 (`backend.BRIDGE`) every row
-runs its whole prompt, prefix included: the same numbers at the cost of a full forward. Batches are right-padded: in
+The shared prefix ([BOS] for ZS/GD/LCGD, [BOS] + demonstrations for ICL) runs once (`PrefixRun`); its keys/values
+are reused by every query batch: on TransformerLens 3 one copy for all rows (`shared_prefix`; where that module does
+not reproduce a model's attention, TransformerLens' forward copies the broadcast prefix per row), on TransformerLens
+4 (`backend.BRIDGE`) transformers' own cache, copied per batch and repeated per row. Batches are right-padded: in
 a causal model padding after a row's last real token changes nothing before it, so each row is read at its own
 positions and no attention mask is needed.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -186,7 +188,7 @@ def _run_queries(
     readout = Readout(model)
     shared = not BRIDGE and shared_prefix_supported(model)
     with model.hooks(delta_hooks), shared_prefix_attention(model) if shared else nullcontext():
-        prefix_run = list(prefix) if BRIDGE else _run_prefix(model, prefix)
+        prefix_run = PrefixRun.of(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
                 _record_batch(model, readout, prefix_run, [queries[i] for i in batch], prompts, multi_token, points)
@@ -206,25 +208,54 @@ def _pad_last(t: Tensor, length: int) -> Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[-1]))
 
 
-def _run_prefix(model: LensModel, prefix: Sequence[int]) -> TransformerLensKeyValueCache:
-    """The prefix's keys and values, cached once (TransformerLens 3)."""
-    tokens = torch.tensor([list(prefix)], device=model.cfg.device)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
-    model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=model.cfg.n_layers)
-    return cache
+@dataclass(frozen=True)
+class PrefixRun:
+    """The prefix's keys and values, computed once (through the hooks in place, a delta's among them) for every
+    query row to attend: TransformerLens 3's cache, or on the bridge transformers' own cache."""
+
+    cache: Any  # TransformerLensKeyValueCache, or transformers' DynamicCache on TransformerLens 4
+    length: int
+
+    @classmethod
+    def of(cls, model: LensModel, prefix: Sequence[int]) -> PrefixRun:
+        tokens = torch.tensor([list(prefix)], device=model.cfg.device)
+        if BRIDGE:
+            from transformers import DynamicCache
+
+            # Full layers everywhere: a sliding-window layer keeps every key, masked by position as in a whole-prompt
+            # forward, so that the recorded scores index the same keys.
+            cache = DynamicCache()
+            final_residual(model, tokens, past_key_values=cache)  # fills it; nothing above the last block runs
+        else:
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
+            final_residual(model, tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+        return cls(cache, len(prefix))
+
+    def attended_by(self, tokens: Int[Tensor, "row pos"]) -> dict[str, Any]:
+        """The forward's arguments for `tokens` after the prefix: TransformerLens 3 reads one frozen copy of the
+        prefix for every row (`shared_prefix_cache`); transformers extends a cache in place, so each batch gets its
+        own copy, repeated per row."""
+        if BRIDGE:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(tokens))
+            return {"past_key_values": cache}
+        return {
+            "past_kv_cache": shared_prefix_cache(self.cache, len(tokens)),
+            "attention_mask": torch.ones_like(tokens),
+        }
 
 
 def _record_batch(
     model: LensModel,
     readout: Readout,
-    prefix_run: TransformerLensKeyValueCache | list[int],
+    prefix_run: PrefixRun,
     queries: list[Sequence[int]],
     prompts: Prompts,
     multi_token: list[int],
     points: tuple[str, ...],
 ) -> dict[str, Tensor]:
-    """One batch of `prompts`' queries. `prefix_run` is the prefix's cache (its rows hold the queries' tokens alone)
-    or, on TransformerLens 4, the prefix's tokens, which every row then starts with."""
+    """One batch of `prompts`' queries after the prefix's cached keys and values: the rows hold the queries' tokens
+    alone, and the hooks see them from position 0."""
     label_tokens, position = prompts.label_tokens, prompts.position
     device = model.cfg.device
     n = len(queries)
@@ -234,15 +265,11 @@ def _record_batch(
     # A label's last token is input only where it is recorded (first_option): its own prediction is never read.
     label_end = None if position == "first_option" else -1
     sequences = [[*queries[i], *label_tokens[c][:label_end]] for i, c in rows]
-    cached = not isinstance(prefix_run, list)
-    prefix_len = prefix_run.entries[0].past_keys.shape[1] if cached else len(prefix_run)
-    if not cached:
-        sequences = [prefix_run + s for s in sequences]
+    prefix_len = prefix_run.length
     width = max(len(s) for s in sequences)
     tokens = torch.tensor([s + [prompts.pad_token] * (width - len(s)) for s in sequences], device=device)
 
     at = torch.tensor([record_offset(q, label_tokens, position) for q in queries], device=device)
-    at_hooked = at if cached else at + prefix_len  # where the hooks see each row's recorded token
     query_rows = torch.arange(n, device=device)
     max_len = int(at.max()) + 1
     key_index = prefix_len + torch.arange(max_len, device=device)  # the query's own keys, from its first token
@@ -252,22 +279,18 @@ def _record_batch(
 
     def read_at(point: str) -> Callable:
         def hook(t: Float[Tensor, "row pos ..."], hook) -> None:
-            found[point].append(t[query_rows, at_hooked])
+            found[point].append(t[query_rows, at])
 
         return hook
 
     def read_scores(t: Float[Tensor, "row head pos key"], hook) -> None:
-        s = t[query_rows, :, at_hooked][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
+        s = t[query_rows, :, at][:, :, key_index.clamp(max=t.shape[-1] - 1)]  # [n, head, max_len]
         found["attn_scores"].append(torch.where(key_mask[:, None, :], s, 0.0))
 
     record_hooks = [(hook_filter(p), read_scores if p == "attn_scores" else read_at(p)) for p in points]
     reset_alibi(model)
     with model.hooks(record_hooks):
-        if cached:
-            cache = shared_prefix_cache(prefix_run, len(rows))
-            resid = final_residual(model, tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
-        else:
-            resid = final_residual(model, tokens)[:, prefix_len:]
+        resid = final_residual(model, tokens, **prefix_run.attended_by(tokens))
     label_logprobs = _label_logprobs(readout, resid, queries, label_tokens, row_of)
     return {point: torch.stack(found[point], 1).float().cpu() for point in points} | {
         "query_len": (at + 1).cpu(),

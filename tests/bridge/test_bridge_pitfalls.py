@@ -127,3 +127,32 @@ def test_attribution_patching_agrees_with_transformer_lens_node_scores():
         assert Node("attn_head_out", 1, layer, 0) in scores
         torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-4 * float(theirs.abs().max()), rtol=0)
         assert theirs.abs().max() > 1e-4
+
+
+def test_the_prefix_runs_once_and_its_cache_respects_a_sliding_window(gemma3_folder):
+    """The recording's shared prefix on the bridge (transformers' own cache, copied per batch): on Gemma 3 with a
+    4-token sliding window and a 14-token prefix, every recorded activation and label log-probability equals one
+    whole-prompt forward per query, and the first block sees the prefix once and then the queries alone."""
+    from iclgd_lens import Prompts, load_model, record
+
+    model = load_model(gemma3_folder, device="cpu")
+    prefix = [1, 4, 9, 12, 3, 7, 20, 5, 31, 17, 8, 40, 2, 11]
+    queries, labels = [[6, 13, 21], [15, 22], [30, 33, 19, 27]], [[10], [14, 23]]
+    seen = []
+    with model.hooks([("blocks.0.hook_resid_pre", lambda t, hook: seen.append(t.shape[1]))]):
+        rec = record(model, Prompts(queries, labels, prefix), batch_size=2)
+    assert seen[0] == len(prefix) and max(seen[1:]) <= max(len(q) + 1 for q in queries), seen
+    for i, query in enumerate(queries):
+        tokens = torch.tensor([prefix + query])
+        at = len(prefix) + len(query) - 1
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens)
+            logits = model(torch.tensor([prefix + query + labels[1]]))[0].log_softmax(-1)
+        for layer in range(model.cfg.n_layers):
+            torch.testing.assert_close(
+                rec.attn_out[i, layer], cache[f"blocks.{layer}.hook_attn_out"][0, at], atol=1e-5, rtol=0
+            )
+            scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, at, len(prefix) : at + 1]
+            torch.testing.assert_close(rec.scores[i, layer, :, : len(query)], scores, atol=1e-5, rtol=0)
+        expected = torch.stack([logits[at + j, t] for j, t in enumerate(labels[1])]).mean()
+        torch.testing.assert_close(rec.label_logprobs[i, 1], expected, atol=1e-5, rtol=0)
