@@ -136,3 +136,21 @@ def test_the_attribution_benchmark_writes_its_json_and_tables(tmp_path, capsys):
     assert json.loads(out.read_text())["section"] == "attribution"
     printed = capsys.readouterr().out
     assert "Spearman, every head" in printed and "The command with its defaults" in printed
+
+
+def test_the_backends_table_and_agreement_from_hand_made_workers(tmp_path):
+    from benchmarks.backends import agreement, main, table
+
+    tl3 = {"seconds": {"load": 5.0, "record_zs_icl": 20.0, "fit_gd": 10.0, "compare": 100.0}}
+    tl3 |= {"accuracy": {"zs": 0.5, "icl": 0.75}, "metrics": {"gd/simaou": 0.25, "alpha/alpha": 0.1}}
+    same = tl3 | {"seconds": {"load": 2.0, "record_zs_icl": 10.0, "fit_gd": 10.0, "compare": 120.0}}
+    same |= {"metrics": {"gd/simaou": 0.2504, "alpha/alpha": 0.1}}
+    assert "| compare | 100.0 | 120.0 | 1.20 |" in table(tl3, same).splitlines()
+    assert agreement(tl3, same) == {"accuracy_equal": True, "max_metric_difference": pytest.approx(4e-4), "agree": True}
+    assert not agreement(tl3, same | {"accuracy": {"zs": 0.5, "icl": 0.7}})["agree"]
+    assert not agreement(tl3, same | {"metrics": {"gd/simaou": 0.26, "alpha/alpha": 0.1}})["agree"]
+    foreign = tmp_path / "theirs.json"
+    foreign.write_text("{}")
+    with pytest.raises(SystemExit, match="not a file this benchmark wrote"):
+        main(["--out", str(foreign)])
+    assert foreign.read_text() == "{}"
