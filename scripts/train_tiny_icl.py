@@ -69,6 +69,12 @@ def main(argv=None) -> None:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--pos", default="rotary", choices=["standard", "rotary", "alibi"])
+    p.add_argument(
+        "--no-unembed-bias",
+        action="store_true",
+        help="keep the unembedding bias at zero (untrained): a Hugging Face layout (GPT-NeoX) has none, so a model "
+        "trained this way exports exactly",
+    )
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -168,7 +174,11 @@ def main(argv=None) -> None:
         model.load_state_dict(load_bundled(args.init, device=args.device).state_dict())
     probe_layer = args.n_layers - 1
     class_probe = torch.nn.Linear(args.d_model, mixture.n_classes, device=args.device) if args.class_probe else None
-    trained = [*model.parameters(), *(class_probe.parameters() if class_probe else ())]
+    if args.no_unembed_bias:
+        with torch.no_grad():
+            model.unembed.b_U.zero_()
+        model.unembed.b_U.requires_grad_(False)
+    trained = [q for q in model.parameters() if q.requires_grad] + [*(class_probe.parameters() if class_probe else ())]
     decay = [q for q in trained if q.ndim >= 2]
     no_decay = [q for q in trained if q.ndim < 2]
     opt = torch.optim.AdamW(
