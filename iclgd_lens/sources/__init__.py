@@ -21,6 +21,8 @@ _PUBLIC = {
     "load_bundled": "bundled",
     "model_config": "bundled",
     "save_bundled": "bundled",
+    "BUNDLED_DIR": "bundled",
+    "export_neox": "neox_export",
     "build_tokenizer": "tokenizers",
 }
 

@@ -23,6 +23,18 @@ BUNDLED_DIR = Path(__file__).parent.parent / "bundled"  # package data: iclgd_le
 TINY_ICL_DIR = BUNDLED_DIR / "tiny-icl"
 BUNDLED_MODELS = ("tiny-icl",)
 
+
+def _hugging_face_folders() -> tuple[str, ...]:
+    """The bundled models shipped as Hugging Face GPT-NeoX folders (`neox_export`), which both backends load."""
+    names = []
+    for folder in sorted(BUNDLED_DIR.glob("*/config.json")):
+        if json.loads(folder.read_text()).get("model_type") == "gpt_neox":
+            names.append(folder.parent.name)
+    return tuple(names)
+
+
+BUNDLED_HF_MODELS = _hugging_face_folders()
+
 # The config fields a bundled model is rebuilt from (everything else takes HookedTransformerConfig's defaults).
 CONFIG_FIELDS = (
     "n_layers",

@@ -13,7 +13,13 @@ import torch
 
 from iclgd_lens.backend import BRIDGE, LensModel
 from iclgd_lens.sources.bridge_models import load_bridge_model
-from iclgd_lens.sources.bundled import BUNDLED_DIR, BUNDLED_MODELS, is_bundled_folder, load_bundled
+from iclgd_lens.sources.bundled import (
+    BUNDLED_DIR,
+    BUNDLED_HF_MODELS,
+    BUNDLED_MODELS,
+    is_bundled_folder,
+    load_bundled,
+)
 from iclgd_lens.sources.devices import default_device, resolve_dtype
 from iclgd_lens.sources.hf_models import load_hub_model, load_local_hf_model
 from iclgd_lens.sources.hub_tasks import HUB_TASKS, hub_or_file_task
@@ -44,6 +50,10 @@ def load_model(
     name = str(name)
     if name in BUNDLED_MODELS:
         model = load_bundled(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
+    elif name in BUNDLED_HF_MODELS:  # a Hugging Face folder in the package: either backend
+        load = load_bridge_model if BRIDGE else load_local_hf_model
+        model = load(BUNDLED_DIR / name, device=device, dtype=torch_dtype)
+        model.cfg.model_name = name
     elif name in PACKAGED_MODELS:
         folder, model_name = packaged_model_folder(name, verbose=progress)
         if BRIDGE:
@@ -68,7 +78,7 @@ def load_model(
 def model_source(recorded: str) -> str | None:
     """The name `load_model` takes for the model a result records (config["model"]), or None where the record
     cannot say (a local folder is recorded by its name only)."""
-    if recorded in BUNDLED_MODELS:
+    if recorded in BUNDLED_MODELS or recorded in BUNDLED_HF_MODELS:
         return recorded
     for name, (spec, tries_hub) in PACKAGED_MODELS.items():  # the hub's checkpoint, or the converted GGUF
         if recorded == (spec.hub_id if tries_hub else spec.cache_name):
@@ -86,7 +96,7 @@ def check_model_source(name: str) -> None:
     """Refuse, before anything loads, a name that is neither bundled, a folder, nor a TransformerLens model."""
     if name in PACKAGED_MODELS:
         check_packaged_source(name)
-    elif name not in BUNDLED_MODELS and not Path(name).is_dir():
+    elif name not in (*BUNDLED_MODELS, *BUNDLED_HF_MODELS) and not Path(name).is_dir():
         if Path(name).exists():
             raise NotADirectoryError(f"model {name!r} is a file; give a Hugging Face checkpoint folder")
         check_model_name(name)
@@ -101,8 +111,8 @@ def check_model_name(name: str) -> None:
         tl_loading.get_official_model_name(name)
     except ValueError:
         raise ValueError(
-            f"unknown model {name!r}: not a bundled model {list(BUNDLED_MODELS)}, not a packaged model "
-            f"{list(PACKAGED_MODELS)}, not a local folder, and not a "
+            f"unknown model {name!r}: not a bundled model {[*BUNDLED_MODELS, *BUNDLED_HF_MODELS]}, not a packaged "
+            f"model {list(PACKAGED_MODELS)}, not a local folder, and not a "
             "TransformerLens model name (e.g. gpt2, pythia-160m, meta-llama/Llama-3.2-1B; full list: "
             "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
         ) from None

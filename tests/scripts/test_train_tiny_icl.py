@@ -117,3 +117,32 @@ def test_training_loss_adds_the_lm_and_class_probe_terms(training):
     torch.testing.assert_close(label_only, expected_label, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_lm, expected_label + 0.5 * expected_lm, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(total, expected_label + expected_probe, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # two subprocesses
+def test_a_rotary_model_without_unembedding_bias_trains_and_exports_to_gpt_neox(tmp_path):
+    """--no-unembed-bias keeps b_U at zero through training; scripts/export_neox.py writes the GPT-NeoX folder,
+    which transformers runs to the trained model's logits and load_model loads; an existing folder is refused."""
+    from transformers import AutoModelForCausalLM
+
+    from iclgd_lens import load_model
+
+    out, exported = tmp_path / "tiny", tmp_path / "tiny-neox"
+    train = [sys.executable, str(SCRIPTS / "train_tiny_icl.py"), "--tiny", "--steps", "3", "--device", "cpu"]
+    train += ["--pos", "rotary", "--no-unembed-bias", "--out", str(out)]
+    assert subprocess.run(train, capture_output=True, text=True, timeout=120, cwd=ROOT).returncode == 0
+    model = load_bundled(out, device="cpu")
+    assert bool((model.unembed.b_U == 0).all())
+    export = [sys.executable, str(SCRIPTS / "export_neox.py"), str(out), str(exported)]
+    done = subprocess.run(export, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tokens = torch.tensor([[0, *range(5, 16)]])
+    with torch.no_grad():
+        ours = model(tokens)
+        torch.testing.assert_close(
+            AutoModelForCausalLM.from_pretrained(exported)(tokens).logits, ours, atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(load_model(exported, device="cpu")(tokens), ours, atol=1e-5, rtol=0)
+    assert "GPT-NeoX" in (exported / "MODEL_CARD.md").read_text()
+    again = subprocess.run(export, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode != 0 and "exists" in again.stderr
