@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from iclgd_lens.backend import BRIDGE, TL_VERSION, LensModel, require_hooked_transformer
+from iclgd_lens.backend import BRIDGE, TL_VERSION, LensModel
 from iclgd_lens.core.presets import BASELINES, CHOICES, check_choice
 
 # TransformerLens 3 draws a baseline's matrices at cfg.initializer_range, which its converters take from the checkpoint
@@ -121,13 +121,12 @@ def _untrained_bridge(model: LensModel, baseline: str, seed: int, init: str) -> 
     transformers builds it: gain 1, or weight 0 for Gemma's (1 + w) norms), the kept parameters copied from the trained
     model, wrapped in its own bridge. The draws differ from HookedTransformer's (another order and layout): the two
     backends' baselines agree in distribution, not value. The output embedding is drawn apart from the input one, as
-    HookedTransformer (which unties them) draws W_U."""
+    HookedTransformer (which unties them) draws W_U. `init="fairseq"` draws the reference's distributions instead
+    (`_fairseq_draw`)."""
     from transformers import AutoModelForCausalLM
 
     from iclgd_lens.sources.bridge_models import wrap_checked
 
-    if init != "transformer_lens":
-        require_hooked_transformer(f"the {init} initialisation of the baselines")
     trained = model.original_model
     config = copy.deepcopy(trained.config)
     config.tie_word_embeddings = False
@@ -143,10 +142,14 @@ def _untrained_bridge(model: LensModel, baseline: str, seed: int, init: str) -> 
         for name, param in fresh.named_parameters():
             if name in kept:
                 param.copy_(trained_state[name])
+            elif init == "fairseq" and name not in norms:
+                _fairseq_draw(param, name, name in embeddings, model.cfg, generator)
             elif param.ndim >= 2:
                 param.copy_(torch.randn(param.shape, generator=generator, device=param.device) * std)
             elif name not in norms:
                 param.zero_()
+        if init == "fairseq" and trained.config.tie_word_embeddings and "lm_head.weight" not in kept:
+            fresh.get_output_embeddings().weight.copy_(fresh.get_input_embeddings().weight)
     name = f"{model.cfg.model_name}-{baseline}"
     return wrap_checked(fresh, model.tokenizer, name, f"the {baseline} baseline of {model.cfg.model_name}")
 
@@ -217,6 +220,44 @@ def _fairseq_init(model: LensModel, seed: int) -> None:
             param.zero_()
     if model.cfg.d_vocab == model.cfg.d_vocab_out and _ties_embeddings(model):
         model.W_U.copy_(model.W_E.T)
+
+
+# transformers' module names of each role fairseq draws differently (GPT-2, GPT-NeoX, Llama-family layouts).
+QKV_MODULES = ("q_proj", "k_proj", "v_proj", "c_attn", "query_key_value")
+OUT_MODULES = ("o_proj", "attn.c_proj", "attention.dense", "self_attn.dense")
+MLP_IN_MODULES = ("gate_proj", "up_proj", "c_fc", "dense_h_to_4h", "fc1")
+MLP_OUT_MODULES = ("down_proj", "mlp.c_proj", "dense_4h_to_h", "fc2")
+
+
+def _fairseq_draw(param: torch.Tensor, name: str, embedding: bool, cfg, generator: torch.Generator) -> None:
+    """One parameter of a bridge baseline drawn as `_fairseq_init` draws its TransformerLens twin (every element
+    independent, so the layout of a fused projection does not matter): Q/K/V xavier-uniform with gain 1/sqrt(2) and
+    their biases U(±1/sqrt(d_model)), the attention output xavier-uniform with a zero bias, MLP matrices and biases
+    U(±1/sqrt(fan_in)), embeddings N(0, 1/d_model). A parameter of no known role is refused by name."""
+    module = name.rsplit(".", 1)[0]
+    bias = name.endswith(".bias")
+    heads, kv_heads = cfg.n_heads * cfg.d_head, (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+
+    def uniform(bound: float) -> None:
+        param.copy_((torch.rand(param.shape, generator=generator, device=param.device) * 2 - 1) * bound)
+
+    if embedding:
+        param.copy_(torch.randn(param.shape, generator=generator, device=param.device) * cfg.d_model**-0.5)
+    elif module.endswith(QKV_MODULES):
+        fan_out = kv_heads if module.endswith(("k_proj", "v_proj")) else heads
+        if kv_heads != heads and module.endswith(("c_attn", "query_key_value")):
+            raise NotImplementedError(f"fairseq's init of a fused projection with grouped keys ({name})")
+        uniform(cfg.d_model**-0.5 if bias else 2**-0.5 * math.sqrt(6 / (cfg.d_model + fan_out)))
+    elif module.endswith(OUT_MODULES) and bias:
+        param.zero_()
+    elif module.endswith(OUT_MODULES):
+        uniform(math.sqrt(6 / (heads + cfg.d_model)))
+    elif module.endswith(MLP_IN_MODULES):
+        uniform(cfg.d_model**-0.5)
+    elif module.endswith(MLP_OUT_MODULES):
+        uniform(cfg.d_mlp**-0.5)
+    else:
+        raise NotImplementedError(f"fairseq's init has no rule for {name}; use --init transformer_lens")
 
 
 def _ties_embeddings(model: LensModel) -> bool:

@@ -161,7 +161,6 @@ class CompareConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.n_eval is not None and self.n_eval < 1:
             raise ValueError(f"n_eval must be >= 1, got {self.n_eval}")
-        check_backend(self)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -248,16 +247,3 @@ def _lcgd_lr(value: float | str | None) -> float | str:
     if not 0 < number < float("inf"):
         raise ValueError(f"--lr-lcgd (lr_lcgd) must be a positive finite number, got {value!r}")
     return number
-
-
-def check_backend(config: CompareConfig) -> None:
-    """Refuse, where the config is built and so before anything runs, what the TransformerLens 4 backend does not do:
-    the fairseq initialisation of the baselines (the reference preset's; written on HookedTransformer's parameter
-    layout)."""
-    if config.baselines and config.choices.init != "transformer_lens":
-        from iclgd_lens.backend import require_hooked_transformer  # only here: building a config imports no torch
-
-        require_hooked_transformer(
-            f"the {config.choices.init} initialisation of the baselines (--init transformer_lens "
-            "draws them on either backend)"
-        )

@@ -87,11 +87,43 @@ def test_seeded_and_the_model_untouched(model):
     assert all(torch.equal(before[name], tensor) for name, tensor in tl_parameters(model).items())
 
 
-def test_fairseq_init_refused_in_one_line(model):
+def test_fairseq_init_draws_the_references_distributions(model):
+    """Read back in TransformerLens' layout, every parameter of a fairseq baseline has the distribution
+    `_fairseq_init` gives its HookedTransformer twin: Q/K/V and W_O xavier-uniform (bound reached, std bound/√3),
+    MLP matrices and biases U(±1/√fan_in), b_O 0, embeddings N(0, 1/d_model), the unembedding tied where the
+    checkpoint ties it, norms neutral; seeded."""
     from iclgd_lens.core.baselines import untrained_copy
 
-    with pytest.raises(NotImplementedError, match="fairseq initialisation.*TransformerLens 3.x"):
-        untrained_copy(model, "no_training", seed=3, init="fairseq")
+    cfg = model.cfg
+    d, heads = cfg.d_model, cfg.n_heads * cfg.d_head
+    kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    bounds = {"W_Q": 2**-0.5 * math.sqrt(6 / (d + heads)), "W_O": math.sqrt(6 / (heads + d))}
+    bounds |= {"W_K": 2**-0.5 * math.sqrt(6 / (d + kv)), "W_V": 2**-0.5 * math.sqrt(6 / (d + kv))}
+    bounds |= {"W_in": d**-0.5, "W_gate": d**-0.5, "W_out": cfg.d_mlp**-0.5, "b_in": d**-0.5, "b_out": cfg.d_mlp**-0.5}
+    bounds |= {"b_Q": d**-0.5, "b_K": d**-0.5, "b_V": d**-0.5}
+    fresh = tl_parameters(untrained_copy(model, "no_training", seed=3, init="fairseq"))
+    trained = tl_parameters(model)
+    assert not torch.equal(
+        fresh["blocks.0.attn.W_Q"],
+        tl_parameters(untrained_copy(model, "no_training", 4, "fairseq"))["blocks.0.attn.W_Q"],
+    )
+    for name, tensor in fresh.items():
+        leaf = name.rsplit(".", 1)[-1].lstrip("_")
+        if leaf in bounds and (tensor != 0).any():  # a bias the checkpoint lacks stays zero
+            bound = bounds[leaf]
+            assert tensor.abs().max() <= bound * (1 + 1e-6), name
+            if tensor.numel() >= 256:
+                assert tensor.abs().max() > 0.9 * bound and abs(tensor.std() / (bound / math.sqrt(3)) - 1) < 0.2, name
+        elif leaf in ("W_E", "W_pos") or (
+            leaf == "W_U" and not torch.equal(trained["unembed.W_U"], trained["embed.W_E"].T)
+        ):
+            assert abs(tensor.std() * math.sqrt(d) - 1) < 0.2, name
+        elif leaf == "W_U":
+            assert torch.equal(tensor, fresh["embed.W_E"].T)
+        elif leaf == "w":
+            assert bool((tensor == 1).all()), name
+        else:
+            assert bool((tensor == 0).all()), name  # b_O, norm biases, b_U
 
 
 def test_half_copy_holds_the_weights_in_float16(model):

@@ -1,8 +1,6 @@
 """The command line on TransformerLens 4: compare (with its untrained baselines), reproduce, report, attribute (with
-Kendall) and lenses run, and the reference preset trains in fp16; what the bridge backend does not do (the
-baselines' fairseq
-initialisation) and baselines another backend drew are refused in one line before anything is written (`make
-test-tl4`)."""
+Kendall) and lenses run, and the reference preset trains in fp16 with fairseq-drawn baselines; baselines another
+backend drew are refused in one line before anything is written (`make test-tl4`)."""
 
 from __future__ import annotations
 
@@ -106,8 +104,8 @@ def test_reproduce_without_baselines(tmp_path):
 
 
 def test_reference_preset_trains_in_float16(tmp_path):
-    """fp16-mixed training (the reference preset's) on the bridge's float16 copy; its baselines' fairseq
-    initialisation is HookedTransformer's only, so they are left out here."""
+    """The reference preset on the bridge: fp16-mixed training on its float16 copy, and a baseline drawn with
+    fairseq's initialisation."""
     out = tmp_path / "run"
     argv = [
         "compare",
@@ -125,32 +123,14 @@ def test_reference_preset_trains_in_float16(tmp_path):
         "--preset",
         "reference",
         "--baselines",
+        "no_training",
         "--out",
         str(out),
     ]
     assert main(argv) == 0
     config = json.loads((out / "result.json").read_text())["config"]
-    assert (config["precision"], config["dtype"]) == ("fp16-mixed", "float16")
-
-
-@pytest.mark.parametrize(
-    "argv, what",
-    [
-        (
-            ["compare", "--model", MODEL, "--task", "synth-sst2", "--k", "8", "--init", "fairseq"],
-            "fairseq initialisation",
-        ),
-        (
-            ["reproduce", "--model", MODEL, "--tasks", "synth-sst2", "--k", "8", "--init", "fairseq"],
-            "fairseq initialisation",
-        ),
-    ],
-)
-def test_refused_in_one_line_before_anything_is_written(argv, what, tmp_path, capsys):
-    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
-    error = capsys.readouterr().err.strip()
-    assert what in error and "TransformerLens 3.x" in error and "pip install" in error and "\n" not in error
-    assert list(tmp_path.iterdir()) == []
+    assert (config["precision"], config["dtype"], config["init"]) == ("fp16-mixed", "float16", "fairseq")
+    assert config["baselines"] == ["no_training"]
 
 
 def test_the_tour_notebooks_views(run_with_baselines):
