@@ -53,6 +53,22 @@ from iclgd_lens.sources import (  # noqa: E402
 )
 
 
+def copy_parameters(source: HookedTransformer, model: HookedTransformer) -> None:
+    """Continue from `source`'s parameters (fresh optimizer and schedule). Positional buffers stay `model`'s own,
+    so a model trained with ALiBi can continue with rotary positions: the same parameters, other positions."""
+    theirs, ours = dict(source.named_parameters()), dict(model.named_parameters())
+    shapes = {name: tuple(q.shape) for name, q in theirs.items()}
+    other = {name: shapes.get(name) for name, q in ours.items() if shapes.get(name) != tuple(q.shape)}
+    if other or theirs.keys() != ours.keys():
+        raise ValueError(
+            f"--init has other parameters or shapes ({other or sorted(theirs.keys() ^ ours.keys())}); "
+            "train with the --n-layers/--d-model/--n-heads of the model it starts from"
+        )
+    with torch.no_grad():
+        for name, parameter in ours.items():
+            parameter.copy_(theirs[name])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
@@ -69,6 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--pos", default="rotary", choices=["standard", "rotary", "alibi"])
+    p.add_argument("--rotary-dim", type=int, default=None, help="rotary dimensions per head (default: all)")
     p.add_argument(
         "--no-unembed-bias",
         action="store_true",
@@ -129,7 +146,11 @@ def main(argv=None) -> None:
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-queries", type=int, default=48, help="queries per task in the periodic evaluation")
     p.add_argument("--final-queries", type=int, default=None, help="queries per task at the end (default: all)")
-    p.add_argument("--init", default=None, help="start from this bundled model's weights (same architecture)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from this bundled model's parameters (same shapes; its positions may differ: alibi -> rotary)",
+    )
     p.add_argument("--log", default=None, help="write the training log (JSON lines) here")
     args = p.parse_args(argv)
     args.stop_at = min(args.steps, args.stop_at or args.steps)
@@ -166,12 +187,12 @@ def main(argv=None) -> None:
         n_ctx=args.n_ctx,
         positional_embedding_type=args.pos,
         seed=args.seed,
+        rotary_dim=args.rotary_dim,
     )
     cfg.device = args.device
     model = HookedTransformer(cfg, tok, move_to_device=True)
     if args.init:
-        # continue from a bundled model of the same architecture (fresh optimizer and schedule)
-        model.load_state_dict(load_bundled(args.init, device=args.device).state_dict())
+        copy_parameters(load_bundled(args.init, device=args.device), model)
     probe_layer = args.n_layers - 1
     class_probe = torch.nn.Linear(args.d_model, mixture.n_classes, device=args.device) if args.class_probe else None
     if args.no_unembed_bias:
