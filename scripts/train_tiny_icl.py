@@ -56,7 +56,9 @@ from iclgd_lens.sources import (  # noqa: E402
 def copy_parameters(source: HookedTransformer, model: HookedTransformer) -> None:
     """Continue from `source`'s parameters (fresh optimizer and schedule). Positional buffers stay `model`'s own,
     so a model trained with ALiBi can continue with rotary positions: the same parameters, other positions."""
-    theirs, ours = dict(source.named_parameters()), dict(model.named_parameters())
+    ours = dict(model.named_parameters())
+    # TransformerLens keeps an (unused) pos_embed.W_pos beside ALiBi; a rotary model has none
+    theirs = {name: q for name, q in source.named_parameters() if name in ours or not name.startswith("pos_embed.")}
     shapes = {name: tuple(q.shape) for name, q in theirs.items()}
     other = {name: shapes.get(name) for name, q in ours.items() if shapes.get(name) != tuple(q.shape)}
     if other or theirs.keys() != ours.keys():
