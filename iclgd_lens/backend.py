@@ -10,6 +10,7 @@ docs/architecture.md, "Backends", says what runs on which.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import version
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "attention_scale",
     "block_parameters",
     "final_residual",
+    "mlp_input_point",
     "require_hooked_transformer",
     "residual_after",
     "stacked_output_weights",
@@ -59,6 +61,17 @@ def residual_after(model: LensModel, input: Tensor, layer: int, **kwargs) -> Ten
 
     with model.hooks([(f"blocks.{layer}.hook_resid_post", stop)]):
         return model(input, **kwargs)
+
+
+def mlp_input_point(model: LensModel, layer: int) -> tuple[str, Callable[[Tensor], Tensor]]:
+    """Where a hook reads what block `layer`'s MLP reads (the normalised stream), and what turns the hooked tensor
+    into it. HookedTransformer has no hook point after ln2: the stream (after attention, or the block's input when
+    attention and MLP run in parallel) is normalised by ln2 there. The bridge's MLP input hook holds it; its stream
+    hook is ln2's own input hook, inside which calling ln2 would recurse."""
+    if BRIDGE:
+        return f"blocks.{layer}.mlp.hook_in", lambda t: t
+    stream = "hook_resid_pre" if model.cfg.parallel_attn_mlp else "hook_resid_mid"
+    return f"blocks.{layer}.{stream}", model.blocks[layer].ln2
 
 
 def attention_scale(model: LensModel, layer: int) -> float:

@@ -7,6 +7,7 @@
     python scripts/backend_agreement.py kendall MODEL RESULT OUT.npz [--reference REFERENCE.npz]
     python scripts/backend_agreement.py attribution MODEL RESULT OUT.csv [--reference REFERENCE.csv]
     python scripts/backend_agreement.py lenses MODEL RESULT OUT.npz [--reference REFERENCE.npz]
+    python scripts/backend_agreement.py function_vectors MODEL RESULT OUT.npz [--reference REFERENCE.npz]
 
 `run` is `compare` with the settings below (the toy task of the tests unless --task names one) and no baselines
 (their draws differ between the backends: they agree in distribution, not value).
@@ -20,6 +21,8 @@ prints its largest absolute difference from another backend's over every number 
 `lenses` saves every lens measure of the model (analysis.lenses.lens_values: per query and layer) and with
 --reference prints the largest difference, relative to the measure's largest magnitude; `exact_error` (the implicit
 update's own rounding, about 1e-7 on either backend) is not compared but must stay below LENS_EXACT on this one.
+`function_vectors` saves every head's average indirect effect, the mean z it patches in and a 3-head function vector
+(analysis.heads.function_vectors), and with --reference prints the largest relative difference.
 `diff` prints, per kind, the largest difference: records relative to the largest magnitude of the same tensor, deltas
 relative to the largest magnitude of the method's whole delta (a key bias's gradient is zero in exact arithmetic,
 so its delta is rounding on either backend), every number of result.json (metrics, accuracies, counts) absolutely.
@@ -53,7 +56,8 @@ TOLERANCES = {
     "kendall scores": 1e-4,
     "attribution": 1e-4,
     "lenses": 1e-4,
-}  # relative, absolute, relative, relative, absolute, relative
+    "function vectors": 1e-4,
+}  # relative, absolute, relative, relative, absolute, relative, relative
 LENS_EXACT = 1e-5  # the implicit update reproduces the block to float32 rounding
 ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
 READS = {"scores": ("simam_delta",), "attn_out": ("simaou", "simaou_norm", "random_simaou")}  # updates compared
@@ -126,8 +130,9 @@ def kendall(model: str | Path, result: Path, out: Path, n_queries: int = 12) -> 
     np.savez(out, **arrays)
 
 
-def kendall_difference(reference: Path, other: Path) -> tuple[str, float]:
-    """The array of two `kendall` files that differs most, relative to its largest magnitude, and by how much."""
+def array_difference(reference: Path, other: Path) -> tuple[str, float]:
+    """The array of two npz files (`kendall`, `function_vectors`) that differs most, relative to its largest
+    magnitude, and by how much."""
     import numpy as np
 
     a, b = np.load(reference), np.load(other)
@@ -167,6 +172,20 @@ def attribution_difference(reference: Path, other: Path) -> tuple[str, float]:
     return worst
 
 
+def function_vectors(model: str | Path, result: Path, out: Path) -> None:
+    """Function vectors on `result` (the run's shuffled labels as the corruption): every head's average indirect
+    effect, the mean z it patches in, and the vector of the 3 heads of highest effect, saved to `out`."""
+    import numpy as np
+
+    from iclgd_lens import Result, load_model
+    from iclgd_lens.analysis.heads.function_vectors import function_vector, indirect_effects
+
+    loaded, saved = load_model(model, device="cpu"), Result.load(result)
+    effects, mean_z = indirect_effects(loaded, saved.episode, saved.config["seed"], batch_size=4)
+    vector, _ = function_vector(loaded, effects, mean_z, n_heads=3)
+    np.savez(out, effects=effects.numpy(), mean_z=mean_z.numpy(), vector=vector.numpy())
+
+
 def lenses(model: str | Path, result: Path, out: Path) -> None:
     """Every lens measure of the model on `result` (no baselines), saved as an npz."""
     import numpy as np
@@ -199,7 +218,8 @@ def lens_difference(reference: Path, other: Path) -> tuple[str, float]:
 # The analyses that read a saved result: command -> (write its reading of a result, the largest difference between
 # two readings, its TOLERANCES key, the file name of the TransformerLens 3 reading committed beside each tiny result).
 READINGS = {
-    "kendall": (kendall, kendall_difference, "kendall scores", "kendall-scores.npz"),
+    "kendall": (kendall, array_difference, "kendall scores", "kendall-scores.npz"),
+    "function_vectors": (function_vectors, array_difference, "function vectors", "function-vectors.npz"),
     "attribution": (attribution, attribution_difference, "attribution", "attribution.csv"),
     "lenses": (lenses, lens_difference, "lenses", "lenses.npz"),
 }

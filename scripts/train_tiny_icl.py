@@ -87,7 +87,6 @@ def main(argv=None) -> None:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--pos", default="rotary", choices=["standard", "rotary", "alibi"])
-    p.add_argument("--rotary-dim", type=int, default=None, help="rotary dimensions per head (default: all)")
     p.add_argument(
         "--no-unembed-bias",
         action="store_true",
@@ -189,7 +188,6 @@ def main(argv=None) -> None:
         n_ctx=args.n_ctx,
         positional_embedding_type=args.pos,
         seed=args.seed,
-        rotary_dim=args.rotary_dim,
     )
     cfg.device = args.device
     model = HookedTransformer(cfg, tok, move_to_device=True)

@@ -27,7 +27,6 @@ from iclgd_lens.analysis.lenses.values import check_same_design, lens_values, ve
 from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
 from iclgd_lens.analysis.protocol.sweep import SweepConfig, SweepRuntime, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.protocol.tables import check_poolable
-from iclgd_lens.backend import require_hooked_transformer
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
 from iclgd_lens.core.config import CompareConfig
@@ -241,8 +240,6 @@ def run_attribute(args: argparse.Namespace) -> None:
             f"{args.run!r} holds no saved deltas (results written before deltas.safetensors); re-run compare"
         )
     verify_top, kendall_method = check_attribute_options(args, result)
-    if args.function_vectors:
-        require_hooked_transformer("--function-vectors")
     model = results_model(args, result.config)
     check_attributable(result, model)
     if args.kendall_queries:

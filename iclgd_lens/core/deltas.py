@@ -14,7 +14,7 @@ import einops
 import torch
 from torch import Tensor
 
-from iclgd_lens.backend import LensModel, block_parameters
+from iclgd_lens.backend import LensModel, block_parameters, mlp_input_point
 from iclgd_lens.core.hooks import block_prefix, hook_name, parameter_layer, parameter_name
 from iclgd_lens.core.presets import BIASES, DEFAULT_GROUPS, check_choice, check_groups
 
@@ -198,8 +198,8 @@ def _layer_hooks(model: LensModel, layer: int, delta: dict[str, Tensor]) -> list
         hooks.append((hook_name("attn_out", layer), add(term)))
     mlp_keys = [k for k in delta if k.startswith("mlp.")]
     if mlp_keys:
-        mlp_input = "resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid"
-        hooks.append((hook_name(mlp_input, layer), capture("mlp_in", block.ln2)))
+        point, to_input = mlp_input_point(model, layer)
+        hooks.append((point, capture("mlp_in", to_input)))
         in_pattern = "b p d, d m -> b p m"
         if model.cfg.gated_mlp:
             hooks.append((hook_name("mlp_pre", layer), add(linear("mlp_in", in_pattern, "mlp.W_gate", None))))

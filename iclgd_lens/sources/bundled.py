@@ -70,12 +70,8 @@ def model_config(
     n_ctx: int = 1024,
     positional_embedding_type: str = "standard",
     seed: int = 0,
-    rotary_dim: int | None = None,
 ) -> HookedTransformerConfig:
-    """A GPT-2-style config (LayerNorm, GELU, attention + MLP, GPT-2 init) for the tiny ICL model.
-
-    Rotary positions cover `rotary_dim` leading dimensions of each head (default: the whole head).
-    """
+    """A GPT-2-style config (LayerNorm, GELU, attention + MLP, GPT-2 init) for the tiny ICL model."""
     if d_model % n_heads:
         raise ValueError(f"d_model {d_model} must be a multiple of n_heads {n_heads}")
     return HookedTransformerConfig(
@@ -89,7 +85,7 @@ def model_config(
         act_fn="gelu",
         normalization_type="LN",
         positional_embedding_type=positional_embedding_type,
-        rotary_dim=(rotary_dim or d_model // n_heads) if positional_embedding_type == "rotary" else None,
+        rotary_dim=d_model // n_heads if positional_embedding_type == "rotary" else None,
         init_mode="gpt2",
         original_architecture="tiny-icl",
         model_name="tiny-icl",

@@ -70,6 +70,18 @@ def key_weight(hf, layer: int) -> torch.Tensor:
     return einops.rearrange(hf.model.layers[layer].self_attn.k_proj.weight, "(n e) m -> n m e", n=2)
 
 
+def mlp_weight(hf, layer: int, name: str) -> torch.Tensor:
+    """transformers' tensor holding TransformerLens' `name` ("mlp.W_in", "mlp.W_gate", "mlp.W_out") of `layer`."""
+    if hf.config.model_type == "gpt2":
+        mlp = hf.transformer.h[layer].mlp
+        return {"mlp.W_in": mlp.c_fc.weight, "mlp.W_out": mlp.c_proj.weight}[name]
+    if hf.config.model_type == "gpt_neox":
+        mlp = hf.gpt_neox.layers[layer].mlp
+        return {"mlp.W_in": mlp.dense_h_to_4h.weight, "mlp.W_out": mlp.dense_4h_to_h.weight}[name]
+    mlp = hf.model.layers[layer].mlp
+    return {"mlp.W_in": mlp.up_proj.weight, "mlp.W_gate": mlp.gate_proj.weight, "mlp.W_out": mlp.down_proj.weight}[name]
+
+
 def test_record_equals_whole_prompt_forwards(folder):
     """The recording (batched, right-padded, every row prefix + query) against one whole prompt per query: the
     bridge's own cache for activations, transformers' logits for the label log-probabilities."""
@@ -143,6 +155,35 @@ def test_delta_hooks_equal_edited_weights(folder):
         theirs = edited(folder, delta)(ids).logits
     assert not torch.allclose(ours, model(ids), atol=1e-3)  # the delta matters
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_mlp_delta_hooks_equal_edited_weights(folder):
+    """A change of the MLP's matrices (W_in, a gated MLP's W_gate, W_out) through the bridge's hooks against
+    transformers' weights edited by hand: the hooks read the MLP's input at its own hook point
+    (backend.mlp_input_point)."""
+    from iclgd_lens import Delta
+
+    model, hf = bridge(folder), hf_model(folder)
+    names = ("mlp.W_in", "mlp.W_out") + (("mlp.W_gate",) if model.cfg.gated_mlp else ())
+    parameters = block_parameters(model)
+    generator = torch.Generator().manual_seed(4)
+    delta = Delta(
+        {
+            f"blocks.{layer}.{name}": 0.3 * torch.randn(parameters[f"blocks.{layer}.{name}"].shape, generator=generator)
+            for layer in range(model.cfg.n_layers)
+            for name in names
+        }
+    )
+    with torch.no_grad():
+        for name, change in delta.tensors.items():
+            weight = mlp_weight(hf, int(name.split(".")[1]), name.split(".", 2)[2])
+            weight += change if hf.config.model_type == "gpt2" else change.T
+    ids = torch.tensor([[1, 4, 9, 12, 3, 7, 20, 2, 11]])
+    with torch.no_grad(), model.hooks(delta.hooks(model)):
+        ours = model(ids)
+    with torch.no_grad():
+        assert not torch.allclose(ours, model(ids), atol=1e-3)  # the delta matters
+        assert torch.allclose(ours, hf(ids).logits, atol=1e-5)
 
 
 def trained_weights(hf) -> list[torch.nn.Parameter]:

@@ -1,6 +1,7 @@
 """The command line on TransformerLens 4: compare (with its untrained baselines), reproduce, report, attribute (with
-Kendall) and lenses run, and the reference preset trains in fp16 with fairseq-drawn baselines; baselines another
-backend drew are refused in one line before anything is written (`make test-tl4`)."""
+Kendall and function vectors) and lenses (with the chained patch's transfer) run, and the reference preset trains in
+fp16 with fairseq-drawn baselines; baselines another backend drew are refused in one line before anything is written
+(`make test-tl4`)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_compare_with_baselines_then_report(run_with_baselines, tmp_path):
     assert "<html" in html.read_text()[:2000].lower()
 
 
-def test_attribute_with_kendall_and_lenses_run(run_with_baselines, tmp_path):
+def test_attribute_with_kendall_and_function_vectors_and_lenses_with_transfer_run(run_with_baselines, tmp_path):
     heads, lenses = tmp_path / "heads", tmp_path / "lenses"
     argv = [
         "attribute",
@@ -47,12 +48,16 @@ def test_attribute_with_kendall_and_lenses_run(run_with_baselines, tmp_path):
         "2",
         "--kendall-queries",
         "4",
+        "--function-vectors",
     ]
     assert main(argv) == 0
     kendall = (heads / "kendall.csv").read_text()
     assert all(subject in kendall for subject in ("model", "zero_delta", "no_training", "trained_embeddings"))
-    assert main(["lenses", str(run_with_baselines), "--out", str(lenses), "--model", MODEL]) == 0
-    assert "trained_norms" in (lenses / "per_layer.csv").read_text()
+    assert "in_vector" in (heads / "fv_heads.csv").read_text()
+    argv = ["lenses", str(run_with_baselines), "--out", str(lenses), "--model", MODEL, "--transfer", "3"]
+    assert main(argv) == 0
+    per_layer = (lenses / "per_layer.csv").read_text()
+    assert "trained_norms" in per_layer and "transfer_gain_patch_mean" in per_layer
 
 
 def test_baselines_drawn_under_transformer_lens_3_are_refused(run_with_baselines, tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 
 REFERENCE = Path(__file__).parent / "reference"
 ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
-READINGS = ("kendall", "attribution", "lenses")  # scripts/backend_agreement.py READINGS
+READINGS = ("kendall", "function_vectors", "attribution", "lenses")  # scripts/backend_agreement.py READINGS
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

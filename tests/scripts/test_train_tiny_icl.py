@@ -146,3 +146,29 @@ def test_a_rotary_model_without_unembedding_bias_trains_and_exports_to_gpt_neox(
     assert "GPT-NeoX" in (exported / "MODEL_CARD.md").read_text()
     again = subprocess.run(export, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_init_copies_an_alibi_models_parameters_into_a_rotary_one(script):
+    """--init from tiny-icl (ALiBi) into a rotary model of its shapes: every parameter equal, the unused W_pos left
+    behind, the positions the new model's own (other logits); a model of other shapes is refused by name."""
+    from transformer_lens import HookedTransformer
+
+    from iclgd_lens.sources import TINY_ICL_DIR, model_config
+
+    train = script("train_tiny_icl")
+    alibi = load_bundled(TINY_ICL_DIR, device="cpu")
+    cfg = alibi.cfg
+    rotary = HookedTransformer(
+        model_config(cfg.d_vocab, cfg.n_layers, cfg.d_model, cfg.n_heads, positional_embedding_type="rotary")
+    )
+    train.copy_parameters(alibi, rotary)
+    source = dict(alibi.named_parameters())
+    assert "pos_embed.W_pos" in source and "pos_embed.W_pos" not in dict(rotary.named_parameters())
+    for name, parameter in rotary.named_parameters():
+        assert torch.equal(parameter, source[name]), name
+    tokens = torch.tensor([[0, *range(5, 16)]])
+    with torch.no_grad():
+        assert not torch.allclose(rotary(tokens), alibi(tokens), atol=1e-3)  # same parameters, other positions
+    wider = HookedTransformer(model_config(cfg.d_vocab, cfg.n_layers, 2 * cfg.d_model, cfg.n_heads))
+    with pytest.raises(ValueError, match="other parameters or shapes"):
+        train.copy_parameters(alibi, wider)

@@ -26,7 +26,7 @@ from jaxtyping import Float
 from scipy.stats import spearmanr
 from torch import Tensor
 
-from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode, shown_labels
 from iclgd_lens.core.hooks import hook_name
 from iclgd_lens.core.results import Result
@@ -83,7 +83,6 @@ def indirect_effects(
 ) -> tuple[Float[Tensor, "layer head"], Float[Tensor, "layer head d_head"]]:
     """Each head's AIE on the corrupted prompts (module docstring; `corrupted_demos`), and the mean z at the ICL
     prompts' last position it patches in."""
-    require_hooked_transformer("function vectors")
     labels = torch.tensor(episode.labels)
     clean = [[*episode.icl_prefix, *q] for q in episode.queries]
     _, z = _last_position_run(model, clean, batch_size=batch_size)

@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from iclgd_lens.analysis.lenses.implicit_update import matrix_names, mlp_input
-from iclgd_lens.backend import LensModel, require_hooked_transformer
+from iclgd_lens.backend import LensModel, residual_after
 from iclgd_lens.core.deltas import POST_MLP_SCALE, Delta
 from iclgd_lens.core.hooks import hook_name, parameter_name
 
@@ -99,48 +99,53 @@ def chained_patch(
     """The query's implicit patch of every layer, and the logits at the zero-shot prompt's last position with all of
     them applied (float64). `chained=False` reads every layer's patch from the unpatched zero-shot run instead
     (`implicit_update`'s per-layer patches, here with the output written through the weights as well): exact for
-    each block alone, not for the model."""
-    require_hooked_transformer("the chained implicit patch")
+    each block alone, not for the model. Every run goes through the model's hook points (as a `Delta` runs), so
+    either backend computes it."""
     targets = icl_targets(model, icl_prompt)
     tokens = torch.tensor([list(zs_prompt)], device=model.cfg.device)
-    stream = model(tokens, stop_at_layer=0)  # the embedding: the stream entering layer 0
-    patches = []
+    patches: list[LayerPatch] = []
     for layer in range(model.cfg.n_layers):
-        patch, patched = _layer_patch(model, layer, stream, targets)
-        patches.append(patch)
-        stream = patched if chained else model.blocks[layer](stream)
-    if not chained:  # every patch at once, each read from the unpatched run
-        with model.hooks(as_delta(model, {l: p.materialise() for l, p in enumerate(patches)}).hooks(model)):
-            return patches, model(tokens)[0, -1].double()
-    return patches, model.unembed(model.ln_final(stream))[0, -1].double()
+        below = {l: p.materialise() for l, p in enumerate(patches)} if chained else {}
+        patches.append(_layer_patch(model, layer, tokens, below, targets))
+    with model.hooks(as_delta(model, {l: p.materialise() for l, p in enumerate(patches)}).hooks(model)):
+        return patches, model(tokens)[0, -1].double()
 
 
 def _layer_patch(
-    model: LensModel, layer: int, stream: Float[Tensor, "1 pos d_model"], targets: dict[str, Tensor]
-) -> tuple[LayerPatch, Tensor]:
-    """Block `layer`'s patch read from `stream` (the zero-shot run entering it), and the block's output under it."""
+    model: LensModel, layer: int, tokens: Tensor, below: dict[int, dict[str, Tensor]], targets: dict[str, Tensor]
+) -> LayerPatch:
+    """Block `layer`'s patch, read from the zero-shot run under the patches `below` (layer -> materialised patch)."""
+    seen = _read_block(
+        model, layer, tokens, below, {"x": hook_name("resid_pre", layer), "a": hook_name("attn_out", layer)}
+    )
+    skip = (seen["x"] + seen["a"]).double()
+    u = mlp_input(model, layer, seen["x"][None], seen["a"][None])[0].to(model.cfg.device)
+    weights = {name: getattr(model.blocks[layer].mlp, name.split(".")[1]).double() for name in matrix_names(model)}
+    a = {} if model.cfg.parallel_attn_mlp else {n: (targets["u"][layer] - u) @ W for n, W in weights.items()}
+    inputs_only = below | {layer: LayerPatch(u, a, torch.zeros_like(u), None, None).materialise()}
+    post_norm = model.cfg.use_normalization_before_and_after
+    reads = {"h": hook_name("mlp_post", layer)} | (
+        {"n": f"blocks.{layer}.ln2_post.hook_normalized"} if post_norm else {}
+    )
+    hidden = {name: value.double() for name, value in _read_block(model, layer, tokens, inputs_only, reads).items()}
+    d = targets["skip"][layer] - skip  # what the MLP must add for the block to output ICL's stream
+    return LayerPatch(u, a, d, None if post_norm else hidden["h"], d / hidden["n"] if post_norm else None)
+
+
+def _read_block(
+    model: LensModel, layer: int, tokens: Tensor, patches: dict[int, dict[str, Tensor]], reads: dict[str, str]
+) -> dict[str, Tensor]:
+    """The values at hook points `reads` (name -> hook point, all in block `layer`) at the prediction position of the
+    zero-shot run under `patches`; the run stops after block `layer`."""
     seen: dict[str, Tensor] = {}
 
     def keep(name: str):
         def hook(value: Tensor, hook) -> None:
-            seen[name] = value[0, -1].double()
+            seen[name] = value[0, -1]
 
         return hook
 
-    with model.hooks([(hook_name("attn_out", layer), keep("a"))]):
-        model.blocks[layer](stream)  # the block as it stands: its attention output at the prediction position
-    skip = stream[0, -1].double() + seen["a"]
-    u = mlp_input(model, layer, stream[0, -1:], seen["a"][None].to(stream.dtype))[0].to(model.cfg.device)
-    weights = {name: getattr(model.blocks[layer].mlp, name.split(".")[1]).double() for name in matrix_names(model)}
-    a = {} if model.cfg.parallel_attn_mlp else {n: (targets["u"][layer] - u) @ W for n, W in weights.items()}
-    inputs_only = {layer: LayerPatch(u, a, torch.zeros_like(u), None, None).materialise()}
-    post_norm = model.cfg.use_normalization_before_and_after
-    reads = [(hook_name("mlp_post", layer), keep("h"))]
-    if post_norm:
-        reads.append((f"blocks.{layer}.ln2_post.hook_normalized", keep("n")))
-    with model.hooks(as_delta(model, inputs_only).hooks(model) + reads):
-        model.blocks[layer](stream)  # the hidden (and the post-norm's input) at the prediction position: ICL's
-    d = targets["skip"][layer] - skip
-    patch = LayerPatch(u, a, d, None if post_norm else seen["h"], d / seen["n"] if post_norm else None)
-    with model.hooks(as_delta(model, {layer: patch.materialise()}).hooks(model)):
-        return patch, model.blocks[layer](stream)
+    hooks = as_delta(model, patches).hooks(model) + [(point, keep(name)) for name, point in reads.items()]
+    with model.hooks(hooks):
+        residual_after(model, tokens, layer)
+    return seen

@@ -1,0 +1,56 @@
+"""The chained implicit patch on TransformerLens 4 (TransformerBridge), against independent computations on the tiny
+Hugging Face checkpoints of tests/bridge/reference: the zero-shot run under every layer's patch gives ICL's logits at
+the query, through the bridge's hooks and through transformers' own MLP weights edited by hand (in each layout); the
+unchained per-layer patches do not. tests/analysis/test_implicit_patch.py proves the same on HookedTransformer in
+float64; test_cross_backend.py compares the two backends' patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iclgd_lens.backend import BRIDGE
+from tests.bridge.test_bridge import bridge, hf_model, mlp_weight
+from tests.bridge.test_cross_backend import ARCHITECTURES, REFERENCE
+from tests.helpers import toy_task
+
+pytestmark = pytest.mark.skipif(not BRIDGE, reason="TransformerLens 4 only: make test-tl4")
+
+
+def mlp_edited(folder, patches):
+    """transformers' model with every layer's materialised patch added to its MLP weights (TransformerLens' W_in and
+    W_out are [d_model, d_mlp] and [d_mlp, d_model]: GPT-2's Conv1D stores them so, Linear layers transposed)."""
+    hf = hf_model(folder)
+    with torch.no_grad():
+        for layer, patch in enumerate(patches):
+            for name, change in patch.materialise().items():
+                weight = mlp_weight(hf, layer, name)
+                weight += (change if hf.config.model_type == "gpt2" else change.T).to(weight.dtype)
+    return hf
+
+
+def relative_gap(logits: torch.Tensor, target: torch.Tensor) -> float:
+    return float((logits - target).abs().max() / target.abs().max())
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_the_chained_patch_gives_icl_logits_through_hooks_and_edited_weights(architecture):
+    from iclgd_lens import build_episode
+    from iclgd_lens.analysis.lenses.implicit_patch import chained_patch, icl_targets
+
+    folder = REFERENCE / architecture / "model"
+    model = bridge(folder)
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=6, seed=2, n_eval=4)
+    for query in (0, 3):
+        icl, zs = [*episode.icl_prefix, *episode.queries[query]], [episode.bos, *episode.queries[query]]
+        target = icl_targets(model, icl)["logits"]
+        patches, logits = chained_patch(model, icl, zs)
+        assert relative_gap(logits, target) < 1e-5  # float32 checkpoints
+        with torch.no_grad():
+            plain = mlp_edited(folder, patches)(torch.tensor([zs])).logits[0, -1].double()
+        assert relative_gap(plain, target) < 1e-5
+        _, unchained = chained_patch(model, icl, zs, chained=False)
+        assert relative_gap(unchained, target) > 1e-3
+        with torch.no_grad():
+            assert relative_gap(model(torch.tensor([zs]))[0, -1].double(), target) > 1e-3  # the context matters
+    assert all(not p.a for p in patches) == model.cfg.parallel_attn_mlp  # NeoX's parallel blocks: no input patch
