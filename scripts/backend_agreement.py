@@ -22,7 +22,8 @@ prints its largest absolute difference from another backend's over every number 
 --reference prints the largest difference, relative to the measure's largest magnitude; `exact_error` (the implicit
 update's own rounding, about 1e-7 on either backend) is not compared but must stay below LENS_EXACT on this one.
 `function_vectors` saves every head's average indirect effect, the mean z it patches in and a 3-head function vector
-(analysis.heads.function_vectors), and with --reference prints the largest relative difference.
+(analysis.heads.function_vectors), and with --reference prints the largest difference (the effects, differences of
+probabilities, absolutely; the rest relative to its largest magnitude).
 `diff` prints, per kind, the largest difference: records relative to the largest magnitude of the same tensor, deltas
 relative to the largest magnitude of the method's whole delta (a key bias's gradient is zero in exact arithmetic,
 so its delta is rounding on either backend), every number of result.json (metrics, accuracies, counts) absolutely.
@@ -57,7 +58,7 @@ TOLERANCES = {
     "attribution": 1e-4,
     "lenses": 1e-4,
     "function vectors": 1e-4,
-}  # relative, absolute, relative, relative, absolute, relative, relative
+}  # relative, absolute, relative, relative, absolute, relative; function vectors: effects absolute, the rest relative
 LENS_EXACT = 1e-5  # the implicit update reproduces the block to float32 rounding
 ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
 READS = {"scores": ("simam_delta",), "attn_out": ("simaou", "simaou_norm", "random_simaou")}  # updates compared
@@ -131,8 +132,8 @@ def kendall(model: str | Path, result: Path, out: Path, n_queries: int = 12) -> 
 
 
 def array_difference(reference: Path, other: Path) -> tuple[str, float]:
-    """The array of two npz files (`kendall`, `function_vectors`) that differs most, relative to its largest
-    magnitude, and by how much."""
+    """The array of two npz files (`kendall`) that differs most, relative to its largest magnitude, and by how
+    much."""
     import numpy as np
 
     a, b = np.load(reference), np.load(other)
@@ -186,6 +187,20 @@ def function_vectors(model: str | Path, result: Path, out: Path) -> None:
     np.savez(out, effects=effects.numpy(), mean_z=mean_z.numpy(), vector=vector.numpy())
 
 
+def function_vector_difference(reference: Path, other: Path) -> tuple[str, float]:
+    """The array of two `function_vectors` files that differs most, and by how much: the effects absolutely (they are
+    differences of probabilities, about 1e-3 on the tiny random models, so relative to their largest they measure
+    float32 rounding), the mean z and the vector relative to their largest magnitude."""
+    import numpy as np
+
+    a, b = np.load(reference), np.load(other)
+    effects = float(np.abs(a["effects"] - b["effects"]).max())
+    relative = [
+        (name, _relative(torch.from_numpy(a[name]), torch.from_numpy(b[name]))) for name in ("mean_z", "vector")
+    ]
+    return max([("effects", effects), *relative], key=lambda pair: pair[1])
+
+
 def lenses(model: str | Path, result: Path, out: Path) -> None:
     """Every lens measure of the model on `result` (no baselines), saved as an npz."""
     import numpy as np
@@ -219,7 +234,7 @@ def lens_difference(reference: Path, other: Path) -> tuple[str, float]:
 # two readings, its TOLERANCES key, the file name of the TransformerLens 3 reading committed beside each tiny result).
 READINGS = {
     "kendall": (kendall, array_difference, "kendall scores", "kendall-scores.npz"),
-    "function_vectors": (function_vectors, array_difference, "function vectors", "function-vectors.npz"),
+    "function_vectors": (function_vectors, function_vector_difference, "function vectors", "function-vectors.npz"),
     "attribution": (attribution, attribution_difference, "attribution", "attribution.csv"),
     "lenses": (lenses, lens_difference, "lenses", "lenses.npz"),
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -186,8 +186,7 @@ def _run_queries(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     parts: list[dict[str, Tensor]] = []
     readout = Readout(model)
-    shared = not BRIDGE and shared_prefix_supported(model)
-    with model.hooks(delta_hooks), shared_prefix_attention(model) if shared else nullcontext():
+    with model.hooks(delta_hooks), prefix_attention(model):
         prefix_run = PrefixRun.of(model, prefix)
         for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
             parts.append(
@@ -206,6 +205,12 @@ def _run_queries(
 
 def _pad_last(t: Tensor, length: int) -> Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[-1]))
+
+
+def prefix_attention(model: LensModel) -> AbstractContextManager:
+    """The context in which rows attend a `PrefixRun`: on TransformerLens 3 the shared-prefix attention where
+    `shared_prefix` reproduces the model's attention (one copy of the prefix for every row), else the model's own."""
+    return shared_prefix_attention(model) if not BRIDGE and shared_prefix_supported(model) else nullcontext()
 
 
 @dataclass(frozen=True)

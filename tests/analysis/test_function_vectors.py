@@ -11,6 +11,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from iclgd_lens.analysis.heads.function_vectors import (
+    _last_position_run,
     corrupted_demos,
     function_vector,
     function_vector_accuracy,
@@ -18,7 +19,8 @@ from iclgd_lens.analysis.heads.function_vectors import (
     ranking_agreement,
 )
 from iclgd_lens.core.episodes import build_episode
-from tests.helpers import make_tokenizer, toy_task
+from tests.analysis.test_lenses import ARCHS
+from tests.helpers import make_tokenizer, tiny_model, toy_task
 
 POSITIVE, NEGATIVE = 6, 5  # the toy tokenizer's " Positive" and " Negative"
 
@@ -103,3 +105,34 @@ def test_ranking_agreement_by_hand():
     assert row.overlap == 1 and row.chance_overlap == pytest.approx(1.0)  # {(0,0),(1,0)} against {(0,1),(1,0)}
     # ranks (1 = lowest) 4, 2, 3, 1 against 2, 4, 3, 1: Σd² = 8, rho = 1 − 6·8 / (4·15) = 0.2
     assert row.spearman == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, "alibi"])
+def test_the_prefix_cached_runs_equal_whole_prompt_forwards(arch):
+    """The demonstrations' keys and values computed once, each batch of queries after them (right-padded, a patch at
+    each row's last position): the logits there equal a whole-prompt forward per query with the same patch, and every
+    layer's z the unpatched forward's (a run reads z before its own patch)."""
+    model = tiny_model(**(dict(positional="alibi") if arch == "alibi" else ARCHS[arch]))
+    episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=6, seed=1, n_eval=5)
+    value = torch.randn(model.cfg.d_head, generator=torch.Generator().manual_seed(0))
+
+    def patch(rows, last):
+        def hook(z, hook):
+            z = z.clone()
+            z[rows, last, 1] = value
+            return z
+
+        return [("blocks.1.attn.hook_z", hook)]
+
+    logits, z = _last_position_run(model, episode.icl_prefix, episode.queries, patch, batch_size=2)
+    unpatched, _ = _last_position_run(model, episode.icl_prefix, episode.queries)
+    assert not torch.allclose(logits, unpatched, atol=1e-4)  # the patch matters
+    for i, query in enumerate(episode.queries):
+        whole = torch.tensor([[*episode.icl_prefix, *query]])
+        with torch.no_grad(), model.hooks(patch(torch.tensor([0]), torch.tensor([whole.shape[1] - 1]))):
+            expected = model(whole)[0, -1].double()
+        _, cache = model.run_with_cache(whole, names_filter=lambda name: name.endswith("hook_z"))
+        torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=0)
+        for layer in range(model.cfg.n_layers):  # z as the run reads it: before its own patch
+            reference = cache[f"blocks.{layer}.attn.hook_z"][0, -1].double()
+            torch.testing.assert_close(z[layer][i], reference, atol=1e-5, rtol=0)

@@ -17,6 +17,7 @@ updates.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -28,7 +29,8 @@ from torch import Tensor
 
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.episodes import Episode, shown_labels
-from iclgd_lens.core.hooks import hook_name
+from iclgd_lens.core.hooks import hook_name, reset_alibi
+from iclgd_lens.core.recording import PrefixRun, prefix_attention
 from iclgd_lens.core.results import Result
 
 N_HEADS = 10  # Todd et al.'s |A| = 10 for GPT-J's 448 heads; a fixed count, stated beside every result
@@ -48,27 +50,32 @@ def corrupted_demos(episode: Episode, seed: int, corruption: str = "shuffled") -
 
 @torch.no_grad()
 def _last_position_run(
-    model: LensModel, prompts: list[list[int]], hooks_for=None, batch_size: int = 8
+    model: LensModel, prefix: Sequence[int], queries: Sequence[Sequence[int]], hooks_for=None, batch_size: int = 8
 ) -> tuple[Float[Tensor, "n vocab"], dict[int, Tensor]]:
-    """Logits at each prompt's last position (right-padded batches), and each layer's z there ([n, head, d_head]).
-    `hooks_for(positions)` gives extra hooks for a batch (which row ends where)."""
+    """Logits at the last position of each prompt `prefix` + query, and each layer's z there ([n, head, d_head]): the
+    prefix's keys and values computed once (`PrefixRun`, as the recording runs it), each batch of queries
+    right-padded after them. `hooks_for(rows, last)` gives extra hooks for a batch (`last`: where each row ends, the
+    prefix not counted)."""
     logits, z = [], {layer: [] for layer in range(model.cfg.n_layers)}
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        width = max(len(p) for p in batch)
-        tokens = torch.tensor([p + [p[-1]] * (width - len(p)) for p in batch], device=model.cfg.device)
-        last = torch.tensor([len(p) - 1 for p in batch], device=model.cfg.device)
-        rows = torch.arange(len(batch), device=model.cfg.device)
+    with prefix_attention(model):
+        prefix_run = PrefixRun.of(model, prefix)
+        for start in range(0, len(queries), batch_size):
+            batch = [list(query) for query in queries[start : start + batch_size]]
+            width = max(len(q) for q in batch)
+            tokens = torch.tensor([q + [q[-1]] * (width - len(q)) for q in batch], device=model.cfg.device)
+            last = torch.tensor([len(q) - 1 for q in batch], device=model.cfg.device)
+            rows = torch.arange(len(batch), device=model.cfg.device)
 
-        def keep(layer: int):
-            def hook(value: Tensor, hook) -> None:
-                z[layer].append(value[rows, last].double().cpu())
+            def keep(layer: int):
+                def hook(value: Tensor, hook) -> None:
+                    z[layer].append(value[rows, last].double().cpu())
 
-            return hook
+                return hook
 
-        hooks = [(hook_name("z", layer), keep(layer)) for layer in range(model.cfg.n_layers)]
-        with model.hooks(hooks + (hooks_for(rows, last) if hooks_for else [])):
-            logits.append(model(tokens)[rows, last].double().cpu())
+            hooks = [(hook_name("z", layer), keep(layer)) for layer in range(model.cfg.n_layers)]
+            reset_alibi(model)
+            with model.hooks(hooks + (hooks_for(rows, last) if hooks_for else [])):
+                logits.append(model(tokens, **prefix_run.attended_by(tokens))[rows, last].double().cpu())
     return torch.cat(logits), {layer: torch.cat(values) for layer, values in z.items()}
 
 
@@ -84,12 +91,10 @@ def indirect_effects(
     """Each head's AIE on the corrupted prompts (module docstring; `corrupted_demos`), and the mean z at the ICL
     prompts' last position it patches in."""
     labels = torch.tensor(episode.labels)
-    clean = [[*episode.icl_prefix, *q] for q in episode.queries]
-    _, z = _last_position_run(model, clean, batch_size=batch_size)
+    _, z = _last_position_run(model, episode.icl_prefix, episode.queries, batch_size=batch_size)
     mean_z = torch.stack([z[layer].mean(0) for layer in range(model.cfg.n_layers)])  # [layer, head, d_head]
-    prefix = replace(episode, demos=corrupted_demos(episode, seed, corruption)).icl_prefix
-    corrupted = [[*prefix, *q] for q in episode.queries]
-    base, _ = _last_position_run(model, corrupted, batch_size=batch_size)
+    corrupted = replace(episode, demos=corrupted_demos(episode, seed, corruption)).icl_prefix
+    base, _ = _last_position_run(model, corrupted, episode.queries, batch_size=batch_size)
     p_base = class_probabilities(base, episode).gather(1, labels[:, None])[:, 0]
     effects = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
     for layer in range(model.cfg.n_layers):
@@ -104,7 +109,7 @@ def indirect_effects(
 
                 return [(hook_name("z", layer), hook)]
 
-            patched, _ = _last_position_run(model, corrupted, patch, batch_size)
+            patched, _ = _last_position_run(model, corrupted, episode.queries, patch, batch_size)
             p = class_probabilities(patched, episode).gather(1, labels[:, None])[:, 0]
             effects[layer, head] = (p - p_base).mean()
     return effects, mean_z
@@ -128,7 +133,6 @@ def function_vector_accuracy(
     """Whether each zero-shot prompt answers correctly with `vector` added at the prediction position entering
     layer l (point l), or after the last layer (point L)."""
     labels = torch.tensor(episode.labels)
-    zs = [[episode.bos, *q] for q in episode.queries]
     value = vector.to(model.cfg.device, model.cfg.dtype)
     columns = []
     for point in range(model.cfg.n_layers + 1):
@@ -142,7 +146,7 @@ def function_vector_accuracy(
 
             return [(name, hook)]
 
-        logits, _ = _last_position_run(model, zs, add, batch_size)
+        logits, _ = _last_position_run(model, episode.zs_prefix, episode.queries, add, batch_size)
         columns.append((class_probabilities(logits, episode).argmax(-1) == labels).double())
     return torch.stack(columns, 1)
 
