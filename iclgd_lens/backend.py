@@ -33,6 +33,8 @@ __all__ = [
     "block_parameters",
     "final_residual",
     "mlp_input_point",
+    "model_architecture",
+    "qk_norm",
     "require_hooked_transformer",
     "residual_after",
     "stacked_output_weights",
@@ -72,6 +74,26 @@ def mlp_input_point(model: LensModel, layer: int) -> tuple[str, Callable[[Tensor
         return f"blocks.{layer}.mlp.hook_in", lambda t: t
     stream = "hook_resid_pre" if model.cfg.parallel_attn_mlp else "hook_resid_mid"
     return f"blocks.{layer}.{stream}", model.blocks[layer].ln2
+
+
+def qk_norm(model: LensModel, layer: int, kind: str) -> Callable[[Tensor], Tensor] | None:
+    """The normalisation `layer`'s attention applies to its queries (`kind` "q") or keys ("k") after hook_q /
+    hook_k and before positions enter (Gemma 3's qk-norm, per head over d_head), as a function of [..., head,
+    d_head]; None where the model has none. HookedTransformer: its q_norm / k_norm through `_apply_qk_norm`; the
+    bridge: transformers' own module (the bridge's hook_q is q_proj's output, and its config says no qk-norm)."""
+    attn = model.blocks[layer].attn
+    if BRIDGE:
+        return getattr(attn.original_component, f"{kind}_norm", None)
+    if not getattr(model.cfg, "use_qk_norm", False):
+        return None
+    module = attn.q_norm if kind == "q" else attn.k_norm
+    return lambda x: attn._apply_qk_norm(x.reshape(-1, 1, *x.shape[-2:]), module).reshape(x.shape)
+
+
+def model_architecture(model: LensModel) -> str | None:
+    """The checkpoint's transformers class name ("LlamaForCausalLM"): HookedTransformer's `original_architecture`,
+    the bridge's `architecture`."""
+    return getattr(model.cfg, "architecture" if BRIDGE else "original_architecture", None)
 
 
 def attention_scale(model: LensModel, layer: int) -> float:

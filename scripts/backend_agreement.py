@@ -60,7 +60,8 @@ TOLERANCES = {
     "function vectors": 1e-4,
 }  # relative, absolute, relative, relative, absolute, relative; function vectors: effects absolute, the rest relative
 LENS_EXACT = 1e-5  # the implicit update reproduces the block to float32 rounding
-ARCHITECTURES = ("gpt2", "llama-gqa", "neox")
+ARCHITECTURES = ("gpt2", "llama-gqa", "neox")  # the tiny random checkpoints (`models`), on the tests' toy task
+BUNDLED_TASKS = {"tiny-icl-neox": "synth-sst2"}  # the bundled models both backends load, each on a task it learned
 READS = {"scores": ("simam_delta",), "attn_out": ("simaou", "simaou_norm", "random_simaou")}  # updates compared
 
 

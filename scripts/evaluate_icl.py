@@ -28,8 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformer_lens import HookedTransformer  # noqa: E402
-
 from iclgd_lens import (  # noqa: E402
     CompareConfig,
     MethodContext,
@@ -40,6 +38,7 @@ from iclgd_lens import (  # noqa: E402
     load_task,
     separator_text,  # noqa: E402
 )
+from iclgd_lens.backend import LensModel  # noqa: E402
 from iclgd_lens.sources import SYNTHETIC_TASKS, TINY_ICL_DIR, Task  # noqa: E402
 
 CARD_START, CARD_END = "<!-- accuracy-table -->", "<!-- /accuracy-table -->"
@@ -57,7 +56,7 @@ class TaskScore:
 
 
 def evaluate_task(
-    model: HookedTransformer,
+    model: LensModel,
     task: Task,
     k: int = 32,
     seed: int = 0,
@@ -82,7 +81,7 @@ def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, config=
 
 
 def gd_zs_accuracy(
-    model: HookedTransformer, task: Task, lr: float, k: int = 32, seed: int = 0, n_queries: int | None = None
+    model: LensModel, task: Task, lr: float, k: int = 32, seed: int = 0, n_queries: int | None = None
 ) -> float:
     """ZS accuracy after the papers' GD (plain SGD on every layer's K/V over the k demonstrations)."""
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_queries or len(task.eval))

@@ -75,6 +75,21 @@ def tiny_model(
     return model.eval()
 
 
+def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal to float32 rounding: within 1e-5 of the expected tensor's largest magnitude (at least 1e-5), so that a
+    trained model's large logits are held to the same relative precision as a random tiny model's."""
+    scale = max(1.0, float(expected.detach().abs().max()))
+    torch.testing.assert_close(actual, expected, atol=1e-5 * scale, rtol=0)
+
+
+def bundled_neox():
+    """The bundled, trained tiny-icl-neox as TransformerLens 3 loads it (GPT-NeoX's converter): the model the
+    equivalence tests run on both backends (tests/bridge for TransformerLens 4)."""
+    from iclgd_lens import load_model
+
+    return load_model("tiny-icl-neox", device="cpu")
+
+
 def bias_free(model):
     """The model with its attention biases zeroed, as TransformerLens fills them for a bias-free checkpoint."""
     with torch.no_grad():

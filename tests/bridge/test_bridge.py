@@ -12,15 +12,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from iclgd_lens.backend import BRIDGE, block_parameters
-from tests.bridge.test_cross_backend import ARCHITECTURES, REFERENCE
+from tests.bridge.test_cross_backend import CHECKPOINTS, model_folder
 from tests.helpers import toy_task
 
 pytestmark = pytest.mark.skipif(not BRIDGE, reason="TransformerLens 4 only: make test-tl4")
 
 
-@pytest.fixture(params=ARCHITECTURES, scope="module")
+@pytest.fixture(params=CHECKPOINTS, scope="module")
 def folder(request):
-    return REFERENCE / request.param / "model"
+    return model_folder(request.param)
 
 
 def hf_model(folder):

@@ -11,7 +11,7 @@ import torch
 
 from iclgd_lens.backend import BRIDGE
 from tests.bridge.test_bridge import bridge, hf_model, mlp_weight
-from tests.bridge.test_cross_backend import ARCHITECTURES, REFERENCE
+from tests.bridge.test_cross_backend import CHECKPOINTS, model_folder
 from tests.helpers import toy_task
 
 pytestmark = pytest.mark.skipif(not BRIDGE, reason="TransformerLens 4 only: make test-tl4")
@@ -33,12 +33,12 @@ def relative_gap(logits: torch.Tensor, target: torch.Tensor) -> float:
     return float((logits - target).abs().max() / target.abs().max())
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_the_chained_patch_gives_icl_logits_through_hooks_and_edited_weights(architecture):
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_the_chained_patch_gives_icl_logits_through_hooks_and_edited_weights(checkpoint):
     from iclgd_lens import build_episode
     from iclgd_lens.analysis.lenses.implicit_patch import chained_patch, icl_targets
 
-    folder = REFERENCE / architecture / "model"
+    folder = model_folder(checkpoint)
     model = bridge(folder)
     episode = build_episode(toy_task(), model.tokenizer, model.cfg.n_ctx, k=6, seed=2, n_eval=4)
     for query in (0, 3):

@@ -6,6 +6,8 @@
 - compatibility-mode hook aliases on post-norm blocks (#1317: an alias could fire on the tensor before the post-norm):
   on a Gemma-3-shaped checkpoint `hook_attn_out` and `hook_mlp_out`, the names the recording and the lenses read, are
   exactly what each block adds to the residual stream;
+- qk-norm (Gemma 3): the bridge's hook_q / hook_k come before it and its config does not say the model has one;
+  Kendall's geometry applies transformers' own norm, equal to that module's output in a separately loaded model;
 - gradients of z (the review of #1750: `retain_grad` on `hook_z`'s tensor does nothing on the bridge): attribution
   patching never relies on it: it differentiates with respect to a zero added to z in the forward hook, and those
   gradients equal central differences of the bridge's own runs.
@@ -77,6 +79,35 @@ def test_the_hook_names_the_toolkit_reads_are_what_each_block_adds_after_its_pos
         torch.testing.assert_close(cache[hook_name("mlp_out", layer)], post - mid, atol=1e-5, rtol=0)
         # the post-norm changes the output: reading before it would differ
         assert (cache[f"blocks.{layer}.ln1_post.hook_in"] - (mid - pre)).abs().max() > 1e-3
+
+
+def test_kendall_reads_queries_and_keys_after_gemmas_qk_norm(gemma3_folder):
+    """The bridge's hook_q / hook_k are q_proj's and k_proj's outputs, before Gemma's qk-norm, and its config says
+    no qk-norm: Kendall's `content` applies transformers' own norm, and equals what a separately loaded
+    transformers model's q_norm / k_norm output (captured by forward hooks on those modules)."""
+    from transformers import AutoModelForCausalLM
+
+    from iclgd_lens import load_model
+    from iclgd_lens.analysis.heads.kendall import content
+    from iclgd_lens.core.hooks import hook_name
+
+    model = load_model(gemma3_folder, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(gemma3_folder, local_files_only=True).eval()
+    tokens = torch.tensor([[1, 4, 9, 12, 3, 7, 20, 5]])
+    normed = {}
+    for layer, block in enumerate(hf.model.layers):
+        for kind in ("q", "k"):
+            norm = getattr(block.self_attn, f"{kind}_norm")
+            norm.register_forward_hook(lambda module, args, out, key=(layer, kind): normed.__setitem__(key, out))
+    with torch.no_grad():
+        hf(tokens)
+        _, cache = model.run_with_cache(tokens)
+    for layer in range(model.cfg.n_layers):
+        for kind in ("q", "k"):
+            raw = cache[hook_name(kind, layer)][0]  # [pos, head, d_head]
+            expected = normed[layer, kind][0].transpose(0, 1)  # transformers normalises [head, pos, d_head]
+            assert (raw - expected).abs().max() > 1e-3  # the norm matters here
+            torch.testing.assert_close(content(model, layer, raw, kind), expected, atol=1e-5, rtol=0)
 
 
 def test_attribution_gradients_of_z_equal_central_differences_on_the_bridge():

@@ -9,7 +9,7 @@ import torch
 from iclgd_lens.core.deltas import PARAMETER_GROUPS, Delta, trained_parameters
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.recording import Prompts, derives_attn_out, record
-from tests.helpers import GEMMA3_LIKE, bias_free, tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, assert_float32_close, bias_free, bundled_neox, tiny_model, toy_task
 
 ARCHS = {
     "gpt2-like": dict(),
@@ -43,10 +43,10 @@ def episode_tokens(model, n=3):
     return episode, [torch.tensor([[episode.bos, *d]]) for d in episode.demos]
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=list(ARCHS))
+@pytest.mark.parametrize("arch", [*ARCHS, "tiny-icl-neox"])
 @pytest.mark.parametrize("groups", [("k", "v"), ("q",), ("o",), ("mlp",), ("mlp_in",), tuple(PARAMETER_GROUPS)])
 def test_hooks_equal_edited_weights(arch, groups):
-    model = tiny_model(**ARCHS[arch])
+    model = bundled_neox() if arch == "tiny-icl-neox" else tiny_model(**ARCHS[arch])
     delta = random_delta(model, groups)
     if model.cfg.use_normalization_before_and_after and {"o", "mlp"} & set(groups):
         # No hook point sits between Gemma's attention / MLP output and its post-norm: refused, never misapplied.
@@ -60,7 +60,7 @@ def test_hooks_equal_edited_weights(arch, groups):
             hooked = model(tokens)
         expected = edited(tokens)
         assert (expected - model(tokens)).abs().max() > 1e-3  # the delta matters
-        torch.testing.assert_close(hooked, expected, atol=1e-5, rtol=0)
+        assert_float32_close(hooked, expected)
 
 
 def test_a_post_mlp_norm_scale_change_through_hooks_equals_the_edited_scale():

@@ -15,13 +15,18 @@ from iclgd_lens.core.hooks import parameter_layer
 from iclgd_lens.core.methods import MethodContext
 from iclgd_lens.core.recording import Prompts, record
 from tests.core.test_deltas import ARCHS, episode_tokens, random_delta
-from tests.helpers import bias_free, tiny_model, toy_task
+from tests.helpers import bias_free, bundled_neox, tiny_model, toy_task
+
+
+def bias_free_model(arch: str):
+    """A model of `arch` (an ARCHS key, or the bundled "tiny-icl-neox") with its attention biases zeroed."""
+    return bias_free(bundled_neox() if arch == "tiny-icl-neox" else tiny_model(**ARCHS[arch]))
 
 
 @pytest.mark.parametrize("biases", ["checkpoint", "all"])
-@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like", "gemma3-like"])
+@pytest.mark.parametrize("arch", ["gpt2-like", "llama-like", "gemma3-like", "tiny-icl-neox"])
 def test_gd_through_hooks_equals_plain_sgd(arch, biases):
-    model = bias_free(tiny_model(**ARCHS[arch]))  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
+    model = bias_free_model(arch)  # as Llama: "checkpoint" trains no bias, "all" trains them from 0
     episode, batches = episode_tokens(model, n=4)
     lr = 0.05
     delta = fit(model, episode.demos, episode.bos, MethodContext(lr, trained_parameters(model, biases=biases)))
@@ -45,7 +50,7 @@ def test_gd_through_hooks_equals_plain_sgd(arch, biases):
     assert all(t.abs().max() > 0 for t in delta.tensors.values())
     # The base model itself is untouched.
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p, dict(bias_free(tiny_model(**ARCHS[arch])).named_parameters())[name])
+        torch.testing.assert_close(p, dict(bias_free_model(arch).named_parameters())[name])
 
 
 def explicit_layer_loss(model, delta, tokens, layer, exit):
@@ -81,11 +86,17 @@ def _zero_if_unused(grad, param):
 
 @pytest.mark.parametrize("exit", ["block", "attn"])
 @pytest.mark.parametrize(
-    "groups, arch", [(("k", "v"), "gpt2-like"), (("q", "o", "mlp"), "gpt2-like"), (("q", "k", "v"), "gemma3-like")]
+    "groups, arch",
+    [
+        (("k", "v"), "gpt2-like"),
+        (("q", "o", "mlp"), "gpt2-like"),
+        (("q", "k", "v"), "gemma3-like"),
+        (("k", "v", "mlp"), "tiny-icl-neox"),
+    ],
 )
 def test_lcgd_gradients_equal_explicit_per_layer_losses(exit, groups, arch):
     three_layers = {"attn_types": ["local", "global", "local"]} if arch == "gemma3-like" else {}
-    model = tiny_model(n_layers=3, **ARCHS[arch] | three_layers)
+    model = bundled_neox() if arch == "tiny-icl-neox" else tiny_model(n_layers=3, **ARCHS[arch] | three_layers)
     delta = random_delta(model, groups, scale=0.02)
     _, (tokens, *_) = episode_tokens(model)
     params = list(delta.tensors.values())

@@ -6,7 +6,7 @@ import torch
 from iclgd_lens.core.episodes import build_episode
 from iclgd_lens.core.recording import Prompts, record, record_offset
 from iclgd_lens.core.shared_prefix import shared_prefix_supported
-from tests.helpers import GEMMA3_LIKE, tiny_model, toy_task
+from tests.helpers import GEMMA3_LIKE, assert_float32_close, bundled_neox, tiny_model, toy_task
 
 
 def full_forward_reference(model, prefix, query, label_tokens, position):
@@ -56,9 +56,9 @@ ARCHS = {
 
 
 @pytest.mark.parametrize("position", ["prediction", "first_option"])
-@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
+@pytest.mark.parametrize("arch", [*ARCHS.values(), "tiny-icl-neox"], ids=[*ARCHS.keys(), "tiny-icl-neox"])
 def test_cached_icl_equals_full_forward(position, arch):
-    model = tiny_model(**arch)
+    model = bundled_neox() if arch == "tiny-icl-neox" else tiny_model(**arch)
     # Multi-token labels exercise the per-class rows and the mean log-prob.
     task = toy_task(labels=("Negative", "Positive Mixed"))
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=6, n_eval=7)
@@ -69,11 +69,11 @@ def test_cached_icl_equals_full_forward(position, arch):
             n = int(rec.query_len[i])
             assert n == at - len(prefix) + 1
             assert int(rec.position[i]) == at
-            torch.testing.assert_close(rec.attn_out[i], ref["attn_out"], atol=1e-5, rtol=0)
-            torch.testing.assert_close(rec.z[i], ref["z"], atol=1e-5, rtol=0)
-            torch.testing.assert_close(rec.scores[i, :, :, :n], ref["scores"], atol=1e-5, rtol=0)
+            assert_float32_close(rec.attn_out[i], ref["attn_out"])
+            assert_float32_close(rec.z[i], ref["z"])
+            assert_float32_close(rec.scores[i, :, :, :n], ref["scores"])
             assert (rec.scores[i, :, :, n:] == 0).all()
-            torch.testing.assert_close(rec.label_logprobs[i], logprobs, atol=1e-5, rtol=0)
+            assert_float32_close(rec.label_logprobs[i], logprobs)
 
 
 def test_batching_and_order_do_not_change_records():

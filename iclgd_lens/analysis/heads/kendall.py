@@ -38,7 +38,7 @@ from scipy.stats import kendalltau
 from torch import Tensor
 
 from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
-from iclgd_lens.backend import BRIDGE, LensModel, attention_scale, final_residual, require_hooked_transformer
+from iclgd_lens.backend import LensModel, attention_scale, final_residual, model_architecture, qk_norm
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
@@ -88,25 +88,20 @@ def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, 
 
 def check_geometry(model: LensModel) -> None:
     """Refuse a model whose query-key normalisation `content` does not reproduce, before anything runs."""
-    cfg = model.cfg
-    if cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"):
+    if model_architecture(model) in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"):
         raise NotImplementedError(
             "Kendall applies per-head qk-norm only; OLMo's norm over the whole projection is not "
             "reproduced (give --kendall-queries 0)"
         )
-    if BRIDGE and getattr(cfg, "use_qk_norm", False):
-        require_hooked_transformer("Kendall on a model with qk-norm (its norm applied to hook_q and hook_k)")
 
 
 @torch.no_grad()
 def content(model: LensModel, layer: int, x: Float[Tensor, "... pos head d_head"], kind: str) -> Tensor:
     """hook_q or hook_k (`kind`) of `layer` as the attention's products use it before positions enter: the model's
-    own qk-norm applied where it has one (TransformerLens applies it after those hooks), no rotary angles."""
-    if not getattr(model.cfg, "use_qk_norm", False):
-        return x
-    attn = model.blocks[layer].attn
-    rows = x.reshape(-1, 1, *x.shape[-2:])  # [rows, pos 1, head, d_head]: the shape TransformerLens' norm takes
-    return attn._apply_qk_norm(rows, attn.q_norm if kind == "q" else attn.k_norm).reshape(x.shape)
+    own qk-norm applied where it has one (`backend.qk_norm`: both backends apply it after those hooks), no rotary
+    angles."""
+    norm = qk_norm(model, layer, kind)
+    return x if norm is None else norm(x)
 
 
 @torch.no_grad()
