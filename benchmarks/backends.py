@@ -3,9 +3,12 @@ measured in one run: each backend in its own environment's Python, one after the
 
     python -m benchmarks.backends --out runs/bench-backends.json   # .venv's and .venv-tl4's Pythons by default
 
-Each worker loads the packaged SmolLM2 (offline), then times ZS's and ICL's recordings, one GD fit, and the whole
-`compare` (ZS, ICL, GD, LCGD at matched update size, no baselines) of `make run`'s task and options; it writes its
-seconds and the comparison's numbers. The parent prints a table (stage x backend, and 4.x over 3.x) and checks that
+Each worker loads the packaged SmolLM2 (offline), then times ZS's and ICL's recordings, one GD fit, the whole
+`compare` (ZS, ICL, GD, LCGD at matched update size, no baselines) of `make run`'s task and options, and the analyses
+of its result: `attribute`'s per-head table (every head estimated, the top ANALYSIS["verify_top"] verified exactly),
+every lens with the chained implicit patch's transfer from ANALYSIS["transfer"] sources, and the function vectors'
+indirect effects of every head; it writes its seconds and the comparison's numbers. The parent prints a table
+(stage x backend, and 4.x over 3.x) and checks that
 both backends computed the same accuracies and metric means. Time nothing else meanwhile.
 """
 
@@ -21,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BACKENDS_FORMAT = "iclgd-lens bench-backends 1"
-STAGES = ("load", "record_zs_icl", "fit_gd", "compare")
+STAGES = ("load", "record_zs_icl", "fit_gd", "compare", "attribute", "lenses", "function_vectors")
+ANALYSIS = {"verify_top": 5, "transfer": 4}  # the analyses' settings: a few exact heads, a few patch sources
 # make run's comparison, without baselines: the pipeline every baseline repeats.
 OPTIONS = {"k": 16, "separator": "\n", "seed": 0, "lr": 3e-3, "n_eval": 64, "baselines": ()}
 METRIC_TOLERANCE = 1e-3  # the two backends' metric means: float32 rounding of different kernels, far below this
@@ -50,6 +54,7 @@ def worker(threads: int) -> dict:
     started = time.perf_counter()
     result = compare(model, task, progress=False, **OPTIONS)
     seconds["compare"] = time.perf_counter() - started
+    seconds |= analysis_seconds(model, result)
     metrics = {
         f"{method}/{name}": value["mean"]
         for method, values in result.scores["model"].metrics.items()
@@ -64,6 +69,25 @@ def worker(threads: int) -> dict:
         "effective_k": result.config["effective_k"],
         "n_eval": result.config["n_eval"],
     }
+
+
+def analysis_seconds(model, result) -> dict[str, float]:
+    """Seconds of each analysis of `result` on this backend (the stages after "compare")."""
+    from iclgd_lens.analysis.heads.attribution import attribution_table
+    from iclgd_lens.analysis.heads.function_vectors import indirect_effects
+    from iclgd_lens.analysis.lenses.values import lens_values
+
+    runs = {
+        "attribute": lambda: attribution_table(model, result, verify_top=ANALYSIS["verify_top"]),
+        "lenses": lambda: lens_values(model, result, baselines=[], transfer=ANALYSIS["transfer"]),
+        "function_vectors": lambda: indirect_effects(model, result.episode, result.config["seed"]),
+    }
+    seconds = {}
+    for stage, analysis in runs.items():
+        started = time.perf_counter()
+        analysis()
+        seconds[stage] = time.perf_counter() - started
+    return seconds
 
 
 def run_worker(python: str, threads: int) -> dict:
@@ -93,7 +117,7 @@ def agreement(tl3: dict, tl4: dict) -> dict:
 
 def table(tl3: dict, tl4: dict) -> str:
     lines = ["| stage | 3.x s | 4.x s | 4.x / 3.x |", "|---|---|---|---|"]
-    for stage in STAGES:
+    for stage in [stage for stage in STAGES if stage in tl3["seconds"] and stage in tl4["seconds"]]:
         a, b = tl3["seconds"][stage], tl4["seconds"][stage]
         lines.append(f"| {stage} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
     return "\n".join(lines)
