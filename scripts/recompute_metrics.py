@@ -1,6 +1,6 @@
 """Recompute every number of a saved result from its records alone, with NumPy, independently of iclgd_lens.
 
-    python scripts/recompute_metrics.py runs/tiny-icl-synth-sst2
+    python scripts/recompute_metrics.py runs/tiny-icl-neox-synth-agnews
 
 Accuracies, every per-layer metric (random_simaou aside: its noise comes from torch's generator) with its count of
 defined values, the f2t subset when scored, and the per-head SimAOU from z·W_O, in the result's own arithmetic

@@ -138,19 +138,10 @@ def test_reference_preset_trains_in_float16(tmp_path):
     assert config["baselines"] == ["no_training"]
 
 
-def test_the_tour_notebooks_views(run_with_baselines):
-    """What scripts/notebooks/tour.ipynb shows (its model, the bundled tiny-icl, is TransformerLens 3 only), on a
-    bridged model: the circuitsvis views and the plots."""
-    import matplotlib
+@pytest.mark.slow  # the SmolLM2 part of the notebook runs too where its package is installed
+def test_the_tour_notebook_runs_on_the_bridge(tmp_path):
+    """scripts/notebooks/tour.ipynb from top to bottom on TransformerLens 4 (its model, tiny-icl-neox, loads on
+    both): a plain `pip install` runs the tour."""
+    from tests.scripts.test_notebook import execute_tour
 
-    matplotlib.use("Agg")
-    from iclgd_lens import Result, load_model
-    from iclgd_lens.analysis.heads.patterns import record_patterns
-    from iclgd_lens.views.attention import attention_view, score_change_view
-    from iclgd_lens.views.plots import head_heatmaps, per_layer_plot
-
-    model, result = load_model(MODEL, device="cpu"), Result.load(run_with_baselines)
-    assert "AttentionHeads" in str(attention_view(record_patterns(model, result, query=0)))
-    assert "ColoredTokensMulti" in str(score_change_view(result, query=0, tokenizer=model.tokenizer))
-    assert per_layer_plot([result], "simaou_norm") is not None
-    assert head_heatmaps(result, methods=("gd", "lcgd", "no_training/gd")) is not None
+    execute_tour(tmp_path)

@@ -12,10 +12,16 @@ TOUR = SCRIPTS / "notebooks" / "tour.ipynb"
 
 
 def test_tour_notebook_executes(tmp_path):
+    execute_tour(tmp_path)
+
+
+def execute_tour(folder) -> None:
+    """Run the tour notebook in `folder` with this environment's kernel and check what it shows (also run under
+    TransformerLens 4: tests/bridge/test_bridge_cli.py)."""
     notebook = nbformat.read(TOUR, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # kept small
     NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
     ).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
