@@ -93,12 +93,15 @@ train-model-neox: install
 BENCH_OUT ?= runs/bench.json
 BENCH_ATTRIBUTION_OUT ?= runs/bench-attribution.json
 BENCH_BACKENDS_OUT ?= runs/bench-backends.json
+BENCH_BACKENDS_TINY_OUT ?= runs/bench-backends-tiny.json
 bench: install $(VENV_TL4)/bin/pytest
 	$(BIN)/python -m benchmarks --n-queries 872 --out $(BENCH_OUT)
 	test -f $(RUN_OUT)/result.json || $(MAKE) run
 	$(BIN)/python -m benchmarks.attribution --command-result $(RUN_OUT) --out $(BENCH_ATTRIBUTION_OUT)
 	$(BIN)/python -m benchmarks.backends --tl3-python $(BIN)/python --tl4-python $(VENV_TL4)/bin/python \
 		--out $(BENCH_BACKENDS_OUT)
+	$(BIN)/python -m benchmarks.backends --tl3-python $(BIN)/python --tl4-python $(VENV_TL4)/bin/python \
+		--case tiny-icl-neox --out $(BENCH_BACKENDS_TINY_OUT)
 
 evaluate-model: install
 	$(BIN)/python scripts/evaluate_icl.py

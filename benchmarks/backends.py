@@ -1,10 +1,12 @@
-"""Benchmark: the same SmolLM2-135M comparison on TransformerLens 3 (`HookedTransformer`) and 4 (`TransformerBridge`),
-measured in one run: each backend in its own environment's Python, one after the other on the same machine.
+"""Benchmark: the same comparison on TransformerLens 3 (`HookedTransformer`) and 4 (`TransformerBridge`), measured in
+one run: each backend in its own environment's Python, one after the other on the same machine.
 
     python -m benchmarks.backends --out runs/bench-backends.json   # .venv's and .venv-tl4's Pythons by default
+    python -m benchmarks.backends --case tiny-icl-neox               # make run-tiny's comparison instead
 
-Each worker loads the packaged SmolLM2 (offline), then times ZS's and ICL's recordings, one GD fit, the whole
-`compare` (ZS, ICL, GD, LCGD at matched update size, no baselines) of `make run`'s task and options, and the analyses
+Each worker loads the case's model (offline: the packaged SmolLM2, or the bundled tiny-icl-neox), then times ZS's and
+ICL's recordings, one GD fit, the whole `compare` (ZS, ICL, GD, LCGD at matched update size, no baselines) of
+`make run`'s (or `make run-tiny`'s) task and options, and the analyses
 of its result: `attribute`'s per-head table (every head estimated, the top ANALYSIS["verify_top"] verified exactly),
 every lens with the chained implicit patch's transfer from ANALYSIS["transfer"] sources, and the function vectors'
 indirect effects of every head; it writes its seconds and the comparison's numbers. The parent prints a table
@@ -27,12 +29,16 @@ BACKENDS_FORMAT = "iclgd-lens bench-backends 1"
 STAGES = ("load", "record_zs_icl", "fit_gd", "compare", "attribute", "lenses", "function_vectors")
 ANALYSIS = {"verify_top": 5, "transfer": 4}  # the analyses' settings: a few exact heads, a few patch sources
 # make run's comparison, without baselines: the pipeline every baseline repeats.
-OPTIONS = {"k": 16, "separator": "\n", "seed": 0, "lr": 3e-3, "n_eval": 64, "baselines": ()}
+CASES = {  # model -> (task, compare's options): make run's and make run-tiny's comparisons, without baselines
+    "smollm2-135m": ("rt-snippets", {"k": 16, "separator": "\n", "seed": 0, "lr": 3e-3, "n_eval": 64, "baselines": ()}),
+    "tiny-icl-neox": ("synth-agnews", {"k": 32, "seed": 0, "lr": 0.3, "n_eval": 200, "baselines": ()}),
+}
 METRIC_TOLERANCE = 1e-3  # the two backends' metric means: float32 rounding of different kernels, far below this
 
 
-def worker(threads: int) -> dict:
-    """Load SmolLM2, time each stage on this Python's backend and return the seconds and the comparison's numbers."""
+def worker(threads: int, case: str) -> dict:
+    """Load the case's model, time each stage on this Python's backend and return the seconds and the comparison's
+    numbers."""
     import torch
 
     from iclgd_lens import MethodContext, build_episode, compare, fit, load_model, load_task, record_settings
@@ -41,18 +47,19 @@ def worker(threads: int) -> dict:
     torch.set_num_threads(threads)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    model = load_model("smollm2-135m", device="cpu", progress=False)
+    task_name, options = CASES[case]
+    model = load_model(case, device="cpu", progress=False)
     seconds["load"] = time.perf_counter() - started
-    task = load_task("rt-snippets")
-    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, **OPTIONS)
+    task = load_task(task_name)
+    episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, **options)
     started = time.perf_counter()
     record_settings(model, episode)
     seconds["record_zs_icl"] = time.perf_counter() - started
     started = time.perf_counter()
-    fit(model, episode.train_demos, episode.bos, MethodContext(OPTIONS["lr"]))
+    fit(model, episode.train_demos, episode.bos, MethodContext(options["lr"]))
     seconds["fit_gd"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = compare(model, task, progress=False, **OPTIONS)
+    result = compare(model, task, progress=False, **options)
     seconds["compare"] = time.perf_counter() - started
     seconds |= analysis_seconds(model, result)
     metrics = {
@@ -90,11 +97,11 @@ def analysis_seconds(model, result) -> dict[str, float]:
     return seconds
 
 
-def run_worker(python: str, threads: int) -> dict:
+def run_worker(python: str, threads: int, case: str) -> dict:
     """One backend's worker in its own Python (this repository first on its path), its JSON back."""
     environment = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(
-        [python, "-m", "benchmarks.backends", "--worker", "--threads", str(threads)],
+        [python, "-m", "benchmarks.backends", "--worker", "--threads", str(threads), "--case", case],
         capture_output=True,
         text=True,
         env=environment,
@@ -128,6 +135,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tl3-python", default=".venv/bin/python", help="a Python with TransformerLens 3")
     parser.add_argument("--tl4-python", default=".venv-tl4/bin/python", help="a Python with TransformerLens 4")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
+    parser.add_argument("--case", default="smollm2-135m", choices=CASES, help="the model (and its task) compared")
     parser.add_argument("--out", default=None, help="where to write the JSON (a file this benchmark wrote, or new)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -136,17 +144,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.worker:
-        report = worker(args.threads)
+        report = worker(args.threads, args.case)
         print(json.dumps(report))
         return report
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not _ours(out):
         raise SystemExit(f"{out} exists and is not a file this benchmark wrote; choose another --out")
-    tl3, tl4 = run_worker(args.tl3_python, args.threads), run_worker(args.tl4_python, args.threads)
-    report = {"format": BACKENDS_FORMAT, "options": {**OPTIONS, "baselines": []}, "threads": args.threads}
+    tl3, tl4 = (run_worker(python, args.threads, args.case) for python in (args.tl3_python, args.tl4_python))
+    task, options = CASES[args.case]
+    report = {"format": BACKENDS_FORMAT, "case": args.case, "task": task, "threads": args.threads}
+    report["options"] = {**options, "baselines": []}
     report |= {"tl3": tl3, "tl4": tl4, "agreement": agreement(tl3, tl4)}
     report["compare_ratio"] = tl4["seconds"]["compare"] / tl3["seconds"]["compare"]
-    print(f"SmolLM2-135M on rt-snippets, k 16, 64 queries, no baselines, {args.threads} threads")
+    print(f"{args.case} on {task}, k {options['k']}, {options['n_eval']} queries, no baselines, {args.threads} threads")
     print(table(tl3, tl4))
     check = report["agreement"]
     verdict = "agree" if check["agree"] else "DISAGREE"
