@@ -38,7 +38,6 @@ from iclgd_lens import (  # noqa: E402
     load_task,
     separator_text,  # noqa: E402
 )
-from iclgd_lens.backend import LensModel  # noqa: E402
 from iclgd_lens.sources import SYNTHETIC_TASKS, TINY_ICL_DIR, Task  # noqa: E402
 
 CARD_START, CARD_END = "<!-- accuracy-table -->", "<!-- /accuracy-table -->"
@@ -56,7 +55,7 @@ class TaskScore:
 
 
 def evaluate_task(
-    model: LensModel,
+    model: torch.nn.Module,
     task: Task,
     k: int = 32,
     seed: int = 0,
@@ -81,7 +80,7 @@ def evaluate(model, tasks=SYNTHETIC_TASKS, k=32, seed=0, n_queries=None, config=
 
 
 def gd_zs_accuracy(
-    model: LensModel, task: Task, lr: float, k: int = 32, seed: int = 0, n_queries: int | None = None
+    model: torch.nn.Module, task: Task, lr: float, k: int = 32, seed: int = 0, n_queries: int | None = None
 ) -> float:
     """ZS accuracy after the papers' GD (plain SGD on every layer's K/V over the k demonstrations)."""
     episode = build_episode(task, model.tokenizer, model.cfg.n_ctx, k=k, seed=seed, n_eval=n_queries or len(task.eval))
