@@ -104,7 +104,14 @@ def test_ranking_agreement_by_hand():
     row = ranking_agreement(effects, heads, top=2).iloc[0]
     assert row.overlap == 1 and row.chance_overlap == pytest.approx(1.0)  # {(0,0),(1,0)} against {(0,1),(1,0)}
     # ranks (1 = lowest) 4, 2, 3, 1 against 2, 4, 3, 1: Σd² = 8, rho = 1 − 6·8 / (4·15) = 0.2
-    assert row.spearman == pytest.approx(0.2)
+    assert row.spearman == pytest.approx(0.2) and row.ranked_by == "exact"
+    # the default attribution verifies the estimate's top heads only: every head is ranked by its estimate then
+    verified = heads.assign(
+        abs_logodds_change=[0.2, 0.9, float("nan"), float("nan"), 5.0],
+        abs_logodds_change_atp=[0.2, 0.9, 0.8, 0.1, 5.0],
+    )
+    row = ranking_agreement(effects, verified, top=2).iloc[0]
+    assert row.ranked_by == "estimate" and row.overlap == 1 and row.spearman == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("arch", [*ARCHS, "alibi"])

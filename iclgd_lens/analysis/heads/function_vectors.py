@@ -153,11 +153,15 @@ def function_vector_accuracy(
 
 def ranking_agreement(effects: Float[Tensor, "layer head"], heads: pd.DataFrame, top: int = N_HEADS) -> pd.DataFrame:
     """The function vector's heads beside the attribution's (heads.csv: per method, head by |Δ log-odds|): per
-    method, the overlap of the two top-`top` sets and Spearman's rank correlation over every head."""
+    method, the overlap of the two top-`top` sets and Spearman's rank correlation over every head. Heads are ranked
+    by the exact change where every head has one (`--estimate exact`), else by the first-order estimate every head
+    has (`abs_logodds_change_atp`; the default verifies only the estimate's top heads): `ranked_by` says which."""
     single = heads[heads["head"] != "all"].astype({"layer": int, "head": int})
     rows = []
     for method, part in single.groupby("method", sort=False):
-        score = part.set_index(["layer", "head"])["abs_logodds_change"]
+        exact = part["abs_logodds_change"].notna().all()
+        column = "abs_logodds_change" if exact else "abs_logodds_change_atp"
+        score = part.set_index(["layer", "head"])[column]
         keys = list(score.index)
         aie = np.array([float(effects[layer, head]) for layer, head in keys])
         attributed = score.to_numpy(dtype=np.float64)
@@ -166,6 +170,7 @@ def ranking_agreement(effects: Float[Tensor, "layer head"], heads: pd.DataFrame,
         rows.append(
             {
                 "method": method,
+                "ranked_by": "exact" if exact else "estimate",
                 "top": top,
                 "overlap": len(fv_top & attr_top),
                 "chance_overlap": top * top / len(keys),
