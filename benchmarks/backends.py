@@ -6,11 +6,11 @@ one run: each backend in its own environment's Python, one after the other on th
 
 Each worker loads the case's model (offline: the packaged SmolLM2, or the bundled tiny-icl-neox), then times ZS's and
 ICL's recordings, one GD fit, the whole `compare` (ZS, ICL, GD, LCGD at matched update size, no baselines) of
-`make run`'s (or `make run-tiny`'s) task and options, and the analyses
-of its result: `attribute`'s per-head table (every head estimated, the top ANALYSIS["verify_top"] verified exactly),
-every lens with the chained implicit patch's transfer from ANALYSIS["transfer"] sources, and the function vectors'
-indirect effects of every head; it writes its seconds and the comparison's numbers. The parent prints a table
-(stage x backend, and 4.x over 3.x) and checks that
+`make run`'s (or `make run-tiny`'s) task and options, and the analyses of its result: `attribute`'s per-head table
+(every head estimated, the top ANALYSIS["verify_top"] verified exactly) and every lens with the chained implicit
+patch's transfer from ANALYSIS["transfer"] sources (the function vectors' effects are left out: one ICL recording
+per head, 270 on SmolLM2, about 40 minutes). It writes its seconds and the comparison's numbers; the parent prints
+a table (stage x backend, and 4.x over 3.x) and checks that
 both backends computed the same accuracies and metric means. Time nothing else meanwhile.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BACKENDS_FORMAT = "iclgd-lens bench-backends 1"
-STAGES = ("load", "record_zs_icl", "fit_gd", "compare", "attribute", "lenses", "function_vectors")
+STAGES = ("load", "record_zs_icl", "fit_gd", "compare", "attribute", "lenses")
 ANALYSIS = {"verify_top": 5, "transfer": 4}  # the analyses' settings: a few exact heads, a few patch sources
 # make run's comparison, without baselines: the pipeline every baseline repeats.
 CASES = {  # model -> (task, compare's options): make run's and make run-tiny's comparisons, without baselines
@@ -81,13 +81,11 @@ def worker(threads: int, case: str) -> dict:
 def analysis_seconds(model, result) -> dict[str, float]:
     """Seconds of each analysis of `result` on this backend (the stages after "compare")."""
     from iclgd_lens.analysis.heads.attribution import attribution_table
-    from iclgd_lens.analysis.heads.function_vectors import indirect_effects
     from iclgd_lens.analysis.lenses.values import lens_values
 
     runs = {
         "attribute": lambda: attribution_table(model, result, verify_top=ANALYSIS["verify_top"]),
         "lenses": lambda: lens_values(model, result, baselines=[], transfer=ANALYSIS["transfer"]),
-        "function_vectors": lambda: indirect_effects(model, result.episode, result.config["seed"]),
     }
     seconds = {}
     for stage, analysis in runs.items():
