@@ -14,6 +14,7 @@ import copy
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
+from importlib.metadata import version
 from typing import Any
 
 import torch
@@ -231,6 +232,14 @@ class PrefixRun:
             # forward, so that the recorded scores index the same keys.
             cache = DynamicCache()
             final_residual(model, tokens, past_key_values=cache)  # fills it; nothing above the last block runs
+            # transformers 5.25 (which renamed past_key_values to cache) drops the cache TransformerLens 4.3's bridge
+            # hands GPT-2 and Llama models: every query would silently lose its prefix
+            if cache.get_seq_length() != len(prefix):
+                raise RuntimeError(
+                    f"transformers {version('transformers')} did not fill the key-value cache given to the bridge "
+                    f"({cache.get_seq_length()} of {len(prefix)} prefix tokens); install the versions make test-tl4 "
+                    "tests: pip install 'transformers>=5.9,<5.24'"
+                )
         else:
             cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
             final_residual(model, tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))

@@ -187,3 +187,16 @@ def test_the_prefix_runs_once_and_its_cache_respects_a_sliding_window(gemma3_fol
             torch.testing.assert_close(rec.scores[i, layer, :, : len(query)], scores, atol=1e-5, rtol=0)
         expected = torch.stack([logits[at + j, t] for j, t in enumerate(labels[1])]).mean()
         torch.testing.assert_close(rec.label_logprobs[i, 1], expected, atol=1e-5, rtol=0)
+
+
+def test_a_cache_the_model_drops_is_refused(monkeypatch):
+    """transformers 5.25 drops the key-value cache TransformerLens 4.3's bridge passes to GPT-2 and Llama models
+    (renamed `cache`): the prefix run checks that the cache holds the prefix and refuses with the fix otherwise."""
+    from iclgd_lens import load_model
+    from iclgd_lens.core import recording
+
+    model = load_model(LLAMA, device="cpu")
+    assert recording.PrefixRun.of(model, [1, 4, 9]).cache.get_seq_length() == 3  # the installed versions fill it
+    monkeypatch.setattr(recording, "final_residual", lambda model, tokens, **kwargs: None)  # as 5.25 does
+    with pytest.raises(RuntimeError, match=r"0 of 3 prefix tokens.*transformers>=5.9,<5.24"):
+        recording.PrefixRun.of(model, [1, 4, 9])
