@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     export_neox(model, model.tokenizer, staging, "")
     tokens = torch.tensor([[0, *range(5, 16)]])
     with torch.no_grad():
-        exported = AutoModelForCausalLM.from_pretrained(staging)(tokens).logits
+        exported = AutoModelForCausalLM.from_pretrained(staging, local_files_only=True)(tokens).logits
         difference = (exported - model(tokens)).abs().max().item()
     if difference > 1e-4:
         raise SystemExit(f"transformers' GPT-NeoX differs from the trained model by {difference:.2g}; see {staging}")

@@ -277,8 +277,9 @@ synthetic train row + " " + label word; per batch, with probability {args.p_long
 {
         args.short_demos
     } (short batches: many cheap updates). To make the demonstrations necessary, the label words are re-assigned to
-    the classes in every
-sequence: with probability {args.p_real}, the task's own label words in a random order (its usual mapping is just one
+the classes in every sequence: with probability {
+        args.p_real
+    }, the task's own label words in a random order (its usual mapping is just one
 of the permutations); with probability {
         args.p_fixed
     }, a fixed per-task mapping onto spare words that are no task's label

@@ -19,6 +19,7 @@ from iclgd_lens.analysis.heads.function_vectors import (
     ranking_agreement,
 )
 from iclgd_lens.core.episodes import build_episode
+from iclgd_lens.core.recording import PrefixRun
 from tests.analysis.test_lenses import ARCHS
 from tests.helpers import make_tokenizer, tiny_model, toy_task
 
@@ -131,8 +132,9 @@ def test_the_prefix_cached_runs_equal_whole_prompt_forwards(arch):
 
         return [("blocks.1.attn.hook_z", hook)]
 
-    logits, z = _last_position_run(model, episode.icl_prefix, episode.queries, patch, batch_size=2)
-    unpatched, _ = _last_position_run(model, episode.icl_prefix, episode.queries)
+    prefix_run = PrefixRun.of(model, episode.icl_prefix)
+    logits, z = _last_position_run(model, prefix_run, episode.queries, patch, batch_size=2)
+    unpatched, _ = _last_position_run(model, prefix_run, episode.queries)
     assert not torch.allclose(logits, unpatched, atol=1e-4)  # the patch matters
     for i, query in enumerate(episode.queries):
         whole = torch.tensor([[*episode.icl_prefix, *query]])

@@ -24,7 +24,7 @@ def test_an_exported_model_computes_the_same_logits_in_transformers_and_loads_ba
     model = neox_shaped()
     folder = export_neox(model, model.tokenizer, tmp_path / "neox", "# a card\n")
     assert (folder / "MODEL_CARD.md").read_text() == "# a card\n"
-    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    hf = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     assert type(hf).__name__ == "GPTNeoXForCausalLM"
     with torch.no_grad():
         ours, theirs = model(TOKENS), hf(TOKENS).logits

@@ -50,15 +50,14 @@ def corrupted_demos(episode: Episode, seed: int, corruption: str = "shuffled") -
 
 @torch.no_grad()
 def _last_position_run(
-    model: LensModel, prefix: Sequence[int], queries: Sequence[Sequence[int]], hooks_for=None, batch_size: int = 8
+    model: LensModel, prefix_run: PrefixRun, queries: Sequence[Sequence[int]], hooks_for=None, batch_size: int = 8
 ) -> tuple[Float[Tensor, "n vocab"], dict[int, Tensor]]:
-    """Logits at the last position of each prompt `prefix` + query, and each layer's z there ([n, head, d_head]): the
-    prefix's keys and values computed once (`PrefixRun`, as the recording runs it), each batch of queries
-    right-padded after them. `hooks_for(rows, last)` gives extra hooks for a batch (`last`: where each row ends, the
-    prefix not counted)."""
+    """Logits at the last position of each prompt prefix + query, and each layer's z there ([n, head, d_head]): the
+    prefix's keys and values computed once (`prefix_run`, as the recording runs it; the callers reuse it for every
+    head or entry point), each batch of queries right-padded after them. `hooks_for(rows, last)` gives extra hooks
+    for a batch (`last`: where each row ends, the prefix not counted)."""
     logits, z = [], {layer: [] for layer in range(model.cfg.n_layers)}
     with prefix_attention(model):
-        prefix_run = PrefixRun.of(model, prefix)
         for start in range(0, len(queries), batch_size):
             batch = [list(query) for query in queries[start : start + batch_size]]
             width = max(len(q) for q in batch)
@@ -85,15 +84,16 @@ def class_probabilities(logits: Float[Tensor, "n vocab"], episode: Episode) -> F
     return logits[:, firsts].softmax(-1)
 
 
+@torch.no_grad()
 def indirect_effects(
     model: LensModel, episode: Episode, seed: int, corruption: str = "shuffled", batch_size: int = 8
 ) -> tuple[Float[Tensor, "layer head"], Float[Tensor, "layer head d_head"]]:
     """Each head's AIE on the corrupted prompts (module docstring; `corrupted_demos`), and the mean z at the ICL
     prompts' last position it patches in."""
     labels = torch.tensor(episode.labels)
-    _, z = _last_position_run(model, episode.icl_prefix, episode.queries, batch_size=batch_size)
+    _, z = _last_position_run(model, PrefixRun.of(model, episode.icl_prefix), episode.queries, batch_size=batch_size)
     mean_z = torch.stack([z[layer].mean(0) for layer in range(model.cfg.n_layers)])  # [layer, head, d_head]
-    corrupted = replace(episode, demos=corrupted_demos(episode, seed, corruption)).icl_prefix
+    corrupted = PrefixRun.of(model, replace(episode, demos=corrupted_demos(episode, seed, corruption)).icl_prefix)
     base, _ = _last_position_run(model, corrupted, episode.queries, batch_size=batch_size)
     p_base = class_probabilities(base, episode).gather(1, labels[:, None])[:, 0]
     effects = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
@@ -134,6 +134,7 @@ def function_vector_accuracy(
     layer l (point l), or after the last layer (point L)."""
     labels = torch.tensor(episode.labels)
     value = vector.to(model.cfg.device, model.cfg.dtype)
+    zero_shot = PrefixRun.of(model, episode.zs_prefix)
     columns = []
     for point in range(model.cfg.n_layers + 1):
         name = hook_name("resid_pre", point) if point < model.cfg.n_layers else hook_name("resid_post", point - 1)
@@ -146,7 +147,7 @@ def function_vector_accuracy(
 
             return [(name, hook)]
 
-        logits, _ = _last_position_run(model, episode.zs_prefix, episode.queries, add, batch_size)
+        logits, _ = _last_position_run(model, zero_shot, episode.queries, add, batch_size)
         columns.append((class_probabilities(logits, episode).argmax(-1) == labels).double())
     return torch.stack(columns, 1)
 

@@ -104,10 +104,11 @@ def chained_patch(
     targets = icl_targets(model, icl_prompt)
     tokens = torch.tensor([list(zs_prompt)], device=model.cfg.device)
     patches: list[LayerPatch] = []
+    materialised: dict[int, dict[str, Tensor]] = {}  # each patch as weight deltas, written once
     for layer in range(model.cfg.n_layers):
-        below = {l: p.materialise() for l, p in enumerate(patches)} if chained else {}
-        patches.append(_layer_patch(model, layer, tokens, below, targets))
-    with model.hooks(as_delta(model, {l: p.materialise() for l, p in enumerate(patches)}).hooks(model)):
+        patches.append(_layer_patch(model, layer, tokens, materialised if chained else {}, targets))
+        materialised[layer] = patches[-1].materialise()
+    with model.hooks(as_delta(model, materialised).hooks(model)):
         return patches, model(tokens)[0, -1].double()
 
 
