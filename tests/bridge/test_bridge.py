@@ -111,32 +111,43 @@ def test_record_equals_whole_prompt_forwards(folder):
 
 
 def edited(folder, delta):
-    """transformers' model with the delta written into its weights, in each layout (fused c_attn columns, NeoX's
-    interleaved query_key_value rows, k/v_proj)."""
+    """transformers' model with the delta written into its weights, in each layout: the attention's (fused c_attn
+    columns, NeoX's interleaved query_key_value rows, k/v_proj) and the MLP's (TransformerLens' W_in and W_out are
+    [d_model, d_mlp] and [d_mlp, d_model]: GPT-2's Conv1D stores them so, Linear layers transposed)."""
     hf = hf_model(folder)
-    kind_index = {"Q": 0, "K": 1, "V": 2}
     with torch.no_grad():
         for name, change in delta.tensors.items():
-            layer, kind, weight = int(name.split(".")[1]), name[-1], ".W_" in name or "._W_" in name
-            if hf.config.model_type == "gpt2":
-                d = hf.config.n_embd
-                cols = slice(kind_index[kind] * d, (kind_index[kind] + 1) * d)
-                attn = hf.transformer.h[layer].attn.c_attn
-                if weight:
-                    attn.weight[:, cols] += einops.rearrange(change, "n m e -> m (n e)")
-                else:
-                    attn.bias[cols] += change.flatten()
-            elif hf.config.model_type == "gpt_neox":
-                qkv = hf.gpt_neox.layers[layer].attention.query_key_value
-                n = change.shape[0]
-                if weight:
-                    qkv.weight.view(n, 3, -1, qkv.weight.shape[1])[:, kind_index[kind]] += change.transpose(1, 2)
-                else:
-                    qkv.bias.view(n, 3, -1)[:, kind_index[kind]] += change
+            layer = int(name.split(".")[1])
+            if ".mlp." in name:
+                weight = mlp_weight(hf, layer, name.split(".", 2)[2])
+                weight += (change if hf.config.model_type == "gpt2" else change.T).to(weight.dtype)
             else:
-                proj = getattr(hf.model.layers[layer].self_attn, f"{kind.lower()}_proj")
-                proj.weight += einops.rearrange(change, "n m e -> (n e) m")
+                add_attention_change(hf, layer, name, change)
     return hf
+
+
+def add_attention_change(hf, layer: int, name: str, change: torch.Tensor) -> None:
+    """Add a change of W_Q/K/V or b_Q/K/V (TransformerLens' layout) to transformers' tensors holding it."""
+    kind_index = {"Q": 0, "K": 1, "V": 2}
+    kind, weight = name[-1], ".W_" in name or "._W_" in name
+    if hf.config.model_type == "gpt2":
+        d = hf.config.n_embd
+        cols = slice(kind_index[kind] * d, (kind_index[kind] + 1) * d)
+        attn = hf.transformer.h[layer].attn.c_attn
+        if weight:
+            attn.weight[:, cols] += einops.rearrange(change, "n m e -> m (n e)")
+        else:
+            attn.bias[cols] += change.flatten()
+    elif hf.config.model_type == "gpt_neox":
+        qkv = hf.gpt_neox.layers[layer].attention.query_key_value
+        n = change.shape[0]
+        if weight:
+            qkv.weight.view(n, 3, -1, qkv.weight.shape[1])[:, kind_index[kind]] += change.transpose(1, 2)
+        else:
+            qkv.bias.view(n, 3, -1)[:, kind_index[kind]] += change
+    else:
+        proj = getattr(hf.model.layers[layer].self_attn, f"{kind.lower()}_proj")
+        proj.weight += einops.rearrange(change, "n m e -> (n e) m")
 
 
 def test_delta_hooks_equal_edited_weights(folder):
@@ -163,7 +174,7 @@ def test_mlp_delta_hooks_equal_edited_weights(folder):
     (backend.mlp_input_point)."""
     from iclgd_lens import Delta
 
-    model, hf = bridge(folder), hf_model(folder)
+    model = bridge(folder)
     names = ("mlp.W_in", "mlp.W_out") + (("mlp.W_gate",) if model.cfg.gated_mlp else ())
     parameters = block_parameters(model)
     generator = torch.Generator().manual_seed(4)
@@ -174,16 +185,12 @@ def test_mlp_delta_hooks_equal_edited_weights(folder):
             for name in names
         }
     )
-    with torch.no_grad():
-        for name, change in delta.tensors.items():
-            weight = mlp_weight(hf, int(name.split(".")[1]), name.split(".", 2)[2])
-            weight += change if hf.config.model_type == "gpt2" else change.T
     ids = torch.tensor([[1, 4, 9, 12, 3, 7, 20, 2, 11]])
     with torch.no_grad(), model.hooks(delta.hooks(model)):
         ours = model(ids)
     with torch.no_grad():
         assert not torch.allclose(ours, model(ids), atol=1e-3)  # the delta matters
-        assert torch.allclose(ours, hf(ids).logits, atol=1e-5)
+        assert torch.allclose(ours, edited(folder, delta)(ids).logits, atol=1e-5)
 
 
 def trained_weights(hf) -> list[torch.nn.Parameter]:

@@ -10,23 +10,11 @@ import pytest
 import torch
 
 from iclgd_lens.backend import BRIDGE
-from tests.bridge.test_bridge import bridge, hf_model, mlp_weight
+from tests.bridge.test_bridge import bridge, edited
 from tests.bridge.test_cross_backend import CHECKPOINTS, model_folder
 from tests.helpers import toy_task
 
 pytestmark = pytest.mark.skipif(not BRIDGE, reason="TransformerLens 4 only: make test-tl4")
-
-
-def mlp_edited(folder, patches):
-    """transformers' model with every layer's materialised patch added to its MLP weights (TransformerLens' W_in and
-    W_out are [d_model, d_mlp] and [d_mlp, d_model]: GPT-2's Conv1D stores them so, Linear layers transposed)."""
-    hf = hf_model(folder)
-    with torch.no_grad():
-        for layer, patch in enumerate(patches):
-            for name, change in patch.materialise().items():
-                weight = mlp_weight(hf, layer, name)
-                weight += (change if hf.config.model_type == "gpt2" else change.T).to(weight.dtype)
-    return hf
 
 
 def relative_gap(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -36,7 +24,7 @@ def relative_gap(logits: torch.Tensor, target: torch.Tensor) -> float:
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 def test_the_chained_patch_gives_icl_logits_through_hooks_and_edited_weights(checkpoint):
     from iclgd_lens import build_episode
-    from iclgd_lens.analysis.lenses.implicit_patch import chained_patch, icl_targets
+    from iclgd_lens.analysis.lenses.implicit_patch import as_delta, chained_patch, icl_targets
 
     folder = model_folder(checkpoint)
     model = bridge(folder)
@@ -47,7 +35,8 @@ def test_the_chained_patch_gives_icl_logits_through_hooks_and_edited_weights(che
         patches, logits = chained_patch(model, icl, zs)
         assert relative_gap(logits, target) < 1e-5  # float32 checkpoints
         with torch.no_grad():
-            plain = mlp_edited(folder, patches)(torch.tensor([zs])).logits[0, -1].double()
+            weights = as_delta(model, {layer: patch.materialise() for layer, patch in enumerate(patches)})
+            plain = edited(folder, weights)(torch.tensor([zs])).logits[0, -1].double()
         assert relative_gap(plain, target) < 1e-5
         _, unchained = chained_patch(model, icl, zs, chained=False)
         assert relative_gap(unchained, target) > 1e-3
