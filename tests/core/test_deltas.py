@@ -60,7 +60,7 @@ def test_hooks_equal_edited_weights(arch, groups):
             hooked = model(tokens)
         expected = edited(tokens)
         assert (expected - model(tokens)).abs().max() > 1e-3  # the delta matters
-        assert_float32_close(hooked, expected)
+        assert_float32_close(hooked, expected, trained=arch == "tiny-icl-neox")
 
 
 def test_a_post_mlp_norm_scale_change_through_hooks_equals_the_edited_scale():

@@ -69,11 +69,11 @@ def test_cached_icl_equals_full_forward(position, arch):
             n = int(rec.query_len[i])
             assert n == at - len(prefix) + 1
             assert int(rec.position[i]) == at
-            assert_float32_close(rec.attn_out[i], ref["attn_out"])
-            assert_float32_close(rec.z[i], ref["z"])
-            assert_float32_close(rec.scores[i, :, :, :n], ref["scores"])
+            assert_float32_close(rec.attn_out[i], ref["attn_out"], trained=arch == "tiny-icl-neox")
+            assert_float32_close(rec.z[i], ref["z"], trained=arch == "tiny-icl-neox")
+            assert_float32_close(rec.scores[i, :, :, :n], ref["scores"], trained=arch == "tiny-icl-neox")
             assert (rec.scores[i, :, :, n:] == 0).all()
-            assert_float32_close(rec.label_logprobs[i], logprobs)
+            assert_float32_close(rec.label_logprobs[i], logprobs, trained=arch == "tiny-icl-neox")
 
 
 def test_batching_and_order_do_not_change_records():
