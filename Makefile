@@ -44,13 +44,13 @@ test: install browser
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# TransformerLens 4 (TransformerBridge) in a second environment: transformer-lens 4.3 with transformers below 5.24
-# (5.24 breaks TransformerLens 4's key-value cache, which the toolkit does not use: tests/bridge also pass on 5.24),
-# the package, and the backend tests (tests/bridge: loading, recording, deltas, GD, baselines against independent
+# TransformerLens 4 (TransformerBridge) in a second environment: transformer-lens 4.3 with the package's own
+# dependencies (transformers below 5.24, pinned in pyproject.toml: docs/architecture.md), the package, and the
+# backend tests (tests/bridge: loading, recording, deltas, GD, baselines against independent
 # computations; the same numbers as HookedTransformer's committed results). `make install` keeps TransformerLens 3
 # (the package accepts both). docs/architecture.md, "Backends".
 VENV_TL4 ?= .venv-tl4
-TL4_SPEC ?= transformer-lens==4.3.0 transformers>=5.9,<5.24
+TL4_SPEC ?= transformer-lens==4.3.0
 $(VENV_TL4)/bin/pytest: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_TL4)
 	$(VENV_TL4)/bin/python -m pip install -q --upgrade pip
