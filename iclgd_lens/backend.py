@@ -38,6 +38,7 @@ __all__ = [
     "require_hooked_transformer",
     "residual_after",
     "stacked_output_weights",
+    "whole_projection_qk_norm",
 ]
 
 
@@ -94,6 +95,12 @@ def model_architecture(model: LensModel) -> str | None:
     """The checkpoint's transformers class name ("LlamaForCausalLM"): HookedTransformer's `original_architecture`,
     the bridge's `architecture`."""
     return getattr(model.cfg, "architecture" if BRIDGE else "original_architecture", None)
+
+
+def whole_projection_qk_norm(model: LensModel) -> bool:
+    """Whether the model's qk-norm normalises the whole query or key projection (all heads together, OLMo 2 and 3,
+    OLMoE) rather than each head's vector, which is what the toolkit's own attention arithmetic reproduces."""
+    return model_architecture(model) in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
 def attention_scale(model: LensModel, layer: int) -> float:

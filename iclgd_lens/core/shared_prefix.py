@@ -30,6 +30,8 @@ from transformer_lens.components import Attention, GroupedQueryAttention
 from transformer_lens.components.abstract_attention import AbstractAttention
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from iclgd_lens.backend import whole_projection_qk_norm
+
 POSITIONS = ("standard", "shortformer", "rotary", "alibi")  # the positional schemes reproduced here
 
 
@@ -55,7 +57,7 @@ def shared_prefix_supported(model: HookedTransformer) -> bool:
                 cfg.clip_qkv is not None,
             )
         )
-        and cfg.original_architecture not in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+        and not whole_projection_qk_norm(model)
     )
 
 

@@ -315,6 +315,18 @@ def test_kendall_sides_are_in_one_geometry_on_rotary_and_qk_norm_models(shape):
     assert np.abs(rotary - icl_hand).max() > 1e-3
 
 
+def test_kendall_refuses_a_qk_norm_over_the_whole_projection():
+    """OLMo 2's qk-norm normalises all heads' queries together, which `content` does not reproduce: refused before
+    anything runs; the same model read as per-head qk-norm (Gemma 3's) passes."""
+    from tests.helpers import GEMMA3_LIKE, tiny_model
+
+    model = tiny_model(**GEMMA3_LIKE)
+    kendall.check_geometry(model)
+    model.cfg.original_architecture = "Olmo2ForCausalLM"
+    with pytest.raises(NotImplementedError, match="OLMo's norm over the whole projection.*--kendall-queries 0"):
+        kendall.check_geometry(model)
+
+
 def test_kendall_refits_the_saved_delta_with_controls(tiny, saved):
     table = kendall_table(tiny, Result.load(saved), "gd", n_queries=5)
     assert list(table.columns) == COLUMNS

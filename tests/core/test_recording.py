@@ -94,6 +94,15 @@ def test_icl_changes_what_is_recorded():
     assert (zs.attn_out - icl.attn_out).abs().max() > 1e-3
 
 
+def test_a_qk_norm_over_the_whole_projection_keeps_transformerlens_forward():
+    """OLMo 2's qk-norm (all heads' queries normalised together) is not the per-head one the shared prefix computes,
+    so such a model falls back to TransformerLens' own forward."""
+    model = tiny_model(**GEMMA3_LIKE)
+    assert shared_prefix_supported(model)
+    model.cfg.original_architecture = "Olmo2ForCausalLM"
+    assert not shared_prefix_supported(model)
+
+
 @pytest.mark.parametrize("name", ARCHS)
 def test_each_architecture_takes_the_path_it_is_tested_on(name, monkeypatch):
     """The shared-prefix attention serves every architecture above but the fallback: TransformerLens' own forward

@@ -38,7 +38,7 @@ from scipy.stats import kendalltau
 from torch import Tensor
 
 from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
-from iclgd_lens.backend import LensModel, attention_scale, final_residual, model_architecture, qk_norm
+from iclgd_lens.backend import LensModel, attention_scale, final_residual, qk_norm, whole_projection_qk_norm
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
@@ -88,7 +88,7 @@ def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, 
 
 def check_geometry(model: LensModel) -> None:
     """Refuse a model whose query-key normalisation `content` does not reproduce, before anything runs."""
-    if model_architecture(model) in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"):
+    if whole_projection_qk_norm(model):
         raise NotImplementedError(
             "Kendall applies per-head qk-norm only; OLMo's norm over the whole projection is not "
             "reproduced (give --kendall-queries 0)"
