@@ -4,13 +4,16 @@
     python scripts/findings.py --write            # rewrite every generated block of README.md and docs/findings*
     python scripts/findings.py --write README.md docs/findings.md docs/findings/   # the same, pages named
     python scripts/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
+    python scripts/findings.py --verdicts smollm2-rt-matched-paper10 rt-snippets   # one task's verdicts, Holm's too
 
 Every number of the README's findings paragraph (the <!-- findings-summary --> block: each design's summary
 sentence) and of docs/findings.md's summary (the <!-- findings --> block: the sentences and their tables) comes
 from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out).
 `--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side; a study
 page under docs/findings/ that sets the papers' way beside matched update size quotes it in a
-<!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments.
+<!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments;
+`--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
+<!-- findings-verdicts SWEEP TASK --> block).
 tests/views/test_findings.py fails when any generated block of a committed page differs from what this prints.
 """
 
@@ -20,13 +23,14 @@ import argparse
 import re
 from pathlib import Path
 
-from iclgd_lens.analysis.protocol.findings import beside, load_pairs
-from iclgd_lens.views.findings import beside_table, findings_block, findings_summary
+from iclgd_lens.analysis.protocol.findings import beside, load_pairs, task_verdicts
+from iclgd_lens.views.findings import beside_table, findings_block, findings_summary, holm_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-# The full block (docs/findings.md), the paragraph (the README), one task's two sweeps side by side (a study page).
-BLOCKS = {"findings": 0, "findings-summary": 0, "findings-beside": 3}  # name -> how many arguments its marker takes
+# The full block (docs/findings.md), the paragraph (the README), one task's two sweeps side by side and one task's
+# verdicts with their adjustment (study pages).
+BLOCKS = {"findings": 0, "findings-summary": 0, "findings-beside": 3, "findings-verdicts": 2}  # name -> its arguments
 # What a bare `--write` rewrites: the README, the findings index and every study page under docs/findings/.
 PAGES = (ROOT / "README.md", ROOT / "docs" / "findings.md", ROOT / "docs" / "findings")
 # A generated block: `<!-- NAME ARG ... -->`, the generator's text, `<!-- /NAME -->`.
@@ -45,6 +49,9 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
     if name == "findings-beside":
         first, second, task = args
         body = beside_table(beside(results / first, results / second, task), "papers' way", "matched")
+    elif name == "findings-verdicts":
+        sweep, task = args
+        body = holm_table(task_verdicts(results / sweep, task))
     else:
         pairs = load_pairs(results)
         body = findings_block(pairs) if name == "findings" else findings_summary(pairs)
@@ -82,10 +89,12 @@ def main() -> None:
         metavar=("FIRST", "SECOND", "TASK"),
         help="two sweeps under --results (the papers' way, then matched) and a task of both",
     )
+    parser.add_argument("--verdicts", nargs=2, metavar=("SWEEP", "TASK"), help="a sweep under --results and its task")
     args = parser.parse_args()
-    if args.beside:
-        print(block(args.results, "findings-beside", tuple(args.beside)).split("\n", 1)[1].rsplit("\n", 1)[0])
-        return
+    for name, given in (("findings-beside", args.beside), ("findings-verdicts", args.verdicts)):
+        if given:
+            print(block(args.results, name, tuple(given)).split("\n", 1)[1].rsplit("\n", 1)[0])
+            return
     print(block(args.results))
     if args.write is None:
         return

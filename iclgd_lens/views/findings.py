@@ -144,3 +144,26 @@ def beside_table(frame: pd.DataFrame, first: str, second: str) -> str:
         f"{second}: difference [interval]: verdict (‖ΔW‖ ×r)",
     ]
     return markdown_table(header, rows)
+
+
+def holm_table(frame: pd.DataFrame) -> str:
+    """`analysis.protocol.findings.task_verdicts` in Markdown: a row per verdict, its difference, interval and raw
+    verdict, its p-value and family, and for the primary contrasts the Holm-adjusted p-value and verdict."""
+
+    def adjusted(row) -> str:
+        return "" if row["family"] != "primary" else f"{row['adjusted_p']:.3g}: {row['adjusted_verdict']}"
+
+    rows = [
+        [
+            row["method"].upper(),
+            METRIC_NAMES.get(row["metric"], row["metric"]),
+            row["baseline"],
+            f"{row['difference']:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]: {row['verdict']}",
+            f"{row['p_value']:.3g}",
+            row["family"],
+            adjusted(row),
+        ]
+        for _, row in frame.iterrows()
+    ]
+    header = ["method", "metric", "against", "difference [95 % interval]: raw verdict", "p", "family"]
+    return markdown_table([*header, "Holm-adjusted p: verdict"], rows)

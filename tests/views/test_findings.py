@@ -84,6 +84,10 @@ BESIDE = [
 ]
 
 
+# The study pages that quote a sweep's verdicts with Holm's adjustment whole (<!-- findings-verdicts SWEEP TASK -->).
+VERDICT_TABLES = [("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets"))]
+
+
 @pytest.mark.parametrize("first, second, task, page, embeddings_ratio", BESIDE)
 def test_the_side_by_side_tables_are_the_generators(script, first, second, task, page, embeddings_ratio):
     """Each papers'-way-beside-matched table is `scripts/findings.py --beside`'s output, in a findings-beside block
@@ -95,9 +99,31 @@ def test_the_side_by_side_tables_are_the_generators(script, first, second, task,
     frame = beside(RESULTS / first, RESULTS / second, task)
     row = frame[(frame.method == "gd") & (frame.metric == "simaou_norm") & (frame.baseline == "trained_embeddings")]
     assert row["first_ratio"].item() == pytest.approx(embeddings_ratio, abs=0.005)
-    blocks = script("findings").blocks((ROOT / "docs" / "findings" / page).read_text())
+    blocks = [
+        b
+        for b in script("findings").blocks((ROOT / "docs" / "findings" / page).read_text())
+        if b[0] == "findings-beside"
+    ]
     assert [(name, args) for name, args, _ in blocks] == [("findings-beside", (first, second, task))]
     assert beside_table(frame, "papers' way", "matched") in blocks[0][2]
+
+
+def test_the_holm_table_is_the_sweeps_verdicts(script):
+    """`--verdicts SWEEP TASK`: every verdict of the task in verdicts.csv's order, each primary contrast with Holm's
+    adjustment; the first row read by hand from smollm2-rt-matched-paper10/verdicts.csv (difference 0.0655566,
+    interval 0.0241672 to 0.107695, p 0.00919853, adjusted 0.0210026); an unknown task is refused."""
+    from iclgd_lens.analysis.protocol.findings import task_verdicts
+    from iclgd_lens.views.findings import holm_table
+
+    lines = holm_table(task_verdicts(RESULTS / "smollm2-rt-matched-paper10", "rt-snippets")).split("\n")
+    assert len(lines) == 2 + 24  # the header, 3 baselines x (3 GD + 4 LCGD metrics), LCGD against GD on 3 metrics
+    assert (
+        lines[2]
+        == "| GD | SimAOU_norm | no_training | +0.066 [+0.024, +0.108]: above | 0.0092 | primary | 0.021: above |"
+    )
+    assert lines[3].endswith("| 0.369 | exploratory |  |")
+    with pytest.raises(ValueError, match="no verdict of task 'trec'"):
+        task_verdicts(RESULTS / "smollm2-rt-matched-paper10", "trec")
 
 
 def test_every_generated_block_of_every_page_is_the_generators(script):
@@ -117,6 +143,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
             assert findings.regenerate(edited) == text  # and --write restores the edit
     expected = [("README.md", "findings-summary", ()), ("docs/findings.md", "findings", ())]
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
+    expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
     assert sorted(where) == sorted(expected)
 
 

@@ -161,6 +161,16 @@ def beside(first: Path, second: Path, task: str) -> pd.DataFrame:
     return frames[0].join(frames[1], how="inner").reset_index()
 
 
+def task_verdicts(folder: Path, task: str) -> pd.DataFrame:
+    """Every verdict of `task` in one sweep's verdicts.csv, with its p-value, family and (for the primary contrasts)
+    the adjusted p-value and verdict, in the file's order."""
+    verdicts = pd.read_csv(folder / "verdicts.csv")
+    rows = verdicts[verdicts["task"] == task]
+    if rows.empty:
+        raise ValueError(f"{folder / 'verdicts.csv'} has no verdict of task {task!r}")
+    return rows.reset_index(drop=True)
+
+
 def _update_norms(summary: pd.DataFrame, task: str) -> dict[tuple[str, str], float]:
     """(model, method) -> mean ‖ΔW‖ over runs, for `task`."""
     rows = summary[(summary["task"] == task) & (summary["metric"] == "update_norm")]
