@@ -13,7 +13,9 @@ from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/fin
 page under docs/findings/ that sets the papers' way beside matched update size quotes it in a
 <!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments;
 `--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
-<!-- findings-verdicts SWEEP TASK --> block).
+<!-- findings-verdicts SWEEP TASK --> block). ICL as one weight update (every `lenses --transfer` folder under
+--results, each beside the function vectors of its model and task) is the <!-- findings-whole-model --> table of
+docs/findings.md and the <!-- findings-whole-model-summary --> sentence of the README.
 tests/views/test_findings.py fails when any generated block of a committed page differs from what this prints.
 """
 
@@ -23,18 +25,29 @@ import argparse
 import re
 from pathlib import Path
 
+from iclgd_lens.analysis.heads.whole_model import whole_model_readings
 from iclgd_lens.analysis.protocol.findings import beside, load_pairs, task_verdicts
-from iclgd_lens.views.findings import beside_table, findings_block, findings_summary, holm_table
+from iclgd_lens.views.findings import (
+    beside_table,
+    findings_block,
+    findings_summary,
+    holm_table,
+    whole_model_summary,
+    whole_model_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 # The full block (docs/findings.md), the paragraph (the README), one task's two sweeps side by side and one task's
 # verdicts with their adjustment (study pages).
 BLOCKS = {"findings": 0, "findings-summary": 0, "findings-beside": 3, "findings-verdicts": 2}  # name -> its arguments
+# ICL as one weight update (the transfer lens and function vectors, analysis/heads/whole_model.py): the table
+# (docs/findings.md) and its sentence (the README).
+BLOCKS |= {"findings-whole-model": 0, "findings-whole-model-summary": 0}
 # What a bare `--write` rewrites: the README, the findings index and every study page under docs/findings/.
 PAGES = (ROOT / "README.md", ROOT / "docs" / "findings.md", ROOT / "docs" / "findings")
 # A generated block: `<!-- NAME ARG ... -->`, the generator's text, `<!-- /NAME -->`.
-MARKER = re.compile(r"<!-- (findings(?:-[a-z]+)?)((?: [\w.-]+)*) -->\n.*?<!-- /\1 -->", re.S)
+MARKER = re.compile(r"<!-- (findings(?:-[a-z]+)*)((?: [\w.-]+)*) -->\n.*?<!-- /\1 -->", re.S)
 
 
 def pattern(name: str) -> re.Pattern:
@@ -52,6 +65,9 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
     elif name == "findings-verdicts":
         sweep, task = args
         body = holm_table(task_verdicts(results / sweep, task))
+    elif name.startswith("findings-whole-model"):
+        readings = whole_model_readings(results)
+        body = whole_model_summary(readings) if name.endswith("summary") else whole_model_table(readings)
     else:
         pairs = load_pairs(results)
         body = findings_block(pairs) if name == "findings" else findings_summary(pairs)

@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from iclgd_lens.analysis.heads.whole_model import WholeModelReading
 from iclgd_lens.analysis.protocol.findings import PairCounts, totals
 from iclgd_lens.views.markdown import markdown_table
 
@@ -167,3 +168,81 @@ def holm_table(frame: pd.DataFrame) -> str:
     ]
     header = ["method", "metric", "against", "difference [95 % interval]: raw verdict", "p", "family"]
     return markdown_table([*header, "Holm-adjusted p: verdict"], rows)
+
+
+def _display(model: str) -> str:
+    """A result's model name ("SmolLM2-135M-Instruct-Q4_1") as the findings name it."""
+    lowered = model.lower().replace("-", "")
+    return next((name for key, name in MODEL_NAMES.items() if lowered.startswith(key.replace("-", ""))), model)
+
+
+def _with_interval(value: tuple[float, float, float]) -> str:
+    return f"{value[0]:+.2f} [{value[1]:+.2f}, {value[2]:+.2f}]"
+
+
+def _function_vector(reading: WholeModelReading) -> tuple[str, str]:
+    if not reading.fv_points:
+        return "not run", "not run"
+    gd = reading.agreement["gd"]
+    return (
+        f"{reading.fv_best:.3f} at the best of {reading.fv_points} points (ZS {reading.fv_zs:.3f}, ICL "
+        f"{reading.fv_icl:.3f})",
+        f"{gd['overlap']} of {gd['top']} (chance {gd['chance_overlap']:.2f}); Spearman {gd['spearman']:.2f}",
+    )
+
+
+def whole_model_table(readings: list[WholeModelReading]) -> str:
+    """`analysis.heads.whole_model`'s readings in Markdown: a row per (model, task, run)."""
+    rows = []
+    for r in readings:
+        accuracy = {name: f"{value[0]:.2f}" for name, value in r.accuracy.items()}
+        rows.append(
+            [
+                _display(r.model),
+                r.task,
+                str(r.runs),
+                f"{accuracy['zs']} → {accuracy['patch_mean']} (ICL {accuracy['icl']}; GD's update {accuracy['gd']})",
+                f"{_with_interval(r.gain['patch_mean'])}; GD's {_with_interval(r.gain['gd'])}",
+                f"{r.patch_cos[0]:+.3f} to {r.patch_cos[1]:+.3f} (random {r.random_cos:.4f})",
+                f"{r.norm_ratio[0]:.3g} to {r.norm_ratio[1]:.3g}",
+                *_function_vector(r),
+            ]
+        )
+    header = [
+        "model",
+        "task",
+        "runs",
+        "accuracy on other queries: ZS → ICL's mean patch",
+        "label log-odds gain over ZS [95 %, queries]: mean patch; GD's update",
+        "cos(mean patch, GD's update) per layer",
+        "its norm / GD's per layer",
+        "function vector's accuracy",
+        "its top heads among GD's top heads; rank correlation",
+    ]
+    return markdown_table(header, rows)
+
+
+def whole_model_summary(readings: list[WholeModelReading]) -> str:
+    """The front door's sentence on ICL as one weight update: per reading the mean patch's accuracy and gain on
+    other queries beside GD's update, and the function vector's heads against GD's where they were run."""
+    parts = [
+        f"{_display(r.model)} {r.task}: accuracy {r.accuracy['zs'][0]:.2f} → {r.accuracy['patch_mean'][0]:.2f} "
+        f"(GD {r.accuracy['gd'][0]:.2f}), log-odds gain {_with_interval(r.gain['patch_mean'])} "
+        f"(GD {_with_interval(r.gain['gd'])})"
+        for r in readings
+    ]
+    cos = max(max(abs(c) for c in r.patch_cos) for r in readings)
+    ratios = min(r.norm_ratio[0] for r in readings), max(r.norm_ratio[1] for r in readings)
+    vectors = [
+        f"{r.agreement['gd']['overlap']} of GD's top {r.agreement['gd']['top']} ({_display(r.model)} {r.task}, "
+        f"chance {r.agreement['gd']['chance_overlap']:.2f})"
+        for r in readings
+        if r.fv_points
+    ]
+    return (
+        f"**ICL as one weight update** (one run each, intervals over queries, no verdict). ICL's mean implicit patch "
+        f"on queries it was not read from: {'; '.join(parts)}. Per layer its cosine with GD's update is at most "
+        f"{cos:.3f} in size (random directions: {max(r.random_cos for r in readings):.4f}) and its norm "
+        f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top heads hold "
+        f"{', '.join(vectors) or 'not run'}."
+    )

@@ -142,6 +142,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
             assert findings.blocks(edited)[i][2] != made  # the check can fail
             assert findings.regenerate(edited) == text  # and --write restores the edit
     expected = [("README.md", "findings-summary", ()), ("docs/findings.md", "findings", ())]
+    expected += [("README.md", "findings-whole-model-summary", ()), ("docs/findings.md", "findings-whole-model", ())]
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
     expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
     assert sorted(where) == sorted(expected)
