@@ -118,7 +118,9 @@ def score(
             rows = M.f2t(zs.pred, records[method].pred, icl.pred, labels)
             part = [records[s].select(rows) for s in ("zs", "icl", method)]
             rounding = excluded_layers(part[0], tuple(part[1:]), eps, dtype)
-            metrics = reduced(similarities(*part, seed, eps, rounding), *part, labels[rows])
+            # scored on every query, then its rows: each query keeps the random direction it has in the main table
+            values = similarities(zs, icl, records[method], seed, eps, rounding)
+            metrics = reduced({name: v[rows] for name, v in values.items()}, *part, labels[rows])
             metrics["simam_delta"]["rounding_layers"] = rounding
             out.subsets[subset][method] = {"n": int(rows.sum()), "metrics": metrics}
     out.notes = notes(out, methods, class_names)

@@ -289,10 +289,13 @@ def test_one_class_notes_name_the_class_by_its_label_word():
 
 def test_f2t_subset_scores_the_queries_zs_misses_and_both_get_right():
     """f2t rows by hand from PREDS (ZS wrong, the method right, ICL right): GD's 0, 1, 3 and LCGD's 9; each metric
-    on those rows by the plain formulas. A method that gets no query right has an empty subset: NaN, with notes."""
+    on those rows by the plain formulas, the random baseline with each query's direction of the main table (drawn
+    for every query, not redrawn for the subset's shape). A method that gets no query right has an empty subset:
+    NaN, with notes."""
     records = build()
     out = scored(records, 0, subsets=("f2t",))
     zs, icl = records["zs"], records["icl"]
+    r = torch.rand(zs.attn_out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for method, rows in (("gd", [0, 1, 3]), ("lcgd", [9])):
         part = out.subsets["f2t"][method]
         ft = records[method]
@@ -300,6 +303,7 @@ def test_f2t_subset_scores_the_queries_zs_misses_and_both_get_right():
         h_zs, h_icl, h_ft = (r.attn_out[rows].double() for r in (zs, icl, ft))
         m_zs, m_icl, m_ft = (r.scores[rows].double() for r in (zs, icl, ft))
         check(part["metrics"]["simaou"], cos(h_icl - h_zs, h_ft - h_zs))
+        check(part["metrics"]["random_simaou"], cos(unit(h_icl) - unit(h_zs), r[rows]))
         check(part["metrics"]["simam"], own_keys_cos(m_icl, m_ft, QUERY_LEN[rows]))
         check(part["metrics"]["simam_delta"], own_keys_cos(m_icl - m_zs, m_ft - m_zs, QUERY_LEN[rows]))
         assert part["metrics"]["rec2ftp"] == 100.0  # ICL gets every f2t query right
