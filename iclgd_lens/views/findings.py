@@ -241,7 +241,7 @@ def whole_model_summary(readings: list[WholeModelReading]) -> str:
     ]
     return (
         f"**ICL as one weight update** (one run each, intervals over queries, no verdict). ICL's mean implicit patch "
-        f"on queries it was not read from: {'; '.join(parts)}. Per layer its cosine with GD's update is at most "
+        f"on other queries: {'; '.join(parts)}. Per layer its cosine with GD's update is at most "
         f"{cos:.3f} in size (random directions: {max(r.random_cos for r in readings):.4f}) and its norm "
         f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top heads hold "
         f"{', '.join(vectors) or 'not run'}."
