@@ -69,10 +69,10 @@ def test_transfer_of_the_mean_patch_on_tiny_icl(tiny):
     [subject] = subject_runs(tiny, result)
     episode = result.episode
     labels_removed = tuple(demo[: len(demo) - len(episode.label_tokens[0])] for demo in episode.demos)
-    without = transfer_values(subject, dataclasses.replace(episode, demos=labels_removed), n_sources=16)
+    without, _ = transfer_values(subject, dataclasses.replace(episode, demos=labels_removed), n_sources=16)
     assert torch.equal(without["transfer_correct_patch_mean"], without["transfer_correct_zs"])
     assert abs(without["transfer_gain_patch_mean"].mean()) < 0.1
-    real = transfer_values(subject, episode, n_sources=16)
+    real, mean = transfer_values(subject, episode, n_sources=16)
     assert real["transfer_gain_patch_mean"].mean() > 1.0 and real["transfer_correct_icl"].mean() == 1.0
     assert real["transfer_correct_gd"].shape == real["transfer_correct_patch_mean"].shape == (24, 1)
     torch.testing.assert_close(real["transfer_gain_gd"], real["transfer_logodds_gd"] - real["transfer_logodds_zs"])

@@ -25,6 +25,7 @@ from iclgd_lens.analysis.lenses.implicit_update import (
 )
 from iclgd_lens.analysis.lenses.lens_nulls import check_null_result, other_task_subject, random_abs_cos, random_scales
 from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns, check_lens_result, subject_runs
+from iclgd_lens.analysis.lenses.patch_transfer import transfer_values
 from iclgd_lens.analysis.lenses.task_vectors import (
     patch_values,
     patched_runs,
@@ -33,7 +34,7 @@ from iclgd_lens.analysis.lenses.task_vectors import (
     task_vector,
     task_vector_values,
 )
-from iclgd_lens.analysis.lenses.values import cross_pair, method_measures, verdict_measures
+from iclgd_lens.analysis.lenses.values import cross_pair, lens_values, method_measures, verdict_measures
 from iclgd_lens.analysis.protocol.pooled import mean_and_interval, paired_table, per_layer_table
 from iclgd_lens.cli import main
 from iclgd_lens.core.hooks import hook_name, parameter_name
@@ -452,6 +453,29 @@ def test_lenses_refuse_what_they_cannot_read(tiny, two_runs, tmp_path, capsys):
     assert main(["lenses", runs[0], "--out", str(tmp_path / "y"), "--null-runs", runs[1]]) == 2
     assert "the same task (the null needs another task's demonstrations)" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_the_mean_patch_is_set_against_the_other_tasks_update():
+    """With --transfer and a structured null, the null subject carries cos(mean patch, the other task's update) and
+    their norm ratio per layer: by hand from the model's mean chained patch (this task's first 2 queries) and the
+    null result's saved delta of the same matrices."""
+    subject, result = lens_subject("llama-like")
+    null = compare(
+        subject.model, other_toy_task(), k=4, n_eval=5, groups=("mlp_in",), baselines=(), lr=0.1, progress=False
+    )
+    values = lens_values(subject.model, result, baselines=(), batch_size=2, null=null, transfer=2)
+    _, mean = transfer_values(subject, result.episode, n_sources=2, batch_size=2)
+    measured = values["model [FT on toy-b]"]
+    learned_by_name = null.deltas["gd"].tensors
+    for layer, changes in mean.items():
+        shared = [name for name in changes if parameter_name(name, layer) in learned_by_name]  # the MLP input's
+        patch = torch.cat([changes[name].flatten() for name in shared]).double()
+        learned = torch.cat([learned_by_name[parameter_name(name, layer)].flatten() for name in shared]).double()
+        assert measured["patch_cos_gd"][0, layer] == pytest.approx(
+            float(patch @ learned / patch.norm() / learned.norm())
+        )
+        assert measured["patch_norm_ratio_gd"][0, layer] == pytest.approx(float(patch.norm() / learned.norm()))
+    assert not np.allclose(measured["patch_cos_gd"], values["model"]["patch_cos_gd"])  # this task's update differs
 
 
 @pytest.mark.slow  # tiny-icl runs and the CLI: make test, not the edit loop

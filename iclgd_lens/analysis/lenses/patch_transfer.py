@@ -16,7 +16,9 @@ task-level update that carries to other queries and how much is specific to the 
   ZS's, a paired difference per query.
 - Per layer ([1, layer]), on the matrices both changed: `patch_cos_<method>` cos(mean patch, the method's delta) and
   `patch_norm_ratio_<method>` ‖mean patch‖ / ‖the method's delta‖, beside `random_abs_cos_patch_<method>`, the
-  random-direction scale E|cos| at that dimension (`lens_nulls`).
+  random-direction scale E|cos| at that dimension (`lens_nulls`); with a structured null (`lens_nulls`), the same
+  cosine and ratio against the update the method learned from another task (`patch_against_methods` on that
+  subject: the mean patch is this task's, the deltas the other task's).
 """
 
 from __future__ import annotations
@@ -47,10 +49,14 @@ def check_sources(episode: Episode, n_sources: int) -> None:
         )
 
 
+MeanPatch = dict[int, dict[str, Tensor]]  # layer -> the patched matrix's name -> the mean change
+
+
 def transfer_values(
     subject: SubjectRuns, episode: Episode, n_sources: int = N_SOURCES, batch_size: int = 8
-) -> dict[str, Tensor]:
-    """The measures of the module docstring on one subject (its model and its methods' deltas), float64."""
+) -> tuple[dict[str, Tensor], MeanPatch]:
+    """The measures of the module docstring on one subject (its model and its methods' deltas), float64, and the
+    mean patch they were measured with."""
     check_sources(episode, n_sources)
     model, labels = subject.model, torch.tensor(episode.labels[n_sources:])
     targets = episode.queries[n_sources:]
@@ -82,14 +88,14 @@ def transfer_values(
     for setting in [name.removeprefix("transfer_logodds_") for name in values if name.startswith("transfer_logodds_")]:
         if setting != "zs":
             values[f"transfer_gain_{setting}"] = values[f"transfer_logodds_{setting}"] - values["transfer_logodds_zs"]
-    return values | _against_methods(subject, mean)
+    return values | patch_against_methods(subject, mean), mean
 
 
-def _divided(total: dict[int, dict[str, Tensor]], count: int) -> dict[int, dict[str, Tensor]]:
+def _divided(total: MeanPatch, count: int) -> MeanPatch:
     return {layer: {name: change / count for name, change in changes.items()} for layer, changes in total.items()}
 
 
-def _against_methods(subject: SubjectRuns, mean: dict[int, dict[str, Tensor]]) -> dict[str, Tensor]:
+def patch_against_methods(subject: SubjectRuns, mean: MeanPatch) -> dict[str, Tensor]:
     """Per layer, the mean patch against each method's delta on the matrices both changed: cosine and norm ratio
     (NaN where they share none, or either is zero), and the random-direction scale at that dimension."""
     n_layers = subject.model.cfg.n_layers

@@ -11,7 +11,7 @@ from torch import Tensor
 from iclgd_lens.analysis.lenses.implicit_update import implicit_values, path_values
 from iclgd_lens.analysis.lenses.lens_nulls import check_null_result, other_task_subject, random_scales
 from iclgd_lens.analysis.lenses.lens_runs import SubjectRuns, subject_runs
-from iclgd_lens.analysis.lenses.patch_transfer import check_sources, transfer_values
+from iclgd_lens.analysis.lenses.patch_transfer import MeanPatch, check_sources, patch_against_methods, transfer_values
 from iclgd_lens.analysis.lenses.task_vectors import shift_values, task_vector_values
 from iclgd_lens.analysis.protocol.pooled import RunValues
 from iclgd_lens.analysis.protocol.tables import check_poolable
@@ -54,6 +54,7 @@ def lens_values(
         check_sources(result.episode, transfer)
     values: RunValues = {}
     trained: dict[str, SubjectRuns] = {}  # labels ("true" or a control's kind) -> the trained model's runs
+    patches: dict[str, MeanPatch] = {}  # subject -> its mean chained implicit patch (with `transfer`)
     sources = [(result, baselines, "true")] + [(control, [], kind) for kind, control in result.controls.items()]
     for source, names, labels in sources:
         for subject in subject_runs(model, source, names):
@@ -62,7 +63,9 @@ def lens_values(
             if path:
                 measures |= path_values(subject, source.episode, batch_size)
             if transfer is not None and labels == "true":
-                measures |= transfer_values(subject, source.episode, transfer, batch_size)
+                transferred, mean_patch = transfer_values(subject, source.episode, transfer, batch_size)
+                measures |= transferred
+                patches[subject.name] = mean_patch
             suffix = "" if labels == "true" else f" [{labels}]"
             values[subject.name + suffix] = {name: value.numpy() for name, value in measures.items()}
             if subject.name == "model":
@@ -77,6 +80,9 @@ def lens_values(
         constructed.append((other_task_subject(trained["true"], result, null, batch_size), result.episode))
     for subject, episode in constructed:
         values[subject.name] = {name: v.numpy() for name, v in method_measures(subject, episode, batch_size).items()}
+    if null is not None and "model" in patches:  # the mean patch against the other task's updates
+        other = constructed[-1][0]
+        values[other.name] |= {name: v.numpy() for name, v in patch_against_methods(other, patches["model"]).items()}
     return values
 
 
