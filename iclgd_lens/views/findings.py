@@ -234,15 +234,16 @@ def whole_model_summary(readings: list[WholeModelReading]) -> str:
     cos = max(max(abs(c) for c in r.patch_cos) for r in readings)
     ratios = min(r.norm_ratio[0] for r in readings), max(r.norm_ratio[1] for r in readings)
     vectors = [
-        f"{r.agreement['gd']['overlap']} of GD's top {r.agreement['gd']['top']} ({_display(r.model)} {r.task}, "
+        f"{r.agreement['gd']['overlap']} ({_display(r.model)} {r.task}, "
         f"chance {r.agreement['gd']['chance_overlap']:.2f})"
         for r in readings
         if r.fv_points
     ]
+    top = next((r.agreement["gd"]["top"] for r in readings if r.fv_points), "")
     return (
         f"**ICL as one weight update** (one run each, intervals over queries, no verdict). ICL's mean implicit patch "
         f"on other queries: {'; '.join(parts)}. Per layer its cosine with GD's update is at most "
         f"{cos:.3f} in size (random directions: {max(r.random_cos for r in readings):.4f}) and its norm "
-        f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top heads hold "
-        f"{', '.join(vectors) or 'not run'}."
+        f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top {top} heads "
+        f"in GD's top {top}: {', '.join(vectors) or 'not run'}."
     )
