@@ -240,10 +240,16 @@ def whole_model_summary(readings: list[WholeModelReading]) -> str:
         if r.fv_points
     ]
     top = next((r.agreement["gd"]["top"] for r in readings if r.fv_points), "")
+    nulls = [
+        f"{r.patch_abs_cos:.4f} / {r.null_abs_cos:.4f} ({_display(r.model)} {r.task})"
+        for r in readings
+        if not math.isnan(r.null_abs_cos)
+    ]
+    against_null = f"; mean |cos| with GD's update on its own task / another task: {', '.join(nulls)}" if nulls else ""
     return (
-        f"**ICL as one weight update** (one run each, intervals over queries, no verdict). ICL's mean implicit patch "
+        f"**ICL as one weight update** (one run each; intervals over queries). ICL's mean implicit patch "
         f"on other queries: {'; '.join(parts)}. Per layer its cosine with GD's update is at most "
-        f"{cos:.3f} in size (random directions: {max(r.random_cos for r in readings):.4f}) and its norm "
+        f"{cos:.3f} in size (random directions: {max(r.random_cos for r in readings):.4f}{against_null}) and its norm "
         f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top {top} heads "
         f"in GD's top {top}: {', '.join(vectors) or 'not run'}."
     )

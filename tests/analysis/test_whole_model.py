@@ -1,6 +1,7 @@
 """ICL as one weight update read back from committed folders (analysis/heads/whole_model.py): every number against
 the files by hand, the function vector's agreement against the one `attribute` wrote, and the refusals."""
 
+import math
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def test_the_reading_is_the_files_numbers():
     assert reading.patch_cos == (-0.0438289, 0.031483)  # the smallest and largest of the 30 layers' means
     assert reading.norm_ratio[0] == pytest.approx(4.16069) and reading.norm_ratio[1] == pytest.approx(213.261)
     assert reading.random_cos == pytest.approx(0.0006, abs=1e-5)
+    # mean |patch_cos_gd| over the 30 layers: the model's, and the other-task null's from other-task-null/
+    assert reading.patch_abs_cos == pytest.approx(0.008941, abs=1e-6)
+    assert reading.null_abs_cos == pytest.approx(0.008581, abs=1e-6)
     assert (reading.fv_points, reading.fv_best, reading.fv_zs, reading.fv_icl) == (31, 0.671875, 0.640625, 1.0)
     # fv.md's agreement table, as `attribute` wrote it: overlap 0 of 10, chance 0.3704, Spearman 0.1645 and 0.1321
     assert {m: (a["overlap"], a["ranked_by"]) for m, a in reading.agreement.items()} == {
@@ -39,6 +43,8 @@ def test_every_transfer_folder_is_read_beside_its_function_vectors():
     readings = {r.transfer: r for r in whole_model_readings(RESULTS)}
     assert readings["smollm2-mr-transfer-s5"].heads == "smollm2-mr-s5-heads"
     assert readings["smollm2-rt-transfer-s5"].heads is None and readings["smollm2-rt-transfer-s5"].fv_points == 0
+    assert math.isnan(readings["smollm2-rt-transfer-s5"].null_abs_cos)  # no other-task null run there
+    assert readings["gemma3-subj-transfer-s4"].heads == "gemma3-subj-s4-heads"
     assert "smollm2-rt-lenses" not in readings  # lenses without --transfer
 
 

@@ -17,6 +17,9 @@ import torch
 from iclgd_lens.analysis.heads.function_vectors import ranking_agreement
 
 Interval = tuple[float, float, float]  # mean, low, high (95 %, over the target queries of one run)
+NULL = (
+    "other-task-null"  # inside a transfer folder: the same lenses with --null-runs (the mean patch's structured null)
+)
 SETTINGS = ("zs", "icl", "gd", "patch_mean")  # what runs on the target queries: accuracy for each
 GAINS = ("icl", "gd", "patch_mean")  # label log-odds gain over ZS, paired per query
 
@@ -35,6 +38,8 @@ class WholeModelReading:
     patch_cos: tuple[float, float]  # per layer, the smallest and largest cos(mean patch, GD's update)
     random_cos: float  # the random-direction |cos| at those matrices' dimension, mean over layers
     norm_ratio: tuple[float, float]  # per layer, the smallest and largest ‖mean patch‖ / ‖GD's update‖
+    patch_abs_cos: float  # mean over layers of |cos(mean patch, GD's update)|
+    null_abs_cos: float = math.nan  # the same against GD's update on another task (NULL folder; NaN: not run)
     fv_points: int = 0  # entry points the function vector was added at (0: not run)
     fv_best: float = math.nan  # its best accuracy over those points (chosen after the fact)
     fv_zs: float = math.nan
@@ -74,10 +79,22 @@ def transfer_reading(folder: Path, heads: Path | None = None) -> WholeModelReadi
         patch_cos=_span(per_layer, "patch_cos_gd"),
         random_cos=float(_measure(per_layer, "random_abs_cos_patch_gd")["mean"].mean()),
         norm_ratio=_span(per_layer, "patch_norm_ratio_gd"),
+        patch_abs_cos=float(_measure(per_layer, "patch_cos_gd")["mean"].abs().mean()),
+        null_abs_cos=_null_abs_cos(folder / NULL),
     )
     if heads is not None:
         reading.update(_function_vector(heads))
     return WholeModelReading(**reading)
+
+
+def _null_abs_cos(folder: Path) -> float:
+    """Mean over layers of |cos(mean patch, GD's update on another task)|: the structured null subject's
+    `patch_cos_gd` in a lenses folder run with --null-runs (NaN where there is none)."""
+    if not (folder / "per_layer.csv").is_file():
+        return math.nan
+    per_layer = pd.read_csv(folder / "per_layer.csv")
+    rows = per_layer[(per_layer["measure"] == "patch_cos_gd") & per_layer["subject"].str.startswith("model [FT on")]
+    return float(rows["mean"].abs().mean()) if not rows.empty else math.nan
 
 
 def _function_vector(heads: Path) -> dict:
