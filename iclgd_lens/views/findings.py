@@ -191,6 +191,10 @@ def _function_vector(reading: WholeModelReading) -> tuple[str, str]:
     )
 
 
+def _abs_cos(value: float) -> str:
+    return "not run" if math.isnan(value) else f"{value:.4f}"
+
+
 def whole_model_table(readings: list[WholeModelReading]) -> str:
     """`analysis.heads.whole_model`'s readings in Markdown: a row per (model, task, run)."""
     rows = []
@@ -203,7 +207,8 @@ def whole_model_table(readings: list[WholeModelReading]) -> str:
                 str(r.runs),
                 f"{accuracy['zs']} → {accuracy['patch_mean']} (ICL {accuracy['icl']}; GD's update {accuracy['gd']})",
                 f"{_with_interval(r.gain['patch_mean'])}; GD's {_with_interval(r.gain['gd'])}",
-                f"{r.patch_cos[0]:+.3f} to {r.patch_cos[1]:+.3f} (random {r.random_cos:.4f})",
+                f"{r.patch_cos[0]:+.3f} to {r.patch_cos[1]:+.3f}, mean \\|cos\\| {r.patch_abs_cos:.4f} (random "
+                f"{r.random_cos:.4f}; another task's update: {_abs_cos(r.null_abs_cos)})",
                 f"{r.norm_ratio[0]:.3g} to {r.norm_ratio[1]:.3g}",
                 *_function_vector(r),
             ]
@@ -214,7 +219,7 @@ def whole_model_table(readings: list[WholeModelReading]) -> str:
         "runs",
         "accuracy on other queries: ZS → ICL's mean patch",
         "label log-odds gain over ZS [95 %, queries]: mean patch; GD's update",
-        "cos(mean patch, GD's update) per layer",
+        "cos(mean patch, GD's update) per layer (its nulls)",
         "its norm / GD's per layer",
         "function vector's accuracy",
         "its top heads among GD's top heads; rank correlation",
