@@ -38,12 +38,18 @@ from iclgd_lens.views.findings import (
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-# The full block (docs/findings.md), the paragraph (the README), one task's two sweeps side by side and one task's
-# verdicts with their adjustment (study pages).
-BLOCKS = {"findings": 0, "findings-summary": 0, "findings-beside": 3, "findings-verdicts": 2}  # name -> its arguments
-# ICL as one weight update (the transfer lens and function vectors, analysis/heads/whole_model.py): the table
-# (docs/findings.md) and its sentence (the README).
-BLOCKS |= {"findings-whole-model": 0, "findings-whole-model-summary": 0}
+# name -> how many arguments its marker takes: the full block (docs/findings.md) and the paragraph (the README); one
+# task's two sweeps side by side and one task's verdicts with their adjustment (study pages); ICL as one weight update
+# (the transfer lens and function vectors, analysis/heads/whole_model.py): its table (docs/findings.md) and its
+# sentence (the README).
+BLOCKS = {
+    "findings": 0,
+    "findings-summary": 0,
+    "findings-beside": 3,
+    "findings-verdicts": 2,
+    "findings-whole-model": 0,
+    "findings-whole-model-summary": 0,
+}
 # What a bare `--write` rewrites: the README, the findings index and every study page under docs/findings/.
 PAGES = (ROOT / "README.md", ROOT / "docs" / "findings.md", ROOT / "docs" / "findings")
 # A generated block: `<!-- NAME ARG ... -->`, the generator's text, `<!-- /NAME -->`.

@@ -232,8 +232,8 @@ class PrefixRun:
             # forward, so that the recorded scores index the same keys.
             cache = DynamicCache()
             final_residual(model, tokens, past_key_values=cache)  # fills it; nothing above the last block runs
-            # transformers 5.25 (which renamed past_key_values to cache) drops the cache TransformerLens 4.3's bridge
-            # hands GPT-2 and Llama models: every query would silently lose its prefix
+            # from transformers 5.24 on (past_key_values renamed to cache), GPT-2 and Llama models drop the cache
+            # TransformerLens 4.3's bridge hands them: every query would silently lose its prefix (pyproject.toml pins)
             if cache.get_seq_length() != len(prefix):
                 raise RuntimeError(
                     f"transformers {version('transformers')} did not fill the key-value cache given to the bridge "

@@ -17,9 +17,8 @@ import torch
 from iclgd_lens.analysis.heads.function_vectors import ranking_agreement
 
 Interval = tuple[float, float, float]  # mean, low, high (95 %, over the target queries of one run)
-NULL = (
-    "other-task-null"  # inside a transfer folder: the same lenses with --null-runs (the mean patch's structured null)
-)
+# Inside a transfer folder: the same lenses run with --null-runs (the mean patch's structured null).
+NULL = "other-task-null"
 SETTINGS = ("zs", "icl", "gd", "patch_mean")  # what runs on the target queries: accuracy for each
 GAINS = ("icl", "gd", "patch_mean")  # label log-odds gain over ZS, paired per query
 

@@ -76,13 +76,14 @@ def lens_values(
         for kind, control in result.controls.items()
         for icl in ("true", kind)
     ]
-    if null is not None:
-        constructed.append((other_task_subject(trained["true"], result, null, batch_size), result.episode))
+    other_task = other_task_subject(trained["true"], result, null, batch_size) if null is not None else None
+    if other_task is not None:
+        constructed.append((other_task, result.episode))
     for subject, episode in constructed:
         values[subject.name] = {name: v.numpy() for name, v in method_measures(subject, episode, batch_size).items()}
-    if null is not None and "model" in patches:  # the mean patch against the other task's updates
-        other = constructed[-1][0]
-        values[other.name] |= {name: v.numpy() for name, v in patch_against_methods(other, patches["model"]).items()}
+    if other_task is not None and "model" in patches:  # the model's mean patch against the other task's updates
+        against = patch_against_methods(other_task, patches["model"])
+        values[other_task.name] |= {name: v.numpy() for name, v in against.items()}
     return values
 
 
