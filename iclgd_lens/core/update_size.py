@@ -16,7 +16,12 @@ as too large.
 Past its stability edge SGD's update is not a continuous function of lr: on Gemma 3 270M with trained norms and
 random weights, ‖ΔW‖ over 16 demonstrations is 0.83 at lr 9.6e-6, 0.43 at 9.7e-6 and 0.60 at 9.8e-6. There the
 bracket shrinks onto a jump instead of a crossing; once it is narrower than `MIN_BRACKET` (relative lr) the search
-stops with an error that shows the jump, and whether the norms it saw fell as lr rose.
+stops with an error that shows the jump, and whether the norms it saw fell as lr rose. A fall of ‖ΔW‖ as lr rises
+below the bracket's top stops it at once. And a learning rate that lands on the target is accepted only if its update is
+a stable one: two more fits at lr / (1 + `STABILITY_STEP`) and lr · (1 + `STABILITY_STEP`) must give norms that
+rise with lr at a local slope (d log ‖ΔW‖ / d log lr) between 0 and `MAX_LOCAL_SLOPE`, where stable SGD gives about
+1 (Gemma's trained_norms baseline hit its target at lr 9.7e-6 with 0.83 at 9.6e-6 and 0.60 at 9.8e-6: local slopes
+of about -60 and +30 there, a lucky draw of a chaotic map, not an update of that size).
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ TOLERANCE = 0.02  # |‖ΔW‖ / target − 1| at which a learning rate is accep
 LR_RANGE = (1e-10, 1e4)  # learning rates the search may try
 MAX_FITS = 30
 MIN_BRACKET = 1e-4  # relative width in lr of a bracket that still straddles the target: a jump, not a crossing
+STABILITY_STEP = 0.01  # relative lr step of the two fits that check an accepted lr's update is a stable one
+MAX_LOCAL_SLOPE = 10.0  # the steepest d log ‖ΔW‖ / d log lr accepted there (stable SGD: about 1; chaotic: 30 and more)
+UNSTABLE_ADVICE = (
+    "No update of that size is found by a stable lr; compare at the papers' learning rate instead (--baseline-lr "
+    "paper, or --lr-lcgd gd for LCGD), or leave this subject out"
+)
 
 
 def matched_lr(
@@ -45,7 +56,7 @@ def matched_lr(
 ) -> tuple[float, Delta]:
     """The learning rate (and its delta) at which `fit(lr)`'s update norm is `target` within `tolerance`, searched
     from `start`. `subject` names the subject and method in the error raised when no lr in `lr_range` reaches the
-    target (or the search does not settle in `max_fits` fits)."""
+    target, reaches it only past SGD's stability edge, or does not settle in `max_fits` fits."""
     if not (target > 0 and math.isfinite(target)):
         raise ValueError(
             f"{subject}: the target update size is {target:g}; a matched learning rate needs a nonzero "
@@ -56,12 +67,14 @@ def matched_lr(
     above: tuple[float, float] | None = None
     tried: list[tuple[float, float]] = []
     sides: list[bool] = []  # whether each fit's norm was above the target
+    crossing_lr: float | None = None  # the top of the first bracket: the target is crossed below it
     log_lr = math.log(min(max(start, low), high))
     for _ in range(max_fits):
         lr = math.exp(log_lr)
         delta, norm = _fit_norm(fit, lr, n_layers)
         tried.append((lr, norm))
         if math.isfinite(norm) and norm > 0 and abs(norm / target - 1) <= tolerance:
+            _check_stable(fit, lr, norm, n_layers, subject)
             return lr, delta
         gap = math.log(norm / target) if norm > 0 else -math.inf  # +inf: diverged
         sides.append(gap > 0)
@@ -70,8 +83,11 @@ def matched_lr(
             below = (log_lr, gap) if below is None or bracketed or log_lr > below[0] else below
         else:
             above = (log_lr, gap) if above is None or bracketed or log_lr < above[0] else above
-        if below is not None and above is not None and abs(above[0] - below[0]) < math.log1p(MIN_BRACKET):
-            raise ValueError(_jump_message(subject, target, tolerance, tried, below, above))
+        if below is not None and above is not None:
+            crossing_lr = crossing_lr or math.exp(max(below[0], above[0]))  # the first bracket's top: brackets shrink
+            _check_no_fall(subject, target, tried, crossing_lr)
+            if abs(above[0] - below[0]) < math.log1p(MIN_BRACKET):
+                raise ValueError(_jump_message(subject, target, tolerance, tried, below, above))
         bisect = len(sides) >= 2 and sides[-1] == sides[-2]
         log_lr = _next_log_lr(log_lr, gap, below, above, math.log(low), math.log(high), bisect)
         if log_lr is None:
@@ -100,8 +116,40 @@ def _jump_message(subject: str, target: float, tolerance: float, tried, below, a
     return (
         f"{subject}: ‖ΔW‖ jumps over the trained model's update size ({target:.4g} ± {tolerance:.0%}) instead of "
         f"crossing it: lr {low_lr:.6g} gives {norm_at[low_lr]:.4g} and lr {high_lr:.6g} gives {norm_at[high_lr]:.4g} "
-        f"({len(tried)} fits){fall}. No update of that size is found by a stable lr; compare at the papers' learning "
-        "rate instead (--baseline-lr paper, or --lr-lcgd gd for LCGD), or leave this subject out"
+        f"({len(tried)} fits){fall}. {UNSTABLE_ADVICE}"
+    )
+
+
+def _check_no_fall(subject: str, target: float, tried: list[tuple[float, float]], crossing_lr: float) -> None:
+    """Stop the search where ‖ΔW‖ fell as lr rose anywhere up to `crossing_lr`, the top of the first bracket: stable
+    SGD's update grows with lr and instability only grows with lr, so a fall below the crossing means the target lies
+    past the stability edge, and any lr found there would be a draw of a chaotic map. Falls above it (or a
+    diverging fit) say nothing about the crossing."""
+    ordered = sorted((lr, n) for lr, n in tried if lr <= crossing_lr and math.isfinite(n))
+    falls = [(a, b) for a, b in zip(ordered, ordered[1:]) if b[1] < a[1]]
+    if falls:
+        (lr_a, norm_a), (lr_b, norm_b) = falls[0]
+        raise ValueError(
+            f"{subject}: ‖ΔW‖ falls as lr rises below where it reaches the trained model's update size "
+            f"({target:.4g}): lr {lr_a:.6g} gives {norm_a:.4g} and lr {lr_b:.6g} gives {norm_b:.4g} ({len(tried)} "
+            f"fits), so training is past its stability edge there. {UNSTABLE_ADVICE}"
+        )
+
+
+def _check_stable(fit: Callable[[float], Delta], lr: float, norm: float, n_layers: int, subject: str) -> None:
+    """Refuse an accepted lr whose update is not a stable one: at lr / (1 + step) and lr · (1 + step), ‖ΔW‖ must
+    rise with lr at a local slope in (0, `MAX_LOCAL_SLOPE`]."""
+    step = math.log1p(STABILITY_STEP)
+    sides = [(math.exp(sign * step) * lr, _fit_norm(fit, math.exp(sign * step) * lr, n_layers)[1]) for sign in (-1, 1)]
+    slopes = [math.log(n / norm) / (sign * step) if n > 0 else -math.inf for (_, n), sign in zip(sides, (-1, 1))]
+    if all(0 < slope <= MAX_LOCAL_SLOPE for slope in slopes):
+        return
+    shown = " and ".join(f"lr {side_lr:.6g} gives {n:.4g}" for side_lr, n in sides)
+    raise ValueError(
+        f"{subject}: lr {lr:.6g} gives an update of the trained model's size ({norm:.4g}) but not a stable one: "
+        f"{shown} (local slope of log ‖ΔW‖ in log lr {slopes[0]:.3g} below and {slopes[1]:.3g} above; stable SGD "
+        f"gives about 1, accepted up to {MAX_LOCAL_SLOPE:g}), so training is past its stability edge there. "
+        f"{UNSTABLE_ADVICE}"
     )
 
 
