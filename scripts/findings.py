@@ -5,6 +5,7 @@
     python scripts/findings.py --write README.md docs/findings.md docs/findings/   # the same, pages named
     python scripts/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
     python scripts/findings.py --verdicts smollm2-rt-matched-paper10 rt-snippets   # one task's verdicts, Holm's too
+    python scripts/findings.py --lenses smollm2-rt-lenses implicit_abs_cos_gd      # a lens per layer beside its nulls
 
 Every number of the README's findings paragraph (the <!-- findings-summary --> block: each design's summary
 sentence) and of docs/findings.md's summary (the <!-- findings --> block: the sentences and their tables) comes
@@ -13,7 +14,9 @@ from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/fin
 page under docs/findings/ that sets the papers' way beside matched update size quotes it in a
 <!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments;
 `--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
-<!-- findings-verdicts SWEEP TASK --> block). ICL as one weight update (every `lenses --transfer` folder under
+<!-- findings-verdicts SWEEP TASK --> block); a lenses folder's paired verdicts are a <!-- findings-lenses FOLDER -->
+block and one of its measures per layer beside its nulls a <!-- findings-lens-layers FOLDER MEASURE --> block
+(`--lenses FOLDER [MEASURE]` prints either). ICL as one weight update (every `lenses --transfer` folder under
 --results, each beside the function vectors of its model and task) is the <!-- findings-whole-model --> table of
 docs/findings.md and the <!-- findings-whole-model-summary --> sentence of the README.
 tests/views/test_findings.py fails when any generated block of a committed page differs from what this prints.
@@ -26,12 +29,15 @@ import re
 from pathlib import Path
 
 from iclgd_lens.analysis.heads.whole_model import whole_model_readings
+from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_verdicts
 from iclgd_lens.analysis.protocol.findings import beside, load_pairs, task_verdicts
 from iclgd_lens.views.findings import (
     beside_table,
     findings_block,
     findings_summary,
     holm_table,
+    lens_layer_table,
+    lens_verdict_table,
     whole_model_summary,
     whole_model_table,
 )
@@ -41,7 +47,8 @@ RESULTS = ROOT / "docs" / "results"
 # name -> how many arguments its marker takes: the full block (docs/findings.md) and the paragraph (the README); one
 # task's two sweeps side by side and one task's verdicts with their adjustment (study pages); ICL as one weight update
 # (the transfer lens and function vectors, analysis/heads/whole_model.py): its table (docs/findings.md) and its
-# sentence (the README).
+# sentence (the README); a lenses folder's paired verdicts, and one of its measures per layer beside its nulls
+# (analysis/lenses/lens_findings.py; study pages).
 BLOCKS = {
     "findings": 0,
     "findings-summary": 0,
@@ -49,6 +56,8 @@ BLOCKS = {
     "findings-verdicts": 2,
     "findings-whole-model": 0,
     "findings-whole-model-summary": 0,
+    "findings-lenses": 1,
+    "findings-lens-layers": 2,
 }
 # What a bare `--write` rewrites: the README, the findings index and every study page under docs/findings/.
 PAGES = (ROOT / "README.md", ROOT / "docs" / "findings.md", ROOT / "docs" / "findings")
@@ -71,6 +80,10 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
     elif name == "findings-verdicts":
         sweep, task = args
         body = holm_table(task_verdicts(results / sweep, task))
+    elif name == "findings-lenses":
+        body = lens_verdict_table(lens_verdicts(results / args[0]))
+    elif name == "findings-lens-layers":
+        body = lens_layer_table(lens_layers(results / args[0], args[1]))
     elif name.startswith("findings-whole-model"):
         readings = whole_model_readings(results)
         body = whole_model_summary(readings) if name.endswith("summary") else whole_model_table(readings)
@@ -112,8 +125,16 @@ def main() -> None:
         help="two sweeps under --results (the papers' way, then matched) and a task of both",
     )
     parser.add_argument("--verdicts", nargs=2, metavar=("SWEEP", "TASK"), help="a sweep under --results and its task")
+    parser.add_argument(
+        "--lenses", nargs="+", metavar="FOLDER [MEASURE]", help="a lenses folder under --results (and one measure)"
+    )
     args = parser.parse_args()
-    for name, given in (("findings-beside", args.beside), ("findings-verdicts", args.verdicts)):
+    lens_block = "findings-lens-layers" if args.lenses and len(args.lenses) > 1 else "findings-lenses"
+    for name, given in (
+        ("findings-beside", args.beside),
+        ("findings-verdicts", args.verdicts),
+        (lens_block, args.lenses),
+    ):
         if given:
             print(block(args.results, name, tuple(given)).split("\n", 1)[1].rsplit("\n", 1)[0])
             return

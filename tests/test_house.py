@@ -60,6 +60,7 @@ def test_the_front_door_is_at_most_8_kb():
 TESTED_WITH = {
     "analysis/heads/kendall.py": ("tests/analysis/test_attribution.py", "iclgd_lens.analysis.heads.kendall"),
     "analysis/heads/patterns.py": ("tests/views/test_views.py", "iclgd_lens.analysis.heads.patterns"),
+    "analysis/lenses/lens_findings.py": ("tests/views/test_findings.py", "iclgd_lens.analysis.lenses.lens_findings"),
     "analysis/lenses/implicit_update.py": (
         "tests/analysis/test_lenses.py",
         "iclgd_lens.analysis.lenses.implicit_update",

@@ -258,3 +258,37 @@ def whole_model_summary(readings: list[WholeModelReading]) -> str:
         f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top {top} heads "
         f"in GD's top {top}: {', '.join(vectors) or 'not run'}."
     )
+
+
+def lens_verdict_table(frame: pd.DataFrame) -> str:
+    """`analysis.lenses.lens_findings.lens_verdicts` in Markdown: a row per paired verdict (each read on its own at
+    95 %: the lenses are exploratory under the multiplicity policy)."""
+    rows = [
+        [
+            f"`{row['measure']}`",
+            row["baseline"],
+            f"{row['model']:.3g}",
+            f"{row['baseline_value']:.3g}",
+            f"{row['difference']:+.3g} [{row['low']:+.3g}, {row['high']:+.3g}]: {row['verdict']}",
+        ]
+        for _, row in frame.iterrows()
+    ]
+    header = ["measure (mean over layers)", "against", "model", "against's value", "difference [95 %]: verdict"]
+    return markdown_table(header, rows)
+
+
+def lens_layer_table(frame: pd.DataFrame) -> str:
+    """`analysis.lenses.lens_findings.lens_layers` in Markdown: a row per layer, a column per subject (mean [95 %
+    interval]; the random-direction scale has none)."""
+    subjects = list(dict.fromkeys(frame["subject"]))
+    sign = "+" if (frame["mean"] < 0).any() else ""  # a signed measure's values carry their sign
+    cells = {(row["layer"], row["subject"]): _mean_interval(row, sign) for _, row in frame.iterrows()}
+    layers = sorted(set(frame["layer"]))
+    rows = [[str(layer), *(cells.get((layer, s), "") for s in subjects)] for layer in layers]
+    return markdown_table(["layer", *subjects], rows)
+
+
+def _mean_interval(row, sign: str) -> str:
+    if math.isnan(row["low"]):
+        return f"{row['mean']:.3g}"
+    return f"{row['mean']:{sign}.3g} [{row['low']:{sign}.3g}, {row['high']:{sign}.3g}]"

@@ -126,6 +126,55 @@ def test_the_holm_table_is_the_sweeps_verdicts(script):
         task_verdicts(RESULTS / "smollm2-rt-matched-paper10", "trec")
 
 
+def _lenses_folder(folder: Path) -> Path:
+    """A lenses folder written by hand: two layers of implicit_abs_cos_gd for the model and the structured null, the
+    random-direction scale, a signed lens with a negative layer, and two paired verdicts."""
+    folder.mkdir()
+    header = "measure,subject,layer,mean,low,high,covers,runs\n"
+    rows = [
+        "implicit_abs_cos_gd,model,0,0.0123,0.0101,0.0150,runs and queries,5",
+        "implicit_abs_cos_gd,model,1,0.0080,0.0070,0.0090,runs and queries,5",
+        "implicit_abs_cos_gd,model [FT on synth-subj],0,0.0110,0.0090,0.0130,runs and queries,5",
+        "implicit_abs_cos_gd,model [FT on synth-subj],1,0.0079,0.0069,0.0089,runs and queries,5",
+        "random_abs_cos_implicit,model,0,0.000509,0.000509,0.000509,runs and queries,5",
+        "random_abs_cos_implicit,model,1,0.000509,0.000509,0.000509,runs and queries,5",
+        "implicit_cos_gd,model,0,-0.0169,-0.0194,-0.0121,runs and queries,5",
+        "implicit_cos_gd,model,1,0.0020,0.0010,0.0030,runs and queries,5",
+    ]
+    (folder / "per_layer.csv").write_text(header + "\n".join(rows) + "\n")
+    (folder / "paired.csv").write_text(
+        "measure,baseline,model,baseline_value,difference,low,high,covers,verdict,runs\n"
+        "implicit_abs_cos_gd,model [FT on synth-subj],0.01015,0.00945,0.0007,0.0002,0.0012,runs and queries,above,5\n"
+        "tv_correct,no_training,0.75,0.5,0.25,-0.01,0.4,runs and queries,no difference shown,5\n"
+    )
+    return folder
+
+
+def test_a_lens_is_read_per_layer_beside_its_nulls(tmp_path):
+    """`findings-lens-layers`: the model first, then the structured null, then the random-direction scale (an
+    absolute cosine's only); a signed lens keeps its signs and gets no random column; an unknown measure names the
+    ones the folder has. `findings-lenses`: every paired verdict, as paired.csv holds it."""
+    from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_verdicts
+    from iclgd_lens.views.findings import lens_layer_table, lens_verdict_table
+
+    folder = _lenses_folder(tmp_path / "lenses")
+    lines = lens_layer_table(lens_layers(folder, "implicit_abs_cos_gd")).split("\n")
+    assert lines[0] == "| layer | model | model [FT on synth-subj] | random directions |"
+    assert lines[2] == "| 0 | 0.0123 [0.0101, 0.015] | 0.011 [0.009, 0.013] | 0.000509 |"
+    signed = lens_layer_table(lens_layers(folder, "implicit_cos_gd")).split("\n")
+    assert signed[0] == "| layer | model |" and signed[2] == "| 0 | -0.0169 [-0.0194, -0.0121] |"
+    assert signed[3] == "| 1 | +0.002 [+0.001, +0.003] |"
+    with pytest.raises(ValueError, match="no measure 'shift_cos_gd'; it has: implicit_abs_cos_gd, implicit_cos_gd"):
+        lens_layers(folder, "shift_cos_gd")
+    verdicts = lens_verdict_table(lens_verdicts(folder)).split("\n")
+    assert len(verdicts) == 4
+    assert verdicts[2] == (
+        "| `implicit_abs_cos_gd` | model [FT on synth-subj] | 0.0101 | 0.00945 | +0.0007 [+0.0002, +0.0012]: above |"
+    )
+    with pytest.raises(ValueError, match="not a folder written by `iclgd-lens lenses`"):
+        lens_verdicts(tmp_path)
+
+
 def test_every_generated_block_of_every_page_is_the_generators(script):
     """Wherever a generated block stands (the README, the index, a study page, or a page it moves to later), it is
     what the generator writes from its marker's arguments; an edited number in any of them fails; each block is

@@ -1,0 +1,45 @@
+"""A lenses folder read for the findings pages: its paired verdicts, and one measure per layer beside its nulls
+(`scripts/findings.py`'s findings-lenses and findings-lens-layers blocks). Reads paired.csv and per_layer.csv only,
+so a page quoting them is regenerated without a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# The random-direction scale of a cosine lens's space, by the lens's stem (lens_nulls.random_scales).
+RANDOM_SCALES = {"implicit": "random_abs_cos_implicit", "shift": "random_abs_cos_shift"}
+RANDOM = "random directions"  # the subject name the scale is shown under
+
+
+def lens_verdicts(folder: Path) -> pd.DataFrame:
+    """Every paired verdict of a lenses folder (paired.csv), in the file's order: per measure (its mean over layers
+    or stream points) the model's value against each other subject (untrained baselines, the label control, its
+    cross pairs, the structured null), the difference with its interval and the verdict."""
+    return pd.read_csv(_file(folder, "paired.csv"))
+
+
+def lens_layers(folder: Path, measure: str) -> pd.DataFrame:
+    """`measure` per layer (or stream point) for every subject the folder has it for, the model first, with the
+    random-direction E|cos| of its space as one more subject (`RANDOM`, no interval) where `measure` is an
+    absolute cosine of the implicit update or the residual shift. Columns: layer, subject, mean, low, high."""
+    per_layer = pd.read_csv(_file(folder, "per_layer.csv"))
+    rows = per_layer[per_layer["measure"] == measure]
+    if rows.empty:
+        known = ", ".join(sorted(set(per_layer["measure"])))
+        raise ValueError(f"{folder / 'per_layer.csv'} has no measure {measure!r}; it has: {known}")
+    order = ["model", *(s for s in dict.fromkeys(rows["subject"]) if s != "model")]
+    frames = [rows[rows["subject"] == s] for s in order if s in set(rows["subject"])]
+    stem = measure.split("_")[0]
+    if "_abs_cos_" in measure and stem in RANDOM_SCALES:
+        scale = per_layer[(per_layer["measure"] == RANDOM_SCALES[stem]) & (per_layer["subject"] == "model")]
+        frames.append(scale.assign(subject=RANDOM, low=float("nan"), high=float("nan")))
+    return pd.concat(frames)[["layer", "subject", "mean", "low", "high"]].reset_index(drop=True)
+
+
+def _file(folder: Path, name: str) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: not a folder written by `iclgd-lens lenses`")
+    return path
