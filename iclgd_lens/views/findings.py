@@ -43,8 +43,11 @@ def findings_summary(pairs: list[PairCounts]) -> str:
 def summary_sentence(pairs: list[PairCounts]) -> str:
     """What the counts over `pairs` say, every number from `totals`."""
     t = totals(pairs)
+    most = max(p.alpha_total for p in pairs)
+    fewer = sum(p.alpha_total < most for p in pairs)  # pairs compared with fewer baselines ("every" is then fewer)
+    against = f" ({fewer} of them against fewer baselines)" if fewer else ""
     return (
-        f"Over {t['pairs']} (model, task) pairs, GD's similarity to ICL (SimAOU_norm, SimAOU, SimAM∆) is above an "
+        f"Over {t['pairs']} (model, task) pairs{against}, GD's similarity to ICL (SimAOU_norm, SimAOU, SimAM∆) is above an "
         f"untrained baseline's on {t['gd_above']} of {t['gd_verdicts']} paired verdicts, below on {t['gd_below']}, "
         f"not shown different on {t['gd_no_difference_shown']} and borderline on {t['gd_borderline']} (each verdict "
         f"read on its own at 95 %); LCGD's α, the cosine between LCGD's and GD's score updates (it involves no ICL), "
