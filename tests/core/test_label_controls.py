@@ -103,6 +103,10 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     assert crosses == ["trained [ICL true, FT shuffled]", "trained [ICL shuffled, FT true]"]
     assert others(table) == ["trained_norms", *sorted([label, *crosses])]
     assert set(crosses) <= set(verdicts.baseline)  # the cross pairs too, paired by run and query
+    # α involves no ICL: against a cross pair it would be an identity (0 against "ICL shuffled, FT true"): no verdict
+    assert "alpha" in set(verdicts[verdicts.baseline == label].metric)
+    assert "alpha" not in set(verdicts[verdicts.baseline.isin(crosses)].metric)
+    assert {"simaou_norm", "simaou", "simam_delta"} <= set(verdicts[verdicts.baseline == crosses[1]].metric)
     crossed = table[(table.model == crosses[0]) & (table.method == "gd")].set_index("metric")["mean"]
     assert (crossed["acc_icl"], crossed["acc_ft"]) == (result.accuracy["icl"], control.accuracy["gd"])
 

@@ -107,6 +107,9 @@ def control_label(kind: str) -> str:
     return f"{TRAINED} [{kind}]"
 
 
+CROSS_PREFIX = f"{TRAINED} [ICL "  # every cross pair's label begins so (`cross_pair_name`)
+
+
 def cross_label(kind: str, icl: str) -> str:
     """A cross pair's column (`Result.crossed`): "trained [ICL true, FT shuffled]"."""
     return f"{TRAINED} [{cross_pair_name(kind, icl)}]"
@@ -194,6 +197,9 @@ def with_norm_ratios(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 COMPARED = ("simaou_norm", "simaou", "simam_delta", "alpha")  # similarities of an update (not SimAM after/before FT)
+# Metrics with no ICL in them: a cross pair differs from the trained model (or its control) on ICL's side only, so it
+# equals one of them exactly there, and a verdict against it is an identity (α against "ICL shuffled, FT true": 0).
+NO_ICL = ("alpha",)
 VERDICT_COLUMNS = [
     "task",
     "method",
@@ -254,12 +260,16 @@ def _norm(index: pd.DataFrame, task: str, subject: tuple[str, str]) -> float:
 
 
 def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
-    """Per task, method, compared metric (COMPARED) and untrained baseline: trained − baseline (`_paired_row`)."""
+    """Per task, method, compared metric (COMPARED) and untrained baseline, label control or cross pair (but no
+    cross pair of a metric without ICL: `NO_ICL`): trained − the other subject (`_paired_row`)."""
     index = summary.set_index(["task", "model", "method", "metric"])
     rows = [
         _paired_row(index, draws, task, method, metric, (TRAINED, method), (model, method), model)
         for task, model, method, metric in draws
-        if model != TRAINED and metric in COMPARED and (task, TRAINED, method, metric) in draws
+        if model != TRAINED
+        and metric in COMPARED
+        and (task, TRAINED, method, metric) in draws
+        and not (metric in NO_ICL and model.startswith(CROSS_PREFIX))
     ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
