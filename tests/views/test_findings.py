@@ -99,7 +99,10 @@ BESIDE = [
 
 
 # The study pages that quote a sweep's verdicts with Holm's adjustment whole (<!-- findings-verdicts SWEEP TASK -->).
-VERDICT_TABLES = [("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets"))]
+VERDICT_TABLES = [
+    ("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets")),
+    ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-mlpin-shuffled-matched-paper5", "synth-mr")),
+]
 
 
 @pytest.mark.parametrize("first, second, task, page, ratio", BESIDE)
