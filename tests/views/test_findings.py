@@ -144,6 +144,14 @@ def test_the_holm_table_is_the_sweeps_verdicts(script):
         task_verdicts(RESULTS / "smollm2-rt-matched-paper10", "trec")
 
 
+# The study pages that quote a lenses folder (<!-- findings-lenses FOLDER --> and <!-- findings-lens-layers ... -->).
+LENS_PAGE, LENSES = "smollm2-synth-mr-label-control-matched.md", "smollm2-mr-lenses-matched-paper5"
+LENS_BLOCKS = [
+    (LENS_PAGE, "findings-lenses", (LENSES,)),
+    (LENS_PAGE, "findings-lens-layers", (LENSES, "implicit_abs_cos_gd")),
+]
+
+
 def _lenses_folder(folder: Path) -> Path:
     """A lenses folder written by hand: two layers of implicit_abs_cos_gd for the model and the structured null, the
     random-direction scale, a signed lens with a negative layer, and two paired verdicts."""
@@ -212,6 +220,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
     expected += [("README.md", "findings-whole-model-summary", ()), ("docs/findings.md", "findings-whole-model", ())]
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
     expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
+    expected += [(f"docs/findings/{page}", name, args) for page, name, args in LENS_BLOCKS]
     assert sorted(where) == sorted(expected)
 
 
