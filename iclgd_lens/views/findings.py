@@ -47,12 +47,12 @@ def summary_sentence(pairs: list[PairCounts]) -> str:
     fewer = sum(p.alpha_total < most for p in pairs)  # pairs compared with fewer baselines ("every" is then fewer)
     against = f" ({fewer} of them against fewer baselines)" if fewer else ""
     return (
-        f"Over {t['pairs']} (model, task) pairs{against}, GD's similarity to ICL (SimAOU_norm, SimAOU, SimAM∆) is above an "
-        f"untrained baseline's on {t['gd_above']} of {t['gd_verdicts']} paired verdicts, below on {t['gd_below']}, "
-        f"not shown different on {t['gd_no_difference_shown']} and borderline on {t['gd_borderline']} (each verdict "
-        f"read on its own at 95 %); LCGD's α, the cosine between LCGD's and GD's score updates (it involves no ICL), "
-        f"is below every untrained baseline's on {t['alpha_below_all']} of {t['pairs']} pairs; ICL's mean accuracy "
-        f"beats zero-shot on {t['icl_above_zs']} of {t['pairs']}."
+        f"Over {t['pairs']} (model, task) pairs{against}, GD's similarity to ICL (SimAOU_norm, SimAOU, SimAM∆) is "
+        f"above an untrained baseline's on {t['gd_above']} of {t['gd_verdicts']} paired verdicts, below on "
+        f"{t['gd_below']}, not shown different on {t['gd_no_difference_shown']} and borderline on "
+        f"{t['gd_borderline']} (each verdict read on its own at 95 %); LCGD's α, the cosine between LCGD's and GD's "
+        f"score updates (it involves no ICL), is below every untrained baseline's on {t['alpha_below_all']} of "
+        f"{t['pairs']} pairs; ICL's mean accuracy beats zero-shot on {t['icl_above_zs']} of {t['pairs']}."
     )
 
 
