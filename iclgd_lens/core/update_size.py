@@ -105,8 +105,7 @@ def _jump_message(subject: str, target: float, tolerance: float, tried, below, a
     (the mark of training past its stability edge)."""
     norm_at = dict(tried)
     low_lr, high_lr = math.exp(below[0]), math.exp(above[0])
-    ordered = sorted((lr, n) for lr, n in tried if math.isfinite(n))
-    falls = [(a, b) for a, b in zip(ordered, ordered[1:]) if b[1] < a[1]]
+    falls = _falls(tried)
     fall = (
         f"; ‖ΔW‖ also fell as lr rose (lr {falls[0][0][0]:.6g} gave {falls[0][0][1]:.4g}, lr "
         f"{falls[0][1][0]:.6g} gave {falls[0][1][1]:.4g}), so training is past its stability edge here"
@@ -125,8 +124,7 @@ def _check_no_fall(subject: str, target: float, tried: list[tuple[float, float]]
     SGD's update grows with lr and instability only grows with lr, so a fall below the crossing means the target lies
     past the stability edge, and any lr found there would be a draw of a chaotic map. Falls above it (or a
     diverging fit) say nothing about the crossing."""
-    ordered = sorted((lr, n) for lr, n in tried if lr <= crossing_lr and math.isfinite(n))
-    falls = [(a, b) for a, b in zip(ordered, ordered[1:]) if b[1] < a[1]]
+    falls = _falls(tried, crossing_lr)
     if falls:
         (lr_a, norm_a), (lr_b, norm_b) = falls[0]
         raise ValueError(
@@ -136,11 +134,18 @@ def _check_no_fall(subject: str, target: float, tried: list[tuple[float, float]]
         )
 
 
+def _falls(tried: list[tuple[float, float]], up_to: float = math.inf) -> list[tuple[tuple[float, float], ...]]:
+    """The neighbouring fits, in rising lr up to `up_to` (finite norms only), whose ‖ΔW‖ fell as lr rose."""
+    ordered = sorted((lr, n) for lr, n in tried if lr <= up_to and math.isfinite(n))
+    return [(a, b) for a, b in zip(ordered, ordered[1:]) if b[1] < a[1]]
+
+
 def _check_stable(fit: Callable[[float], Delta], lr: float, norm: float, n_layers: int, subject: str) -> None:
     """Refuse an accepted lr whose update is not a stable one: at lr / (1 + step) and lr · (1 + step), ‖ΔW‖ must
     rise with lr at a local slope in (0, `MAX_LOCAL_SLOPE`]."""
     step = math.log1p(STABILITY_STEP)
-    sides = [(math.exp(sign * step) * lr, _fit_norm(fit, math.exp(sign * step) * lr, n_layers)[1]) for sign in (-1, 1)]
+    side_lrs = [lr / (1 + STABILITY_STEP), lr * (1 + STABILITY_STEP)]
+    sides = [(side_lr, _fit_norm(fit, side_lr, n_layers)[1]) for side_lr in side_lrs]
     slopes = [math.log(n / norm) / (sign * step) if n > 0 else -math.inf for (_, n), sign in zip(sides, (-1, 1))]
     if all(0 < slope <= MAX_LOCAL_SLOPE for slope in slopes):
         return

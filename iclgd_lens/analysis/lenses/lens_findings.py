@@ -29,8 +29,8 @@ def lens_layers(folder: Path, measure: str) -> pd.DataFrame:
     if rows.empty:
         known = ", ".join(sorted(set(per_layer["measure"])))
         raise ValueError(f"{folder / 'per_layer.csv'} has no measure {measure!r}; it has: {known}")
-    order = ["model", *(s for s in dict.fromkeys(rows["subject"]) if s != "model")]
-    frames = [rows[rows["subject"] == s] for s in order if s in set(rows["subject"])]
+    subjects = sorted(dict.fromkeys(rows["subject"]), key=lambda s: s != "model")  # the model first, else as found
+    frames = [rows[rows["subject"] == s] for s in subjects]
     stem = measure.split("_")[0]
     if "_abs_cos_" in measure and stem in RANDOM_SCALES:
         scale = per_layer[(per_layer["measure"] == RANDOM_SCALES[stem]) & (per_layer["subject"] == "model")]
