@@ -348,6 +348,15 @@ def cross_pair_name(kind: str, icl: str) -> str:
     return f"ICL {icl}, FT {kind if icl == 'true' else 'true'}"
 
 
+OTHER_TASK_PREFIX = "model [FT on "  # every structured null's subject name begins so (`other_task_name`)
+
+
+def other_task_name(task: str) -> str:
+    """The structured null's subject name, "model [FT on synth-subj]": the methods' updates learned from another
+    task's demonstrations on the same model (lenses --null-runs), read on this task's queries."""
+    return f"{OTHER_TASK_PREFIX}{task}]"
+
+
 def setting_output_weights(
     W_O: dict[str, Tensor], b_O: dict[str, Tensor], setting: str
 ) -> tuple[Tensor, Tensor | None]:

@@ -4,7 +4,7 @@ second time on it, is saved beside the normal one, and stands beside every metri
 import pytest
 
 from iclgd_lens import Result, compare
-from iclgd_lens.analysis.protocol.tables import control_label, cross_label, summary_table
+from iclgd_lens.analysis.protocol.tables import control_label, cross_label, per_layer_table, summary_table
 from iclgd_lens.core.episodes import build_episode, shown_labels
 from iclgd_lens.views.reproduction import accuracy_table, others
 from tests.helpers import make_tokenizer, tiny_model, toy_task
@@ -103,9 +103,15 @@ def test_compare_runs_the_control_beside_and_saves_it(tmp_path):
     assert crosses == ["trained [ICL true, FT shuffled]", "trained [ICL shuffled, FT true]"]
     assert others(table) == ["trained_norms", *sorted([label, *crosses])]
     assert set(crosses) <= set(verdicts.baseline)  # the cross pairs too, paired by run and query
-    # α involves no ICL: against a cross pair it would be an identity (0 against "ICL shuffled, FT true"): no verdict
+    # α involves no ICL: a cross pair's would copy the trained model's or its control's, and a verdict against it
+    # would be an identity (0 against "ICL shuffled, FT true"): no α row for a cross pair, in any table
     assert "alpha" in set(verdicts[verdicts.baseline == label].metric)
     assert "alpha" not in set(verdicts[verdicts.baseline.isin(crosses)].metric)
+    assert "alpha" in set(table[table.model == label].metric)
+    assert "alpha" not in set(table[table.model.isin(crosses)].metric)
+    layers = per_layer_table({"toy": [loaded]})
+    assert "alpha" in set(layers[layers.model == label].metric)
+    assert "alpha" not in set(layers[layers.model.isin(crosses)].metric)
     assert {"simaou_norm", "simaou", "simam_delta"} <= set(verdicts[verdicts.baseline == crosses[1]].metric)
     crossed = table[(table.model == crosses[0]) & (table.method == "gd")].set_index("metric")["mean"]
     assert (crossed["acc_icl"], crossed["acc_ft"]) == (result.accuracy["icl"], control.accuracy["gd"])

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from iclgd_lens.analysis.heads.function_vectors import ranking_agreement
+from iclgd_lens.core.results import OTHER_TASK_PREFIX
 
 Interval = tuple[float, float, float]  # mean, low, high (95 %, over the target queries of one run)
 # Inside a transfer folder: the same lenses run with --null-runs (the mean patch's structured null).
@@ -92,7 +93,7 @@ def _null_abs_cos(folder: Path) -> float:
     if not (folder / "per_layer.csv").is_file():
         return math.nan
     per_layer = pd.read_csv(folder / "per_layer.csv")
-    rows = per_layer[(per_layer["measure"] == "patch_cos_gd") & per_layer["subject"].str.startswith("model [FT on")]
+    rows = per_layer[(per_layer["measure"] == "patch_cos_gd") & per_layer["subject"].str.startswith(OTHER_TASK_PREFIX)]
     return float(rows["mean"].abs().mean()) if not rows.empty else math.nan
 
 

@@ -21,7 +21,7 @@ from iclgd_lens.analysis.lenses.implicit_update import matrix_names
 from iclgd_lens.analysis.lenses.lens_runs import POINTS, SubjectRuns
 from iclgd_lens.backend import LensModel
 from iclgd_lens.core.recording import Prompts, read_points
-from iclgd_lens.core.results import Result
+from iclgd_lens.core.results import Result, other_task_name
 
 
 def random_abs_cos(dimension: int) -> float:
@@ -73,4 +73,4 @@ def other_task_subject(trained: SubjectRuns, result: Result, null: Result, batch
         method: read_points(model, Prompts.of(episode, episode.zs_prefix), POINTS, delta, batch_size)
         for method, delta in deltas.items()
     }
-    return SubjectRuns(f"model [FT on {null.config['task']}]", model, deltas, readings, {})
+    return SubjectRuns(other_task_name(null.config["task"]), model, deltas, readings, {})

@@ -108,6 +108,9 @@ def control_label(kind: str) -> str:
 
 
 CROSS_PREFIX = f"{TRAINED} [ICL "  # every cross pair's label begins so (`cross_pair_name`)
+# Metrics with no ICL in them: a cross pair differs from the trained model (or its control) on ICL's side only, so it
+# equals one of them exactly there, and a verdict against it is an identity (α against "ICL shuffled, FT true": 0).
+NO_ICL = ("alpha",)
 
 
 def cross_label(kind: str, icl: str) -> str:
@@ -121,6 +124,18 @@ def _itself(result: Result) -> Result:
 
 def _control(result: Result, kind: str) -> Result:
     return result.controls[kind]
+
+
+def _scored_similarities(label: str, method: str, metrics: dict) -> tuple[str, ...]:
+    """The similarities a subject's `method` is scored on (`metrics`: one run's): α for LCGD only, where the result
+    has it; and no metric without ICL (`NO_ICL`) for a cross pair, which equals the trained model or its control
+    there exactly, so that its means, intervals and verdicts would be copies or identities."""
+    return tuple(
+        metric
+        for metric in SIMILARITIES
+        if not (metric == "alpha" and (method != "lcgd" or "alpha" not in metrics))
+        and not (metric in NO_ICL and label.startswith(CROSS_PREFIX))
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -145,9 +160,7 @@ def summary_table(results: dict[str, list[Result]]) -> tuple[pd.DataFrame, pd.Da
             for method in first.methods:
                 per_run = [bootstrap.query_values(r, model, method) for r in picked]
                 metrics = [r.scores[model].metrics for r in picked]
-                for metric in SIMILARITIES:
-                    if metric == "alpha" and (method != "lcgd" or "alpha" not in metrics[0]):
-                        continue
+                for metric in _scored_similarities(label, method, metrics[0]):
                     means = [m["alpha"]["mean"] if metric == "alpha" else m[method][metric]["mean"] for m in metrics]
                     statistics = resampling.statistics([v[metric] for v in per_run])
                     draws[(task, label, method, metric)] = statistics
@@ -197,9 +210,6 @@ def with_norm_ratios(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 COMPARED = ("simaou_norm", "simaou", "simam_delta", "alpha")  # similarities of an update (not SimAM after/before FT)
-# Metrics with no ICL in them: a cross pair differs from the trained model (or its control) on ICL's side only, so it
-# equals one of them exactly there, and a verdict against it is an identity (α against "ICL shuffled, FT true": 0).
-NO_ICL = ("alpha",)
 VERDICT_COLUMNS = [
     "task",
     "method",
@@ -260,16 +270,13 @@ def _norm(index: pd.DataFrame, task: str, subject: tuple[str, str]) -> float:
 
 
 def verdicts_table(summary: pd.DataFrame, draws: dict[tuple[str, str, str, str], np.ndarray]) -> pd.DataFrame:
-    """Per task, method, compared metric (COMPARED) and untrained baseline, label control or cross pair (but no
-    cross pair of a metric without ICL: `NO_ICL`): trained − the other subject (`_paired_row`)."""
+    """Per task, method, compared metric (COMPARED) and untrained baseline, label control or cross pair (a cross
+    pair has no metric without ICL: `_scored_similarities`): trained − the other subject (`_paired_row`)."""
     index = summary.set_index(["task", "model", "method", "metric"])
     rows = [
         _paired_row(index, draws, task, method, metric, (TRAINED, method), (model, method), model)
         for task, model, method, metric in draws
-        if model != TRAINED
-        and metric in COMPARED
-        and (task, TRAINED, method, metric) in draws
-        and not (metric in NO_ICL and model.startswith(CROSS_PREFIX))
+        if model != TRAINED and metric in COMPARED and (task, TRAINED, method, metric) in draws
     ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
@@ -293,10 +300,8 @@ def per_layer_table(results: dict[str, list[Result]]) -> pd.DataFrame:
         for label, pick, model in _subjects(runs[0]):
             metrics = [pick(r).scores[model].metrics for r in runs]  # once: a cross pair is scored when picked
             for method in runs[0].methods:
-                for metric in SIMILARITIES:
+                for metric in _scored_similarities(label, method, metrics[0]):
                     if metric == "alpha":
-                        if method != "lcgd" or "alpha" not in metrics[0]:
-                            continue
                         layers = [m["alpha"]["per_layer"] for m in metrics]
                     else:
                         layers = [m[method][metric]["per_layer"] for m in metrics]
