@@ -6,6 +6,7 @@
     python scripts/findings.py --beside smollm2-paper5 smollm2-rt-matched-paper5 rt-snippets   # one task, two ways
     python scripts/findings.py --verdicts smollm2-rt-matched-paper10 rt-snippets   # one task's verdicts, Holm's too
     python scripts/findings.py --lenses smollm2-rt-lenses implicit_abs_cos_gd      # a lens per layer beside its nulls
+    python scripts/findings.py --kendall smollm2-mr-kendall tau_token              # Kendall per layer over runs
 
 Every number of the README's findings paragraph (the <!-- findings-summary --> block: each design's summary
 sentence) and of docs/findings.md's summary (the <!-- findings --> block: the sentences and their tables) comes
@@ -16,9 +17,11 @@ page under docs/findings/ that sets the papers' way beside matched update size q
 `--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
 <!-- findings-verdicts SWEEP TASK --> block); a lenses folder's paired verdicts are a <!-- findings-lenses FOLDER -->
 block and one of its measures per layer beside its nulls a <!-- findings-lens-layers FOLDER MEASURE --> block
-(`--lenses FOLDER [MEASURE]` prints either). ICL as one weight update (every `lenses --transfer` folder under
---results, each beside the function vectors of its model and task) is the <!-- findings-whole-model --> table of
-docs/findings.md and the <!-- findings-whole-model-summary --> sentence of the README.
+(`--lenses FOLDER [MEASURE]` prints either); a pooled Kendall folder's (`iclgd-lens kendall`) the same as
+<!-- findings-kendall FOLDER --> and <!-- findings-kendall-layers FOLDER MEASURE --> (`--kendall`). ICL as one
+weight update (every `lenses --transfer` folder under --results, each beside the function vectors of its model and
+task) is the <!-- findings-whole-model --> table of docs/findings.md and the <!-- findings-whole-model-summary -->
+sentence of the README.
 tests/views/test_findings.py fails when any generated block of a committed page differs from what this prints.
 """
 
@@ -28,6 +31,7 @@ import argparse
 import re
 from pathlib import Path
 
+from iclgd_lens.analysis.heads.kendall import kendall_layers, kendall_verdicts
 from iclgd_lens.analysis.heads.whole_model import whole_model_readings
 from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_verdicts
 from iclgd_lens.analysis.protocol.findings import beside, load_pairs, task_verdicts
@@ -36,8 +40,8 @@ from iclgd_lens.views.findings import (
     findings_block,
     findings_summary,
     holm_table,
-    lens_layer_table,
-    lens_verdict_table,
+    pooled_layer_table,
+    pooled_verdict_table,
     whole_model_summary,
     whole_model_table,
 )
@@ -48,7 +52,8 @@ RESULTS = ROOT / "docs" / "results"
 # task's two sweeps side by side and one task's verdicts with their adjustment (study pages); ICL as one weight update
 # (the transfer lens and function vectors, analysis/heads/whole_model.py): its table (docs/findings.md) and its
 # sentence (the README); a lenses folder's paired verdicts, and one of its measures per layer beside its nulls
-# (analysis/lenses/lens_findings.py; study pages).
+# (analysis/lenses/lens_findings.py; study pages); a pooled Kendall folder's paired verdicts, and one of its measures
+# per layer (analysis/heads/kendall.py; study pages).
 BLOCKS = {
     "findings": 0,
     "findings-summary": 0,
@@ -58,6 +63,8 @@ BLOCKS = {
     "findings-whole-model-summary": 0,
     "findings-lenses": 1,
     "findings-lens-layers": 2,
+    "findings-kendall": 1,
+    "findings-kendall-layers": 2,
 }
 # What a bare `--write` rewrites: the README, the findings index and every study page under docs/findings/.
 PAGES = (ROOT / "README.md", ROOT / "docs" / "findings.md", ROOT / "docs" / "findings")
@@ -81,9 +88,13 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
         sweep, task = args
         body = holm_table(task_verdicts(results / sweep, task))
     elif name == "findings-lenses":
-        body = lens_verdict_table(lens_verdicts(results / args[0]))
+        body = pooled_verdict_table(lens_verdicts(results / args[0]))
     elif name == "findings-lens-layers":
-        body = lens_layer_table(lens_layers(results / args[0], args[1]))
+        body = pooled_layer_table(lens_layers(results / args[0], args[1]))
+    elif name == "findings-kendall":
+        body = pooled_verdict_table(kendall_verdicts(results / args[0]))
+    elif name == "findings-kendall-layers":
+        body = pooled_layer_table(kendall_layers(results / args[0], args[1]))
     elif name.startswith("findings-whole-model"):
         readings = whole_model_readings(results)
         body = whole_model_summary(readings) if name.endswith("summary") else whole_model_table(readings)
@@ -128,12 +139,20 @@ def main() -> None:
     parser.add_argument(
         "--lenses", nargs="+", metavar="FOLDER [MEASURE]", help="a lenses folder under --results (and one measure)"
     )
+    parser.add_argument(
+        "--kendall",
+        nargs="+",
+        metavar="FOLDER [MEASURE]",
+        help="a pooled Kendall folder under --results (and one measure)",
+    )
     args = parser.parse_args()
     lens_block = "findings-lens-layers" if args.lenses and len(args.lenses) > 1 else "findings-lenses"
+    kendall_block = "findings-kendall-layers" if args.kendall and len(args.kendall) > 1 else "findings-kendall"
     for name, given in (
         ("findings-beside", args.beside),
         ("findings-verdicts", args.verdicts),
         (lens_block, args.lenses),
+        (kendall_block, args.kendall),
     ):
         if given:
             print(block(args.results, name, tuple(given)).split("\n", 1)[1].rsplit("\n", 1)[0])

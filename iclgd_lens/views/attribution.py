@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from iclgd_lens.analysis.heads.attribution import ATP
+from iclgd_lens.analysis.heads.kendall import POOLED_LAYERS, POOLED_PAIRED
 from iclgd_lens.files import check_output, holds_marker, write_text_atomic
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import save_figure
@@ -247,8 +248,8 @@ def write_attribution(
         queries, per_layer, paired = kendall_intervals
         write_text_atomic(out / "kendall.csv", kendall.to_csv(index=False, float_format="%.6g"))
         write_text_atomic(out / "kendall_queries.csv", queries.to_csv(index=False, float_format="%.6g"))
-        write_text_atomic(out / "kendall_layers.csv", per_layer.to_csv(index=False, float_format="%.6g"))
-        write_text_atomic(out / "kendall_paired.csv", paired.to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(out / POOLED_LAYERS, per_layer.to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(out / POOLED_PAIRED, paired.to_csv(index=False, float_format="%.6g"))
         text = kendall_markdown(kendall) + "\n\n" + kendall_paired_markdown(paired, per_layer)
         write_text_atomic(out / "kendall.md", text + "\n")
     else:  # an earlier attribution's Kendall tables would be read as this one's
@@ -291,7 +292,7 @@ def write_kendall_pool(out: Path, per_layer: pd.DataFrame, paired: pd.DataFrame,
         f"queries, {about['kendall_method']}\n\n" + kendall_paired_markdown(paired, per_layer)
     )
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "kendall_layers.csv", per_layer.to_csv(index=False, float_format="%.6g"))
-    write_text_atomic(out / "kendall_paired.csv", paired.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / POOLED_LAYERS, per_layer.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / POOLED_PAIRED, paired.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "kendall.md", text + "\n")
     write_text_atomic(out / KENDALL_MARKER, json.dumps({"format": KENDALL_FORMAT, **about}, indent=1))

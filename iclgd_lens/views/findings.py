@@ -263,9 +263,10 @@ def whole_model_summary(readings: list[WholeModelReading]) -> str:
     )
 
 
-def lens_verdict_table(frame: pd.DataFrame) -> str:
-    """`analysis.lenses.lens_findings.lens_verdicts` in Markdown: a row per paired verdict (each read on its own at
-    95 %: the lenses are exploratory under the multiplicity policy)."""
+def pooled_verdict_table(frame: pd.DataFrame) -> str:
+    """A pooled folder's paired verdicts in Markdown (`analysis.lenses.lens_findings.lens_verdicts`,
+    `analysis.heads.kendall.kendall_verdicts`): a row per verdict (each read on its own at 95 %: the lenses and
+    Kendall are exploratory under the multiplicity policy)."""
     rows = [
         [
             f"`{row['measure']}`",
@@ -280,9 +281,10 @@ def lens_verdict_table(frame: pd.DataFrame) -> str:
     return markdown_table(header, rows)
 
 
-def lens_layer_table(frame: pd.DataFrame) -> str:
-    """`analysis.lenses.lens_findings.lens_layers` in Markdown: a row per layer, a column per subject (mean [95 %
-    interval]; the random-direction scale has none)."""
+def pooled_layer_table(frame: pd.DataFrame) -> str:
+    """One measure of a pooled folder per layer in Markdown (`analysis.lenses.lens_findings.lens_layers`,
+    `analysis.heads.kendall.kendall_layers`): a row per layer, a column per subject (mean [95 % interval]; the
+    random-direction scale has none)."""
     subjects = list(dict.fromkeys(frame["subject"]))
     sign = "+" if (frame["mean"] < 0).any() else ""  # a signed measure's values carry their sign
     cells = {(row["layer"], row["subject"]): _mean_interval(row, sign) for _, row in frame.iterrows()}

@@ -181,24 +181,69 @@ def test_a_lens_is_read_per_layer_beside_its_nulls(tmp_path):
     absolute cosine's only); a signed lens keeps its signs and gets no random column; an unknown measure names the
     ones the folder has. `findings-lenses`: every paired verdict, as paired.csv holds it."""
     from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_verdicts
-    from iclgd_lens.views.findings import lens_layer_table, lens_verdict_table
+    from iclgd_lens.views.findings import pooled_layer_table, pooled_verdict_table
 
     folder = _lenses_folder(tmp_path / "lenses")
-    lines = lens_layer_table(lens_layers(folder, "implicit_abs_cos_gd")).split("\n")
+    lines = pooled_layer_table(lens_layers(folder, "implicit_abs_cos_gd")).split("\n")
     assert lines[0] == "| layer | model | model [FT on synth-subj] | random directions |"
     assert lines[2] == "| 0 | 0.0123 [0.0101, 0.015] | 0.011 [0.009, 0.013] | 0.000509 |"
-    signed = lens_layer_table(lens_layers(folder, "implicit_cos_gd")).split("\n")
+    signed = pooled_layer_table(lens_layers(folder, "implicit_cos_gd")).split("\n")
     assert signed[0] == "| layer | model |" and signed[2] == "| 0 | -0.0169 [-0.0194, -0.0121] |"
     assert signed[3] == "| 1 | +0.002 [+0.001, +0.003] |"
     with pytest.raises(ValueError, match="no measure 'shift_cos_gd'; it has: implicit_abs_cos_gd, implicit_cos_gd"):
         lens_layers(folder, "shift_cos_gd")
-    verdicts = lens_verdict_table(lens_verdicts(folder)).split("\n")
+    verdicts = pooled_verdict_table(lens_verdicts(folder)).split("\n")
     assert len(verdicts) == 4
     assert verdicts[2] == (
         "| `implicit_abs_cos_gd` | model [FT on synth-subj] | 0.0101 | 0.00945 | +0.0007 [+0.0002, +0.0012]: above |"
     )
     with pytest.raises(ValueError, match="not a folder written by `iclgd-lens lenses`"):
         lens_verdicts(tmp_path)
+
+
+def test_a_pooled_kendall_folder_is_read_per_layer_and_paired(tmp_path):
+    """`findings-kendall` and `findings-kendall-layers` read what `iclgd-lens kendall` writes (pooled_tables' two
+    tables through write_kendall_pool): every layer's mean and interval as pooled, the model first; the paired
+    verdict as pooled, shown with its sign; a folder without them is named."""
+    import numpy as np
+
+    from iclgd_lens.analysis.heads.kendall import kendall_layers, kendall_verdicts, pooled_tables
+    from iclgd_lens.views.attribution import write_kendall_pool
+    from iclgd_lens.views.findings import pooled_layer_table, pooled_verdict_table
+
+    rng = np.random.default_rng(0)
+    means = {"zero_delta": 0.05, "model": 0.30}  # the model second in the runs: the reader puts it first
+    runs = [
+        {
+            s: {m: rng.normal(mean, 0.05, (8, 3)) for m in ("tau_token", "tau_demonstration")}
+            for s, mean in means.items()
+        }
+        for _ in range(5)
+    ]
+    per_layer, paired = pooled_tables(runs)
+    about = {"model": "m", "task": "t", "kendall_method": "gd", "kendall_queries": 8, "runs": 5}
+    write_kendall_pool(tmp_path / "pooled", per_layer, paired, about)
+
+    layers = kendall_layers(tmp_path / "pooled", "tau_token")
+    assert list(dict.fromkeys(layers.subject)) == ["model", "zero_delta"] and len(layers) == 6
+    pooled = per_layer[(per_layer.measure == "tau_token") & (per_layer.subject == "model")]
+    for column in ("mean", "low", "high"):
+        assert layers[layers.subject == "model"][column].to_numpy() == pytest.approx(pooled[column], rel=1e-5)
+    lines = pooled_layer_table(layers).split("\n")
+    row = pooled.iloc[0]
+    assert lines[0] == "| layer | model | zero_delta |"
+    assert lines[2].startswith(f"| 0 | {row['mean']:.3g} [{row['low']:.3g}, {row['high']:.3g}] | ")
+    verdicts = kendall_verdicts(tmp_path / "pooled")
+    token = verdicts[verdicts.measure == "tau_token"].iloc[0]
+    assert (token.baseline, token.verdict) == ("zero_delta", "above")
+    assert token.difference == pytest.approx(paired[paired.measure == "tau_token"].difference.iloc[0], rel=1e-5)
+    shown = pooled_verdict_table(verdicts).split("\n")
+    assert shown[2].startswith(f"| `tau_token` | zero_delta | {token.model:.3g} | {token.baseline_value:.3g} | +")
+    assert shown[2].endswith(": above |")
+    with pytest.raises(ValueError, match="not a folder written by `iclgd-lens kendall`"):
+        kendall_verdicts(tmp_path)
+    with pytest.raises(ValueError, match="no measure 'tau_head'; it has: tau_demonstration, tau_token"):
+        kendall_layers(tmp_path / "pooled", "tau_head")
 
 
 def test_every_generated_block_of_every_page_is_the_generators(script):

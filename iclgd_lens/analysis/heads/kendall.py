@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,7 @@ from jaxtyping import Float
 from scipy.stats import kendalltau
 from torch import Tensor
 
-from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
+from iclgd_lens.analysis.protocol.pooled import measure_layers, paired_table, per_layer_table
 from iclgd_lens.backend import LensModel, attention_scale, final_residual, qk_norm, whole_projection_qk_norm
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
@@ -52,6 +53,7 @@ RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
 PER_QUERY = ("tau_token", "tau_demonstration", "recall_token", "recall_demonstration")  # kept per query and layer
 RANDOM_SEED = 0
 ZERO_DELTA = "zero_delta"
+POOLED_LAYERS, POOLED_PAIRED = "kendall_layers.csv", "kendall_paired.csv"  # a pooled folder's tables (`kendall`)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -390,3 +392,23 @@ def pooled_tables(runs: Sequence[dict[str, dict[str, np.ndarray]]]) -> tuple[pd.
     resampling the lenses use), and the model against `zero_delta` and each baseline on the mean over layers,
     paired by run and query, with a verdict (`too few runs` below five)."""
     return per_layer_table(runs), paired_table(runs, ("tau_token", "tau_demonstration"))
+
+
+def kendall_verdicts(folder: Path) -> pd.DataFrame:
+    """A pooled Kendall folder's paired verdicts (kendall_paired.csv, `pooled_tables`' second table): the model's
+    tau against zero_delta's and each baseline's, mean over layers, paired by run and query."""
+    return pd.read_csv(_pooled_file(folder, POOLED_PAIRED))
+
+
+def kendall_layers(folder: Path, measure: str) -> pd.DataFrame:
+    """`measure` (tau_token, tau_demonstration, recall_token, recall_demonstration) per layer for every subject of
+    a pooled Kendall folder, the model first. Columns: layer, subject, mean, low, high."""
+    where = _pooled_file(folder, POOLED_LAYERS)
+    return measure_layers(pd.read_csv(where), measure, str(where))
+
+
+def _pooled_file(folder: Path, name: str) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: not a folder written by `iclgd-lens kendall`")
+    return path

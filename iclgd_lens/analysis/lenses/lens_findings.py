@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from iclgd_lens.analysis.protocol.pooled import measure_layers
+
 # The random-direction scale of a cosine lens's space, by the lens's stem (lens_nulls.random_scales).
 RANDOM_SCALES = {"implicit": "random_abs_cos_implicit", "shift": "random_abs_cos_shift"}
 RANDOM = "random directions"  # the subject name the scale is shown under
@@ -24,18 +26,15 @@ def lens_layers(folder: Path, measure: str) -> pd.DataFrame:
     """`measure` per layer (or stream point) for every subject the folder has it for, the model first, with the
     random-direction E|cos| of its space as one more subject (`RANDOM`, no interval) where `measure` is an
     absolute cosine of the implicit update or the residual shift. Columns: layer, subject, mean, low, high."""
-    per_layer = pd.read_csv(_file(folder, "per_layer.csv"))
-    rows = per_layer[per_layer["measure"] == measure]
-    if rows.empty:
-        known = ", ".join(sorted(set(per_layer["measure"])))
-        raise ValueError(f"{folder / 'per_layer.csv'} has no measure {measure!r}; it has: {known}")
-    subjects = sorted(dict.fromkeys(rows["subject"]), key=lambda s: s != "model")  # the model first, else as found
-    frames = [rows[rows["subject"] == s] for s in subjects]
+    where = _file(folder, "per_layer.csv")
+    per_layer = pd.read_csv(where)
+    rows = measure_layers(per_layer, measure, str(where))
     stem = measure.split("_")[0]
     if "_abs_cos_" in measure and stem in RANDOM_SCALES:
         scale = per_layer[(per_layer["measure"] == RANDOM_SCALES[stem]) & (per_layer["subject"] == "model")]
-        frames.append(scale.assign(subject=RANDOM, low=float("nan"), high=float("nan")))
-    return pd.concat(frames)[["layer", "subject", "mean", "low", "high"]].reset_index(drop=True)
+        scale = scale.assign(subject=RANDOM, low=float("nan"), high=float("nan"))[rows.columns]
+        rows = pd.concat([rows, scale], ignore_index=True)
+    return rows
 
 
 def _file(folder: Path, name: str) -> Path:

@@ -78,6 +78,19 @@ def paired_table(runs: Sequence[RunValues], measures: Sequence[str]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def measure_layers(per_layer: pd.DataFrame, measure: str, where: str) -> pd.DataFrame:
+    """`measure`'s rows of a `per_layer_table` (as read back from its CSV) for every subject that has it, the model
+    first and the others as found: columns layer, subject, mean, low, high. `where` names the file in the error
+    for a measure the table lacks."""
+    rows = per_layer[per_layer["measure"] == measure]
+    if rows.empty:
+        known = ", ".join(sorted(set(per_layer["measure"])))
+        raise ValueError(f"{where} has no measure {measure!r}; it has: {known}")
+    subjects = sorted(dict.fromkeys(rows["subject"]), key=lambda s: s != "model")
+    ordered = pd.concat([rows[rows["subject"] == s] for s in subjects])
+    return ordered[["layer", "subject", "mean", "low", "high"]].reset_index(drop=True)
+
+
 def _mean(per_run: list[np.ndarray]) -> float:
     """The mean over runs of each run's `statistic` (mean over layers of per-layer query means); NaN when no run
     defines it."""
