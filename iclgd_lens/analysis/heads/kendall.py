@@ -38,7 +38,7 @@ from jaxtyping import Float
 from scipy.stats import kendalltau
 from torch import Tensor
 
-from iclgd_lens.analysis.protocol.pooled import measure_layers, paired_table, per_layer_table
+from iclgd_lens.analysis.protocol.pooled import measure_layers, paired_table, per_layer_table, pooled_file
 from iclgd_lens.backend import LensModel, attention_scale, final_residual, qk_norm, whole_projection_qk_norm
 from iclgd_lens.core.baselines import check_same_draws, half_copy, untrained_copy
 from iclgd_lens.core.deltas import Delta
@@ -397,18 +397,11 @@ def pooled_tables(runs: Sequence[dict[str, dict[str, np.ndarray]]]) -> tuple[pd.
 def kendall_verdicts(folder: Path) -> pd.DataFrame:
     """A pooled Kendall folder's paired verdicts (kendall_paired.csv, `pooled_tables`' second table): the model's
     tau against zero_delta's and each baseline's, mean over layers, paired by run and query."""
-    return pd.read_csv(_pooled_file(folder, POOLED_PAIRED))
+    return pd.read_csv(pooled_file(folder, POOLED_PAIRED, "kendall"))
 
 
 def kendall_layers(folder: Path, measure: str) -> pd.DataFrame:
     """`measure` (tau_token, tau_demonstration, recall_token, recall_demonstration) per layer for every subject of
     a pooled Kendall folder, the model first. Columns: layer, subject, mean, low, high."""
-    where = _pooled_file(folder, POOLED_LAYERS)
+    where = pooled_file(folder, POOLED_LAYERS, "kendall")
     return measure_layers(pd.read_csv(where), measure, str(where))
-
-
-def _pooled_file(folder: Path, name: str) -> Path:
-    path = Path(folder) / name
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: not a folder written by `iclgd-lens kendall`")
-    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclgd_lens.analysis.protocol.pooled import measure_layers
+from iclgd_lens.analysis.protocol.pooled import measure_layers, pooled_file
 
 # The random-direction scale of a cosine lens's space, by the lens's stem (lens_nulls.random_scales).
 RANDOM_SCALES = {"implicit": "random_abs_cos_implicit", "shift": "random_abs_cos_shift"}
@@ -19,14 +19,14 @@ def lens_verdicts(folder: Path) -> pd.DataFrame:
     """Every paired verdict of a lenses folder (paired.csv), in the file's order: per measure (its mean over layers
     or stream points) the model's value against each other subject (untrained baselines, the label control, its
     cross pairs, the structured null), the difference with its interval and the verdict."""
-    return pd.read_csv(_file(folder, "paired.csv"))
+    return pd.read_csv(pooled_file(folder, "paired.csv", "lenses"))
 
 
 def lens_layers(folder: Path, measure: str) -> pd.DataFrame:
     """`measure` per layer (or stream point) for every subject the folder has it for, the model first, with the
     random-direction E|cos| of its space as one more subject (`RANDOM`, no interval) where `measure` is an
     absolute cosine of the implicit update or the residual shift. Columns: layer, subject, mean, low, high."""
-    where = _file(folder, "per_layer.csv")
+    where = pooled_file(folder, "per_layer.csv", "lenses")
     per_layer = pd.read_csv(where)
     rows = measure_layers(per_layer, measure, str(where))
     stem = measure.split("_")[0]
@@ -35,10 +35,3 @@ def lens_layers(folder: Path, measure: str) -> pd.DataFrame:
         scale = scale.assign(subject=RANDOM, low=float("nan"), high=float("nan"))[rows.columns]
         rows = pd.concat([rows, scale], ignore_index=True)
     return rows
-
-
-def _file(folder: Path, name: str) -> Path:
-    path = Path(folder) / name
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: not a folder written by `iclgd-lens lenses`")
-    return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,6 +77,14 @@ def paired_table(runs: Sequence[RunValues], measures: Sequence[str]) -> pd.DataF
                 }
             )
     return pd.DataFrame(rows)
+
+
+def pooled_file(folder: Path, name: str, command: str) -> Path:
+    """`folder`/`name`, a table that `iclgd-lens command` writes; a clear error where it is missing."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: not a folder written by `iclgd-lens {command}`")
+    return path
 
 
 def measure_layers(per_layer: pd.DataFrame, measure: str, where: str) -> pd.DataFrame:
