@@ -102,6 +102,7 @@ BESIDE = [
 VERDICT_TABLES = [
     ("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets")),
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-mlpin-shuffled-matched-paper5", "synth-mr")),
+    ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-kv-shuffled-matched-paper5", "synth-mr")),
 ]
 
 
