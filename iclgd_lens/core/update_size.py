@@ -7,11 +7,13 @@ and method, the learning rate whose update's Frobenius norm over every trained t
 model's) within `TOLERANCE`, training on the same demonstrations; docs/science.md, "Update size", says why the
 toolkit compares at matched size by default.
 
-The search runs in log-lr on log ‖ΔW‖, which one epoch of SGD makes close to a line of slope 1 (the first step's
-update is exactly proportional to lr): a secant step from the starting lr, kept inside the bracket once the target
-is bracketed, and bisection where the secant would leave it or where two steps in a row landed on one side of the
-target (a secant alone can creep toward one end of a curved bracket). A learning rate whose training diverges counts
-as too large.
+The search runs in log-lr on log ‖ΔW‖, which one epoch of SGD makes close to a line of slope 1 at small lr (the
+first step's update is exactly proportional to lr) but flatter at the lrs a search starts from (Gemma 3 270M's LCGD
+from GD's lr: about 0.65, so that steps of slope 1 crept toward the target in six fits): a secant step from the
+starting lr at slope 1, then at the slope of the last two fits while they lie on one side (where it is between
+`MIN_SLOPE` and `MAX_LOCAL_SLOPE`), kept inside the bracket once the target is bracketed, and bisection where the
+secant would leave it or where two steps in a row landed on one side of the target (a secant alone can creep toward
+one end of a curved bracket). A learning rate whose training diverges counts as too large.
 
 Past its stability edge SGD's update is not a continuous function of lr: on Gemma 3 270M with trained norms and
 random weights, ‖ΔW‖ over 16 demonstrations is 0.83 at lr 9.6e-6, 0.43 at 9.7e-6 and 0.60 at 9.8e-6. There the
@@ -37,6 +39,7 @@ MAX_FITS = 30
 MIN_BRACKET = 1e-4  # relative width in lr of a bracket that still straddles the target: a jump, not a crossing
 STABILITY_STEP = 0.01  # relative lr step of the two fits that check an accepted lr's update is a stable one
 MAX_LOCAL_SLOPE = 10.0  # the steepest d log ‖ΔW‖ / d log lr accepted there (stable SGD: about 1; chaotic: 30 and more)
+MIN_SLOPE = 0.1  # the flattest slope of the last two fits an unbracketed step trusts (else it steps at slope 1)
 UNSTABLE_ADVICE = (
     "No update of that size is found by a stable lr; compare at the papers' learning rate instead (--baseline-lr "
     "paper, or --lr-lcgd gd for LCGD), or leave this subject out"
@@ -89,7 +92,7 @@ def matched_lr(
             if abs(above[0] - below[0]) < math.log1p(MIN_BRACKET):
                 raise ValueError(_jump_message(subject, target, tolerance, tried, below, above))
         bisect = len(sides) >= 2 and sides[-1] == sides[-2]
-        log_lr = _next_log_lr(log_lr, gap, below, above, math.log(low), math.log(high), bisect)
+        log_lr = _next_log_lr(log_lr, gap, below, above, math.log(low), math.log(high), bisect, _recent_slope(tried))
         if log_lr is None:
             break
     reached = max((n for _, n in tried if math.isfinite(n)), default=math.nan)
@@ -167,11 +170,24 @@ def _fit_norm(fit: Callable[[float], Delta], lr: float, n_layers: int) -> tuple[
     return delta, norm if math.isfinite(norm) else math.inf
 
 
+def _recent_slope(tried: list[tuple[float, float]]) -> float:
+    """d log ‖ΔW‖ / d log lr between the last two fits, where both are finite and nonzero and it lies in
+    [`MIN_SLOPE`, `MAX_LOCAL_SLOPE`]; else 1 (a falling, flat, diverging or chaotic pair says nothing usable)."""
+    if len(tried) < 2:
+        return 1.0
+    (lr_a, norm_a), (lr_b, norm_b) = tried[-2:]
+    if lr_a == lr_b or not all(math.isfinite(n) and n > 0 for n in (norm_a, norm_b)):
+        return 1.0
+    slope = math.log(norm_b / norm_a) / math.log(lr_b / lr_a)
+    return slope if MIN_SLOPE <= slope <= MAX_LOCAL_SLOPE else 1.0
+
+
 def _next_log_lr(
-    log_lr: float, gap: float, below, above, log_low: float, log_high: float, bisect: bool
+    log_lr: float, gap: float, below, above, log_low: float, log_high: float, bisect: bool, recent_slope: float
 ) -> float | None:
-    """The next log-lr: secant (slope from the bracket, else 1) clipped into the bracket, bisection where that
-    fails or `bisect` asks for it; None when the range is exhausted on the side the target lies."""
+    """The next log-lr: secant (slope from the bracket, else `recent_slope`, the last two fits') clipped into the
+    bracket, bisection where that fails or `bisect` asks for it; None when the range is exhausted on the side the
+    target lies."""
     if below is not None and above is not None:
         middle = (below[0] + above[0]) / 2
         if bisect or not (math.isfinite(above[1]) and math.isfinite(below[1]) and above[1] != below[1]):
@@ -184,8 +200,8 @@ def _next_log_lr(
         step = log_lr - math.log(10.0)
     elif gap == -math.inf:  # no update at all: a decade up
         step = log_lr + math.log(10.0)
-    else:  # slope 1 in log-log, at most four decades at once
-        step = log_lr - max(-4 * math.log(10.0), min(4 * math.log(10.0), gap))
+    else:  # the secant at the last two fits' slope in log-log, at most four decades at once
+        step = log_lr - max(-4 * math.log(10.0), min(4 * math.log(10.0), gap / recent_slope))
     if step > log_high or step < log_low:
         edge = log_high if step > log_high else log_low
         return None if edge == log_lr else edge

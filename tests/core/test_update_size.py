@@ -48,6 +48,19 @@ def test_the_search_lands_within_tolerance(curve, target, start):
     assert curve.fits <= 12 + 2  # two of them check the found lr's update is a stable one
 
 
+def test_an_unbracketed_search_steps_at_the_slope_it_measured():
+    """Gemma 3 270M's LCGD matched from GD's lr: ‖ΔW‖ 2.18 at lr 3e-3 and 0.753 at 5.94e-4, a slope of 0.66 in
+    log-log, with the target 0.432 further down. Steps at slope 1 undershot and crept (8 fits); steps at the slope
+    of the last two fits land in 3, plus the 2 that check stability. A flat curve (slope 0.3) took 17 fits."""
+    power = math.log(2.1813 / 0.75325) / math.log(3e-3 / 5.9353e-4)
+    gemma = Curve(2.1813 / 3e-3**power, power=power)
+    lr, delta = matched_lr(gemma, 1, 0.4316, 3e-3, "subject")
+    assert abs(delta.norms(1)["total"] / 0.4316 - 1) <= TOLERANCE and gemma.fits <= 3 + 2
+    flat = Curve(1.0, power=0.3)
+    lr, delta = matched_lr(flat, 1, 0.1, 1.0, "subject")
+    assert abs(delta.norms(1)["total"] / 0.1 - 1) <= TOLERANCE and flat.fits <= 4 + 2
+
+
 class Norms:
     """A fake fit whose update norm is `norm_of(lr)`; counts its fits."""
 
