@@ -153,6 +153,13 @@ LENS_BLOCKS = [
 ]
 
 
+# The study pages that quote a pooled Kendall folder (<!-- findings-kendall FOLDER --> and its per-layer block).
+KENDALL_BLOCKS = [
+    ("heads-attribution.md", "findings-kendall", ("smollm2-mr-kendall-paper5",)),
+    ("heads-attribution.md", "findings-kendall-layers", ("smollm2-mr-kendall-paper5", "tau_demonstration")),
+]
+
+
 def _lenses_folder(folder: Path) -> Path:
     """A lenses folder written by hand: two layers of implicit_abs_cos_gd for the model and the structured null, the
     random-direction scale, a signed lens with a negative layer, and two paired verdicts."""
@@ -267,6 +274,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
     expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
     expected += [(f"docs/findings/{page}", name, args) for page, name, args in LENS_BLOCKS]
+    expected += [(f"docs/findings/{page}", name, args) for page, name, args in KENDALL_BLOCKS]
     assert sorted(where) == sorted(expected)
 
 
