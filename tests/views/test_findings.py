@@ -103,6 +103,7 @@ VERDICT_TABLES = [
     ("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets")),
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-mlpin-shuffled-matched-paper5", "synth-mr")),
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-kv-shuffled-matched-paper5", "synth-mr")),
+    ("gemma3-synth-subj-label-control-matched.md", ("gemma3-subj-kv-shuffled-matched-paper5", "synth-subj")),
 ]
 
 
