@@ -50,8 +50,8 @@ def test_the_search_lands_within_tolerance(curve, target, start):
 
 def test_an_unbracketed_search_steps_at_the_slope_it_measured():
     """Gemma 3 270M's LCGD matched from GD's lr: ‖ΔW‖ 2.18 at lr 3e-3 and 0.753 at 5.94e-4, a slope of 0.66 in
-    log-log, with the target 0.432 further down. Steps at slope 1 undershot and crept (8 fits); steps at the slope
-    of the last two fits land in 3, plus the 2 that check stability. A flat curve (slope 0.3) took 17 fits."""
+    log-log, with the target 0.432 further down. Steps at slope 1 undershot and crept (6 fits); steps at the slope
+    of the last two fits land in 3 (each plus the 2 that check stability). A flat curve (slope 0.3) took 15 (+2)."""
     power = math.log(2.1813 / 0.75325) / math.log(3e-3 / 5.9353e-4)
     gemma = Curve(2.1813 / 3e-3**power, power=power)
     lr, delta = matched_lr(gemma, 1, 0.4316, 3e-3, "subject")
