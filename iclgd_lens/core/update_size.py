@@ -146,10 +146,9 @@ def _falls(tried: list[tuple[float, float]], up_to: float = math.inf) -> list[tu
 def _check_stable(fit: Callable[[float], Delta], lr: float, norm: float, n_layers: int, subject: str) -> None:
     """Refuse an accepted lr whose update is not a stable one: at lr / (1 + step) and lr · (1 + step), ‖ΔW‖ must
     rise with lr at a local slope in (0, `MAX_LOCAL_SLOPE`]."""
-    step = math.log1p(STABILITY_STEP)
     side_lrs = [lr / (1 + STABILITY_STEP), lr * (1 + STABILITY_STEP)]
     sides = [(side_lr, _fit_norm(fit, side_lr, n_layers)[1]) for side_lr in side_lrs]
-    slopes = [math.log(n / norm) / (sign * step) if n > 0 else -math.inf for (_, n), sign in zip(sides, (-1, 1))]
+    slopes = [_log_slope((lr, norm), side) for side in sides]
     if all(0 < slope <= MAX_LOCAL_SLOPE for slope in slopes):
         return
     shown = " and ".join(f"lr {side_lr:.6g} gives {n:.4g}" for side_lr, n in sides)
@@ -178,8 +177,13 @@ def _recent_slope(tried: list[tuple[float, float]]) -> float:
     (lr_a, norm_a), (lr_b, norm_b) = tried[-2:]
     if lr_a == lr_b or not all(math.isfinite(n) and n > 0 for n in (norm_a, norm_b)):
         return 1.0
-    slope = math.log(norm_b / norm_a) / math.log(lr_b / lr_a)
+    slope = _log_slope(tried[-2], tried[-1])
     return slope if MIN_SLOPE <= slope <= MAX_LOCAL_SLOPE else 1.0
+
+
+def _log_slope(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """d log ‖ΔW‖ / d log lr from fit `a` to fit `b` (lr, norm; `a`'s norm positive); -inf where `b` has no update."""
+    return math.log(b[1] / a[1]) / math.log(b[0] / a[0]) if b[1] > 0 else -math.inf
 
 
 def _next_log_lr(
