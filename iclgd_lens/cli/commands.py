@@ -23,10 +23,11 @@ from iclgd_lens.analysis.heads.kendall import (
 from iclgd_lens.analysis.lenses.lens_nulls import check_null_result
 from iclgd_lens.analysis.lenses.lens_runs import check_lens_result
 from iclgd_lens.analysis.lenses.patch_transfer import check_sources
-from iclgd_lens.analysis.lenses.values import check_same_design, lens_values, verdict_measures
+from iclgd_lens.analysis.lenses.values import check_same_design, verdict_measures
 from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
 from iclgd_lens.analysis.protocol.sweep import SweepConfig, SweepRuntime, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.protocol.tables import check_poolable
+from iclgd_lens.cli.lens_jobs import LensOptions, ModelLoad, lens_runs
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
 from iclgd_lens.core.config import CompareConfig
@@ -167,15 +168,20 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def results_model(args: argparse.Namespace, config: dict):
-    """The model a result was computed on: --model, else the name its config records."""
+def results_model_load(args: argparse.Namespace, config: dict) -> ModelLoad:
+    """How to load the model a result was computed on: --model, else the name its config records."""
     name = args.model or model_source(config["model"])
     if name is None:
         raise ValueError(
             f"the result's model {config['model']!r} is a local folder or unknown name; give it with --model PATH"
         )
     check_model_source(name)
-    return load_model(name, device=args.device, dtype=config.get("dtype", "float32"))
+    return ModelLoad(name, args.device, config.get("dtype", "float32"))
+
+
+def results_model(args: argparse.Namespace, config: dict):
+    """The model a result was computed on (`results_model_load`)."""
+    return results_model_load(args, config).load()
 
 
 def check_attribute_options(args: argparse.Namespace, result: Result) -> tuple[int, str]:
@@ -282,7 +288,10 @@ def run_lenses(args: argparse.Namespace) -> None:
     nulls = [Result.load(folder) for folder in args.null_runs] if args.null_runs else [None] * len(results)
     if len(nulls) != len(results):
         raise ValueError(f"--null-runs gives {len(nulls)} results for {len(results)} runs: give one per run, in order")
-    model = results_model(args, results[0].config)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    model_load = results_model_load(args, results[0].config)
+    model = model_load.load()
     for result, null in zip(results, nulls):
         check_lens_result(result, model)
         if args.transfer is not None:
@@ -290,12 +299,9 @@ def run_lenses(args: argparse.Namespace) -> None:
         if null is not None:
             check_null_result(result, null, model)
     started = time.perf_counter()
-    runs = []
-    for index, (result, null) in enumerate(zip(results, nulls)):
-        runs.append(lens_values(model, result, args.baselines, args.batch_size, args.path, null, args.transfer))
-        print(
-            f"[{index + 1}/{len(results)}] {args.runs[index]} read ({time.perf_counter() - started:.0f} s)", flush=True
-        )
+    options = LensOptions(args.baselines, args.batch_size, args.path, args.transfer)
+    null_runs = args.null_runs or [None] * len(results)
+    runs = lens_runs(args.runs, null_runs, model, model_load, options, out, args.jobs, args.threads)
     methods = results[0].methods
     per_layer, paired = per_layer_table(runs), paired_table(runs, verdict_measures(methods))
     config = results[0].config

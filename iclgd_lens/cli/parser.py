@@ -252,7 +252,8 @@ def add_lenses(commands) -> None:
         "own stream of the query patched into the ZS run, and the cosine between ICL's and each method's shift of "
         "the residual stream, each cosine beside its nulls. Several runs of one task pool into intervals over runs "
         "and queries and paired verdicts against the baselines. Writes per_layer.csv, paired.csv, lenses.md, "
-        "lenses.png and lenses.json into --out.",
+        "lenses.png, lenses.json and runs/ (each run's values, kept as it finishes: a call stopped midway goes on "
+        "where it stopped when run again with the same --out) into --out.",
     )
     lens.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result folders of one model and task")
     lens.add_argument("--out", required=True, help="lenses folder: new, empty or an earlier lenses folder")
@@ -264,6 +265,12 @@ def add_lenses(commands) -> None:
         help="baselines to read (default: every one the results have; none: the model only)",
     )
     lens.add_argument("--batch-size", type=int, default=None, help="queries per forward pass (default: the result's)")
+    lens.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with --threads / jobs threads (each loads the model)",
+    )
     lens.add_argument(
         "--null-runs",
         nargs="+",

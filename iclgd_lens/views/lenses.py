@@ -1,17 +1,19 @@
 """A lenses folder: per_layer.csv and paired.csv (`analysis.lenses.values`), lenses.md (the verdicts, then each
-measure per
-layer and subject, with the flags a reader needs), lenses.png and lenses.json. Computes nothing."""
+measure per layer and subject, with the flags a reader needs), lenses.png, lenses.json, and runs/, each run's values
+(`lens_run_values`). Computes nothing."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from iclgd_lens.analysis.protocol.bootstrap import MIN_RUNS
 from iclgd_lens.files import check_output, holds_marker, replaced_atomically
+from iclgd_lens.views.lens_run_values import RUNS, holds_run_values
 from iclgd_lens.views.markdown import markdown_table
 from iclgd_lens.views.plots import MODEL_STYLES, save_figure
 
@@ -88,7 +90,7 @@ def check_lenses_folder(out: Path) -> None:
 
 
 def is_lenses_folder(out: Path) -> bool:
-    return holds_marker(out, MARKER, LENSES_FORMAT)
+    return holds_marker(out, MARKER, LENSES_FORMAT) or holds_run_values(out)
 
 
 def meaning(measure: str) -> str:
@@ -215,9 +217,12 @@ def lenses_figure(per_layer: pd.DataFrame, methods: list[str]):
 
 
 def write_lenses(out: Path, per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) -> None:
-    """The whole folder at once (a reader never sees half of it); an earlier lenses folder is replaced."""
+    """The whole folder at once (a reader never sees half of it); an earlier lenses folder is replaced, its runs'
+    values kept."""
     about = {"format": LENSES_FORMAT, **about, "notes": notes(per_layer, paired)}
     with replaced_atomically(out, folder=True) as staging:
+        if (out / RUNS).is_dir():
+            shutil.copytree(out / RUNS, staging / RUNS)
         (staging / "per_layer.csv").write_text(per_layer.to_csv(index=False, float_format="%.6g"))
         (staging / "paired.csv").write_text(paired.to_csv(index=False, float_format="%.6g"))
         (staging / "lenses.md").write_text(lenses_markdown(per_layer, paired, about))

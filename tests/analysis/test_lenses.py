@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import iclgd_lens.cli.lens_jobs as lens_jobs
 from iclgd_lens import Delta, Result, compare, load_task
 from iclgd_lens.analysis.heads.attribution import _first_token_record
 from iclgd_lens.analysis.lenses.implicit_update import (
@@ -41,6 +42,7 @@ from iclgd_lens.core.hooks import hook_name, parameter_name
 from iclgd_lens.core.methods import run_method
 from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.sources.task import Task
+from iclgd_lens.views.lens_run_values import RUNS
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_rows, toy_task
 
 ARCHS = {
@@ -510,3 +512,42 @@ def test_lenses_set_every_cosine_beside_the_other_tasks_null(tiny, two_runs, tmp
     paired = pd.read_csv(out / "paired.csv")
     assert "model [FT on synth-subj]" in set(paired.baseline)
     assert "lenses.md" in {p.name for p in out.iterdir()} and "random direction" in (out / "lenses.md").read_text()
+
+
+@pytest.mark.slow  # tiny-icl runs, the CLI and two spawned processes: make test, not the edit loop
+def test_lenses_keep_each_runs_values_and_go_on_where_they_stopped(two_runs, tmp_path, monkeypatch, capsys):
+    """Each run's values are kept in runs/ as it finishes: a call stopped by a failing run leaves the runs before it,
+    the next call computes only the rest and writes the same tables as an uninterrupted call; a changed option
+    computes again; `--jobs 2` (two processes) writes the same tables as one job."""
+    runs = [str(two_runs / "run0"), str(two_runs / "run1")]
+    whole, resumed, parallel = tmp_path / "whole", tmp_path / "resumed", tmp_path / "parallel"
+    assert main(["lenses", *runs, "--out", str(whole), "--baselines", "--threads", "1"]) == 0
+    computed = []
+    real = lens_jobs.lens_values
+
+    def second_run_fails(model, result, *args):
+        if len(computed) == 1:
+            raise ValueError("stopped")
+        computed.append(result.config["seed"])
+        return real(model, result, *args)
+
+    monkeypatch.setattr(lens_jobs, "lens_values", second_run_fails)
+    assert main(["lenses", *runs, "--out", str(resumed), "--baselines", "--threads", "1"]) == 2
+    assert "stopped" in capsys.readouterr().err
+    assert not (resumed / "lenses.json").exists() and len(list((resumed / RUNS).glob("*.npz"))) == 1
+    computed.clear()
+    monkeypatch.setattr(
+        lens_jobs, "lens_values", lambda model, result, *args: computed.append(0) or real(model, result, *args)
+    )
+    assert main(["lenses", *runs, "--out", str(resumed), "--baselines", "--threads", "1"]) == 0
+    assert len(computed) == 1 and "1 of 2 runs' values read" in capsys.readouterr().out
+    for name in ("per_layer.csv", "paired.csv"):
+        assert (resumed / name).read_text() == (whole / name).read_text(), name
+    assert main(["lenses", *runs, "--out", str(resumed), "--baselines", "--threads", "1"]) == 0
+    assert len(computed) == 1  # everything read back, nothing computed
+    assert main(["lenses", runs[0], "--out", str(resumed), "--baselines", "--batch-size", "2", "--threads", "1"]) == 0
+    assert len(computed) == 2  # another option: computed again
+    monkeypatch.undo()
+    assert main(["lenses", *runs, "--out", str(parallel), "--baselines", "--jobs", "2", "--threads", "2"]) == 0
+    for name in ("per_layer.csv", "paired.csv"):
+        assert (parallel / name).read_text() == (whole / name).read_text(), name

@@ -260,3 +260,9 @@ def test_threads_out_of_range_on_every_verb(folders, capsys, verb):
     out = folders / ("bad.html" if verb == "report" else "bad-out")
     argv = [verb, str(folders / "run0"), "--html" if verb == "report" else "--out", str(out), "--threads", "0"]
     refused(capsys, argv, "--threads must be >= 1, got 0", folders, out)
+
+
+def test_lenses_refuse_jobs_below_one(folders, capsys):
+    out = folders / "bad-lenses"
+    argv = ["lenses", str(folders / "run0"), "--out", str(out), "--jobs", "0", "--threads", "1"]
+    refused(capsys, argv, "--jobs must be >= 1, got 0", folders, out)
