@@ -17,8 +17,10 @@ page under docs/findings/ that sets the papers' way beside matched update size q
 `--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
 <!-- findings-verdicts SWEEP TASK --> block); a lenses folder's paired verdicts are a <!-- findings-lenses FOLDER -->
 block and one of its measures per layer beside its nulls a <!-- findings-lens-layers FOLDER MEASURE --> block
-(`--lenses FOLDER [MEASURE]` prints either); a pooled Kendall folder's (`iclgd-lens kendall`) the same as
-<!-- findings-kendall FOLDER --> and <!-- findings-kendall-layers FOLDER MEASURE --> (`--kendall`). ICL as one
+(`--lenses FOLDER [MEASURE]` prints either); every lenses folder with 5 runs, a label control and another task's
+null, read against them, is the README's <!-- findings-lenses-summary --> sentence; a pooled Kendall folder's
+(`iclgd-lens kendall`) the same as <!-- findings-kendall FOLDER --> and <!-- findings-kendall-layers FOLDER MEASURE -->
+(`--kendall`). ICL as one
 weight update (every `lenses --transfer` folder under --results, each beside the function vectors of its model and
 task) is the <!-- findings-whole-model --> table of docs/findings.md and the <!-- findings-whole-model-summary -->
 sentence of the README.
@@ -33,13 +35,14 @@ from pathlib import Path
 
 from iclgd_lens.analysis.heads.kendall import kendall_layers, kendall_verdicts
 from iclgd_lens.analysis.heads.whole_model import whole_model_readings
-from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_verdicts
+from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_readings, lens_verdicts
 from iclgd_lens.analysis.protocol.findings import beside, load_pairs, task_verdicts
 from iclgd_lens.views.findings import (
     beside_table,
     findings_block,
     findings_summary,
     holm_table,
+    lens_summary,
     pooled_layer_table,
     pooled_verdict_table,
     whole_model_summary,
@@ -52,8 +55,9 @@ RESULTS = ROOT / "docs" / "results"
 # task's two sweeps side by side and one task's verdicts with their adjustment (study pages); ICL as one weight update
 # (the transfer lens and function vectors, analysis/heads/whole_model.py): its table (docs/findings.md) and its
 # sentence (the README); a lenses folder's paired verdicts, and one of its measures per layer beside its nulls
-# (analysis/lenses/lens_findings.py; study pages); a pooled Kendall folder's paired verdicts, and one of its measures
-# per layer (analysis/heads/kendall.py; study pages).
+# (analysis/lenses/lens_findings.py; study pages), and every 5-run study against its nulls in one sentence (the
+# README); a pooled Kendall folder's paired verdicts, and one of its measures per layer (analysis/heads/kendall.py;
+# study pages).
 BLOCKS = {
     "findings": 0,
     "findings-summary": 0,
@@ -62,6 +66,7 @@ BLOCKS = {
     "findings-whole-model": 0,
     "findings-whole-model-summary": 0,
     "findings-lenses": 1,
+    "findings-lenses-summary": 0,
     "findings-lens-layers": 2,
     "findings-kendall": 1,
     "findings-kendall-layers": 2,
@@ -89,6 +94,8 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
         body = holm_table(task_verdicts(results / sweep, task))
     elif name == "findings-lenses":
         body = pooled_verdict_table(lens_verdicts(results / args[0]))
+    elif name == "findings-lenses-summary":
+        body = lens_summary(lens_readings(results))
     elif name == "findings-lens-layers":
         body = pooled_layer_table(lens_layers(results / args[0], args[1]))
     elif name == "findings-kendall":

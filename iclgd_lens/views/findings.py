@@ -10,7 +10,9 @@ import math
 import pandas as pd
 
 from iclgd_lens.analysis.heads.whole_model import WholeModelReading
+from iclgd_lens.analysis.lenses.lens_findings import CONTROL, LensReading
 from iclgd_lens.analysis.protocol.findings import PairCounts, totals
+from iclgd_lens.core.results import OTHER_TASK_PREFIX
 from iclgd_lens.views.markdown import markdown_table
 
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
@@ -297,3 +299,40 @@ def _mean_interval(row, sign: str) -> str:
     if math.isnan(row["low"]):
         return f"{row['mean']:.3g}"
     return f"{row['mean']:{sign}.3g} [{row['low']:{sign}.3g}, {row['high']:{sign}.3g}]"
+
+
+def lens_summary(readings: list[LensReading]) -> str:
+    """The front door's sentence on the lenses (`analysis.lenses.lens_findings.lens_readings`): per study, ICL's
+    implicit update and residual shift against GD's, each beside GD's update on another task, the label control
+    and random directions, and Hendel's task vector at its best layer."""
+    if not readings:
+        return "**Lenses against their nulls**: no lenses folder with 5 runs, a label control and another task's null."
+    parts = []
+    for r in readings:
+        null = f"{OTHER_TASK_PREFIX}{r.null_task}]"
+        low, high = r.tv[1:]
+        parts.append(
+            f"{_display(r.model)} {r.task}: ICL's implicit update against GD's, mean |cos| "
+            f"{_against(r.implicit, null, r.null_task)}, random directions {r.random_implicit:.4f}; ICL's and GD's "
+            f"shifts of the residual stream, |cos| {_against(r.shift, null, r.null_task)}, random "
+            f"{r.random_shift:.3f}; Hendel's task vector at layer {r.tv_layer} (the best, chosen after the fact) "
+            f"answers {r.tv[0]:.2f} [{low:.2f}, {high:.2f}] (ZS {r.zs:.2f}; from shuffled demonstrations "
+            f"{r.tv_shuffled:.2f})"
+        )
+    runs = " or ".join(map(str, sorted({r.runs for r in readings})))
+    return (
+        f"**Lenses against their nulls** ({runs} runs; each verdict the model against the null, paired by run and "
+        f"query, read on its own at 95 %). {'; '.join(parts)}."
+    )
+
+
+def _against(rows: dict[str, pd.Series], null: str, null_task: str) -> str:
+    """The model's value, then GD's update on another task's and the shuffled labels', each with its verdict."""
+    model = next(iter(rows.values()))["model"]
+    digits = 4 if abs(model) < 0.05 else 3
+    said = [
+        f"{what} {rows[subject]['baseline_value']:.{digits}f} ({rows[subject]['verdict']})"
+        for subject, what in ((null, f"GD's update on {null_task}"), (CONTROL, "with shuffled labels"))
+        if subject in rows
+    ]
+    return ", ".join([f"{model:.{digits}f}", *said])

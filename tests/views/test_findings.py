@@ -10,7 +10,9 @@ from urllib.parse import unquote
 
 import pytest
 
+from iclgd_lens.analysis.lenses.lens_findings import lens_readings
 from iclgd_lens.analysis.protocol.findings import load_pairs, totals
+from iclgd_lens.views.findings import lens_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
@@ -383,3 +385,23 @@ def test_the_findings_index_links_every_study_page():
     index = (ROOT / "docs" / "findings.md").read_text()
     linked = {Path(t.partition("#")[0]).name for t in LINK.findall(index) if t.startswith("findings/")}
     assert linked == {p.name for p in (ROOT / "docs" / "findings").glob("*.md")}
+
+
+def test_the_lens_summary_reads_each_study_against_its_nulls():
+    """Of the committed lenses folders only those with 5 runs, a label control and another task's null are read
+    (the older ones lack the null or the runs); SmolLM2's numbers are those of its paired.csv and per_layer.csv, read by
+    hand: implicit_abs_cos_gd 0.00843937 against synth-subj's 0.008153 (no difference shown), Hendel's θ best at
+    layer 20 with 0.965625 [0.8625, 1.0], 0.928125 from shuffled demonstrations, ZS 0.640625."""
+    readings = {r.folder: r for r in lens_readings(RESULTS)}
+    assert not {"smollm2-rt-lenses", "gemma3-subj-lenses", "smollm2-mr-transfer-s5"} & set(readings)  # no null; 1 run
+    reading = readings["smollm2-mr-lenses-matched-paper5"]
+    assert (reading.null_task, reading.runs) == ("synth-subj", 5)
+    null = reading.implicit["model [FT on synth-subj]"]
+    assert (null["model"], null["baseline_value"], null["verdict"]) == (0.00843937, 0.008153, "no difference shown")
+    assert reading.shift["model [shuffled]"]["verdict"] == "no difference shown"
+    assert (reading.tv_layer, reading.tv, reading.tv_shuffled) == (20, (0.965625, 0.8625, 1.0), 0.928125)
+    assert reading.zs == pytest.approx(0.640625)
+    sentence = lens_summary([reading])
+    assert "mean |cos| 0.0084, GD's update on synth-subj 0.0082 (no difference shown)" in sentence
+    assert "task vector at layer 20 (the best, chosen after the fact) answers 0.97 [0.86, 1.00]" in sentence
+    assert "no lenses folder" in lens_summary([])
