@@ -30,6 +30,7 @@ from iclgd_lens.backend import LensModel, residual_after
 from iclgd_lens.core.deltas import Delta
 from iclgd_lens.core.episodes import Episode
 from iclgd_lens.core.hooks import hook_name, parameter_name
+from iclgd_lens.core.readout import Readout
 from iclgd_lens.core.zs_batch import ZSBatch
 
 INPUT_MATRICES = ("mlp.W_in", "mlp.W_gate")  # the MLP's input weights (W_gate only in gated MLPs)
@@ -113,9 +114,10 @@ def exactness(
     model, n_layers = subject.model, subject.model.cfg.n_layers
     target = subject.readings["icl"]["resid_post"].double()
     errors = torch.full((len(episode.queries), n_layers), torch.nan, dtype=torch.float64)
+    readout = Readout(model)  # one copy of W_U for every batch
     for start in range(0, len(episode.queries), batch_size):
         rows = list(range(start, min(start + batch_size, len(episode.queries))))
-        batch = ZSBatch(model, episode, rows)
+        batch = ZSBatch(model, episode, rows, readout)
         for layer, (u, a, residual) in enumerate(parts):
             out = _updated_block(model, batch, layer, u[rows], {k: v[rows] for k, v in a.items()}, residual[rows])
             expected = target[rows, layer]
@@ -131,13 +133,14 @@ def _updated_block(
     a: dict[str, Float[Tensor, "batch d_mlp"]],
     residual: Float[Tensor, "batch d_model"],
 ) -> Float[Tensor, "batch d_model"]:
-    """Block `layer` on the batch's ZS stream with each row's own ΔW (as hook additions x·ΔW, x the MLP input at
-    every position) and Δr added to its output at the row's prediction position."""
+    """Block `layer` on the batch's ZS stream with each row's own ΔW = u a^T / ‖u‖² (as hook additions x·ΔW =
+    (x·u / ‖u‖²) a, x the MLP input at every position: the rank-1 product, never ΔW itself) and Δr added to its
+    output at the row's prediction position."""
     device, dtype = model.cfg.device, model.cfg.dtype
     rows = torch.arange(len(u), device=device)
     positions = batch.positions
-    change = {name: torch.einsum("bd,bm->bdm", u, a[name]) / (u * u).sum(-1)[:, None, None] for name in a}
-    change = {name: value.to(device, dtype) for name, value in change.items()}
+    direction = (u / (u * u).sum(-1, keepdim=True)).to(device, dtype)
+    a = {name: value.to(device, dtype) for name, value in a.items()}
     norm = model.blocks[layer].ln2
     captured: dict[str, Tensor] = {}
 
@@ -148,7 +151,7 @@ def _updated_block(
 
     def add(name: str):
         def hook(pre: Tensor, hook) -> Tensor:
-            return pre + torch.einsum("bpd,bdm->bpm", captured["x"], change[name])
+            return pre + torch.einsum("bpd,bd->bp", captured["x"], direction)[..., None] * a[name][:, None, :]
 
         return hook
 
@@ -158,7 +161,7 @@ def _updated_block(
         return out
 
     hooks = [(hook_name("resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid", layer), capture)]
-    hooks += [(hook_name(product_hook(model, name), layer), add(name)) for name in change]
+    hooks += [(hook_name(product_hook(model, name), layer), add(name)) for name in a]
     hooks.append((hook_name("resid_post", layer), add_residual))
     with model.hooks(hooks):
         out = residual_after(model, batch.resid_pre[layer], layer, start_at_layer=layer)
