@@ -312,27 +312,22 @@ def lens_summary(readings: list[LensReading]) -> str:
         null = f"{OTHER_TASK_PREFIX}{r.null_task}]"
         low, high = r.tv[1:]
         parts.append(
-            f"{_display(r.model)} {r.task}: ICL's implicit update against GD's, mean |cos| "
-            f"{_against(r.implicit, null, r.null_task)}, random directions {r.random_implicit:.4f}; ICL's and GD's "
-            f"shifts of the residual stream, |cos| {_against(r.shift, null, r.null_task)}, random "
-            f"{r.random_shift:.3f}; Hendel's task vector at layer {r.tv_layer} (the best, chosen after the fact) "
-            f"answers {r.tv[0]:.2f} [{low:.2f}, {high:.2f}] (ZS {r.zs:.2f}; from shuffled demonstrations "
-            f"{r.tv_shuffled:.2f})"
+            f"{_display(r.model)} {r.task}: |cos(ICL's implicit update, GD's)| {_against(r.implicit, null)}, random "
+            f"{r.random_implicit:.4f}; |cos| of their residual shifts {_against(r.shift, null)}, random "
+            f"{r.random_shift:.3f}; Hendel's task vector at its best layer ({r.tv_layer}, chosen after the fact) "
+            f"{r.tv[0]:.2f} [{low:.2f}, {high:.2f}], ZS {r.zs:.2f}, shuffled {r.tv_shuffled:.2f}"
         )
     runs = " or ".join(map(str, sorted({r.runs for r in readings})))
+    nulls = ", ".join(dict.fromkeys(f"{r.null_task} ({_display(r.model)})" for r in readings))
     return (
-        f"**Lenses against their nulls** ({runs} runs; each verdict the model against the null, paired by run and "
-        f"query, read on its own at 95 %). {'; '.join(parts)}."
+        f"**Lenses against their nulls** ({runs} runs; the model against GD's update on another task, {nulls}, "
+        f"then against shuffled labels, each paired by run and query at 95 %). {'; '.join(parts)}."
     )
 
 
-def _against(rows: dict[str, pd.Series], null: str, null_task: str) -> str:
+def _against(rows: dict[str, pd.Series], null: str) -> str:
     """The model's value, then GD's update on another task's and the shuffled labels', each with its verdict."""
     model = next(iter(rows.values()))["model"]
     digits = 4 if abs(model) < 0.05 else 3
-    said = [
-        f"{what} {rows[subject]['baseline_value']:.{digits}f} ({rows[subject]['verdict']})"
-        for subject, what in ((null, f"GD's update on {null_task}"), (CONTROL, "with shuffled labels"))
-        if subject in rows
-    ]
-    return ", ".join([f"{model:.{digits}f}", *said])
+    said = [f"{rows[s]['baseline_value']:.{digits}f} ({rows[s]['verdict']})" for s in (null, CONTROL) if s in rows]
+    return f"{model:.{digits}f} vs {', '.join(said)}"
