@@ -29,32 +29,37 @@ def findings_block(pairs: list[PairCounts]) -> str:
     for design in ("matched", "paper"):
         chosen = [p for p in pairs if p.baseline_lr == design]
         if chosen:
-            parts += [f"**{_capital(DESIGNS[design])}.** {summary_sentence(chosen)}", findings_table(chosen)]
+            sentence = summary_sentence(chosen, defined=not parts)
+            parts += [f"**{_capital(DESIGNS[design])}.** {sentence}", findings_table(chosen)]
     return "\n\n".join(parts)
 
 
 def findings_summary(pairs: list[PairCounts]) -> str:
     """The front door's paragraph: each design's summary sentence, without the tables."""
+    designs = [design for design in ("matched", "paper") if any(p.baseline_lr == design for p in pairs)]
     return "\n\n".join(
-        f"**{_capital(DESIGNS[design])}.** {summary_sentence([p for p in pairs if p.baseline_lr == design])}"
-        for design in ("matched", "paper")
-        if any(p.baseline_lr == design for p in pairs)
+        f"**{_capital(DESIGNS[design])}.** "
+        f"{summary_sentence([p for p in pairs if p.baseline_lr == design], defined=design == designs[0])}"
+        for design in designs
     )
 
 
-def summary_sentence(pairs: list[PairCounts]) -> str:
-    """What the counts over `pairs` say, every number from `totals`."""
+def summary_sentence(pairs: list[PairCounts], defined: bool = True) -> str:
+    """What the counts over `pairs` say, every number from `totals`. `defined`: say what the metrics and α are and
+    how a verdict is read (the first sentence of a block; the next ones refer back)."""
     t = totals(pairs)
     most = max(p.alpha_total for p in pairs)
     fewer = sum(p.alpha_total < most for p in pairs)  # pairs compared with fewer baselines ("every" is then fewer)
     against = f" ({fewer} of them against fewer baselines)" if fewer else ""
+    metrics = " (SimAOU_norm, SimAOU, SimAM∆)" if defined else ""
+    reading = " (each verdict read on its own at 95 %)" if defined else ""
+    alpha = ", the cosine between LCGD's and GD's score updates (it involves no ICL)," if defined else ""
     return (
-        f"Over {t['pairs']} (model, task) pairs{against}, GD's similarity to ICL (SimAOU_norm, SimAOU, SimAM∆) is "
-        f"above an untrained baseline's on {t['gd_above']} of {t['gd_verdicts']} paired verdicts, below on "
-        f"{t['gd_below']}, not shown different on {t['gd_no_difference_shown']} and borderline on "
-        f"{t['gd_borderline']} (each verdict read on its own at 95 %); LCGD's α, the cosine between LCGD's and GD's "
-        f"score updates (it involves no ICL), is below every untrained baseline's on {t['alpha_below_all']} of "
-        f"{t['pairs']} pairs; ICL's mean accuracy beats zero-shot on {t['icl_above_zs']} of {t['pairs']}."
+        f"Over {t['pairs']} (model, task) pairs{against}, GD's similarity to ICL{metrics} is above an untrained "
+        f"baseline's on {t['gd_above']} of {t['gd_verdicts']} paired verdicts, below on {t['gd_below']}, not shown "
+        f"different on {t['gd_no_difference_shown']} and borderline on {t['gd_borderline']}{reading}; LCGD's "
+        f"α{alpha} is below every untrained baseline's on {t['alpha_below_all']} of {t['pairs']} pairs; ICL's mean "
+        f"accuracy beats zero-shot on {t['icl_above_zs']} of {t['pairs']}."
     )
 
 
@@ -233,35 +238,33 @@ def whole_model_table(readings: list[WholeModelReading]) -> str:
 
 
 def whole_model_summary(readings: list[WholeModelReading]) -> str:
-    """The front door's sentence on ICL as one weight update: per reading the mean patch's accuracy and gain on
-    other queries beside GD's update, and the function vector's heads against GD's where they were run."""
-    parts = [
-        f"{_display(r.model)} {r.task}: accuracy {r.accuracy['zs'][0]:.2f} → {r.accuracy['patch_mean'][0]:.2f} "
-        f"(GD {r.accuracy['gd'][0]:.2f}), log-odds gain {_with_interval(r.gain['patch_mean'])} "
-        f"(GD {_with_interval(r.gain['gd'])})"
+    """The front door's sentence on ICL as one weight update: per reading the mean patch's log-odds gain on other
+    queries beside GD's update, its per-layer cosine and norm against GD's update with their nulls, and the function
+    vector's heads against GD's where they were run."""
+    gains = [
+        f"{_display(r.model)} {r.task} {_with_interval(r.gain['patch_mean'])} vs {_with_interval(r.gain['gd'])}"
         for r in readings
     ]
     cos = max(max(abs(c) for c in r.patch_cos) for r in readings)
     ratios = min(r.norm_ratio[0] for r in readings), max(r.norm_ratio[1] for r in readings)
     vectors = [
-        f"{r.agreement['gd']['overlap']} ({_display(r.model)} {r.task}, "
-        f"chance {r.agreement['gd']['chance_overlap']:.2f})"
+        f"{r.agreement['gd']['overlap']} ({_display(r.model)}, chance {r.agreement['gd']['chance_overlap']:.2f})"
         for r in readings
         if r.fv_points
     ]
     top = next((r.agreement["gd"]["top"] for r in readings if r.fv_points), "")
     nulls = [
-        f"{r.patch_abs_cos:.4f} / {r.null_abs_cos:.4f} ({_display(r.model)} {r.task})"
+        f"{r.patch_abs_cos:.4f} / {r.null_abs_cos:.4f} {_display(r.model)}"
         for r in readings
         if not math.isnan(r.null_abs_cos)
     ]
-    against_null = f"; mean |cos| with GD's update on its own task / another task: {', '.join(nulls)}" if nulls else ""
+    against_null = f"; mean |cos| own task / another task's update: {', '.join(nulls)}" if nulls else ""
     return (
-        f"**ICL as one weight update** (one run each; intervals over queries). ICL's mean implicit patch "
-        f"on other queries: {'; '.join(parts)}. Per layer its cosine with GD's update is at most "
-        f"{cos:.3f} in size (random directions: {max(r.random_cos for r in readings):.4f}{against_null}) and its norm "
-        f"{ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top {top} heads "
-        f"in GD's top {top}: {', '.join(vectors) or 'not run'}."
+        f"**ICL as one weight update** (one run each; intervals over queries). Label log-odds gain over ZS of ICL's "
+        f"mean implicit patch on queries it was not read from, vs GD's update: {'; '.join(gains)}. Per layer its "
+        f"|cos| with GD's update is at most {cos:.3f} (random {max(r.random_cos for r in readings):.4f}"
+        f"{against_null}), its norm {ratios[0]:.3g} to {ratios[1]:.3g} times GD's. The function vector's top {top} "
+        f"heads in GD's top {top}: {', '.join(vectors) or 'not run'}."
     )
 
 
