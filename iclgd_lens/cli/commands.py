@@ -370,6 +370,11 @@ def run_kendall(args: argparse.Namespace) -> None:
     per_run = [read_queries_table(table) for _, table in read]
     if len({tuple(values) for values in per_run}) > 1:
         raise ValueError("the folders' Kendall subjects differ (baselines or controls): give runs of one design")
+    if len({tuple(next(iter(values.values()))) for values in per_run}) > 1:
+        raise ValueError(
+            "the folders' Kendall measures differ (some written before the order measures): re-run attribute "
+            "--kendall-queries for the older runs"
+        )
     per_layer, paired = pooled_tables(per_run)
     about = {key: first[key] for key in ("model", "task", "kendall_method", "kendall_queries")}
     write_kendall_pool(out, per_layer, paired, about | {"runs": len(read), "folders": list(args.folders)})

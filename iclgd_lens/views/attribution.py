@@ -165,16 +165,23 @@ def kendall_markdown(kendall: pd.DataFrame) -> str:
                 "NaN" if best is None else f"{best.tau:.4f} (layer {int(best.layer)})",
                 f"{part.recall.mean():.4f} at k = {int(part.recall_k.iloc[0])} (chance "
                 f"{part.recall_chance.mean():.4f})",
+                _orders(part),
             ]
         )
-    frame = pd.DataFrame(
-        rows, columns=["subject", "level", "tau (mean over layers)", "tau_random", "highest tau", "recall"]
-    )
+    columns = ["subject", "level", "tau (mean over layers)", "tau_random", "highest tau", "recall", "order ICL / FT"]
     return (
         "Kendall's tau between ICL's attention to the demonstrations and the finetuning's (Dai et al.); "
-        "`zero_delta`: the same measure without finetuning, the baselines: on the untrained models.\n\n"
-        + _markdown(frame)
+        "`zero_delta`: the same measure without finetuning, the baselines: on the untrained models. Order: each "
+        "side's tau between a demonstration's place in the prompt and its score (positive: later ones "
+        "preferred).\n\n" + _markdown(pd.DataFrame(rows, columns=columns))
     )
+
+
+def _orders(part: pd.DataFrame) -> str:
+    """ICL's and FT's order tau (mean over layers) of a demonstration-level block; blank at token level."""
+    if "order_icl" not in part or part.order_icl.isna().all():
+        return ""
+    return f"{part.order_icl.mean():+.4f} / {part.order_ft.mean():+.4f}"
 
 
 FV_FILES = ("fv_heads.csv", "fv_points.csv", "fv.md")
@@ -222,8 +229,10 @@ def kendall_paired_markdown(paired: pd.DataFrame, per_layer: pd.DataFrame) -> st
     ]
     header = ["measure", "against", "model", "control", "model − control [95 %]", "covers", "verdict"]
     return (
-        f"The model's tau against each control's, mean over layers, paired by query (and run); per-layer means "
-        f"with intervals in kendall_layers.csv (the intervals cover: {covers}).\n\n" + markdown_table(header, rows)
+        f"The model's tau against each control's, mean over layers, paired by query (and run); `order_ft`: the "
+        f"finetuning side's tau between a demonstration's place and its score (ICL's, `order_icl`, is every "
+        f"subject's own ICL side: per layer in kendall_layers.csv); per-layer means with intervals in "
+        f"kendall_layers.csv (the intervals cover: {covers}).\n\n" + markdown_table(header, rows)
     )
 
 

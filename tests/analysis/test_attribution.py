@@ -502,6 +502,11 @@ def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
     capsys.readouterr()
     assert main(["kendall", str(out), str(out), "--out", str(tmp_path / "k2")]) == 2
     assert "not distinct runs" in capsys.readouterr().err and not (tmp_path / "k2").exists()
+    assert "order_ft" in set(paired.measure)  # FT's order tau, paired with the controls'
+    queries = pd.read_csv(other / "kendall_queries.csv")  # as attribute wrote it before the order measures
+    queries.drop(columns=["order_icl", "order_ft"]).to_csv(other / "kendall_queries.csv", index=False)
+    assert main(["kendall", str(out), str(other), "--out", str(tmp_path / "k3")]) == 2
+    assert "written before the order measures" in capsys.readouterr().err and not (tmp_path / "k3").exists()
 
     assert (
         main(
@@ -535,3 +540,30 @@ def test_attribute_command_writes_its_tables(tiny, saved, tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(["attribute", str(saved), "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_order_tau_ranks_the_demonstrations_by_their_place():
+    """Scores that grow with a demonstration's place give order tau +1 on that side, falling ones −1; the value is
+    Kendall's tau of the places against the demonstration-level masses, by hand; kept per query and read back from
+    kendall_queries.csv; a table written before the order measures reads back without them, and pools so."""
+    groups = np.repeat(np.arange(4), 3)
+    rising = np.repeat(np.arange(4.0), 3)
+    got = measures(rising, -rising, groups, np.random.default_rng(0))["demonstration"]
+    assert (got["order_icl"], got["order_ft"]) == (pytest.approx(1.0), pytest.approx(-1.0))
+    rng = np.random.default_rng(3)
+    icl, ft = rng.normal(size=12), rng.normal(size=12)
+    got = measures(icl, ft, groups, rng)["demonstration"]
+    masses = [np.exp(ft[groups == g]).sum() for g in range(4)]  # softmax's denominator does not change the order
+    assert got["order_ft"] == pytest.approx(hand_tau(np.arange(4.0), np.array(masses)))
+    assert "order_icl" not in measures(icl, ft, groups, rng)["token"]
+    values = {name: rng.normal(size=(3, 2)) for name in kendall.PER_QUERY}
+    table = queries_table({"model": values, "zero_delta": values})
+    back = read_queries_table(table)
+    assert set(back["model"]) == set(kendall.PER_QUERY)
+    np.testing.assert_allclose(back["zero_delta"]["order_ft"], values["order_ft"])
+    older = read_queries_table(table.drop(columns=list(kendall.ORDERS)))
+    assert set(older["model"]) == {"tau_token", "tau_demonstration", "recall_token", "recall_demonstration"}
+    _, paired = pooled_tables([older, older])
+    assert set(paired.measure) == {"tau_token", "tau_demonstration"}
+    _, paired = pooled_tables([back, back])
+    assert set(paired.measure) == {"tau_token", "tau_demonstration", "order_ft"}

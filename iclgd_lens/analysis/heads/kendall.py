@@ -20,6 +20,13 @@ items), with its chance value min(k, n) / n beside it. The random baseline, as t
 scores, one per item of the level (a token, or a demonstration), set against ICL's scores at that level. Means
 over the first `n_queries` eval queries (100 in the paper).
 
+Order: at demonstration level, Kendall's tau between each demonstration's place in the ICL prompt (which is also
+its training step under the default order) and its demonstration-level score, on each side (`order_icl`,
+`order_ft`): positive where a side prefers later demonstrations, negative where it prefers earlier ones. It says
+whether the two sides' ranking is carried by where a demonstration stands rather than what it holds (the
+demonstration-level tau turns negative when one side prefers the prompt's early demonstrations and the other the
+training's recent steps).
+
 Controls, one block of rows each (`subject`): `model` (the result's finetuning), `zero_delta` (the same model
 without finetuning: q and q' from the base model, so what tau is with no GD at all), and every untrained baseline
 of the result, refitted on its re-initialised copy (its own ICL scores, its own finetuning).
@@ -50,7 +57,16 @@ from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.core.results import Result
 
 RECALL_K = {"token": 100, "demonstration": 5}  # the reference's k per level
-PER_QUERY = ("tau_token", "tau_demonstration", "recall_token", "recall_demonstration")  # kept per query and layer
+PER_QUERY = (  # kept per query and layer
+    "tau_token",
+    "tau_demonstration",
+    "recall_token",
+    "recall_demonstration",
+    "order_icl",
+    "order_ft",
+)
+ORDERS = ("order_icl", "order_ft")  # each side's tau against the demonstrations' places (demonstration level)
+PAIRED = ("tau_token", "tau_demonstration", "order_ft")  # the model against each control (ICL's order is theirs too)
 RANDOM_SEED = 0
 ZERO_DELTA = "zero_delta"
 POOLED_LAYERS, POOLED_PAIRED = "kendall_layers.csv", "kendall_paired.csv"  # a pooled folder's tables (`kendall`)
@@ -69,14 +85,13 @@ def top_k_recall(icl: np.ndarray, ft: np.ndarray, k: int) -> float:
 
 
 def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> dict:
-    """Token- and demonstration-level tau, random tau and top-k recall (with chance) for one query and layer.
-    `groups[t]`: the demonstration of token t (0..n_demos-1)."""
+    """Token- and demonstration-level tau, random tau and top-k recall (with chance) for one query and layer, and
+    each side's order tau at demonstration level. `groups[t]`: the demonstration of token t (0..n_demos-1, in
+    prompt order)."""
     icl, ft = softmax(icl_scores), softmax(ft_scores)
+    demonstrations = np.bincount(groups, weights=icl), np.bincount(groups, weights=ft)
     out = {}
-    for level, (a, b) in {
-        "token": (icl, ft),
-        "demonstration": (np.bincount(groups, weights=icl), np.bincount(groups, weights=ft)),
-    }.items():
+    for level, (a, b) in {"token": (icl, ft), "demonstration": demonstrations}.items():
         k = RECALL_K[level]
         out[level] = {
             "tau": kendalltau(a, b).statistic,
@@ -85,6 +100,11 @@ def measures(icl_scores: np.ndarray, ft_scores: np.ndarray, groups: np.ndarray, 
             "recall_k": min(k, len(a)),
             "recall_chance": min(k, len(a)) / len(a),
         }
+    place = np.arange(len(demonstrations[0]))
+    out["demonstration"] |= {
+        "order_icl": kendalltau(place, demonstrations[0]).statistic,
+        "order_ft": kendalltau(place, demonstrations[1]).statistic,
+    }
     return out
 
 
@@ -291,6 +311,8 @@ def _subject_rows(subject: str, sides: tuple[np.ndarray, np.ndarray, np.ndarray]
             values = pd.DataFrame([m[level] for m in computed])
             for name in ("tau", "recall"):
                 per_query[f"{name}_{level}"][:, layer] = values[name]
+            for name in ORDERS if level == "demonstration" else ():
+                per_query[name][:, layer] = values[name]
             # tau is undefined (NaN) where one side is constant: the mean skips those, `defined` counts the rest
             rows.append(
                 {
@@ -314,6 +336,7 @@ COLUMNS = [
     "recall",
     "recall_k",
     "recall_chance",
+    *ORDERS,
     "defined",
     "queries",
 ]
@@ -355,8 +378,8 @@ def kendall_table(
 
 
 def queries_table(per_query: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
-    """kendall_queries.csv: one row per (subject, level, query, layer) with tau and recall, from
-    `kendall_table(...).attrs["per_query"]`."""
+    """kendall_queries.csv: one row per (subject, level, query, layer) with tau and recall, and at demonstration
+    level each side's order tau, from `kendall_table(...).attrs["per_query"]`."""
     frames = []
     for subject, values in per_query.items():
         n, n_layers = values["tau_token"].shape
@@ -370,6 +393,7 @@ def queries_table(per_query: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
                         "layer": np.tile(np.arange(n_layers), n),
                         "tau": values[f"tau_{level}"].reshape(-1),
                         "recall": values[f"recall_{level}"].reshape(-1),
+                        **{name: values[name].reshape(-1) if level == "demonstration" else np.nan for name in ORDERS},
                     }
                 )
             )
@@ -377,12 +401,19 @@ def queries_table(per_query: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
 
 
 def read_queries_table(table: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-    """`queries_table`'s inverse: subject -> PER_QUERY measure -> [n, layer]."""
+    """`queries_table`'s inverse: subject -> PER_QUERY measure -> [n, layer] (a table written before the order
+    measures: without them)."""
     out: dict[str, dict[str, np.ndarray]] = {}
+
+    def grid(part: pd.DataFrame, column: str) -> np.ndarray:
+        pivot = part.pivot(index="query", columns="layer", values=column).sort_index().sort_index(axis=1)
+        return pivot.to_numpy(dtype=np.float64)
+
     for (subject, level), part in table.groupby(["subject", "level"], sort=False):
-        for name in ("tau", "recall"):
-            grid = part.pivot(index="query", columns="layer", values=name).sort_index().sort_index(axis=1)
-            out.setdefault(subject, {})[f"{name}_{level}"] = grid.to_numpy(dtype=np.float64)
+        measures = {f"{name}_{level}": grid(part, name) for name in ("tau", "recall")}
+        if level == "demonstration":
+            measures |= {name: grid(part, name) for name in ORDERS if name in table.columns}
+        out.setdefault(subject, {}).update(measures)
     return out
 
 
@@ -390,8 +421,9 @@ def pooled_tables(runs: Sequence[dict[str, dict[str, np.ndarray]]]) -> tuple[pd.
     """Kendall over one or several runs of one task (per run: `read_queries_table`'s values): per subject, measure
     and layer the mean with its interval (queries with one run; runs and queries with several, the crossed
     resampling the lenses use), and the model against `zero_delta` and each baseline on the mean over layers,
-    paired by run and query, with a verdict (`too few runs` below five)."""
-    return per_layer_table(runs), paired_table(runs, ("tau_token", "tau_demonstration"))
+    paired by run and query, with a verdict (`too few runs` below five): tau at both levels and FT's order tau
+    (ICL's is the same for the model and `zero_delta`). Runs read before the order measures pool without them."""
+    return per_layer_table(runs), paired_table(runs, PAIRED)
 
 
 def kendall_verdicts(folder: Path) -> pd.DataFrame:
