@@ -276,7 +276,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
             assert findings.regenerate(edited) == text  # and --write restores the edit
     expected = [("README.md", "findings-summary", ()), ("docs/findings.md", "findings", ())]
     expected += [("README.md", "findings-whole-model-summary", ()), ("docs/findings.md", "findings-whole-model", ())]
-    expected += [("README.md", "findings-lenses-summary", ())]
+    expected += [("README.md", "findings-lenses-summary", ()), ("docs/findings.md", "findings-lenses-summary", ())]
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
     expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
     expected += [(f"docs/findings/{page}", name, args) for page, name, args in LENS_BLOCKS]
