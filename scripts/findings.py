@@ -13,7 +13,8 @@ sentence) and of docs/findings.md's summary (the <!-- findings --> block: the se
 from here (iclgd_lens/analysis/protocol/findings.py counts, iclgd_lens/views/findings.py lays out).
 `--beside FIRST SECOND TASK` prints every verdict of one task in two sweeps of the same runs side by side; a study
 page under docs/findings/ that sets the papers' way beside matched update size quotes it in a
-<!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments;
+<!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments (two
+models' sweeps of one task side by side: <!-- findings-models FIRST SECOND TASK -->, headed by the models' names);
 `--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
 <!-- findings-verdicts SWEEP TASK --> block); a lenses folder's paired verdicts are a <!-- findings-lenses FOLDER -->
 block and one of its measures per layer beside its nulls a <!-- findings-lens-layers FOLDER MEASURE --> block
@@ -36,13 +37,14 @@ from pathlib import Path
 from iclgd_lens.analysis.heads.kendall import kendall_layers, kendall_verdicts
 from iclgd_lens.analysis.heads.whole_model import whole_model_readings
 from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_readings, lens_verdicts
-from iclgd_lens.analysis.protocol.findings import beside, load_pairs, task_verdicts
+from iclgd_lens.analysis.protocol.findings import beside, load_pairs, sweep_model, task_verdicts
 from iclgd_lens.views.findings import (
     beside_table,
     findings_block,
     findings_summary,
     holm_table,
     lens_summary,
+    models_table,
     pooled_layer_table,
     pooled_verdict_table,
     whole_model_summary,
@@ -52,16 +54,17 @@ from iclgd_lens.views.findings import (
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 # name -> how many arguments its marker takes: the full block (docs/findings.md) and the paragraph (the README); one
-# task's two sweeps side by side and one task's verdicts with their adjustment (study pages); ICL as one weight update
-# (the transfer lens and function vectors, analysis/heads/whole_model.py): its table (docs/findings.md) and its
-# sentence (the README); a lenses folder's paired verdicts, and one of its measures per layer beside its nulls
-# (analysis/lenses/lens_findings.py; study pages), and every 5-run study against its nulls in one sentence (the
-# README); a pooled Kendall folder's paired verdicts, and one of its measures per layer (analysis/heads/kendall.py;
-# study pages).
+# task's two sweeps side by side (two designs, or two models) and one task's verdicts with their adjustment (study
+# pages); ICL as one weight update (the transfer lens and function vectors, analysis/heads/whole_model.py): its table
+# (docs/findings.md) and its sentence (the README); a lenses folder's paired verdicts, and one of its measures per
+# layer beside its nulls (analysis/lenses/lens_findings.py; study pages), and every 5-run study against its nulls in
+# one sentence (the README); a pooled Kendall folder's paired verdicts, and one of its measures per layer
+# (analysis/heads/kendall.py; study pages).
 BLOCKS = {
     "findings": 0,
     "findings-summary": 0,
     "findings-beside": 3,
+    "findings-models": 3,
     "findings-verdicts": 2,
     "findings-whole-model": 0,
     "findings-whole-model-summary": 0,
@@ -89,6 +92,11 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
     if name == "findings-beside":
         first, second, task = args
         body = beside_table(beside(results / first, results / second, task), "papers' way", "matched")
+    elif name == "findings-models":
+        first, second, task = args
+        body = models_table(
+            beside(results / first, results / second, task), *map(sweep_model, (results / first, results / second))
+        )
     elif name == "findings-verdicts":
         sweep, task = args
         body = holm_table(task_verdicts(results / sweep, task))

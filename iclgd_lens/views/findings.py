@@ -157,6 +157,11 @@ def beside_table(frame: pd.DataFrame, first: str, second: str) -> str:
     return markdown_table(header, rows)
 
 
+def models_table(frame: pd.DataFrame, first_model: str, second_model: str) -> str:
+    """`beside_table` of two models' sweeps of one task, each column headed by its model's name."""
+    return beside_table(frame, *(MODEL_NAMES.get(m, m) for m in (first_model, second_model)))
+
+
 def holm_table(frame: pd.DataFrame) -> str:
     """`analysis.protocol.findings.task_verdicts` in Markdown: a row per verdict, its difference, interval and raw
     verdict, its p-value and family, and for the primary contrasts the Holm-adjusted p-value and verdict."""

@@ -101,6 +101,12 @@ BESIDE = [
 
 
 # The study pages that quote a sweep's verdicts with Holm's adjustment whole (<!-- findings-verdicts SWEEP TASK -->).
+# Two models' papers'-way sweeps of one task side by side (the tables these pages typed by hand before).
+MODELS = [
+    ("smollm2-paper5", "gemma3-rt-snippets-paper5", "rt-snippets", "smollm2-gemma3-rt-snippets.md"),
+    ("smollm2-paper5", "gemma3-sst2-paper5", "synth-sst2", "smollm2-gemma3-synth-sst2.md"),
+    ("smollm2-paper5", "gemma3-subj-paper5", "synth-subj", "smollm2-gemma3-synth-subj.md"),
+]
 VERDICT_TABLES = [
     ("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets")),
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-mlpin-shuffled-matched-paper5", "synth-mr")),
@@ -278,6 +284,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
     expected += [("README.md", "findings-whole-model-summary", ()), ("docs/findings.md", "findings-whole-model", ())]
     expected += [("README.md", "findings-lenses-summary", ()), ("docs/findings.md", "findings-lenses-summary", ())]
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
+    expected += [(f"docs/findings/{page}", "findings-models", (a, b, t)) for a, b, t, page in MODELS]
     expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
     expected += [(f"docs/findings/{page}", name, args) for page, name, args in LENS_BLOCKS]
     expected += [(f"docs/findings/{page}", name, args) for page, name, args in KENDALL_BLOCKS]
@@ -406,3 +413,12 @@ def test_the_lens_summary_reads_each_study_against_its_nulls():
     assert "|cos(ICL's implicit update, GD's)| 0.0084 vs 0.0082 (no difference shown), 0.0082 (above)" in sentence
     assert "best layer (20, chosen after the fact) 0.97 [0.86, 1.00], ZS 0.64, shuffled 0.93" in sentence
     assert "no lenses folder" in lens_summary([])
+
+
+def test_two_models_side_by_side_are_headed_by_their_names(script):
+    """The findings-models block sets SmolLM2's and Gemma's verdicts of one task in one row each, under the models'
+    names; Gemma's GD against no_training on synth-sst2 as its verdicts.csv has it: -0.091 [-0.159, -0.035] below."""
+    made = script("findings").block(name="findings-models", args=MODELS[1][:3])
+    assert "| SmolLM2-135M: difference [interval]" in made and "| Gemma 3 270M: difference [interval]" in made
+    row = "| GD | SimAOU_norm | no_training | +0.029 [-0.048, +0.120]: no difference shown (×1.3) | "
+    assert row + "-0.091 [-0.159, -0.035]: below (×0.605) |" in made

@@ -161,6 +161,11 @@ def beside(first: Path, second: Path, task: str) -> pd.DataFrame:
     return frames[0].join(frames[1], how="inner").reset_index()
 
 
+def sweep_model(folder: Path) -> str:
+    """The model a sweep ran on (its sweep.json's model, as given to reproduce)."""
+    return json.loads((Path(folder) / "sweep.json").read_text())["config"]["model"]
+
+
 def task_verdicts(folder: Path, task: str) -> pd.DataFrame:
     """Every verdict of `task` in one sweep's verdicts.csv, with its p-value, family and (for the primary contrasts)
     the adjusted p-value and verdict, in the file's order."""
