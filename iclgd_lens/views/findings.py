@@ -328,8 +328,8 @@ def lens_summary(readings: list[LensReading]) -> str:
     runs = " or ".join(map(str, sorted({r.runs for r in readings})))
     nulls = ", ".join(dict.fromkeys(f"{r.null_task} ({_display(r.model)})" for r in readings))
     return (
-        f"**Lenses against their nulls** ({runs} runs; the model against GD's update on another task, {nulls}, "
-        f"then against shuffled labels, each paired by run and query at 95 %). {'; '.join(parts)}."
+        f"**Lenses against their nulls** ({runs} runs; the model vs GD's update on another task, {nulls}, then vs "
+        f"shuffled labels, paired by run and query at 95 %). {'; '.join(parts)}."
     )
 
 
