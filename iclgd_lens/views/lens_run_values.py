@@ -23,8 +23,8 @@ RUNS_MARKER, RUNS_FORMAT = "runs.json", "iclgd-lens lens runs 1"
 
 def run_key(run_dir: str | Path, null_dir: str | Path | None, options: dict) -> dict:
     """What a run's lens values depend on. `options`: the lenses options that change a value (baselines, batch
-    size, path, transfer)."""
-    return {
+    size, path, transfer). As JSON reads it back (tuples as lists), so that a kept key compares equal."""
+    key = {
         "format": RUNS_FORMAT,
         "run": str(Path(run_dir).resolve()),
         "result": _digest(Path(run_dir) / "result.json"),
@@ -33,6 +33,7 @@ def run_key(run_dir: str | Path, null_dir: str | Path | None, options: dict) -> 
         "options": options,
         "iclgd_lens": _version(),
     }
+    return json.loads(json.dumps(key))
 
 
 def holds_run_values(out: Path) -> bool:

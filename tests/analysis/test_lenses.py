@@ -42,7 +42,7 @@ from iclgd_lens.core.hooks import hook_name, parameter_name
 from iclgd_lens.core.methods import run_method
 from iclgd_lens.core.recording import Prompts, read_points
 from iclgd_lens.sources.task import Task
-from iclgd_lens.views.lens_run_values import RUNS
+from iclgd_lens.views import lens_run_values
 from tests.helpers import GEMMA3_LIKE, tiny_model, toy_rows, toy_task
 
 ARCHS = {
@@ -534,7 +534,7 @@ def test_lenses_keep_each_runs_values_and_go_on_where_they_stopped(two_runs, tmp
     monkeypatch.setattr(lens_jobs, "lens_values", second_run_fails)
     assert main(["lenses", *runs, "--out", str(resumed), "--baselines", "--threads", "1"]) == 2
     assert "stopped" in capsys.readouterr().err
-    assert not (resumed / "lenses.json").exists() and len(list((resumed / RUNS).glob("*.npz"))) == 1
+    assert not (resumed / "lenses.json").exists() and len(list((resumed / lens_run_values.RUNS).glob("*.npz"))) == 1
     computed.clear()
     monkeypatch.setattr(
         lens_jobs, "lens_values", lambda model, result, *args: computed.append(0) or real(model, result, *args)
@@ -551,3 +551,30 @@ def test_lenses_keep_each_runs_values_and_go_on_where_they_stopped(two_runs, tmp
     assert main(["lenses", *runs, "--out", str(parallel), "--baselines", "--jobs", "2", "--threads", "2"]) == 0
     for name in ("per_layer.csv", "paired.csv"):
         assert (parallel / name).read_text() == (whole / name).read_text(), name
+
+
+def test_kept_run_values_read_back_only_under_their_own_key(tmp_path):
+    """Values written under a key read back equal (subjects and measures in order, float32 kept); a key given
+    with a tuple reads back (JSON keeps lists); another option or an edited result.json reads nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text("{}")
+    out = tmp_path / "lenses"
+    values = {
+        "model": {"tv_correct": np.arange(6, dtype=np.float32).reshape(3, 2), "zs_correct": np.ones((3, 1))},
+        "model [ICL true, FT shuffled]": {"shift_cos_gd": np.full((3, 2), np.nan)},
+    }
+    key = lens_run_values.run_key(run, None, {"baselines": ("no_training",), "path": False})
+    lens_run_values.start_run_values(out)
+    lens_run_values.write_run_values(out, key, values)
+    back = lens_run_values.read_run_values(out, key)
+    assert list(back) == list(values) and list(back["model"]) == ["tv_correct", "zs_correct"]
+    assert back["model"]["tv_correct"].dtype == np.float32
+    np.testing.assert_array_equal(back["model"]["tv_correct"], values["model"]["tv_correct"])
+    assert np.isnan(back["model [ICL true, FT shuffled]"]["shift_cos_gd"]).all()
+    assert (
+        lens_run_values.read_run_values(out, lens_run_values.run_key(run, None, {"baselines": [], "path": False}))
+        is None
+    )
+    (run / "result.json").write_text('{"edited": 1}')
+    assert lens_run_values.read_run_values(out, lens_run_values.run_key(run, None, key["options"])) is None
