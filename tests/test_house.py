@@ -89,7 +89,7 @@ TESTED_WITH = {
     "sources/tokenizers.py": ("tests/sources/test_synthetic_tasks.py", "iclgd_lens.sources.tokenizers"),
     "views/attention.py": ("tests/views/test_views.py", "iclgd_lens.views.attention"),
     "views/html.py": ("tests/views/test_report.py", "report"),
-    "views/lens_run_values.py": ("tests/analysis/test_lenses.py", "iclgd_lens.views.lens_run_values"),
+    "views/lens_run_values.py": ("tests/analysis/test_lenses.py", "from iclgd_lens.views import lens_run_values"),
     "views/lenses.py": ("tests/analysis/test_lenses.py", "lenses.md"),
     "views/plots.py": ("tests/views/test_views.py", "iclgd_lens.views.plots"),
     "views/reproduction.py": ("tests/analysis/test_sweep.py", "tables.md"),
