@@ -169,6 +169,7 @@ KENDALL_BLOCKS = [
     ("heads-attribution.md", "findings-kendall-layers", ("smollm2-mr-kendall-paper5", "order_icl")),
     ("heads-attribution.md", "findings-kendall", ("gemma3-subj-kendall-paper5",)),
     ("heads-attribution.md", "findings-kendall-layers", ("gemma3-subj-kendall-paper5", "tau_demonstration")),
+    ("heads-attribution.md", "findings-kendall-layers", ("gemma3-subj-kendall-paper5", "order_icl")),
 ]
 
 
