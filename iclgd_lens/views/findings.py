@@ -320,9 +320,9 @@ def lens_summary(readings: list[LensReading]) -> str:
         null = f"{OTHER_TASK_PREFIX}{r.null_task}]"
         low, high = r.tv[1:]
         parts.append(
-            f"{_display(r.model)} {r.task}: |cos(ICL's implicit update, GD's)| {_against(r.implicit, null)}, random "
-            f"{r.random_implicit:.4f}; |cos| of their residual shifts {_against(r.shift, null)}, random "
-            f"{r.random_shift:.3f}; Hendel's task vector at its best layer ({r.tv_layer}, chosen after the fact) "
+            f"{_display(r.model)} {r.task}: ICL's implicit update's |cos| with GD's {_against(r.implicit, null)}, "
+            f"random {r.random_implicit:.4f}; residual shifts' {_against(r.shift, null)}, random "
+            f"{r.random_shift:.3f}; Hendel's task vector at layer {r.tv_layer} (best, chosen post hoc) "
             f"{r.tv[0]:.2f} [{low:.2f}, {high:.2f}], ZS {r.zs:.2f}, shuffled {r.tv_shuffled:.2f}"
         )
     runs = " or ".join(map(str, sorted({r.runs for r in readings})))

@@ -412,8 +412,8 @@ def test_the_lens_summary_reads_each_study_against_its_nulls():
     assert (reading.tv_layer, reading.tv, reading.tv_shuffled) == (20, (0.965625, 0.8625, 1.0), 0.928125)
     assert reading.zs == pytest.approx(0.640625)
     sentence = lens_summary([reading])
-    assert "|cos(ICL's implicit update, GD's)| 0.0084 vs 0.0082 (no difference shown), 0.0082 (above)" in sentence
-    assert "best layer (20, chosen after the fact) 0.97 [0.86, 1.00], ZS 0.64, shuffled 0.93" in sentence
+    assert "implicit update's |cos| with GD's 0.0084 vs 0.0082 (no difference shown), 0.0082 (above)" in sentence
+    assert "task vector at layer 20 (best, chosen post hoc) 0.97 [0.86, 1.00], ZS 0.64, shuffled 0.93" in sentence
     assert "no lenses folder" in lens_summary([])
 
 
