@@ -16,7 +16,8 @@ page under docs/findings/ that sets the papers' way beside matched update size q
 <!-- findings-beside FIRST SECOND TASK --> block, which `--write` regenerates from the block's own arguments (two
 models' sweeps of one task side by side: <!-- findings-models FIRST SECOND TASK -->, headed by the models' names);
 `--verdicts SWEEP TASK` prints every verdict of one task with its p-value, family and Holm's adjustment (a
-<!-- findings-verdicts SWEEP TASK --> block); a lenses folder's paired verdicts are a <!-- findings-lenses FOLDER -->
+<!-- findings-verdicts SWEEP TASK --> block; its label-control rows with the true and shuffled values: a
+<!-- findings-control SWEEP TASK --> block); a lenses folder's paired verdicts are a <!-- findings-lenses FOLDER -->
 block and one of its measures per layer beside its nulls a <!-- findings-lens-layers FOLDER MEASURE --> block
 (`--lenses FOLDER [MEASURE]` prints either); every lenses folder with 5 runs, a label control and another task's
 null, read against them, is the README's <!-- findings-lenses-summary --> sentence; a pooled Kendall folder's
@@ -40,6 +41,7 @@ from iclgd_lens.analysis.lenses.lens_findings import lens_layers, lens_readings,
 from iclgd_lens.analysis.protocol.findings import beside, load_pairs, sweep_model, task_verdicts
 from iclgd_lens.views.findings import (
     beside_table,
+    control_table,
     findings_block,
     findings_summary,
     holm_table,
@@ -66,6 +68,7 @@ BLOCKS = {
     "findings-beside": 3,
     "findings-models": 3,
     "findings-verdicts": 2,
+    "findings-control": 2,
     "findings-whole-model": 0,
     "findings-whole-model-summary": 0,
     "findings-lenses": 1,
@@ -100,6 +103,9 @@ def block(results: Path = RESULTS, name: str = "findings", args: tuple[str, ...]
     elif name == "findings-verdicts":
         sweep, task = args
         body = holm_table(task_verdicts(results / sweep, task))
+    elif name == "findings-control":
+        sweep, task = args
+        body = control_table(task_verdicts(results / sweep, task))
     elif name == "findings-lenses":
         body = pooled_verdict_table(lens_verdicts(results / args[0]))
     elif name == "findings-lenses-summary":

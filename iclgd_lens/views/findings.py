@@ -162,6 +162,24 @@ def models_table(frame: pd.DataFrame, first_model: str, second_model: str) -> st
     return beside_table(frame, *(MODEL_NAMES.get(m, m) for m in (first_model, second_model)))
 
 
+def control_table(frame: pd.DataFrame, control: str = "trained [shuffled]") -> str:
+    """One task's verdicts against its label control (`analysis.protocol.findings.task_verdicts`' rows whose
+    `against` is `control`): per method and metric the value with the true labels, with the shuffled ones, their
+    paired difference with its 95 % interval, and the verdict."""
+    rows = [
+        [
+            row["method"].upper(),
+            METRIC_NAMES.get(row["metric"], row["metric"]),
+            f"{row['trained']:.3f}",
+            f"{row['baseline_mean']:.3f}",
+            f"{row['difference']:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]",
+            row["verdict"],
+        ]
+        for _, row in frame[frame["baseline"] == control].iterrows()
+    ]
+    return markdown_table(["method", "metric", "true labels", "shuffled", "difference [95 %]", "verdict"], rows)
+
+
 def holm_table(frame: pd.DataFrame) -> str:
     """`analysis.protocol.findings.task_verdicts` in Markdown: a row per verdict, its difference, interval and raw
     verdict, its p-value and family, and for the primary contrasts the Holm-adjusted p-value and verdict."""

@@ -107,6 +107,11 @@ MODELS = [
     ("smollm2-paper5", "gemma3-sst2-paper5", "synth-sst2", "smollm2-gemma3-synth-sst2.md"),
     ("smollm2-paper5", "gemma3-subj-paper5", "synth-subj", "smollm2-gemma3-synth-subj.md"),
 ]
+# The older label-control pages' true-against-shuffled tables (<!-- findings-control SWEEP TASK -->).
+CONTROL_TABLES = [
+    ("gemma3-synth-subj-label-control.md", ("gemma3-subj-mlpin-shuffled-paper5", "synth-subj")),
+    ("smollm2-rt-snippets-label-control.md", ("smollm2-rt-mlpin-shuffled-paper5", "rt-snippets")),
+]
 VERDICT_TABLES = [
     ("smollm2-rt-snippets-matched.md", ("smollm2-rt-matched-paper10", "rt-snippets")),
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-mlpin-shuffled-matched-paper5", "synth-mr")),
@@ -288,6 +293,7 @@ def test_every_generated_block_of_every_page_is_the_generators(script):
     expected += [(f"docs/findings/{page}", "findings-beside", (a, b, t)) for a, b, t, page, _ in BESIDE]
     expected += [(f"docs/findings/{page}", "findings-models", (a, b, t)) for a, b, t, page in MODELS]
     expected += [(f"docs/findings/{page}", "findings-verdicts", args) for page, args in VERDICT_TABLES]
+    expected += [(f"docs/findings/{page}", "findings-control", args) for page, args in CONTROL_TABLES]
     expected += [(f"docs/findings/{page}", name, args) for page, name, args in LENS_BLOCKS]
     expected += [(f"docs/findings/{page}", name, args) for page, name, args in KENDALL_BLOCKS]
     assert sorted(where) == sorted(expected)
@@ -424,3 +430,11 @@ def test_two_models_side_by_side_are_headed_by_their_names(script):
     assert "| SmolLM2-135M: difference [interval]" in made and "| Gemma 3 270M: difference [interval]" in made
     row = "| GD | SimAOU_norm | no_training | +0.029 [-0.048, +0.120]: no difference shown (×1.3) | "
     assert row + "-0.091 [-0.159, -0.035]: below (×0.605) |" in made
+
+
+def test_the_control_table_sets_true_labels_against_shuffled(script):
+    """The findings-control block: only the rows against the label control, each with both values; Gemma's GD
+    SimAOU_norm as verdicts.csv has it (0.326 true, 0.354 shuffled, -0.028 [-0.082, +0.017])."""
+    made = script("findings").block(name="findings-control", args=CONTROL_TABLES[0][1])
+    assert "| GD | SimAOU_norm | 0.326 | 0.354 | -0.028 [-0.082, +0.017] | no difference shown |" in made
+    assert made.count("\n| ") == 1 + 7  # the header and 7 rows (GD's three metrics, LCGD's three and α)
