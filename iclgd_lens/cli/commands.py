@@ -27,7 +27,7 @@ from iclgd_lens.analysis.lenses.values import check_same_design, verdict_measure
 from iclgd_lens.analysis.protocol.pooled import paired_table, per_layer_table
 from iclgd_lens.analysis.protocol.sweep import SweepConfig, SweepRuntime, check_sweep_folder, run_sweep
 from iclgd_lens.analysis.protocol.tables import check_poolable
-from iclgd_lens.cli.lens_jobs import LensOptions, ModelLoad, lens_runs
+from iclgd_lens.cli.lens_jobs import LensOptions, LensRun, ModelLoad, lens_runs
 from iclgd_lens.core.baselines import check_same_draws
 from iclgd_lens.core.comparison import compare
 from iclgd_lens.core.config import CompareConfig
@@ -300,8 +300,9 @@ def run_lenses(args: argparse.Namespace) -> None:
             check_null_result(result, null, model)
     started = time.perf_counter()
     options = LensOptions(args.baselines, args.batch_size, args.path, args.transfer)
-    null_runs = args.null_runs or [None] * len(results)
-    runs = lens_runs(args.runs, null_runs, model, model_load, options, out, args.jobs, args.threads)
+    null_folders = args.null_runs or [None] * len(results)
+    lens_inputs = [LensRun(*given) for given in zip(args.runs, results, null_folders, nulls)]
+    runs = lens_runs(lens_inputs, model, model_load, options, out, args.jobs, args.threads)
     methods = results[0].methods
     per_layer, paired = per_layer_table(runs), paired_table(runs, verdict_measures(methods))
     config = results[0].config

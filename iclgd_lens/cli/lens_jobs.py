@@ -33,6 +33,16 @@ class LensOptions:
 
 
 @dataclass(frozen=True)
+class LensRun:
+    """One run the lenses read: its folder and result, and the null run's (another task's) where given."""
+
+    folder: str
+    result: Result
+    null_folder: str | None = None
+    null: Result | None = None
+
+
+@dataclass(frozen=True)
 class ModelLoad:
     """How to load the results' model again (in a `--jobs` process)."""
 
@@ -58,8 +68,7 @@ class LensJob:
 
 
 def lens_runs(
-    runs: Sequence[str],
-    null_runs: Sequence[str | None],
+    runs: Sequence[LensRun],
     model: LensModel,
     model_load: ModelLoad,
     options: LensOptions,
@@ -69,9 +78,10 @@ def lens_runs(
 ) -> list[RunValues]:
     """Every run's lens values, in the order of `runs`: those kept in `out` from an earlier call with the same
     results and options are read, the others computed (in `jobs` processes of `threads // jobs` threads each, each
-    loading the model by `model_load`; with one job, on `model` here) and kept as each finishes. A failed run stops
-    nothing: the others finish and are kept, then its error is raised."""
-    keys = [run_key(run, null_run, vars(options)) for run, null_run in zip(runs, null_runs)]
+    loading the model by `model_load` and its run from its folder; with one job, on `model` and the results given)
+    and kept as each finishes. A failed run stops nothing: the others finish and are kept, then its error is
+    raised."""
+    keys = [run_key(run.folder, run.null_folder, vars(options)) for run in runs]
     start_run_values(out)
     todo = [index for index, key in enumerate(keys) if read_run_values(out, key) is None]
     if len(todo) < len(runs):
@@ -79,18 +89,20 @@ def lens_runs(
     started = time.perf_counter()
 
     def done(index: int) -> None:
-        print(f"[{index + 1}/{len(runs)}] {runs[index]} read ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"[{index + 1}/{len(runs)}] {runs[index].folder} read ({time.perf_counter() - started:.0f} s)", flush=True
+        )
 
     if jobs == 1 or len(todo) == 1:
         for index in todo:
-            null = None if null_runs[index] is None else Result.load(null_runs[index])
-            values = _values(model, Result.load(runs[index]), null, options)
-            write_run_values(out, keys[index], values)
+            write_run_values(out, keys[index], _values(model, runs[index].result, runs[index].null, options))
             done(index)
     elif todo:
         per_job = max(1, threads // jobs)
         lens_jobs = {
-            index: LensJob(runs[index], null_runs[index], model_load, per_job, options, str(out), keys[index])
+            index: LensJob(
+                runs[index].folder, runs[index].null_folder, model_load, per_job, options, str(out), keys[index]
+            )
             for index in todo
         }
         errors = []
@@ -100,7 +112,7 @@ def lens_runs(
                 if future.exception() is None:
                     done(futures[future])
                 else:
-                    errors.append((runs[futures[future]], future.exception()))
+                    errors.append((runs[futures[future]].folder, future.exception()))
         for run, error in errors:
             print(f"the lenses of {run} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         if errors:

@@ -12,7 +12,7 @@ import pandas as pd
 from iclgd_lens.analysis.heads.whole_model import WholeModelReading
 from iclgd_lens.analysis.lenses.lens_findings import CONTROL, LensReading
 from iclgd_lens.analysis.protocol.findings import PairCounts, totals
-from iclgd_lens.core.results import OTHER_TASK_PREFIX
+from iclgd_lens.core.results import other_task_name
 from iclgd_lens.views.markdown import markdown_table
 
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
@@ -159,7 +159,7 @@ def beside_table(frame: pd.DataFrame, first: str, second: str) -> str:
 
 def models_table(frame: pd.DataFrame, first_model: str, second_model: str) -> str:
     """`beside_table` of two models' sweeps of one task, each column headed by its model's name."""
-    return beside_table(frame, *(MODEL_NAMES.get(m, m) for m in (first_model, second_model)))
+    return beside_table(frame, _display(first_model), _display(second_model))
 
 
 def control_table(frame: pd.DataFrame, control: str = "trained [shuffled]") -> str:
@@ -335,7 +335,7 @@ def lens_summary(readings: list[LensReading]) -> str:
         return "**Lenses against their nulls**: no lenses folder with 5 runs, a label control and another task's null."
     parts = []
     for r in readings:
-        null = f"{OTHER_TASK_PREFIX}{r.null_task}]"
+        null = other_task_name(r.null_task)
         low, high = r.tv[1:]
         parts.append(
             f"{_display(r.model)} {r.task}: ICL's implicit update's |cos| with GD's {_against(r.implicit, null)}, "
