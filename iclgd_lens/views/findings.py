@@ -338,16 +338,17 @@ def lens_summary(readings: list[LensReading]) -> str:
         null = other_task_name(r.null_task)
         low, high = r.tv[1:]
         parts.append(
-            f"{_display(r.model)} {r.task}: ICL's implicit update's |cos| with GD's {_against(r.implicit, null)}, "
-            f"random {r.random_implicit:.4f}; residual shifts' {_against(r.shift, null)}, random "
-            f"{r.random_shift:.3f}; Hendel's task vector at layer {r.tv_layer} (best, chosen post hoc) "
-            f"{r.tv[0]:.2f} [{low:.2f}, {high:.2f}], ZS {r.zs:.2f}, shuffled {r.tv_shuffled:.2f}"
+            f"{_display(r.model)} {r.task}: implicit update {_against(r.implicit, null)}, random "
+            f"{r.random_implicit:.4f}; residual shift {_against(r.shift, null)}, random {r.random_shift:.3f}; task "
+            f"vector (layer {r.tv_layer}) {r.tv[0]:.2f} [{low:.2f}, {high:.2f}], ZS {r.zs:.2f}, shuffled "
+            f"{r.tv_shuffled:.2f}"
         )
     runs = " or ".join(map(str, sorted({r.runs for r in readings})))
     nulls = ", ".join(dict.fromkeys(f"{r.null_task} ({_display(r.model)})" for r in readings))
     return (
-        f"**Lenses against their nulls** ({runs} runs; the model vs GD's update on another task, {nulls}, then vs "
-        f"shuffled labels, paired by run and query at 95 %). {'; '.join(parts)}."
+        f"**Lenses against their nulls** ({runs} runs; ICL's implicit update and residual shift: |cos| with GD's, "
+        f"vs GD's update on another task, {nulls}, then vs shuffled labels, paired by run and query at 95 %; "
+        f"Hendel's task vector: accuracy at its best layer, chosen post hoc). {'; '.join(parts)}."
     )
 
 

@@ -117,6 +117,7 @@ VERDICT_TABLES = [
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-mlpin-shuffled-matched-paper5", "synth-mr")),
     ("smollm2-synth-mr-label-control-matched.md", ("smollm2-mr-kv-shuffled-matched-paper5", "synth-mr")),
     ("gemma3-synth-subj-label-control-matched.md", ("gemma3-subj-kv-shuffled-matched-paper5", "synth-subj")),
+    ("gemma3-synth-subj-label-control-matched.md", ("gemma3-subj-mlpin-shuffled-matched-paper5", "synth-subj")),
 ]
 
 
@@ -161,9 +162,14 @@ def test_the_holm_table_is_the_sweeps_verdicts(script):
 
 # The study pages that quote a lenses folder (<!-- findings-lenses FOLDER --> and <!-- findings-lens-layers ... -->).
 LENS_PAGE, LENSES = "smollm2-synth-mr-label-control-matched.md", "smollm2-mr-lenses-matched-paper5"
+GEMMA_LENS_PAGE, GEMMA_LENSES = "gemma3-synth-subj-label-control-matched.md", "gemma3-subj-lenses-matched-paper5"
 LENS_BLOCKS = [
     (LENS_PAGE, "findings-lenses", (LENSES,)),
     (LENS_PAGE, "findings-lens-layers", (LENSES, "implicit_abs_cos_gd")),
+    (GEMMA_LENS_PAGE, "findings-lenses", (GEMMA_LENSES,)),
+    (GEMMA_LENS_PAGE, "findings-lens-layers", (GEMMA_LENSES, "implicit_abs_cos_gd")),
+    (GEMMA_LENS_PAGE, "findings-lens-layers", (GEMMA_LENSES, "tv_correct")),
+    (GEMMA_LENS_PAGE, "findings-lens-layers", (GEMMA_LENSES, "own_stream_correct")),
 ]
 
 
@@ -407,7 +413,9 @@ def test_the_lens_summary_reads_each_study_against_its_nulls():
     """Of the committed lenses folders only those with 5 runs, a label control and another task's null are read
     (the older ones lack the null or the runs); SmolLM2's numbers are those of its paired.csv and per_layer.csv, read by
     hand: implicit_abs_cos_gd 0.00843937 against synth-subj's 0.008153 (no difference shown), Hendel's θ best at
-    layer 20 with 0.965625 [0.8625, 1.0], 0.928125 from shuffled demonstrations, ZS 0.640625."""
+    layer 20 with 0.965625 [0.8625, 1.0], 0.928125 from shuffled demonstrations, ZS 0.640625; Gemma's against
+    synth-mr's update 0.00755263 against 0.00490042 (above), θ best at layer 9 with 0.696875 [0.508798, 0.847452],
+    0.68125 shuffled."""
     readings = {r.folder: r for r in lens_readings(RESULTS)}
     assert not {"smollm2-rt-lenses", "gemma3-subj-lenses", "smollm2-mr-transfer-s5"} & set(readings)  # no null; 1 run
     reading = readings["smollm2-mr-lenses-matched-paper5"]
@@ -418,8 +426,15 @@ def test_the_lens_summary_reads_each_study_against_its_nulls():
     assert (reading.tv_layer, reading.tv, reading.tv_shuffled) == (20, (0.965625, 0.8625, 1.0), 0.928125)
     assert reading.zs == pytest.approx(0.640625)
     sentence = lens_summary([reading])
-    assert "implicit update's |cos| with GD's 0.0084 vs 0.0082 (no difference shown), 0.0082 (above)" in sentence
-    assert "task vector at layer 20 (best, chosen post hoc) 0.97 [0.86, 1.00], ZS 0.64, shuffled 0.93" in sentence
+    assert "synth-mr: implicit update 0.0084 vs 0.0082 (no difference shown), 0.0082 (above), random 0.0006" in sentence
+    assert "task vector (layer 20) 0.97 [0.86, 1.00], ZS 0.64, shuffled 0.93" in sentence
+    gemma = readings["gemma3-subj-lenses-matched-paper5"]
+    null = gemma.implicit["model [FT on synth-mr]"]
+    assert (null["model"], null["baseline_value"], null["verdict"]) == (0.00755263, 0.00490042, "above")
+    assert (gemma.tv_layer, gemma.tv, gemma.tv_shuffled) == (9, (0.696875, 0.508798, 0.847452), 0.68125)
+    both = lens_summary([gemma, reading])
+    assert "synth-mr (Gemma 3 270M), synth-subj (SmolLM2-135M)" in both
+    assert "synth-subj: implicit update 0.0076 vs 0.0049 (above), 0.0073 (no difference shown)" in both
     assert "no lenses folder" in lens_summary([])
 
 
