@@ -13,6 +13,7 @@ from iclgd_lens.analysis.heads.whole_model import WholeModelReading
 from iclgd_lens.analysis.lenses.lens_findings import CONTROL, LensReading
 from iclgd_lens.analysis.protocol.findings import PairCounts, totals
 from iclgd_lens.core.results import other_task_name
+from iclgd_lens.views.lenses import one_class_flag
 from iclgd_lens.views.markdown import markdown_table
 
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
@@ -324,7 +325,8 @@ def pooled_layer_table(frame: pd.DataFrame) -> str:
 def _mean_interval(row, sign: str) -> str:
     if math.isnan(row["low"]):
         return f"{row['mean']:.3g}"
-    return f"{row['mean']:{sign}.3g} [{row['low']:{sign}.3g}, {row['high']:{sign}.3g}]"
+    shown = f"{row['mean']:{sign}.3g} [{row['low']:{sign}.3g}, {row['high']:{sign}.3g}]"
+    return shown + one_class_flag(row.get("one_class", math.nan))
 
 
 def lens_summary(readings: list[LensReading]) -> str:

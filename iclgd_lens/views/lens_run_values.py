@@ -2,8 +2,8 @@
 study from them (a run's lenses take minutes to an hour on a CPU), and its `--jobs` processes hand them back this
 way. A run's values sit in `<key digest>.npz` (subject -> measure -> [n or 1, layer or point]) beside
 `<key digest>.json`, what they were computed from (written last: values without it are computed again). The key is
-the run's and the null run's result.json (their bytes' digest), the options that change a value and the toolkit's
-version, so a changed result or option never reads old values."""
+the run's and the null run's result.json (their bytes' digest), the options that change a value, the toolkit's
+version and the values' version, so a changed result, option or set of measures never reads old values."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from iclgd_lens.files import holds_marker, replaced_atomically, write_text_atomi
 
 RUNS = "runs"  # the sub-folder of a lenses folder
 RUNS_MARKER, RUNS_FORMAT = "runs.json", "iclgd-lens lens runs 1"
+VALUES_VERSION = 2  # the measures a run's values hold; 2: the patched runs' majority share (`tv_majority`)
 
 
 def run_key(run_dir: str | Path, null_dir: str | Path | None, options: dict) -> dict:
@@ -32,6 +33,7 @@ def run_key(run_dir: str | Path, null_dir: str | Path | None, options: dict) -> 
         "null_result": None if null_dir is None else _digest(Path(null_dir) / "result.json"),
         "options": options,
         "iclgd_lens": _version(),
+        "values": VALUES_VERSION,
     }
     return json.loads(json.dumps(key))
 

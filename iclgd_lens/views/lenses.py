@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from iclgd_lens.analysis.lenses.lens_findings import one_class_shares
 from iclgd_lens.analysis.protocol.bootstrap import MIN_RUNS
 from iclgd_lens.files import check_output, holds_marker, replaced_atomically
 from iclgd_lens.views.lens_run_values import RUNS, holds_run_values
@@ -38,6 +39,9 @@ MEANINGS = {
     "own_stream_correct": "accuracy of the ZS prompt with ICL's stream of the same query patched in at the point "
     "(can carry the answer, not only the task)",
     "own_stream_logodds": "label log-odds of that patched run",
+    "tv_majority": "share of the queries given the θ-patched run's most frequent answer (1: it answers one class, "
+    "and its accuracy is that class's share of the queries)",
+    "own_stream_majority": "share of the queries given the same-query patched run's most frequent answer",
     "zs_correct": "accuracy of the unpatched ZS prompt (first label tokens)",
     "shift_cos": "cos(ICL − ZS, method − ZS) of the residual stream at the prediction position, per query",
     "shift_abs_cos": "|cos(ICL − ZS, method − ZS)| of that stream, per query",
@@ -123,6 +127,14 @@ def notes(per_layer: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
                 f"implicit cosines are undefined (NaN) at layers {undefined} of the model: the context does "
                 "not change the MLP's input there, or the method did not change its weights"
             )
+    one_class = sorted(
+        layer for subject, layer in one_class_shares(per_layer, "tv_correct").index if subject == "model"
+    )
+    if one_class:
+        said.append(
+            f"the model's task-vector patch answers one class at stream points {one_class} (marked 'one class'): "
+            "its accuracy there is that class's share of the queries, not the task"
+        )
     runs = int(per_layer.runs.iloc[0]) if len(per_layer) else 0
     if runs < MIN_RUNS:
         said.append(
@@ -132,12 +144,18 @@ def notes(per_layer: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     return said
 
 
-def _cell(row) -> str:
+def one_class_flag(share: float) -> str:
+    """What follows an accuracy where its patched run answers one class (`one_class_shares`; NaN: it does not)."""
+    return "" if math.isnan(share) else f" (one class: {share:.2f} of queries)"
+
+
+def _cell(row, shares: pd.Series) -> str:
     if math.isnan(row["mean"]):
         return "NaN"
     if math.isnan(row["low"]):
         return f"{row['mean']:.3g}"
-    return f"{row['mean']:.3g} [{row['low']:.3g}, {row['high']:.3g}]"
+    flag = one_class_flag(shares.get((row["subject"], row["layer"]), math.nan))
+    return f"{row['mean']:.3g} [{row['low']:.3g}, {row['high']:.3g}]{flag}"
 
 
 def lenses_markdown(per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) -> str:
@@ -169,7 +187,9 @@ def lenses_markdown(per_layer: pd.DataFrame, paired: pd.DataFrame, about: dict) 
     subjects = list(dict.fromkeys(per_layer.subject))
     for measure, rows in sorted(per_layer.groupby("measure", sort=False), key=lambda item: _rank(item[0])):
         lines += [f"### `{measure}`: {meaning(measure)}", ""]
-        table = rows.assign(cell=rows.apply(_cell, axis=1)).pivot(index="layer", columns="subject", values="cell")
+        shares = one_class_shares(per_layer, measure)
+        cells = rows.apply(_cell, axis=1, shares=shares)
+        table = rows.assign(cell=cells).pivot(index="layer", columns="subject", values="cell")
         shown = [s for s in subjects if s in table.columns]  # a cross pair has only the measures of a method
         lines += [
             markdown_table(["layer", *shown], [[str(layer), *table.loc[layer, shown]] for layer in table.index]),

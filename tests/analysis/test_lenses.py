@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,28 @@ def test_hendels_task_vector_is_the_mean_dummy_stream_and_not_the_querys():
     n = len(episode.queries)
     values = patch_values(subject, episode, {"tv": theta.expand(n, *theta.shape)}, batch_size=2)
     assert torch.equal(values["tv_correct"], task_vector_values(subject, episode, batch_size=2)["tv_correct"])
+
+
+def test_the_majority_share_says_where_a_patched_run_answers_one_class():
+    """After the last layer θ is the whole stream the read-out sees, the same for every query: every query gets
+    the same answer (majority 1). Random streams patched in give answers that differ: each query's indicator of
+    the point's most frequent answer, counted by hand."""
+    subject, result = lens_subject("llama-like")
+    episode = result.episode
+    values = task_vector_values(subject, episode, batch_size=2)
+    assert torch.equal(values["tv_majority"][:, -1], torch.ones(len(episode.queries), dtype=torch.float64))
+    assert values["tv_majority"].shape == values["tv_correct"].shape
+    # random streams patched in: answers that differ between queries, the majority counted by hand (5 queries, two
+    # classes: no ties)
+    torch.manual_seed(0)
+    n, points = len(episode.queries), subject.model.cfg.n_layers + 1
+    sources = {"noise": torch.randn(n, points, subject.model.cfg.d_model, dtype=torch.float64)}
+    answers = patched_runs(subject, episode, sources, batch_size=2)[0]["noise"].argmax(-1).tolist()
+    by_hand = [
+        [float(row[p] == Counter(r[p] for r in answers).most_common(1)[0][0]) for p in range(points)] for row in answers
+    ]
+    majority = patch_values(subject, episode, sources, batch_size=2)["noise_majority"]
+    assert majority.tolist() == by_hand and 0 < majority.mean() < 1
 
 
 def test_a_task_vector_without_demonstrations_changes_nothing():

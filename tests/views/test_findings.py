@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+import pandas as pd
 import pytest
 
 from iclgd_lens.analysis.lenses.lens_findings import lens_readings
@@ -206,6 +207,36 @@ def _lenses_folder(folder: Path) -> Path:
         "tv_correct,no_training,0.75,0.5,0.25,-0.01,0.4,runs and queries,no difference shown,5\n"
     )
     return folder
+
+
+def test_an_accuracy_where_the_patched_run_answers_one_class_is_marked(tmp_path):
+    """Where the task-vector patch gives nearly every query the same answer (tv_majority 0.95 at point 1; 0.6 at
+    point 0), its accuracy is marked in the findings block, in lenses.md's table and in its notes; a folder without
+    the share (written before it was kept) marks nothing."""
+    from iclgd_lens.analysis.lenses.lens_findings import lens_layers
+    from iclgd_lens.views.findings import pooled_layer_table
+    from iclgd_lens.views.lenses import lenses_markdown, notes
+
+    folder = tmp_path / "lenses"
+    folder.mkdir()
+    rows = [
+        "tv_correct,model,0,0.640,0.470,0.800,runs and queries,5",
+        "tv_correct,model,1,0.469,0.281,0.644,runs and queries,5",
+        "tv_majority,model,0,0.600,0.500,0.700,runs and queries,5",
+        "tv_majority,model,1,0.950,0.900,1.000,runs and queries,5",
+    ]
+    per_layer_csv = "measure,subject,layer,mean,low,high,covers,runs\n" + "\n".join(rows) + "\n"
+    (folder / "per_layer.csv").write_text(per_layer_csv)
+    lines = pooled_layer_table(lens_layers(folder, "tv_correct")).split("\n")
+    assert lines[2:] == ["| 0 | 0.64 [0.47, 0.8] |", "| 1 | 0.469 [0.281, 0.644] (one class: 0.95 of queries) |"]
+    per_layer = pd.read_csv(folder / "per_layer.csv")
+    said = notes(per_layer, pd.DataFrame())
+    assert any("answers one class at stream points [1]" in note for note in said)
+    about = {"model": "m", "task": "t", "runs": 5, "notes": said}
+    table = lenses_markdown(per_layer, pd.DataFrame(columns=["measure"]), about)
+    assert "| 1 | 0.469 [0.281, 0.644] (one class: 0.95 of queries) |" in table and "| 0 | 0.64 [0.47, 0.8] |" in table
+    (folder / "per_layer.csv").write_text("\n".join(per_layer_csv.split("\n")[:3]) + "\n")
+    assert "one class" not in pooled_layer_table(lens_layers(folder, "tv_correct"))
 
 
 def test_a_lens_is_read_per_layer_beside_its_nulls(tmp_path):

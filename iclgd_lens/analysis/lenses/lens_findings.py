@@ -14,6 +14,7 @@ import pandas as pd
 from iclgd_lens.analysis.protocol.bootstrap import MIN_RUNS
 from iclgd_lens.analysis.protocol.pooled import measure_layers, pooled_file
 from iclgd_lens.core.results import OTHER_TASK_PREFIX
+from iclgd_lens.core.scoring import ONE_CLASS_WARNING_SHARE
 
 # The random-direction scale of a cosine lens's space, by the lens's stem (lens_nulls.random_scales).
 RANDOM_SCALES = {"implicit": "random_abs_cos_implicit", "shift": "random_abs_cos_shift"}
@@ -28,17 +29,32 @@ def lens_verdicts(folder: Path) -> pd.DataFrame:
     return pd.read_csv(pooled_file(folder, "paired.csv", "lenses"))
 
 
+def one_class_shares(per_layer: pd.DataFrame, measure: str) -> pd.Series:
+    """Where a patched run answers one class: for the accuracy `X_correct` of a patched run, the mean majority share
+    `X_majority` per (subject, layer) where it reaches ONE_CLASS_WARNING_SHARE (there the accuracy is that class's
+    share of the queries, not the task). Empty for any other measure and for folders written before the share was
+    kept."""
+    if not measure.endswith("_correct"):
+        return pd.Series(dtype=float)
+    share = per_layer[per_layer["measure"] == measure.removesuffix("_correct") + "_majority"]
+    share = share.set_index(["subject", "layer"])["mean"]
+    return share[share >= ONE_CLASS_WARNING_SHARE]
+
+
 def lens_layers(folder: Path, measure: str) -> pd.DataFrame:
     """`measure` per layer (or stream point) for every subject the folder has it for, the model first, with the
     random-direction E|cos| of its space as one more subject (`RANDOM`, no interval) where `measure` is an
-    absolute cosine of the implicit update or the residual shift. Columns: layer, subject, mean, low, high."""
+    absolute cosine of the implicit update or the residual shift. Columns: layer, subject, mean, low, high, and
+    one_class (the majority share where a patched run answers one class, `one_class_shares`; else NaN)."""
     where = pooled_file(folder, "per_layer.csv", "lenses")
     per_layer = pd.read_csv(where)
     rows = measure_layers(per_layer, measure, str(where))
+    shares = one_class_shares(per_layer, measure)
+    rows = rows.assign(one_class=[shares.get((s, layer), float("nan")) for s, layer in zip(rows.subject, rows.layer)])
     stem = measure.split("_")[0]
     if "_abs_cos_" in measure and stem in RANDOM_SCALES:
         scale = per_layer[(per_layer["measure"] == RANDOM_SCALES[stem]) & (per_layer["subject"] == "model")]
-        scale = scale.assign(subject=RANDOM, low=float("nan"), high=float("nan"))[rows.columns]
+        scale = scale.assign(subject=RANDOM, low=float("nan"), high=float("nan"), one_class=float("nan"))[rows.columns]
         rows = pd.concat([rows, scale], ignore_index=True)
     return rows
 

@@ -9,10 +9,14 @@ layer (before the final norm). For each l:
   `episodes.DUMMIES_PER_CLASS` of each class, so that no one dummy's answer survives the mean). θ_l depends on the
   demonstrations and not on the evaluation query; the ZS prompt of every evaluation query runs with its stream at
   point l and the prediction position replaced by θ_l, then on through the layers above: whether it answers
-  correctly and its label log-odds (first label tokens, as attribution reads them).
-- `own_stream_correct`, `own_stream_logodds`: the same with ICL's stream *of the same query* patched in (what this
-  lens called a task vector before): it can carry the query's answer as well as the task, so it bounds what a
-  patch at point l can do rather than measuring the task. l = L gives ICL's answer, no patch ZS's.
+  correctly and its label log-odds (first label tokens, as attribution reads them). `tv_majority`: whether the
+  query gets the point's most frequent answer, so that its mean is the majority share and 1 says the patched run
+  answers one class whatever the query (as a query-independent θ does past the layers that read the query): its
+  accuracy there is that class's share of the queries, not the task.
+- `own_stream_correct`, `own_stream_logodds`, `own_stream_majority`: the same with ICL's stream *of the same
+  query* patched in (what this lens called a task vector before): it can carry the query's answer as well as the
+  task, so it bounds what a patch at point l can do rather than measuring the task. l = L gives ICL's answer, no
+  patch ZS's.
 - `shift_cos_m`: cos(ICL − ZS, m − ZS) of the stream at point l and the prediction position, m a finetuned setting
   (the ZS prompt through m's delta): whether GD moves the prediction's residual stream the way the demonstrations
   do (`shift_abs_cos_m`: its absolute value); `shift_norm_ratio_m`: ‖m − ZS‖ / ‖ICL − ZS‖. NaN where either
@@ -82,14 +86,16 @@ def patched_runs(
 def patch_values(
     subject: SubjectRuns, episode: Episode, sources: dict[str, Float[Tensor, "n point d_model"]], batch_size: int = 8
 ) -> dict[str, Tensor]:
-    """`{name}_correct` and `{name}_logodds` [n, point] of the ZS prompts with each source patched in, and
-    `zs_correct` [n, 1]."""
+    """`{name}_correct`, `{name}_logodds` and `{name}_majority` (the query's answer is the point's most frequent)
+    [n, point] of the ZS prompts with each source patched in, and `zs_correct` [n, 1]."""
     labels = torch.tensor(episode.labels)
     patched, plain = patched_runs(subject, episode, sources, batch_size)
     values = {"zs_correct": (plain.argmax(-1) == labels).double()[:, None]}
     for name, runs in patched.items():
         n, points, _ = runs.shape
-        values[f"{name}_correct"] = (runs.argmax(-1) == labels[:, None]).double()
+        answers = runs.argmax(-1)
+        values[f"{name}_correct"] = (answers == labels[:, None]).double()
+        values[f"{name}_majority"] = (answers == answers.mode(0).values).double()
         values[f"{name}_logodds"] = logodds(runs.reshape(n * points, -1), labels.repeat_interleave(points)).view(
             n, points
         )
