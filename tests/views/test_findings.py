@@ -66,13 +66,13 @@ def test_the_pages_quote_the_generator_exactly(script, page, name):
 
 
 def test_the_summary_says_when_every_baseline_is_fewer_baselines():
-    """ "below every untrained baseline" over a pair compared with one baseline (Gemma's matched synth-subj) is said to
-    be over fewer; over pairs with three each it is not."""
+    """ "below every untrained baseline" over a pair compared with one baseline (Gemma's matched synth-subj and
+    synth-sst2) is said to be over fewer; over pairs with three each it is not."""
     from iclgd_lens.views.findings import summary_sentence
 
     matched = [p for p in load_pairs(RESULTS) if p.baseline_lr == "matched"]
-    assert sorted(p.alpha_total for p in matched) == [1, 3, 3, 3, 3, 3]
-    assert "pairs (1 of them against fewer baselines)," in summary_sentence(matched)
+    assert sorted(p.alpha_total for p in matched) == [1, 1, 3, 3, 3, 3, 3]
+    assert "pairs (2 of them against fewer baselines)," in summary_sentence(matched)
     assert "fewer" not in summary_sentence([p for p in matched if p.alpha_total == 3])
 
 
@@ -98,6 +98,7 @@ BESIDE = [
     ("smollm2-paper5", "smollm2-sst2-matched-paper5", "synth-sst2", "smollm2-synth-sst2-matched.md", 3.55),
     ("smollm2-sst5-paper5", "smollm2-sst5-matched-paper5", "synth-sst5", "smollm2-synth-sst5-matched.md", 3.87),
     ("gemma3-subj-paper5", "gemma3-subj-matched-paper5", "synth-subj", "gemma3-synth-subj-matched.md", 0.665),
+    ("gemma3-sst2-paper5", "gemma3-sst2-matched-paper5", "synth-sst2", "gemma3-synth-sst2-matched.md", 0.605),
 ]
 
 
