@@ -12,6 +12,7 @@ import pandas as pd
 from iclgd_lens.analysis.heads.whole_model import WholeModelReading
 from iclgd_lens.analysis.lenses.lens_findings import CONTROL, LensReading
 from iclgd_lens.analysis.protocol.findings import PairCounts, totals
+from iclgd_lens.analysis.protocol.tables import control_label
 from iclgd_lens.core.results import other_task_name
 from iclgd_lens.views.lenses import one_class_flag
 from iclgd_lens.views.markdown import markdown_table
@@ -163,7 +164,7 @@ def models_table(frame: pd.DataFrame, first_model: str, second_model: str) -> st
     return beside_table(frame, _display(first_model), _display(second_model))
 
 
-def control_table(frame: pd.DataFrame, control: str = "trained [shuffled]") -> str:
+def control_table(frame: pd.DataFrame, control: str = control_label("shuffled")) -> str:
     """One task's verdicts against its label control (`analysis.protocol.findings.task_verdicts`' rows whose
     `against` is `control`): per method and metric the value with the true labels, with the shuffled ones, their
     paired difference with its 95 % interval, and the verdict."""
